@@ -1,0 +1,162 @@
+"""`codecflow`: one subcommand per flow, configured by YAML plus `--set key.path=value`.
+
+    codecflow pipeline --config configs/demo.yaml --set train_lm.steps=50
+
+Each run ends with one `name: path` line per output (`manifest:`, `dataset:`, `checkpoint:`,
+`report:`) so that scripts can chain the steps. Bad input ends with one `error: ...` line and
+exit status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from schemas.configs import (
+    AcquireConfig,
+    EvaluateConfig,
+    PipelineConfig,
+    TokenizeConfig,
+    TrainLMConfig,
+)
+from tasks.errors import CodecflowError
+
+__all__ = ["apply_override", "load_config", "main"]
+
+
+@dataclass(frozen=True)
+class _Command:
+    config: type[BaseModel]
+    run: Callable[[Any], dict[str, Path]]
+    help: str
+
+
+def _acquire(cfg: AcquireConfig) -> dict[str, Path]:
+    from flows.acquire import acquire_flow
+
+    return {"manifest": acquire_flow(cfg).path}
+
+
+def _tokenize(cfg: TokenizeConfig) -> dict[str, Path]:
+    from flows.tokenize import tokenize_flow
+
+    return {"dataset": tokenize_flow(cfg).path}
+
+
+def _train_lm(cfg: TrainLMConfig) -> dict[str, Path]:
+    from flows.train_lm import train_lm_flow
+
+    return {"checkpoint": train_lm_flow(cfg).path}
+
+
+def _evaluate(cfg: EvaluateConfig) -> dict[str, Path]:
+    from flows.evaluate import evaluate_flow
+
+    return {"report": evaluate_flow(cfg).path}
+
+
+def _pipeline(cfg: PipelineConfig) -> dict[str, Path]:
+    from flows.pipeline import pipeline_flow
+
+    record = pipeline_flow(cfg)
+    return {
+        "manifest": record.manifest,
+        "dataset": record.dataset,
+        "checkpoint": record.checkpoint,
+        "report": record.report,
+    }
+
+
+COMMANDS: dict[str, _Command] = {
+    "acquire": _Command(AcquireConfig, _acquire, "fetch, extract and segment Libri-Light"),
+    "tokenize": _Command(TokenizeConfig, _tokenize, "segments -> Arrow token shards"),
+    "train-lm": _Command(TrainLMConfig, _train_lm, "train the GPT on a token dataset"),
+    "evaluate": _Command(EvaluateConfig, _evaluate, "sample continuations of a prompt"),
+    "pipeline": _Command(PipelineConfig, _pipeline, "the whole DAG under one run folder"),
+}
+
+
+class CliError(Exception):
+    """A bad command line or config file: printed as one line."""
+
+
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply `key.path=value` to a nested dict; the value is parsed as YAML (`1e-3`, `null`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise CliError(f"--set {assignment!r}: expected key.path=value")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise CliError(f"--set {assignment!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw) if raw else ""
+
+
+def load_config(model: type[BaseModel], path: str | None, overrides: Sequence[str]) -> BaseModel:
+    """Read the YAML file (if any), apply the overrides, validate against `model`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise CliError(f"config file not found: {file}")
+        loaded = yaml.safe_load(file.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise CliError(f"config file {file} must hold a mapping")
+        data = loaded or {}
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
+            for e in exc.errors()
+        )
+        where = f" in {path}" if path else ""
+        raise CliError(f"invalid {model.__name__}{where}: {problems}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codecflow", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help)
+        sub.add_argument("--config", help="YAML file holding the flow's config")
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override one config value (repeatable)",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = COMMANDS[args.command]
+    try:
+        config = load_config(command.config, args.config, args.overrides)
+        outputs = command.run(config)
+    except (CliError, CodecflowError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    for name, path in outputs.items():
+        print(f"{name}: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

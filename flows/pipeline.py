@@ -1,0 +1,60 @@
+"""The pipeline flow: acquire -> tokenize -> train-lm -> evaluate, under one run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from flows.acquire import acquire_flow
+from flows.evaluate import evaluate_flow
+from flows.tokenize import tokenize_flow
+from flows.train_lm import train_lm_flow
+from schemas.configs import (
+    AcquireConfig,
+    EvaluateConfig,
+    PipelineConfig,
+    TokenizeConfig,
+    TrainLMConfig,
+)
+
+__all__ = ["PipelineRecord", "pipeline_flow"]
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    """The outputs of every stage."""
+
+    manifest: Path
+    dataset: Path
+    checkpoint: Path
+    report: Path
+
+
+@flow(name="pipeline")
+def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # noqa: B008
+    """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
+    out = Path(cfg.out)
+    manifest = acquire_flow(AcquireConfig(**cfg.acquire.model_dump(), out=str(out / "acquire")))
+    dataset = tokenize_flow(
+        TokenizeConfig(
+            **cfg.tokenize.model_dump(),
+            manifest=str(manifest.path),
+            out=str(out / "tokens" / cfg.tokenize.tokenizer),
+        )
+    )
+    checkpoint = train_lm_flow(
+        TrainLMConfig(**cfg.train_lm.model_dump(), dataset=str(dataset.path), out=str(out / "lm"))
+    )
+    report = evaluate_flow(
+        EvaluateConfig(
+            **cfg.evaluate.model_dump(),
+            checkpoint=str(checkpoint.path),
+            dataset=str(dataset.path),
+            out=str(out / "report"),
+        )
+    )
+    return PipelineRecord(
+        manifest=manifest.path, dataset=dataset.path, checkpoint=checkpoint.path, report=report.path
+    )

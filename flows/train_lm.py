@@ -1,0 +1,36 @@
+"""The train-lm flow: a token dataset -> a GPT checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows._common import unless_committed
+from schemas.configs import TrainLMConfig, TrainLMSettings
+from tasks.train_lm import CheckpointRecord, is_checkpoint_committed
+from tasks.wrappers import train_lm_task
+
+__all__ = ["train_lm_flow"]
+
+
+@flow(name="train-lm")
+def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # noqa: B008
+    """Train the nanoGPT-style LM on random windows of the flattened token stream."""
+    out = Path(cfg.out)
+    settings = TrainLMSettings(**cfg.model_dump(include=set(TrainLMSettings.model_fields)))
+    record = unless_committed(train_lm_task, is_checkpoint_committed(out))(
+        Path(cfg.dataset), out, settings
+    )
+    create_markdown_artifact(
+        key="train-lm",
+        markdown=(
+            f"**checkpoint** `{record.path}`\n\n"
+            f"| steps | parameters | first loss | last loss | val loss | tokens/s |\n"
+            f"|---|---|---|---|---|---|\n"
+            f"| {record.steps} | {record.n_parameters:,} | {record.train_loss_first:.4f} "
+            f"| {record.train_loss_last:.4f} | {record.val_loss:.4f} | {record.tokens_per_s:,.0f} |"
+        ),
+    )
+    return record

@@ -1,0 +1,174 @@
+"""Autoregressive sampling from a `GPT` with a KV cache and a frame-aligned sliding window.
+
+Shape symbols: B batch, P prompt length, N new tokens, V vocabulary, K levels per frame
+(`frame_size`), S cached length.
+
+The token stream interleaves the K codebook levels of each audio frame (K = 1 for mu-law), and
+training windows start on frame boundaries, so position p of a window always holds level p % K.
+Generation keeps that invariant: every window fed to the model (the initial prefill and each
+re-prefill after the cache fills) starts at a multiple of K in the whole prompt + generated
+stream. The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) slides its
+reference sampler by single tokens, so its windows can start mid-frame, unlike training; we slide
+by whole frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.gpt import GPT
+
+__all__ = ["GenerationResult", "sample_next", "generate"]
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns."""
+
+    tokens: Tensor  # int64 [B, N], only the new tokens
+    n_forward_calls: int  # model forward calls, prefills included
+    n_prefills: int  # the initial prefill plus one per slide of the window
+    # Start of each prefill window, as a position in the prompt + generated stream; every one is a
+    # multiple of frame_size.
+    prefill_starts: list[int] = field(default_factory=list)
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one token per row from next-token logits.
+
+    Args:
+        logits: float `[B, V]` unnormalised scores.
+        temperature: divides the logits; 0 means greedy (argmax, no randomness).
+        top_k: keep only the k most likely tokens (nanoGPT's sample.py).
+        top_p: nucleus sampling (Holtzman et al., 2020): keep the smallest set of most likely
+            tokens whose probabilities sum to at least top_p.
+        generator: the random source for `torch.multinomial`, on the logits' device.
+
+    Returns:
+        int64 `[B]` token ids in [0, V).
+    """
+    assert logits.ndim == 2, f"logits must be [B, V], got shape {tuple(logits.shape)}"
+    assert temperature >= 0.0, f"temperature must be >= 0, got {temperature}"
+    assert top_k is None or top_k >= 1, f"top_k must be >= 1, got {top_k}"
+    assert top_p is None or 0.0 < top_p <= 1.0, f"top_p must be in (0, 1], got {top_p}"
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)  # [B]
+
+    # Softmax in float32 even for half-precision models: small probabilities matter here.
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+        probs = torch.softmax(sorted_logits, dim=-1)  # [B, V]
+        # A token is needed while the mass strictly before it is below top_p; the most likely
+        # token (mass 0 before it) is always kept.
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # [B, V]
+        drop_sorted = mass_before >= top_p  # [B, V]
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # [B, V]
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # [B, V]
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # [B]
+
+
+def _window_start(stream_len: int, max_len: int, frame_size: int) -> int:
+    """The earliest frame boundary s with stream_len - s <= max_len (and s >= 0)."""
+    first = max(0, stream_len - max_len)
+    return -(-first // frame_size) * frame_size  # round up to a multiple of frame_size
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    frame_size: int = 1,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Continue `prompt` by `max_new_tokens` tokens, one forward step per token.
+
+    The last tokens of the prompt that fit in block_size, starting on a frame boundary, are
+    prefilled into a KV cache; then each new token is one single-token forward. When the cache
+    is full, the window slides: the most recent `keep` tokens are re-prefilled into a reset cache,
+    where keep is at most (block_size // 2) rounded down to whole frames, and exactly the amount
+    that makes the window start on a frame boundary of the whole stream. The model is run in eval
+    mode (dropout off) and restored to its previous mode afterwards.
+
+    Args:
+        model: the language model.
+        prompt: int64 `[B, P]` token ids, P >= 1, on the model's device; position 0 is the start
+            of a frame.
+        max_new_tokens: N, the number of tokens to generate.
+        temperature, top_k, top_p, generator: see `sample_next`.
+        frame_size: K, tokens per audio frame (interleaved codebook levels; 1 for mu-law).
+
+    Returns:
+        `GenerationResult` with int64 `[B, N]` new tokens (an inference-mode tensor) and counts.
+    """
+    assert prompt.ndim == 2, f"prompt must be [B, P], got shape {tuple(prompt.shape)}"
+    assert prompt.shape[1] >= 1, f"prompt must hold a token, got shape {tuple(prompt.shape)}"
+    assert max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {max_new_tokens}"
+    block_size = model.config.block_size
+    # keep must hold at least one whole frame.
+    assert 1 <= frame_size <= block_size // 2, (
+        f"frame_size {frame_size} must be in [1, block_size // 2 = {block_size // 2}]"
+    )
+    b, p = prompt.shape
+    if max_new_tokens == 0:
+        return GenerationResult(prompt.new_empty((b, 0)), 0, 0, [])  # [B, 0]
+
+    keep_max = (block_size // 2) // frame_size * frame_size
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(b, device=prompt.device)
+        # The stream (prompt + new tokens) grows by one column per new token.
+        stream = torch.empty(
+            (b, p + max_new_tokens), dtype=torch.long, device=prompt.device
+        )  # [B, P + N]
+        stream[:, :p] = prompt
+
+        start = _window_start(p, block_size, frame_size)
+        logits = model(stream[:, start:p], cache=cache).logits[:, -1]  # [B, V]
+        n_forward, prefill_starts = 1, [start]
+
+        for i in range(max_new_tokens):
+            token = sample_next(
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )  # [B]
+            end = p + i + 1  # stream length with this token
+            stream[:, end - 1] = token
+            if i == max_new_tokens - 1:
+                break  # no need to feed the last token
+            if cache.length < block_size:
+                logits = model(token[:, None], cache=cache).logits[:, -1]  # [B, V]
+            else:
+                start = _window_start(end, keep_max, frame_size)
+                cache.reset()
+                logits = model(stream[:, start:end], cache=cache).logits[:, -1]  # [B, V]
+                prefill_starts.append(start)
+            n_forward += 1
+    finally:
+        model.train(was_training)
+
+    return GenerationResult(
+        tokens=stream[:, p:].contiguous(),  # [B, N]
+        n_forward_calls=n_forward,
+        n_prefills=len(prefill_starts),
+        prefill_starts=prefill_starts,
+    )

@@ -1,0 +1,145 @@
+"""Pydantic configs: each flow's parameters.
+
+Prefect renders a flow parameter typed as one of these models as a validated form in its UI, so
+every field has a description, a bound or a `Literal` choice. Configs hold what a user chooses:
+settings and the input/output folders of one stage. Paths inside an output folder are derived by
+the flows, never stored here.
+
+Each stage has a `*Settings` model (what the pipeline config nests) and a `*Config` model that adds
+the stage's input and output paths (what the stage's own flow and CLI subcommand take).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AcquireConfig",
+    "AcquireSettings",
+    "EvaluateConfig",
+    "EvaluateSettings",
+    "PipelineConfig",
+    "TokenizeConfig",
+    "TokenizeSettings",
+    "TrainLMConfig",
+    "TrainLMSettings",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AcquireSettings(_Config):
+    source: str = Field(
+        "data/librilight-tiny/librilight-tiny.tar",
+        description="Libri-Light-format tar to fetch: a local path, file://, http(s):// or s3:// "
+        "URL (e.g. https://dl.fbaipublicfiles.com/librilight/data/small.tar).",
+    )
+    md5: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="Expected md5 of the tar (hex); the download fails on a mismatch.",
+    )
+    target_len_sec: float = Field(
+        60.0,
+        gt=0,
+        description="Segment length target in seconds: consecutive voice-activity chunks are "
+        "joined up to this length (Libri-Light's cut_by_vad.py, default 60); a longer chunk "
+        "stays whole.",
+    )
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of audio hours held out for validation; whole speakers are held out, so "
+        "no speaker is in both splits.",
+    )
+    seed: int = Field(0, description="Seed of the speaker split.")
+
+
+class AcquireConfig(AcquireSettings):
+    out: str = Field(
+        "runs/demo/acquire",
+        description="Folder for the downloaded tar, the extracted audio and the segment manifest.",
+    )
+
+
+class TokenizeSettings(_Config):
+    tokenizer: Literal["mulaw"] = Field(
+        "mulaw",
+        description="Audio tokenizer: 'mulaw' is mu-law 256 at 16 kHz, one token per sample.",
+    )
+    shard_hours: float = Field(
+        1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."
+    )
+
+
+class TokenizeConfig(TokenizeSettings):
+    manifest: str = Field(
+        "runs/demo/acquire/segments.parquet",
+        description="Segment manifest (Parquet) written by the acquire flow.",
+    )
+    out: str = Field("runs/demo/tokens/mulaw", description="Folder of the token dataset.")
+
+
+class TrainLMSettings(_Config):
+    n_layer: int = Field(4, ge=1, le=96, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=128, description="Attention heads per block.")
+    n_embd: int = Field(128, ge=8, description="Model width; a multiple of n_head.")
+    block_size: int = Field(
+        256, ge=8, description="Context length in tokens (the post's LM uses 2 048)."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+    batch_size: int = Field(16, ge=1, description="Windows per optimizer step.")
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of the peak.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")
+    seed: int = Field(0, description="Seed of initialisation and window sampling.")
+    device: Device = Field("auto", description="'auto' takes CUDA when present.")
+
+
+class TrainLMConfig(TrainLMSettings):
+    dataset: str = Field("runs/demo/tokens/mulaw", description="Token dataset folder.")
+    out: str = Field("runs/demo/lm", description="Folder of the training run and its checkpoint.")
+
+
+class EvaluateSettings(_Config):
+    prompt: str = Field(
+        "data/prompts/prompt_librilight_uk_4s.wav",
+        description="Spoken prompt (any audio file; resampled and down-mixed to the tokenizer's "
+        "rate). The default is the post's own: two lines of a poem from Libri-Light.",
+    )
+    generate_seconds: float = Field(
+        0.5, gt=0, le=600, description="Length of each continuation, in seconds of audio."
+    )
+    num_samples: int = Field(1, ge=1, le=64, description="Continuations sampled in one batch.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
+    seed: int = Field(0, description="Sampling seed.")
+    device: Device = Field("auto", description="'auto' takes CUDA when present.")
+
+
+class EvaluateConfig(EvaluateSettings):
+    checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
+    dataset: str = Field(
+        "runs/demo/tokens/mulaw", description="Token dataset the LM was trained on."
+    )
+    out: str = Field("runs/demo/report", description="Folder of the evaluation report.")
+
+
+class PipelineConfig(_Config):
+    out: str = Field("runs/demo", description="Run folder; every stage writes below it.")
+    acquire: AcquireSettings = Field(default_factory=AcquireSettings)
+    tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
+    train_lm: TrainLMSettings = Field(default_factory=TrainLMSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)

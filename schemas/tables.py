@@ -1,0 +1,61 @@
+"""Arrow schemas of codecflow's immutable records: the segment manifest and the token shards.
+
+Every Parquet or Arrow file that codecflow writes is validated against one of these schemas, so a
+reader never has to guess a column's type.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = [
+    "MANIFEST_AUDIO_ROOT_KEY",
+    "SEGMENT_CHUNK_TYPE",
+    "SEGMENT_MANIFEST_SCHEMA",
+    "TOKEN_SHARD_SCHEMA",
+    "SPLITS",
+]
+
+#: The dataset splits. Speakers never appear in both (see tasks.acquire.split_by_speaker).
+SPLITS: tuple[str, ...] = ("train", "val")
+
+#: Key of the manifest's Parquet metadata that names the extracted audio folder, relative to the
+#: manifest's own folder (so a run folder can be moved as a whole).
+MANIFEST_AUDIO_ROOT_KEY = b"codecflow.audio_root"
+
+#: One voice-activity chunk of a source file, in seconds from the file's start.
+SEGMENT_CHUNK_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64())])
+
+#: One row per segment. A segment is the concatenation of consecutive VAD chunks of one source
+#: file, with the semantics of Libri-Light's `data_preparation/cut_by_vad.py`: chunks are joined
+#: until adding the next one would exceed `target_len_sec`; a chunk longer than the target stays
+#: whole. Segments are stored as references (file + chunks), not as cut audio.
+SEGMENT_MANIFEST_SCHEMA = pa.schema(
+    [
+        ("segment_id", pa.string()),  # "<file stem>_<index:04d>", unique in the manifest
+        ("source_path", pa.string()),  # path of the FLAC relative to the extracted root
+        ("speaker", pa.string()),
+        ("book_id", pa.string()),
+        ("split", pa.string()),  # one of SPLITS
+        ("sample_rate", pa.int32()),
+        ("start_s", pa.float64()),  # start of the first chunk
+        ("end_s", pa.float64()),  # end of the last chunk
+        ("duration_s", pa.float64()),  # sum of the chunk lengths (the gaps are dropped)
+        ("chunks", pa.list_(SEGMENT_CHUNK_TYPE)),
+        ("snr", pa.float64()),
+    ]
+)
+
+#: One row per segment in an Arrow IPC token shard. `codes` holds the segment's `[K, F]` code
+#: matrix flattened level-major (K levels, F frames), in the smallest unsigned integer type that
+#: holds the tokenizer's vocabulary (uint8 for mu-law's 256 values).
+TOKEN_SHARD_SCHEMA = pa.schema(
+    [
+        ("segment_id", pa.string()),
+        ("speaker", pa.string()),
+        ("book_id", pa.string()),
+        ("split", pa.string()),
+        ("n_frames", pa.int64()),
+        ("codes", pa.list_(pa.uint8())),
+    ]
+)

@@ -1,0 +1,1 @@
+"""codecflow tasks."""

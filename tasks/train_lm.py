@@ -1,0 +1,257 @@
+"""Train the nanoGPT-style LM on a token dataset; write a safetensors checkpoint.
+
+Plain functions, no Prefect: `tasks.wrappers` makes them tasks. A checkpoint folder holds
+`model.safetensors` (weights only: loading never unpickles), `config.json` (the GPT's numbers and
+the tokenizer it reads), `metrics.json`, the per-step `train_log.jsonl` and `loss.png`. The folder
+is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.gpt import GPT, GPTConfig
+from schemas.configs import TrainLMSettings
+from tasks.errors import CodecflowError
+from tasks.io import atomic_dir, fingerprint
+from tasks.tokenization import load_split_stream, read_dataset_info
+
+__all__ = [
+    "CheckpointRecord",
+    "is_checkpoint_committed",
+    "learning_rate_at",
+    "load_checkpoint",
+    "resolve_device",
+    "train_lm",
+]
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What a training run produced: small, picklable, cacheable."""
+
+    path: Path
+    fingerprint: str
+    steps: int
+    n_parameters: int
+    train_loss_first: float
+    train_loss_last: float
+    val_loss: float
+    tokens_per_s: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CodecflowError("device 'cuda' was asked for but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def learning_rate_at(step: int, settings: TrainLMSettings) -> float:
+    """Linear warm-up then cosine decay to min_lr_ratio of the peak (nanoGPT's schedule)."""
+    peak = settings.learning_rate
+    if step < settings.warmup_steps:
+        return peak * (step + 1) / settings.warmup_steps
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    floor = peak * settings.min_lr_ratio
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def _windows(
+    stream: torch.Tensor, batch_size: int, block_size: int, frame_size: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of block_size + 1 tokens starting on frame boundaries: inputs, targets."""
+    n_starts = (len(stream) - block_size - 1) // frame_size
+    starts = torch.randint(0, n_starts, (batch_size,), generator=gen) * frame_size  # [B]
+    offsets = torch.arange(block_size + 1)  # [block_size + 1]
+    window = stream[starts[:, None] + offsets[None, :]].long()  # [B, block_size + 1]
+    return window[:, :-1], window[:, 1:]  # [B, block_size], [B, block_size]
+
+
+def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
+    # nanoGPT: decay matrices (>= 2-D), not biases or LayerNorm gains.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.95))
+
+
+def is_checkpoint_committed(out: Path) -> bool:
+    """True when `out/checkpoint` holds a complete checkpoint."""
+    return (Path(out) / "checkpoint" / "metrics.json").is_file()
+
+
+def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
+    """Train a GPT on the flattened token stream of `dataset`; checkpoint to `out/checkpoint`.
+
+    A complete checkpoint already in `out` for the same dataset and settings is returned as is.
+    """
+    dataset, out = Path(dataset), Path(out)
+    info = read_dataset_info(dataset)
+    checkpoint = out / "checkpoint"
+    identity = {"dataset": info["fingerprint"], "settings": settings.model_dump(mode="json")}
+    if is_checkpoint_committed(out):
+        metrics = json.loads((checkpoint / "metrics.json").read_text())
+        if metrics.get("identity") == identity:
+            return _record(checkpoint, metrics)
+        raise CodecflowError(
+            f"{checkpoint} holds a checkpoint of another dataset or settings; choose another out"
+        )
+    if settings.n_embd % settings.n_head:
+        raise CodecflowError(
+            f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
+        )
+
+    spec = info["tokenizer"]
+    frame_size = int(spec["num_levels"])  # tokens per time step in the flattened stream
+    train_stream = torch.from_numpy(load_split_stream(dataset, "train"))  # [N]
+    val_stream = torch.from_numpy(load_split_stream(dataset, "val"))  # [N_val]
+    for split, stream in (("train", train_stream), ("val", val_stream)):
+        if len(stream) <= settings.block_size + frame_size:
+            raise CodecflowError(
+                f"the {split} split of {dataset} has {len(stream)} tokens, fewer than one window "
+                f"of block_size={settings.block_size}"
+            )
+
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    config = GPTConfig(
+        vocab_size=int(spec["codebook_size"]),  # the post's flattening: one shared vocabulary
+        block_size=settings.block_size,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+        dropout=settings.dropout,
+    )
+    model = GPT(config).to(device)
+    optimizer = _optimizer(model, settings)
+    gen = torch.Generator().manual_seed(settings.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    log: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    model.train()
+    for step in range(settings.steps):
+        lr = learning_rate_at(step, settings)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = _windows(
+            train_stream, settings.batch_size, settings.block_size, frame_size, gen
+        )
+        with autocast:
+            loss = model(inputs.to(device), targets.to(device)).loss
+        assert loss is not None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        log.append({"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)})
+    elapsed = time.perf_counter() - started
+
+    val_loss = _evaluate_loss(model, val_stream, settings, frame_size, device, autocast)
+    metrics = {
+        "identity": identity,
+        "steps": settings.steps,
+        "n_parameters": model.num_parameters(),
+        "train_loss_first": log[0]["loss"],
+        "train_loss_last": log[-1]["loss"],
+        "val_loss": val_loss,
+        "tokens_per_s": settings.steps * settings.batch_size * settings.block_size / elapsed,
+        "device": str(device),
+    }
+    with atomic_dir(checkpoint) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights.pop("wte.weight", None)  # tied to lm_head: stored once
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(
+            json.dumps({"gpt": asdict(config), "tokenizer": spec}, indent=2) + "\n"
+        )
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        _plot_loss(log, val_loss, tmp / "loss.png")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # written last
+    return _record(checkpoint, metrics)
+
+
+@torch.no_grad()
+def _evaluate_loss(
+    model: GPT,
+    stream: torch.Tensor,
+    settings: TrainLMSettings,
+    frame_size: int,
+    device: torch.device,
+    autocast: torch.autocast,
+) -> float:
+    """Mean loss on `eval_batches` fixed random windows of the validation stream."""
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    model.eval()
+    losses = []
+    for _ in range(settings.eval_batches):
+        inputs, targets = _windows(
+            stream, settings.batch_size, settings.block_size, frame_size, gen
+        )
+        with autocast:
+            loss = model(inputs.to(device), targets.to(device)).loss
+        assert loss is not None
+        losses.append(loss.item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def _plot_loss(log: list[dict[str, Any]], val_loss: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
+    ax.axhline(val_loss, color="tab:orange", linestyle="--", label=f"val (end) {val_loss:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _record(checkpoint: Path, metrics: dict[str, Any]) -> CheckpointRecord:
+    return CheckpointRecord(
+        path=checkpoint,
+        fingerprint=fingerprint(checkpoint / "model.safetensors"),
+        steps=int(metrics["steps"]),
+        n_parameters=int(metrics["n_parameters"]),
+        train_loss_first=float(metrics["train_loss_first"]),
+        train_loss_last=float(metrics["train_loss_last"]),
+        val_loss=float(metrics["val_loss"]),
+        tokens_per_s=float(metrics["tokens_per_s"]),
+    )
+
+
+def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
+    """The GPT of a checkpoint folder (safetensors: no unpickling) and its tokenizer spec."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "metrics.json").is_file():
+        raise CodecflowError(f"no complete LM checkpoint at {checkpoint}")
+    config = json.loads((checkpoint / "config.json").read_text())
+    model = GPT(GPTConfig(**config["gpt"]))
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - {"wte.weight"}:
+        raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json")
+    return model.to(device).eval(), config["tokenizer"]

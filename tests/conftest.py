@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated PREFECT_HOME, one Prefect test server per session, and the tiny
+corpus carried through each stage once (acquire -> tokenize -> train), reused by later tests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: nothing a test does may touch ~/.prefect or the demo's cache.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="codecflow-tests-prefect-")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
+PROMPT = REPO / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
+
+
+def tiny_tar_md5() -> str:
+    return (TINY_TAR.with_suffix(".tar.md5")).read_text().split()[0]
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """A Prefect server for the whole session; its URL for subprocesses (CLI runs)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The harness has its own 30 s start-up limit, too short on 2 cores: None waits as needed.
+    with prefect_test_harness(server_startup_timeout=None):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded corpus fetched, extracted and cut into 5 s segments (plain functions)."""
+    from tasks.acquire import build_segment_manifest, extract_tar_safely, fetch
+
+    root = tmp_path_factory.mktemp("acquire")
+    fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, tiny_tar_md5())
+    extracted = extract_tar_safely(fetched.path, root / "librilight")
+    record = build_segment_manifest(
+        extracted.root, root / "segments.parquet", target_len_sec=5.0, val_fraction=0.2, seed=0
+    )
+    return record.path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus as a mu-law token dataset."""
+    from schemas.configs import TokenizeSettings
+    from tasks.tokenization import tokenize_manifest
+
+    out = tmp_path_factory.mktemp("tokens") / "mulaw"
+    return tokenize_manifest(tiny_manifest, out, TokenizeSettings()).path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_settings() -> object:
+    from schemas.configs import TrainLMSettings
+
+    return TrainLMSettings(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=64,
+        batch_size=8,
+        steps=40,
+        warmup_steps=5,
+        eval_batches=2,
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(
+    tiny_dataset: Path, tiny_lm_settings: object, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny GPT trained for a few steps on the tiny dataset."""
+    from tasks.train_lm import train_lm
+
+    out = tmp_path_factory.mktemp("lm")
+    return train_lm(tiny_dataset, out, tiny_lm_settings).path  # type: ignore[arg-type]

@@ -1,0 +1,66 @@
+"""The whole DAG under a real Prefect server: first run computes, second run is all cache hits,
+and a deleted output is recomputed instead of being served stale from the cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conftest import PROMPT, TINY_TAR, tiny_tar_md5
+
+from flows.pipeline import pipeline_flow
+from schemas.configs import AcquireSettings, EvaluateSettings, PipelineConfig, TrainLMSettings
+
+STAGE_TASKS = {"fetch", "extract", "segment-manifest", "tokenize", "train-lm", "evaluate"}
+
+
+def _task_states_since(since: datetime) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs()
+    return {
+        run.name.rsplit("-", 1)[0]: run.state.name
+        for run in runs
+        if run.created is not None and run.created >= since and run.state is not None
+    }
+
+
+def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    cfg = PipelineConfig(
+        out=str(tmp_path / "run"),
+        acquire=AcquireSettings(
+            source=TINY_TAR.as_uri(), md5=tiny_tar_md5(), target_len_sec=5.0, val_fraction=0.2
+        ),
+        train_lm=TrainLMSettings(
+            n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=30, device="cpu"
+        ),
+        evaluate=EvaluateSettings(prompt=str(PROMPT), generate_seconds=0.01, device="cpu"),
+    )
+    first = pipeline_flow(cfg)
+    run = tmp_path / "run"
+    assert first.manifest == run / "acquire" / "segments.parquet"
+    assert first.dataset == run / "tokens" / "mulaw"
+    assert first.checkpoint == run / "lm" / "checkpoint"
+    assert first.report == run / "report"
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["train_loss_last"] < summary["train_loss_first"]
+    assert summary["n_segments"] > 0 and summary["dataset_bytes"] > 0
+
+    started = datetime.now(UTC)
+    assert pipeline_flow(cfg) == first
+    states = _task_states_since(started)
+    assert set(states) == STAGE_TASKS
+    assert set(states.values()) == {"Cached"}, states
+
+    shutil.rmtree(run / "report")
+    started = datetime.now(UTC)
+    pipeline_flow(cfg)
+    states = _task_states_since(started)
+    assert states["evaluate"] == "Completed"
+    assert {states[t] for t in STAGE_TASKS - {"evaluate"}} == {"Cached"}
+    assert (run / "report" / "summary.json").is_file()

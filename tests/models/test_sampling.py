@@ -1,0 +1,177 @@
+"""`generate` and `sample_next`: sliding frame-aligned windows, greedy, seeds, top-k, top-p.
+
+Shape symbols: B batch, P prompt length, N new tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor
+
+from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from models.sampling import generate, sample_next
+
+V = 48
+
+
+def _model(block_size: int = 16, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config).eval()
+
+
+def _prompt(b: int, p: int, seed: int = 1) -> Tensor:
+    return torch.randint(0, V, (b, p), generator=torch.Generator().manual_seed(seed))  # [B, P]
+
+
+@dataclass
+class Call:
+    idx: Tensor  # [B, T] what the model was fed
+    past: int  # cache length before the call
+
+
+def _spy(model: GPT, monkeypatch: pytest.MonkeyPatch) -> list[Call]:
+    """Record every forward call of `model` (generate calls the module, which calls forward)."""
+    calls: list[Call] = []
+    forward: Callable[..., GPTOutput] = model.forward
+
+    def spy(idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None) -> GPTOutput:
+        assert cache is not None, "generate must use the KV cache"
+        calls.append(Call(idx.clone(), cache.length))
+        return forward(idx, targets, cache)
+
+    monkeypatch.setattr(model, "forward", spy)
+    return calls
+
+
+def _window_starts(calls: list[Call], p: int) -> list[tuple[int, int]]:
+    """(call index, stream start) of every prefill. Call j always ends at stream position
+    p + j: the initial prefill ends with the prompt, then each call feeds the newest token."""
+    return [(j, p + j - c.idx.shape[1]) for j, c in enumerate(calls) if c.past == 0]
+
+
+@pytest.mark.parametrize("p", [1, 5, 16, 20, 23])
+def test_long_generation_slides_on_frame_boundaries(
+    p: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(block_size=16)
+    calls = _spy(model, monkeypatch)
+    prompt = _prompt(2, p)
+    n, frame = 50, 3
+    gen = torch.Generator().manual_seed(0)
+    result = generate(model, prompt, n, frame_size=frame, generator=gen)
+
+    assert result.tokens.shape == (2, n) and result.tokens.dtype == torch.int64
+    assert int(result.tokens.min()) >= 0 and int(result.tokens.max()) < V
+    assert result.n_forward_calls == len(calls) == n
+    stream = torch.cat([prompt, result.tokens], dim=1)  # [B, P + N]
+
+    starts = _window_starts(calls, p)
+    assert result.n_prefills == len(starts) > 1  # 50 tokens cannot fit in 16: it slid
+    assert result.prefill_starts == [s for _, s in starts]
+    for k, (j, start) in enumerate(starts):
+        window = calls[j].idx
+        assert start % frame == 0, f"window {k} starts mid-frame at {start}"
+        assert torch.equal(window, stream[:, start : start + window.shape[1]])
+        assert window.shape[1] <= 16
+        if k == 0:
+            # The initial prefill holds the last prompt tokens that fit (less than a frame short).
+            assert window.shape[1] == p - start and window.shape[1] > min(p, 16) - frame
+        else:
+            assert window.shape[1] <= (16 // 2) // frame * frame  # keep: half, whole frames
+            assert calls[j - 1].past + calls[j - 1].idx.shape[1] == 16  # slid only when full
+    # Between prefills, one token per call.
+    assert all(c.idx.shape[1] == 1 for c in calls if c.past > 0)
+
+
+def test_greedy_is_deterministic_and_equals_full_recompute() -> None:
+    model = _model(block_size=32)
+    prompt = _prompt(2, 5)
+    first = generate(model, prompt, 8, temperature=0.0)
+    second = generate(model, prompt, 8, temperature=0.0)
+    assert torch.equal(first.tokens, second.tokens)
+    assert first.n_prefills == 1
+
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = model(seq).logits[:, -1].argmax(dim=-1)  # [B]
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+    assert torch.equal(first.tokens, seq[:, 5:])
+
+
+def test_greedy_with_sliding_equals_recompute_on_each_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _model(block_size=16)
+    calls = _spy(model, monkeypatch)
+    prompt, p = _prompt(1, 9), 9
+    result = generate(model, prompt, 30, temperature=0.0, frame_size=2)
+    monkeypatch.undo()
+    stream = torch.cat([prompt, result.tokens], dim=1)  # [B, P + N]
+    start = 0
+    with torch.no_grad():
+        for j, call in enumerate(calls):
+            end = p + j
+            if call.past == 0:
+                start = end - call.idx.shape[1]
+            # After a prefill at `start` and steps, the cache equals a forward over the window.
+            expected = model(stream[:, start:end]).logits[:, -1].argmax(dim=-1)  # [B]
+            assert torch.equal(stream[:, end], expected), f"token {j}"
+
+
+def test_same_seed_same_sample_different_seed_different_sample() -> None:
+    model = _model()
+    prompt = _prompt(2, 4)
+
+    def run(seed: int) -> Tensor:
+        return generate(model, prompt, 24, generator=torch.Generator().manual_seed(seed)).tokens
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy() -> None:
+    model = _model()
+    prompt = _prompt(2, 6)
+    greedy = generate(model, prompt, 20, temperature=0.0).tokens
+    gen = torch.Generator().manual_seed(0)
+    top_k = generate(model, prompt, 20, top_k=1, generator=gen).tokens
+    top_p = generate(model, prompt, 20, top_p=1e-6, generator=gen).tokens
+    assert torch.equal(top_k, greedy)
+    assert torch.equal(top_p, greedy)
+
+
+def test_sample_next_filters() -> None:
+    probs = torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05]])  # [1, V]
+    logits = probs.log().repeat(2000, 1)  # [2000, V]
+    gen = torch.Generator().manual_seed(0)
+
+    def support(**kwargs: float | int) -> set[int]:
+        return set(sample_next(logits, generator=gen, **kwargs).tolist())  # type: ignore[arg-type]
+
+    assert support() == {0, 1, 2, 3, 4}
+    assert support(top_k=2) == {1, 3}
+    assert support(top_p=0.7) == {1, 3}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    assert support(top_p=0.5) == {1}  # the most likely token alone already has 0.5
+    assert support(top_p=0.85) == {0, 1, 3}
+    assert sample_next(logits[:3], temperature=0.0).tolist() == [1, 1, 1]
+    assert sample_next(logits[:1]).dtype == torch.int64
+
+
+def test_edge_cases() -> None:
+    model = _model(block_size=16)
+    prompt = _prompt(2, 3)
+    empty = generate(model, prompt, 0)
+    assert empty.tokens.shape == (2, 0) and empty.n_forward_calls == 0
+    with pytest.raises(AssertionError, match="frame_size 9"):
+        generate(model, prompt, 4, frame_size=9)
+    with pytest.raises(AssertionError, match=r"\(3,\)"):
+        generate(model, torch.zeros(3, dtype=torch.long), 4)
+    model.train()
+    generate(model, prompt, 2)
+    assert model.training  # the mode is restored

@@ -1,0 +1,45 @@
+"""Cache keys follow the content of the inputs, not their names or times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from schemas.configs import EvaluateSettings
+from tasks import evaluate as evaluate_module
+from tasks.caching import content_key, stable_json
+from tasks.wrappers import evaluate_task
+
+
+def _key(params: dict) -> str:
+    key_fn = content_key("dataset/dataset.json", "settings.prompt", code=(evaluate_module,))
+    return key_fn(SimpleNamespace(task=evaluate_task), params)
+
+
+def test_key_follows_content_and_parameters(tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    info = tmp_path / "ds" / "dataset.json"
+    info.write_text('{"fingerprint": "a"}')
+    prompt = tmp_path / "p.wav"
+    prompt.write_bytes(b"RIFF1")
+    params = {"dataset": tmp_path / "ds", "settings": EvaluateSettings(prompt=str(prompt))}
+    first = _key(params)
+    assert _key(params) == first
+    info.touch()  # a new mtime alone changes nothing
+    assert _key(params) == first
+    prompt.write_bytes(b"RIFF2")
+    second = _key(params)
+    assert second != first
+    info.write_text('{"fingerprint": "b"}')
+    assert _key(params) != second
+    changed = {**params, "settings": EvaluateSettings(prompt=str(prompt), seed=1)}
+    assert _key(changed) != _key(params)
+
+
+def test_missing_input_keys_as_missing(tmp_path: Path) -> None:
+    params = {"dataset": tmp_path / "none", "settings": EvaluateSettings(prompt="nope.wav")}
+    assert _key(params) == _key(dict(params))
+
+
+def test_stable_json_is_canonical() -> None:
+    assert stable_json({"b": Path("/x"), "a": (1, 2)}) == '{"a": [1, 2], "b": "/x"}'

@@ -1,0 +1,159 @@
+"""Tokenization into Arrow shards: layout, dtype, size accounting, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from models.mulaw import MuLawTokenizer
+from schemas.configs import TokenizeSettings
+from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
+from tasks.acquire import read_segment_audio
+from tasks.errors import CodecflowError
+from tasks.io import sha256_file
+from tasks.tokenization import (
+    interleave_levels,
+    load_split_stream,
+    plan_shards,
+    read_dataset_info,
+    tokenize_manifest,
+)
+from tasks.wrappers import tokenize_task
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _manifest_rows(manifest: Path) -> tuple[list[dict], Path]:
+    table = pq.read_table(manifest)
+    root = manifest.parent / table.schema.metadata[MANIFEST_AUDIO_ROOT_KEY].decode()
+    return table.to_pylist(), root
+
+
+def test_shards_hold_uint8_codes_of_every_segment(tiny_manifest: Path, tiny_dataset: Path) -> None:
+    rows, root = _manifest_rows(tiny_manifest)
+    info = read_dataset_info(tiny_dataset)
+    assert info["dtype"] == "uint8"
+    assert info["tokenizer"]["codebook_size"] == 256
+    seen = {}
+    for shard in info["shards"]:
+        with pa.memory_map(str(tiny_dataset / shard["file"])) as source:
+            table = ipc.open_file(source).read_all()
+        assert table.schema.equals(TOKEN_SHARD_SCHEMA)
+        assert table.num_rows == shard["rows"]
+        for row in table.to_pylist():
+            seen[row["segment_id"]] = row
+    assert sorted(seen) == sorted(r["segment_id"] for r in rows)
+    # One mu-law token per sample: n_frames equals the segment's sample count, and the codes
+    # decode back to the segment's audio within mu-law's quantisation error.
+    row = rows[0]
+    audio = read_segment_audio(root, row)
+    stored = seen[row["segment_id"]]
+    assert stored["n_frames"] == len(audio) == len(stored["codes"])
+    assert stored["split"] == row["split"] and stored["speaker"] == row["speaker"]
+    codes = torch.tensor(stored["codes"], dtype=torch.int64).view(1, 1, -1)
+    decoded = MuLawTokenizer(16_000).decode(codes)[0, 0].numpy()
+    assert np.max(np.abs(decoded - audio)) < 0.05
+
+
+def test_size_report_accounts_for_every_byte(tiny_manifest: Path, tiny_dataset: Path) -> None:
+    rows, _ = _manifest_rows(tiny_manifest)
+    report = json.loads((tiny_dataset / "size_report.json").read_text())
+    total = report["total"]
+    shard_bytes = sum(p.stat().st_size for p in (tiny_dataset / "shards").glob("*.arrow"))
+    assert total["bytes"] == shard_bytes
+    assert total["segments"] == len(rows)
+    assert total["audio_hours"] == pytest.approx(sum(r["duration_s"] for r in rows) / 3600)
+    assert total["tokens"] == total["frames"]  # mu-law: one level
+    assert total["tokens_per_second"] == pytest.approx(16_000, rel=0.01)
+    assert report["train"]["segments"] + report["val"]["segments"] == total["segments"]
+    # uint8 tokens are about half the size of 16-bit PCM (plus Arrow's offsets and ids).
+    assert 1.8 < total["compression_vs_pcm16"] <= 2.0
+
+
+def test_rerun_skips_and_interrupted_run_resumes_byte_identically(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    settings = TokenizeSettings(shard_hours=4.0 / 3600)  # a shard per ~4 s of audio
+    full = tmp_path / "full"
+    record = tokenize_manifest(tiny_manifest, full, settings)
+    shards = sorted((full / "shards").glob("*.arrow"))
+    assert len(shards) >= 3
+    before = _files(full)
+    assert tokenize_manifest(tiny_manifest, full, settings) == record
+    assert _files(full) == before
+
+    # An interrupted run: dataset.json never written, the last shard lost mid-write (only a
+    # temporary file left), and another shard written but not yet confirmed by its marker.
+    broken = tmp_path / "broken"
+    shutil.copytree(full, broken)
+    (broken / "dataset.json").unlink()
+    (broken / "size_report.json").unlink()
+    last = sorted((broken / "shards").glob("*.arrow"))[-1]
+    last.rename(last.with_name(f".{last.name}.abc.tmp"))
+    (broken / "shards" / f"{last.stem}.commit.json").unlink()
+    (broken / "shards" / f"{shards[0].stem}.commit.json").unlink()
+    assert tokenize_manifest(tiny_manifest, broken, settings) == record.__class__(
+        **{**record.__dict__, "path": broken}
+    )
+    resumed = {k: v for k, v in _files(broken).items() if not k.endswith(".tmp")}
+    assert resumed == before
+
+
+def test_plan_shards_orders_and_names_per_split() -> None:
+    rows = [
+        {"segment_id": f"s{i}", "split": "val" if i % 3 == 0 else "train", "duration_s": 1000.0}
+        for i in range(9)
+    ]
+    plans = plan_shards(rows, shard_hours=2000 / 3600)
+    assert [p.name for p in plans] == [
+        "train-00000",
+        "train-00001",
+        "train-00002",
+        "val-00000",
+        "val-00001",
+    ]
+    assert plans[0].segment_ids == ("s1", "s2")
+    assert all(len(p.segment_ids) <= 2 for p in plans)
+
+
+def test_streams_are_interleaved_frame_by_frame(tiny_dataset: Path) -> None:
+    codes = np.array([[1, 2, 3], [10, 20, 30]], dtype=np.uint8)  # [K=2, F=3]
+    assert interleave_levels(codes).tolist() == [1, 10, 2, 20, 3, 30]
+    train = load_split_stream(tiny_dataset, "train")
+    info = read_dataset_info(tiny_dataset)
+    train_tokens = sum(s["tokens"] for s in info["shards"] if s["split"] == "train")
+    assert train.dtype == np.uint8 and train.shape == (train_tokens,)
+
+
+def test_bad_inputs_name_the_file(tiny_manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(CodecflowError, match="segment manifest not found: .*nope.parquet"):
+        tokenize_manifest(tmp_path / "nope.parquet", tmp_path / "out", TokenizeSettings())
+    not_parquet = tmp_path / "bad.parquet"
+    not_parquet.write_text("hello")
+    with pytest.raises(CodecflowError, match="bad.parquet is not a Parquet file"):
+        tokenize_manifest(not_parquet, tmp_path / "out", TokenizeSettings())
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "taken"
+    tokenize_manifest(tiny_manifest, out, TokenizeSettings())
+    with pytest.raises(CodecflowError, match="already holds another token dataset"):
+        tokenize_manifest(tiny_manifest, out, TokenizeSettings(shard_hours=0.5))
+
+
+def test_task_wraps_the_plain_function(tiny_manifest: Path, tmp_path: Path) -> None:
+    record = tokenize_task.fn(tiny_manifest, tmp_path / "ds", TokenizeSettings())
+    assert record == tokenize_manifest(tiny_manifest, tmp_path / "ds", TokenizeSettings())
+    assert record.n_tokens > 0 and record.n_bytes > record.n_tokens

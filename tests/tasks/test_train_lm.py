@@ -1,0 +1,79 @@
+"""LM training on the tiny dataset: the loss falls, checkpoints load, reruns skip, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from schemas.configs import TrainLMSettings
+from tasks.errors import CodecflowError
+from tasks.train_lm import learning_rate_at, load_checkpoint, train_lm
+from tasks.wrappers import train_lm_task
+
+
+def test_training_lowers_the_loss_and_checkpoints(tiny_checkpoint: Path) -> None:
+    files = {p.name for p in tiny_checkpoint.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "metrics.json",
+        "train_log.jsonl",
+        "loss.png",
+    } <= files
+    metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    log = [
+        json.loads(line) for line in (tiny_checkpoint / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert len(log) == metrics["steps"] == 40
+    assert metrics["train_loss_first"] == pytest.approx(5.545, abs=0.3)  # ~ln(256) at init
+    assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.5
+
+
+def test_checkpoint_loads_with_tied_weights(tiny_checkpoint: Path, tiny_dataset: Path) -> None:
+    model, spec = load_checkpoint(tiny_checkpoint, torch.device("cpu"))
+    assert spec["name"] == "mulaw" and spec["codebook_size"] == 256
+    assert model.lm_head.weight is model.wte.weight
+    logits = model(torch.zeros(1, 8, dtype=torch.long)).logits
+    assert logits.shape == (1, 8, 256)
+    assert torch.isfinite(logits).all()
+
+
+def test_rerun_returns_the_committed_checkpoint(
+    tiny_dataset: Path, tiny_checkpoint: Path, tiny_lm_settings: TrainLMSettings
+) -> None:
+    weights = tiny_checkpoint / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    record = train_lm(tiny_dataset, tiny_checkpoint.parent, tiny_lm_settings)
+    assert record.path == tiny_checkpoint and weights.stat().st_mtime_ns == mtime
+    changed = tiny_lm_settings.model_copy(update={"steps": 41})
+    with pytest.raises(CodecflowError, match="holds a checkpoint of another dataset or settings"):
+        train_lm(tiny_dataset, tiny_checkpoint.parent, changed)
+
+
+def test_bad_settings_fail_before_training(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(CodecflowError, match="n_embd=30 is not a multiple of n_head=4"):
+        train_lm(tiny_dataset, tmp_path, TrainLMSettings(n_embd=30, n_head=4, device="cpu"))
+    with pytest.raises(CodecflowError, match="fewer than one window of block_size=10000000"):
+        train_lm(tiny_dataset, tmp_path, TrainLMSettings(block_size=10_000_000, device="cpu"))
+    with pytest.raises(CodecflowError, match="no complete token dataset at .*missing"):
+        train_lm(tmp_path / "missing", tmp_path, TrainLMSettings(device="cpu"))
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    s = TrainLMSettings(steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+    assert learning_rate_at(0, s) == pytest.approx(0.1)
+    assert learning_rate_at(9, s) == pytest.approx(1.0)
+    assert learning_rate_at(10, s) == pytest.approx(1.0)
+    assert learning_rate_at(55, s) == pytest.approx(0.55)
+    assert learning_rate_at(100, s) == pytest.approx(0.1)
+
+
+def test_task_wraps_the_plain_function(
+    tiny_dataset: Path, tiny_checkpoint: Path, tiny_lm_settings: TrainLMSettings
+) -> None:
+    record = train_lm_task.fn(tiny_dataset, tiny_checkpoint.parent, tiny_lm_settings)
+    assert record.path == tiny_checkpoint and record.steps == 40

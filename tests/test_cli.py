@@ -1,0 +1,130 @@
+"""The `codecflow` command: overrides, output lines, and one-line errors that lose nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY_TAR, tiny_tar_md5
+
+from flows.cli import CliError, apply_override, load_config
+from schemas.configs import PipelineConfig, TrainLMConfig
+
+
+def _codecflow(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("out: runs/x\ntrain_lm:\n  steps: 10\n")
+    cfg = load_config(
+        PipelineConfig, str(config), ["train_lm.learning_rate=1e-4", "evaluate.top_k=null"]
+    )
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.train_lm.steps == 10 and cfg.train_lm.learning_rate == 1e-4
+    assert cfg.evaluate.top_k is None and cfg.out == "runs/x"
+    data: dict = {}
+    apply_override(data, "a.b.c=3")
+    assert data == {"a": {"b": {"c": 3}}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["steps=0"],
+            r"invalid TrainLMConfig: steps: Input should be greater than or equal to 1 \(got 0\)",
+        ),
+        (["stpes=3"], r"stpes: Extra inputs are not permitted"),
+        (["device=tpu"], r"device: Input should be 'auto', 'cpu' or 'cuda'"),
+        (["steps"], r"--set 'steps': expected key.path=value"),
+    ],
+)
+def test_bad_config_is_one_clear_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(CliError, match=message):
+        load_config(TrainLMConfig, None, overrides)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CliError, match=r"config file not found: .*absent.yaml"):
+        load_config(TrainLMConfig, str(tmp_path / "absent.yaml"), [])
+
+
+def _last_line(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_acquire_prints_the_manifest_line(prefect_api_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "acq"
+    result = _codecflow(
+        prefect_api_url,
+        "acquire",
+        "--set",
+        f"source={TINY_TAR}",
+        "--set",
+        f"md5={tiny_tar_md5()}",
+        "--set",
+        f"out={out}",
+        "--set",
+        "target_len_sec=5",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"manifest: {out / 'segments.parquet'}"
+
+
+def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    wrong = "0" * 32
+    actual = hashlib.md5(TINY_TAR.read_bytes()).hexdigest()
+    out = tmp_path / "md5"
+    result = _codecflow(
+        prefect_api_url,
+        "acquire",
+        "--set",
+        f"source={TINY_TAR}",
+        "--set",
+        f"md5={wrong}",
+        "--set",
+        f"out={out}",
+    )
+    assert result.returncode == 2
+    line = _last_line(result)
+    assert line.startswith("error: md5 mismatch for ") and TINY_TAR.name in line
+    assert f"expected {wrong}, actual {actual}" in line
+    assert not list(out.rglob("*.part")) and not (out / "librilight").exists()
+    assert not (out / "segments.parquet").exists()
+
+    corrupt = tmp_path / "corrupt.tar"
+    corrupt.write_bytes(TINY_TAR.read_bytes()[: TINY_TAR.stat().st_size // 2])
+    out = tmp_path / "corrupt"
+    result = _codecflow(
+        prefect_api_url, "acquire", "--set", f"source={corrupt}", "--set", f"out={out}"
+    )
+    assert result.returncode == 2
+    assert _last_line(result).startswith("error: corrupt archive ") and "corrupt.tar" in _last_line(
+        result
+    )
+    assert [p.name for p in out.iterdir()] == ["download"]  # nothing extracted, no temp folder
+
+    missing = tmp_path / "nowhere.tar"
+    result = _codecflow(
+        prefect_api_url, "acquire", "--set", f"source={missing}", "--set", f"out={tmp_path / 'm'}"
+    )
+    assert result.returncode == 2
+    assert _last_line(result).startswith(
+        "error: source not found: "
+    ) and "nowhere.tar" in _last_line(result)
