@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,39 @@ class CliError(Exception):
     """A bad command line or config file: printed as one line."""
 
 
-def apply_override(config: dict[str, Any], assignment: str) -> None:
-    """Apply `key.path=value` to a nested dict; the value is parsed as YAML (`1e-3`, `null`)."""
+def _annotation_at(model: type[BaseModel] | None, keys: Sequence[str]) -> Any:
+    """The type annotation of the field at `keys` in `model`, or None when unknown."""
+    annotation: Any = None
+    for key in keys:
+        if model is None or key not in model.model_fields:
+            return None
+        annotation = model.model_fields[key].annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return annotation
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for `str`, `str | None` and string `Literal`s: fields whose value stays as typed."""
+    if annotation is str:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return all(isinstance(a, str) for a in args)
+    return bool(args) and all(a is str or a is type(None) for a in args)
+
+
+def apply_override(
+    config: dict[str, Any], assignment: str, model: type[BaseModel] | None = None
+) -> None:
+    """Apply `key.path=value` to a nested dict.
+
+    The value is parsed as YAML (`1e-3`, `true`, `null`), except for text fields of `model`,
+    which keep the characters as typed: an md5 of all digits stays a string, `null` still clears.
+    """
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise CliError(f"--set {assignment!r}: expected key.path=value")
@@ -99,7 +131,10 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise CliError(f"--set {assignment!r}: {part!r} is not a section")
         node = child
-    node[leaf] = yaml.safe_load(raw) if raw else ""
+    value = yaml.safe_load(raw) if raw else ""
+    if value is not None and _is_text(_annotation_at(model, key.split("."))):
+        value = raw
+    node[leaf] = value
 
 
 def load_config(model: type[BaseModel], path: str | None, overrides: Sequence[str]) -> BaseModel:
@@ -114,7 +149,7 @@ def load_config(model: type[BaseModel], path: str | None, overrides: Sequence[st
             raise CliError(f"config file {file} must hold a mapping")
         data = loaded or {}
     for assignment in overrides:
-        apply_override(data, assignment)
+        apply_override(data, assignment, model)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -13,13 +13,7 @@ import pytest
 # Before anything imports prefect: nothing a test does may touch ~/.prefect or the demo's cache.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="codecflow-tests-prefect-")
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
-PROMPT = REPO / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
-
-
-def tiny_tar_md5() -> str:
-    return (TINY_TAR.with_suffix(".tar.md5")).read_text().split()[0]
+from helpers import TINY_TAR, tiny_tar_md5  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_TAR, tiny_tar_md5
+from helpers import REPO, TINY_TAR, tiny_tar_md5
 
 from flows.cli import CliError, apply_override, load_config
 from schemas.configs import PipelineConfig, TrainLMConfig
@@ -39,6 +39,17 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path: Path) -> None:
     data: dict = {}
     apply_override(data, "a.b.c=3")
     assert data == {"a": {"b": {"c": 3}}}
+
+
+def test_text_fields_keep_the_characters_as_typed() -> None:
+    digits = "0" * 32
+    cfg = load_config(
+        PipelineConfig, None, [f"acquire.md5={digits}", "acquire.source=123", "out=007"]
+    )
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.acquire.md5 == digits and cfg.acquire.source == "123" and cfg.out == "007"
+    cleared = load_config(PipelineConfig, None, [f"acquire.md5={digits}", "acquire.md5=null"])
+    assert isinstance(cleared, PipelineConfig) and cleared.acquire.md5 is None
 
 
 @pytest.mark.parametrize(

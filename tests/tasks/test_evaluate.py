@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import PROMPT
 
 from models.mulaw import MuLawTokenizer
 from schemas.configs import EvaluateSettings
 from tasks.errors import CodecflowError
 from tasks.evaluate import SUMMARY_KEYS, acoustic_stats, evaluate, load_prompt
 from tasks.wrappers import evaluate_task
-
-PROMPT = Path(__file__).resolve().parents[2] / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
 
 
 def _settings(**overrides: object) -> EvaluateSettings:
