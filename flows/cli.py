@@ -10,6 +10,7 @@ exit status 2; nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -182,15 +183,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = COMMANDS[args.command]
+    # The output lines are printed at exit, after Prefect's ephemeral server has logged its
+    # shutdown (atexit runs handlers in reverse order of registration, and Prefect registers its
+    # own during the run): so the last line of a run is ours, a result or a one-line error.
+    final_lines: list[tuple[str, Any]] = []
+    atexit.register(_print_lines, final_lines)
     try:
         config = load_config(command.config, args.config, args.overrides)
         outputs = command.run(config)
     except (CliError, CodecflowError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        final_lines.append((f"error: {exc}", sys.stderr))
         return 2
-    for name, path in outputs.items():
-        print(f"{name}: {path}", flush=True)
+    final_lines.extend((f"{name}: {path}", sys.stdout) for name, path in outputs.items())
     return 0
+
+
+def _print_lines(lines: list[tuple[str, Any]]) -> None:
+    for line, stream in lines:
+        print(line, file=stream, flush=True)
 
 
 if __name__ == "__main__":
