@@ -9,7 +9,8 @@ from prefect import flow
 
 from flows._common import unless_committed
 from schemas.configs import AcquireConfig
-from tasks.acquire import EXTRACTED_MARKER, ManifestRecord
+from tasks.extract import EXTRACTED_MARKER
+from tasks.segments import ManifestRecord
 from tasks.wrappers import extract_task, fetch_task, manifest_task
 
 __all__ = ["acquire_flow"]

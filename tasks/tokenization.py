@@ -34,9 +34,9 @@ from schemas.tables import (
     SPLITS,
     TOKEN_SHARD_SCHEMA,
 )
-from tasks.acquire import read_segment_audio
 from tasks.errors import CodecflowError
 from tasks.io import atomic_file, atomic_write_json, sha256_file
+from tasks.segments import read_segment_audio
 from tasks.tokenizers import load_tokenizer, tokenizer_spec
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
-from tasks import acquire, evaluate, tokenization, train_lm
+from tasks import download, evaluate, extract, segments, tokenization, train_lm
 from tasks.caching import content_key
 from tasks.errors import CodecflowError
 
@@ -48,30 +48,30 @@ _CACHED: dict[str, Any] = {"persist_result": True}
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_condition_fn=_retry_unless_bad_input,
-    cache_key_fn=content_key(code=(acquire,)),
+    cache_key_fn=content_key(code=(download,)),
     **_CACHED,
 )
-def fetch_task(source: str, dest: Path, md5: str | None) -> acquire.FetchRecord:
+def fetch_task(source: str, dest: Path, md5: str | None) -> download.FetchRecord:
     """Download `source` to `dest` (resuming a `.part`), verifying its md5."""
-    return acquire.fetch(source, dest, md5)
+    return download.fetch(source, dest, md5)
 
 
-@task(name="extract", cache_key_fn=content_key(code=(acquire,)), **_CACHED)
-def extract_task(archive: acquire.FetchRecord, dest: Path) -> acquire.ExtractRecord:
+@task(name="extract", cache_key_fn=content_key(code=(extract,)), **_CACHED)
+def extract_task(archive: download.FetchRecord, dest: Path) -> extract.ExtractRecord:
     """Extract the downloaded tar safely (keyed on the tar's md5, not re-hashed)."""
-    return acquire.extract_tar_safely(archive.path, dest)
+    return extract.extract_tar_safely(archive.path, dest)
 
 
-@task(name="segment-manifest", cache_key_fn=content_key(code=(acquire,)), **_CACHED)
+@task(name="segment-manifest", cache_key_fn=content_key(code=(segments,)), **_CACHED)
 def manifest_task(
-    extracted: acquire.ExtractRecord,
+    extracted: extract.ExtractRecord,
     out: Path,
     target_len_sec: float,
     val_fraction: float,
     seed: int,
-) -> acquire.ManifestRecord:
+) -> segments.ManifestRecord:
     """Cut the extracted audio by VAD into segments and write the split manifest."""
-    return acquire.build_segment_manifest(
+    return segments.build_segment_manifest(
         extracted.root, out, target_len_sec=target_len_sec, val_fraction=val_fraction, seed=seed
     )
 

@@ -30,7 +30,9 @@ def prefect_api_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded corpus fetched, extracted and cut into 5 s segments (plain functions)."""
-    from tasks.acquire import build_segment_manifest, extract_tar_safely, fetch
+    from tasks.download import fetch
+    from tasks.extract import extract_tar_safely
+    from tasks.segments import build_segment_manifest
 
     root = tmp_path_factory.mktemp("acquire")
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, tiny_tar_md5())

@@ -16,9 +16,9 @@ import torch
 from models.mulaw import MuLawTokenizer
 from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
-from tasks.acquire import read_segment_audio
 from tasks.errors import CodecflowError
 from tasks.io import sha256_file
+from tasks.segments import read_segment_audio
 from tasks.tokenization import (
     interleave_levels,
     load_split_stream,

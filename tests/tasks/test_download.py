@@ -1,0 +1,222 @@
+"""Tests of tasks.download: fetch from local paths, file:// and fsspec URLs, and a real HTTP
+server on 127.0.0.1 (resume after a dropped connection, Range handling, md5 checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import httpx
+import pytest
+from http_server import ServerState, serve
+
+from tasks import download
+from tasks.download import FetchRecord, fetch
+from tasks.errors import (
+    ChecksumMismatchError,
+    CodecflowError,
+    SourceNotFoundError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
+TINY_MD5 = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar.md5"
+
+PAYLOAD = random.Random(1234).randbytes(300_000)
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def siblings(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+@pytest.fixture
+def server() -> Iterator[ServerState]:
+    with serve({"/data.bin": PAYLOAD}) as state:
+        yield state
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5.0) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+# --------------------------------------------------------------------------------------------
+
+
+def test_module_is_plain_python() -> None:
+    source = Path(download.__file__).read_text()
+    assert not re.search(r"^\s*(import|from)\s+prefect\b", source, re.MULTILINE)
+    assert set(download.__all__) <= set(dir(download))
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-url"])
+def test_fetch_local(tmp_path: Path, as_uri: bool) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    source = src.as_uri() if as_uri else str(src)
+    dest = tmp_path / "out" / "dest.bin"
+    seen: list[tuple[int, int | None]] = []
+    rec = fetch(source, dest, PAYLOAD_MD5, chunk_size=65536, progress=lambda *a: seen.append(a))
+    assert rec == FetchRecord(dest, PAYLOAD_MD5, len(PAYLOAD), 0, source)
+    assert dest.read_bytes() == PAYLOAD
+    assert not dest.with_name("dest.bin.part").exists()
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+
+
+def test_fetch_local_resumes_part_by_seeking(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    dest = tmp_path / "dest.bin"
+    dest.with_name("dest.bin.part").write_bytes(PAYLOAD[:123_456])
+    rec = fetch(str(src), dest, PAYLOAD_MD5)
+    assert rec.resumed_from == 123_456
+    assert rec.md5 == PAYLOAD_MD5 and dest.read_bytes() == PAYLOAD
+
+
+def test_fetch_existing_dest_is_not_downloaded_again(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    dest = tmp_path / "dest.bin"
+    dest.write_bytes(PAYLOAD)
+    rec = fetch(f"{server.base_url}/data.bin", dest, PAYLOAD_MD5, client=client)
+    assert rec.resumed_from == rec.n_bytes == len(PAYLOAD)
+    assert server.requests == []
+
+
+def test_fetch_replaces_a_stale_dest(tmp_path: Path, server: ServerState) -> None:
+    dest = tmp_path / "dest.bin"
+    dest.write_bytes(b"stale")
+    rec = fetch(f"{server.base_url}/data.bin", dest, PAYLOAD_MD5)  # creates its own client
+    assert rec.md5 == PAYLOAD_MD5 and dest.read_bytes() == PAYLOAD
+
+
+def test_fetch_http(tmp_path: Path, server: ServerState, client: httpx.Client) -> None:
+    dest = tmp_path / "dest.bin"
+    seen: list[tuple[int, int | None]] = []
+    url = f"{server.base_url}/data.bin"
+    rec = fetch(url, dest, PAYLOAD_MD5, client=client, progress=lambda *a: seen.append(a))
+    assert rec == FetchRecord(dest, PAYLOAD_MD5, len(PAYLOAD), 0, url)
+    assert server.requests == [("/data.bin", None)]
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+
+
+def test_fetch_http_resumes_after_dropped_connection(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    dest = tmp_path / "dest.bin"
+    part = tmp_path / "dest.bin.part"
+    url = f"{server.base_url}/data.bin"
+    server.drop_after = 100_000
+    with pytest.raises(httpx.TransportError):  # transient: propagates for the retrying wrapper
+        fetch(url, dest, PAYLOAD_MD5, client=client, chunk_size=8192)
+    assert not dest.exists()
+    # Kept for the resume: a prefix of what was sent (httpx holds back a last partial chunk).
+    kept = part.read_bytes()
+    assert 100_000 - 8192 < len(kept) <= 100_000 and PAYLOAD.startswith(kept)
+
+    rec = fetch(url, dest, PAYLOAD_MD5, client=client, chunk_size=8192)
+    assert server.requests[-1] == ("/data.bin", f"bytes={len(kept)}-")
+    assert rec.resumed_from == len(kept)
+    assert rec.md5 == PAYLOAD_MD5 and rec.n_bytes == len(PAYLOAD)
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_fetch_http_restarts_when_server_ignores_range(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    server.support_range = False
+    dest = tmp_path / "dest.bin"
+    dest.with_name("dest.bin.part").write_bytes(b"\0" * 5000)
+    rec = fetch(f"{server.base_url}/data.bin", dest, PAYLOAD_MD5, client=client)
+    assert server.requests == [("/data.bin", "bytes=5000-")]
+    assert rec.resumed_from == 0 and rec.md5 == PAYLOAD_MD5
+
+
+def test_fetch_http_complete_part_gets_416(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    dest = tmp_path / "dest.bin"
+    dest.with_name("dest.bin.part").write_bytes(PAYLOAD)
+    rec = fetch(f"{server.base_url}/data.bin", dest, PAYLOAD_MD5, client=client)
+    assert server.requests == [("/data.bin", f"bytes={len(PAYLOAD)}-")]
+    assert rec.resumed_from == len(PAYLOAD) and rec.md5 == PAYLOAD_MD5
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_fetch_http_5xx_propagates_and_keeps_part(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    server.status = 503
+    dest = tmp_path / "dest.bin"
+    part = dest.with_name("dest.bin.part")
+    part.write_bytes(PAYLOAD[:10])
+    with pytest.raises(httpx.HTTPStatusError):
+        fetch(f"{server.base_url}/data.bin", dest, client=client)
+    assert part.read_bytes() == PAYLOAD[:10]
+
+
+@pytest.mark.parametrize("kind", ["local", "http"])
+def test_fetch_md5_mismatch(
+    tmp_path: Path, server: ServerState, client: httpx.Client, kind: str
+) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    source = str(src) if kind == "local" else f"{server.base_url}/data.bin"
+    dest = tmp_path / "out" / "dest.bin"
+    wrong = "0" * 32
+    with pytest.raises(ChecksumMismatchError) as info:
+        fetch(source, dest, wrong, client=client)
+    message = str(info.value)
+    assert wrong in message and PAYLOAD_MD5 in message and source in message
+    assert "\n" not in message
+    assert siblings(dest.parent) == set()  # neither dest nor dest.part
+
+
+def test_fetch_404(tmp_path: Path, server: ServerState, client: httpx.Client) -> None:
+    url = f"{server.base_url}/missing.bin"
+    dest = tmp_path / "dest.bin"
+    with pytest.raises(SourceNotFoundError, match=re.escape(url)):
+        fetch(url, dest, client=client)
+    assert siblings(tmp_path) == set()
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-url"])
+def test_fetch_missing_file(tmp_path: Path, as_uri: bool) -> None:
+    missing = tmp_path / "nope.bin"
+    source = missing.as_uri() if as_uri else str(missing)
+    with pytest.raises(SourceNotFoundError, match=re.escape(source)):
+        fetch(source, tmp_path / "out" / "dest.bin")
+    assert not (tmp_path / "out" / "dest.bin.part").exists()
+
+
+def test_fetch_other_fsspec_url(tmp_path: Path) -> None:
+    # Any fsspec protocol goes through the same path as s3://; memory:// needs no network.
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/bucket/data.bin", PAYLOAD)
+    try:
+        dest = tmp_path / "dest.bin"
+        dest.with_name("dest.bin.part").write_bytes(PAYLOAD[:1000])
+        rec = fetch("memory://bucket/data.bin", dest, PAYLOAD_MD5)
+        assert rec.resumed_from == 1000 and dest.read_bytes() == PAYLOAD
+        with pytest.raises(SourceNotFoundError, match="memory://bucket/nope.bin"):
+            fetch("memory://bucket/nope.bin", tmp_path / "nope.bin")
+    finally:
+        memory.rm("/bucket", recursive=True)
+
+
+def test_fetch_rejects_a_malformed_md5(tmp_path: Path) -> None:
+    with pytest.raises(CodecflowError, match="not 32 hex digits"):
+        fetch(str(tmp_path / "x"), tmp_path / "y", "abc")
