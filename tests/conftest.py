@@ -79,3 +79,25 @@ def tiny_checkpoint(
 
     out = tmp_path_factory.mktemp("lm")
     return train_lm(tiny_dataset, out, tiny_lm_settings).path  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the session; AWS_ENDPOINT_URL points at it."""
+    from s3_server import moto_s3
+
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket; returns its s3:// URL."""
+    import uuid
+
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"
