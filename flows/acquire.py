@@ -1,34 +1,155 @@
-"""The acquire flow: fetch a Libri-Light-format tar, extract it safely, cut segments by VAD."""
+"""The acquire flow: Libri-Light archives -> extracted audio -> probed files -> segment manifest.
+
+    fetch (resumable, md5-verified) -> extract (tar `data`-filter rules)      per archive
+    list books -> probe each book (mapped, cached on the book's listing)      fan-out
+    plan segments (cut_by_vad, hours subset, speaker split) -> [FLAC per book] -> manifest
+
+Probing fans out as mapped tasks on Prefect's default runner, or on a Dask cluster with
+`workers > 0` / `dask_address`; both produce the same manifest.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
 
 from flows._common import unless_committed
 from schemas.configs import AcquireConfig
-from tasks.extract import EXTRACTED_MARKER
-from tasks.segments import ManifestRecord
-from tasks.wrappers import extract_task, fetch_task, manifest_task
+from schemas.sources import resolve_sources
+from tasks import storage
+from tasks.extract import is_extracted
+from tasks.segments import ManifestRecord, format_summary
+from tasks.wrappers import (
+    extract_task,
+    fetch_task,
+    list_books_task,
+    plan_segments_task,
+    probe_book_task,
+    stream_extract_task,
+    write_flacs_task,
+    write_manifest_task,
+)
 
-__all__ = ["acquire_flow"]
+__all__ = ["AcquireRecord", "acquire_flow", "run_acquire", "task_runner_for"]
+
+
+@dataclass(frozen=True)
+class AcquireRecord:
+    """The committed manifest, the rejects table and the run summary."""
+
+    manifest: str
+    rejects: str
+    summary: str
+    n_segments: int
+    n_rejects: int
+    audio_hours: float
+
+
+def _download_dir(cfg: AcquireConfig) -> Path:
+    if cfg.download_dir:
+        return Path(cfg.download_dir)
+    if storage.is_remote(cfg.root):
+        return Path(".cache/codecflow/download")
+    return Path(storage.join(cfg.root, "download"))
 
 
 @flow(name="acquire")
-def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
-    """Download (resumable, md5-verified), extract (tar `data`-filter rules), segment, split."""
-    out = Path(cfg.out)
-    archive_name = Path(urlparse(cfg.source).path).name or "source.tar"
-    download = out / "download" / archive_name
-    extracted = out / "librilight"
-    manifest = out / "segments.parquet"
+def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> AcquireRecord:  # noqa: B008
+    """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
+    logger = get_run_logger()
+    sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
+    archives: list[str] = []
+    for source in sources:
+        archive = Path(source.url.rstrip("/")).name.split(".")[0] or source.name
+        dest = storage.join(cfg.root, "librilight", archive)
+        extracted = is_extracted(dest)
+        if cfg.keep_archive:
+            download = _download_dir(cfg) / Path(source.url).name
+            # An archive already extracted is not fetched again, even if its tar was deleted.
+            fetched = unless_committed(fetch_task, download.is_file() or extracted)(
+                source.url, download, source.md5, dest
+            )
+            unless_committed(extract_task, extracted)(fetched, dest)
+        else:
+            unless_committed(stream_extract_task, extracted)(source.url, dest, source.md5)
+        archives.append(archive)
 
-    fetched = unless_committed(fetch_task, download.is_file())(cfg.source, download, cfg.md5)
-    root = unless_committed(extract_task, (extracted / EXTRACTED_MARKER).is_file())(
-        fetched, extracted
+    listings = list_books_task(cfg.root, archives)
+    logger.info("probing %d book folders", len(listings))
+    probes = probe_book_task.map(unmapped(cfg.root), listings)
+    wait(probes)
+    plan = plan_segments_task(
+        [p.result() for p in probes],
+        cfg.target_len_sec,
+        cfg.target_hours,
+        cfg.val_fraction,
+        cfg.seed,
     )
-    return unless_committed(manifest_task, manifest.is_file())(
-        root, manifest, cfg.target_len_sec, cfg.val_fraction, cfg.seed
+    rows: list[dict[str, Any]] = list(plan.rows)
+    if cfg.segments_as == "flac":
+        by_book: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_book.setdefault(os.path.dirname(row["source_path"]), []).append(row)
+        written = write_flacs_task.map(unmapped(cfg.root), list(by_book.values()))
+        rows = sorted((r for f in written for r in f.result()), key=lambda r: r["segment_id"])
+    manifest_dir = storage.join(cfg.root, "manifest")
+    record: ManifestRecord = unless_committed(
+        write_manifest_task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
+    )(cfg.root, manifest_dir, rows, plan)
+
+    summary = format_summary(plan.summary)
+    print(summary, flush=True)
+    create_markdown_artifact(
+        key="acquire-summary", markdown=f"```\n{summary}\n```", description=record.path
     )
+    return AcquireRecord(
+        manifest=record.path,
+        rejects=record.rejects_path,
+        summary=record.summary_path,
+        n_segments=record.n_segments,
+        n_rejects=record.n_rejects,
+        audio_hours=record.audio_hours,
+    )
+
+
+def task_runner_for(cfg: AcquireConfig) -> Any:
+    """Prefect's default runner, or a Dask runner for `dask_address` / `workers > 0`."""
+    if not cfg.dask_address and cfg.workers == 0:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": cfg.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+        },
+    )
+
+
+def run_acquire(cfg: AcquireConfig) -> AcquireRecord:
+    """Run the acquire flow on the runner its config asks for.
+
+    Dask worker processes report their task runs to the same Prefect API as this process: with
+    Prefect's ephemeral server they would each start their own, so its URL is exported first.
+    """
+    runner = task_runner_for(cfg)
+    if runner is None:
+        return acquire_flow(cfg)
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            os.environ["PREFECT_API_URL"] = str(client.api_url)
+    return acquire_flow.with_options(task_runner=runner)(cfg)

@@ -36,14 +36,15 @@ __all__ = ["apply_override", "load_config", "main"]
 @dataclass(frozen=True)
 class _Command:
     config: type[BaseModel]
-    run: Callable[[Any], dict[str, Path]]
+    run: Callable[[Any], dict[str, Any]]
     help: str
 
 
-def _acquire(cfg: AcquireConfig) -> dict[str, Path]:
-    from flows.acquire import acquire_flow
+def _acquire(cfg: AcquireConfig) -> dict[str, Any]:
+    from flows.acquire import run_acquire
 
-    return {"manifest": acquire_flow(cfg).path}
+    record = run_acquire(cfg)
+    return {"manifest": record.manifest, "rejects": record.rejects}
 
 
 def _tokenize(cfg: TokenizeConfig) -> dict[str, Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.acquire import acquire_flow
+from flows.acquire import run_acquire
 from flows.evaluate import evaluate_flow
 from flows.tokenize import tokenize_flow
 from flows.train_lm import train_lm_flow
@@ -36,11 +36,11 @@ class PipelineRecord:
 def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # noqa: B008
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
     out = Path(cfg.out)
-    manifest = acquire_flow(AcquireConfig(**cfg.acquire.model_dump(), out=str(out / "acquire")))
+    acquired = run_acquire(AcquireConfig(**cfg.acquire.model_dump(), root=str(out / "acquire")))
     dataset = tokenize_flow(
         TokenizeConfig(
             **cfg.tokenize.model_dump(),
-            manifest=str(manifest.path),
+            manifest=acquired.manifest,
             out=str(out / "tokens" / cfg.tokenize.tokenizer),
         )
     )
@@ -56,5 +56,8 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
         )
     )
     return PipelineRecord(
-        manifest=manifest.path, dataset=dataset.path, checkpoint=checkpoint.path, report=report.path
+        manifest=Path(acquired.manifest),
+        dataset=dataset.path,
+        checkpoint=checkpoint.path,
+        report=report.path,
     )

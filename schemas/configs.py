@@ -37,13 +37,25 @@ class _Config(BaseModel):
 class AcquireSettings(_Config):
     source: str = Field(
         "data/librilight-tiny/librilight-tiny.tar",
-        description="Libri-Light-format tar to fetch: a local path, file://, http(s):// or s3:// "
-        "URL (e.g. https://dl.fbaipublicfiles.com/librilight/data/small.tar).",
+        description="What to acquire: a Libri-Light archive name (small, medium, large, duplicate, "
+        "librispeech_finetuning), a split (unlab-600, unlab-6k, unlab-60k), or the URL or path "
+        "of any Libri-Light-format tar (local path, file://, http(s)://, s3://).",
     )
     md5: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{32}$",
-        description="Expected md5 of the tar (hex); the download fails on a mismatch.",
+        description="Expected md5 of a tar given by URL (hex); named archives use the published "
+        "digests. A mismatch fails the run.",
+    )
+    mirror: str | None = Field(
+        None,
+        description="Base URL that replaces https://dl.fbaipublicfiles.com/librilight/data/ for "
+        "named archives: any fsspec URL (file://, http(s)://, s3://) or a local folder.",
+    )
+    keep_archive: bool = Field(
+        True,
+        description="Keep the downloaded tar (resumable download, then extraction). False "
+        "extracts while streaming and stores no tar: for the 3 TB 'large' archive.",
     )
     target_len_sec: float = Field(
         60.0,
@@ -52,6 +64,12 @@ class AcquireSettings(_Config):
         "joined up to this length (Libri-Light's cut_by_vad.py, default 60); a longer chunk "
         "stays whole.",
     )
+    target_hours: float | None = Field(
+        None,
+        gt=0,
+        description="Select a deterministic subset of about this many hours of speech, spread "
+        "across speakers (the post uses 1 000 h and 10 000 h); empty keeps everything.",
+    )
     val_fraction: float = Field(
         0.1,
         gt=0,
@@ -59,13 +77,35 @@ class AcquireSettings(_Config):
         description="Share of audio hours held out for validation; whole speakers are held out, so "
         "no speaker is in both splits.",
     )
-    seed: int = Field(0, description="Seed of the speaker split.")
+    seed: int = Field(0, description="Seed of the subset selection and the speaker split.")
+    segments_as: Literal["references", "flac"] = Field(
+        "references",
+        description="'references' stores each segment as (file, VAD chunks) and reads it from "
+        "the source FLAC; 'flac' also writes every segment as a FLAC file like cut_by_vad.py.",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="0 runs tasks on Prefect's default runner; N > 0 fans probing out over a "
+        "Dask LocalCluster of N worker processes.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Address of an existing Dask scheduler (tcp://host:8786); wins over workers.",
+    )
 
 
 class AcquireConfig(AcquireSettings):
-    out: str = Field(
+    root: str = Field(
         "runs/demo/acquire",
-        description="Folder for the downloaded tar, the extracted audio and the segment manifest.",
+        description="Storage root (local folder or s3:// URL) for the extracted audio, the "
+        "segments and the manifest.",
+    )
+    download_dir: str | None = Field(
+        None,
+        description="Local folder for downloaded tars; empty means <root>/download for a local "
+        "root, .cache/codecflow/download for a remote one.",
     )
 
 

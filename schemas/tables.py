@@ -10,6 +10,7 @@ import pyarrow as pa
 
 __all__ = [
     "MANIFEST_AUDIO_ROOT_KEY",
+    "REJECTS_SCHEMA",
     "SEGMENT_CHUNK_TYPE",
     "SEGMENT_MANIFEST_SCHEMA",
     "TOKEN_SHARD_SCHEMA",
@@ -29,22 +30,30 @@ SEGMENT_CHUNK_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64(
 #: One row per segment. A segment is the concatenation of consecutive VAD chunks of one source
 #: file, with the semantics of Libri-Light's `data_preparation/cut_by_vad.py`: chunks are joined
 #: until adding the next one would exceed `target_len_sec`; a chunk longer than the target stays
-#: whole. Segments are stored as references (file + chunks), not as cut audio.
+#: whole. Segments are stored as references (file + chunks) by default, or as FLAC files of their
+#: own (then `chunks` is the whole file). `source_path` is relative to the manifest's audio root
+#: (metadata key MANIFEST_AUDIO_ROOT_KEY). Audio that is not 16 kHz mono is kept and flagged by
+#: `sample_rate` and `channels`: readers resample and down-mix it.
 SEGMENT_MANIFEST_SCHEMA = pa.schema(
     [
-        ("segment_id", pa.string()),  # "<file stem>_<index:04d>", unique in the manifest
-        ("source_path", pa.string()),  # path of the FLAC relative to the extracted root
+        ("segment_id", pa.string()),  # "<speaker>_<file stem>_<index:04d>", unique
+        ("subset", pa.string()),  # Libri-Light subset folder: small, medium, large, ...
         ("speaker", pa.string()),
         ("book_id", pa.string()),
-        ("split", pa.string()),  # one of SPLITS
-        ("sample_rate", pa.int32()),
+        ("source_path", pa.string()),
         ("start_s", pa.float64()),  # start of the first chunk
         ("end_s", pa.float64()),  # end of the last chunk
         ("duration_s", pa.float64()),  # sum of the chunk lengths (the gaps are dropped)
-        ("chunks", pa.list_(SEGMENT_CHUNK_TYPE)),
+        ("sample_rate", pa.int32()),
+        ("channels", pa.int32()),
         ("snr", pa.float64()),
+        ("split", pa.string()),  # one of SPLITS
+        ("chunks", pa.list_(SEGMENT_CHUNK_TYPE)),
     ]
 )
+
+#: Files that were seen but could not be used, with the reason (one row per file).
+REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
 #: One row per segment in an Arrow IPC token shard. `codes` holds the segment's `[K, F]` code
 #: matrix flattened level-major (K levels, F frames), in the smallest unsigned integer type that

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tasks import storage
 from tasks.io import fingerprint
 
 __all__ = ["content_key", "stable_json"]
@@ -44,13 +45,23 @@ def stable_json(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, default=str)
 
 
-def _resolve_input(parameters: dict[str, Any], spec: str) -> Path:
+def _resolve_input(parameters: dict[str, Any], spec: str) -> str:
     head, _, sub_path = spec.partition("/")
     name, *attributes = head.split(".")
     value = parameters[name]
     for attribute in attributes:
         value = getattr(value, attribute)
-    return Path(value) / sub_path if sub_path else Path(value)
+    return storage.join(str(value), sub_path) if sub_path else str(value)
+
+
+def _content_digest(url: str) -> bytes:
+    # A missing input keys as missing: the task then runs and fails with its own clear message
+    # instead of the cache-key function failing obscurely.
+    if not storage.exists(url):
+        return b"<missing>"
+    if storage.is_remote(url):
+        return storage.sha256(url).encode()
+    return fingerprint(Path(url)).encode()
 
 
 def content_key(
@@ -74,10 +85,7 @@ def content_key(
         digest.update(code_digest.encode())
         digest.update(stable_json(parameters).encode())
         for spec in path_params:
-            path = _resolve_input(parameters, spec)
-            # A missing input keys as missing: the task then runs and fails with its own clear
-            # message instead of the cache-key function failing obscurely.
-            digest.update(fingerprint(path).encode() if path.exists() else b"<missing>")
+            digest.update(_content_digest(_resolve_input(parameters, spec)))
         return digest.hexdigest()
 
     return key

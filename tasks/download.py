@@ -1,18 +1,24 @@
 """Resumable, md5-verified downloads from local paths, http(s) URLs and any fsspec URL.
 
 `fetch` streams into `<dest>.part`, resumes it after a crash (HTTP Range requests, or seeking for
-fsspec sources), and renames it to `dest` only once its md5 is right.
+fsspec sources), and renames it to `dest` only once its md5 is right; bytes with a wrong md5 are
+kept as `<dest>.md5-mismatch` for inspection. `open_source_stream` reads a source as one forward
+stream without storing it (to extract a 3 TB archive as it arrives), reconnecting an http(s)
+stream with a Range request when the connection drops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import httpx
@@ -23,12 +29,20 @@ from tasks.errors import (
     SourceNotFoundError,
 )
 
-__all__ = ["FetchRecord", "fetch"]
+__all__ = ["MISMATCH_SUFFIX", "FetchRecord", "ProgressCallback", "fetch", "open_source_stream"]
+
+# (bytes done, total bytes or None when unknown); tasks.progress has ready-made ones.
+ProgressCallback = Callable[[int, int | None], None]
+
+# Suffix of the file that keeps downloaded bytes whose md5 is wrong: `<dest>.md5-mismatch`.
+MISMATCH_SUFFIX = ".md5-mismatch"
 
 
 _HASH_CHUNK = 1 << 20
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+# Waits before each reconnect of a dropped http(s) stream; one more drop without progress fails.
+_RECONNECT_DELAYS_S = (0.0, 1.0, 4.0, 15.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -75,22 +89,28 @@ def _write_stream(
     digest: Any,
     done: int,
     total: int | None,
-    progress: Callable[[int, int | None], None] | None,
+    progress: ProgressCallback | None,
+    report_every: int = 1,
 ) -> None:
     """Append (or write) `chunks` to `part`, hashing as they go.
 
     If the stream breaks, what was received stays in `part` (the file is closed, hence flushed)
-    so that the next call resumes from there.
+    so that the next call resumes from there. `progress` is called once `report_every` more bytes
+    have arrived, and at the end.
     """
+    reported = done
     with open(part, mode) as f:
         for chunk in chunks:
             f.write(chunk)
             digest.update(chunk)
             done += len(chunk)
-            if progress is not None:
+            if progress is not None and done - reported >= report_every:
                 progress(done, total)
+                reported = done
         f.flush()
         os.fsync(f.fileno())
+    if progress is not None and done != reported:
+        progress(done, total)
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -108,7 +128,7 @@ def _fetch_http(
     part: Path,
     client: httpx.Client,
     chunk_size: int,
-    progress: Callable[[int, int | None], None] | None,
+    progress: ProgressCallback | None,
 ) -> tuple[Any, int]:
     """Download `source` into `part`, resuming it with a Range request; (md5 object, offset)."""
     # Two attempts: the second, from zero, only when the server's answer to our Range request
@@ -151,19 +171,20 @@ def _fetch_http(
                 mode = "wb"
             if total is None and length is not None:
                 total = offset + int(length)
-            chunks = response.iter_raw(chunk_size)
-            _write_stream(chunks, part, mode, digest, offset, total, progress)
+            # Unsized iter_raw(): bytes are written as they arrive. iter_raw(chunk_size) would
+            # hold back a partial chunk, lost when the connection drops (up to 1 MiB to fetch
+            # again; the whole body of a file smaller than that).
+            chunks = response.iter_raw()
+            _write_stream(chunks, part, mode, digest, offset, total, progress, chunk_size)
             return digest, offset
     raise CodecflowError(f"cannot resume {source}: inconsistent answers to a Range request")
 
 
-def _fetch_fsspec(
-    source: str,
-    part: Path,
-    chunk_size: int,
-    progress: Callable[[int, int | None], None] | None,
-) -> tuple[Any, int]:
-    """Download a local path, file:// or other fsspec URL into `part`, resuming by seeking."""
+def _open_fsspec(source: str) -> tuple[Any, int | None]:
+    """Open a local path, file:// or other fsspec URL for reading: (binary file, size or None).
+
+    Raises SourceNotFoundError for a missing file, CodecflowError for a folder.
+    """
     fs, path = fsspec.core.url_to_fs(source)
     try:
         info = fs.info(path)
@@ -171,15 +192,25 @@ def _fetch_fsspec(
         raise SourceNotFoundError(f"source not found: {source}") from None
     if info.get("type") == "directory":
         raise CodecflowError(f"source is a folder, not a file: {source}")
-    total = info.get("size")
-    offset = part.stat().st_size if part.exists() else 0
-    if total is not None and offset > total:
-        offset = 0  # the part is longer than the source: it belongs to another file
     try:
         src = fs.open(path, "rb")
     except FileNotFoundError:
         raise SourceNotFoundError(f"source not found: {source}") from None
+    return src, info.get("size")
+
+
+def _fetch_fsspec(
+    source: str,
+    part: Path,
+    chunk_size: int,
+    progress: ProgressCallback | None,
+) -> tuple[Any, int]:
+    """Download a local path, file:// or other fsspec URL into `part`, resuming by seeking."""
+    src, total = _open_fsspec(source)
     with src:
+        offset = part.stat().st_size if part.exists() else 0
+        if total is not None and offset > total:
+            offset = 0  # the part is longer than the source: it belongs to another file
         if offset:
             src.seek(offset)
             digest, mode = _md5_of(part), "ab"
@@ -190,6 +221,23 @@ def _fetch_fsspec(
     return digest, offset
 
 
+def _keep_mismatched(
+    part: Path, dest: Path, source: str, expected: str, actual: str
+) -> ChecksumMismatchError:
+    """Move a part with a wrong md5 to `<dest>.md5-mismatch`; the error that says where it is.
+
+    Keeping the bytes lets one tell a truncated or corrupted transfer (compare sizes, `tar -t`)
+    from a wrong expected md5 without downloading again (35 GB to 3 TB for Libri-Light).
+    """
+    kept = dest.with_name(dest.name + MISMATCH_SUFFIX)
+    os.replace(part, kept)  # replaces an older mismatch: only the latest attempt is of interest
+    _fsync_dir(dest.parent)
+    error = ChecksumMismatchError(source, "md5", expected, actual)
+    # The message starts as ChecksumMismatchError's own (the CLI and the README quote it).
+    error.args = (f"{error.args[0]}; the download is kept as {kept}",)
+    return error
+
+
 def fetch(
     source: str,
     dest: Path,
@@ -197,7 +245,7 @@ def fetch(
     *,
     client: httpx.Client | None = None,
     chunk_size: int = 1 << 20,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> FetchRecord:
     """Download `source` (local path, file://, http(s)://, or any fsspec URL) to `dest`.
 
@@ -206,9 +254,11 @@ def fetch(
     md5 matches `expected_md5` (when given). An existing `dest` with the expected md5 (or any
     existing `dest` when no md5 is expected) is returned without downloading.
 
-    Raises SourceNotFoundError for a missing source, ChecksumMismatchError (after deleting the
-    part) for a wrong md5. Transient errors (connection reset, timeouts, HTTP 5xx) propagate and
-    keep the part, so that a retry resumes it.
+    Raises SourceNotFoundError for a missing source, ChecksumMismatchError for a wrong md5: the
+    downloaded bytes are then moved to `<dest>.md5-mismatch` (replacing an older one) for
+    inspection, so that neither `dest` nor the part remains and a re-run downloads afresh (a
+    resume would only extend the wrong bytes). Transient errors (connection reset, timeouts, HTTP
+    5xx) propagate and keep the part, so that a retry resumes it.
     """
     source = os.fspath(source)
     dest = Path(dest)
@@ -242,9 +292,213 @@ def fetch(
 
     md5 = digest.hexdigest()
     if expected_md5 is not None and md5 != expected_md5:
-        part.unlink(missing_ok=True)  # a resume would only extend the wrong bytes
-        raise ChecksumMismatchError(source, "md5", expected_md5, md5)
+        raise _keep_mismatched(part, dest, source, expected_md5, md5)
     n_bytes = part.stat().st_size
     os.replace(part, dest)
     _fsync_dir(dest.parent)
     return FetchRecord(dest, md5, n_bytes, resumed_from, source)
+
+
+# --------------------------------------------------------------------------------------------
+# open_source_stream
+# --------------------------------------------------------------------------------------------
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable, non-seekable raw stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self._error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            if self._error is not None:
+                # A generator that raised is finished: reading on would look like a clean end of
+                # a truncated stream.
+                raise self._error
+            try:
+                chunk = next(self._chunks, None)
+            except BaseException as error:
+                self._error = error
+                raise
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        # Closing the generator runs its `finally`: the HTTP response or file is released.
+        self._chunks.close()
+        super().close()
+
+
+def _send_http(source: str, client: httpx.Client, offset: int) -> httpx.Response:
+    """Open a streamed GET of `source` from byte `offset`; the response, status checked.
+
+    Raises SourceNotFoundError (404, 410), httpx.HTTPStatusError for a transient status (5xx,
+    429: a retry may succeed), CodecflowError for any other unexpected answer.
+    """
+    # identity: the stream must be the file's bytes (the ones its md5 is about), and Range offsets
+    # must count them, not those of a compressed transfer.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = client.build_request("GET", source, headers=headers)
+    response = client.send(request, stream=True, follow_redirects=True)
+    try:
+        status = response.status_code
+        if status in (404, 410):
+            raise SourceNotFoundError(f"source not found: {source}")
+        if status >= 500 or status == 429:
+            response.raise_for_status()
+        if offset and status == 206:
+            first, _ = _parse_content_range(response.headers.get("content-range"))
+            if first != offset:
+                raise CodecflowError(
+                    f"cannot resume {source} at byte {offset}: the server sent a range "
+                    f"starting at {first}"
+                )
+        elif status != 200:  # a 200 to a Range request is handled by the caller (skip bytes)
+            raise CodecflowError(f"HTTP {status} for {source}")
+    except BaseException:
+        response.close()
+        raise
+    return response
+
+
+def _http_chunks(
+    source: str, client: httpx.Client, response: httpx.Response
+) -> Generator[bytes, None, None]:
+    """The body of `response`, continued with Range requests when the connection drops.
+
+    A multi-day stream of a 3 TB archive would otherwise have to start again from byte 0. After
+    `len(_RECONNECT_DELAYS_S)` drops in a row without a byte received, the last error propagates.
+    """
+    current: httpx.Response | None = response
+    done = 0  # bytes yielded
+    skip = 0  # bytes to drop: a server that ignored our Range request sends from byte 0
+    failures = 0
+    try:
+        while True:
+            try:
+                if current is None:
+                    current = _send_http(source, client, done)
+                    skip = done if current.status_code == 200 else 0
+                # Unsized: every byte received counts, so a reconnect asks for exactly the rest.
+                for chunk in current.iter_raw():
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        chunk = chunk[dropped:]
+                        if not chunk:
+                            continue
+                    done += len(chunk)
+                    failures = 0
+                    yield chunk
+                return
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                if failures >= len(_RECONNECT_DELAYS_S):
+                    raise
+                if current is not None:
+                    current.close()
+                    current = None
+                time.sleep(_RECONNECT_DELAYS_S[failures])
+                failures += 1
+    finally:
+        if current is not None:
+            current.close()
+
+
+def _file_chunks(src: Any, chunk_size: int) -> Generator[bytes, None, None]:
+    """The bytes of an open binary file, in chunks; the file is closed at the end."""
+    with src:
+        while chunk := src.read(chunk_size):
+            yield chunk
+
+
+def _counted(
+    chunks: Generator[bytes, None, None],
+    total: int | None,
+    progress: ProgressCallback,
+    report_every: int,
+) -> Generator[bytes, None, None]:
+    """`chunks`, calling `progress` once `report_every` more bytes went through, and at the end."""
+    done = reported = 0
+    try:
+        for chunk in chunks:
+            done += len(chunk)
+            if done - reported >= report_every:
+                progress(done, total)
+                reported = done
+            yield chunk
+        if done != reported:
+            progress(done, total)
+    finally:
+        chunks.close()
+
+
+@contextlib.contextmanager
+def _open_source_stream(
+    source: str,
+    client: httpx.Client | None,
+    chunk_size: int,
+    progress: ProgressCallback | None,
+) -> Iterator[BinaryIO]:
+    with contextlib.ExitStack() as stack:
+        if _is_http(source):
+            if client is None:
+                client = stack.enter_context(
+                    httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+                )
+            # The first request is sent here, so that a missing source fails on entering.
+            response = _send_http(source, client, 0)
+            # A generator closed before its first step skips its `finally`: close explicitly.
+            stack.callback(response.close)
+            length = response.headers.get("content-length")
+            total = int(length) if length is not None else None
+            chunks = _http_chunks(source, client, response)
+        else:
+            src, total = _open_fsspec(source)
+            stack.callback(src.close)
+            chunks = _file_chunks(src, chunk_size)
+        if progress is not None:
+            chunks = _counted(chunks, total, progress, chunk_size)
+        raw = _ChunkReader(chunks)
+        stack.callback(raw.close)  # also when the reader is never read to its end
+        yield io.BufferedReader(raw, buffer_size=chunk_size)
+
+
+def open_source_stream(
+    source: str,
+    *,
+    client: httpx.Client | None = None,
+    chunk_size: int = 1 << 20,
+    progress: ProgressCallback | None = None,
+) -> contextlib.AbstractContextManager[BinaryIO]:
+    """A context manager over a readable, non-seekable binary stream of the whole `source`.
+
+    `source` is what `fetch` takes: a local path, file://, http(s):// (read through `client`, or
+    a client of its own, with `Accept-Encoding: identity`, so the stream holds the same bytes that
+    `fetch` would store) or any fsspec URL. Nothing is written to disk: made to extract an archive
+    as it arrives (`tarfile.open(fileobj=stream, mode="r|*")`). Every kind of source gives a
+    non-seekable stream, so that code which works on a local file works on a URL too. A dropped
+    http(s) connection is resumed with a Range request (bytes already read are not read again).
+
+    Raises SourceNotFoundError on entering for a missing source (HTTP 404/410, no such file),
+    CodecflowError for a folder or an unexpected HTTP status; transient errors (HTTP 5xx, 429,
+    connection errors) propagate for a retrying wrapper. `progress` is called with (bytes read,
+    total bytes or None) as the stream is consumed.
+    """
+    source = os.fspath(source)
+    if chunk_size <= 0:
+        raise CodecflowError(f"chunk_size must be positive, got {chunk_size}")
+    return _open_source_stream(source, client, chunk_size, progress)

@@ -1,69 +1,296 @@
-"""Libri-Light metadata, VAD segmentation, the speaker split and the segment manifest.
+"""Libri-Light metadata, VAD segmentation, hour-targeted subsets, the speaker split, and the
+segment manifest with its rejects table.
 
-`build_segment_manifest` cuts files into segments with the semantics of Libri-Light's
-`data_preparation/cut_by_vad.py`, splits speakers (never files) between train and val, and writes
-the manifest atomically.
+Plain functions over a storage root that is a local folder or any fsspec URL (`s3://...`):
+
+    <root>/librilight/<archive>/<subset>/<speaker>/<book>/<file>.flac + .json   (extracted)
+    <root>/segments/<speaker>/<book>/<segment_id>.flac     (only with segments_as="flac")
+    <root>/manifest/rejects.parquet, summary.json, segments.parquet (written last: the commit)
+
+The work fans out per book: `list_books` lists the files of each book with their sizes and
+modification stamps (the cache key of its probe), `probe_book` reads each file's metadata and
+checks its audio, `plan_segments` cuts by VAD with Libri-Light's `cut_by_vad.py` semantics,
+selects a subset of N hours and splits speakers, and `write_manifest` commits the result. Bad
+files never stop the flow: each lands in the rejects table with its reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+import posixpath
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
-from tasks.errors import (
-    CodecflowError,
+from schemas.tables import (
+    MANIFEST_AUDIO_ROOT_KEY,
+    REJECTS_SCHEMA,
+    SEGMENT_MANIFEST_SCHEMA,
+    SPLITS,
 )
-from tasks.io import atomic_file
+from tasks.errors import CodecflowError
+from tasks.storage import is_remote, join, open_atomic_write, url_to_fs
 
 __all__ = [
+    "LIBRILIGHT_RATE",
+    "BookListing",
+    "BookProbe",
     "ManifestRecord",
-    "SourceFile",
+    "ProbedFile",
+    "Reject",
+    "SegmentPlan",
     "build_segment_manifest",
     "cut_by_vad",
+    "format_summary",
+    "list_books",
+    "plan_segments",
+    "probe_book",
     "read_segment_audio",
-    "scan_librilight",
+    "select_by_hours",
     "split_by_speaker",
+    "write_manifest",
+    "write_segment_flacs",
 ]
+
+#: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
+LIBRILIGHT_RATE = 16_000
+#: Frames read at the end of each file to detect truncation cheaply: a FLAC header announces the
+#: total length, and a truncated file fails to seek or read there (measured with libsndfile).
+_TAIL_FRAMES = 4096
 
 
 @dataclass(frozen=True)
-class SourceFile:
-    """One Libri-Light audio file with its metadata (the `<file>.json` beside the `<file>.flac`)."""
+class BookListing:
+    """The files of one book folder: (name, size, modification stamp), sorted by name."""
 
-    path: str  # the FLAC, relative to the scanned root, POSIX separators
+    book: str  # folder relative to the storage root, POSIX separators
+    entries: tuple[tuple[str, int, str], ...]
+
+
+@dataclass(frozen=True)
+class ProbedFile:
+    """One accepted audio file with its metadata (VAD clipped to the audio's length)."""
+
+    path: str  # relative to the storage root
+    subset: str
     speaker: str
     book_id: str
     snr: float
     voice_activity: tuple[tuple[float, float], ...]
     sample_rate: int
+    channels: int
     duration_s: float
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A file that could not be used: `reason` is "<kind>: <detail>"."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BookProbe:
+    """What probing one book found."""
+
+    book: str
+    files: tuple[ProbedFile, ...]
+    rejects: tuple[Reject, ...]
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The manifest rows to write, the rejects, and the summary numbers."""
+
+    rows: tuple[dict[str, Any], ...] = field(repr=False)
+    rejects: tuple[Reject, ...]
+    summary: dict[str, Any] = field(repr=False)
 
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """A written segment manifest (Parquet, SEGMENT_MANIFEST_SCHEMA) and its headline numbers."""
+    """A committed segment manifest and its headline numbers."""
 
-    path: Path
+    path: str
+    rejects_path: str
+    summary_path: str
     n_segments: int
     n_train: int
     n_val: int
     audio_hours: float  # sum of segment durations (VAD speech only, gaps dropped)
     n_speakers: int
+    n_rejects: int
 
 
 # --------------------------------------------------------------------------------------------
-# Segmentation, metadata, split
+# Listing and probing
+# --------------------------------------------------------------------------------------------
+
+
+def _stamp(info: Mapping[str, Any]) -> str:
+    """A modification stamp from an fsspec info dict: mtime locally, ETag or LastModified on S3."""
+    for key in ("mtime", "ETag", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
+
+
+def list_books(root: str, archives: Sequence[str]) -> list[BookListing]:
+    """Every folder holding `.flac` or `.json` files under `<root>/librilight/<archive>`.
+
+    Hidden files (the extraction marker, temporaries) and other file types (attribution `.txt`)
+    are not part of the corpus and are not listed.
+    """
+    fs, base = url_to_fs(root)
+    books: dict[str, list[tuple[str, int, str]]] = {}
+    for archive in archives:
+        folder = posixpath.join(base, "librilight", archive)
+        if not fs.exists(folder):
+            raise CodecflowError(
+                f"extracted archive not found: {join(root, 'librilight', archive)}"
+            )
+        for path, info in sorted(fs.find(folder, detail=True).items()):
+            name = posixpath.basename(path)
+            if name.startswith(".") or not name.endswith((".flac", ".json")):
+                continue
+            book = posixpath.relpath(posixpath.dirname(path), base)
+            books.setdefault(book, []).append((name, int(info.get("size") or 0), _stamp(info)))
+    return [BookListing(book, tuple(sorted(entries))) for book, entries in sorted(books.items())]
+
+
+def _subset_of(book: str) -> str:
+    # librilight/<archive>/<subset>/<speaker>/<book>: Libri-Light's tars hold `<subset>/...`.
+    parts = book.split("/")
+    return parts[2] if len(parts) > 2 else parts[-1]
+
+
+def _parse_metadata(raw: bytes) -> tuple[str, str, float, list[tuple[float, float]]]:
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    speaker, book_meta = meta["speaker"], meta["book_meta"]
+    book_id = book_meta["id"] if isinstance(book_meta, dict) else None
+    if not isinstance(speaker, str | int) or not isinstance(book_id, str | int):
+        raise ValueError("speaker and book_meta.id must be strings")
+    voice_activity = [(float(a), float(b)) for a, b in meta["voice_activity"]]
+    snr = float(meta["snr"]) if meta.get("snr") is not None else float("nan")
+    return str(speaker), str(book_id), snr, voice_activity
+
+
+class _TruncatedAudio(RuntimeError):
+    """The audio ends before the length its header announces."""
+
+
+def _flac_total_samples(head: bytes) -> int | None:
+    """Total samples announced by a FLAC's STREAMINFO block, or None when `head` is not FLAC.
+
+    Layout (https://xiph.org/flac/format.html): "fLaC", a 4-byte block header, then STREAMINFO:
+    block sizes (2 x 16 bits), frame sizes (2 x 24 bits), then 64 bits holding sample rate (20),
+    channels - 1 (3), bits per sample - 1 (5) and the total samples (36). libsndfile refuses to
+    open a 0-sample FLAC at all, so "empty" must be read here to be told from "corrupt".
+    """
+    if len(head) < 26 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    return int.from_bytes(head[18:26], "big") & ((1 << 36) - 1)
+
+
+def _probe_audio(f: Any) -> tuple[int, int, int]:
+    """(sample rate, channels, frames) of an audio file; raises on unreadable or truncated audio."""
+    with sf.SoundFile(f) as audio:
+        rate, channels, frames = audio.samplerate, audio.channels, audio.frames
+        if frames > 0:
+            audio.seek(max(0, frames - _TAIL_FRAMES))
+            tail = audio.read(min(frames, _TAIL_FRAMES), dtype="float32")
+            if len(tail) != min(frames, _TAIL_FRAMES):
+                raise _TruncatedAudio(
+                    f"only {len(tail)} of the last {min(frames, _TAIL_FRAMES)} frames"
+                )
+    return rate, channels, frames
+
+
+def probe_book(root: str, listing: BookListing) -> BookProbe:
+    """Read each file's metadata and check its audio; clip VAD to the audio's length.
+
+    Rejected, with the reason: audio without metadata, metadata without audio, invalid JSON or
+    missing keys, unreadable bytes (corrupt header, not audio), truncated audio, empty audio, and
+    audio with no voice activity inside it. Accepted and flagged: any rate or channel count.
+    """
+    fs, base = url_to_fs(root)
+    names = {name for name, _, _ in listing.entries}
+    sizes = {name: size for name, size, _ in listing.entries}
+    stems = sorted({posixpath.splitext(n)[0] for n in names})
+    files: list[ProbedFile] = []
+    rejects: list[Reject] = []
+    for stem in stems:
+        flac_rel = posixpath.join(listing.book, f"{stem}.flac")
+        json_rel = posixpath.join(listing.book, f"{stem}.json")
+        if f"{stem}.flac" not in names:
+            rejects.append(Reject(json_rel, "missing audio: no .flac beside the .json"))
+            continue
+        if f"{stem}.json" not in names:
+            rejects.append(Reject(flac_rel, "missing metadata: no .json beside the .flac"))
+            continue
+        try:
+            speaker, book_id, snr, vad = _parse_metadata(fs.cat(posixpath.join(base, json_rel)))
+        except (ValueError, KeyError, TypeError) as err:
+            detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+            rejects.append(Reject(json_rel, f"invalid metadata: {detail}"))
+            continue
+        try:
+            with fs.open(posixpath.join(base, flac_rel), "rb") as f:
+                head = f.read(42)
+                f.seek(0)
+                frames = _flac_total_samples(head) if head else 0
+                if frames != 0:
+                    rate, channels, frames = _probe_audio(f)
+        except (RuntimeError, sf.SoundFileError) as err:  # LibsndfileError is a RuntimeError
+            detail = getattr(err, "error_string", None) or str(err)
+            # A failed seek near the end is how libsndfile reports a cut-off FLAC.
+            truncated = isinstance(err, _TruncatedAudio) or "seek" in detail
+            kind = "truncated audio" if truncated else "unreadable audio"
+            rejects.append(Reject(flac_rel, f"{kind}: {detail}"))
+            continue
+        if frames == 0:
+            rejects.append(Reject(flac_rel, "empty audio: 0 frames"))
+            continue
+        duration = frames / rate
+        # VAD past the end of the file (seen in real Libri-Light metadata) is clipped.
+        clipped = tuple(
+            (max(0.0, a), min(b, duration)) for a, b in vad if min(b, duration) > max(0.0, a)
+        )
+        if not clipped:
+            rejects.append(Reject(flac_rel, "no voice activity: no VAD interval inside the audio"))
+            continue
+        files.append(
+            ProbedFile(
+                path=flac_rel,
+                subset=_subset_of(listing.book),
+                speaker=speaker,
+                book_id=book_id,
+                snr=snr,
+                voice_activity=clipped,
+                sample_rate=rate,
+                channels=channels,
+                duration_s=duration,
+                n_bytes=sizes[f"{stem}.flac"],
+            )
+        )
+    return BookProbe(listing.book, tuple(files), tuple(rejects))
+
+
+# --------------------------------------------------------------------------------------------
+# Cutting, subsets, splits
 # --------------------------------------------------------------------------------------------
 
 
@@ -98,52 +325,6 @@ def cut_by_vad(
     return segments
 
 
-def _source_file(root: Path, json_path: Path, flac: Path) -> SourceFile:
-    try:
-        meta = json.loads(json_path.read_text())
-        speaker = meta["speaker"]
-        book_id = meta["book_meta"]["id"]
-        snr = float(meta["snr"])
-        voice_activity = tuple((float(a), float(b)) for a, b in meta["voice_activity"])
-    except ValueError as err:  # JSONDecodeError, float("x"), wrong number of values
-        raise CodecflowError(f"bad Libri-Light metadata {json_path}: {err}") from None
-    except KeyError as err:
-        raise CodecflowError(f"bad Libri-Light metadata {json_path}: missing key {err}") from None
-    except TypeError as err:
-        raise CodecflowError(f"bad Libri-Light metadata {json_path}: {err}") from None
-    if not isinstance(speaker, str | int) or not isinstance(book_id, str | int):
-        raise CodecflowError(f"bad Libri-Light metadata {json_path}: speaker/book id not a string")
-    try:
-        info = sf.info(os.fspath(flac))
-    except RuntimeError as err:  # soundfile.LibsndfileError is a RuntimeError
-        raise CodecflowError(f"unreadable audio {flac}: {err}") from None
-    return SourceFile(
-        path=flac.relative_to(root).as_posix(),
-        speaker=str(speaker),
-        book_id=str(book_id),
-        snr=snr,
-        voice_activity=voice_activity,
-        sample_rate=int(info.samplerate),
-        duration_s=info.frames / info.samplerate,
-    )
-
-
-def scan_librilight(root: Path) -> list[SourceFile]:
-    """Every `<file>.flac` with its `<file>.json` under `root` (any subset folder), sorted by path.
-
-    Malformed JSON or missing keys raise CodecflowError naming the JSON file.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise CodecflowError(f"Libri-Light root is not a folder: {root}")
-    files = []
-    for json_path in sorted(root.rglob("*.json")):
-        flac = json_path.with_suffix(".flac")
-        if flac.is_file():
-            files.append(_source_file(root, json_path, flac))
-    return files
-
-
 def split_by_speaker(
     speaker_hours: Mapping[str, float], val_fraction: float, seed: int
 ) -> dict[str, str]:
@@ -175,102 +356,304 @@ def split_by_speaker(
     return {s: ("val" if s in chosen else "train") for s in speaker_hours}
 
 
-def build_segment_manifest(
-    root: Path,
-    out: Path,
+def _speech_hours(file: ProbedFile) -> float:
+    return sum(b - a for a, b in file.voice_activity) / 3600.0
+
+
+def select_by_hours(
+    files: Sequence[ProbedFile], target_hours: float | None, seed: int
+) -> list[ProbedFile]:
+    """A deterministic subset of about `target_hours` of speech, spread across speakers.
+
+    Speakers are visited round-robin in the order of sha256(f"{seed}:{speaker}"), each giving its
+    next file (files ordered by sha256(f"{seed}:{path}")), until the target is reached; so a 1 000 h
+    subset of Libri-Light holds a little of many voices rather than all of a few. The result
+    does not depend on the input order. None selects everything.
+    """
+    if target_hours is None:
+        return sorted(files, key=lambda f: f.path)
+
+    def key(text: str) -> str:
+        return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+    by_speaker: dict[str, list[ProbedFile]] = {}
+    for file in files:
+        by_speaker.setdefault(file.speaker, []).append(file)
+    queues = [
+        sorted(by_speaker[s], key=lambda f: (key(f.path), f.path))
+        for s in sorted(by_speaker, key=lambda s: (key(s), s))
+    ]
+    chosen: list[ProbedFile] = []
+    hours = 0.0
+    depth = 0
+    goal = target_hours - 1e-9  # float sums: ten files of 0.1 h reach 1 h
+    while hours < goal and any(depth < len(q) for q in queues):
+        for queue in queues:
+            if depth < len(queue) and hours < goal:
+                chosen.append(queue[depth])
+                hours += _speech_hours(queue[depth])
+        depth += 1
+    return sorted(chosen, key=lambda f: f.path)
+
+
+def plan_segments(
+    probes: Iterable[BookProbe],
     target_len_sec: float = 60.0,
+    target_hours: float | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-) -> ManifestRecord:
-    """Scan `root`, cut every file by VAD, split speakers, and write the segment manifest.
+) -> SegmentPlan:
+    """Cut the accepted files by VAD, select the hours, split speakers: the manifest to write.
 
-    The Parquet file at `out` has exactly SEGMENT_MANIFEST_SCHEMA, one row per segment
-    (segment_id = f"{file_stem}_{index:04d}", like cut_by_vad.py's output names), sorted by
-    segment_id, and is written atomically.
+    Segment ids are f"{speaker}_{file stem}_{index:04d}" (cut_by_vad.py names its outputs
+    f"{stem}_{index}"; the speaker keeps ids unique where two readers share a file name). A file
+    whose ids would repeat another's is rejected as a duplicate.
     """
-    root, out = Path(root), Path(out)
-    files = scan_librilight(root)
-    if not files:
-        raise CodecflowError(f"no Libri-Light files (.flac with .json) under {root}")
+    probes = list(probes)
+    accepted: list[ProbedFile] = []
+    rejects: list[Reject] = [r for p in probes for r in p.rejects]
+    seen: dict[str, str] = {}
+    for file in sorted((f for p in probes for f in p.files), key=lambda f: f.path):
+        stem = posixpath.splitext(posixpath.basename(file.path))[0]
+        prefix = f"{file.speaker}_{stem}"
+        if prefix in seen:
+            rejects.append(Reject(file.path, f"duplicate: same speaker and name as {seen[prefix]}"))
+            continue
+        seen[prefix] = file.path
+        accepted.append(file)
+    selected = select_by_hours(accepted, target_hours, seed)
 
     rows: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    for source in files:
-        stem = PurePosixPath(source.path).stem
-        if stem in seen:
-            raise CodecflowError(
-                f"duplicate file stem {stem!r}: {seen[stem]} and {source.path} "
-                "(segment ids would collide)"
-            )
-        seen[stem] = source.path
-        for index, chunks in enumerate(cut_by_vad(source.voice_activity, target_len_sec)):
+    for file in selected:
+        stem = posixpath.splitext(posixpath.basename(file.path))[0]
+        for index, chunks in enumerate(cut_by_vad(file.voice_activity, target_len_sec)):
             rows.append(
                 {
-                    "segment_id": f"{stem}_{index:04d}",
-                    "source_path": source.path,
-                    "speaker": source.speaker,
-                    "book_id": source.book_id,
-                    "sample_rate": source.sample_rate,
+                    "segment_id": f"{file.speaker}_{stem}_{index:04d}",
+                    "subset": file.subset,
+                    "speaker": file.speaker,
+                    "book_id": file.book_id,
+                    "source_path": file.path,
                     "start_s": chunks[0][0],
                     "end_s": chunks[-1][1],
                     "duration_s": sum(end - start for start, end in chunks),
+                    "sample_rate": file.sample_rate,
+                    "channels": file.channels,
+                    "snr": file.snr,
                     "chunks": [{"start_s": start, "end_s": end} for start, end in chunks],
-                    "snr": source.snr,
                 }
             )
-
-    speaker_hours: dict[str, float] = {source.speaker: 0.0 for source in files}
+    speaker_hours: dict[str, float] = {}
     for row in rows:
-        speaker_hours[row["speaker"]] += row["duration_s"] / 3600.0
+        speaker_hours[row["speaker"]] = (
+            speaker_hours.get(row["speaker"], 0.0) + row["duration_s"] / 3600
+        )
     splits = split_by_speaker(speaker_hours, val_fraction, seed)
     for row in rows:
         row["split"] = splits[row["speaker"]]
     rows.sort(key=lambda row: row["segment_id"])
+    rejects.sort(key=lambda r: r.path)
 
-    audio_root = os.path.relpath(Path(root).resolve(), Path(out).resolve().parent)
+    reasons = Counter(r.reason.split(":", 1)[0] for r in rejects)
+    summary = {
+        "files_seen": len(accepted) + len(rejects),
+        "files_accepted": len(accepted),
+        "files_rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "files_flagged_not_16k_mono": sum(
+            f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
+        ),
+        "accepted_speech_hours": sum(_speech_hours(f) for f in accepted),
+        "accepted_audio_bytes": sum(f.n_bytes for f in accepted),
+        "target_hours": target_hours,
+        "files_selected": len(selected),
+        "selected_audio_bytes": sum(f.n_bytes for f in selected),
+        "speakers": len(speaker_hours),
+        "segments": len(rows),
+        "target_len_sec": target_len_sec,
+        "seed": seed,
+    }
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        summary[split] = {
+            "segments": len(split_rows),
+            "hours": sum(r["duration_s"] for r in split_rows) / 3600,
+            "speakers": len({r["speaker"] for r in split_rows}),
+        }
+    summary["hours"] = sum(r["duration_s"] for r in rows) / 3600
+    return SegmentPlan(tuple(rows), tuple(rejects), summary)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_segment_flacs(root: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Write each row's audio as its own FLAC (like cut_by_vad.py) under `<root>/segments/`.
+
+    Returns the rows pointing at the new files (one chunk: the whole file). A file already there
+    with the right length is kept, so a re-run writes only what is missing.
+    """
+    fs, base = url_to_fs(root)
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        rel = posixpath.join(
+            "segments", row["speaker"], row["book_id"], f"{row['segment_id']}.flac"
+        )
+        audio = read_segment_audio(root, row, downmix=False)  # [T] or [T, C]
+        target = posixpath.join(base, rel)
+        if not _flac_has_frames(fs, target, len(audio)):
+            buffer = io.BytesIO()
+            sf.write(buffer, audio, int(row["sample_rate"]), format="FLAC", subtype="PCM_16")
+            with open_atomic_write(join(root, rel)) as f:
+                f.write(buffer.getvalue())
+        duration = len(audio) / int(row["sample_rate"])
+        out.append(
+            {
+                **row,
+                "source_path": rel,
+                "start_s": 0.0,
+                "end_s": duration,
+                "duration_s": duration,
+                "chunks": [{"start_s": 0.0, "end_s": duration}],
+            }
+        )
+    return out
+
+
+def _flac_has_frames(fs: fsspec.AbstractFileSystem, path: str, frames: int) -> bool:
+    if not fs.exists(path):
+        return False
+    try:
+        with fs.open(path, "rb") as f:
+            return bool(sf.info(f).frames == frames)
+    except RuntimeError:
+        return False
+
+
+def write_manifest(
+    root: str, manifest_dir: str, rows: Sequence[Mapping[str, Any]], plan: SegmentPlan
+) -> ManifestRecord:
+    """Write rejects.parquet and summary.json, then segments.parquet last (the commit)."""
+    if not rows:
+        raise CodecflowError(
+            f"no usable Libri-Light files under {join(root, 'librilight')}: "
+            f"{plan.summary['files_rejected']} rejected ({plan.summary['rejected_by_reason']})"
+        )
+    if is_remote(root) or is_remote(manifest_dir):
+        audio_root = str(root)
+    else:
+        audio_root = posixpath.relpath(
+            url_to_fs(root)[1], url_to_fs(manifest_dir)[1]
+        )  # relative: the run folder can move
+    rejects_path = join(manifest_dir, "rejects.parquet")
+    summary_path = join(manifest_dir, "summary.json")
+    manifest_path = join(manifest_dir, "segments.parquet")
+    rejects = pa.Table.from_pylist(
+        [{"path": r.path, "reason": r.reason} for r in plan.rejects], schema=REJECTS_SCHEMA
+    )
+    _write_parquet(rejects_path, rejects)
+    summary = {**plan.summary, "manifest": manifest_path, "rejects": rejects_path}
+    with open_atomic_write(summary_path) as f:
+        f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     schema = SEGMENT_MANIFEST_SCHEMA.with_metadata({MANIFEST_AUDIO_ROOT_KEY: audio_root.encode()})
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_file(out) as tmp:
-        pq.write_table(table, tmp)
-    n_val = sum(row["split"] == "val" for row in rows)
+    _write_parquet(manifest_path, pa.Table.from_pylist(list(rows), schema=schema))
+    n_val = sum(r["split"] == "val" for r in rows)
     return ManifestRecord(
-        path=out,
+        path=manifest_path,
+        rejects_path=rejects_path,
+        summary_path=summary_path,
         n_segments=len(rows),
         n_train=len(rows) - n_val,
         n_val=n_val,
-        audio_hours=sum(row["duration_s"] for row in rows) / 3600.0,
-        n_speakers=len(speaker_hours),
+        audio_hours=sum(r["duration_s"] for r in rows) / 3600.0,
+        n_speakers=len({r["speaker"] for r in rows}),
+        n_rejects=len(plan.rejects),
     )
 
 
-def read_segment_audio(root: Path, row: Mapping[str, Any]) -> np.ndarray:
-    """The audio of one manifest row: its chunks read from the FLAC and concatenated, float32 [T].
+def _write_parquet(url: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with open_atomic_write(url) as f:
+        f.write(buffer.getvalue())
+
+
+def build_segment_manifest(
+    root: str,
+    archives: Sequence[str],
+    manifest_dir: str | None = None,
+    *,
+    target_len_sec: float = 60.0,
+    target_hours: float | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    segments_as: str = "references",
+) -> ManifestRecord:
+    """List, probe, plan and write in one call (the flow runs the same steps fanned out)."""
+    probes = [probe_book(root, listing) for listing in list_books(root, archives)]
+    plan = plan_segments(probes, target_len_sec, target_hours, val_fraction, seed)
+    rows: Sequence[Mapping[str, Any]] = plan.rows
+    if segments_as == "flac":
+        rows = write_segment_flacs(root, rows)
+    return write_manifest(root, manifest_dir or join(root, "manifest"), rows, plan)
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The one-screen summary every acquire run prints."""
+    reasons = summary["rejected_by_reason"]
+    lines = [
+        f"files seen       {summary['files_seen']:>10,}",
+        f"  accepted       {summary['files_accepted']:>10,}"
+        f"   ({summary['files_flagged_not_16k_mono']} not 16 kHz mono: resampled on read)",
+        f"  rejected       {summary['files_rejected']:>10,}",
+        *(f"    {reason:<28} {count:>6,}" for reason, count in reasons.items()),
+        f"speech hours     {summary['accepted_speech_hours']:>10.3f} accepted,"
+        f" {summary['hours']:.3f} selected"
+        + (f" (target {summary['target_hours']} h)" if summary["target_hours"] else ""),
+        f"audio bytes      {summary['accepted_audio_bytes']:>10,} accepted,"
+        f" {summary['selected_audio_bytes']:,} selected",
+        f"segments         {summary['segments']:>10,} from {summary['speakers']} speakers"
+        f" (<= {summary['target_len_sec']} s each)",
+    ]
+    for split in SPLITS:
+        s = summary[split]
+        lines.append(
+            f"  {split:<14} {s['segments']:>10,} segments, {s['hours']:.3f} h,"
+            f" {s['speakers']} speakers"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = True) -> np.ndarray:
+    """The audio of one manifest row at the file's own rate: float32 `[T]` (down-mixed to mono),
+    or `[T, C]` with `downmix=False`.
 
     Frame indices are int(start * sr) .. int(end * sr), as in Libri-Light's cut_by_vad.py; only
     the chunks are read (seek + read), never the whole file.
     """
-    path = Path(root) / row["source_path"]
+    fs, base = url_to_fs(root)
+    path = posixpath.join(base, row["source_path"])
     pieces: list[np.ndarray] = []
     try:
-        with sf.SoundFile(os.fspath(path)) as f:
-            if f.channels != 1:
-                raise CodecflowError(f"expected mono audio, got {f.channels} channels: {path}")
-            sr = f.samplerate
-            expected_sr = row.get("sample_rate")
-            if expected_sr is not None and int(expected_sr) != sr:
-                raise CodecflowError(
-                    f"sample rate of {path} is {sr}, the manifest says {expected_sr}"
-                )
+        with fs.open(path, "rb") as raw, sf.SoundFile(raw) as f:
+            rate = f.samplerate
             for chunk in row["chunks"]:
-                if isinstance(chunk, Mapping):
-                    start, end = chunk["start_s"], chunk["end_s"]
-                else:
-                    start, end = chunk
-                first, last = int(start * sr), int(end * sr)
+                start, end = (
+                    (chunk["start_s"], chunk["end_s"]) if isinstance(chunk, Mapping) else chunk
+                )
+                first, last = int(start * rate), int(end * rate)
                 f.seek(min(first, f.frames))
-                pieces.append(f.read(max(0, last - first), dtype="float32", always_2d=False))
-    except RuntimeError as err:  # soundfile.LibsndfileError is a RuntimeError
-        raise CodecflowError(f"unreadable audio {path}: {err}") from None
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+                pieces.append(f.read(max(0, last - first), dtype="float32", always_2d=True))
+    except (RuntimeError, FileNotFoundError) as err:  # LibsndfileError is a RuntimeError
+        raise CodecflowError(f"unreadable audio {join(root, row['source_path'])}: {err}") from None
+    audio = np.concatenate(pieces) if pieces else np.zeros((0, 1), dtype=np.float32)  # [T, C]
+    if downmix:
+        return audio.mean(axis=1).astype(np.float32)  # [T]
+    return audio[:, 0] if audio.shape[1] == 1 else audio  # [T] or [T, C]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
+import torchaudio
 
 from schemas.configs import TokenizeSettings
 from schemas.tables import (
@@ -34,6 +36,7 @@ from schemas.tables import (
     SPLITS,
     TOKEN_SHARD_SCHEMA,
 )
+from tasks import storage
 from tasks.errors import CodecflowError
 from tasks.io import atomic_file, atomic_write_json, sha256_file
 from tasks.segments import read_segment_audio
@@ -108,18 +111,22 @@ def plan_shards(rows: Sequence[Mapping[str, Any]], shard_hours: float) -> list[S
     return plans
 
 
-def _read_manifest(manifest: Path) -> tuple[list[dict[str, Any]], Path]:
-    if not manifest.is_file():
+def _read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
+    """The manifest's rows and its audio root (a local path or URL)."""
+    if not storage.exists(manifest):
         raise CodecflowError(f"segment manifest not found: {manifest}")
+    fs, path = storage.url_to_fs(manifest)
     try:
-        table = pq.read_table(manifest)
+        table = pq.read_table(path, filesystem=fs)
     except pa.ArrowInvalid as exc:
         raise CodecflowError(f"segment manifest {manifest} is not a Parquet file: {exc}") from exc
     if not table.schema.remove_metadata().equals(SEGMENT_MANIFEST_SCHEMA):
         raise CodecflowError(f"segment manifest {manifest} does not have the manifest schema")
-    metadata = table.schema.metadata or {}
-    root = manifest.parent / metadata.get(MANIFEST_AUDIO_ROOT_KEY, b".").decode()
-    return table.to_pylist(), root
+    audio_root = (table.schema.metadata or {}).get(MANIFEST_AUDIO_ROOT_KEY, b".").decode()
+    if not storage.is_remote(audio_root):
+        # Relative to the manifest's folder, so that a run folder can be moved.
+        audio_root = storage.join(posixpath.dirname(str(manifest)) or ".", audio_root)
+    return table.to_pylist(), audio_root
 
 
 def _dataset_fingerprint(manifest_sha256: str, spec: Mapping[str, Any], shard_hours: float) -> str:
@@ -141,11 +148,16 @@ def _smallest_unsigned(codebook_size: int) -> pa.DataType:
 
 
 def _encode_rows(
-    rows: Sequence[Mapping[str, Any]], audio_root: Path, tokenizer: Any
+    rows: Sequence[Mapping[str, Any]], audio_root: str, tokenizer: Any
 ) -> Iterator[dict[str, Any]]:
     for row in rows:
-        audio = read_segment_audio(audio_root, row)  # [T]
+        audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
         wav = torch.from_numpy(audio).view(1, 1, -1)  # [1, 1, T]
+        if int(row["sample_rate"]) != tokenizer.sample_rate:
+            # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
+            wav = torchaudio.functional.resample(
+                wav, int(row["sample_rate"]), tokenizer.sample_rate
+            )  # [1, 1, T']
         with torch.inference_mode():
             codes = tokenizer.encode(wav)[0]  # [K, F]
         yield {
@@ -187,17 +199,17 @@ def is_dataset_committed(out: Path) -> bool:
     return (Path(out) / "dataset.json").is_file()
 
 
-def tokenize_manifest(manifest: Path, out: Path, settings: TokenizeSettings) -> DatasetRecord:
+def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSettings) -> DatasetRecord:
     """Tokenize every segment of `manifest` into Arrow shards under `out`; resumable.
 
     Shards already committed for the same plan are kept as they are; `dataset.json` is written
     last. Raises CodecflowError on a missing or malformed manifest.
     """
-    manifest, out = Path(manifest), Path(out)
+    manifest, out = str(manifest), Path(out)
     rows, audio_root = _read_manifest(manifest)
     tokenizer = load_tokenizer(settings.tokenizer)
     spec = tokenizer_spec(settings.tokenizer, tokenizer)
-    fingerprint = _dataset_fingerprint(sha256_file(manifest), spec, settings.shard_hours)
+    fingerprint = _dataset_fingerprint(storage.sha256(manifest), spec, settings.shard_hours)
     info_path = out / "dataset.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())
@@ -251,7 +263,7 @@ def tokenize_manifest(manifest: Path, out: Path, settings: TokenizeSettings) -> 
     info = {
         "fingerprint": fingerprint,
         "format_version": DATASET_FORMAT_VERSION,
-        "manifest": str(manifest.resolve()),
+        "manifest": manifest if storage.is_remote(manifest) else str(Path(manifest).resolve()),
         "tokenizer": spec,
         "dtype": str(dtype),
         "layout": "codes: [K, F] flattened level-major per row",

@@ -16,15 +16,21 @@ from typing import Any
 from prefect import task
 
 from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
-from tasks import download, evaluate, extract, segments, tokenization, train_lm
+from tasks import download, evaluate, extract, segments, storage, tokenization, train_lm
 from tasks.caching import content_key
 from tasks.errors import CodecflowError
+from tasks.progress import PrefectProgress, TqdmProgress, combine
 
 __all__ = [
     "evaluate_task",
     "extract_task",
     "fetch_task",
-    "manifest_task",
+    "list_books_task",
+    "plan_segments_task",
+    "probe_book_task",
+    "stream_extract_task",
+    "write_flacs_task",
+    "write_manifest_task",
     "tokenize_task",
     "train_lm_task",
 ]
@@ -43,42 +49,88 @@ def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
 _CACHED: dict[str, Any] = {"persist_result": True}
 
 
-@task(
-    name="fetch",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_key_fn=content_key(code=(download,)),
-    **_CACHED,
-)
-def fetch_task(source: str, dest: Path, md5: str | None) -> download.FetchRecord:
-    """Download `source` to `dest` (resuming a `.part`), verifying its md5."""
-    return download.fetch(source, dest, md5)
+_RETRIED: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_condition_fn": _retry_unless_bad_input,
+}
+
+
+@task(name="fetch", cache_key_fn=content_key(code=(download,)), **_RETRIED, **_CACHED)
+def fetch_task(
+    source: str, dest: Path, md5: str | None, extracted_dest: str
+) -> download.FetchRecord:
+    """Download `source` to `dest` (resuming a `.part`), verifying its md5, with progress.
+
+    An archive already extracted at `extracted_dest` is not fetched again: its record comes from
+    the extraction marker, so a re-run downloads nothing even when the tar was deleted.
+    """
+    if extract.is_extracted(extracted_dest):
+        marker = storage.read_json(storage.join(extracted_dest, extract.EXTRACTED_MARKER))
+        size = int(marker.get("archive_size", 0))
+        return download.FetchRecord(Path(dest), marker["md5"], size, size, source)
+    with TqdmProgress(Path(dest).name) as bar:
+        reporter = combine(bar, PrefectProgress(f"download-{Path(dest).stem}", source))
+        return download.fetch(source, Path(dest), md5, progress=reporter)
 
 
 @task(name="extract", cache_key_fn=content_key(code=(extract,)), **_CACHED)
-def extract_task(archive: download.FetchRecord, dest: Path) -> extract.ExtractRecord:
+def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRecord:
     """Extract the downloaded tar safely (keyed on the tar's md5, not re-hashed)."""
     return extract.extract_tar_safely(archive.path, dest)
 
 
-@task(name="segment-manifest", cache_key_fn=content_key(code=(segments,)), **_CACHED)
-def manifest_task(
-    extracted: extract.ExtractRecord,
-    out: Path,
+@task(
+    name="stream-extract", cache_key_fn=content_key(code=(download, extract)), **_RETRIED, **_CACHED
+)
+def stream_extract_task(source: str, dest: str, md5: str | None) -> extract.ExtractRecord:
+    """Extract `source` as it streams, storing no tar (the md5 is checked at the end)."""
+    with download.open_source_stream(source) as stream:
+        return extract.extract_tar_safely(stream, dest, expected_md5=md5, description=source)
+
+
+@task(name="list-books", **_RETRIED)
+def list_books_task(root: str, archives: list[str]) -> list[segments.BookListing]:
+    """List the book folders of the extracted archives with file sizes and stamps (not cached:
+    the listing is what tells a changed file from an unchanged one)."""
+    return segments.list_books(root, archives)
+
+
+@task(name="probe-book", cache_key_fn=content_key(code=(segments,)), **_RETRIED, **_CACHED)
+def probe_book_task(root: str, listing: segments.BookListing) -> segments.BookProbe:
+    """Probe one book's files; cached on its listing, so unchanged books are not re-read."""
+    return segments.probe_book(root, listing)
+
+
+@task(name="plan-segments", cache_key_fn=content_key(code=(segments,)), **_CACHED)
+def plan_segments_task(
+    probes: list[segments.BookProbe],
     target_len_sec: float,
+    target_hours: float | None,
     val_fraction: float,
     seed: int,
+) -> segments.SegmentPlan:
+    """Cut by VAD, select the hours, split speakers."""
+    return segments.plan_segments(probes, target_len_sec, target_hours, val_fraction, seed)
+
+
+@task(name="write-segment-flacs", **_RETRIED)
+def write_flacs_task(root: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write one book's segments as FLAC files (files already complete are kept)."""
+    return segments.write_segment_flacs(root, rows)
+
+
+@task(name="segment-manifest", cache_key_fn=content_key(code=(segments,)), **_CACHED)
+def write_manifest_task(
+    root: str, manifest_dir: str, rows: list[dict[str, Any]], plan: segments.SegmentPlan
 ) -> segments.ManifestRecord:
-    """Cut the extracted audio by VAD into segments and write the split manifest."""
-    return segments.build_segment_manifest(
-        extracted.root, out, target_len_sec=target_len_sec, val_fraction=val_fraction, seed=seed
-    )
+    """Write rejects.parquet, summary.json, then segments.parquet (the commit)."""
+    return segments.write_manifest(root, manifest_dir, rows, plan)
 
 
 @task(name="tokenize", cache_key_fn=content_key("manifest", code=(tokenization,)), **_CACHED)
 def tokenize_task(
-    manifest: Path, out: Path, settings: TokenizeSettings
+    manifest: str, out: Path, settings: TokenizeSettings
 ) -> tokenization.DatasetRecord:
     """Tokenize the manifest's segments into Arrow shards plus a size report."""
     return tokenization.tokenize_manifest(manifest, out, settings)

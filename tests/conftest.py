@@ -36,11 +36,11 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("acquire")
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, tiny_tar_md5())
-    extracted = extract_tar_safely(fetched.path, root / "librilight")
+    extract_tar_safely(fetched.path, str(root / "librilight" / "librilight-tiny"))
     record = build_segment_manifest(
-        extracted.root, root / "segments.parquet", target_len_sec=5.0, val_fraction=0.2, seed=0
+        str(root), ["librilight-tiny"], target_len_sec=5.0, val_fraction=0.2, seed=0
     )
-    return record.path
+    return Path(record.path)
 
 
 @pytest.fixture(scope="session")

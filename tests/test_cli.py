@@ -88,12 +88,16 @@ def test_acquire_prints_the_manifest_line(prefect_api_url: str, tmp_path: Path) 
         "--set",
         f"md5={tiny_tar_md5()}",
         "--set",
-        f"out={out}",
+        f"root={out}",
         "--set",
         "target_len_sec=5",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"manifest: {out / 'segments.parquet'}"
+    assert result.stdout.strip().splitlines()[-2:] == [
+        f"manifest: {out / 'manifest' / 'segments.parquet'}",
+        f"rejects: {out / 'manifest' / 'rejects.parquet'}",
+    ]
+    assert "files seen" in result.stdout  # the one-screen summary
 
 
 def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
@@ -110,30 +114,34 @@ def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
         "--set",
         f"md5={wrong}",
         "--set",
-        f"out={out}",
+        f"root={out}",
     )
     assert result.returncode == 2
     line = _last_line(result)
     assert line.startswith("error: md5 mismatch for ") and TINY_TAR.name in line
     assert f"expected {wrong}, actual {actual}" in line
     assert not list(out.rglob("*.part")) and not (out / "librilight").exists()
-    assert not (out / "segments.parquet").exists()
+    assert not (out / "manifest").exists()
+    # The mismatching bytes are kept aside for inspection, under a name no step reads.
+    assert [p.name for p in (out / "download").iterdir()] == [f"{TINY_TAR.name}.md5-mismatch"]
 
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(TINY_TAR.read_bytes()[: TINY_TAR.stat().st_size // 2])
     out = tmp_path / "corrupt"
     result = _codecflow(
-        prefect_api_url, "acquire", "--set", f"source={corrupt}", "--set", f"out={out}"
+        prefect_api_url, "acquire", "--set", f"source={corrupt}", "--set", f"root={out}"
     )
     assert result.returncode == 2
     assert _last_line(result).startswith("error: corrupt archive ") and "corrupt.tar" in _last_line(
         result
     )
-    assert [p.name for p in out.iterdir()] == ["download"]  # nothing extracted, no temp folder
+    # Nothing extracted and no temporary folder: no file or folder left beyond the download.
+    leftovers = [p for p in out.rglob("*") if "download" not in p.relative_to(out).parts]
+    assert leftovers in ([], [out / "librilight"])
 
     missing = tmp_path / "nowhere.tar"
     result = _codecflow(
-        prefect_api_url, "acquire", "--set", f"source={missing}", "--set", f"out={tmp_path / 'm'}"
+        prefect_api_url, "acquire", "--set", f"source={missing}", "--set", f"root={tmp_path / 'm'}"
     )
     assert result.returncode == 2
     assert _last_line(result).startswith(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from http_server import ServerState, serve
 
 from tasks import download
-from tasks.download import FetchRecord, fetch
+from tasks.download import FetchRecord, fetch, open_source_stream
 from tasks.errors import (
     ChecksumMismatchError,
     CodecflowError,
@@ -123,15 +124,32 @@ def test_fetch_http_resumes_after_dropped_connection(
     with pytest.raises(httpx.TransportError):  # transient: propagates for the retrying wrapper
         fetch(url, dest, PAYLOAD_MD5, client=client, chunk_size=8192)
     assert not dest.exists()
-    # Kept for the resume: a prefix of what was sent (httpx holds back a last partial chunk).
+    # Kept for the resume: every byte that was sent, whatever the chunk size.
     kept = part.read_bytes()
-    assert 100_000 - 8192 < len(kept) <= 100_000 and PAYLOAD.startswith(kept)
+    assert kept == PAYLOAD[:100_000]
 
     rec = fetch(url, dest, PAYLOAD_MD5, client=client, chunk_size=8192)
     assert server.requests[-1] == ("/data.bin", f"bytes={len(kept)}-")
     assert rec.resumed_from == len(kept)
     assert rec.md5 == PAYLOAD_MD5 and rec.n_bytes == len(PAYLOAD)
     assert dest.read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_fetch_http_keeps_a_partial_chunk_when_the_connection_drops(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    # The default chunk size (1 MiB) is larger than the whole file: what arrived is kept anyway.
+    dest = tmp_path / "dest.bin"
+    server.drop_after = 100_000
+    url = f"{server.base_url}/data.bin"
+    with pytest.raises(httpx.TransportError):
+        fetch(url, dest, PAYLOAD_MD5, client=client)
+    assert dest.with_name("dest.bin.part").read_bytes() == PAYLOAD[:100_000]
+    seen: list[tuple[int, int | None]] = []
+    rec = fetch(url, dest, PAYLOAD_MD5, client=client, progress=lambda *a: seen.append(a))
+    assert server.requests[-1] == ("/data.bin", "bytes=100000-")
+    assert rec.resumed_from == 100_000 and dest.read_bytes() == PAYLOAD
+    assert seen == [(len(PAYLOAD), len(PAYLOAD))]  # one call per chunk_size bytes, and the end
 
 
 def test_fetch_http_restarts_when_server_ignores_range(
@@ -180,9 +198,34 @@ def test_fetch_md5_mismatch(
     with pytest.raises(ChecksumMismatchError) as info:
         fetch(source, dest, wrong, client=client)
     message = str(info.value)
-    assert wrong in message and PAYLOAD_MD5 in message and source in message
+    kept = dest.with_name("dest.bin.md5-mismatch")
+    assert message == (
+        f"md5 mismatch for {source}: expected {wrong}, actual {PAYLOAD_MD5}; "
+        f"the download is kept as {kept}"
+    )
     assert "\n" not in message
-    assert siblings(dest.parent) == set()  # neither dest nor dest.part
+    # Neither dest nor dest.part: only the bytes kept for inspection.
+    assert siblings(dest.parent) == {"dest.bin.md5-mismatch"}
+    assert kept.read_bytes() == PAYLOAD
+
+
+def test_fetch_md5_mismatch_replaces_an_older_one_and_reruns_afresh(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    url = f"{server.base_url}/data.bin"
+    dest = tmp_path / "dest.bin"
+    kept = tmp_path / "dest.bin.md5-mismatch"
+    kept.write_bytes(b"an older mismatch")
+    # A wrong part on disk: the resume completes it, the md5 is then wrong.
+    dest.with_name("dest.bin.part").write_bytes(b"\xff" * 1000)
+    with pytest.raises(ChecksumMismatchError, match=re.escape(f"kept as {kept}")):
+        fetch(url, dest, PAYLOAD_MD5, client=client)
+    assert kept.read_bytes() == b"\xff" * 1000 + PAYLOAD[1000:]
+    assert siblings(tmp_path) == {"dest.bin.md5-mismatch"}
+    # The re-run starts from byte 0 (no Range header) and succeeds.
+    rec = fetch(url, dest, PAYLOAD_MD5, client=client)
+    assert server.requests[-1] == ("/data.bin", None)
+    assert rec.resumed_from == 0 and dest.read_bytes() == PAYLOAD
 
 
 def test_fetch_404(tmp_path: Path, server: ServerState, client: httpx.Client) -> None:
@@ -220,3 +263,113 @@ def test_fetch_other_fsspec_url(tmp_path: Path) -> None:
 def test_fetch_rejects_a_malformed_md5(tmp_path: Path) -> None:
     with pytest.raises(CodecflowError, match="not 32 hex digits"):
         fetch(str(tmp_path / "x"), tmp_path / "y", "abc")
+
+
+# --------------------------------------------------------------------------------------------
+# open_source_stream
+# --------------------------------------------------------------------------------------------
+
+
+def read_all(source: str, **kwargs: object) -> bytes:
+    with open_source_stream(source, **kwargs) as stream:  # type: ignore[arg-type]
+        assert stream.readable() and not stream.seekable()
+        parts = []
+        # Uneven reads: the stream must not depend on the reader's chunking.
+        for size in (1, 7, 4096, 65_537):
+            parts.append(stream.read(size))
+        parts.append(stream.read())
+        assert stream.read(10) == b""
+        return b"".join(parts)
+
+
+def test_open_source_stream_http(server: ServerState, client: httpx.Client) -> None:
+    url = f"{server.base_url}/data.bin"
+    assert read_all(url, client=client) == PAYLOAD
+    assert read_all(url) == PAYLOAD  # with a client of its own
+    assert server.requests == [("/data.bin", None)] * 2
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-url"])
+def test_open_source_stream_local(tmp_path: Path, as_uri: bool) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    assert read_all(src.as_uri() if as_uri else str(src)) == PAYLOAD
+
+
+def test_open_source_stream_fsspec_url() -> None:
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/stream-bucket/data.bin", PAYLOAD)
+    try:
+        assert read_all("memory://stream-bucket/data.bin", chunk_size=10_000) == PAYLOAD
+        with pytest.raises(SourceNotFoundError, match="memory://stream-bucket/nope.bin"):
+            open_source_stream("memory://stream-bucket/nope.bin").__enter__()
+    finally:
+        memory.rm("/stream-bucket", recursive=True)
+
+
+def test_open_source_stream_404(server: ServerState, client: httpx.Client) -> None:
+    url = f"{server.base_url}/missing.bin"
+    with pytest.raises(SourceNotFoundError, match=re.escape(f"source not found: {url}")):
+        with open_source_stream(url, client=client):
+            pytest.fail("entered a stream of a missing source")
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-url"])
+def test_open_source_stream_missing_file(tmp_path: Path, as_uri: bool) -> None:
+    missing = tmp_path / "nope.bin"
+    source = missing.as_uri() if as_uri else str(missing)
+    with pytest.raises(SourceNotFoundError, match=re.escape(source)):
+        with open_source_stream(source):
+            pytest.fail("entered a stream of a missing source")
+
+
+def test_open_source_stream_folder_and_5xx(
+    tmp_path: Path, server: ServerState, client: httpx.Client
+) -> None:
+    with pytest.raises(CodecflowError, match="source is a folder"):
+        open_source_stream(str(tmp_path)).__enter__()
+    server.status = 503
+    with pytest.raises(httpx.HTTPStatusError):  # transient: for the retrying wrapper
+        open_source_stream(f"{server.base_url}/data.bin", client=client).__enter__()
+
+
+@pytest.mark.parametrize("support_range", [True, False], ids=["range", "no-range"])
+def test_open_source_stream_reconnects_after_dropped_connection(
+    server: ServerState, client: httpx.Client, support_range: bool
+) -> None:
+    server.drop_after = 100_000
+    server.support_range = support_range
+    seen: list[tuple[int, int | None]] = []
+    url = f"{server.base_url}/data.bin"
+    data = read_all(url, client=client, chunk_size=8192, progress=lambda *a: seen.append(a))
+    assert data == PAYLOAD
+    # The second request asks for the rest; a server that ignores it resends from byte 0, and
+    # the bytes already read are dropped.
+    [(_, first), (_, second)] = server.requests
+    assert first is None
+    assert second is not None and re.fullmatch(r"bytes=\d+-", second)
+    assert second == "bytes=100000-"  # every byte received counts, whatever the chunk size
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_open_source_stream_extracts_a_tar_as_it_streams() -> None:
+    with serve({"/tiny.tar": TINY_TAR.read_bytes()}) as state:
+        url = f"{state.base_url}/tiny.tar"
+        with open_source_stream(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            names = [member.name for member in tar]
+    assert any(name.endswith(".flac") for name in names)
+    assert state.requests == [("/tiny.tar", None)]
+
+
+def test_open_source_stream_left_early_releases_the_connection(server: ServerState) -> None:
+    url = f"{server.base_url}/data.bin"
+    # One connection in the pool: a response left open would make the next request time out.
+    limits = httpx.Limits(max_connections=1)
+    with httpx.Client(timeout=httpx.Timeout(5.0, pool=0.5), limits=limits) as one:
+        for _ in range(2):  # never read, then read partly
+            with open_source_stream(url, client=one):
+                pass
+            with open_source_stream(url, client=one) as stream:
+                assert stream.read(10) == PAYLOAD[:10]
+        assert read_all(url, client=one) == PAYLOAD

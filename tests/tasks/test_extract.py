@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import (
+    ChecksumMismatchError,
     CodecflowError,
     CorruptArchiveError,
 )
-from tasks.extract import EXTRACTED_MARKER, extract_tar_safely
+from tasks.extract import EXTRACTED_MARKER, ExtractRecord, extract_tar_safely, is_extracted
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -56,12 +57,15 @@ def test_extract_tiny_corpus(tmp_path: Path) -> None:
         for ext in ("json", "txt"):
             assert f"small/{speaker}/{book_dir}/{stem}.{ext}" in files
     assert files.count(EXTRACTED_MARKER) == 1
-    assert rec.root == dest and rec.n_files == 9 and rec.refused == ()
+    assert rec.root == str(dest) and rec.n_files == 9 and rec.refused == ()
+    assert rec.md5 == TINY_MD5.read_text().split()[0]
     assert rec.n_bytes == sum((dest / f).stat().st_size for f in files if f != EXTRACTED_MARKER)
 
     marker = json.loads((dest / EXTRACTED_MARKER).read_text())
-    assert marker["tar_md5"] == TINY_MD5.read_text().split()[0]
-    assert marker["tar_sha256"] == hashlib.sha256(TINY_TAR.read_bytes()).hexdigest()
+    assert marker["md5"] == TINY_MD5.read_text().split()[0]
+    assert marker["archive_size"] == TINY_TAR.stat().st_size
+    assert (marker["n_files"], marker["n_bytes"], marker["refused"]) == (9, rec.n_bytes, [])
+    assert is_extracted(dest) and is_extracted(str(dest))
     assert [p.name for p in tmp_path.iterdir()] == ["librilight"]  # no temporary folder left
 
 
@@ -95,8 +99,8 @@ def _add(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, **attrs
     tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
-def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
-    tar_path = tmp_path / "evil.tar"
+def _write_evil_tar(tar_path: Path) -> None:
+    """A crafted tar: every kind of unsafe member, and a few safe ones."""
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
         _add(tar, "ok", tarfile.DIRTYPE, mode=0o777)
         _add(tar, "ok/a.txt", data=b"hello")
@@ -114,6 +118,25 @@ def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
         _add(tar, "ok/hard", tarfile.LNKTYPE, linkname="ok/a.txt")  # inside: allowed
     with tarfile.open(tar_path) as tar:
         assert "/abs.txt" in tar.getnames()  # the crafted name really is absolute
+
+
+#: The refusals of the crafted tar, in archive order, on a local destination.
+EVIL_REFUSED = [
+    ("/abs.txt", "absolute path"),
+    ("../evil.txt", "'..' component"),
+    ("ok/../../evil2.txt", "'..' component"),
+    ("passwd", "link to an absolute path"),
+    ("ok/up", "link outside the destination"),
+    ("hard", "link outside the destination"),
+    ("hard_abs", "link to an absolute path"),
+    ("fifo", "special file (device or fifo)"),
+    ("tty", "special file (device or fifo)"),
+]
+
+
+def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
+    tar_path = tmp_path / "evil.tar"
+    _write_evil_tar(tar_path)
     (tmp_path / "outside.txt").write_text("outside")
     before = siblings(tmp_path)
 
@@ -136,6 +159,7 @@ def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
     assert reasons["passwd"] == reasons["hard_abs"] == "link to an absolute path"
     assert reasons["ok/up"] == reasons["hard"] == "link outside the destination"
     assert reasons["fifo"] == reasons["tty"] == "special file (device or fifo)"
+    assert list(rec.refused) == EVIL_REFUSED
 
     # Nothing written outside dest, and only the safe members inside it.
     assert siblings(tmp_path) == before | {"dest"}
@@ -187,3 +211,276 @@ def test_extract_corrupt_tar(tmp_path: Path, case: str) -> None:
 def test_extract_missing_archive(tmp_path: Path) -> None:
     with pytest.raises(CodecflowError, match="nope.tar"):
         extract_tar_safely(tmp_path / "nope.tar", tmp_path / "dest")
+
+
+# --------------------------------------------------------------------------------------------
+# Streams and md5 verification
+# --------------------------------------------------------------------------------------------
+
+
+class NonSeekable:
+    """A read-only stream that cannot seek or tell, like an HTTP response body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        return self._inner.read(size)
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("seek")
+
+    def tell(self) -> int:
+        raise io.UnsupportedOperation("tell")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative POSIX name -> bytes of every file under `root` (the marker left out)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != EXTRACTED_MARKER
+    }
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tar.gz"])
+def test_extract_from_non_seekable_stream(tmp_path: Path, compressed: bool) -> None:
+    data = TINY_TAR.read_bytes()
+    if compressed:
+        data = gzip.compress(data, mtime=0)
+    archive = tmp_path / "tiny.tar"
+    archive.write_bytes(data)
+
+    from_path = extract_tar_safely(archive, tmp_path / "from_path")
+    stream = NonSeekable(data)
+    from_stream = extract_tar_safely(stream, tmp_path / "from_stream", description="tiny stream")
+
+    assert stream.reads > 0 and stream.read() == b""  # read to its end
+    assert tree(tmp_path / "from_stream") == tree(tmp_path / "from_path")
+    assert len(tree(tmp_path / "from_path")) == 9
+    assert from_stream.md5 == from_path.md5 == md5(data)
+    assert (from_stream.n_files, from_stream.n_bytes, from_stream.refused) == (
+        from_path.n_files,
+        from_path.n_bytes,
+        from_path.refused,
+    )
+    marker = json.loads((tmp_path / "from_stream" / EXTRACTED_MARKER).read_text())
+    assert marker["archive"] == "tiny stream" and marker["archive_size"] == len(data)
+    assert marker["md5"] == md5(data)
+
+
+def test_extract_stream_skips_when_marker_present(tmp_path: Path) -> None:
+    first = extract_tar_safely(TINY_TAR, tmp_path / "dest")
+    stream = NonSeekable(TINY_TAR.read_bytes())
+    assert extract_tar_safely(stream, tmp_path / "dest") == first
+    assert stream.reads == 0  # not even opened: a 3 TB body is not downloaded again
+
+
+def test_extract_checks_expected_md5(tmp_path: Path) -> None:
+    expected = TINY_MD5.read_text().split()[0]
+    rec = extract_tar_safely(TINY_TAR, tmp_path / "dest", expected_md5=f" {expected.upper()}\n")
+    assert rec.md5 == expected and is_extracted(tmp_path / "dest")
+
+
+@pytest.mark.parametrize("source", ["path", "stream"])
+def test_extract_md5_mismatch_leaves_nothing(tmp_path: Path, source: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = TINY_TAR if source == "path" else NonSeekable(TINY_TAR.read_bytes())
+    wrong = "0" * 32
+    what = str(TINY_TAR) if source == "path" else "the small subset"
+    with pytest.raises(ChecksumMismatchError, match=re.escape(f"md5 mismatch for {what}")) as err:
+        extract_tar_safely(
+            archive,  # type: ignore[arg-type]
+            work / "librilight",
+            expected_md5=wrong,
+            description=None if source == "path" else what,
+        )
+    assert err.value.expected == wrong and err.value.actual == md5(TINY_TAR.read_bytes())
+    assert list(work.iterdir()) == []  # no dest, no temporary folder, no marker
+    assert not is_extracted(work / "librilight")
+
+
+def test_extract_does_not_trust_a_marker_with_another_md5(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    first = extract_tar_safely(TINY_TAR, dest)
+    # The marker records the tiny tar's md5; a caller expecting another archive is not served
+    # the old extraction: the tar is read again, fails the check, and the old folder stays.
+    with pytest.raises(ChecksumMismatchError):
+        extract_tar_safely(TINY_TAR, dest, expected_md5="f" * 32)
+    assert extract_tar_safely(TINY_TAR, dest, expected_md5=first.md5) == first
+    assert siblings(tmp_path) == {"dest"}
+
+
+def test_extract_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(CodecflowError, match=r"expected md5 for .*tiny.* is not 32 hex digits"):
+        extract_tar_safely(TINY_TAR, tmp_path / "dest", expected_md5="abc")
+    with pytest.raises(CodecflowError, match="readable binary stream, not int"):
+        extract_tar_safely(42, tmp_path / "dest")  # type: ignore[arg-type]
+    with pytest.raises(CodecflowError, match="unsupported destination nosuchproto://x"):
+        extract_tar_safely(TINY_TAR, "nosuchproto://x")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_record_md5_defaults_for_hand_built_records() -> None:
+    assert ExtractRecord(".", 0, 0, ()).md5 == ""
+
+
+# --------------------------------------------------------------------------------------------
+# Remote destinations (moto's S3 server on 127.0.0.1)
+# --------------------------------------------------------------------------------------------
+
+
+def objects(url: str) -> dict[str, bytes]:
+    """Key (relative to `url`) -> bytes of every object under `url`."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    base = base.rstrip("/")
+    return {path[len(base) + 1 :]: fs.cat_file(path) for path in fs.find(base)}
+
+
+def test_extract_to_s3(tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+    import s3fs
+
+    local = extract_tar_safely(TINY_TAR, tmp_path / "local")
+    url = f"{s3_bucket}/x/librilight"
+    fs, _ = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    # A leftover of an interrupted run (no marker): overwritten.
+    stale = "small/198/sense_and_sensibility_209/198-209-0000.txt"
+    fs.pipe_file(f"{url}/{stale}", b"stale")
+    assert not is_extracted(url)
+
+    rec = extract_tar_safely(TINY_TAR, url + "/")
+    assert rec.root == url
+    assert (rec.n_files, rec.n_bytes, rec.refused, rec.md5) == (
+        local.n_files,
+        local.n_bytes,
+        local.refused,
+        local.md5,
+    )
+    written = objects(url)
+    marker = json.loads(written.pop(EXTRACTED_MARKER))
+    assert written == tree(tmp_path / "local")
+    assert marker == json.loads((tmp_path / "local" / EXTRACTED_MARKER).read_text())
+    assert set(objects(s3_bucket)) == {
+        f"x/librilight/{key}" for key in [*written, EXTRACTED_MARKER]
+    }
+    assert is_extracted(url)
+
+    # A second call finds the marker: the tar is not read and nothing is written.
+    before = fs.info(f"{url}/{EXTRACTED_MARKER}")
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read or wrote again")
+
+    async def boom_async(*args: object, **kwargs: object) -> None:
+        raise AssertionError("wrote again")
+
+    monkeypatch.setattr(tarfile, "open", boom)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_open", boom)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", boom_async)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_rm_file", boom_async)
+    assert extract_tar_safely(TINY_TAR, url) == rec
+    after = fs.info(f"{url}/{EXTRACTED_MARKER}")
+    assert (after["ETag"], after["LastModified"]) == (before["ETag"], before["LastModified"])
+
+
+def test_extract_unsafe_tar_to_s3(tmp_path: Path, s3_bucket: str) -> None:
+    import fsspec
+
+    tar_path = tmp_path / "evil.tar"
+    _write_evil_tar(tar_path)
+    fs, _ = fsspec.core.url_to_fs(s3_bucket, skip_instance_cache=True)
+    fs.pipe_file(f"{s3_bucket}/x/outside.txt", b"outside")  # the escaping hard link's target
+
+    rec = extract_tar_safely(tar_path, f"{s3_bucket}/x/dest")
+    expected = [*EVIL_REFUSED]
+    expected.insert(
+        EVIL_REFUSED.index(("tty", "special file (device or fifo)")) + 1,
+        ("ok/link", "symlink (not supported on object stores)"),
+    )
+    assert list(rec.refused) == expected
+    stored = objects(s3_bucket)
+    marker = json.loads(stored.pop(f"x/dest/{EXTRACTED_MARKER}"))
+    # Nothing outside the prefix, the hard link a copy of its target's bytes.
+    assert stored == {
+        "x/outside.txt": b"outside",
+        "x/dest/ok/a.txt": b"hello",
+        "x/dest/ok/run.sh": b"#!/bin/sh\n",
+        "x/dest/ok/hard": b"hello",
+    }
+    assert rec.n_files == 3 and rec.n_bytes == 5 + 10
+    assert [tuple(item) for item in marker["refused"]] == expected
+
+
+@pytest.mark.parametrize("case", list(_truncations()))
+def test_extract_corrupt_tar_to_s3(tmp_path: Path, s3_bucket: str, case: str) -> None:
+    tar_path = tmp_path / "broken.tar"
+    tar_path.write_bytes(_truncations()[case])
+    url = f"{s3_bucket}/x/librilight"
+    with pytest.raises(CorruptArchiveError, match=re.escape(f"corrupt archive {tar_path}")):
+        extract_tar_safely(tar_path, url)
+    assert objects(s3_bucket) == {}  # every object written before the failure deleted
+    assert not is_extracted(url)
+
+
+def test_extract_failure_on_s3_keeps_objects_it_did_not_write(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    import fsspec
+
+    url = f"{s3_bucket}/x/librilight"
+    fs, _ = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    fs.pipe_file(f"{url}/notes.txt", b"someone else's")
+    stream = NonSeekable(_truncations()["no-end-marker"])
+    with pytest.raises(CorruptArchiveError, match="corrupt archive tiny body"):
+        extract_tar_safely(stream, url, description="tiny body")
+    assert objects(s3_bucket) == {"x/librilight/notes.txt": b"someone else's"}
+
+
+def test_extract_md5_mismatch_on_s3_leaves_nothing(s3_bucket: str) -> None:
+    url = f"{s3_bucket}/x/librilight"
+    with pytest.raises(ChecksumMismatchError, match="md5 mismatch for the tiny body"):
+        extract_tar_safely(
+            NonSeekable(TINY_TAR.read_bytes()),
+            url,
+            expected_md5="0" * 32,
+            description="the tiny body",
+        )
+    assert objects(s3_bucket) == {} and not is_extracted(url)
+
+
+@pytest.mark.parametrize("truncated", [False, True], ids=["complete", "truncated"])
+def test_extract_big_member_to_s3_multipart(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, truncated: bool
+) -> None:
+    import fsspec
+    import s3fs
+
+    # 5 MiB blocks (S3's minimum part size): a 12 MiB member goes up as a multipart upload,
+    # never held whole in memory; a failure mid-member aborts the upload.
+    monkeypatch.setattr(s3fs.S3FileSystem, "default_block_size", 5 * 2**20)
+    big = random.Random(7).randbytes(12 * 2**20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add(tar, "big.bin", data=big)
+    data = buf.getvalue()
+    if truncated:
+        data = data[: 11 * 2**20]
+    url = f"{s3_bucket}/x/big"
+    if truncated:
+        with pytest.raises(CorruptArchiveError, match="corrupt archive big"):
+            extract_tar_safely(NonSeekable(data), url, description="big")
+        assert objects(s3_bucket) == {}
+    else:
+        rec = extract_tar_safely(NonSeekable(data), url, description="big")
+        assert rec.n_bytes == len(big) and objects(url)["big.bin"] == big
+    fs, bucket = fsspec.core.url_to_fs(s3_bucket, skip_instance_cache=True)
+    assert fs.list_multipart_uploads(bucket) == []  # none left open (and billed)

@@ -1,47 +1,36 @@
-"""Tests of tasks.segments: Libri-Light metadata, cut_by_vad semantics, the speaker split and
-the segment manifest, on the committed tiny corpus.
-"""
+"""Tests of tasks.segments: probing with rejects, cut_by_vad semantics, hour-targeted subsets,
+the speaker split, the manifest and its rejects table, FLAC segments, reading audio back."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import random
-import re
 import shutil
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
+from helpers import TINY_TAR
+from librilight_fixture import BAD_FILES, GOOD_FILES, make_librilight_tar
 
-from schemas.tables import SEGMENT_MANIFEST_SCHEMA, SPLITS
-from tasks.errors import (
-    CodecflowError,
-)
-from tasks.extract import ExtractRecord, extract_tar_safely
+from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, REJECTS_SCHEMA, SEGMENT_MANIFEST_SCHEMA, SPLITS
+from tasks.errors import CodecflowError
 from tasks.segments import (
+    ProbedFile,
     build_segment_manifest,
     cut_by_vad,
+    format_summary,
+    list_books,
+    plan_segments,
+    probe_book,
     read_segment_audio,
-    scan_librilight,
+    select_by_hours,
     split_by_speaker,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
-TINY_MD5 = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar.md5"
-
-PAYLOAD = random.Random(1234).randbytes(300_000)
-PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def siblings(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()}
-
 
 # --------------------------------------------------------------------------------------------
 # cut_by_vad
@@ -106,109 +95,157 @@ def test_split_by_speaker_small_inputs() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# scan_librilight, build_segment_manifest, read_segment_audio
+# probing, rejects, manifest
 # --------------------------------------------------------------------------------------------
 
 
+def _extract_plain(tar_path: Path, dest: Path) -> None:
+    """Extract only the regular files with safe names (extraction itself is tested elsewhere)."""
+    with tarfile.open(tar_path) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and not member.name.startswith(("/", "..")):
+                target = dest / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+
+
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "librilight"
-    extract_tar_safely(TINY_TAR, root)
+def generated_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("generated")
+    tar_path = root / "gen.tar"
+    make_librilight_tar(tar_path)
+    _extract_plain(tar_path, root / "librilight" / "gen")
     return root
 
 
-def test_scan_librilight(tiny_root: Path) -> None:
-    files = scan_librilight(tiny_root)
-    assert [f.speaker for f in files] == ["198", "3436", "5703"]
-    for f in files:
-        meta = json.loads((tiny_root / f.path).with_suffix(".json").read_text())
-        assert f.path.startswith(f"small/{f.speaker}/")
-        assert f.book_id == meta["book_meta"]["id"] == f.path.split("/")[-1].split("-")[1]
-        assert f.sample_rate == 16_000 and 10.0 < f.duration_s < 20.0
-        assert f.voice_activity == tuple(tuple(c) for c in meta["voice_activity"])
-        assert all(0 <= a < b <= f.duration_s for a, b in f.voice_activity)
+def test_every_bad_file_is_rejected_with_its_reason(generated_root: Path) -> None:
+    listings = list_books(str(generated_root), ["gen"])
+    probes = [probe_book(str(generated_root), listing) for listing in listings]
+    rejects = {r.path: r.reason for p in probes for r in p.rejects}
+    expected = {f"librilight/gen/{path}": kind for path, kind in BAD_FILES.items()}
+    assert set(rejects) == set(expected)
+    for path, kind in expected.items():
+        assert rejects[path].startswith(kind + ": "), (path, rejects[path])
+    accepted = {f.path for p in probes for f in p.files}
+    good = {f"librilight/gen/small/{s}/{b}/{stem}.flac" for s, b, stem, _ in GOOD_FILES}
+    assert accepted == good | {"librilight/gen/small/500/odd/stereo44k_00.flac"}
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [("{not json", "bad Libri-Light metadata"), ('{"speaker": "1"}', "missing key 'book_meta'")],
-)
-def test_scan_librilight_bad_json(tmp_path: Path, tiny_root: Path, content: str, message: str):
-    flac = next(tiny_root.rglob("*.flac"))
-    folder = tmp_path / "small" / "1" / "book"
-    folder.mkdir(parents=True)
-    shutil.copy(flac, folder / "x.flac")
-    (folder / "x.json").write_text(content)
-    with pytest.raises(CodecflowError, match=re.escape(message)) as info:
-        scan_librilight(tmp_path)
-    assert str(folder / "x.json") in str(info.value)
+def test_odd_audio_is_accepted_flagged_and_its_vad_clipped(generated_root: Path) -> None:
+    (listing,) = [b for b in list_books(str(generated_root), ["gen"]) if b.book.endswith("odd")]
+    (file,) = probe_book(str(generated_root), listing).files
+    assert (file.sample_rate, file.channels, file.subset) == (44_100, 2, "small")
+    assert file.duration_s == pytest.approx(2.0)
+    assert file.voice_activity == ((0.1, 1.0), (1.2, 2.0))  # [1.2, 9.0] clipped to the end
 
 
-@pytest.mark.parametrize("target", [5.0, 60.0])
-def test_build_segment_manifest(tmp_path: Path, tiny_root: Path, target: float) -> None:
-    out = tmp_path / "manifest.parquet"
-    rec = build_segment_manifest(tiny_root, out, target_len_sec=target, val_fraction=0.3, seed=0)
-    assert pq.read_schema(out).equals(SEGMENT_MANIFEST_SCHEMA, check_metadata=False)
-    rows = pq.read_table(out).to_pylist()
-    assert [r["segment_id"] for r in rows] == sorted(r["segment_id"] for r in rows)
-    assert len({r["segment_id"] for r in rows}) == len(rows) == rec.n_segments
-
-    expected_ids = []
-    for f in scan_librilight(tiny_root):
-        stem = Path(f.path).stem
-        expected_ids += [
-            f"{stem}_{i:04d}" for i in range(len(cut_by_vad(f.voice_activity, target)))
-        ]
-    assert sorted(expected_ids) == [r["segment_id"] for r in rows]
-    if target == 60.0:
-        assert rec.n_segments == 3  # each ~15 s file is one segment
-
-    for r in rows:
-        chunks = [(c["start_s"], c["end_s"]) for c in r["chunks"]]
-        assert r["duration_s"] == pytest.approx(sum(b - a for a, b in chunks))
-        assert (r["start_s"], r["end_s"]) == (chunks[0][0], chunks[-1][1])
-        assert r["split"] in SPLITS and r["sample_rate"] == 16_000
-        assert r["source_path"].startswith(f"small/{r['speaker']}/")
+def test_manifest_rejects_and_summary(generated_root: Path, tmp_path: Path) -> None:
+    record = build_segment_manifest(
+        str(generated_root), ["gen"], str(tmp_path / "m"), target_len_sec=2.0, val_fraction=0.3
+    )
+    table = pq.read_table(record.path)
+    assert table.schema.remove_metadata().equals(SEGMENT_MANIFEST_SCHEMA)
+    rows = table.to_pylist()
+    assert record.n_segments == len(rows) and record.n_rejects == len(BAD_FILES)
+    assert len({r["segment_id"] for r in rows}) == len(rows)
+    assert rows == sorted(rows, key=lambda r: r["segment_id"])
     train = {r["speaker"] for r in rows if r["split"] == "train"}
     val = {r["speaker"] for r in rows if r["split"] == "val"}
     assert train and val and not train & val
-    assert rec.n_speakers == 3 and rec.n_train + rec.n_val == rec.n_segments
-    assert rec.n_val == sum(r["split"] == "val" for r in rows)
-    assert rec.audio_hours == pytest.approx(sum(r["duration_s"] for r in rows) / 3600)
-    assert siblings(tmp_path) == {"manifest.parquet"}  # written atomically, no temp left
+    for row in rows:
+        assert row["duration_s"] == pytest.approx(
+            sum(c["end_s"] - c["start_s"] for c in row["chunks"])
+        )
+    rejects = pq.read_table(record.rejects_path)
+    assert rejects.schema.remove_metadata().equals(REJECTS_SCHEMA) and rejects.num_rows == len(
+        BAD_FILES
+    )
+    summary = json.loads(Path(record.summary_path).read_text())
+    assert summary["files_seen"] == len(GOOD_FILES) + 1 + len(BAD_FILES)
+    assert summary["files_rejected"] == len(BAD_FILES)
+    assert summary["rejected_by_reason"]["unreadable audio"] == 2
+    assert summary["files_flagged_not_16k_mono"] == 1
+    text = format_summary(summary)
+    assert "files seen" in text and "truncated audio" in text and len(text.splitlines()) < 25
+    # The audio root is stored relative to the manifest, so the run folder can move.
+    expected_root = os.path.relpath(generated_root, tmp_path / "m")
+    assert table.schema.metadata[MANIFEST_AUDIO_ROOT_KEY] == expected_root.encode()
 
 
-def test_build_segment_manifest_is_reproducible(tmp_path: Path, tiny_root: Path) -> None:
-    a = build_segment_manifest(tiny_root, tmp_path / "a.parquet", 5.0)
-    b = build_segment_manifest(tiny_root, tmp_path / "b.parquet", 5.0)
-    assert pq.read_table(a.path).equals(pq.read_table(b.path))
+def test_segments_read_back_mono_at_the_file_rate(generated_root: Path, tmp_path: Path) -> None:
+    record = build_segment_manifest(str(generated_root), ["gen"], str(tmp_path), target_len_sec=60)
+    rows = {r["source_path"]: r for r in pq.read_table(record.path).to_pylist()}
+    odd = rows["librilight/gen/small/500/odd/stereo44k_00.flac"]
+    audio = read_segment_audio(str(generated_root), odd)
+    assert audio.ndim == 1 and audio.dtype == np.float32
+    assert len(audio) == int(1.0 * 44_100) - int(0.1 * 44_100) + int(2.0 * 44_100) - int(
+        1.2 * 44_100
+    )
 
 
-def test_build_segment_manifest_empty_root(tmp_path: Path) -> None:
-    with pytest.raises(CodecflowError, match=re.escape(str(tmp_path))):
-        build_segment_manifest(tmp_path, tmp_path / "m.parquet")
+def test_flac_segments_match_the_references(generated_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(generated_root / "librilight", root / "librilight")
+    refs = build_segment_manifest(str(root), ["gen"], str(tmp_path / "refs"), target_len_sec=2.0)
+    flacs = build_segment_manifest(
+        str(root), ["gen"], str(tmp_path / "flacs"), target_len_sec=2.0, segments_as="flac"
+    )
+    by_id = {r["segment_id"]: r for r in pq.read_table(refs.path).to_pylist()}
+    flac_rows = pq.read_table(flacs.path).to_pylist()
+    assert {r["segment_id"] for r in flac_rows} == set(by_id)
+    for row in flac_rows[:5]:
+        assert row["source_path"].startswith("segments/") and len(row["chunks"]) == 1
+        written, rate = sf.read(root / row["source_path"], dtype="float32")
+        reference = read_segment_audio(str(root), by_id[row["segment_id"]])
+        assert rate == row["sample_rate"]
+        np.testing.assert_allclose(written, reference, atol=1 / 32768)
+        assert row["duration_s"] == pytest.approx(len(written) / rate)
 
 
-def test_read_segment_audio(tmp_path: Path, tiny_root: Path) -> None:
-    rec = build_segment_manifest(tiny_root, tmp_path / "m.parquet", target_len_sec=5.0)
-    rows = pq.read_table(rec.path).to_pylist()
-    for r in rows:
-        audio = read_segment_audio(tiny_root, r)
-        sr = r["sample_rate"]
-        expected = sum(int(c["end_s"] * sr) - int(c["start_s"] * sr) for c in r["chunks"])
-        assert audio.dtype.name == "float32" and audio.shape == (expected,)
-        assert 0.0 < float(abs(audio).max()) <= 1.0
-    # Chunks may also be given as (start, end) tuples; the audio is the chunk's frames.
-    import soundfile as sf
-
-    row = rows[0]
-    full, sr = sf.read(tiny_root / row["source_path"], dtype="float32")
-    start, end = row["chunks"][0]["start_s"], row["chunks"][0]["end_s"]
-    one = read_segment_audio(tiny_root, {**row, "chunks": [(start, end)]})
-    assert (one == full[int(start * sr) : int(end * sr)]).all()
+def test_select_by_hours_spreads_across_speakers_deterministically() -> None:
+    files = [
+        ProbedFile(
+            f"s{s}/f{i}.flac", "small", f"s{s}", "b", 20.0, ((0.0, 360.0),), 16000, 1, 360.0, 1
+        )
+        for s in range(5)
+        for i in range(10)
+    ]  # 50 files of 0.1 h
+    chosen = select_by_hours(files, 1.0, seed=7)
+    assert sum(f.duration_s for f in chosen) / 3600 == pytest.approx(1.0)
+    assert {f.speaker for f in chosen} == {f"s{s}" for s in range(5)}  # 2 files from each
+    assert chosen == select_by_hours(list(reversed(files)), 1.0, seed=7)
+    assert chosen != select_by_hours(files, 1.0, seed=8)
+    assert len(select_by_hours(files, None, seed=0)) == 50
+    assert len(select_by_hours(files, 100.0, seed=0)) == 50
 
 
-def test_records_are_frozen() -> None:
-    rec = ExtractRecord(Path("."), 0, 0, ())
-    with pytest.raises(AttributeError):
-        rec.n_files = 1  # type: ignore[misc]
+def test_plan_selects_hours_and_keeps_speakers_disjoint(generated_root: Path) -> None:
+    probes = [probe_book(str(generated_root), b) for b in list_books(str(generated_root), ["gen"])]
+    plan = plan_segments(probes, target_len_sec=2.0, target_hours=6.0 / 3600, seed=1)
+    hours = sum(r["duration_s"] for r in plan.rows) / 3600
+    assert 6.0 / 3600 <= hours < 12.0 / 3600
+    assert plan.summary["target_hours"] == 6.0 / 3600 and plan.summary["hours"] == pytest.approx(
+        hours
+    )
+    assert plan == plan_segments(list(reversed(probes)), 2.0, 6.0 / 3600, seed=1)
+
+
+def test_tiny_corpus_manifest(tmp_path: Path) -> None:
+    with tarfile.open(TINY_TAR) as tar:
+        tar.extractall(tmp_path / "librilight" / "tiny", filter="data")
+    record = build_segment_manifest(str(tmp_path), ["tiny"], target_len_sec=5.0, val_fraction=0.2)
+    assert record.path == str(tmp_path / "manifest" / "segments.parquet")
+    assert (record.n_segments, record.n_speakers, record.n_rejects) == (10, 3, 0)
+    assert record.n_val > 0 and record.n_train > 0
+
+
+def test_no_usable_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "librilight" / "x" / "small" / "1" / "b").mkdir(parents=True)
+    (tmp_path / "librilight" / "x" / "small" / "1" / "b" / "a.flac").write_bytes(b"junk")
+    with pytest.raises(
+        CodecflowError, match=r"no usable Libri-Light files under .*librilight: 1 rejected"
+    ):
+        build_segment_manifest(str(tmp_path), ["x"])
+    assert not (tmp_path / "manifest" / "segments.parquet").exists()
+    with pytest.raises(CodecflowError, match="extracted archive not found: .*missing"):
+        list_books(str(tmp_path), ["missing"])
