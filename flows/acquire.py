@@ -21,8 +21,9 @@ from prefect.futures import wait
 
 from flows._common import unless_committed
 from schemas.configs import AcquireConfig
-from schemas.sources import resolve_sources
+from schemas.sources import SourceSpecError, resolve_sources
 from tasks import storage
+from tasks.errors import CodecflowError
 from tasks.extract import is_extracted
 from tasks.segments import ManifestRecord, format_summary
 from tasks.wrappers import (
@@ -63,7 +64,10 @@ def _download_dir(cfg: AcquireConfig) -> Path:
 def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> AcquireRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
     logger = get_run_logger()
-    sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
+    try:
+        sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
+    except SourceSpecError as err:
+        raise CodecflowError(str(err)) from None
     archives: list[str] = []
     for source in sources:
         archive = Path(source.url.rstrip("/")).name.split(".")[0] or source.name
