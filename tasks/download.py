@@ -28,6 +28,7 @@ from tasks.errors import (
     CodecflowError,
     SourceNotFoundError,
 )
+from tasks.io import fsync_dir
 
 __all__ = ["MISMATCH_SUFFIX", "FetchRecord", "ProgressCallback", "fetch", "open_source_stream"]
 
@@ -68,14 +69,6 @@ def _md5_of(path: Path, digest: Any | None = None) -> Any:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_http(source: str) -> bool:
@@ -231,7 +224,7 @@ def _keep_mismatched(
     """
     kept = dest.with_name(dest.name + MISMATCH_SUFFIX)
     os.replace(part, kept)  # replaces an older mismatch: only the latest attempt is of interest
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     error = ChecksumMismatchError(source, "md5", expected, actual)
     # The message starts as ChecksumMismatchError's own (the CLI and the README quote it).
     error.args = (f"{error.args[0]}; the download is kept as {kept}",)
@@ -295,7 +288,7 @@ def fetch(
         raise _keep_mismatched(part, dest, source, expected_md5, md5)
     n_bytes = part.stat().st_size
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return FetchRecord(dest, md5, n_bytes, resumed_from, source)
 
 

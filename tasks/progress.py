@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 __all__ = [
     "PrefectProgress",
@@ -102,7 +102,25 @@ def combine(*callbacks: ProgressCallback | None) -> ProgressCallback:
     return call_all
 
 
-class TqdmProgress:
+class _Closing:
+    """Context-manager protocol for reporters: `with Reporter(...) as r:` closes `r` at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TqdmProgress(_Closing):
     """A tqdm bar in bytes (rate, ETA) on stderr; off when stderr is not a terminal.
 
     `force=True` draws it anyway (e.g. into a log file); `file` replaces stderr. The bar is made
@@ -157,17 +175,6 @@ class TqdmProgress:
             self._bar.close()
             self._bar = None
 
-    def __enter__(self) -> TqdmProgress:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def _in_prefect_run() -> bool:
     """Whether a Prefect flow or task run is current (artifacts need one to attach to)."""
@@ -177,7 +184,7 @@ def _in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-class PrefectProgress:
+class PrefectProgress(_Closing):
     """Keeps a Prefect progress artifact of the current run up to date; a no-op outside a run.
 
     The artifact (key sanitised to Prefect's rule, see `sanitize_artifact_key`) is created at 0 %
@@ -247,14 +254,3 @@ class PrefectProgress:
             done, total = self._pending
             self._last_update = float("-inf")  # lift the throttle for this one update
             self(done, total)
-
-    def __enter__(self) -> PrefectProgress:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
