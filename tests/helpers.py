@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
-__all__ = ["PROMPT", "REPO", "TINY_TAR", "tiny_tar_md5"]
+__all__ = ["PROMPT", "REPO", "TINY_TAR", "task_run_states_since", "tiny_tar_md5"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -14,3 +15,23 @@ PROMPT = REPO / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
 def tiny_tar_md5() -> str:
     """The published md5 of the embedded corpus tar."""
     return TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
+
+
+def task_run_states_since(since: datetime) -> list[tuple[str, str]]:
+    """(task name, state name) of every task run created since `since`, from the Prefect API.
+
+    Run names are "<task name>-<3 random characters>". Sub-flows also appear as task runs,
+    named after the flow (the `evaluate` flow beside the `evaluate` task): those are left out.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs()
+    return sorted(
+        (run.name.rsplit("-", 1)[0], run.state.name)
+        for run in runs
+        if run.created is not None
+        and run.created >= since
+        and run.state is not None
+        and run.state.state_details.child_flow_run_id is None
+    )

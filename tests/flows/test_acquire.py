@@ -4,10 +4,12 @@ a generated Libri-Light-format tar (bad members included), a moto S3 server, and
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import task_run_states_since
 from http_server import serve
 from librilight_fixture import BAD_FILES, GOOD_FILES, make_librilight_tar
 
@@ -58,9 +60,12 @@ def test_download_resumes_extracts_safely_and_rejects_bad_files(
 
         # A second run downloads nothing and re-probes nothing.
         n_requests = len(server.requests)
+        started = datetime.now(UTC)
         again = run_acquire(_config(url, md5, tmp_path / "root"))
         assert len(server.requests) == n_requests
         assert again == record
+        probes = [state for name, state in task_run_states_since(started) if name == "probe-book"]
+        assert len(probes) == 8 and set(probes) == {"Cached"}  # 8 book folders, none re-read
 
 
 def test_md5_mismatch_keeps_the_download_and_extracts_nothing(

@@ -8,7 +8,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers import PROMPT, TINY_TAR, tiny_tar_md5
+from helpers import PROMPT, TINY_TAR, task_run_states_since, tiny_tar_md5
 
 from flows.pipeline import pipeline_flow
 from schemas.configs import AcquireSettings, EvaluateSettings, PipelineConfig, TrainLMSettings
@@ -29,17 +29,7 @@ UNCACHED = {"list-books"}
 
 
 def _task_states_since(since: datetime) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs()
-    states = {
-        run.name.rsplit("-", 1)[0]: run.state.name
-        for run in runs
-        if run.created is not None and run.created >= since and run.state is not None
-    }
-    # Sub-flows also appear as task runs (named after the flow): keep the stages' own tasks.
-    return {name: state for name, state in states.items() if name in STAGE_TASKS}
+    return {name: state for name, state in task_run_states_since(since) if name in STAGE_TASKS}
 
 
 def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
