@@ -23,9 +23,11 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.configs import (
     AcquireConfig,
+    EvalCodecConfig,
     EvaluateConfig,
     PipelineConfig,
     TokenizeConfig,
+    TrainCodecConfig,
     TrainLMConfig,
 )
 from tasks.errors import CodecflowError
@@ -59,6 +61,19 @@ def _train_lm(cfg: TrainLMConfig) -> dict[str, Path]:
     return {"checkpoint": train_lm_flow(cfg).path}
 
 
+def _train_codec(cfg: TrainCodecConfig) -> dict[str, Path]:
+    from flows.train_codec import train_codec_flow
+
+    return {"checkpoint": train_codec_flow(cfg).path}
+
+
+def _eval_codec(cfg: EvalCodecConfig) -> dict[str, Path]:
+    from flows.eval_codec import eval_codec_flow
+
+    record = eval_codec_flow(cfg)
+    return {"report": record.path / "index.html", "table": record.table}
+
+
 def _evaluate(cfg: EvaluateConfig) -> dict[str, Path]:
     from flows.evaluate import evaluate_flow
 
@@ -79,6 +94,8 @@ def _pipeline(cfg: PipelineConfig) -> dict[str, Path]:
 
 COMMANDS: dict[str, _Command] = {
     "acquire": _Command(AcquireConfig, _acquire, "fetch, extract and segment Libri-Light"),
+    "train-codec": _Command(TrainCodecConfig, _train_codec, "train the post's RVQ codec"),
+    "eval-codec": _Command(EvalCodecConfig, _eval_codec, "codec losses by number of levels"),
     "tokenize": _Command(TokenizeConfig, _tokenize, "segments -> Arrow token shards"),
     "train-lm": _Command(TrainLMConfig, _train_lm, "train the GPT on a token dataset"),
     "evaluate": _Command(EvaluateConfig, _evaluate, "sample continuations of a prompt"),

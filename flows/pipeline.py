@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows._common import dataset_folder_name
 from flows.acquire import run_acquire
 from flows.evaluate import evaluate_flow
 from flows.tokenize import tokenize_flow
@@ -41,7 +42,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
         TokenizeConfig(
             **cfg.tokenize.model_dump(),
             manifest=acquired.manifest,
-            out=str(out / "tokens" / cfg.tokenize.tokenizer),
+            out=str(out / "tokens" / dataset_folder_name(cfg.tokenize.tokenizer)),
         )
     )
     checkpoint = train_lm_flow(

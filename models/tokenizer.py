@@ -1,18 +1,21 @@
 """The audio tokenizer interface: waveform in, integer codes out, and back.
 
-Shape symbols: B batch, K levels (codebooks per frame), T samples, F frames.
+Shape symbols: B batch, C channels, K levels (codebooks per frame), T samples, F frames.
 
 The interface is a small subset of moshi's `CompressionModel` (moshi/models/compression.py):
 `sample_rate`, `frame_rate`, the number of codebooks (`num_levels` here, moshi's
 `num_codebooks`), the codebook size (moshi's `cardinality`) and `encode`/`decode` with the same
-layouts, so that Mimi can later sit behind it with a thin wrapper.
+layouts, so that Mimi sits behind it with a thin wrapper (`models.mimi`).
 """
 
 from __future__ import annotations
 
 import abc
+from typing import Any
 
+import numpy as np
 import torch
+import torchaudio
 from torch import Tensor, nn
 
 __all__ = ["AudioTokenizer"]
@@ -42,6 +45,11 @@ class AudioTokenizer(nn.Module, abc.ABC):
         """K, the number of codebooks per frame (residual levels for an RVQ codec)."""
 
     @property
+    def n_levels(self) -> int:
+        """Alias of `num_levels` (K), the name the post's code uses."""
+        return self.num_levels
+
+    @property
     @abc.abstractmethod
     def codebook_size(self) -> int:
         """Number of distinct codes per level; every code lies in `[0, codebook_size)`."""
@@ -57,6 +65,46 @@ class AudioTokenizer(nn.Module, abc.ABC):
             "is not a whole number of samples per frame"
         )
         return n
+
+    @property
+    def token_dtype(self) -> type[np.unsignedinteger[Any]]:
+        """The smallest unsigned numpy integer type that holds every code of `[0, codebook_size)`.
+
+        `numpy.uint8` for mu-law's 256 codes, `numpy.uint16` for codebooks of 1024 or 2048 (Mimi),
+        `numpy.uint32` beyond: what a token file stores the codes as.
+        """
+        size = self.codebook_size
+        assert 1 <= size <= 1 << 32, f"codebook_size must be in [1, 2**32], got {size}"
+        if size <= 1 << 8:
+            return np.uint8
+        if size <= 1 << 16:
+            return np.uint16
+        return np.uint32
+
+    def encode_audio(self, wav: Tensor, sample_rate: int) -> Tensor:
+        """Encode audio of any layout and rate: down-mix to mono, resample, then `encode`.
+
+        Args:
+            wav: floating `[B, C, T]` (C channels, averaged to mono), `[B, T]` or `[T]`, samples in
+                [-1, 1] at `sample_rate`.
+            sample_rate: samples per second of `wav`; resampled to `self.sample_rate` when it
+                differs (`torchaudio.functional.resample`, windowed sinc).
+
+        Returns:
+            int64 `[B, K, F]` codes (B = 1 for a `[T]` input), `F = ceil(T' / samples_per_frame)`
+            with T' the length after resampling.
+        """
+        assert wav.is_floating_point(), f"wav must be floating point, got {wav.dtype}"
+        assert 1 <= wav.ndim <= 3, f"wav must be [B, C, T], [B, T] or [T], got {tuple(wav.shape)}"
+        assert sample_rate > 0, f"sample_rate must be positive, got {sample_rate}"
+        if wav.ndim == 1:
+            wav = wav.view(1, 1, -1)  # [1, 1, T]
+        elif wav.ndim == 2:
+            wav = wav.unsqueeze(1)  # [B, 1, T]
+        wav = wav.to(torch.float32).mean(dim=1, keepdim=True)  # [B, 1, T], mono
+        if sample_rate != self.sample_rate:
+            wav = torchaudio.functional.resample(wav, sample_rate, self.sample_rate)  # [B, 1, T']
+        return self.encode(wav)  # [B, K, F]
 
     @abc.abstractmethod
     def encode(self, wav: Tensor) -> Tensor:

@@ -18,11 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AcquireConfig",
     "AcquireSettings",
+    "TOKENIZER_NAME_PATTERN",
+    "EvalCodecConfig",
+    "EvalCodecSettings",
     "EvaluateConfig",
     "EvaluateSettings",
     "PipelineConfig",
     "TokenizeConfig",
     "TokenizeSettings",
+    "TrainCodecConfig",
+    "TrainCodecSettings",
     "TrainLMConfig",
     "TrainLMSettings",
 ]
@@ -109,10 +114,20 @@ class AcquireConfig(AcquireSettings):
     )
 
 
+#: The tokenizer names of the post's code: mu-law, a trained codec (optionally truncated to its
+#: first N levels), or Mimi with K levels, with or without its semantic level 0.
+TOKENIZER_NAME_PATTERN = (
+    r"^(mu-law-256|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
+)
+
+
 class TokenizeSettings(_Config):
-    tokenizer: Literal["mulaw"] = Field(
-        "mulaw",
-        description="Audio tokenizer: 'mulaw' is mu-law 256 at 16 kHz, one token per sample.",
+    tokenizer: str = Field(
+        "mu-law-256",
+        pattern=TOKENIZER_NAME_PATTERN,
+        description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample), "
+        "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec), or 'mimi_<K>_rvq' / "
+        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi, K <= 32 levels at 12.5 Hz).",
     )
     shard_hours: float = Field(
         1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."
@@ -124,7 +139,69 @@ class TokenizeConfig(TokenizeSettings):
         "runs/demo/acquire/segments.parquet",
         description="Segment manifest (Parquet) written by the acquire flow.",
     )
-    out: str = Field("runs/demo/tokens/mulaw", description="Folder of the token dataset.")
+    out: str = Field("runs/demo/tokens/mu-law-256", description="Folder of the token dataset.")
+
+
+class TrainCodecSettings(_Config):
+    levels: int = Field(
+        8, ge=1, le=32, description="RVQ levels (the post trains 1, 2, 4, 8 and 16)."
+    )
+    codebook_size: int = Field(1024, ge=2, le=65536, description="Entries per codebook (1 024).")
+    channels: int = Field(32, ge=4, description="Width of the first encoder block.")
+    latent_dim: int = Field(32, ge=1, description="Dimension of the quantized latents (32).")
+    res_depth: int = Field(2, ge=1, le=8, description="Dilated residual blocks per level.")
+    update_speed: float = Field(
+        0.01, gt=0, le=1, description="EMA update speed of the codebooks (the post: 0.01)."
+    )
+    quantizer_dropout: bool = Field(
+        True,
+        description="Train on a random number of levels per batch (as Mimi does), so that one "
+        "codec serves any number of levels up to `levels`.",
+    )
+    crop_seconds: float = Field(1.0, gt=0, description="Length of the random training crops.")
+    batch_size: int = Field(8, ge=1, description="Crops per optimizer step.")
+    steps: int = Field(2000, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps before cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of the peak.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    seed: int = Field(0, description="Seed of initialisation and crop sampling.")
+    device: Device = Field("auto", description="'auto' takes CUDA when present (bf16 autocast).")
+
+
+class TrainCodecConfig(TrainCodecSettings):
+    manifest: str = Field(
+        "runs/demo/acquire/manifest/segments.parquet",
+        description="Segment manifest; the codec trains on its train split.",
+    )
+    out: str = Field("runs/demo/codec", description="Folder of the codec run and checkpoints.")
+
+
+class EvalCodecSettings(_Config):
+    levels: list[int] | None = Field(
+        None,
+        description="Numbers of levels to evaluate; empty means 1, 2, 4, 8, 16 up to the "
+        "codec's maximum (and the maximum itself).",
+    )
+    max_segments: int = Field(
+        32, ge=1, description="Validation segments evaluated (the first ones by id)."
+    )
+    max_seconds: float = Field(
+        10.0, gt=0, description="Each segment is cut to at most this many seconds."
+    )
+    n_wavs: int = Field(3, ge=0, description="Segments whose reconstructions are written as WAV.")
+    device: Device = Field("auto", description="'auto' takes CUDA when present.")
+
+
+class EvalCodecConfig(EvalCodecSettings):
+    checkpoint: str = Field("runs/demo/codec/checkpoint", description="Codec checkpoint folder.")
+    manifest: str = Field(
+        "runs/demo/acquire/manifest/segments.parquet",
+        description="Segment manifest; the evaluation reads its val split.",
+    )
+    out: str = Field("runs/demo/codec-eval", description="Folder of the evaluation report.")
 
 
 class TrainLMSettings(_Config):
@@ -148,7 +225,7 @@ class TrainLMSettings(_Config):
 
 
 class TrainLMConfig(TrainLMSettings):
-    dataset: str = Field("runs/demo/tokens/mulaw", description="Token dataset folder.")
+    dataset: str = Field("runs/demo/tokens/mu-law-256", description="Token dataset folder.")
     out: str = Field("runs/demo/lm", description="Folder of the training run and its checkpoint.")
 
 
@@ -172,7 +249,7 @@ class EvaluateSettings(_Config):
 class EvaluateConfig(EvaluateSettings):
     checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
     dataset: str = Field(
-        "runs/demo/tokens/mulaw", description="Token dataset the LM was trained on."
+        "runs/demo/tokens/mu-law-256", description="Token dataset the LM was trained on."
     )
     out: str = Field("runs/demo/report", description="Folder of the evaluation report.")
 

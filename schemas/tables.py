@@ -14,6 +14,7 @@ __all__ = [
     "SEGMENT_CHUNK_TYPE",
     "SEGMENT_MANIFEST_SCHEMA",
     "TOKEN_SHARD_SCHEMA",
+    "token_shard_schema",
     "SPLITS",
 ]
 
@@ -55,16 +56,23 @@ SEGMENT_MANIFEST_SCHEMA = pa.schema(
 #: Files that were seen but could not be used, with the reason (one row per file).
 REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
-#: One row per segment in an Arrow IPC token shard. `codes` holds the segment's `[K, F]` code
-#: matrix flattened level-major (K levels, F frames), in the smallest unsigned integer type that
-#: holds the tokenizer's vocabulary (uint8 for mu-law's 256 values).
-TOKEN_SHARD_SCHEMA = pa.schema(
-    [
-        ("segment_id", pa.string()),
-        ("speaker", pa.string()),
-        ("book_id", pa.string()),
-        ("split", pa.string()),
-        ("n_frames", pa.int64()),
-        ("codes", pa.list_(pa.uint8())),
-    ]
-)
+
+def token_shard_schema(codes_type: pa.DataType) -> pa.Schema:
+    """One row per segment in an Arrow IPC token shard. `codes` holds the segment's `[K, F]` code
+    matrix flattened level-major (K levels, F frames), in the smallest unsigned integer type that
+    holds the tokenizer's vocabulary (uint8 for mu-law's 256 values, uint16 for codebooks of
+    1 024 or Mimi's 2 048)."""
+    return pa.schema(
+        [
+            ("segment_id", pa.string()),
+            ("speaker", pa.string()),
+            ("book_id", pa.string()),
+            ("split", pa.string()),
+            ("n_frames", pa.int64()),
+            ("codes", pa.list_(codes_type)),
+        ]
+    )
+
+
+#: The mu-law shard schema (uint8 codes).
+TOKEN_SHARD_SCHEMA = token_shard_schema(pa.uint8())

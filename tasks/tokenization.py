@@ -34,7 +34,7 @@ from schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     SEGMENT_MANIFEST_SCHEMA,
     SPLITS,
-    TOKEN_SHARD_SCHEMA,
+    token_shard_schema,
 )
 from tasks import storage
 from tasks.errors import CodecflowError
@@ -50,6 +50,7 @@ __all__ = [
     "is_dataset_committed",
     "load_split_stream",
     "plan_shards",
+    "read_manifest",
     "read_dataset_info",
     "tokenize_manifest",
 ]
@@ -111,7 +112,7 @@ def plan_shards(rows: Sequence[Mapping[str, Any]], shard_hours: float) -> list[S
     return plans
 
 
-def _read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
+def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
     """The manifest's rows and its audio root (a local path or URL)."""
     if not storage.exists(manifest):
         raise CodecflowError(f"segment manifest not found: {manifest}")
@@ -139,14 +140,6 @@ def _dataset_fingerprint(manifest_sha256: str, spec: Mapping[str, Any], shard_ho
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _smallest_unsigned(codebook_size: int) -> pa.DataType:
-    if codebook_size <= 1 << 8:
-        return pa.uint8()
-    if codebook_size <= 1 << 16:
-        return pa.uint16()
-    return pa.uint32()
-
-
 def _encode_rows(
     rows: Sequence[Mapping[str, Any]], audio_root: str, tokenizer: Any
 ) -> Iterator[dict[str, Any]]:
@@ -166,22 +159,24 @@ def _encode_rows(
             "book_id": row["book_id"],
             "split": row["split"],
             "n_frames": int(codes.shape[1]),
-            "codes": codes.reshape(-1).numpy().astype(np.uint8),  # [K * F], level-major
+            "codes": codes.reshape(-1).numpy().astype(tokenizer.token_dtype),  # [K * F]
         }
 
 
-def _write_shard(path: Path, records: list[dict[str, Any]]) -> None:
-    columns = {name: [r[name] for r in records] for name in TOKEN_SHARD_SCHEMA.names}
+def _write_shard(path: Path, records: list[dict[str, Any]], token_dtype: np.dtype) -> None:
+    codes_type = pa.from_numpy_dtype(token_dtype)
+    schema = token_shard_schema(codes_type)
+    columns = {name: [r[name] for r in records] for name in schema.names}
     codes = columns.pop("codes")
     offsets = np.zeros(len(codes) + 1, dtype=np.int32)
     np.cumsum([len(c) for c in codes], out=offsets[1:])
-    values = np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint8)
-    arrays = [pa.array(columns[n], type=TOKEN_SHARD_SCHEMA.field(n).type) for n in columns]
-    arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.uint8())))
-    table = pa.Table.from_arrays(arrays, schema=TOKEN_SHARD_SCHEMA)
+    values = np.concatenate(codes) if codes else np.zeros(0, dtype=token_dtype)
+    arrays = [pa.array(columns[n], type=schema.field(n).type) for n in columns]
+    arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)))
+    table = pa.Table.from_arrays(arrays, schema=schema)
     with atomic_file(path) as tmp:
         # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
-        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, TOKEN_SHARD_SCHEMA) as writer:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
             writer.write_table(table)
 
 
@@ -206,7 +201,7 @@ def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSetting
     last. Raises CodecflowError on a missing or malformed manifest.
     """
     manifest, out = str(manifest), Path(out)
-    rows, audio_root = _read_manifest(manifest)
+    rows, audio_root = read_manifest(manifest)
     tokenizer = load_tokenizer(settings.tokenizer)
     spec = tokenizer_spec(settings.tokenizer, tokenizer)
     fingerprint = _dataset_fingerprint(storage.sha256(manifest), spec, settings.shard_hours)
@@ -221,9 +216,7 @@ def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSetting
         )
 
     by_id = {row["segment_id"]: row for row in rows}
-    dtype = _smallest_unsigned(tokenizer.codebook_size)
-    if dtype != pa.uint8():
-        raise CodecflowError(f"tokenizer {settings.tokenizer} needs {dtype}; shards hold uint8")
+    token_dtype = np.dtype(tokenizer.token_dtype)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
@@ -231,7 +224,7 @@ def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSetting
         shard = shard_dir / f"{plan.name}.arrow"
         if not _shard_is_committed(shard_dir, plan):
             plan_rows = [by_id[s] for s in plan.segment_ids]
-            _write_shard(shard, list(_encode_rows(plan_rows, audio_root, tokenizer)))
+            _write_shard(shard, list(_encode_rows(plan_rows, audio_root, tokenizer)), token_dtype)
             atomic_write_json(
                 shard_dir / f"{plan.name}.commit.json",
                 {
@@ -265,9 +258,9 @@ def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSetting
         "format_version": DATASET_FORMAT_VERSION,
         "manifest": manifest if storage.is_remote(manifest) else str(Path(manifest).resolve()),
         "tokenizer": spec,
-        "dtype": str(dtype),
+        "dtype": str(token_dtype),
         "layout": "codes: [K, F] flattened level-major per row",
-        "schema": TOKEN_SHARD_SCHEMA.to_string(),
+        "schema": token_shard_schema(pa.from_numpy_dtype(token_dtype)).to_string(),
         "shards": shards,
         "totals": report["total"],
     }
@@ -338,7 +331,8 @@ def interleave_levels(codes: np.ndarray) -> np.ndarray:
 
 
 def load_split_stream(dataset: Path, split: str) -> np.ndarray:
-    """All segments of one split as one flat token stream (uint8 `[N]`), in shard order.
+    """All segments of one split as one flat token stream (`[N]`, the dataset's dtype), in shard
+    order.
 
     Each segment's `[K, F]` codes are interleaved frame by frame, then segments are concatenated,
     as the post's reference code does with its single `.bin` file.

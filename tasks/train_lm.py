@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from tasks.tokenization import load_split_stream, read_dataset_info
 
 __all__ = [
     "CheckpointRecord",
+    "Schedule",
     "is_checkpoint_committed",
     "learning_rate_at",
     "load_checkpoint",
@@ -58,7 +59,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def learning_rate_at(step: int, settings: TrainLMSettings) -> float:
+class Schedule(Protocol):
+    """The fields of a training config that shape its learning rate."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+
+
+def learning_rate_at(step: int, settings: Schedule) -> float:
     """Linear warm-up then cosine decay to min_lr_ratio of the peak (nanoGPT's schedule)."""
     peak = settings.learning_rate
     if step < settings.warmup_steps:
@@ -78,6 +92,11 @@ def _windows(
     offsets = torch.arange(block_size + 1)  # [block_size + 1]
     window = stream[starts[:, None] + offsets[None, :]].long()  # [B, block_size + 1]
     return window[:, :-1], window[:, 1:]  # [B, block_size], [B, block_size]
+
+
+def _as_tensor(stream: np.ndarray) -> torch.Tensor:
+    # torch indexes uint8 natively but not uint16/uint32: widen those to int32 (still < 2^31).
+    return torch.from_numpy(stream if stream.dtype == np.uint8 else stream.astype(np.int32))
 
 
 def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
@@ -120,8 +139,8 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
 
     spec = info["tokenizer"]
     frame_size = int(spec["num_levels"])  # tokens per time step in the flattened stream
-    train_stream = torch.from_numpy(load_split_stream(dataset, "train"))  # [N]
-    val_stream = torch.from_numpy(load_split_stream(dataset, "val"))  # [N_val]
+    train_stream = _as_tensor(load_split_stream(dataset, "train"))  # [N]
+    val_stream = _as_tensor(load_split_stream(dataset, "val"))  # [N_val]
     for split, stream in (("train", train_stream), ("val", val_stream)):
         if len(stream) <= settings.block_size + frame_size:
             raise CodecflowError(

@@ -15,13 +15,30 @@ from typing import Any
 
 from prefect import task
 
-from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
-from tasks import download, evaluate, extract, segments, storage, tokenization, train_lm
+from schemas.configs import (
+    EvalCodecSettings,
+    EvaluateSettings,
+    TokenizeSettings,
+    TrainCodecSettings,
+    TrainLMSettings,
+)
+from tasks import (
+    download,
+    eval_codec,
+    evaluate,
+    extract,
+    segments,
+    storage,
+    tokenization,
+    train_codec,
+    train_lm,
+)
 from tasks.caching import content_key
 from tasks.errors import CodecflowError
 from tasks.progress import PrefectProgress, TqdmProgress, combine
 
 __all__ = [
+    "eval_codec_task",
     "evaluate_task",
     "extract_task",
     "fetch_task",
@@ -32,6 +49,7 @@ __all__ = [
     "write_flacs_task",
     "write_manifest_task",
     "tokenize_task",
+    "train_codec_task",
     "train_lm_task",
 ]
 
@@ -162,3 +180,23 @@ def evaluate_task(
 ) -> evaluate.ReportRecord:
     """Sample continuations of the prompt and write the HTML report."""
     return evaluate.evaluate(checkpoint, dataset, out, settings)
+
+
+@task(name="train-codec", cache_key_fn=content_key("manifest", code=(train_codec,)), **_CACHED)
+def train_codec_task(
+    manifest: str, out: Path, settings: TrainCodecSettings
+) -> train_codec.CodecCheckpointRecord:
+    """Train the RVQ codec (resuming from the newest checkpoint in `out`)."""
+    return train_codec.train_codec(manifest, out, settings)
+
+
+@task(
+    name="eval-codec",
+    cache_key_fn=content_key("checkpoint/model.safetensors", "manifest", code=(eval_codec,)),
+    **_CACHED,
+)
+def eval_codec_task(
+    checkpoint: Path, manifest: str, out: Path, settings: EvalCodecSettings
+) -> eval_codec.CodecReportRecord:
+    """Tabulate reconstruction losses by number of levels on the validation split."""
+    return eval_codec.eval_codec(checkpoint, manifest, out, settings)

@@ -48,7 +48,7 @@ def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
     first = pipeline_flow(cfg)
     run = tmp_path / "run"
     assert first.manifest == run / "acquire" / "manifest" / "segments.parquet"
-    assert first.dataset == run / "tokens" / "mulaw"
+    assert first.dataset == run / "tokens" / "mu-law-256"
     assert first.checkpoint == run / "lm" / "checkpoint"
     assert first.report == run / "report"
     summary = json.loads((run / "report" / "summary.json").read_text())

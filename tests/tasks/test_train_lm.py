@@ -34,7 +34,7 @@ def test_training_lowers_the_loss_and_checkpoints(tiny_checkpoint: Path) -> None
 
 def test_checkpoint_loads_with_tied_weights(tiny_checkpoint: Path, tiny_dataset: Path) -> None:
     model, spec = load_checkpoint(tiny_checkpoint, torch.device("cpu"))
-    assert spec["name"] == "mulaw" and spec["codebook_size"] == 256
+    assert spec["name"] == "mu-law-256" and spec["codebook_size"] == 256
     assert model.lm_head.weight is model.wte.weight
     logits = model(torch.zeros(1, 8, dtype=torch.long)).logits
     assert logits.shape == (1, 8, 256)

@@ -1,0 +1,42 @@
+"""The train-codec flow: a segment manifest -> the post's RVQ codec, resumable after a kill."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows._common import unless_committed
+from schemas.configs import TrainCodecConfig, TrainCodecSettings
+from tasks.train_codec import CodecCheckpointRecord, is_codec_committed
+from tasks.wrappers import train_codec_task
+
+__all__ = ["png_markdown", "train_codec_flow"]
+
+
+def png_markdown(path: Path, alt: str) -> str:
+    """A PNG inlined as a data URI in markdown: Prefect's image artifacts take URLs only."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+@flow(name="train-codec")
+def train_codec_flow(cfg: TrainCodecConfig = TrainCodecConfig()) -> CodecCheckpointRecord:  # noqa: B008
+    """Train the Jukebox-style encoder/decoder with the RVQ bottleneck on the train split."""
+    out = Path(cfg.out)
+    settings = TrainCodecSettings(**cfg.model_dump(include=set(TrainCodecSettings.model_fields)))
+    record = unless_committed(train_codec_task, is_codec_committed(out))(
+        cfg.manifest, out, settings
+    )
+    create_markdown_artifact(
+        key="codec-loss",
+        markdown=(
+            f"**codec** `{record.path}`: {record.levels} levels, {record.n_parameters:,} "
+            f"parameters, {record.steps} steps (resumed from step {record.resumed_from}); "
+            f"loss {record.loss_first:.4f} -> {record.loss_last:.4f}\n\n"
+            + png_markdown(record.path / "loss.png", "codec loss curve")
+        ),
+    )
+    return record

@@ -1,0 +1,150 @@
+"""Evaluate a trained codec on the validation split at each number of levels.
+
+For 1, 2, 4, 8, 16 levels (up to the codec's maximum, and the maximum itself): multi-scale
+spectral loss, SI-SDR, log-mel L1 and the bitrate. Writes `levels.json` (the table),
+`loss_vs_levels.png`, reconstruction WAVs of a few segments, and `index.html` last.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
+
+from schemas.configs import EvalCodecSettings
+from tasks.errors import CodecflowError
+from tasks.io import atomic_dir
+from tasks.train_codec import CODEC_RATE, load_codec, load_split_audio
+from tasks.train_lm import resolve_device
+
+__all__ = ["CodecReportRecord", "default_levels", "eval_codec", "is_codec_report_committed"]
+
+
+@dataclass(frozen=True)
+class CodecReportRecord:
+    """What a codec evaluation produced: small, picklable, cacheable."""
+
+    path: Path
+    table: Path
+    levels: tuple[int, ...]
+    spectral_loss: tuple[float, ...]
+
+
+def default_levels(max_levels: int) -> list[int]:
+    """The post's 1, 2, 4, 8, 16 up to the codec's maximum, and the maximum itself."""
+    return sorted({k for k in (1, 2, 4, 8, 16) if k <= max_levels} | {max_levels})
+
+
+def is_codec_report_committed(out: Path) -> bool:
+    return (Path(out) / "index.html").is_file()
+
+
+@torch.inference_mode()
+def eval_codec(
+    checkpoint: Path, manifest: str, out: Path, settings: EvalCodecSettings
+) -> CodecReportRecord:
+    """Reconstruct validation segments at each number of levels and tabulate the losses."""
+    out = Path(out)
+    device = resolve_device(settings.device)
+    codec = load_codec(checkpoint, device)
+    max_levels = codec.quantizer.num_levels
+    levels = sorted(set(settings.levels)) if settings.levels else default_levels(max_levels)
+    if levels[0] < 1 or levels[-1] > max_levels:
+        raise CodecflowError(f"codec {checkpoint} has levels 1..{max_levels}; asked for {levels}")
+    segments = load_split_audio(manifest, "val", settings.max_segments, settings.max_seconds)
+    codebook_bits = math.log2(codec.quantizer.codebook_size)
+    frame_rate = CODEC_RATE / 128
+
+    rows: list[dict[str, Any]] = []
+    reconstructions: dict[int, list[np.ndarray]] = {k: [] for k in levels}
+    for k in levels:
+        spectral, sdr, mel = [], [], []
+        for index, (_, clip) in enumerate(segments):
+            wav = torch.from_numpy(clip).view(1, 1, -1).to(device)  # [1, 1, T]
+            codes = codec.encode(wav, k)  # [1, k, F]
+            rebuilt = codec.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
+            spectral.append(float(multi_scale_spectral_loss(rebuilt, wav)))
+            sdr.append(float(si_sdr(rebuilt, wav).mean()))
+            mel.append(float(mel_l1(rebuilt, wav, CODEC_RATE)))
+            if index < settings.n_wavs:
+                reconstructions[k].append(rebuilt[0, 0].cpu().numpy())
+        rows.append(
+            {
+                "levels": k,
+                "spectral_loss": float(np.mean(spectral)),
+                "si_sdr_db": float(np.mean(sdr)),
+                "mel_l1": float(np.mean(mel)),
+                # levels x log2(codebook) bits per frame, 125 frames per second (the post).
+                "bitrate_bps": k * codebook_bits * frame_rate,
+                "segments": len(segments),
+            }
+        )
+
+    with atomic_dir(out) as tmp:
+        (tmp / "levels.json").write_text(json.dumps(rows, indent=2) + "\n")
+        _plot(rows, tmp / "loss_vs_levels.png")
+        for index, (segment_id, clip) in enumerate(segments[: settings.n_wavs]):
+            sf.write(str(tmp / f"{segment_id}_original.wav"), clip, CODEC_RATE, subtype="PCM_16")
+            for k in levels:
+                rebuilt = np.clip(reconstructions[k][index], -1.0, 1.0)
+                sf.write(str(tmp / f"{segment_id}_levels{k}.wav"), rebuilt, CODEC_RATE, "PCM_16")
+        (tmp / "index.html").write_text(_html(rows, segments[: settings.n_wavs], levels))
+    return CodecReportRecord(
+        path=out,
+        table=out / "levels.json",
+        levels=tuple(levels),
+        spectral_loss=tuple(r["spectral_loss"] for r in rows),
+    )
+
+
+def _plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["levels"] for r in rows], [r["spectral_loss"] for r in rows], marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("RVQ levels")
+    ax.set_ylabel("multi-scale spectral loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _html(
+    rows: Sequence[Mapping[str, Any]], segments: Sequence[tuple[str, np.ndarray]], levels: list[int]
+) -> str:
+    header = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in r.values()
+        )
+        + "</tr>"
+        for r in rows
+    )
+    players = "".join(
+        f"<h3>{html.escape(sid)}</h3>"
+        f"<p>original <audio controls src='{sid}_original.wav'></audio></p>"
+        + "".join(
+            f"<p>{k} levels <audio controls src='{sid}_levels{k}.wav'></audio></p>" for k in levels
+        )
+        for sid, _ in segments
+    )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>codec evaluation"
+        "</title></head><body><h1>Codec reconstruction by number of levels</h1>"
+        f"<table><tr>{header}</tr>{body}</table><img src='loss_vs_levels.png' alt='loss vs levels'>"
+        f"{players}</body></html>\n"
+    )

@@ -1,0 +1,83 @@
+"""train-codec and eval-codec under a real Prefect server, through the `codecflow` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO
+
+
+def test_train_then_evaluate_the_codec(
+    prefect_api_url: str, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+
+    def codecflow(*args: str) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.strip().splitlines()
+
+    out = tmp_path / "codec"
+    lines = codecflow(
+        "train-codec",
+        "--set",
+        f"manifest={tiny_manifest}",
+        "--set",
+        "levels=4",
+        "--set",
+        "steps=12",
+        "--set",
+        f"out={out}",
+        "--set",
+        "codebook_size=32",
+        "--set",
+        "channels=8",
+        "--set",
+        "latent_dim=8",
+        "--set",
+        "res_depth=1",
+        "--set",
+        "crop_seconds=0.256",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "device=cpu",
+        "--set",
+        "checkpoint_every=5",
+    )
+    assert lines[-1] == f"checkpoint: {out / 'checkpoint'}"
+    lines = codecflow(
+        "eval-codec",
+        "--set",
+        f"checkpoint={out / 'checkpoint'}",
+        "--set",
+        f"manifest={tiny_manifest}",
+        "--set",
+        f"out={tmp_path / 'eval'}",
+        "--set",
+        "max_segments=2",
+        "--set",
+        "n_wavs=1",
+        "--set",
+        "device=cpu",
+    )
+    assert lines[-2:] == [
+        f"report: {tmp_path / 'eval' / 'index.html'}",
+        f"table: {tmp_path / 'eval' / 'levels.json'}",
+    ]
+    assert [r["levels"] for r in json.loads((tmp_path / "eval" / "levels.json").read_text())] == [
+        1,
+        2,
+        4,
+    ]

@@ -1,0 +1,149 @@
+"""Codec training on the tiny corpus: the loss falls, checkpoints resume after a kill with the
+same result as an uninterrupted run, and the evaluation tabulates losses by levels."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO
+from safetensors.torch import load_file
+
+from schemas.configs import EvalCodecSettings, TrainCodecSettings
+from tasks.errors import CodecflowError
+from tasks.eval_codec import default_levels, eval_codec
+from tasks.train_codec import latest_checkpoint, load_codec, load_codec_tokenizer, train_codec
+
+TINY = {
+    "levels": 8,
+    "codebook_size": 64,
+    "channels": 8,
+    "latent_dim": 8,
+    "res_depth": 1,
+    "crop_seconds": 0.256,
+    "batch_size": 4,
+    "warmup_steps": 5,
+    "learning_rate": 3e-3,
+    "device": "cpu",
+}
+
+
+def _settings(**overrides: object) -> TrainCodecSettings:
+    return TrainCodecSettings(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("codec")
+    train_codec(str(tiny_manifest), out, _settings(steps=150, checkpoint_every=50))
+    return out
+
+
+def test_loss_falls_and_the_checkpoint_loads(trained: Path) -> None:
+    metrics = json.loads((trained / "checkpoint" / "metrics.json").read_text())
+    assert metrics["loss_last"] < 0.7 * metrics["loss_first"]
+    log = [
+        json.loads(x) for x in (trained / "checkpoint" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in log] == list(range(1, 151))
+    assert len({r["levels_used"] for r in log}) > 1  # quantizer dropout varies the levels
+    codec = load_codec(trained / "checkpoint")
+    assert codec.quantizer.num_levels == 8
+    tokenizer = load_codec_tokenizer(str(trained / "checkpoint"), 4)
+    codes = tokenizer.encode(torch.zeros(1, 1, 1000))
+    assert codes.shape == (1, 4, 8) and codes.dtype == torch.int64  # ceil(1000 / 128) frames
+    with pytest.raises(CodecflowError, match="has 8 levels; asked for 9"):
+        load_codec_tokenizer(str(trained / "checkpoint"), 9)
+
+
+def test_more_levels_lower_spectral_loss_on_speech(
+    trained: Path, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    record = eval_codec(
+        trained / "checkpoint",
+        str(tiny_manifest),
+        tmp_path / "eval",
+        EvalCodecSettings(n_wavs=1, device="cpu"),
+    )
+    assert record.levels == (1, 2, 4, 8)
+    losses = record.spectral_loss
+    assert all(a > b for a, b in zip(losses, losses[1:], strict=False)), (
+        losses
+    )  # the post's finding
+    rows = json.loads(record.table.read_text())
+    assert [r["bitrate_bps"] for r in rows] == [k * 6 * 125 for k in (1, 2, 4, 8)]  # log2(64) bits
+    assert rows[-1]["si_sdr_db"] > rows[0]["si_sdr_db"]
+    wavs = sorted(p.name for p in record.path.glob("*.wav"))
+    assert len(wavs) == 5 and any(w.endswith("_original.wav") for w in wavs)
+    assert (record.path / "loss_vs_levels.png").is_file() and (record.path / "index.html").is_file()
+
+
+def test_default_levels() -> None:
+    assert default_levels(8) == [1, 2, 4, 8]
+    assert default_levels(12) == [1, 2, 4, 8, 12]
+    assert default_levels(16) == [1, 2, 4, 8, 16]
+
+
+def _train_in_subprocess(
+    manifest: Path, out: Path, settings: TrainCodecSettings
+) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from schemas.configs import TrainCodecSettings; "
+        "from tasks.train_codec import train_codec; "
+        "train_codec(sys.argv[1], sys.argv[2], TrainCodecSettings.model_validate_json(sys.argv[3]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(manifest), str(out), settings.model_dump_json()],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    settings = _settings(steps=40, checkpoint_every=10)
+    killed = tmp_path / "killed"
+    process = _train_in_subprocess(tiny_manifest, killed, settings)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (
+        latest_checkpoint(killed) is None or latest_checkpoint(killed).name < "step-000020"
+    ):  # type: ignore[union-attr]
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoint").exists()
+    resumed_at = int(latest_checkpoint(killed).name.split("-")[1])  # type: ignore[union-attr]
+    assert 20 <= resumed_at < 40
+
+    # Resumed in the same kind of process as the uninterrupted run (one thread each), so that
+    # the two can be compared number for number.
+    assert _train_in_subprocess(tiny_manifest, killed, settings).wait(timeout=600) == 0
+    metrics = json.loads((killed / "checkpoint" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == resumed_at
+    log = [
+        json.loads(x) for x in (killed / "checkpoint" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in log] == list(range(1, 41))  # the curve continues, no gap, no repeat
+
+    straight = tmp_path / "straight"
+    process = _train_in_subprocess(tiny_manifest, straight, settings)
+    assert process.wait(timeout=600) == 0
+    a = load_file(str(killed / "checkpoint" / "model.safetensors"))
+    b = load_file(str(straight / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manifest: Path) -> None:
+    with pytest.raises(CodecflowError, match="holds a codec of another manifest or settings"):
+        train_codec(str(tiny_manifest), trained, _settings(steps=151))
