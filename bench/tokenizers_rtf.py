@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from models.codec import CODEC_PRESETS, build_rvq_codec
 from models.codec_tokenizer import CodecTokenizer
-
 from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer
 from models.tokenizer import AudioTokenizer

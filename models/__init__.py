@@ -4,14 +4,28 @@
 `gpt` the nanoGPT-style language model with a KV cache and `sampling` generation from it.
 """
 
+from models.codec import (
+    CODEC_PRESETS,
+    CodecOutput,
+    ConvDecoder,
+    ConvEncoder,
+    RVQCodec,
+    build_rvq_codec,
+    codec_config_dict,
+)
+from models.codec_tokenizer import CodecTokenizer
 from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
+from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer, mulaw_decode, mulaw_encode
+from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
 from models.sampling import GenerationResult, generate, sample_next
 from models.tokenizer import AudioTokenizer
 
 __all__ = [
     "AudioTokenizer",
     "MuLawTokenizer",
+    "MimiTokenizer",
     "mulaw_encode",
     "mulaw_decode",
     "GPTConfig",
@@ -21,4 +35,20 @@ __all__ = [
     "GenerationResult",
     "sample_next",
     "generate",
+    "ResidualVectorQuantizer",
+    "RVQMetrics",
+    "RVQOutput",
+    "CodecLoss",
+    "codec_loss",
+    "multi_scale_spectral_loss",
+    "si_sdr",
+    "mel_l1",
+    "ConvEncoder",
+    "ConvDecoder",
+    "CodecOutput",
+    "RVQCodec",
+    "CODEC_PRESETS",
+    "build_rvq_codec",
+    "codec_config_dict",
+    "CodecTokenizer",
 ]

@@ -35,8 +35,9 @@ class MimiTokenizer(AudioTokenizer):
 
     Args:
         model: moshi's Mimi, built (and loaded) by `moshi.models.loaders.get_mimi`. The wrapper
-            owns it: it is put in eval mode and its number of active codebooks is set to
-            `num_levels` (moshi's `set_num_codebooks`).
+            puts it in eval mode and sets its number of active codebooks to `num_levels`
+            (moshi's `set_num_codebooks`), again before each encode, so that wrappers of different
+            depths can share one model.
         num_levels: the RVQ depth of the encode, K in `mimi_<K>_rvq[_nosemantic]`, in
             `[1, model.total_codebooks]` (32 for Mimi).
         semantic: keep level 0 (the semantic level). With False, the codes are levels 1..K-1 of
@@ -53,9 +54,10 @@ class MimiTokenizer(AudioTokenizer):
         )
         assert int(model.channels) == 1, f"Mimi must be mono, got {model.channels} channels"
         model.set_num_codebooks(num_levels)
-        self.model = model.eval()
+        self.model = model
         self.rvq_levels = num_levels
         self.semantic = semantic
+        self.eval()  # a frozen tokenizer: eval mode for the wrapper and the model
         # frame_size is int(sample_rate / frame_rate): the same 1920 as our samples_per_frame.
         assert int(model.frame_size) == self.samples_per_frame, (
             f"Mimi frame_size {model.frame_size} != samples_per_frame {self.samples_per_frame}"
@@ -97,6 +99,8 @@ class MimiTokenizer(AudioTokenizer):
             return torch.zeros(b, self.num_levels, 0, dtype=torch.int64, device=param.device)
         wav = F.pad(wav, (0, f * spf - t))  # [B, 1, F * spf], whole frames
         wav = wav.to(device=param.device, dtype=param.dtype)
+        # Set again at each call: another wrapper of the same model may have changed it.
+        self.model.set_num_codebooks(self.rvq_levels)
         codes = _inference(self.model.encode, wav)  # [B, K_rvq, F]
         assert codes.shape == (b, self.rvq_levels, f), (
             f"Mimi encoded {tuple(wav.shape)} to {tuple(codes.shape)}, "

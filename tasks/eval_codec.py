@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 
+from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 from schemas.configs import EvalCodecSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
@@ -62,7 +62,7 @@ def eval_codec(
         raise CodecflowError(f"codec {checkpoint} has levels 1..{max_levels}; asked for {levels}")
     segments = load_split_audio(manifest, "val", settings.max_segments, settings.max_seconds)
     codebook_bits = math.log2(codec.quantizer.codebook_size)
-    frame_rate = CODEC_RATE / 128
+    frame_rate = codec.frame_rate  # 125 Hz for the post's 7 blocks (128x)
 
     rows: list[dict[str, Any]] = []
     reconstructions: dict[int, list[np.ndarray]] = {k: [] for k in levels}
@@ -83,7 +83,7 @@ def eval_codec(
                 "spectral_loss": float(np.mean(spectral)),
                 "si_sdr_db": float(np.mean(sdr)),
                 "mel_l1": float(np.mean(mel)),
-                # levels x log2(codebook) bits per frame, 125 frames per second (the post).
+                # levels x log2(codebook) bits per frame, frame_rate frames per second.
                 "bitrate_bps": k * codebook_bits * frame_rate,
                 "segments": len(segments),
             }

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torchaudio
+from safetensors.torch import load_file, save_file
+
 from models.codec import RVQCodec, build_rvq_codec, codec_config_dict
 from models.codec_tokenizer import CodecTokenizer
 from models.losses import codec_loss
-from safetensors.torch import load_file, save_file
-
 from schemas.configs import TrainCodecSettings
 from tasks import storage
 from tasks.errors import CodecflowError
@@ -98,8 +98,10 @@ def _codec_from_settings(settings: TrainCodecSettings) -> RVQCodec:
         channels=settings.channels,
         latent_dim=settings.latent_dim,
         res_depth=settings.res_depth,
+        n_blocks=settings.n_blocks,
         codebook_size=settings.codebook_size,
         update_speed=settings.update_speed,
+        quantizer_dropout=settings.quantizer_dropout,
     )
 
 
@@ -187,7 +189,8 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
     storage.write_json(run_identity, identity)
 
     audio = [clip for _, clip in load_split_audio(manifest, "train")]
-    crop = max(128, int(settings.crop_seconds * CODEC_RATE) // 128 * 128)  # whole frames
+    hop = 2**settings.n_blocks
+    crop = max(hop, int(settings.crop_seconds * CODEC_RATE) // hop * hop)  # whole frames
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     codec = _codec_from_settings(settings).to(device)

@@ -1,0 +1,379 @@
+"""The blog post's RVQ codec: a Jukebox-style convolutional autoencoder around an RVQ.
+
+Shape symbols: B batch, T samples, T' samples padded to a multiple of the hop, F frames, C conv
+channels, D latent dim, K levels of the quantizer, K' levels used in one call.
+
+The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) trains an RVQ codec
+on 16 kHz speech with the encoder and decoder of Jukebox's VQ-VAE (Dhariwal et al., 2020;
+jukebox/vqvae/encdec.py, resnet.py): each encoder block is a stride-2 convolution (kernel 4,
+padding 1) followed by a `Resnet1D` stack of dilated residual blocks (ReLU, kernel-3 conv with
+dilation 3^i, ReLU, 1x1 conv, plus the skip), and a kernel-3 convolution maps to the latent; the
+decoder mirrors it with stride-2 transposed convolutions and reversed dilations
+(`vqvae_reverse_decoder_dilation`). Seven blocks downsample 2^7 = 128x: 32-dimensional latents at
+16000 / 128 = 125 Hz, each quantized by K levels of 1024 codes.
+
+Beyond the post, `RVQCodec` can train with quantizer dropout (SoundStream, Zeghidour et al., 2021,
+section 3.3; Mimi uses it too): each training call quantizes with a random number of levels in
+1..K, so one codec serves every bitrate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.rvq import ResidualVectorQuantizer, RVQMetrics
+
+__all__ = [
+    "ResConv1DBlock",
+    "Resnet1D",
+    "ConvEncoder",
+    "ConvDecoder",
+    "CodecOutput",
+    "RVQCodec",
+    "CODEC_PRESETS",
+    "build_rvq_codec",
+    "codec_config_dict",
+]
+
+# Jukebox's dilation_growth_rate for the VQ-VAE (jukebox/hparams.py).
+DILATION_GROWTH = 3
+
+
+class ResConv1DBlock(nn.Module):
+    """x + conv1x1(relu(conv3_dilated(relu(x)))), Jukebox's `ResConv1DBlock` (m_conv = 1)."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, 1, padding=dilation, dilation=dilation),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float `[B, C, L]` -> float `[B, C, L]` (any length L)."""
+        return x + self.model(x)
+
+
+class Resnet1D(nn.Module):
+    """`depth` residual blocks with dilations 1, 3, 9, ... (Jukebox's `Resnet1D`); `reverse`
+    runs them from the largest dilation down, as Jukebox's decoder."""
+
+    def __init__(self, channels: int, depth: int, reverse: bool = False) -> None:
+        super().__init__()
+        blocks = [ResConv1DBlock(channels, DILATION_GROWTH**i) for i in range(depth)]
+        if reverse:
+            blocks = blocks[::-1]
+        self.model = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float `[B, C, L]` -> float `[B, C, L]`."""
+        return self.model(x)
+
+
+class ConvEncoder(nn.Module):
+    """Mono audio to latents: `n_blocks` x (stride-2 conv, Resnet1D), then a conv to D.
+
+    Args:
+        channels: C, the width of every block.
+        latent_dim: D, the latent dimension.
+        n_blocks: number of stride-2 blocks; the hop is 2^n_blocks samples.
+        res_depth: residual blocks per Resnet1D (dilations 1, 3, ..., 3^(res_depth - 1)).
+    """
+
+    def __init__(self, channels: int, latent_dim: int, n_blocks: int, res_depth: int) -> None:
+        super().__init__()
+        assert min(channels, latent_dim, n_blocks) >= 1 and res_depth >= 0, (
+            f"bad sizes: channels {channels}, latent_dim {latent_dim}, n_blocks {n_blocks}, "
+            f"res_depth {res_depth}"
+        )
+        self.channels = channels
+        self.latent_dim = latent_dim
+        self.n_blocks = n_blocks
+        self.res_depth = res_depth
+        blocks: list[nn.Module] = []
+        for i in range(n_blocks):
+            # Kernel 4, stride 2, padding 1 halves an even length exactly (Jukebox filter_t =
+            # 2 * stride, pad_t = stride // 2).
+            blocks.append(nn.Conv1d(1 if i == 0 else channels, channels, 4, 2, 1))
+            blocks.append(Resnet1D(channels, res_depth))
+        blocks.append(nn.Conv1d(channels, latent_dim, 3, 1, 1))
+        self.model = nn.Sequential(*blocks)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame, 2^n_blocks."""
+        return 2**self.n_blocks
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """float `[B, 1, T']` with T' a multiple of `hop_length` -> float `[B, D, T' / hop]`."""
+        assert wav.ndim == 3 and wav.shape[1] == 1, (
+            f"wav must be [B, 1, T], got shape {tuple(wav.shape)}"
+        )
+        assert wav.shape[2] % self.hop_length == 0, (
+            f"length {wav.shape[2]} must be a multiple of the hop {self.hop_length}"
+        )
+        return self.model(wav)  # [B, D, F]
+
+
+class ConvDecoder(nn.Module):
+    """Latents to mono audio, mirroring `ConvEncoder`: a conv from D, then `n_blocks` x
+    (Resnet1D with reversed dilations, stride-2 transposed conv), then a conv to 1 channel.
+
+    Args: as `ConvEncoder`.
+    """
+
+    def __init__(self, channels: int, latent_dim: int, n_blocks: int, res_depth: int) -> None:
+        super().__init__()
+        assert min(channels, latent_dim, n_blocks) >= 1 and res_depth >= 0, (
+            f"bad sizes: channels {channels}, latent_dim {latent_dim}, n_blocks {n_blocks}, "
+            f"res_depth {res_depth}"
+        )
+        self.channels = channels
+        self.latent_dim = latent_dim
+        self.n_blocks = n_blocks
+        self.res_depth = res_depth
+        blocks: list[nn.Module] = [nn.Conv1d(latent_dim, channels, 3, 1, 1)]
+        for _ in range(n_blocks):
+            blocks.append(Resnet1D(channels, res_depth, reverse=True))
+            # (L - 1) * 2 - 2 * 1 + 4 = 2L: doubles the length exactly.
+            blocks.append(nn.ConvTranspose1d(channels, channels, 4, 2, 1))
+        blocks.append(nn.Conv1d(channels, 1, 3, 1, 1))
+        self.model = nn.Sequential(*blocks)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame, 2^n_blocks."""
+        return 2**self.n_blocks
+
+    def forward(self, z: Tensor) -> Tensor:
+        """float `[B, D, F]` -> float `[B, 1, F * hop]`."""
+        assert z.ndim == 3 and z.shape[1] == self.latent_dim, (
+            f"z must be [B, D={self.latent_dim}, F], got shape {tuple(z.shape)}"
+        )
+        return self.model(z)  # [B, 1, F*hop]
+
+
+@dataclass
+class CodecOutput:
+    """What `RVQCodec.forward` returns."""
+
+    reconstruction: Tensor  # float [B, 1, T], cropped to the input's length
+    codes: Tensor  # int64 [B, K', F]
+    commitment_loss: Tensor  # scalar
+    metrics: RVQMetrics
+    n_levels: int  # K', the levels used (random in training with quantizer dropout)
+
+
+class RVQCodec(nn.Module):
+    """Encoder -> residual vector quantizer -> decoder, on mono audio.
+
+    Args:
+        encoder: a built `ConvEncoder`.
+        decoder: a built `ConvDecoder` with the same hop and latent dim.
+        quantizer: a built `ResidualVectorQuantizer` of dim D.
+        sample_rate: of the audio (16 kHz in the post).
+        quantizer_dropout: in training mode, quantize each call with a random number of levels
+            in 1..K (unless `n_levels` is given).
+    """
+
+    def __init__(
+        self,
+        encoder: ConvEncoder,
+        decoder: ConvDecoder,
+        quantizer: ResidualVectorQuantizer,
+        sample_rate: int = 16_000,
+        quantizer_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        assert encoder.hop_length == decoder.hop_length, (
+            f"encoder hop {encoder.hop_length} != decoder hop {decoder.hop_length}"
+        )
+        assert encoder.latent_dim == decoder.latent_dim == quantizer.dim, (
+            f"latent dims differ: encoder {encoder.latent_dim}, decoder {decoder.latent_dim}, "
+            f"quantizer {quantizer.dim}"
+        )
+        assert sample_rate > 0, f"sample_rate must be positive, got {sample_rate}"
+        self.encoder = encoder
+        self.decoder = decoder
+        self.quantizer = quantizer
+        self.sample_rate = sample_rate
+        self.quantizer_dropout = quantizer_dropout
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame (128 for 7 blocks)."""
+        return self.encoder.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second (125.0 at 16 kHz with 7 blocks)."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def num_levels(self) -> int:
+        """K, the quantizer's levels."""
+        return self.quantizer.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per level."""
+        return self.quantizer.codebook_size
+
+    def _pad(self, wav: Tensor) -> Tensor:
+        """float `[B, 1, T]` -> `[B, 1, T']`, right-padded with zeros to a multiple of the hop."""
+        assert wav.ndim == 3 and wav.shape[1] == 1, (
+            f"wav must be [B, 1, T] (mono), got shape {tuple(wav.shape)}"
+        )
+        assert wav.is_floating_point(), f"wav must be floating point, got {wav.dtype}"
+        t = wav.shape[2]
+        assert t >= 1, f"wav must hold at least one sample, got shape {tuple(wav.shape)}"
+        return F.pad(wav, (0, -t % self.hop_length))  # [B, 1, T']
+
+    def _latents(self, wav: Tensor) -> tuple[Tensor, int]:
+        """float `[B, 1, T]` -> (float `[B*F, D]` latents, F)."""
+        z = self.encoder(self._pad(wav))  # [B, D, F]
+        b, d, f = z.shape
+        return z.transpose(1, 2).reshape(b * f, d), f  # [B*F, D]
+
+    def _decode_latents(self, flat: Tensor, b: int, f: int) -> Tensor:
+        """float `[B*F, D]` -> float `[B, 1, F * hop]`."""
+        z = flat.reshape(b, f, -1).transpose(1, 2)  # [B, D, F]
+        return self.decoder(z)  # [B, 1, F*hop]
+
+    def forward(
+        self,
+        wav: Tensor,
+        n_levels: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> CodecOutput:
+        """Encode, quantize (updating the codebooks in training mode) and decode.
+
+        Args:
+            wav: float `[B, 1, T]`; any T >= 1 (padded to a multiple of the hop, then cropped).
+            n_levels: K', the levels to use. None: all K, or, in training mode with quantizer
+                dropout, a uniform draw from 1..K (one per call, for the whole batch).
+            generator: a CPU `torch.Generator` for that draw (the global one when None).
+
+        Returns:
+            `CodecOutput`: reconstruction `[B, 1, T]`, codes `[B, K', F]` with
+            F = ceil(T / hop), the commitment loss, the quantizer's metrics and K'.
+        """
+        k = n_levels
+        if k is None:
+            if self.training and self.quantizer_dropout:
+                # Drawn on the CPU: no device sync, reproducible with a seeded generator.
+                k = int(torch.randint(1, self.num_levels + 1, (1,), generator=generator).item())
+            else:
+                k = self.num_levels
+        b, t = wav.shape[0], wav.shape[-1]
+        flat, f = self._latents(wav)  # [B*F, D]
+        q = self.quantizer(flat, k)
+        recon = self._decode_latents(q.quantized, b, f)[..., :t]  # [B, 1, T]
+        codes = q.codes.reshape(b, f, k).transpose(1, 2).contiguous()  # [B, K', F]
+        return CodecOutput(
+            reconstruction=recon,
+            codes=codes,
+            commitment_loss=q.commitment_loss,
+            metrics=q.metrics,
+            n_levels=k,
+        )
+
+    def encode(self, wav: Tensor, n_levels: int | None = None) -> Tensor:
+        """float `[B, 1, T]` -> int64 `[B, K', F]` codes of the first K' levels (all K by
+        default), F = ceil(T / hop). Never updates the codebooks."""
+        b = wav.shape[0]
+        flat, f = self._latents(wav)  # [B*F, D]
+        codes = self.quantizer.encode(flat, n_levels)  # [B*F, K']
+        return codes.reshape(b, f, -1).transpose(1, 2).contiguous()  # [B, K', F]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """int64 `[B, K', F]` codes of the first K' levels -> float `[B, 1, F * hop]`."""
+        assert codes.ndim == 3, f"codes must be [B, K', F], got shape {tuple(codes.shape)}"
+        b, k, f = codes.shape
+        flat = self.quantizer.decode(codes.transpose(1, 2).reshape(b * f, k))  # [B*F, D]
+        return self._decode_latents(flat, b, f)  # [B, 1, F*hop]
+
+
+def build_rvq_codec(
+    num_levels: int,
+    channels: int = 32,
+    latent_dim: int = 32,
+    n_blocks: int = 7,
+    res_depth: int = 2,
+    codebook_size: int = 1024,
+    update_speed: float = 0.01,
+    dead_code_threshold: float = 1.0,
+    quantizer_dropout: bool = False,
+    sample_rate: int = 16_000,
+) -> RVQCodec:
+    """Build an `RVQCodec` from plain numbers (a preset or a checkpoint's config.json).
+
+    `build_rvq_codec(**codec_config_dict(codec))` builds a codec of the same shape as `codec`.
+    """
+    return RVQCodec(
+        encoder=ConvEncoder(channels, latent_dim, n_blocks, res_depth),
+        decoder=ConvDecoder(channels, latent_dim, n_blocks, res_depth),
+        quantizer=ResidualVectorQuantizer(
+            dim=latent_dim,
+            codebook_size=codebook_size,
+            num_levels=num_levels,
+            update_speed=update_speed,
+            dead_code_threshold=dead_code_threshold,
+        ),
+        sample_rate=sample_rate,
+        quantizer_dropout=quantizer_dropout,
+    )
+
+
+def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
+    """The `build_rvq_codec` arguments that rebuild `codec`'s architecture (JSON-friendly)."""
+    enc, dec, rvq = codec.encoder, codec.decoder, codec.quantizer
+    assert (enc.channels, enc.n_blocks, enc.res_depth) == (
+        dec.channels,
+        dec.n_blocks,
+        dec.res_depth,
+    ), "encoder and decoder sizes differ: not a build_rvq_codec codec"
+    return {
+        "num_levels": rvq.num_levels,
+        "channels": enc.channels,
+        "latent_dim": enc.latent_dim,
+        "n_blocks": enc.n_blocks,
+        "res_depth": enc.res_depth,
+        "codebook_size": rvq.codebook_size,
+        "update_speed": rvq.update_speed,
+        "dead_code_threshold": rvq.dead_code_threshold,
+        "quantizer_dropout": codec.quantizer_dropout,
+        "sample_rate": codec.sample_rate,
+    }
+
+
+# The post's codecs (1024 codes per level, 7 blocks, 32-dim latents at 125 Hz), one per number of
+# levels, and "tiny-8" for CPU tests. Each maps to `build_rvq_codec` keyword arguments.
+CODEC_PRESETS: dict[str, dict[str, Any]] = {
+    **{
+        f"rvq-{k}": {
+            "num_levels": k,
+            "channels": 32,
+            "latent_dim": 32,
+            "n_blocks": 7,
+            "res_depth": 2,
+            "codebook_size": 1024,
+        }
+        for k in (1, 2, 4, 8, 16)
+    },
+    "tiny-8": {
+        "num_levels": 8,
+        "channels": 16,
+        "latent_dim": 16,
+        "n_blocks": 7,
+        "res_depth": 1,
+        "codebook_size": 64,
+    },
+}

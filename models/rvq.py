@@ -1,0 +1,288 @@
+"""Residual vector quantization (RVQ) with k-means-style EMA codebooks.
+
+Shape symbols: N vectors, D embedding dim, C codebook size (entries per level), L levels of the
+quantizer (`num_levels`), K' levels used in one call (the first K' of the L).
+
+The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) builds RVQ up from
+one k-means-like codebook: each of L levels quantizes what the levels before it left over (the
+residual), so C^K' combinations are reachable with K' * C stored vectors (SoundStream, Zeghidour
+et al., 2021, section 3.2, algorithm 1). Following the post, which follows Jukebox (Dhariwal et
+al., 2020; jukebox/vqvae/bottleneck.py), codebooks are not learned by gradient descent but kept
+as exponential moving averages of the vectors assigned to each code, as in VQ-VAE's EMA variant
+(van den Oord et al., 2017, appendix A.1) and VQ-VAE-2 (Razavi et al., 2019):
+
+    count_c <- decay * count_c + (1 - decay) * |{i: code_i = c}|
+    sum_c   <- decay * sum_c   + (1 - decay) * sum_{i: code_i = c} x_i
+    entry_c  = sum_c / smoothed(count)_c,  decay = 1 - update_speed,
+
+with Laplace smoothing of the counts (smoothed(n)_c = (n_c + eps) / (sum n + C eps) * sum n) as in
+Sonnet's `VectorQuantizerEMA`, SoundStream and encodec (encodec/quantization/core_vq.py). A code
+whose EMA count falls below `dead_code_threshold` (Jukebox's `revival_threshold`, 1.0) is dead and
+is teleported to a random vector of the current batch (Jukebox `update_k`; encodec
+`expire_codes_`). Codebooks are initialised from random vectors of the first training batch
+(Jukebox `init_k`; no k-means++).
+
+Codebooks and their statistics are float32 buffers: AdamW never sees them, they change only in
+training mode, and they travel in `state_dict`. The updates are local to the process: under data
+parallelism each rank would drift its own codebooks (Jukebox all-reduces the batch statistics;
+this module does not). Gradients reach the input through the straight-through
+estimator (van den Oord et al., 2017, section 3.1) applied once to the sum of all levels, and
+through the commitment loss: per level, the MSE between the level's input (the residual) and its
+stop-gradient entry, averaged (not summed) over the levels used, as encodec and moshi do, so its
+scale and the post's weight of 0.02 do not depend on K'.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RVQMetrics", "RVQOutput", "ResidualVectorQuantizer"]
+
+
+@dataclass
+class RVQMetrics:
+    """Per-level codebook health of one call, one entry per level used (K' entries)."""
+
+    # Entropy of the batch's code histogram, in bits: log2(C) when every code is used equally,
+    # 0 when one code takes everything (Jukebox logs the same quantity in nats).
+    per_level_entropy_bits: list[float]
+    # Fraction of the C codes whose EMA count is below the dead-code threshold; in training mode
+    # these are the codes teleported by this call.
+    dead_code_fraction: list[float]
+
+
+@dataclass
+class RVQOutput:
+    """What `ResidualVectorQuantizer.forward` returns."""
+
+    quantized: Tensor  # [N, D], the sum of the K' levels, straight-through to the input
+    codes: Tensor  # int64 [N, K']
+    commitment_loss: Tensor  # scalar, mean over the K' levels of MSE(residual, sg(entry))
+    metrics: RVQMetrics
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """An L-level residual vector quantizer of `[N, D]` embeddings with EMA codebooks.
+
+    Args:
+        dim: D, the embedding dimension.
+        codebook_size: C, entries per level.
+        num_levels: L, the number of residual levels.
+        update_speed: 1 - decay of the moving averages, in (0, 1]; 0.01 is Jukebox's l_mu 0.99.
+            1.0 makes each training call one k-means (Lloyd) step on the batch.
+        dead_code_threshold: a code whose EMA count (vectors per batch, averaged) falls below
+            this is teleported to a random batch vector; Jukebox's 1.0 by default. Keep it well
+            below N / C. A teleported code restarts with a count equal to the threshold, so it
+            is teleported again at once unless it catches vectors.
+        epsilon: the Laplace smoothing constant (1e-5, as Sonnet and encodec).
+    """
+
+    # Buffers, declared for type checkers (registered in __init__).
+    codebooks: Tensor  # float32 [L, C, D], the entries (sum / smoothed count, kept up to date)
+    cluster_usage: Tensor  # float32 [L, C], EMA of the number of vectors assigned per call
+    embedding_sum: Tensor  # float32 [L, C, D], EMA of the sum of the vectors assigned
+    initialized: Tensor  # bool [L], whether each level's codebook was set from data
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        num_levels: int,
+        update_speed: float = 0.01,
+        dead_code_threshold: float = 1.0,
+        epsilon: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        assert min(dim, codebook_size, num_levels) >= 1, (
+            f"sizes must be positive: dim {dim}, codebook_size {codebook_size}, "
+            f"num_levels {num_levels}"
+        )
+        assert 0.0 < update_speed <= 1.0, f"update_speed must be in (0, 1], got {update_speed}"
+        assert dead_code_threshold >= 0.0, (
+            f"dead_code_threshold must be >= 0, got {dead_code_threshold}"
+        )
+        assert epsilon > 0.0, f"epsilon must be positive, got {epsilon}"
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.num_levels = num_levels
+        self.update_speed = update_speed
+        self.dead_code_threshold = dead_code_threshold
+        self.epsilon = epsilon
+        shape = (num_levels, codebook_size, dim)  # [L, C, D]
+        self.register_buffer("codebooks", torch.zeros(shape))
+        self.register_buffer("cluster_usage", torch.ones(num_levels, codebook_size))  # [L, C]
+        self.register_buffer("embedding_sum", torch.zeros(shape))
+        self.register_buffer("initialized", torch.zeros(num_levels, dtype=torch.bool))
+
+    @property
+    def decay(self) -> float:
+        """The moving averages' decay, 1 - update_speed."""
+        return 1.0 - self.update_speed
+
+    def _levels(self, n_levels: int | None) -> int:
+        k = self.num_levels if n_levels is None else n_levels
+        assert 1 <= k <= self.num_levels, (
+            f"n_levels must be in [1, {self.num_levels}], got {n_levels}"
+        )
+        return k
+
+    def _check_input(self, x: Tensor) -> None:
+        assert x.ndim == 2 and x.shape[1] == self.dim, (
+            f"x must be [N, D={self.dim}], got shape {tuple(x.shape)}"
+        )
+        assert x.shape[0] >= 1, f"x must hold at least one vector, got shape {tuple(x.shape)}"
+        assert x.is_floating_point(), f"x must be floating point, got {x.dtype}"
+
+    def _nearest(self, r: Tensor, level: int) -> Tensor:
+        """float32 `[N, D]` -> int64 `[N]`, the index of the nearest entry (squared L2)."""
+        book = self.codebooks[level]  # [C, D]
+        # Autocast would run the matmul in 16 bits and pick wrong neighbours: keep float32.
+        with torch.autocast(device_type=r.device.type, enabled=False):
+            # |r - c|^2 = |r|^2 - 2 r.c + |c|^2; |r|^2 is the same for every c and is dropped.
+            dist = (book * book).sum(dim=1)[None, :] - 2.0 * (r.float() @ book.t())  # [N, C]
+        return dist.argmin(dim=1)  # [N]
+
+    @torch.no_grad()
+    def _init_level(self, r: Tensor, level: int) -> None:
+        """Set level `level`'s entries to random vectors of `r` (float32 `[N, D]`)."""
+        n, c = r.shape[0], self.codebook_size
+        if n >= c:
+            vectors = r[torch.randperm(n, device=r.device)[:c]]  # [C, D]
+        else:
+            # Too few vectors: repeat them with a little noise so entries differ (Jukebox _tile).
+            vectors = r[torch.randint(0, n, (c,), device=r.device)]  # [C, D]
+            vectors = vectors + torch.randn_like(vectors) * 0.01 * r.std().clamp_min(1e-6)
+        # Start each count at the uniform share N / C (Jukebox restore_k's expected usage), at
+        # least the threshold so that no code starts dead.
+        usage = max(n / c, self.dead_code_threshold)
+        self.codebooks[level] = vectors
+        self.cluster_usage[level] = usage
+        self.embedding_sum[level] = vectors * usage
+        self.initialized[level] = True
+
+    @torch.no_grad()
+    def _update_level(self, r: Tensor, codes: Tensor, level: int) -> Tensor:
+        """One EMA step of level `level` on `r` (float32 `[N, D]`) assigned to `codes` (`[N]`).
+
+        Returns the bool `[C]` mask of the codes found dead (and teleported).
+        """
+        c = self.codebook_size
+        counts = torch.bincount(codes, minlength=c).to(r.dtype)  # [C]
+        sums = torch.zeros_like(self.embedding_sum[level]).index_add_(0, codes, r)  # [C, D]
+        usage = self.cluster_usage[level]  # [C], a view: updated in place
+        emb_sum = self.embedding_sum[level]  # [C, D], a view
+        usage.mul_(self.decay).add_(counts, alpha=self.update_speed)
+        emb_sum.mul_(self.decay).add_(sums, alpha=self.update_speed)
+        # Laplace smoothing keeps the division finite for codes with (nearly) zero counts.
+        total = usage.sum()
+        smoothed = (usage + self.epsilon) / (total + c * self.epsilon) * total  # [C]
+        book = emb_sum / smoothed[:, None]  # [C, D]
+
+        # Dead codes jump to random vectors of this batch; always drawing the C candidates
+        # (cheap) avoids a device sync on "are there any?".
+        dead = usage < self.dead_code_threshold  # [C]
+        candidates = r[torch.randint(0, r.shape[0], (c,), device=r.device)]  # [C, D]
+        self.codebooks[level] = torch.where(dead[:, None], candidates, book)
+        emb_sum.copy_(torch.where(dead[:, None], candidates * self.dead_code_threshold, emb_sum))
+        usage.copy_(torch.where(dead, torch.full_like(usage, self.dead_code_threshold), usage))
+        return dead
+
+    def forward(self, x: Tensor, n_levels: int | None = None) -> RVQOutput:
+        """Quantize `x` with the first K' levels; in training mode, also update them.
+
+        In training mode a level not initialised yet is first set from this batch, and after
+        quantizing (with the entries as they were) each used level takes one EMA step and
+        teleports its dead codes. In eval mode nothing changes.
+
+        Args:
+            x: float `[N, D]` embeddings.
+            n_levels: K', how many levels to use (the first K'); all L by default.
+
+        Returns:
+            `RVQOutput`: quantized `[N, D]` (x's dtype; its gradient is passed straight to `x`),
+            int64 codes `[N, K']`, the commitment loss averaged over levels, and metrics.
+        """
+        self._check_input(x)
+        k = self._levels(n_levels)
+        xf = x.float()  # codebooks are float32; quantize in float32 under autocast too
+        c = self.codebook_size
+        initialized = self.initialized[:k].tolist() if self.training else [True] * k
+
+        residual = xf  # [N, D]
+        quantized = torch.zeros_like(xf)  # [N, D]
+        codes_list: list[Tensor] = []
+        losses: list[Tensor] = []
+        entropies: list[Tensor] = []
+        dead_fractions: list[Tensor] = []
+        for level in range(k):
+            if not initialized[level]:
+                self._init_level(residual.detach(), level)
+            codes = self._nearest(residual.detach(), level)  # [N]
+            q = self.codebooks[level][codes]  # [N, D], no gradient: codebooks are buffers
+            # Commitment loss (VQ-VAE's beta term): pull the residual towards its entry.
+            losses.append(F.mse_loss(residual, q))
+            counts = torch.bincount(codes, minlength=c).float()  # [C]
+            entropies.append(_entropy_bits(counts))
+            if self.training:
+                dead = self._update_level(residual.detach(), codes, level)  # [C]
+            else:
+                dead = self.cluster_usage[level] < self.dead_code_threshold  # [C]
+            dead_fractions.append(dead.float().mean())
+            codes_list.append(codes)
+            quantized = quantized + q
+            # The next level quantizes what is left; q is a constant, so the residual's
+            # gradient (commitment loss of deeper levels) still reaches x.
+            residual = residual - q
+
+        # Straight-through estimator over the whole stack: the forward value is the sum of the
+        # entries, the backward is the identity to x (moshi's ResidualVectorQuantization does
+        # the same; applying it per level would scale x's gradient by K').
+        out = xf + (quantized - xf).detach()  # [N, D]
+        stats = torch.stack([torch.stack(entropies), torch.stack(dead_fractions)]).tolist()
+        return RVQOutput(
+            quantized=out.to(x.dtype),
+            codes=torch.stack(codes_list, dim=1),  # [N, K']
+            commitment_loss=torch.stack(losses).mean(),
+            metrics=RVQMetrics(per_level_entropy_bits=stats[0], dead_code_fraction=stats[1]),
+        )
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, n_levels: int | None = None) -> Tensor:
+        """float `[N, D]` -> int64 `[N, K']` codes of the first K' levels (no update).
+
+        Equal to `forward(x, n_levels).codes` in eval mode.
+        """
+        self._check_input(x)
+        k = self._levels(n_levels)
+        residual = x.float()  # [N, D]
+        codes_list: list[Tensor] = []
+        for level in range(k):
+            codes = self._nearest(residual, level)  # [N]
+            residual = residual - self.codebooks[level][codes]
+            codes_list.append(codes)
+        return torch.stack(codes_list, dim=1)  # [N, K']
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """int64 `[N, K']` codes of the first K' levels -> float32 `[N, D]`, the sum of their
+        entries."""
+        assert codes.ndim == 2 and 1 <= codes.shape[1] <= self.num_levels, (
+            f"codes must be [N, K'] with 1 <= K' <= {self.num_levels}, "
+            f"got shape {tuple(codes.shape)}"
+        )
+        assert codes.dtype == torch.int64, f"codes must be int64, got {codes.dtype}"
+        k = codes.shape[1]
+        # Gather entry codes[n, l] of level l: [N, K', D], then sum the levels.
+        levels = torch.arange(k, device=codes.device)  # [K']
+        return self.codebooks[levels[None, :], codes].sum(dim=1)  # [N, D]
+
+
+def _entropy_bits(counts: Tensor) -> Tensor:
+    """Entropy in bits of the distribution proportional to `counts` (`[C]`), a scalar."""
+    p = counts / counts.sum().clamp_min(1.0)  # [C]
+    # entr(p) = -p ln p, exactly 0 at p = 0.
+    return torch.special.entr(p).sum() / math.log(2.0)

@@ -1,0 +1,243 @@
+"""`ResidualVectorQuantizer`: the post's 2-D example, EMA codebooks, dead codes, gradients.
+
+Shape symbols: N vectors, D embedding dim (2 here), C codebook size, K' levels used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
+
+# Eight well separated 2-D Gaussians, as the post's figures of k-means and RVQ on points.
+CENTERS = torch.tensor(
+    [[4.0 * math.cos(2 * math.pi * i / 8), 4.0 * math.sin(2 * math.pi * i / 8)] for i in range(8)]
+)  # [8, 2]
+
+
+def _points(n: int, seed: int) -> Tensor:
+    """float `[N, 2]` samples of the mixture (std 0.3 around each centre)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(CENTERS), (n,), generator=g)
+    return CENTERS[idx] + 0.3 * torch.randn(n, 2, generator=g)
+
+
+def _trained(num_levels: int, codebook_size: int = 4, steps: int = 60) -> ResidualVectorQuantizer:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, codebook_size, num_levels, update_speed=0.1).train()
+    for step in range(steps):
+        rvq(_points(512, seed=step))
+    return rvq.eval()
+
+
+def _error(rvq: ResidualVectorQuantizer, x: Tensor, n_levels: int) -> float:
+    return float((rvq(x, n_levels).quantized - x).square().sum(dim=1).mean())
+
+
+def test_more_levels_quantize_better_on_the_posts_2d_example() -> None:
+    rvq = _trained(num_levels=4)
+    x = _points(4096, seed=1000)  # held out
+    errors = [_error(rvq, x, k) for k in (1, 2, 3, 4)]
+    print("mean squared error by levels 1..4:", [round(e, 4) for e in errors])
+    assert errors[1] < errors[0] and errors[3] < errors[1]
+    assert errors[3] < 0.25 * errors[0]
+    # Four codes cannot cover eight clusters: one level leaves at least the cluster spread.
+    assert errors[0] > 0.18
+
+
+def test_training_lowers_the_error_of_the_random_initialisation() -> None:
+    x = _points(4096, seed=1000)
+    torch.manual_seed(0)
+    fresh = ResidualVectorQuantizer(2, 4, 2, update_speed=0.1).train()
+    fresh(_points(512, seed=0))  # initialise from one batch (and one EMA step)
+    trained = _trained(num_levels=2)
+    assert _error(trained, x, 2) < _error(fresh.eval(), x, 2)
+
+
+def test_output_types_shapes_and_metrics_ranges() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 3).train()
+    x = _points(256, seed=0)
+    out = rvq(x, n_levels=2)
+    assert isinstance(out, RVQOutput) and isinstance(out.metrics, RVQMetrics)
+    assert out.quantized.shape == (256, 2) and out.quantized.dtype == x.dtype
+    assert out.codes.shape == (256, 2) and out.codes.dtype == torch.int64
+    assert int(out.codes.min()) >= 0 and int(out.codes.max()) < 4
+    assert out.commitment_loss.ndim == 0 and float(out.commitment_loss) >= 0
+    m = out.metrics
+    assert len(m.per_level_entropy_bits) == 2 and len(m.dead_code_fraction) == 2
+    assert all(0.0 <= h <= math.log2(4) + 1e-6 for h in m.per_level_entropy_bits)
+    assert all(0.0 <= f <= 1.0 for f in m.dead_code_fraction)
+    # Random initial entries from 8 clusters: the first level uses more than one code.
+    assert m.per_level_entropy_bits[0] > 0.5
+
+
+def test_codebooks_are_buffers_not_parameters() -> None:
+    rvq = ResidualVectorQuantizer(8, 16, 4)
+    assert list(rvq.parameters()) == []
+    names = set(rvq.state_dict())
+    assert {"codebooks", "cluster_usage", "embedding_sum", "initialized"} <= names
+    assert rvq.codebooks.shape == (4, 16, 8)
+
+
+def test_first_training_batch_initialises_only_the_levels_it_uses() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 8, 3).train()
+    x = _points(100, seed=0)
+    rvq(x, n_levels=2)
+    assert rvq.initialized.tolist() == [True, True, False]
+    assert torch.all(rvq.codebooks[2] == 0)
+    # Level 0's entries came from the batch (one slow EMA step later: still near the data).
+    dist = torch.cdist(rvq.codebooks[0], x).min(dim=1).values  # [C]
+    assert float(dist.max()) < 0.5
+
+
+def test_initialisation_with_fewer_vectors_than_codes() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 64, 1).train()
+    x = _points(10, seed=0)
+    rvq(x)
+    book = rvq.codebooks[0]  # [C, D]
+    assert torch.isfinite(book).all()
+    assert torch.unique(book, dim=0).shape[0] > 10  # noisy copies, not only 10 distinct points
+
+
+def test_eval_mode_changes_nothing() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 2).train()
+    rvq(_points(256, seed=0))
+    before = {k: v.clone() for k, v in rvq.state_dict().items()}
+    rvq.eval()
+    rvq(_points(256, seed=1))
+    rvq.encode(_points(256, seed=2))
+    for k, v in rvq.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_uninitialised_levels_are_not_initialised_in_eval_mode() -> None:
+    rvq = ResidualVectorQuantizer(2, 4, 2).eval()
+    out = rvq(_points(32, seed=0))
+    assert not bool(rvq.initialized.any())
+    assert torch.all(out.codes == 0)
+
+
+def test_ema_moves_codes_toward_their_assigned_means() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 1, update_speed=0.3).train()
+    x = _points(1024, seed=0)
+    rvq(x)  # initialise
+    book = rvq.codebooks[0].clone()  # [C, D]
+    codes = rvq.encode(x)[:, 0]  # [N], the assignment the next step will use
+    means = torch.stack([x[codes == c].mean(dim=0) for c in range(4)])  # [C, D]
+    assert torch.all(torch.bincount(codes, minlength=4) > 0)
+    rvq(x)
+    new_book = rvq.codebooks[0]
+    before = (book - means).norm(dim=1)  # [C]
+    after = (new_book - means).norm(dim=1)  # [C]
+    assert torch.all(after < before)
+    # A partial step: still short of the mean where it was far from it.
+    assert torch.all(after[before > 0.1] > 0)
+
+
+def test_update_speed_one_is_a_kmeans_step() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 1, update_speed=1.0, dead_code_threshold=0.0).train()
+    x = _points(1024, seed=0)
+    rvq(x)  # initialise (and one step)
+    codes = rvq.encode(x)[:, 0]
+    used = torch.bincount(codes, minlength=4) > 0
+    means = torch.stack(
+        [x[codes == c].mean(dim=0) if used[c] else torch.zeros(2) for c in range(4)]
+    )
+    rvq(x)
+    # The new entries are the assigned means (up to the Laplace smoothing's 1e-5).
+    assert torch.allclose(rvq.codebooks[0][used], means[used], atol=1e-3)
+
+
+def test_dead_codes_are_teleported_to_batch_vectors() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 1, update_speed=0.5, dead_code_threshold=1.0).train()
+    x = _points(256, seed=0)
+    rvq(x)
+    # Send code 3 far away: no vector picks it, its EMA count halves each step until it dies.
+    far = torch.tensor([100.0, 100.0])
+    rvq.codebooks[0, 3] = far
+    rvq.embedding_sum[0, 3] = far * rvq.cluster_usage[0, 3]
+    seen_dead = False
+    for step in range(20):
+        batch = _points(256, seed=step + 1)
+        out = rvq(batch)
+        if out.metrics.dead_code_fraction[0] > 0:
+            seen_dead = True
+            # Teleported onto a vector of this very batch.
+            assert float(torch.cdist(rvq.codebooks[0, 3:4], batch).min()) < 1e-5
+            break
+    assert seen_dead
+    assert float(rvq.codebooks[0, 3].norm()) < 10.0
+    assert float(rvq.cluster_usage[0, 3]) == pytest.approx(1.0)
+
+
+def test_straight_through_gradient_reaches_the_input() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 3).train()
+    x = _points(64, seed=0).requires_grad_(True)
+    out = rvq(x)
+    out.quantized.sum().backward()
+    assert x.grad is not None
+    assert torch.equal(x.grad, torch.ones_like(x))  # identity, whatever the number of levels
+
+
+def test_commitment_loss_pulls_the_input_toward_its_entries() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 1).train()
+    rvq(_points(256, seed=0))
+    rvq.eval()
+    x = _points(64, seed=1).requires_grad_(True)
+    out = rvq(x)
+    out.commitment_loss.backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    # One level: the loss is MSE(x, sg(entry)), whose gradient is 2 (x - entry) / numel.
+    expected = 2 * (x.detach() - out.quantized.detach()) / x.numel()
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_commitment_loss_is_the_mean_over_levels() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 2).train()
+    rvq(_points(256, seed=0))
+    rvq.eval()
+    x = _points(128, seed=1)
+    codes = rvq.encode(x)
+    q0 = rvq.decode(codes[:, :1])
+    q01 = rvq.decode(codes)
+    level0 = (x - q0).square().mean()
+    level1 = ((x - q0) - (q01 - q0)).square().mean()
+    assert torch.allclose(rvq(x).commitment_loss, (level0 + level1) / 2, atol=1e-6)
+
+
+def test_encode_and_decode_agree_with_forward() -> None:
+    rvq = _trained(num_levels=3, steps=5)
+    x = _points(300, seed=7)
+    for k in (1, 2, 3):
+        out = rvq(x, k)
+        codes = rvq.encode(x, k)
+        assert torch.equal(codes, out.codes)
+        assert torch.allclose(rvq.decode(codes), out.quantized, atol=1e-6)
+    # Prefix property: the first K' levels' codes do not depend on deeper levels.
+    assert torch.equal(rvq.encode(x, 3)[:, :2], rvq.encode(x, 2))
+
+
+def test_bad_arguments_are_refused() -> None:
+    rvq = ResidualVectorQuantizer(2, 4, 2)
+    with pytest.raises(AssertionError, match="n_levels"):
+        rvq(_points(8, seed=0), n_levels=3)
+    with pytest.raises(AssertionError, match=r"\[N, D=2\]"):
+        rvq(torch.zeros(8, 3))
+    with pytest.raises(AssertionError, match="int64"):
+        rvq.decode(torch.zeros(8, 1, dtype=torch.int32))
+    with pytest.raises(AssertionError, match="update_speed"):
+        ResidualVectorQuantizer(2, 4, 2, update_speed=0.0)
