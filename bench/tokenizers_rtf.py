@@ -76,8 +76,8 @@ def main() -> None:
                 decode = _time(lambda: tokenizer.decode(codes), device, args.repeats)  # noqa: B023
             audio = batch * args.seconds
             print(
-                f"{name:<14} {batch:>5} {encode / audio:>11.4f} {audio / encode:>11.1f} "
-                f"{decode / audio:>11.4f} {audio / decode:>11.1f}"
+                f"{name:<14} {batch:>5} {encode / audio:>11.2e} {audio / encode:>11.1f} "
+                f"{decode / audio:>11.2e} {audio / decode:>11.1f}"
             )
 
 

@@ -157,3 +157,26 @@ def test_task_wraps_the_plain_function(tiny_manifest: Path, tmp_path: Path) -> N
     record = tokenize_task.fn(tiny_manifest, tmp_path / "ds", TokenizeSettings())
     assert record == tokenize_manifest(tiny_manifest, tmp_path / "ds", TokenizeSettings())
     assert record.n_tokens > 0 and record.n_bytes > record.n_tokens
+
+
+def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Mimi (real architecture, random weights: no hub here) through the same shard writer."""
+    from unittest import mock
+
+    from moshi.models.loaders import get_mimi
+
+    with mock.patch(
+        "tasks.tokenizers.load_mimi", lambda k, **_: get_mimi(None, device="cpu", num_codebooks=k)
+    ):
+        record = tokenize_manifest(
+            tiny_manifest, tmp_path / "mimi", TokenizeSettings(tokenizer="mimi_2_rvq_nosemantic")
+        )
+    info = read_dataset_info(record.path)
+    assert info["dtype"] == "uint16" and info["tokenizer"]["num_levels"] == 1
+    assert info["tokenizer"]["frame_rate"] == 12.5 and info["tokenizer"]["sample_rate"] == 24_000
+    shard = record.path / info["shards"][0]["file"]
+    with pa.memory_map(str(shard)) as source:
+        table = ipc.open_file(source).read_all()
+    assert table.schema.field("codes").type == pa.list_(pa.uint16())
+    # 12.5 frames per second of audio, whole frames: ceil(duration x 12.5) per segment
+    assert info["totals"]["tokens_per_second"] == pytest.approx(12.5, rel=0.1)

@@ -149,3 +149,38 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
 def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manifest: Path) -> None:
     with pytest.raises(CodecflowError, match="holds a codec of another manifest or settings"):
         train_codec(str(tiny_manifest), trained, _settings(steps=401))
+
+
+def test_codec_tokens_train_and_sample_an_lm(
+    trained: Path, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """The DAG with multi-level codes: tokenize with `codec:<checkpoint>@4`, train, sample."""
+    from helpers import PROMPT
+
+    from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
+    from tasks.evaluate import evaluate
+    from tasks.tokenization import load_split_stream, read_dataset_info, tokenize_manifest
+    from tasks.train_lm import train_lm
+
+    name = f"codec:{trained / 'checkpoint'}@4"
+    dataset = tokenize_manifest(
+        str(tiny_manifest), tmp_path / "tokens", TokenizeSettings(tokenizer=name)
+    ).path
+    info = read_dataset_info(dataset)
+    assert info["tokenizer"]["num_levels"] == 4 and info["tokenizer"]["frame_rate"] == 2000
+    assert info["dtype"] == "uint8"  # a 64-entry codebook
+    assert info["totals"]["tokens"] == 4 * info["totals"]["frames"]
+    assert len(load_split_stream(dataset, "train")) % 4 == 0
+    lm = TrainLMSettings(
+        n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=5, device="cpu"
+    )
+    checkpoint = train_lm(dataset, tmp_path / "lm", lm).path
+    report = evaluate(
+        checkpoint,
+        dataset,
+        tmp_path / "report",
+        EvaluateSettings(prompt=str(PROMPT), generate_seconds=0.05, device="cpu"),
+    )
+    summary = json.loads(report.summary.read_text())
+    assert summary["generated_tokens"] == 4 * 100  # 0.05 s x 2 000 frames/s x 4 levels
+    assert summary["context_seconds"] == pytest.approx(64 / (2000 * 4))
