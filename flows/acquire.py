@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
-from flows._common import unless_committed
+from flows._common import run_on_runner, unless_committed
 from schemas.configs import AcquireConfig
 from schemas.sources import SourceSpecError, resolve_sources
 from tasks import storage
@@ -37,7 +37,7 @@ from tasks.wrappers import (
     write_manifest_task,
 )
 
-__all__ = ["AcquireRecord", "acquire_flow", "run_acquire", "task_runner_for"]
+__all__ = ["AcquireRecord", "acquire_flow", "run_acquire"]
 
 
 @dataclass(frozen=True)
@@ -122,38 +122,7 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> AcquireRecord:  # noqa
     )
 
 
-def task_runner_for(cfg: AcquireConfig) -> Any:
-    """Prefect's default runner, or a Dask runner for `dask_address` / `workers > 0`."""
-    if not cfg.dask_address and cfg.workers == 0:
-        return None
-    from prefect_dask import DaskTaskRunner
-
-    if cfg.dask_address:
-        return DaskTaskRunner(address=cfg.dask_address)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": cfg.workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:0",
-        },
-    )
-
-
 def run_acquire(cfg: AcquireConfig) -> AcquireRecord:
-    """Run the acquire flow on the runner its config asks for.
-
-    Dask worker processes report their task runs to the same Prefect API as this process: with
-    Prefect's ephemeral server they would each start their own, so its URL is exported first.
-    """
-    runner = task_runner_for(cfg)
-    if runner is None:
-        return acquire_flow(cfg)
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            os.environ["PREFECT_API_URL"] = str(client.api_url)
-    return acquire_flow.with_options(task_runner=runner)(cfg)
+    """Run the acquire flow on the runner its config asks for (default, or Dask)."""
+    result: AcquireRecord = run_on_runner(acquire_flow, cfg, cfg.workers, cfg.dask_address)
+    return result

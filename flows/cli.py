@@ -5,6 +5,9 @@
 Each run ends with one `name: path` line per output (`manifest:`, `dataset:`, `checkpoint:`,
 `report:`) so that scripts can chain the steps. Bad input ends with one `error: ...` line and
 exit status 2; nothing half-written is left behind.
+
+`codecflow sizes --tokenizer NAME --hours H [--json]` is not a flow: it projects a token dataset's
+bytes from the tokenizer's name (`tasks.sizes`), beside the post's int32 layout, without Prefect.
 """
 
 from __future__ import annotations
@@ -49,10 +52,10 @@ def _acquire(cfg: AcquireConfig) -> dict[str, Any]:
     return {"manifest": record.manifest, "rejects": record.rejects}
 
 
-def _tokenize(cfg: TokenizeConfig) -> dict[str, Path]:
-    from flows.tokenize import tokenize_flow
+def _tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
+    from flows.tokenize import run_tokenize
 
-    return {"dataset": tokenize_flow(cfg).path}
+    return {"dataset": run_tokenize(cfg).path}
 
 
 def _train_lm(cfg: TrainLMConfig) -> dict[str, Path]:
@@ -195,11 +198,37 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override one config value (repeatable)",
         )
+    # Not a flow: a projection from the tokenizer's name, no Prefect, no config file.
+    sizes = commands.add_parser(
+        "sizes", help="project a token dataset's bytes for N hours, beside the post's layout"
+    )
+    sizes.add_argument(
+        "--tokenizer", required=True, help="mu-law-256, codec:<ckpt|preset>[@N], ..."
+    )
+    sizes.add_argument("--hours", required=True, type=float, help="hours of audio")
+    sizes.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    """`codecflow sizes`: print the projection (table or JSON); `error: ...` and 2 on bad input."""
+    import json
+
+    from tasks.sizes import describe_tokenizer, format_sizes, project_sizes
+
+    try:
+        projection = project_sizes(describe_tokenizer(args.tokenizer), args.hours)
+    except CodecflowError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(projection) if args.json else format_sizes(projection), flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sizes":
+        return _sizes(args)
     command = COMMANDS[args.command]
     # The output lines are printed at exit, after Prefect's ephemeral server has logged its
     # shutdown (atexit runs handlers in reverse order of registration, and Prefect registers its

@@ -10,7 +10,7 @@ from prefect import flow
 from flows._common import dataset_folder_name
 from flows.acquire import run_acquire
 from flows.evaluate import evaluate_flow
-from flows.tokenize import tokenize_flow
+from flows.tokenize import run_tokenize
 from flows.train_lm import train_lm_flow
 from schemas.configs import (
     AcquireConfig,
@@ -38,7 +38,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
     out = Path(cfg.out)
     acquired = run_acquire(AcquireConfig(**cfg.acquire.model_dump(), root=str(out / "acquire")))
-    dataset = tokenize_flow(
+    dataset = run_tokenize(
         TokenizeConfig(
             **cfg.tokenize.model_dump(),
             manifest=acquired.manifest,

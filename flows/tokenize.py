@@ -1,31 +1,44 @@
-"""The tokenize flow: a segment manifest -> Arrow token shards + size report."""
+"""The tokenize flow: a segment manifest -> sharded token dataset + size report, resumable.
+
+    plan (cached) -> write shard groups (mapped, one task per group) -> finalize (dataset.json)
+
+The whole run holds the dataset's lock: a second run on the same output refuses at once. On
+Prefect's default runner or on Dask (`workers`, `dask_address`), the bytes are the same.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.futures import wait
 
-from flows._common import unless_committed
+from flows._common import run_on_runner, unless_committed
 from schemas.configs import TokenizeConfig, TokenizeSettings
 from schemas.tables import SPLITS
+from tasks import storage
+from tasks.sizes import format_size_report
 from tasks.tokenization import DatasetRecord, is_dataset_committed
-from tasks.wrappers import tokenize_task
+from tasks.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
 
-__all__ = ["tokenize_flow"]
+__all__ = ["run_tokenize", "tokenize_flow"]
 
 
 @flow(name="tokenize")
 def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # noqa: B008
     """Tokenize every segment; resumes after an interruption, skipping committed shards."""
-    out = Path(cfg.out)
+    out = cfg.out
     settings = TokenizeSettings(**cfg.model_dump(include=set(TokenizeSettings.model_fields)))
-    record = unless_committed(tokenize_task, is_dataset_committed(out))(
-        Path(cfg.manifest), out, settings
-    )
-    sizes = json.loads((out / "size_report.json").read_text())
+    committed = is_dataset_committed(out)
+    with storage.exclusive_lock(out, f"tokenize {settings.tokenizer}"):
+        plan = unless_committed(plan_tokens_task, committed)(cfg.manifest, out, settings)
+        groups = unless_committed(write_shards_task, committed).map(
+            unmapped(plan), list(plan.groups)
+        )
+        wait(groups)
+        markers = [m for group in groups for m in group.result()]
+        record = unless_committed(finalize_dataset_task, committed)(plan, markers)
+    sizes = storage.read_json(storage.join(out, "size_report.json"))
+    print(format_size_report(sizes), flush=True)
     create_table_artifact(
         key="size-report",
         table=[
@@ -36,10 +49,17 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
                 "tokens": sizes[split]["tokens"],
                 "bytes": sizes[split]["bytes"],
                 "bytes_per_audio_hour": round(sizes[split]["bytes_per_audio_hour"]),
-                "tokens_per_second": round(sizes[split]["tokens_per_second"], 1),
+                "int32_reference_bytes": sizes[split]["int32_reference_bytes"],
+                "token_bitrate_bps": round(sizes[split]["token_bitrate_bps"], 1),
             }
             for split in (*SPLITS, "total")
         ],
         description=f"Size of the token dataset {out} ({settings.tokenizer})",
     )
     return record
+
+
+def run_tokenize(cfg: TokenizeConfig) -> DatasetRecord:
+    """Run the tokenize flow on the runner its config asks for (default, or Dask)."""
+    result: DatasetRecord = run_on_runner(tokenize_flow, cfg, cfg.workers, cfg.dask_address)
+    return result

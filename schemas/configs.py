@@ -121,6 +121,13 @@ TOKENIZER_NAME_PATTERN = (
 )
 
 
+ShardFormat = Literal["arrow", "webdataset"]
+
+
+def _arrow_only() -> list[ShardFormat]:
+    return ["arrow"]
+
+
 class TokenizeSettings(_Config):
     tokenizer: str = Field(
         "mu-law-256",
@@ -131,6 +138,24 @@ class TokenizeSettings(_Config):
     )
     shard_hours: float = Field(
         1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."
+    )
+    formats: list[ShardFormat] = Field(
+        default_factory=_arrow_only,
+        min_length=1,
+        description="Shard formats: 'arrow' (memory-mapped training format, always written) and "
+        "'webdataset' (.tar of <key>.codes.npy + <key>.json, for streaming readers).",
+    )
+    max_tasks: int = Field(
+        1000,
+        ge=1,
+        description="At most this many shard-writing tasks: consecutive shards are grouped so "
+        "that 60 000 h stays in the low thousands of Prefect task runs.",
+    )
+    workers: int = Field(
+        0, ge=0, le=256, description="0: Prefect's default runner; N > 0: a Dask LocalCluster."
+    )
+    dask_address: str | None = Field(
+        None, description="Address of an existing Dask scheduler (tcp://host:8786)."
     )
 
 

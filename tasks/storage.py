@@ -10,20 +10,25 @@ configs stored in plain text.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import posixpath
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import fsspec
 
+from tasks.errors import CodecflowError
 from tasks.io import atomic_file
 
 __all__ = [
     "exists",
+    "exclusive_lock",
     "is_remote",
     "join",
     "open_atomic_write",
@@ -99,3 +104,64 @@ def sha256(url: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(url: str | Path, what: str) -> Iterator[None]:
+    """Hold `<url>.lock` for the block, or refuse at once with a message naming the holder.
+
+    Local folders use an advisory `flock` on a file beside the folder: the kernel releases it
+    when the holder dies, even by `kill -9`, so a crashed run never blocks the next one. Object
+    stores have no locks: a lock object is written (and deleted at the end). One left by a dead
+    process of this machine is taken over; one from another machine must be deleted by hand, as
+    the message says.
+    """
+    lock_url = str(url).rstrip("/") + ".lock"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what}
+    if is_remote(url):
+        if exists(lock_url):
+            other = read_json(lock_url)
+        else:
+            other = None
+        if other is not None and not _holder_is_dead(other):
+            raise CodecflowError(
+                f"{url} is locked by another run ({other.get('what')}, pid {other.get('pid')} on "
+                f"{other.get('host')}); delete {lock_url} if no run is active"
+            )
+        write_json(lock_url, holder)
+        try:
+            yield
+        finally:
+            fs, path = url_to_fs(lock_url)
+            fs.rm(path)
+        return
+    lock_path = Path(_local(lock_url))
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            raise CodecflowError(
+                f"{url} is being written by another run ({other or 'unknown holder'}); "
+                "wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder_is_dead(holder: dict[str, Any]) -> bool:
+    """True when a lock's holder was a process of this machine that no longer runs."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError):
+        return False
+    return False

@@ -1,22 +1,31 @@
-"""Tokenize a segment manifest into Arrow IPC shards, and account for their size.
+"""Tokenize a segment manifest into sharded token datasets that resume byte-identically.
 
-Plain functions, no Prefect: `tasks.wrappers` makes them tasks. Layout of a token dataset:
+Plain functions, no Prefect: `tasks.wrappers` makes them tasks. Layout of a token dataset (a
+local folder or an `s3://` prefix):
 
-    <out>/shards/train-00000.arrow          one row per segment (schemas.tables.TOKEN_SHARD_SCHEMA)
-    <out>/shards/train-00000.commit.json    commit marker: rows, bytes, sha256, plan hash
-    <out>/size_report.json                  size accounting
+    <out>/plan.parquet                      the manifest rows with their shard, sorted
+    <out>/shards/train-00000.arrow          Arrow IPC, one row per segment (token_shard_schema)
+    <out>/shards/train-00000.tar            the same as WebDataset (<key>.codes.npy + <key>.json)
+    <out>/shards/train-00000.commit.json    commit marker: plan hash, rows, bytes, sha256, rejects
+    <out>/rejects.parquet                   segments that failed to decode, with the reason
+    <out>/size_report.json                  size accounting (tasks.sizes)
     <out>/dataset.json                      written last: the dataset is complete when it exists
 
-A shard is written under a temporary name, fsynced and renamed, then its marker is written; a
-re-run skips every shard whose marker matches the plan, so an interrupted run resumes where it
-stopped and ends with the same bytes.
+The plan is a pure function of the manifest and the settings: shards of about `shard_hours` of
+audio, per split, in segment-id order. A shard is written under a temporary name and renamed
+(local) or uploaded in one PUT (S3), then its marker is written; readers and re-runs trust
+shards with a marker only. So after `kill -9` at any moment a re-run redoes at most the shards
+without a marker and ends with the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import posixpath
+import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
@@ -32,44 +42,51 @@ import torchaudio
 from schemas.configs import TokenizeSettings
 from schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
+    REJECTS_SCHEMA,
     SEGMENT_MANIFEST_SCHEMA,
     SPLITS,
     token_shard_schema,
 )
 from tasks import storage
 from tasks.errors import CodecflowError
-from tasks.io import atomic_file, atomic_write_json, sha256_file
+from tasks.faults import kill_point
 from tasks.segments import read_segment_audio
-from tasks.tokenizers import load_tokenizer, tokenizer_spec
+from tasks.sizes import format_size_report, size_report
+from tasks.tokenizers import load_tokenizer, parse_tokenizer_name, tokenizer_spec
 
 __all__ = [
     "DATASET_FORMAT_VERSION",
+    "DatasetPlan",
     "DatasetRecord",
     "ShardPlan",
+    "finalize_dataset",
     "interleave_levels",
     "is_dataset_committed",
     "load_split_stream",
+    "plan_dataset",
     "plan_shards",
-    "read_manifest",
     "read_dataset_info",
+    "read_manifest",
+    "read_manifest_table",
     "tokenize_manifest",
+    "write_shard_group",
 ]
 
 #: Bumped whenever the bytes of a shard would change for the same inputs.
-DATASET_FORMAT_VERSION = 1
-_PCM16_BYTES_PER_SECOND = 16_000 * 2  # 16-bit PCM at Libri-Light's 16 kHz, for the compression
+DATASET_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class DatasetRecord:
     """What a tokenize run produced: small, picklable, cacheable."""
 
-    path: Path
+    path: Path | str
     fingerprint: str
     n_segments: int
     n_tokens: int
     n_bytes: int
     audio_hours: float
+    n_rejects: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,46 +96,102 @@ class ShardPlan:
     name: str
     split: str
     segment_ids: tuple[str, ...]
+    audio_seconds: float = 0.0
 
     @property
     def plan_hash(self) -> str:
-        return hashlib.sha256("\n".join((self.name, *self.segment_ids)).encode()).hexdigest()
+        return _plan_hash(self.name, self.segment_ids)
 
 
-def plan_shards(rows: Sequence[Mapping[str, Any]], shard_hours: float) -> list[ShardPlan]:
-    """Cut the manifest into ordered shards of about `shard_hours` of audio each, per split."""
-    plans: list[ShardPlan] = []
+@dataclass(frozen=True)
+class PlannedShard:
+    """A shard of the plan without its rows: what tasks pass around."""
+
+    name: str
+    split: str
+    n_rows: int
+    plan_hash: str
+    audio_seconds: float
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """The whole plan: identity, tokenizer facts, shards, and the shard groups (one task each)."""
+
+    out: str
+    manifest: str
+    audio_root: str
+    fingerprint: str
+    spec: dict[str, Any]
+    formats: tuple[str, ...]
+    shards: tuple[PlannedShard, ...]
+    groups: tuple[tuple[str, ...], ...]
+
+
+def _cut_shards(
+    table: pa.Table, shard_hours: float
+) -> tuple[pa.Array, list[tuple[str, str, int, int, float]]]:
+    """Plan the shards: the row order (split, then segment_id) and the shards as (name, split,
+    first position, end position, seconds) over that order:
+    greedy runs of about `shard_hours` of audio per split.
+
+    Only the sort keys are sorted, never a copy of the whole manifest: the 3.6 M segments of
+    Libri-Light's 60 000 h plan in seconds and well under 2 GB (bench/plan_60k.py)."""
     limit_s = shard_hours * 3600.0
-    for split in SPLITS:
-        split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["segment_id"])
-        current: list[str] = []
-        seconds = 0.0
-        for row in split_rows:
-            if current and seconds + row["duration_s"] > limit_s:
-                plans.append(
-                    ShardPlan(
-                        f"{split}-{sum(p.split == split for p in plans):05d}", split, tuple(current)
-                    )
-                )
-                current, seconds = [], 0.0
-            current.append(row["segment_id"])
-            seconds += row["duration_s"]
-        if current:
-            plans.append(
-                ShardPlan(
-                    f"{split}-{sum(p.split == split for p in plans):05d}", split, tuple(current)
-                )
-            )
-    return plans
+    rank = pc.index_in(table["split"], value_set=pa.array(SPLITS))
+    keys = pa.table({"_rank": rank, "segment_id": table["segment_id"]})
+    order = pc.sort_indices(keys, sort_keys=[("_rank", "ascending"), ("segment_id", "ascending")])
+    ranks = pc.take(rank, order).to_numpy(zero_copy_only=False)  # [N] split index
+    durations = pc.take(table["duration_s"], order).to_numpy()  # [N]
+    cuts: list[tuple[str, str, int, int, float]] = []
+    for rank_of_split, split in enumerate(SPLITS):
+        rows = np.flatnonzero(ranks == rank_of_split)
+        if rows.size == 0:
+            continue
+        first, last = int(rows[0]), int(rows[-1]) + 1  # contiguous after the sort
+        start, seconds, index = first, 0.0, 0
+        for i in range(first, last):
+            duration = float(durations[i])
+            if i > start and seconds + duration > limit_s:
+                cuts.append((f"{split}-{index:05d}", split, start, i, seconds))
+                start, seconds, index = i, 0.0, index + 1
+            seconds += duration
+        cuts.append((f"{split}-{index:05d}", split, start, last, seconds))
+    return order, cuts
 
 
-def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
-    """The manifest's rows and its audio root (a local path or URL)."""
+def _plan_hash(name: str, segment_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join((name, *segment_ids)).encode()).hexdigest()
+
+
+def plan_shards(
+    rows: Sequence[Mapping[str, Any]] | pa.Table, shard_hours: float
+) -> list[ShardPlan]:
+    """Cut the manifest into ordered shards of about `shard_hours` of audio each, per split."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+    order, cuts = _cut_shards(table.select(["segment_id", "split", "duration_s"]), shard_hours)
+    ids = pc.take(table["segment_id"], order)
+    return [
+        ShardPlan(name, split, tuple(ids.slice(a, b - a).to_pylist()), seconds)
+        for name, split, a, b, seconds in cuts
+    ]
+
+
+def group_shards(names: Sequence[str], max_tasks: int) -> list[tuple[str, ...]]:
+    """Consecutive shards grouped so that there are at most `max_tasks` groups (one task each):
+    60 000 h in 1 h shards is 60 000 shards, far more task runs than Prefect should track."""
+    per_task = max(1, math.ceil(len(names) / max_tasks))
+    return [tuple(names[i : i + per_task]) for i in range(0, len(names), per_task)]
+
+
+def read_manifest_table(manifest: str) -> tuple[pa.Table, str]:
+    """The manifest as an Arrow table and its audio root (a local path or URL)."""
     if not storage.exists(manifest):
         raise CodecflowError(f"segment manifest not found: {manifest}")
     fs, path = storage.url_to_fs(manifest)
     try:
-        table = pq.read_table(path, filesystem=fs)
+        # One thread, no pre-buffering: the lowest peak memory for a 3.6 M-row manifest.
+        table = pq.read_table(path, filesystem=fs, use_threads=False, pre_buffer=False)
     except pa.ArrowInvalid as exc:
         raise CodecflowError(f"segment manifest {manifest} is not a Parquet file: {exc}") from exc
     if not table.schema.remove_metadata().equals(SEGMENT_MANIFEST_SCHEMA):
@@ -127,24 +200,158 @@ def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
     if not storage.is_remote(audio_root):
         # Relative to the manifest's folder, so that a run folder can be moved.
         audio_root = storage.join(posixpath.dirname(str(manifest)) or ".", audio_root)
+    return table, audio_root
+
+
+def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
+    """The manifest's rows and its audio root (a local path or URL)."""
+    table, audio_root = read_manifest_table(manifest)
     return table.to_pylist(), audio_root
 
 
-def _dataset_fingerprint(manifest_sha256: str, spec: Mapping[str, Any], shard_hours: float) -> str:
-    identity = {
-        "manifest_sha256": manifest_sha256,
-        "tokenizer": spec,
-        "shard_hours": shard_hours,
-        "format_version": DATASET_FORMAT_VERSION,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+def _tokenizer_identity(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    identity = dict(spec)
+    parsed = parse_tokenizer_name(name)
+    if parsed.kind == "codec" and parsed.checkpoint is not None:
+        # The name holds a path; the dataset is defined by the weights behind it.
+        identity["checkpoint_sha256"] = storage.sha256(
+            storage.join(parsed.checkpoint, "model.safetensors")
+        )
+    return identity
+
+
+def _fingerprint(
+    manifest_sha256: str, identity: Mapping[str, Any], settings: TokenizeSettings
+) -> str:
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "manifest_sha256": manifest_sha256,
+                "tokenizer": identity,
+                "shard_hours": settings.shard_hours,
+                "formats": sorted(settings.formats),
+                "format_version": DATASET_FORMAT_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+
+
+def is_dataset_committed(out: Path | str) -> bool:
+    """True when `out` holds a complete token dataset (its dataset.json exists)."""
+    return storage.exists(storage.join(str(out), "dataset.json"))
+
+
+def _check_existing(out: str, fingerprint: str) -> dict[str, Any] | None:
+    info_url = storage.join(out, "dataset.json")
+    if not storage.exists(info_url):
+        return None
+    info: dict[str, Any] = storage.read_json(info_url)
+    if info.get("fingerprint") != fingerprint:
+        raise CodecflowError(
+            f"{out} already holds another token dataset (fingerprint {info.get('fingerprint')}); "
+            "choose another output folder"
+        )
+    return info
+
+
+def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettings) -> DatasetPlan:
+    """Plan the shards and write `plan.parquet` (the manifest rows with their shard)."""
+    manifest, out = str(manifest), str(out)
+    table, audio_root = read_manifest_table(manifest)
+    tokenizer = load_tokenizer(settings.tokenizer)
+    spec = tokenizer_spec(settings.tokenizer, tokenizer)
+    identity = _tokenizer_identity(settings.tokenizer, spec)
+    fingerprint = _fingerprint(storage.sha256(manifest), identity, settings)
+    _check_existing(out, fingerprint)
+    _remove_stale_temporaries(out)
+    if table.num_rows == 0:
+        raise CodecflowError(f"segment manifest {manifest} has no segments")
+    order, cuts = _cut_shards(table, settings.shard_hours)
+    plan_url = storage.join(out, "plan.parquet")
+    if not _same_plan(plan_url, fingerprint):
+        metadata = {
+            b"codecflow.fingerprint": fingerprint.encode(),
+            MANIFEST_AUDIO_ROOT_KEY: audio_root.encode(),
+        }
+        _write_plan(plan_url, table, order, cuts, metadata)
+    ids = pc.take(table["segment_id"], order)  # Arrow strings in plan order, not Python ones
+    planned = tuple(
+        PlannedShard(name, split, b - a, _plan_hash(name, ids.slice(a, b - a).to_pylist()), seconds)
+        for name, split, a, b, seconds in cuts
+    )
+    del ids
+    return DatasetPlan(
+        out=out,
+        manifest=manifest,
+        audio_root=audio_root,
+        fingerprint=fingerprint,
+        spec={**spec, **identity},
+        formats=tuple(sorted(settings.formats)),
+        shards=planned,
+        groups=tuple(group_shards([s.name for s in planned], settings.max_tasks)),
+    )
+
+
+def _remove_stale_temporaries(out: str) -> None:
+    """Delete temporary files a killed run left (`.<name>.<random>.tmp`); the caller holds the
+    dataset's lock, so no live writer owns them. Object stores have none: a PUT never lands."""
+    if storage.is_remote(out):
+        return
+    for tmp in Path(out).glob("**/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _write_plan(
+    url: str,
+    table: pa.Table,
+    order: pa.Array,
+    cuts: Sequence[tuple[str, str, int, int, float]],
+    metadata: dict[bytes, bytes],
+    block: int = 1 << 18,
+) -> None:
+    """plan.parquet: the manifest rows in plan order with their shard, written block by block
+    so that no sorted copy of the whole manifest is ever held."""
+    names = np.repeat(np.array([c[0] for c in cuts]), [c[3] - c[2] for c in cuts])
+    schema = table.schema.append(pa.field("shard", pa.string())).with_metadata(metadata)
+    with storage.open_atomic_write(url) as f, pq.ParquetWriter(f, schema) as writer:
+        for start in range(0, len(order), block):
+            rows = table.take(order.slice(start, block))
+            shard = pa.array(names[start : start + block], pa.string())
+            writer.write_table(rows.append_column("shard", shard).replace_schema_metadata(metadata))
+
+
+def _same_plan(plan_url: str, fingerprint: str) -> bool:
+    if not storage.exists(plan_url):
+        return False
+    fs, path = storage.url_to_fs(plan_url)
+    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    return metadata.get(b"codecflow.fingerprint") == fingerprint.encode()
+
+
+def _write_parquet(url: str, table: pa.Table) -> None:
+    with storage.open_atomic_write(url) as f:
+        pq.write_table(table, f)  # streamed: no second copy of a 3.6 M-row plan in memory
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards
+# --------------------------------------------------------------------------------------------
 
 
 def _encode_rows(
     rows: Sequence[Mapping[str, Any]], audio_root: str, tokenizer: Any
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
+    """(row, codes [K, F]) per row, or (row, reason) when its audio cannot be read."""
     for row in rows:
-        audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
+        try:
+            audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
+        except CodecflowError as err:
+            yield row, f"unreadable audio: {err}"
+            continue
+        if audio.size == 0:
+            yield row, "empty audio: the segment has no samples"
+            continue
         wav = torch.from_numpy(audio).view(1, 1, -1)  # [1, 1, T]
         if int(row["sample_rate"]) != tokenizer.sample_rate:
             # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
@@ -153,166 +360,242 @@ def _encode_rows(
             )  # [1, 1, T']
         with torch.inference_mode():
             codes = tokenizer.encode(wav)[0]  # [K, F]
-        yield {
-            "segment_id": row["segment_id"],
-            "speaker": row["speaker"],
-            "book_id": row["book_id"],
-            "split": row["split"],
-            "n_frames": int(codes.shape[1]),
-            "codes": codes.reshape(-1).numpy().astype(tokenizer.token_dtype),  # [K * F]
-        }
+        yield row, codes.numpy().astype(tokenizer.token_dtype)
 
 
-def _write_shard(path: Path, records: list[dict[str, Any]], token_dtype: np.dtype) -> None:
-    codes_type = pa.from_numpy_dtype(token_dtype)
+def _arrow_bytes(records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype) -> bytes:
+    codes_type = pa.from_numpy_dtype(dtype)
     schema = token_shard_schema(codes_type)
-    columns = {name: [r[name] for r in records] for name in schema.names}
-    codes = columns.pop("codes")
-    offsets = np.zeros(len(codes) + 1, dtype=np.int32)
-    np.cumsum([len(c) for c in codes], out=offsets[1:])
-    values = np.concatenate(codes) if codes else np.zeros(0, dtype=token_dtype)
-    arrays = [pa.array(columns[n], type=schema.field(n).type) for n in columns]
-    arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)))
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    with atomic_file(path) as tmp:
-        # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
-        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
-            writer.write_table(table)
+    offsets = np.zeros(len(records) + 1, dtype=np.int32)
+    np.cumsum([c.size for _, c in records], out=offsets[1:])
+    values = np.concatenate([c.reshape(-1) for _, c in records]) if records else np.zeros(0, dtype)
+    columns = [
+        pa.array([r["segment_id"] for r, _ in records], pa.string()),
+        pa.array([r["speaker"] for r, _ in records], pa.string()),
+        pa.array([r["book_id"] for r, _ in records], pa.string()),
+        pa.array([r["split"] for r, _ in records], pa.string()),
+        pa.array([int(c.shape[1]) for _, c in records], pa.int64()),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)),
+    ]
+    sink = pa.BufferOutputStream()
+    # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return bytes(sink.getvalue())
 
 
-def _shard_is_committed(shard_dir: Path, plan: ShardPlan) -> bool:
-    marker = shard_dir / f"{plan.name}.commit.json"
-    shard = shard_dir / f"{plan.name}.arrow"
-    if not (marker.is_file() and shard.is_file()):
-        return False
-    record = json.loads(marker.read_text())
-    return record.get("plan_hash") == plan.plan_hash and record.get("sha256") == sha256_file(shard)
+def _webdataset_key(segment_id: str) -> str:
+    # WebDataset splits a member name at its first dot: the key must have none.
+    return segment_id.replace(".", "_")
 
 
-def is_dataset_committed(out: Path) -> bool:
-    """True when `out` holds a complete token dataset (its dataset.json exists)."""
-    return (Path(out) / "dataset.json").is_file()
+def _webdataset_bytes(
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], levels: int
+) -> bytes:
+    """A tar that plain `webdataset` reads: `<key>.codes.npy` ([K, F]) and `<key>.json` per row.
 
-
-def tokenize_manifest(manifest: str | Path, out: Path, settings: TokenizeSettings) -> DatasetRecord:
-    """Tokenize every segment of `manifest` into Arrow shards under `out`; resumable.
-
-    Shards already committed for the same plan are kept as they are; `dataset.json` is written
-    last. Raises CodecflowError on a missing or malformed manifest.
+    Deterministic bytes: fixed order, mtime 0, root owner, mode 0644.
     """
-    manifest, out = str(manifest), Path(out)
-    rows, audio_root = read_manifest(manifest)
-    tokenizer = load_tokenizer(settings.tokenizer)
-    spec = tokenizer_spec(settings.tokenizer, tokenizer)
-    fingerprint = _dataset_fingerprint(storage.sha256(manifest), spec, settings.shard_hours)
-    info_path = out / "dataset.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info.get("fingerprint") == fingerprint:
-            return _record_from_info(out, info)
-        raise CodecflowError(
-            f"{out} already holds another token dataset (fingerprint {info.get('fingerprint')}); "
-            "choose another output folder"
-        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row, codes in records:
+            key = _webdataset_key(row["segment_id"])
+            npy = io.BytesIO()
+            np.save(npy, codes, allow_pickle=False)
+            meta = {
+                "segment_id": row["segment_id"],
+                "speaker": row["speaker"],
+                "book_id": row["book_id"],
+                "split": row["split"],
+                "n_frames": int(codes.shape[1]),
+                "num_levels": levels,
+            }
+            for name, data in (
+                (f"{key}.codes.npy", npy.getvalue()),
+                (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
-    by_id = {row["segment_id"]: row for row in rows}
-    token_dtype = np.dtype(tokenizer.token_dtype)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, Any]] = []
-    for plan in plan_shards(rows, settings.shard_hours):
-        shard = shard_dir / f"{plan.name}.arrow"
-        if not _shard_is_committed(shard_dir, plan):
-            plan_rows = [by_id[s] for s in plan.segment_ids]
-            _write_shard(shard, list(_encode_rows(plan_rows, audio_root, tokenizer)), token_dtype)
-            atomic_write_json(
-                shard_dir / f"{plan.name}.commit.json",
+
+def _put(url: str, data: bytes) -> None:
+    """Write `data` at `url`: temporary name + rename locally, one PUT on an object store."""
+    with storage.open_atomic_write(url) as f:
+        half = len(data) // 2
+        f.write(data[:half])
+        kill_point("mid-write")  # crash tests: a shard half-written or half-uploaded
+        f.write(data[half:])
+
+
+def _marker_url(out: str, name: str) -> str:
+    return storage.join(out, "shards", f"{name}.commit.json")
+
+
+def _committed_marker(out: str, shard: PlannedShard) -> dict[str, Any] | None:
+    marker_url = _marker_url(out, shard.name)
+    if not storage.exists(marker_url):
+        return None
+    marker: dict[str, Any] = storage.read_json(marker_url)
+    return marker if marker.get("plan_hash") == shard.plan_hash else None
+
+
+def write_shard_group(plan: DatasetPlan, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Write the shards `names` of the plan (skipping committed ones); return their markers."""
+    by_name = {s.name: s for s in plan.shards}
+    markers: list[dict[str, Any]] = []
+    todo = [by_name[n] for n in names if _committed_marker(plan.out, by_name[n]) is None]
+    if todo:
+        fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
+        rows = pq.read_table(
+            path, filesystem=fs, filters=[("shard", "in", [s.name for s in todo])]
+        ).to_pylist()
+        tokenizer = load_tokenizer(plan.spec["name"])
+        dtype = np.dtype(tokenizer.token_dtype)
+        for shard in todo:
+            shard_rows = sorted(
+                (r for r in rows if r["shard"] == shard.name), key=lambda r: r["segment_id"]
+            )
+            encoded = list(_encode_rows(shard_rows, plan.audio_root, tokenizer))
+            good = [(r, c) for r, c in encoded if not isinstance(c, str)]
+            rejects = [
+                {"path": r["segment_id"], "reason": c} for r, c in encoded if isinstance(c, str)
+            ]
+            files: dict[str, Any] = {}
+            arrow = _arrow_bytes(good, dtype)  # type: ignore[arg-type]
+            _put(storage.join(plan.out, "shards", f"{shard.name}.arrow"), arrow)
+            files["arrow"] = {"bytes": len(arrow), "sha256": hashlib.sha256(arrow).hexdigest()}
+            if "webdataset" in plan.formats:
+                tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
+                _put(storage.join(plan.out, "shards", f"{shard.name}.tar"), tar)
+                files["webdataset"] = {"bytes": len(tar), "sha256": hashlib.sha256(tar).hexdigest()}
+            kill_point("before-commit")  # crash tests: shard written, marker not yet
+            frames = sum(int(c.shape[1]) for _, c in good)  # type: ignore[union-attr]
+            storage.write_json(
+                _marker_url(plan.out, shard.name),
                 {
-                    "plan_hash": plan.plan_hash,
-                    "rows": len(plan.segment_ids),
-                    "bytes": shard.stat().st_size,
-                    "sha256": sha256_file(shard),
+                    "name": shard.name,
+                    "split": shard.split,
+                    "plan_hash": shard.plan_hash,
+                    "rows": len(good),
+                    "frames": frames,
+                    "tokens": frames * tokenizer.num_levels,
+                    "audio_seconds": sum(float(r["duration_s"]) for r, _ in good),
+                    "files": files,
+                    "rejects": rejects,
                 },
             )
-        marker = json.loads((shard_dir / f"{plan.name}.commit.json").read_text())
-        frames = _count_frames(shard)
-        seconds = sum(by_id[s]["duration_s"] for s in plan.segment_ids)
-        shards.append(
-            {
-                "name": plan.name,
-                "split": plan.split,
-                "file": f"shards/{plan.name}.arrow",
-                "rows": marker["rows"],
-                "frames": frames,
-                "tokens": frames * tokenizer.num_levels,
-                "bytes": marker["bytes"],
-                "sha256": marker["sha256"],
-                "audio_seconds": seconds,
-            }
-        )
+            kill_point("after-commit")  # crash tests: between shards
+    for name in names:
+        marker = _committed_marker(plan.out, by_name[name])
+        assert marker is not None, f"shard {name} has no commit marker after writing"
+        markers.append(marker)
+    return markers
 
-    report = size_report(shards, spec, rows)
-    atomic_write_json(out / "size_report.json", report)
+
+# --------------------------------------------------------------------------------------------
+# Finishing
+# --------------------------------------------------------------------------------------------
+
+
+def _source_bytes(plan: DatasetPlan) -> int | None:
+    """Bytes of the distinct source files the dataset was cut from (for the compression ratio)."""
+    fs, base = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
+    sources = set(
+        pq.read_table(base, filesystem=fs, columns=["source_path"])["source_path"].to_pylist()
+    )
+    root_fs, root = storage.url_to_fs(plan.audio_root)
+    try:
+        return sum(int(root_fs.size(posixpath.join(root, s))) for s in sources)
+    except FileNotFoundError:
+        return None
+
+
+def finalize_dataset(plan: DatasetPlan, markers: Sequence[Mapping[str, Any]]) -> DatasetRecord:
+    """Write rejects.parquet and size_report.json, then dataset.json (the commit)."""
+    existing = _check_existing(plan.out, plan.fingerprint)
+    if existing is not None:
+        return _record_from_info(plan.out, existing)
+    shards = [
+        {
+            "name": m["name"],
+            "split": m["split"],
+            "file": f"shards/{m['name']}.arrow",
+            "rows": m["rows"],
+            "frames": m["frames"],
+            "tokens": m["tokens"],
+            "bytes": m["files"]["arrow"]["bytes"],
+            "sha256": m["files"]["arrow"]["sha256"],
+            "audio_seconds": m["audio_seconds"],
+            **(
+                {
+                    "webdataset_file": f"shards/{m['name']}.tar",
+                    "webdataset_bytes": m["files"]["webdataset"]["bytes"],
+                }
+                if "webdataset" in m["files"]
+                else {}
+            ),
+        }
+        for m in markers
+    ]
+    rejects = [r for m in markers for r in m["rejects"]]
+    _write_parquet(
+        storage.join(plan.out, "rejects.parquet"),
+        pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA),
+    )
+    report = size_report(shards, plan.spec, _source_bytes(plan))
+    storage.write_json(storage.join(plan.out, "size_report.json"), report)
     info = {
-        "fingerprint": fingerprint,
+        "fingerprint": plan.fingerprint,
         "format_version": DATASET_FORMAT_VERSION,
-        "manifest": manifest if storage.is_remote(manifest) else str(Path(manifest).resolve()),
-        "tokenizer": spec,
-        "dtype": str(token_dtype),
+        "manifest": plan.manifest
+        if storage.is_remote(plan.manifest)
+        else str(Path(plan.manifest).resolve()),
+        "tokenizer": plan.spec,
+        "dtype": plan.spec["token_dtype"],
+        "formats": list(plan.formats),
         "layout": "codes: [K, F] flattened level-major per row",
-        "schema": token_shard_schema(pa.from_numpy_dtype(token_dtype)).to_string(),
+        "schema": token_shard_schema(
+            pa.from_numpy_dtype(np.dtype(plan.spec["token_dtype"]))
+        ).to_string(),
         "shards": shards,
+        "n_rejects": len(rejects),
         "totals": report["total"],
     }
-    atomic_write_json(info_path, info)
-    return _record_from_info(out, info)
+    storage.write_json(storage.join(plan.out, "dataset.json"), info)  # last: the commit
+    return _record_from_info(plan.out, info)
 
 
-def _count_frames(shard: Path) -> int:
-    with pa.memory_map(str(shard)) as source:
-        table = ipc.open_file(source).read_all()
-        return int(pa.compute.sum(table.column("n_frames")).as_py() or 0)
+def tokenize_manifest(
+    manifest: str | Path, out: str | Path, settings: TokenizeSettings
+) -> DatasetRecord:
+    """Plan, write every shard group in turn and finalize, holding the dataset's lock.
+
+    The Prefect flow runs the same steps with the groups fanned out as tasks.
+    """
+    out = str(out)
+    with storage.exclusive_lock(out, f"tokenize {settings.tokenizer}"):
+        plan = plan_dataset(manifest, out, settings)
+        existing = _check_existing(out, plan.fingerprint)
+        if existing is not None:
+            return _record_from_info(out, existing)
+        markers = [m for group in plan.groups for m in write_shard_group(plan, group)]
+        record = finalize_dataset(plan, markers)
+    print(format_size_report(storage.read_json(storage.join(out, "size_report.json"))), flush=True)
+    return record
 
 
-def size_report(
-    shards: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Per split and total: segments, hours, frames, tokens, bytes and the rates derived."""
-
-    def summarise(selected: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        seconds = sum(s["audio_seconds"] for s in selected)
-        n_bytes = sum(s["bytes"] for s in selected)
-        tokens = sum(s["tokens"] for s in selected)
-        hours = seconds / 3600.0
-        return {
-            "segments": sum(s["rows"] for s in selected),
-            "audio_hours": hours,
-            "frames": sum(s["frames"] for s in selected),
-            "tokens": tokens,
-            "bytes": n_bytes,
-            "bytes_per_audio_hour": n_bytes / hours if hours else 0.0,
-            "tokens_per_second": tokens / seconds if seconds else 0.0,
-            "compression_vs_pcm16": (seconds * _PCM16_BYTES_PER_SECOND) / n_bytes
-            if n_bytes
-            else 0.0,
-        }
-
-    report: dict[str, Any] = {"tokenizer": dict(spec)}
-    for split in SPLITS:
-        report[split] = summarise([s for s in shards if s["split"] == split])
-    report["total"] = summarise(list(shards))
-    return report
-
-
-def _record_from_info(out: Path, info: Mapping[str, Any]) -> DatasetRecord:
+def _record_from_info(out: str | Path, info: Mapping[str, Any]) -> DatasetRecord:
     totals = info["totals"]
     return DatasetRecord(
-        path=out,
+        path=out if storage.is_remote(out) else Path(out),
         fingerprint=info["fingerprint"],
         n_segments=totals["segments"],
         n_tokens=totals["tokens"],
         n_bytes=totals["bytes"],
         audio_hours=totals["audio_hours"],
+        n_rejects=int(info.get("n_rejects", 0)),
     )
 
 

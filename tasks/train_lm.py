@@ -23,7 +23,8 @@ from models.gpt import GPT, GPTConfig
 from schemas.configs import TrainLMSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
-from tasks.tokenization import load_split_stream, read_dataset_info
+from tasks.token_reader import TokenReader
+from tasks.tokenization import read_dataset_info
 
 __all__ = [
     "CheckpointRecord",
@@ -84,19 +85,11 @@ def learning_rate_at(step: int, settings: Schedule) -> float:
 
 
 def _windows(
-    stream: torch.Tensor, batch_size: int, block_size: int, frame_size: int, gen: torch.Generator
+    reader: TokenReader, batch_size: int, block_size: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of block_size + 1 tokens starting on frame boundaries: inputs, targets."""
-    n_starts = (len(stream) - block_size - 1) // frame_size
-    starts = torch.randint(0, n_starts, (batch_size,), generator=gen) * frame_size  # [B]
-    offsets = torch.arange(block_size + 1)  # [block_size + 1]
-    window = stream[starts[:, None] + offsets[None, :]].long()  # [B, block_size + 1]
+    window = torch.from_numpy(reader.random_windows(batch_size, block_size + 1, rng))  # [B, L+1]
     return window[:, :-1], window[:, 1:]  # [B, block_size], [B, block_size]
-
-
-def _as_tensor(stream: np.ndarray) -> torch.Tensor:
-    # torch indexes uint8 natively but not uint16/uint32: widen those to int32 (still < 2^31).
-    return torch.from_numpy(stream if stream.dtype == np.uint8 else stream.astype(np.int32))
 
 
 def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
@@ -137,16 +130,27 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
 
+    with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
+        for split, reader in (("train", train_reader), ("val", val_reader)):
+            # A window is block_size + 1 tokens read as whole frames (K tokens each).
+            if reader.n_frames * reader.num_levels < settings.block_size + 1 + reader.num_levels:
+                raise CodecflowError(
+                    f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
+                    f"window of block_size={settings.block_size}"
+                )
+        return _train(checkpoint, settings, info, identity, train_reader, val_reader)
+
+
+def _train(
+    checkpoint: Path,
+    settings: TrainLMSettings,
+    info: dict[str, Any],
+    identity: dict[str, Any],
+    train_reader: TokenReader,
+    val_reader: TokenReader,
+) -> CheckpointRecord:
+    """The training loop, the validation loss and the checkpoint (the readers stay open)."""
     spec = info["tokenizer"]
-    frame_size = int(spec["num_levels"])  # tokens per time step in the flattened stream
-    train_stream = _as_tensor(load_split_stream(dataset, "train"))  # [N]
-    val_stream = _as_tensor(load_split_stream(dataset, "val"))  # [N_val]
-    for split, stream in (("train", train_stream), ("val", val_stream)):
-        if len(stream) <= settings.block_size + frame_size:
-            raise CodecflowError(
-                f"the {split} split of {dataset} has {len(stream)} tokens, fewer than one window "
-                f"of block_size={settings.block_size}"
-            )
 
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
@@ -160,7 +164,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
     )
     model = GPT(config).to(device)
     optimizer = _optimizer(model, settings)
-    gen = torch.Generator().manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)  # window starts: same seed, same windows
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     log: list[dict[str, Any]] = []
@@ -170,9 +174,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         lr = learning_rate_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = _windows(
-            train_stream, settings.batch_size, settings.block_size, frame_size, gen
-        )
+        inputs, targets = _windows(train_reader, settings.batch_size, settings.block_size, rng)
         with autocast:
             loss = model(inputs.to(device), targets.to(device)).loss
         assert loss is not None
@@ -183,7 +185,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         log.append({"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)})
     elapsed = time.perf_counter() - started
 
-    val_loss = _evaluate_loss(model, val_stream, settings, frame_size, device, autocast)
+    val_loss = _evaluate_loss(model, val_reader, settings, device, autocast)
     metrics = {
         "identity": identity,
         "steps": settings.steps,
@@ -210,20 +212,17 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
 @torch.no_grad()
 def _evaluate_loss(
     model: GPT,
-    stream: torch.Tensor,
+    reader: TokenReader,
     settings: TrainLMSettings,
-    frame_size: int,
     device: torch.device,
     autocast: torch.autocast,
 ) -> float:
     """Mean loss on `eval_batches` fixed random windows of the validation stream."""
-    gen = torch.Generator().manual_seed(settings.seed + 1)
+    rng = np.random.default_rng(settings.seed + 1)
     model.eval()
     losses = []
     for _ in range(settings.eval_batches):
-        inputs, targets = _windows(
-            stream, settings.batch_size, settings.block_size, frame_size, gen
-        )
+        inputs, targets = _windows(reader, settings.batch_size, settings.block_size, rng)
         with autocast:
             loss = model(inputs.to(device), targets.to(device)).loss
         assert loss is not None

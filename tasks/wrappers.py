@@ -48,7 +48,9 @@ __all__ = [
     "stream_extract_task",
     "write_flacs_task",
     "write_manifest_task",
-    "tokenize_task",
+    "finalize_dataset_task",
+    "plan_tokens_task",
+    "write_shards_task",
     "train_codec_task",
     "train_lm_task",
 ]
@@ -146,12 +148,28 @@ def write_manifest_task(
     return segments.write_manifest(root, manifest_dir, rows, plan)
 
 
-@task(name="tokenize", cache_key_fn=content_key("manifest", code=(tokenization,)), **_CACHED)
-def tokenize_task(
-    manifest: str, out: Path, settings: TokenizeSettings
+@task(name="plan-tokens", cache_key_fn=content_key("manifest", code=(tokenization,)), **_CACHED)
+def plan_tokens_task(
+    manifest: str, out: str, settings: TokenizeSettings
+) -> tokenization.DatasetPlan:
+    """Plan the shards of a token dataset and write plan.parquet."""
+    return tokenization.plan_dataset(manifest, out, settings)
+
+
+@task(name="write-shards", cache_key_fn=content_key(code=(tokenization,)), **_RETRIED, **_CACHED)
+def write_shards_task(
+    plan: tokenization.DatasetPlan, names: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Encode and commit a group of shards (committed ones are skipped)."""
+    return tokenization.write_shard_group(plan, names)
+
+
+@task(name="finalize-dataset", cache_key_fn=content_key(code=(tokenization,)), **_CACHED)
+def finalize_dataset_task(
+    plan: tokenization.DatasetPlan, markers: list[dict[str, Any]]
 ) -> tokenization.DatasetRecord:
-    """Tokenize the manifest's segments into Arrow shards plus a size report."""
-    return tokenization.tokenize_manifest(manifest, out, settings)
+    """Write rejects, the size report, and dataset.json last."""
+    return tokenization.finalize_dataset(plan, markers)
 
 
 @task(

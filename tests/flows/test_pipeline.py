@@ -20,7 +20,9 @@ STAGE_TASKS = {
     "probe-book",
     "plan-segments",
     "segment-manifest",
-    "tokenize",
+    "plan-tokens",
+    "write-shards",
+    "finalize-dataset",
     "train-lm",
     "evaluate",
 }

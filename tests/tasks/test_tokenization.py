@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +27,7 @@ from tasks.tokenization import (
     read_dataset_info,
     tokenize_manifest,
 )
-from tasks.wrappers import tokenize_task
+from tasks.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -153,8 +154,10 @@ def test_bad_inputs_name_the_file(tiny_manifest: Path, tmp_path: Path) -> None:
         tokenize_manifest(tiny_manifest, out, TokenizeSettings(shard_hours=0.5))
 
 
-def test_task_wraps_the_plain_function(tiny_manifest: Path, tmp_path: Path) -> None:
-    record = tokenize_task.fn(tiny_manifest, tmp_path / "ds", TokenizeSettings())
+def test_tasks_wrap_the_plain_functions(tiny_manifest: Path, tmp_path: Path) -> None:
+    plan = plan_tokens_task.fn(str(tiny_manifest), str(tmp_path / "ds"), TokenizeSettings())
+    markers = [m for group in plan.groups for m in write_shards_task.fn(plan, group)]
+    record = finalize_dataset_task.fn(plan, markers)
     assert record == tokenize_manifest(tiny_manifest, tmp_path / "ds", TokenizeSettings())
     assert record.n_tokens > 0 and record.n_bytes > record.n_tokens
 
@@ -180,3 +183,143 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
     assert table.schema.field("codes").type == pa.list_(pa.uint16())
     # 12.5 frames per second of audio, whole frames: ceil(duration x 12.5) per segment
     assert info["totals"]["tokens_per_second"] == pytest.approx(12.5, rel=0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Crash, concurrency, rejects, formats, storage
+# --------------------------------------------------------------------------------------------
+
+CRASH_SETTINGS = TokenizeSettings(shard_hours=4.0 / 3600, formats=["arrow", "webdataset"])
+
+
+def _tokenize_in_subprocess(manifest: Path, out: str, kill_at: str | None) -> int:
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    code = (
+        "import sys; from schemas.configs import TokenizeSettings; "
+        "from tasks.tokenization import tokenize_manifest; "
+        "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings.model_validate_json(sys.argv[3]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CODECFLOW_KILL_AT"}
+    if kill_at:
+        env["CODECFLOW_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-c", code, str(manifest), out, CRASH_SETTINGS.model_dump_json()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    ).returncode
+
+
+@pytest.fixture(scope="module")
+def reference_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    tokenize_manifest(tiny_manifest, out, CRASH_SETTINGS)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    ["mid-write:1", "before-commit:1", "after-commit:2", "mid-write:6", "before-commit:4"],
+    ids=[
+        "first-write",
+        "before-first-commit",
+        "between-shards",
+        "mid-write-later",
+        "before-later-commit",
+    ],
+)
+def test_kill_9_then_resume_is_byte_identical(
+    kill_at: str, tiny_manifest: Path, reference_dataset: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    out = tmp_path / "ds"
+    assert _tokenize_in_subprocess(tiny_manifest, str(out), kill_at) == -signal.SIGKILL
+    assert not (out / "dataset.json").exists()
+    assert _tokenize_in_subprocess(tiny_manifest, str(out), None) == 0
+    assert _files(out) == _files(reference_dataset)  # no temporary left, every byte the same
+
+
+def test_a_second_run_is_refused_while_one_holds_the_dataset(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    from tasks import storage
+
+    out = tmp_path / "ds"
+    with storage.exclusive_lock(str(out), "another tokenize"):
+        with pytest.raises(CodecflowError, match="is being written by another run"):
+            tokenize_manifest(tiny_manifest, out, TokenizeSettings())
+    assert not out.exists() or not any(out.rglob("*.arrow"))
+    tokenize_manifest(tiny_manifest, out, TokenizeSettings())  # free again: it runs
+
+
+def test_a_segment_that_fails_to_decode_is_rejected_and_the_rest_proceeds(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    table = pq.read_table(tiny_manifest)
+    rows = table.to_pylist()
+    rows[0] = {**rows[0], "source_path": rows[0]["source_path"] + ".missing"}
+    manifest = tiny_manifest.parent / "with-bad-row.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
+    record = tokenize_manifest(manifest, tmp_path / "ds", TokenizeSettings())
+    assert record.n_rejects == 1 and record.n_segments == len(rows) - 1
+    rejects = pq.read_table(tmp_path / "ds" / "rejects.parquet").to_pylist()
+    assert rejects[0]["path"] == rows[0]["segment_id"]
+    assert rejects[0]["reason"].startswith("unreadable audio: ")
+
+
+def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -> None:
+    import webdataset as wds
+
+    info = read_dataset_info(reference_dataset)
+    shard = info["shards"][0]
+    with pa.memory_map(str(reference_dataset / shard["file"])) as source:
+        arrow_rows = ipc.open_file(source).read_all().to_pylist()
+    samples = list(
+        wds.WebDataset(
+            str(reference_dataset / shard["webdataset_file"]), shardshuffle=False
+        ).decode()
+    )
+    assert [s["json"]["segment_id"] for s in samples] == [r["segment_id"] for r in arrow_rows]
+    for sample, row in zip(samples, arrow_rows, strict=True):
+        codes = sample["codes.npy"]
+        assert codes.shape == (1, row["n_frames"]) and codes.dtype == np.uint8
+        assert codes.reshape(-1).tolist() == row["codes"]
+
+
+def test_arrow_shards_open_with_plain_pyarrow(reference_dataset: Path) -> None:
+    for path in (reference_dataset / "shards").glob("*.arrow"):
+        table = pa.ipc.open_file(str(path)).read_all()
+        assert table.schema.field("codes").type == pa.list_(pa.uint8())
+
+
+def test_s3_output_then_resume(
+    tiny_manifest: Path, s3_bucket: str, reference_dataset: Path
+) -> None:
+    import s3fs
+
+    out = f"{s3_bucket}/tokens/ds"
+    assert _tokenize_in_subprocess(tiny_manifest, out, "mid-write:3") != 0  # killed mid-upload
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    assert not fs.exists(f"{out[5:]}/dataset.json")
+    record = tokenize_manifest(tiny_manifest, out, CRASH_SETTINGS)
+    assert record.path == out
+    remote = {
+        p[len(out) - 5 + 1 :]: hashlib.sha256(fs.cat(p)).hexdigest() for p in fs.find(out[5:])
+    }
+    assert remote == _files(reference_dataset)
+
+
+def test_group_shards_bounds_the_task_count() -> None:
+    from tasks.tokenization import group_shards
+
+    names = [f"train-{i:05d}" for i in range(60_000)]
+    groups = group_shards(names, 1000)
+    assert len(groups) == 1000 and [n for g in groups for n in g] == names
+    assert group_shards(names[:10], 1000) == [(n,) for n in names[:10]]

@@ -1,0 +1,184 @@
+"""Can the token reader feed the LM? Reader and LM throughput, measured side by side in one run.
+
+    uv run python bench/reader_speed.py                       # tokenizes the tiny corpus first
+    uv run python bench/reader_speed.py --dataset runs/demo/tokens/mu-law-256
+    uv run python bench/reader_speed.py --no-post             # skip the post-scale estimate
+
+Measures, on the CPU and on the same dataset:
+
+- the reader: tokens/s of `TokenReader.random_windows(batch=16, n_tokens=2049)` (the training
+  loop's draw for a 2 048-token context), turned into a torch tensor as `tasks.train_lm` does;
+  also at the demo's own window (16 x 257) for reference;
+- the LM's consumption, tokens/s of full training steps (forward, backward, gradient clipping,
+  AdamW) of the demo preset (4 layers, 128 wide, 4 heads, block 256, batch 16), counted as
+  `tasks.train_lm` counts them (steps * batch * block / seconds);
+- a post-scale estimate (12 layers, 768 wide, 12 heads, block 2 048: GPT-2 small's shape at the
+  post's context): one forward pass of batch 1, and training tokens/s estimated as forward
+  tokens/s / 3 (backward ~ 2 forwards; optimizer time left out, so the LM side is overstated and
+  the ratio understated).
+
+Prints both rates and their ratio per preset, and PASS when the reader is at least 10x faster than
+the demo LM consumes (the goal), FAIL otherwise (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.gpt import GPT, GPTConfig
+from tasks.token_reader import TokenReader
+from tasks.tokenization import read_dataset_info
+
+GOAL_RATIO = 10.0
+REPO = Path(__file__).resolve().parents[1]
+TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
+
+
+def _tiny_dataset(root: Path) -> Path:
+    """The embedded corpus acquired and tokenized with mu-law (the plain functions, no Prefect)."""
+    from schemas.configs import TokenizeSettings
+    from tasks.download import fetch
+    from tasks.extract import extract_tar_safely
+    from tasks.segments import build_segment_manifest
+    from tasks.tokenization import tokenize_manifest
+
+    md5 = TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
+    fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, md5)
+    extract_tar_safely(fetched.path, str(root / "librilight" / "librilight-tiny"))
+    manifest = build_segment_manifest(
+        str(root), ["librilight-tiny"], target_len_sec=5.0, val_fraction=0.2, seed=0
+    )
+    return Path(tokenize_manifest(manifest.path, root / "tokens", TokenizeSettings()).path)
+
+
+def _rate(fn: Callable[[], int], min_seconds: float, min_calls: int) -> float:
+    """Items per second of `fn` (which returns how many items it handled), after one warm-up."""
+    fn()
+    items, calls = 0, 0
+    started = time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < min_seconds:
+        items += fn()
+        calls += 1
+    return items / (time.perf_counter() - started)
+
+
+def reader_tokens_per_s(
+    reader: TokenReader, batch: int, n_tokens: int, min_seconds: float
+) -> float:
+    """Tokens/s of seeded random windows, as the training loop draws them (int64 tensors)."""
+    rng = np.random.default_rng(0)
+
+    def draw() -> int:
+        window = torch.from_numpy(reader.random_windows(batch, n_tokens, rng))  # [B, N]
+        # Counted as the model's positions (B * (N - 1)), as train_lm counts B * block_size.
+        return int(window.shape[0] * (window.shape[1] - 1))
+
+    return _rate(draw, min_seconds, min_calls=20)
+
+
+def lm_train_tokens_per_s(reader: TokenReader, config: GPTConfig, batch: int, steps: int) -> float:
+    """Tokens/s of full CPU training steps (forward, backward, clip, AdamW), train_lm's way."""
+    torch.manual_seed(0)
+    model = GPT(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    rng = np.random.default_rng(0)
+    windows = [
+        torch.from_numpy(reader.random_windows(batch, config.block_size + 1, rng))
+        for _ in range(steps + 1)
+    ]  # drawn beforehand: only the model is timed here
+
+    def step(window: torch.Tensor) -> None:
+        loss = model(window[:, :-1], window[:, 1:]).loss
+        assert loss is not None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    step(windows[0])  # warm-up
+    started = time.perf_counter()
+    for window in windows[1:]:
+        step(window)
+    return steps * batch * config.block_size / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def lm_forward_tokens_per_s(config: GPTConfig, batch: int, repeats: int) -> float:
+    """Tokens/s of forward passes alone (inference mode), one warm-up first."""
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.vocab_size, (batch, config.block_size))  # [B, T]
+    model(idx)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        model(idx)
+    return repeats * batch * config.block_size / (time.perf_counter() - started)
+
+
+def _line(name: str, reader_rate: float, lm_rate: float) -> float:
+    ratio = reader_rate / lm_rate
+    print(
+        f"{name:<34} reader {reader_rate:>13,.0f} tok/s   LM {lm_rate:>11,.0f} tok/s   "
+        f"ratio {ratio:>9,.1f}x"
+    )
+    return ratio
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", type=Path, help="token dataset folder (default: tiny corpus)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--n-tokens", type=int, default=2049)
+    parser.add_argument("--seconds", type=float, default=2.0, help="reader timing per case")
+    parser.add_argument("--steps", type=int, default=5, help="timed demo training steps")
+    parser.add_argument("--no-post", action="store_true", help="skip the post-scale estimate")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="codecflow-reader-bench-") as tmp:
+        dataset = args.dataset
+        if dataset is None:
+            print("tokenizing the embedded corpus (mu-law-256) in a temporary folder ...")
+            dataset = _tiny_dataset(Path(tmp))
+        spec = read_dataset_info(dataset)["tokenizer"]
+        vocab = int(spec["codebook_size"])
+        started = time.perf_counter()
+        with TokenReader(dataset, args.split) as reader:
+            opened = time.perf_counter() - started
+            print(f"dataset {dataset} ({spec.get('name', '?')}): {reader}")
+            print(f"opened in {opened * 1e3:.1f} ms; CPU, torch threads {torch.get_num_threads()}")
+            reader_main = reader_tokens_per_s(reader, args.batch, args.n_tokens, args.seconds)
+            reader_demo = reader_tokens_per_s(reader, args.batch, 257, args.seconds)
+            print(
+                f"reader random_windows({args.batch}, {args.n_tokens}): {reader_main:,.0f} tok/s; "
+                f"random_windows({args.batch}, 257): {reader_demo:,.0f} tok/s"
+            )
+            demo = GPTConfig(vocab_size=vocab, block_size=256, n_layer=4, n_head=4, n_embd=128)
+            demo_rate = lm_train_tokens_per_s(reader, demo, args.batch, args.steps)
+            ratio = _line("demo 4x128, block 256, batch 16", reader_main, demo_rate)
+            _line("  (reader at the demo's 16 x 257)", reader_demo, demo_rate)
+            if not args.no_post:
+                post = GPTConfig(
+                    vocab_size=vocab, block_size=2048, n_layer=12, n_head=12, n_embd=768
+                )
+                forward = lm_forward_tokens_per_s(post, batch=1, repeats=1)
+                print(f"post-scale 12x768, block 2048: forward {forward:,.0f} tok/s (batch 1)")
+                _line("post-scale, train est. = fwd / 3", reader_main, forward / 3)
+    verdict = "PASS" if ratio >= GOAL_RATIO else "FAIL"
+    print(
+        f"{verdict}: the reader supplies {ratio:,.1f}x the demo LM's consumption "
+        f"(goal >= {GOAL_RATIO:g}x)"
+    )
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
