@@ -44,6 +44,11 @@ class MimiTokenizer(AudioTokenizer):
             the K-level encode, so the tokenizer's `num_levels` is K - 1 (K >= 2 then).
     """
 
+    @property
+    def causal(self) -> bool:
+        # Mimi's encoder is streaming: causal convolutions and a causal transformer (Mimi paper).
+        return True
+
     def __init__(self, model: MimiModel, num_levels: int, semantic: bool = True) -> None:
         super().__init__()
         total = int(model.total_codebooks)

@@ -69,6 +69,11 @@ class MuLawTokenizer(AudioTokenizer):
     `.eval()`) of learned codecs.
     """
 
+    @property
+    def causal(self) -> bool:
+        # One code per sample, from that sample alone.
+        return True
+
     def __init__(self, sample_rate: int = 16_000, mu: int = 255) -> None:
         super().__init__()
         assert sample_rate > 0, f"sample_rate must be positive, got {sample_rate}"

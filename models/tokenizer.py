@@ -71,6 +71,16 @@ class AudioTokenizer(nn.Module, abc.ABC):
         """Number of distinct codes per level; every code lies in `[0, codebook_size)`."""
 
     @property
+    def causal(self) -> bool:
+        """True when a frame's codes depend only on the audio up to that frame's end.
+
+        Then a segment encoded in a zero-padded batch gets the same codes as encoded alone, and
+        tokenization may batch segments of different lengths. Non-causal models (convolutions
+        that look ahead) are encoded one segment at a time.
+        """
+        return False
+
+    @property
     def samples_per_frame(self) -> int:
         """Audio samples per frame, `sample_rate / frame_rate` (1920 for Mimi, 1 for mu-law)."""
         ratio = self.sample_rate / self.frame_rate

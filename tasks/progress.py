@@ -23,6 +23,7 @@ __all__ = [
     "ProgressCallback",
     "TqdmProgress",
     "combine",
+    "in_prefect_run",
     "format_bytes",
     "format_duration",
     "format_rate",
@@ -176,7 +177,7 @@ class TqdmProgress(_Closing):
             self._bar = None
 
 
-def _in_prefect_run() -> bool:
+def in_prefect_run() -> bool:
     """Whether a Prefect flow or task run is current (artifacts need one to attach to)."""
     # The context vars are read directly: get_run_context() raises MissingContextError outside.
     from prefect.context import FlowRunContext, TaskRunContext
@@ -227,7 +228,7 @@ class PrefectProgress(_Closing):
 
         now = time.monotonic()
         if self.artifact_id is None:
-            if not _in_prefect_run():
+            if not in_prefect_run():
                 return
             self._started_at, self._start_bytes, self._last_update = now, done, now
             # _sync=True: called from sync code, even when the run is an async flow (whose

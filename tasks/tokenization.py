@@ -36,8 +36,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-import torch
-import torchaudio
 
 from schemas.configs import TokenizeSettings
 from schemas.tables import (
@@ -50,6 +48,7 @@ from schemas.tables import (
 from tasks import storage
 from tasks.errors import CodecflowError
 from tasks.faults import kill_point
+from tasks.progress import in_prefect_run, sanitize_artifact_key
 from tasks.segments import read_segment_audio
 from tasks.sizes import format_size_report, size_report
 from tasks.tokenizers import load_tokenizer, parse_tokenizer_name, tokenizer_spec
@@ -58,6 +57,8 @@ __all__ = [
     "DATASET_FORMAT_VERSION",
     "DatasetPlan",
     "DatasetRecord",
+    "EncodeStats",
+    "encode_segments",
     "ShardPlan",
     "finalize_dataset",
     "interleave_levels",
@@ -339,28 +340,124 @@ def _write_parquet(url: str, table: pa.Table) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _encode_rows(
-    rows: Sequence[Mapping[str, Any]], audio_root: str, tokenizer: Any
+@dataclass
+class EncodeStats:
+    """Where the time of a shard went: reading audio (in the prefetch threads), waiting for it
+    (the encoder idle), and encoding."""
+
+    audio_seconds: float = 0.0
+    io_wait_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    batches: int = 0
+
+
+def _load_segment(row: Mapping[str, Any], audio_root: str, sample_rate: int) -> np.ndarray | str:
+    """A segment's mono audio at `sample_rate` (float32 `[T]`), or why it cannot be read."""
+    import torch
+    import torchaudio
+
+    try:
+        audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
+    except CodecflowError as err:
+        return f"unreadable audio: {err}"
+    if audio.size == 0:
+        return "empty audio: the segment has no samples"
+    if int(row["sample_rate"]) != sample_rate:
+        # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
+        wav = torchaudio.functional.resample(
+            torch.from_numpy(audio), int(row["sample_rate"]), sample_rate
+        )
+        audio = wav.numpy()  # [T']
+    return audio
+
+
+def _prefetched(
+    rows: Sequence[Mapping[str, Any]],
+    audio_root: str,
+    sample_rate: int,
+    stats: EncodeStats,
+    depth: int = 8,
 ) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
-    """(row, codes [K, F]) per row, or (row, reason) when its audio cannot be read."""
-    for row in rows:
-        try:
-            audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
-        except CodecflowError as err:
-            yield row, f"unreadable audio: {err}"
-            continue
-        if audio.size == 0:
-            yield row, "empty audio: the segment has no samples"
-            continue
-        wav = torch.from_numpy(audio).view(1, 1, -1)  # [1, 1, T]
-        if int(row["sample_rate"]) != tokenizer.sample_rate:
-            # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
-            wav = torchaudio.functional.resample(
-                wav, int(row["sample_rate"]), tokenizer.sample_rate
-            )  # [1, 1, T']
+    """The rows with their audio, read `depth` segments ahead by two threads (soundfile and the
+    resampler release the GIL), so that the encoder does not wait on I/O; the time it still
+    waits is added to `stats.io_wait_seconds`."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="codecflow-read") as pool:
+        futures = [pool.submit(_load_segment, row, audio_root, sample_rate) for row in rows[:depth]]
+        for i, row in enumerate(rows):
+            if i + depth < len(rows):
+                futures.append(pool.submit(_load_segment, rows[i + depth], audio_root, sample_rate))
+            started = time.perf_counter()
+            audio = futures[i].result()
+            stats.io_wait_seconds += time.perf_counter() - started
+            futures[i] = None  # type: ignore[call-overload]  # free the audio once handed over
+            yield row, audio
+
+
+def encode_segments(
+    audios: Sequence[np.ndarray], tokenizer: Any, batch_seconds: float = 60.0, max_batch: int = 32
+) -> list[np.ndarray]:
+    """Codes `[K, F_i]` of each mono float32 segment, F_i = ceil(T_i / samples_per_frame).
+
+    Causal tokenizers encode batches of segments of similar length, zero-padded to the longest:
+    a frame's codes depend only on audio up to its end, so each segment keeps exactly the codes
+    it gets alone (tested). Non-causal ones (the post's codec looks ahead) encode one at a time.
+    """
+    import torch
+
+    device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    spf = tokenizer.samples_per_frame
+    frames = [max(1, -(-len(a) // spf)) for a in audios]
+    out: list[np.ndarray | None] = [None] * len(audios)
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+    limit = batch_seconds * tokenizer.sample_rate if tokenizer.causal else 0
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        longest = frames[i] * spf  # sorted: the newcomer is the longest so far
+        if batch is not None and len(batch) < max_batch and longest * (len(batch) + 1) <= limit:
+            batch.append(i)
+        else:
+            batches.append([i])
+    for batch in batches:
+        width = max(frames[i] for i in batch) * spf
+        wav = torch.zeros(len(batch), 1, width)  # [B, 1, T]
+        for row, i in enumerate(batch):
+            wav[row, 0, : len(audios[i])] = torch.from_numpy(audios[i])
         with torch.inference_mode():
-            codes = tokenizer.encode(wav)[0]  # [K, F]
-        yield row, codes.numpy().astype(tokenizer.token_dtype)
+            codes = tokenizer.encode(wav.to(device)).cpu().numpy()  # [B, K, F]
+        for row, i in enumerate(batch):
+            out[i] = codes[row, :, : frames[i]].astype(tokenizer.token_dtype)  # [K, F_i]
+    return [c for c in out if c is not None]
+
+
+def _encode_rows(
+    rows: Sequence[Mapping[str, Any]],
+    audio_root: str,
+    tokenizer: Any,
+    stats: EncodeStats,
+    pool: int = 64,
+) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
+    """(row, codes [K, F]) per row in order, or (row, reason) when its audio cannot be read.
+
+    Audio is prefetched; `pool` segments at a time are batched by similar length."""
+    import time
+
+    loaded = _prefetched(rows, audio_root, tokenizer.sample_rate, stats)
+    while True:
+        chunk = [item for _, item in zip(range(pool), loaded, strict=False)]
+        if not chunk:
+            return
+        good = [(r, a) for r, a in chunk if not isinstance(a, str)]
+        started = time.perf_counter()
+        codes = encode_segments([a for _, a in good], tokenizer)  # type: ignore[misc]
+        stats.encode_seconds += time.perf_counter() - started
+        stats.audio_seconds += sum(len(a) for _, a in good) / tokenizer.sample_rate  # type: ignore[arg-type]
+        by_id = {r["segment_id"]: c for (r, _), c in zip(good, codes, strict=True)}
+        for row, audio in chunk:
+            yield row, (audio if isinstance(audio, str) else by_id[row["segment_id"]])
 
 
 def _arrow_bytes(records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype) -> bytes:
@@ -451,13 +548,18 @@ def write_shard_group(plan: DatasetPlan, names: Sequence[str]) -> list[dict[str,
         rows = pq.read_table(
             path, filesystem=fs, filters=[("shard", "in", [s.name for s in todo])]
         ).to_pylist()
-        tokenizer = load_tokenizer(plan.spec["name"])
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers on the GPU
+        tokenizer = load_tokenizer(plan.spec["name"], device=device)
         dtype = np.dtype(tokenizer.token_dtype)
+        stats = EncodeStats()
+        progress = _Progress(sum(s.audio_seconds for s in todo), names[0])
         for shard in todo:
             shard_rows = sorted(
                 (r for r in rows if r["shard"] == shard.name), key=lambda r: r["segment_id"]
             )
-            encoded = list(_encode_rows(shard_rows, plan.audio_root, tokenizer))
+            encoded = list(_encode_rows(shard_rows, plan.audio_root, tokenizer, stats))
             good = [(r, c) for r, c in encoded if not isinstance(c, str)]
             rejects = [
                 {"path": r["segment_id"], "reason": c} for r, c in encoded if isinstance(c, str)
@@ -487,11 +589,68 @@ def write_shard_group(plan: DatasetPlan, names: Sequence[str]) -> list[dict[str,
                 },
             )
             kill_point("after-commit")  # crash tests: between shards
+            progress.update(stats)
+        progress.close(stats)
     for name in names:
         marker = _committed_marker(plan.out, by_name[name])
         assert marker is not None, f"shard {name} has no commit marker after writing"
         markers.append(marker)
     return markers
+
+
+class _Progress:
+    """Live progress of a shard group, in seconds of audio: a tqdm bar on a terminal, a Prefect
+    progress artifact inside a run, and a closing line with audio hours per wall hour and the
+    time the encoder waited on I/O."""
+
+    def __init__(self, total_audio_seconds: float, first: str) -> None:
+        import sys
+        import time
+
+        from tqdm import tqdm
+
+        self._started = time.perf_counter()
+        self._total = max(total_audio_seconds, 1e-9)
+        self._bar = tqdm(
+            total=round(total_audio_seconds),
+            unit="s audio",
+            desc=f"tokenize {first}",
+            disable=not sys.stderr.isatty(),
+        )
+        self._artifact: Any = None
+        if in_prefect_run():
+            from prefect.artifacts import create_progress_artifact
+
+            key = sanitize_artifact_key(f"tokenize-{first}")
+            self._artifact = create_progress_artifact(
+                progress=0.0, key=key, description=f"tokenize {first}"
+            )
+
+    def update(self, stats: EncodeStats) -> None:
+        self._bar.update(round(stats.audio_seconds) - self._bar.n)
+        if self._artifact is not None:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(
+                artifact_id=self._artifact,
+                progress=min(100.0, 100 * stats.audio_seconds / self._total),
+            )
+
+    def close(self, stats: EncodeStats) -> None:
+        import logging
+        import time
+
+        self._bar.close()
+        wall = time.perf_counter() - self._started
+        logging.getLogger("codecflow.tokenize").info(
+            "tokenized %.3f h of audio in %.1f s: %.0f audio h per wall h; encoder %.1f s, "
+            "waited %.1f s on I/O",
+            stats.audio_seconds / 3600,
+            wall,
+            stats.audio_seconds / wall if wall else 0.0,
+            stats.encode_seconds,
+            stats.io_wait_seconds,
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class FakeArtifacts:
         self.now = 1000.0
         self.created: list[dict[str, Any]] = []
         self.updates: list[tuple[float, str]] = []
-        monkeypatch.setattr(progress, "_in_prefect_run", lambda: True)
+        monkeypatch.setattr(progress, "in_prefect_run", lambda: True)
         monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: self.now))
         monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", self.create)
         monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", self.update)

@@ -323,3 +323,55 @@ def test_group_shards_bounds_the_task_count() -> None:
     groups = group_shards(names, 1000)
     assert len(groups) == 1000 and [n for g in groups for n in g] == names
     assert group_shards(names[:10], 1000) == [(n,) for n in names[:10]]
+
+
+def _speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (
+        0.3
+        * np.sin(2 * np.pi * rng.uniform(100, 300) * t)
+        * (1 + rng.standard_normal(t.size) * 0.1)
+    ).astype(np.float32)
+
+
+def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Path) -> None:
+    """Padding never changes a segment's codes: batches of different lengths vs one by one."""
+    from moshi.models.loaders import get_mimi
+    from moshi.quantization.core_vq import EuclideanCodebook
+
+    from models.codec import build_rvq_codec
+    from models.codec_tokenizer import CodecTokenizer
+    from models.mimi import MimiTokenizer
+    from models.mulaw import MuLawTokenizer
+    from tasks.tokenization import encode_segments
+
+    torch.manual_seed(0)
+    mimi = get_mimi(None, device="cpu", num_codebooks=4)
+    for codebook in (m for m in mimi.modules() if isinstance(m, EuclideanCodebook)):
+        # Untrained codebooks are degenerate (every code 0): random ones make the test bite.
+        codebook.embedding_sum.copy_(torch.randn(codebook.embedding_sum.shape) * 0.01)
+        codebook.cluster_usage.fill_(1.0)
+        codebook._initialized.fill_(1.0)
+        codebook.register_buffer("_embedding", None, persistent=False)
+    tokenizers = {
+        "mu-law-256": MuLawTokenizer(16_000),
+        "mimi_4_rvq": MimiTokenizer(mimi, 4),
+        "codec": CodecTokenizer(
+            build_rvq_codec(num_levels=2, channels=8, latent_dim=8, codebook_size=16).eval(), 2
+        ),
+    }
+    for name, tokenizer in tokenizers.items():
+        rate = tokenizer.sample_rate
+        audios = [
+            _speechlike(seconds, rate, i) for i, seconds in enumerate((0.3, 1.1, 0.7, 2.0, 0.05))
+        ]
+        batched = encode_segments(audios, tokenizer, batch_seconds=60.0)
+        for audio, codes in zip(audios, batched, strict=True):
+            with torch.inference_mode():
+                alone = tokenizer.encode(torch.from_numpy(audio).view(1, 1, -1))[
+                    0
+                ].numpy()  # [K, F]
+            assert codes.shape == alone.shape, name
+            np.testing.assert_array_equal(codes, alone, err_msg=name)
+        assert len({c.tobytes() for c in batched}) > 1, name  # codes vary: the comparison bites
