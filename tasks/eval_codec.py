@@ -23,6 +23,7 @@ from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 from schemas.configs import EvalCodecSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
+from tasks.plots import figure
 from tasks.train_codec import CODEC_RATE, load_codec, load_split_audio
 from tasks.train_lm import resolve_device
 
@@ -107,19 +108,11 @@ def eval_codec(
 
 
 def _plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r["levels"] for r in rows], [r["spectral_loss"] for r in rows], marker="o")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("RVQ levels")
-    ax.set_ylabel("multi-scale spectral loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, size=(5, 3.5)) as ax:
+        ax.plot([r["levels"] for r in rows], [r["spectral_loss"] for r in rows], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("RVQ levels")
+        ax.set_ylabel("multi-scale spectral loss")
 
 
 def _html(

@@ -25,6 +25,7 @@ from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
+from tasks.plots import figure
 from tasks.tokenization import interleave_levels, read_dataset_info
 from tasks.tokenizers import load_tokenizer
 from tasks.train_lm import load_checkpoint, resolve_device
@@ -188,23 +189,15 @@ def evaluate(
 
 
 def _plot_spectrogram(wav: np.ndarray, rate: int, prompt_samples: int, folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     spec = torchaudio.transforms.Spectrogram(n_fft=512, hop_length=128)(torch.from_numpy(wav))
     db = 10 * torch.log10(spec + 1e-10)  # [n_fft / 2 + 1, frames]
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    extent = (0.0, wav.size / rate, 0.0, rate / 2000)
-    ax.imshow(db.numpy(), origin="lower", aspect="auto", extent=extent, cmap="magma")
-    ax.axvline(prompt_samples / rate, color="cyan", linestyle="--", label="end of prompt")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("frequency (kHz)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(folder / "spectrogram.png", dpi=100)
-    plt.close(fig)
+    with figure(folder / "spectrogram.png", size=(10, 3.5)) as ax:
+        extent = (0.0, wav.size / rate, 0.0, rate / 2000)
+        ax.imshow(db.numpy(), origin="lower", aspect="auto", extent=extent, cmap="magma")
+        ax.axvline(prompt_samples / rate, color="cyan", linestyle="--", label="end of prompt")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("frequency (kHz)")
+        ax.legend(loc="upper left")
 
 
 def _html(summary: Mapping[str, Any], num_samples: int) -> str:

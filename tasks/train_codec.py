@@ -36,6 +36,7 @@ from schemas.configs import TrainCodecSettings
 from tasks import storage
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
+from tasks.plots import figure
 from tasks.segments import read_segment_audio
 from tasks.train_lm import learning_rate_at, resolve_device
 
@@ -274,21 +275,13 @@ def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _plot_losses(log: Sequence[Mapping[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in log]
-    for key in ("loss", "spectral", "mse"):
-        ax.plot(steps, [r[key] for r in log], label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path) as ax:
+        steps = [r["step"] for r in log]
+        for key in ("loss", "spectral", "mse"):
+            ax.plot(steps, [r[key] for r in log], label=key)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend()
 
 
 def _record(final: Path, metrics: Mapping[str, Any]) -> CodecCheckpointRecord:

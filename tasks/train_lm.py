@@ -23,6 +23,7 @@ from models.gpt import GPT, GPTConfig
 from schemas.configs import TrainLMSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
+from tasks.plots import figure
 from tasks.token_reader import TokenReader
 from tasks.tokenization import read_dataset_info
 
@@ -232,20 +233,12 @@ def _evaluate_loss(
 
 
 def _plot_loss(log: list[dict[str, Any]], val_loss: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
-    ax.axhline(val_loss, color="tab:orange", linestyle="--", label=f"val (end) {val_loss:.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path) as ax:
+        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
+        ax.axhline(val_loss, color="tab:orange", linestyle="--", label=f"val (end) {val_loss:.3f}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.legend()
 
 
 def _record(checkpoint: Path, metrics: dict[str, Any]) -> CheckpointRecord:
