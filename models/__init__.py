@@ -15,9 +15,12 @@ from models.codec import (
 )
 from models.codec_tokenizer import CodecTokenizer
 from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from models.layouts import LAYOUT_NAMES, DelayLayout, FlattenLayout, TokenLayout, make_layout
+from models.level_loss import LevelLoss, level_weighted_loss, post_tiled_weights
 from models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
 from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer, mulaw_decode, mulaw_encode
+from models.presets import GPT_PRESETS, gpt_config
 from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
 from models.sampling import GenerationResult, generate, sample_next
 from models.tokenizer import AudioTokenizer
@@ -51,4 +54,14 @@ __all__ = [
     "build_rvq_codec",
     "codec_config_dict",
     "CodecTokenizer",
+    "TokenLayout",
+    "FlattenLayout",
+    "DelayLayout",
+    "LAYOUT_NAMES",
+    "make_layout",
+    "GPT_PRESETS",
+    "gpt_config",
+    "LevelLoss",
+    "level_weighted_loss",
+    "post_tiled_weights",
 ]

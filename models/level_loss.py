@@ -1,0 +1,108 @@
+"""Cross-entropy weighted by the RVQ level of each target token.
+
+Shape symbols: B batch, T positions (inputs and their next-token targets), V vocabulary,
+K RVQ levels (len(weights)).
+
+Kyutai's post ("Neural audio codecs: how to get audio into LLMs", 2025) weighs the levels of its
+flattened codes in the LM loss (its nanoGPT config's `token_depth_weights`, e.g. 10 for the
+semantic level 0 and 0.1 for the others); Moshi (Défossez et al., 2024, section 3.4.4) weighs the
+semantic level 100x the acoustic ones and normalizes by the sum of the weights, as here:
+
+    total = sum_i w[level(target_i)] * CE_i / sum_i w[level(target_i)]
+
+over the targets whose level is not -1.
+
+The post's bug: its code tiles the weights over the INPUT positions (position n gets
+w[n % K]) and applies them to the loss at that position, whose target is the NEXT token, of level
+(n + 1) % K. So its weight for level 0 lands on level-1 targets (and level K-1's on level 0).
+`post_tiled_weights` reproduces that tiling; `level_weighted_loss` takes the levels of the
+targets themselves (for a flattened sequence, `layout.level_of_position(T + 1, K)[1:]`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["LevelLoss", "level_weighted_loss", "post_tiled_weights"]
+
+
+@dataclass
+class LevelLoss:
+    """What `level_weighted_loss` returns."""
+
+    total: Tensor  # scalar weighted mean cross-entropy (differentiable)
+    per_level: list[float]  # mean cross-entropy of each level's targets, nan where absent
+
+
+def level_weighted_loss(
+    logits: Tensor,
+    targets: Tensor,
+    target_levels: Tensor,
+    weights: Sequence[float],
+) -> LevelLoss:
+    """The cross-entropy of every target weighted by its RVQ level, normalized by the weights.
+
+    Args:
+        logits: float `[B, T, V]`.
+        targets: int64 `[B, T]`, the next token at each position.
+        target_levels: int64 `[B, T]` or `[T]` (broadcast over B), the level of each TARGET
+            token in [0, K); -1 is ignored (padding, special tokens, no target).
+        weights: K non-negative weights, one per level.
+
+    Returns:
+        `LevelLoss`; `total` is nan when no target has a level (or all weights are zero).
+    """
+    assert logits.ndim == 3, f"logits must be [B, T, V], got shape {tuple(logits.shape)}"
+    b, t, v = logits.shape
+    assert targets.shape == (b, t), (
+        f"targets must be [B, T] = {(b, t)}, got shape {tuple(targets.shape)}"
+    )
+    if target_levels.ndim == 1:
+        target_levels = target_levels.expand(b, t)
+    assert target_levels.shape == (b, t), (
+        f"target_levels must be [B, T] = {(b, t)} or [T], got shape {tuple(target_levels.shape)}"
+    )
+    n_levels = len(weights)
+    assert n_levels >= 1 and all(w >= 0 for w in weights), f"bad weights {list(weights)}"
+    levels = target_levels.to(device=logits.device, dtype=torch.long)  # [B, T]
+    assert int(levels.max()) < n_levels and int(levels.min()) >= -1, (
+        f"target levels must be in [-1, {n_levels}), got [{int(levels.min())}, {int(levels.max())}]"
+    )
+
+    valid = levels >= 0  # [B, T]
+    ce = F.cross_entropy(
+        logits.reshape(b * t, v),  # [B*T, V]
+        torch.where(valid, targets, torch.zeros_like(targets)).reshape(b * t),  # [B*T]
+        reduction="none",
+    ).view(b, t)  # [B, T]
+    ce = torch.where(valid, ce, torch.zeros_like(ce))
+    w_table = torch.tensor(list(weights), dtype=ce.dtype, device=ce.device)  # [K]
+    w = torch.where(valid, w_table[levels.clamp(min=0)], torch.zeros_like(ce))  # [B, T]
+    total = (w * ce).sum() / w.sum()
+
+    per_level: list[float] = []
+    with torch.no_grad():
+        for k in range(n_levels):
+            mask = levels == k
+            n = int(mask.sum())
+            per_level.append(float(ce[mask].sum()) / n if n else math.nan)
+    return LevelLoss(total=total, per_level=per_level)
+
+
+def post_tiled_weights(n_positions: int, weights: Sequence[float]) -> Tensor:
+    """float `[T]`: the post's loss weights, tiled over INPUT positions (position n gets
+    w[n % K]).
+
+    Multiplied into the loss at position n, whose target is token n + 1 (level (n + 1) % K in a
+    flattened sequence): each weight lands one level late. Kept to document and test that bug.
+    """
+    k = len(weights)
+    assert k >= 1, "weights must not be empty"
+    reps = -(-n_positions // k)  # ceil
+    return torch.tensor(list(weights), dtype=torch.float32).repeat(reps)[:n_positions]  # [T]
