@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AcquireConfig",
@@ -237,6 +237,23 @@ class EvalCodecConfig(EvalCodecSettings):
 
 
 class TrainLMSettings(_Config):
+    preset: Literal["tiny", "demo", "post"] | None = Field(
+        None,
+        description="Model shape: 'post' is the post's LM (12 layers, 16 heads, 1 024 wide, "
+        "block 2 048, about 151 M parameters), 'demo' and 'tiny' fit a CPU. It sets n_layer, "
+        "n_head, n_embd and block_size, which must then be left out.",
+    )
+    layout: Literal["flatten", "flatten-offsets", "delay", "delay-offsets"] = Field(
+        "flatten",
+        description="How [levels x frames] codes become one sequence: 'flatten' interleaves the "
+        "levels of each time step with one shared vocabulary (the post); 'delay' is MusicGen's "
+        "delay pattern; '-offsets' gives each level its own vocabulary range.",
+    )
+    level_weights: list[float] | None = Field(
+        None,
+        description="Loss weight per RVQ level, applied by the level of the target token (the "
+        "post's token_depth_weights; Moshi weighs the semantic level 100x). Empty: all 1.",
+    )
     n_layer: int = Field(4, ge=1, le=96, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, le=128, description="Attention heads per block.")
     n_embd: int = Field(128, ge=8, description="Model width; a multiple of n_head.")
@@ -254,6 +271,15 @@ class TrainLMSettings(_Config):
     eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")
     seed: int = Field(0, description="Seed of initialisation and window sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
+
+    @model_validator(mode="after")
+    def _preset_or_shape(self) -> TrainLMSettings:
+        shape = {"n_layer", "n_head", "n_embd", "block_size"} & self.model_fields_set
+        if self.preset is not None and shape:
+            raise ValueError(
+                f"preset {self.preset!r} sets the model shape; leave out {sorted(shape)}"
+            )
+        return self
 
 
 class TrainLMConfig(TrainLMSettings):

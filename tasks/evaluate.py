@@ -20,13 +20,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from models.layouts import make_layout
 from models.sampling import generate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
 from tasks.plots import figure
-from tasks.tokenization import interleave_levels, read_dataset_info
+from tasks.tokenization import read_dataset_info
 from tasks.tokenizers import load_tokenizer
 from tasks.train_lm import load_checkpoint, resolve_device
 
@@ -115,10 +116,19 @@ def evaluate(
     tokenizer = load_tokenizer(spec["name"])
     levels = tokenizer.num_levels
     prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
+    layout = make_layout(
+        json.loads((checkpoint / "config.json").read_text()).get("layout", "flatten")
+    )
+    codebook_size = tokenizer.codebook_size
     with torch.inference_mode():
-        prompt_codes = tokenizer.encode(prompt_wav)[0].numpy()  # [K, F]
-    prompt_tokens = torch.from_numpy(interleave_levels(prompt_codes).astype(np.int64))  # [F * K]
-    prompt_batch = prompt_tokens.view(1, -1).repeat(settings.num_samples, 1).to(device)  # [B, P]
+        prompt_codes = tokenizer.encode(prompt_wav)  # [1, K, F_p]
+    prompt_frames = prompt_codes.shape[-1]
+    # The prompt's sequence up to its last whole step: the delay pattern's trailing PAD steps
+    # would put PADs mid-stream, which training never shows the model.
+    prompt_tokens = layout.to_sequence(prompt_codes, codebook_size)[
+        :, : prompt_frames * levels
+    ]  # [1, P]
+    prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
 
     new_frames = max(1, round(settings.generate_seconds * tokenizer.frame_rate))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
@@ -137,9 +147,13 @@ def evaluate(
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     new_tokens = result.tokens.cpu()  # [B, new_frames * K]
-    codes = new_tokens.view(settings.num_samples, new_frames, levels).transpose(1, 2)  # [B, K, F]
+    full = torch.cat([prompt_batch.cpu(), new_tokens], dim=1)  # [B, P + new_frames * K]
+    all_codes = layout.from_sequence(full, levels, codebook_size)  # [B, K, F]
+    # Sampling may put a PAD or another level's range where a code belongs: clamp to the codebook.
+    codes = all_codes[:, :, prompt_frames:].clamp(0, codebook_size - 1)  # [B, K, F_new]
+    new_frames = codes.shape[-1]
     with torch.inference_mode():
-        generated = tokenizer.decode(codes)  # [B, 1, new_frames * samples_per_frame]
+        generated = tokenizer.decode(codes)  # [B, 1, F_new * samples_per_frame]
 
     n_generated = new_tokens.numel()
     generated_seconds = new_frames / tokenizer.frame_rate

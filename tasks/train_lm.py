@@ -20,6 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.gpt import GPT, GPTConfig
+from models.layouts import TokenLayout, make_layout
+from models.level_loss import level_weighted_loss
+from models.presets import gpt_config
 from schemas.configs import TrainLMSettings
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
@@ -86,11 +89,46 @@ def learning_rate_at(step: int, settings: Schedule) -> float:
 
 
 def _windows(
-    reader: TokenReader, batch_size: int, block_size: int, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of block_size + 1 tokens starting on frame boundaries: inputs, targets."""
-    window = torch.from_numpy(reader.random_windows(batch_size, block_size + 1, rng))  # [B, L+1]
-    return window[:, :-1], window[:, 1:]  # [B, block_size], [B, block_size]
+    reader: TokenReader,
+    batch_size: int,
+    block_size: int,
+    rng: np.random.Generator,
+    layout: TokenLayout,
+    codebook_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random windows of block_size + 1 tokens in `layout`, starting on frame boundaries:
+    inputs `[B, L]`, targets `[B, L]` and the RVQ level of each target `[L]`.
+
+    Frames are read from the stream, laid out, and the window is cut after the layout's
+    lead-in (the delay pattern's first K - 1 steps hold PADs), so that training sees the same
+    steady state as a long sequence does.
+    """
+    k = reader.num_levels
+    n_frames = -(-(block_size + 1) // k) + k  # enough whole frames for any layout's lead-in
+    flat = torch.from_numpy(reader.random_windows(batch_size, n_frames * k, rng))  # [B, W*K]
+    codes = flat.view(batch_size, n_frames, k).transpose(1, 2)  # [B, K, W]
+    sequence = layout.to_sequence(codes, codebook_size)  # [B, N]
+    levels = layout.level_of_position(sequence.shape[1], k, n_frames=n_frames)  # [N]
+    start = 0
+    while bool((levels[start : start + k] < 0).any()):
+        start += k  # skip whole steps until every level is present
+    window = sequence[:, start : start + block_size + 1]  # [B, L+1]
+    target_levels = levels[start + 1 : start + block_size + 1]  # [L]
+    return window[:, :-1], window[:, 1:], target_levels
+
+
+def model_config(settings: TrainLMSettings, vocab_size: int) -> GPTConfig:
+    """The GPT's shape: the preset's when one is named, else the explicit fields."""
+    if settings.preset is not None:
+        return gpt_config(settings.preset, vocab_size, dropout=settings.dropout)
+    return GPTConfig(
+        vocab_size=vocab_size,
+        block_size=settings.block_size,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+        dropout=settings.dropout,
+    )
 
 
 def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
@@ -126,7 +164,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         raise CodecflowError(
             f"{checkpoint} holds a checkpoint of another dataset or settings; choose another out"
         )
-    if settings.n_embd % settings.n_head:
+    if settings.preset is None and settings.n_embd % settings.n_head:
         raise CodecflowError(
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
@@ -134,10 +172,12 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
     with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
         for split, reader in (("train", train_reader), ("val", val_reader)):
             # A window is block_size + 1 tokens read as whole frames (K tokens each).
-            if reader.n_frames * reader.num_levels < settings.block_size + 1 + reader.num_levels:
+            block_size = model_config(settings, 1).block_size
+            k = reader.num_levels
+            if reader.n_frames < -(-(block_size + 1) // k) + k:  # see _windows
                 raise CodecflowError(
                     f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
-                    f"window of block_size={settings.block_size}"
+                    f"window of block_size={block_size}"
                 )
         return _train(checkpoint, settings, info, identity, train_reader, val_reader)
 
@@ -155,14 +195,15 @@ def _train(
 
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    config = GPTConfig(
-        vocab_size=int(spec["codebook_size"]),  # the post's flattening: one shared vocabulary
-        block_size=settings.block_size,
-        n_layer=settings.n_layer,
-        n_head=settings.n_head,
-        n_embd=settings.n_embd,
-        dropout=settings.dropout,
-    )
+    layout = make_layout(settings.layout)
+    levels = int(spec["num_levels"])
+    codebook_size = int(spec["codebook_size"])
+    config = model_config(settings, layout.vocab_size(codebook_size, levels))
+    weights = settings.level_weights or [1.0] * levels
+    if len(weights) != levels:
+        raise CodecflowError(
+            f"level_weights has {len(weights)} values; the dataset has {levels} levels"
+        )
     model = GPT(config).to(device)
     optimizer = _optimizer(model, settings)
     rng = np.random.default_rng(settings.seed)  # window starts: same seed, same windows
@@ -175,18 +216,40 @@ def _train(
         lr = learning_rate_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = _windows(train_reader, settings.batch_size, settings.block_size, rng)
+        inputs, targets, target_levels = _windows(
+            train_reader, settings.batch_size, config.block_size, rng, layout, codebook_size
+        )
         with autocast:
-            loss = model(inputs.to(device), targets.to(device)).loss
-        assert loss is not None
+            logits = model(inputs.to(device)).logits  # [B, L, V]
+        loss = level_weighted_loss(
+            logits.float(), targets.to(device), target_levels.to(device), weights
+        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
-        log.append({"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)})
+        log.append(
+            {
+                "step": step + 1,
+                "loss": loss.total.item(),
+                "loss_per_level": loss.per_level,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+            }
+        )
     elapsed = time.perf_counter() - started
 
-    val_loss = _evaluate_loss(model, val_reader, settings, device, autocast)
+    val_loss, val_per_level = _evaluate_loss(
+        model,
+        val_reader,
+        settings,
+        device,
+        autocast,
+        layout,
+        codebook_size,
+        config.block_size,
+        weights,
+    )
     metrics = {
         "identity": identity,
         "steps": settings.steps,
@@ -194,7 +257,9 @@ def _train(
         "train_loss_first": log[0]["loss"],
         "train_loss_last": log[-1]["loss"],
         "val_loss": val_loss,
-        "tokens_per_s": settings.steps * settings.batch_size * settings.block_size / elapsed,
+        "val_loss_per_level": val_per_level,
+        "train_loss_per_level_last": log[-1]["loss_per_level"],
+        "tokens_per_s": settings.steps * settings.batch_size * config.block_size / elapsed,
         "device": str(device),
     }
     with atomic_dir(checkpoint) as tmp:
@@ -202,7 +267,10 @@ def _train(
         weights.pop("wte.weight", None)  # tied to lm_head: stored once
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(
-            json.dumps({"gpt": asdict(config), "tokenizer": spec}, indent=2) + "\n"
+            json.dumps(
+                {"gpt": asdict(config), "tokenizer": spec, "layout": settings.layout}, indent=2
+            )
+            + "\n"
         )
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         _plot_loss(log, val_loss, tmp / "loss.png")
@@ -217,19 +285,26 @@ def _evaluate_loss(
     settings: TrainLMSettings,
     device: torch.device,
     autocast: torch.autocast,
-) -> float:
-    """Mean loss on `eval_batches` fixed random windows of the validation stream."""
+    layout: TokenLayout,
+    codebook_size: int,
+    block_size: int,
+    weights: list[float],
+) -> tuple[float, list[float]]:
+    """Mean weighted loss and mean per-level loss on `eval_batches` fixed random windows."""
     rng = np.random.default_rng(settings.seed + 1)
     model.eval()
-    losses = []
+    totals, per_level = [], []
     for _ in range(settings.eval_batches):
-        inputs, targets = _windows(reader, settings.batch_size, settings.block_size, rng)
+        inputs, targets, levels = _windows(
+            reader, settings.batch_size, block_size, rng, layout, codebook_size
+        )
         with autocast:
-            loss = model(inputs.to(device), targets.to(device)).loss
-        assert loss is not None
-        losses.append(loss.item())
+            logits = model(inputs.to(device)).logits  # [B, L, V]
+        loss = level_weighted_loss(logits.float(), targets.to(device), levels.to(device), weights)
+        totals.append(loss.total.item())
+        per_level.append(loss.per_level)
     model.train()
-    return float(np.mean(losses))
+    return float(np.mean(totals)), [float(x) for x in np.nanmean(np.array(per_level), axis=0)]
 
 
 def _plot_loss(log: list[dict[str, Any]], val_loss: float, path: Path) -> None:

@@ -151,10 +151,12 @@ def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manif
         train_codec(str(tiny_manifest), trained, _settings(steps=401))
 
 
+@pytest.mark.parametrize("layout", ["flatten", "delay-offsets"])
 def test_codec_tokens_train_and_sample_an_lm(
-    trained: Path, tiny_manifest: Path, tmp_path: Path
+    trained: Path, tiny_manifest: Path, tmp_path: Path, layout: str
 ) -> None:
-    """The DAG with multi-level codes: tokenize with `codec:<checkpoint>@4`, train, sample."""
+    """The DAG with multi-level codes: tokenize with `codec:<checkpoint>@4`, train in a token
+    layout with per-level weights (a semantic-style 100x on level 0), sample, decode."""
     from helpers import PROMPT
 
     from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
@@ -172,9 +174,23 @@ def test_codec_tokens_train_and_sample_an_lm(
     assert info["totals"]["tokens"] == 4 * info["totals"]["frames"]
     assert len(load_split_stream(dataset, "train")) % 4 == 0
     lm = TrainLMSettings(
-        n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=5, device="cpu"
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        block_size=64,
+        batch_size=4,
+        steps=5,
+        device="cpu",
+        layout=layout,
+        level_weights=[100.0, 1.0, 1.0, 1.0],
     )
     checkpoint = train_lm(dataset, tmp_path / "lm", lm).path
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    assert len(metrics["val_loss_per_level"]) == 4 and all(
+        x > 0 for x in metrics["val_loss_per_level"]
+    )
+    vocab = json.loads((checkpoint / "config.json").read_text())["gpt"]["vocab_size"]
+    assert vocab == (64 if layout == "flatten" else 4 * 64 + 1)  # offsets + the delay PAD
     report = evaluate(
         checkpoint,
         dataset,
@@ -184,3 +200,7 @@ def test_codec_tokens_train_and_sample_an_lm(
     summary = json.loads(report.summary.read_text())
     assert summary["generated_tokens"] == 4 * 100  # 0.05 s x 2 000 frames/s x 4 levels
     assert summary["context_seconds"] == pytest.approx(64 / (2000 * 4))
+    # The delay pattern needs K - 1 steps to complete a frame: 3 fewer decodable frames.
+    assert summary["generated_seconds"] == pytest.approx(
+        (100 if layout == "flatten" else 97) / 2000
+    )

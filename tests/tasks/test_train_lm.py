@@ -77,3 +77,18 @@ def test_task_wraps_the_plain_function(
 ) -> None:
     record = train_lm_task.fn(tiny_dataset, tiny_checkpoint.parent, tiny_lm_settings)
     assert record.path == tiny_checkpoint and record.steps == 40
+
+
+def test_presets_set_the_shape(tiny_dataset: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(
+        ValidationError, match="preset 'tiny' sets the model shape; leave out \\['n_layer'\\]"
+    ):
+        TrainLMSettings(preset="tiny", n_layer=3)
+    record = train_lm(
+        tiny_dataset, tmp_path, TrainLMSettings(preset="tiny", steps=2, batch_size=2, device="cpu")
+    )
+    config = json.loads((record.path / "config.json").read_text())
+    assert config["gpt"]["n_layer"] == 2 and config["gpt"]["block_size"] == 128
+    assert config["layout"] == "flatten"
