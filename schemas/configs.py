@@ -269,6 +269,17 @@ class TrainLMSettings(_Config):
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")
+    checkpoint_every: int = Field(
+        100, ge=1, description="Steps between resumable checkpoints (training resumes from the "
+        "newest complete one after a kill)."
+    )
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes (GPUs) on this machine: more than 1 launches torchrun with DDP "
+        "(NCCL on GPUs, gloo on the CPU).",
+    )
     seed: int = Field(0, description="Seed of initialisation and window sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
 

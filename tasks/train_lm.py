@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointRecord",
     "Schedule",
     "is_checkpoint_committed",
+    "latest_lm_checkpoint",
     "learning_rate_at",
     "load_checkpoint",
     "resolve_device",
@@ -88,25 +90,41 @@ def learning_rate_at(step: int, settings: Schedule) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def _window_frames(block_size: int, levels: int) -> int:
+    """Whole frames read per window: block_size + 1 tokens plus any layout's lead-in."""
+    return -(-(block_size + 1) // levels) + levels
+
+
+def _window_starts(indices: np.ndarray, n_frames: int, window_frames: int, seed: int) -> list[int]:
+    """The start frame of each global window index: a pure function of (seed, index).
+
+    Rank r of W takes the indices consumed + r*B .. consumed + (r+1)*B - 1 at every step, and
+    the checkpoint stores `consumed`: so a run resumed on another number of ranks neither
+    repeats nor skips a window.
+    """
+    high = n_frames - window_frames + 1
+    return [int(np.random.default_rng([seed, int(i)]).integers(0, high)) for i in indices]
+
+
 def _windows(
     reader: TokenReader,
-    batch_size: int,
+    indices: np.ndarray,
     block_size: int,
-    rng: np.random.Generator,
+    seed: int,
     layout: TokenLayout,
     codebook_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random windows of block_size + 1 tokens in `layout`, starting on frame boundaries:
-    inputs `[B, L]`, targets `[B, L]` and the RVQ level of each target `[L]`.
+    """The windows `indices` in `layout`: inputs `[B, L]`, targets `[B, L]`, target levels `[L]`.
 
-    Frames are read from the stream, laid out, and the window is cut after the layout's
+    Whole frames are read from the stream, laid out, and the window is cut after the layout's
     lead-in (the delay pattern's first K - 1 steps hold PADs), so that training sees the same
     steady state as a long sequence does.
     """
     k = reader.num_levels
-    n_frames = -(-(block_size + 1) // k) + k  # enough whole frames for any layout's lead-in
-    flat = torch.from_numpy(reader.random_windows(batch_size, n_frames * k, rng))  # [B, W*K]
-    codes = flat.view(batch_size, n_frames, k).transpose(1, 2)  # [B, K, W]
+    n_frames = _window_frames(block_size, k)
+    starts = _window_starts(indices, reader.n_frames, n_frames, seed)
+    flat = np.stack([reader.tokens(start, n_frames) for start in starts]).astype(np.int64)
+    codes = torch.from_numpy(flat).view(len(starts), n_frames, k).transpose(1, 2)  # [B, K, W]
     sequence = layout.to_sequence(codes, codebook_size)  # [B, N]
     levels = layout.level_of_position(sequence.shape[1], k, n_frames=n_frames)  # [N]
     start = 0
@@ -148,15 +166,29 @@ def is_checkpoint_committed(out: Path) -> bool:
     return (Path(out) / "checkpoint" / "metrics.json").is_file()
 
 
-def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
-    """Train a GPT on the flattened token stream of `dataset`; checkpoint to `out/checkpoint`.
+#: Settings that do not change what is learnt: a run may resume with other values.
+_RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device"}
 
-    A complete checkpoint already in `out` for the same dataset and settings is returned as is.
+
+def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]:
+    return {
+        "dataset": info["fingerprint"],
+        "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
+    }
+
+
+def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
+    """Train a GPT on the token stream of `dataset`; checkpoint to `out/checkpoint`.
+
+    Resumes from the newest complete checkpoint in `out/checkpoints` (after a kill, the step,
+    the optimizer, the RNG and the sampler position continue). Under torchrun (WORLD_SIZE > 1)
+    every rank calls this: DDP with NCCL on GPUs, gloo on the CPU; rank 0 writes. A complete
+    final checkpoint for the same dataset and settings is returned as is.
     """
     dataset, out = Path(dataset), Path(out)
     info = read_dataset_info(dataset)
     checkpoint = out / "checkpoint"
-    identity = {"dataset": info["fingerprint"], "settings": settings.model_dump(mode="json")}
+    identity = _identity(info, settings)
     if is_checkpoint_committed(out):
         metrics = json.loads((checkpoint / "metrics.json").read_text())
         if metrics.get("identity") == identity:
@@ -170,31 +202,94 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         )
 
     with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
+        block_size = model_config(settings, 1).block_size
         for split, reader in (("train", train_reader), ("val", val_reader)):
-            # A window is block_size + 1 tokens read as whole frames (K tokens each).
-            block_size = model_config(settings, 1).block_size
-            k = reader.num_levels
-            if reader.n_frames < -(-(block_size + 1) // k) + k:  # see _windows
+            if reader.n_frames < _window_frames(block_size, reader.num_levels):
                 raise CodecflowError(
                     f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
                     f"window of block_size={block_size}"
                 )
-        return _train(checkpoint, settings, info, identity, train_reader, val_reader)
+        return _train(out, settings, info, identity, train_reader, val_reader)
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Ranks:
+    """torchrun's environment -> a process group (NCCL on GPUs, gloo on the CPU), or one rank."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Ranks(0, 1, 0)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Ranks(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _barrier(ranks: _Ranks) -> None:
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def latest_lm_checkpoint(out: Path) -> Path | None:
+    """The newest complete resumable checkpoint in `out/checkpoints`, if any."""
+    folder = Path(out) / "checkpoints"
+    complete = [p for p in folder.glob("step-*") if (p / "COMPLETE").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _save_resumable(out: Path, step: int, consumed: int, model: GPT, optimizer: Any) -> None:
+    with atomic_dir(out / "checkpoints" / f"step-{step:06d}") as tmp:
+        save_file(_weights(model), str(tmp / "model.safetensors"))
+        torch.save(
+            {
+                "step": step,
+                "windows_consumed": consumed,
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "training_state.pt",
+        )
+        (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
+    for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the two newest
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _weights(model: GPT) -> dict[str, torch.Tensor]:
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights.pop("wte.weight", None)  # tied to lm_head: stored once
+    return weights
 
 
 def _train(
-    checkpoint: Path,
+    out: Path,
     settings: TrainLMSettings,
     info: dict[str, Any],
     identity: dict[str, Any],
     train_reader: TokenReader,
     val_reader: TokenReader,
 ) -> CheckpointRecord:
-    """The training loop, the validation loss and the checkpoint (the readers stay open)."""
+    """The training loop, the validation loss and the checkpoints (the readers stay open)."""
     spec = info["tokenizer"]
-
     device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    ranks = _init_distributed(device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(settings.seed)  # the same initial weights on every rank
     layout = make_layout(settings.layout)
     levels = int(spec["num_levels"])
     codebook_size = int(spec["codebook_size"])
@@ -206,39 +301,77 @@ def _train(
         )
     model = GPT(config).to(device)
     optimizer = _optimizer(model, settings)
-    rng = np.random.default_rng(settings.seed)  # window starts: same seed, same windows
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    log: list[dict[str, Any]] = []
+    step, consumed = 0, 0
+    resumed = latest_lm_checkpoint(out)
+    if resumed is not None:
+        missing, _ = model.load_state_dict(
+            load_file(str(resumed / "model.safetensors")), strict=False
+        )
+        assert set(missing) <= {"wte.weight"}, missing
+        state = torch.load(resumed / "training_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, consumed = int(state["step"]), int(state["windows_consumed"])
+    trained = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    log_path = out / "train_log.jsonl"
+    log = _read_log(log_path, upto=step) if ranks.main else []
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    resumed_from = step
+    batch = settings.batch_size
     started = time.perf_counter()
     model.train()
-    for step in range(settings.steps):
+    while step < settings.steps:
         lr = learning_rate_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        indices = consumed + ranks.rank * batch + np.arange(batch)
         inputs, targets, target_levels = _windows(
-            train_reader, settings.batch_size, config.block_size, rng, layout, codebook_size
+            train_reader, indices, config.block_size, settings.seed, layout, codebook_size
         )
         with autocast:
-            logits = model(inputs.to(device)).logits  # [B, L, V]
+            logits = trained(inputs.to(device)).logits  # [B, L, V]
         loss = level_weighted_loss(
             logits.float(), targets.to(device), target_levels.to(device), weights
         )
         optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
+        loss.total.backward()  # DDP averages the gradients over ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
-        log.append(
-            {
-                "step": step + 1,
-                "loss": loss.total.item(),
-                "loss_per_level": loss.per_level,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-            }
-        )
+        record = {
+            "step": step + 1,
+            "loss": loss.total.item(),
+            "loss_per_level": loss.per_level,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "windows": [consumed, consumed + ranks.world * batch],
+            "ranks": ranks.world,
+        }
+        step, consumed = step + 1, consumed + ranks.world * batch
+        if ranks.main:
+            log.append(record)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if step % settings.checkpoint_every == 0 and step < settings.steps:
+                _save_resumable(out, step, consumed, model, optimizer)
+        _barrier(ranks)
     elapsed = time.perf_counter() - started
 
+    if ranks.world > 1:
+        _write_rank_fingerprint(out, ranks, model)
+    if not ranks.main:
+        _barrier(ranks)
+        return _record_placeholder(out, settings)
     val_loss, val_per_level = _evaluate_loss(
         model,
         val_reader,
@@ -259,13 +392,18 @@ def _train(
         "val_loss": val_loss,
         "val_loss_per_level": val_per_level,
         "train_loss_per_level_last": log[-1]["loss_per_level"],
-        "tokens_per_s": settings.steps * settings.batch_size * config.block_size / elapsed,
+        "tokens_per_s": (settings.steps - resumed_from)
+        * ranks.world
+        * batch
+        * config.block_size
+        / elapsed,
+        "resumed_from": resumed_from,
+        "ranks": ranks.world,
         "device": str(device),
     }
+    checkpoint = out / "checkpoint"
     with atomic_dir(checkpoint) as tmp:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights.pop("wte.weight", None)  # tied to lm_head: stored once
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(_weights(model), str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(
             json.dumps(
                 {"gpt": asdict(config), "tokenizer": spec, "layout": settings.layout}, indent=2
@@ -275,7 +413,34 @@ def _train(
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         _plot_loss(log, val_loss, tmp / "loss.png")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # written last
+    _barrier(ranks)
     return _record(checkpoint, metrics)
+
+
+def _write_rank_fingerprint(out: Path, ranks: _Ranks, model: GPT) -> None:
+    """Each rank's sha256 of its parameters (`out/ranks/rank-<r>.json`): DDP keeps them equal,
+    and the multi-process test checks it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    folder = out / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{ranks.rank}.json").write_text(json.dumps({"sha256": digest.hexdigest()}))
+
+
+def _record_placeholder(out: Path, settings: TrainLMSettings) -> CheckpointRecord:
+    """What a non-zero rank returns: rank 0 writes and reports the checkpoint."""
+    return CheckpointRecord(out / "checkpoint", "", settings.steps, 0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    if upto == 0 or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
 
 
 @torch.no_grad()
@@ -290,13 +455,13 @@ def _evaluate_loss(
     block_size: int,
     weights: list[float],
 ) -> tuple[float, list[float]]:
-    """Mean weighted loss and mean per-level loss on `eval_batches` fixed random windows."""
-    rng = np.random.default_rng(settings.seed + 1)
+    """Mean weighted loss and mean per-level loss on `eval_batches` fixed validation windows."""
     model.eval()
     totals, per_level = [], []
-    for _ in range(settings.eval_batches):
+    for b in range(settings.eval_batches):
+        indices = b * settings.batch_size + np.arange(settings.batch_size)
         inputs, targets, levels = _windows(
-            reader, settings.batch_size, block_size, rng, layout, codebook_size
+            reader, indices, block_size, settings.seed + 1, layout, codebook_size
         )
         with autocast:
             logits = model(inputs.to(device)).logits  # [B, L, V]

@@ -51,6 +51,7 @@ __all__ = [
     "finalize_dataset_task",
     "plan_tokens_task",
     "write_shards_task",
+    "run_torchrun",
     "train_codec_task",
     "train_lm_task",
 ]
@@ -178,8 +179,56 @@ def finalize_dataset_task(
     **_CACHED,
 )
 def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
-    """Train the GPT on the dataset's tokens and checkpoint it."""
-    return train_lm.train_lm(dataset, out, settings)
+    """Train the GPT on the dataset's tokens and checkpoint it.
+
+    With `nproc_per_node > 1` it launches torchrun (one process per GPU or CPU rank) as a
+    subprocess, streams its output into the Prefect log, and reads the checkpoint back.
+    """
+    if settings.nproc_per_node == 1:
+        return train_lm.train_lm(dataset, out, settings)
+    return run_torchrun(dataset, out, settings)
+
+
+def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
+    """`torchrun --standalone --nproc_per_node=N -m tasks.lm_worker --config <out>/run.yaml`."""
+    import subprocess
+    import sys
+
+    import yaml
+    from prefect.logging import get_logger
+
+    try:
+        from prefect import get_run_logger
+
+        logger = get_run_logger()
+    except Exception:  # outside a run (tests of the plain path): a plain logger
+        logger = get_logger("codecflow.train-lm")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
+    run_file = out / "run.yaml"
+    run_file.write_text(yaml.safe_dump(config, sort_keys=True))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={settings.nproc_per_node}",
+        "-m",
+        "tasks.lm_worker",
+        "--config",
+        str(run_file),
+    ]
+    logger.info("launching %s", " ".join(command))
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            logger.info("%s", line.rstrip())
+    if process.returncode != 0:
+        raise RuntimeError(f"torchrun exited with status {process.returncode}; see the log above")
+    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
 
 
 @task(

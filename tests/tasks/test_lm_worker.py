@@ -1,0 +1,83 @@
+"""Multi-process LM training with torchrun (gloo on the CPU): DDP keeps ranks equal, and a run
+killed with SIGKILL resumes, on another number of ranks, without repeating or skipping windows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from helpers import REPO
+
+from schemas.configs import TrainLMSettings
+from tasks.train_lm import latest_lm_checkpoint
+from tasks.wrappers import run_torchrun
+
+TINY = {
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 64,
+    "batch_size": 4,
+    "warmup_steps": 2,
+    "device": "cpu",
+}
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_train_identical_replicas(tiny_dataset: Path, tmp_path: Path) -> None:
+    settings = TrainLMSettings(**TINY, steps=25, checkpoint_every=10, nproc_per_node=2)
+    record = run_torchrun(tiny_dataset, tmp_path, settings)
+    assert record.path == tmp_path / "checkpoint" and (record.path / "model.safetensors").is_file()
+    assert record.train_loss_last < record.train_loss_first
+    ranks = [json.loads((tmp_path / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sha256"] == ranks[1]["sha256"]  # one model, two processes
+    log = _log(tmp_path)
+    assert [r["ranks"] for r in log] == [2] * 25
+    assert log[0]["windows"] == [0, 8] and log[-1]["windows"] == [192, 200]  # 2 ranks x 4 windows
+
+
+def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    settings = TrainLMSettings(**TINY, steps=30, checkpoint_every=5)
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(
+        yaml.safe_dump(
+            {**settings.model_dump(mode="json"), "dataset": str(tiny_dataset), "out": str(tmp_path)}
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tasks.lm_worker", "--config", str(run_file)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        latest = latest_lm_checkpoint(tmp_path)
+        if latest is not None and latest.name >= "step-000010":
+            break
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = int(latest_lm_checkpoint(tmp_path).name.split("-")[1])  # type: ignore[union-attr]
+    assert 10 <= killed_at < 30 and not (tmp_path / "checkpoint").exists()
+
+    record = run_torchrun(tiny_dataset, tmp_path, settings.model_copy(update={"nproc_per_node": 2}))
+    metrics = json.loads((record.path / "metrics.json").read_text())
+    assert metrics["resumed_from"] == killed_at and metrics["ranks"] == 2
+    log = _log(tmp_path)
+    assert [r["step"] for r in log] == list(range(1, 31))  # the step counter continues
+    assert [r["ranks"] for r in log] == [1] * killed_at + [2] * (30 - killed_at)
+    for before, after in zip(log, log[1:], strict=False):
+        assert after["windows"][0] == before["windows"][1]  # no window repeated or skipped
+    assert log[0]["windows"][0] == 0
