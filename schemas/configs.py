@@ -270,8 +270,10 @@ class TrainLMSettings(_Config):
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")
     checkpoint_every: int = Field(
-        100, ge=1, description="Steps between resumable checkpoints (training resumes from the "
-        "newest complete one after a kill)."
+        100,
+        ge=1,
+        description="Steps between resumable checkpoints (training resumes from the "
+        "newest complete one after a kill).",
     )
     nproc_per_node: int = Field(
         1,
