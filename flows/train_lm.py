@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._common import unless_committed
+from flows.train_codec import png_markdown
 from schemas.configs import TrainLMConfig, TrainLMSettings
 from tasks.train_lm import CheckpointRecord, is_checkpoint_committed
 from tasks.wrappers import train_lm_task
@@ -31,6 +32,7 @@ def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # 
             f"|---|---|---|---|---|---|\n"
             f"| {record.steps} | {record.n_parameters:,} | {record.train_loss_first:.4f} "
             f"| {record.train_loss_last:.4f} | {record.val_loss:.4f} | {record.tokens_per_s:,.0f} |"
+            "\n\n" + png_markdown(record.path / "loss.png", "LM loss curve")
         ),
     )
     return record

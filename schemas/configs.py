@@ -261,7 +261,11 @@ class TrainLMSettings(_Config):
         256, ge=8, description="Context length in tokens (the post's LM uses 2 048)."
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
-    batch_size: int = Field(16, ge=1, description="Windows per optimizer step.")
+    batch_size: int = Field(16, ge=1, description="Windows per micro-batch, per rank.")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (gradient accumulation)."
+    )
+    compile: bool = Field(False, description="Compile the model with torch.compile.")
     steps: int = Field(300, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before cosine decay.")

@@ -8,6 +8,7 @@ is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.flops import model_flops_utilization, peak_flops_for
 from models.gpt import GPT, GPTConfig
 from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
@@ -167,7 +169,7 @@ def is_checkpoint_committed(out: Path) -> bool:
 
 
 #: Settings that do not change what is learnt: a run may resume with other values.
-_RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device"}
+_RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device", "compile"}
 
 
 def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]:
@@ -314,7 +316,9 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         step, consumed = int(state["step"]), int(state["windows_consumed"])
-    trained = model
+    trained: Any = model
+    if settings.compile:
+        trained = torch.compile(model)
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -335,29 +339,44 @@ def _train(
         lr = learning_rate_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        indices = consumed + ranks.rank * batch + np.arange(batch)
-        inputs, targets, target_levels = _windows(
-            train_reader, indices, config.block_size, settings.seed, layout, codebook_size
-        )
-        with autocast:
-            logits = trained(inputs.to(device)).logits  # [B, L, V]
-        loss = level_weighted_loss(
-            logits.float(), targets.to(device), target_levels.to(device), weights
-        )
+        accum = settings.grad_accum_steps
         optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()  # DDP averages the gradients over ranks here
+        total, per_level = 0.0, np.zeros(levels)
+        for micro in range(accum):
+            # Rank r's windows of this micro-batch: a contiguous block of the global sequence.
+            first = consumed + (micro * ranks.world + ranks.rank) * batch
+            inputs, targets, target_levels = _windows(
+                train_reader,
+                first + np.arange(batch),
+                config.block_size,
+                settings.seed,
+                layout,
+                codebook_size,
+            )
+            # DDP all-reduces on the last micro-batch only (no_sync before it).
+            sync = ranks.world == 1 or micro == accum - 1
+            with contextlib.nullcontext() if sync else trained.no_sync(), autocast:
+                logits = trained(inputs.to(device)).logits  # [B, L, V]
+            loss = level_weighted_loss(
+                logits.float(), targets.to(device), target_levels.to(device), weights
+            )
+            with contextlib.nullcontext() if sync else trained.no_sync():
+                (loss.total / accum).backward()  # DDP averages the gradients over ranks
+            total += loss.total.item() / accum
+            per_level += np.array(loss.per_level) / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
+        step_windows = ranks.world * batch * accum
         record = {
             "step": step + 1,
-            "loss": loss.total.item(),
-            "loss_per_level": loss.per_level,
+            "loss": total,
+            "loss_per_level": [float(x) for x in per_level],
             "lr": lr,
             "grad_norm": float(grad_norm),
-            "windows": [consumed, consumed + ranks.world * batch],
+            "windows": [consumed, consumed + step_windows],
             "ranks": ranks.world,
         }
-        step, consumed = step + 1, consumed + ranks.world * batch
+        step, consumed = step + 1, consumed + step_windows
         if ranks.main:
             log.append(record)
             with open(log_path, "a") as f:
@@ -372,6 +391,17 @@ def _train(
     if not ranks.main:
         _barrier(ranks)
         return _record_placeholder(out, settings)
+    tokens_per_s = (
+        (settings.steps - resumed_from)
+        * ranks.world
+        * batch
+        * settings.grad_accum_steps
+        * config.block_size
+        / elapsed
+    )
+    peak = peak_flops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    # Model FLOPs utilisation (PaLM appendix B), over all ranks: known on CUDA devices only.
+    mfu = model_flops_utilization(tokens_per_s, config, peak * ranks.world) if peak else None
     val_loss, val_per_level = _evaluate_loss(
         model,
         val_reader,
@@ -392,11 +422,8 @@ def _train(
         "val_loss": val_loss,
         "val_loss_per_level": val_per_level,
         "train_loss_per_level_last": log[-1]["loss_per_level"],
-        "tokens_per_s": (settings.steps - resumed_from)
-        * ranks.world
-        * batch
-        * config.block_size
-        / elapsed,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu,
         "resumed_from": resumed_from,
         "ranks": ranks.world,
         "device": str(device),

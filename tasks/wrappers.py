@@ -10,6 +10,7 @@ hiccup) is retried with back-off.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,19 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
     With `nproc_per_node > 1` it launches torchrun (one process per GPU or CPU rank) as a
     subprocess, streams its output into the Prefect log, and reads the checkpoint back.
     """
-    if settings.nproc_per_node == 1:
-        return train_lm.train_lm(dataset, out, settings)
-    return run_torchrun(dataset, out, settings)
+    from prefect.concurrency.sync import concurrency
+
+    on_gpu = train_lm.resolve_device(settings.device).type == "cuda"
+    # The `gpu` global concurrency limit (created by the server set-up) keeps two GPU flows off
+    # one device; without the limit on the server this is a no-op (strict=False).
+    with (
+        concurrency("gpu", occupy=settings.nproc_per_node, strict=False)
+        if on_gpu
+        else nullcontext()
+    ):
+        if settings.nproc_per_node == 1:
+            return train_lm.train_lm(dataset, out, settings)
+        return run_torchrun(dataset, out, settings)
 
 
 def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:

@@ -81,3 +81,16 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
     for before, after in zip(log, log[1:], strict=False):
         assert after["windows"][0] == before["windows"][1]  # no window repeated or skipped
     assert log[0]["windows"][0] == 0
+
+
+def test_gradient_accumulation_consumes_micro_batches_in_order(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from tasks.train_lm import train_lm
+
+    settings = TrainLMSettings(**TINY, steps=3, grad_accum_steps=2)
+    record = train_lm(tiny_dataset, tmp_path, settings)
+    log = _log(tmp_path)
+    assert [r["windows"] for r in log] == [[0, 8], [8, 16], [16, 24]]  # 2 micro-batches x 4
+    metrics = json.loads((record.path / "metrics.json").read_text())
+    assert metrics["mfu"] is None  # CPU: no known peak FLOPs
