@@ -61,9 +61,7 @@ __all__ = [
     "encode_segments",
     "ShardPlan",
     "finalize_dataset",
-    "interleave_levels",
     "is_dataset_committed",
-    "load_split_stream",
     "plan_dataset",
     "plan_shards",
     "read_dataset_info",
@@ -765,34 +763,3 @@ def read_dataset_info(dataset: Path) -> dict[str, Any]:
         raise CodecflowError(f"no complete token dataset at {dataset} (dataset.json is missing)")
     info: dict[str, Any] = json.loads(info_path.read_text())
     return info
-
-
-def interleave_levels(codes: np.ndarray) -> np.ndarray:
-    """`[K, F]` codes -> the post's flat stream `[F * K]`: the K levels of each frame in a row."""
-    return np.ascontiguousarray(codes.T).reshape(-1)  # [F * K]
-
-
-def load_split_stream(dataset: Path, split: str) -> np.ndarray:
-    """All segments of one split as one flat token stream (`[N]`, the dataset's dtype), in shard
-    order.
-
-    Each segment's `[K, F]` codes are interleaved frame by frame, then segments are concatenated,
-    as the post's reference code does with its single `.bin` file.
-    """
-    info = read_dataset_info(dataset)
-    levels = int(info["tokenizer"]["num_levels"])
-    pieces: list[np.ndarray] = []
-    for shard in info["shards"]:
-        if shard["split"] != split:
-            continue
-        with pa.memory_map(str(Path(dataset) / shard["file"])) as source:
-            codes = ipc.open_file(source).read_all().column("codes").combine_chunks()
-            offsets = codes.offsets.to_numpy()
-            values = codes.values.to_numpy(zero_copy_only=True)  # a view of the mapped file
-            for i in range(len(codes)):
-                row = values[offsets[i] : offsets[i + 1]].reshape(levels, -1)  # [K, F]
-                # Copy before the map closes: the view would point at unmapped memory.
-                pieces.append(interleave_levels(row).copy())  # [F * K]
-    if not pieces:
-        raise CodecflowError(f"token dataset {dataset} has no '{split}' segments")
-    return np.concatenate(pieces)  # [N]

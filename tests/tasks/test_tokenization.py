@@ -21,8 +21,6 @@ from tasks.errors import CodecflowError
 from tasks.io import sha256_file
 from tasks.segments import read_segment_audio
 from tasks.tokenization import (
-    interleave_levels,
-    load_split_stream,
     plan_shards,
     read_dataset_info,
     tokenize_manifest,
@@ -131,13 +129,13 @@ def test_plan_shards_orders_and_names_per_split() -> None:
     assert all(len(p.segment_ids) <= 2 for p in plans)
 
 
-def test_streams_are_interleaved_frame_by_frame(tiny_dataset: Path) -> None:
-    codes = np.array([[1, 2, 3], [10, 20, 30]], dtype=np.uint8)  # [K=2, F=3]
-    assert interleave_levels(codes).tolist() == [1, 10, 2, 20, 3, 30]
-    train = load_split_stream(tiny_dataset, "train")
+def test_the_reader_sees_every_train_token(tiny_dataset: Path) -> None:
+    from tasks.token_reader import TokenReader
+
     info = read_dataset_info(tiny_dataset)
-    train_tokens = sum(s["tokens"] for s in info["shards"] if s["split"] == "train")
-    assert train.dtype == np.uint8 and train.shape == (train_tokens,)
+    with TokenReader(tiny_dataset, "train") as reader:
+        assert reader.n_tokens == sum(s["tokens"] for s in info["shards"] if s["split"] == "train")
+        assert reader.dtype == np.uint8
 
 
 def test_bad_inputs_name_the_file(tiny_manifest: Path, tmp_path: Path) -> None:

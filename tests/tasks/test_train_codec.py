@@ -161,7 +161,8 @@ def test_codec_tokens_train_and_sample_an_lm(
 
     from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
     from tasks.evaluate import evaluate
-    from tasks.tokenization import load_split_stream, read_dataset_info, tokenize_manifest
+    from tasks.token_reader import TokenReader
+    from tasks.tokenization import read_dataset_info, tokenize_manifest
     from tasks.train_lm import train_lm
 
     name = f"codec:{trained / 'checkpoint'}@4"
@@ -172,7 +173,8 @@ def test_codec_tokens_train_and_sample_an_lm(
     assert info["tokenizer"]["num_levels"] == 4 and info["tokenizer"]["frame_rate"] == 2000
     assert info["dtype"] == "uint8"  # a 64-entry codebook
     assert info["totals"]["tokens"] == 4 * info["totals"]["frames"]
-    assert len(load_split_stream(dataset, "train")) % 4 == 0
+    with TokenReader(dataset, "train") as reader:
+        assert reader.num_levels == 4 and reader.n_tokens == 4 * reader.n_frames
     lm = TrainLMSettings(
         n_layer=1,
         n_head=2,
