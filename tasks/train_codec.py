@@ -16,8 +16,6 @@ from the newest complete checkpoint and the loss curve continues where it stoppe
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from models.codec_tokenizer import CodecTokenizer
 from models.losses import codec_loss
 from schemas.configs import TrainCodecSettings
 from tasks import storage
+from tasks.checkpoints import latest_checkpoint, read_log, save_resumable
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
@@ -44,7 +43,6 @@ __all__ = [
     "CODEC_RATE",
     "CodecCheckpointRecord",
     "is_codec_committed",
-    "latest_checkpoint",
     "load_codec",
     "load_codec_tokenizer",
     "load_split_audio",
@@ -53,7 +51,6 @@ __all__ = [
 
 #: The post's codec works on 16 kHz audio (Libri-Light's rate): 128x down-sampling gives 125 Hz.
 CODEC_RATE = 16_000
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 @dataclass(frozen=True)
@@ -120,43 +117,6 @@ def _crops(
     return batch
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete resumable checkpoint in `out/checkpoints`, if any."""
-    folder = Path(out) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    complete = [
-        p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / "COMPLETE").is_file()
-    ]
-    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _save_resumable(
-    out: Path,
-    step: int,
-    codec: RVQCodec,
-    optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
-) -> None:
-    target = out / "checkpoints" / f"step-{step:06d}"
-    with atomic_dir(target) as tmp:
-        save_file(_weights(codec), str(tmp / "model.safetensors"))
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "crop_rng": gen.get_state(),
-            },
-            tmp / "training_state.pt",
-        )
-        (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
-    # Keep the two newest: enough to survive a kill during the next save.
-    for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:
-        if old != target and _STEP_DIR.match(old.name):
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _weights(codec: RVQCodec) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
 
@@ -209,7 +169,7 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
         gen.set_state(state["crop_rng"])
         start = int(state["step"])
     log_path = out / "train_log.jsonl"
-    log = _read_log(log_path, upto=start)
+    log = read_log(log_path, upto=start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     codec.train()
@@ -244,7 +204,16 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-                _save_resumable(out, step + 1, codec, optimizer, gen)
+                save_resumable(
+                    out,
+                    step + 1,
+                    _weights(codec),
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "crop_rng": gen.get_state(),
+                    },
+                )
 
     metrics = {
         "identity": identity,
@@ -265,13 +234,6 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
         _plot_losses(log, tmp / "loss.png")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last
     return _record(final, metrics)
-
-
-def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
-    if upto == 0 or not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]
 
 
 def _plot_losses(log: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from models.presets import gpt_config
 from schemas.configs import TrainLMSettings
+from tasks.checkpoints import latest_checkpoint, read_log, save_resumable
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
@@ -37,7 +37,6 @@ __all__ = [
     "CheckpointRecord",
     "Schedule",
     "is_checkpoint_committed",
-    "latest_lm_checkpoint",
     "learning_rate_at",
     "load_checkpoint",
     "resolve_device",
@@ -246,30 +245,6 @@ def _barrier(ranks: _Ranks) -> None:
         dist.barrier()
 
 
-def latest_lm_checkpoint(out: Path) -> Path | None:
-    """The newest complete resumable checkpoint in `out/checkpoints`, if any."""
-    folder = Path(out) / "checkpoints"
-    complete = [p for p in folder.glob("step-*") if (p / "COMPLETE").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _save_resumable(out: Path, step: int, consumed: int, model: GPT, optimizer: Any) -> None:
-    with atomic_dir(out / "checkpoints" / f"step-{step:06d}") as tmp:
-        save_file(_weights(model), str(tmp / "model.safetensors"))
-        torch.save(
-            {
-                "step": step,
-                "windows_consumed": consumed,
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            tmp / "training_state.pt",
-        )
-        (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
-    for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the two newest
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _weights(model: GPT) -> dict[str, torch.Tensor]:
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights.pop("wte.weight", None)  # tied to lm_head: stored once
@@ -306,7 +281,7 @@ def _train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     step, consumed = 0, 0
-    resumed = latest_lm_checkpoint(out)
+    resumed = latest_checkpoint(out)
     if resumed is not None:
         missing, _ = model.load_state_dict(
             load_file(str(resumed / "model.safetensors")), strict=False
@@ -327,7 +302,7 @@ def _train(
         )
 
     log_path = out / "train_log.jsonl"
-    log = _read_log(log_path, upto=step) if ranks.main else []
+    log = read_log(log_path, upto=step) if ranks.main else []
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -382,7 +357,16 @@ def _train(
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if step % settings.checkpoint_every == 0 and step < settings.steps:
-                _save_resumable(out, step, consumed, model, optimizer)
+                save_resumable(
+                    out,
+                    step,
+                    _weights(model),
+                    {
+                        "windows_consumed": consumed,
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
         _barrier(ranks)
     elapsed = time.perf_counter() - started
 
@@ -461,13 +445,6 @@ def _write_rank_fingerprint(out: Path, ranks: _Ranks, model: GPT) -> None:
 def _record_placeholder(out: Path, settings: TrainLMSettings) -> CheckpointRecord:
     """What a non-zero rank returns: rank 0 writes and reports the checkpoint."""
     return CheckpointRecord(out / "checkpoint", "", settings.steps, 0, 0.0, 0.0, 0.0, 0.0)
-
-
-def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
-    if upto == 0 or not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import yaml
 from helpers import REPO
 
 from schemas.configs import TrainLMSettings
-from tasks.train_lm import latest_lm_checkpoint
+from tasks.checkpoints import latest_checkpoint
 from tasks.wrappers import run_torchrun
 
 TINY = {
@@ -62,14 +62,14 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        latest = latest_lm_checkpoint(tmp_path)
+        latest = latest_checkpoint(tmp_path)
         if latest is not None and latest.name >= "step-000010":
             break
         assert process.poll() is None, "training ended before it could be killed"
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = int(latest_lm_checkpoint(tmp_path).name.split("-")[1])  # type: ignore[union-attr]
+    killed_at = int(latest_checkpoint(tmp_path).name.split("-")[1])  # type: ignore[union-attr]
     assert 10 <= killed_at < 30 and not (tmp_path / "checkpoint").exists()
 
     record = run_torchrun(tiny_dataset, tmp_path, settings.model_copy(update={"nproc_per_node": 2}))

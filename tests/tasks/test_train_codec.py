@@ -17,9 +17,10 @@ from helpers import REPO
 from safetensors.torch import load_file
 
 from schemas.configs import EvalCodecSettings, TrainCodecSettings
+from tasks.checkpoints import latest_checkpoint
 from tasks.errors import CodecflowError
 from tasks.eval_codec import default_levels, eval_codec
-from tasks.train_codec import latest_checkpoint, load_codec, load_codec_tokenizer, train_codec
+from tasks.train_codec import load_codec, load_codec_tokenizer, train_codec
 
 TINY = {
     "levels": 8,

@@ -1,0 +1,59 @@
+"""Resumable training checkpoints, shared by the codec and the LM trainers.
+
+    <out>/checkpoints/step-000100/   model.safetensors, training_state.pt, COMPLETE (written last)
+    <out>/train_log.jsonl            one JSON line per step
+
+A checkpoint folder is written under a temporary name and renamed whole; `COMPLETE` inside it
+is the commit marker. The training state (optimizer, step, RNG and sampler states) is saved
+with `torch.save` of tensors and plain values only, so it loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from tasks.io import atomic_dir
+
+__all__ = ["latest_checkpoint", "read_log", "save_resumable"]
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete resumable checkpoint in `out/checkpoints`, if any."""
+    folder = Path(out) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    complete = [
+        p for p in folder.iterdir() if _STEP_DIR.match(p.name) and (p / "COMPLETE").is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_resumable(
+    out: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]
+) -> None:
+    """Write `out/checkpoints/step-<step>` whole, then keep only the two newest: enough to
+    survive a kill during the next save."""
+    target = Path(out) / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save({"step": step, **state}, tmp / "training_state.pt")
+        (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
+    for old in sorted(p for p in target.parent.iterdir() if _STEP_DIR.match(p.name))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The training log's lines up to step `upto` (those past a resumed checkpoint are cut)."""
+    if upto == 0 or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
