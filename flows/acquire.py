@@ -11,7 +11,6 @@ Probing fans out as mapped tasks on Prefect's default runner, or on a Dask clust
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,7 @@ from tasks.wrappers import (
     write_manifest_task,
 )
 
-__all__ = ["AcquireRecord", "acquire_flow", "run_acquire"]
-
-
-@dataclass(frozen=True)
-class AcquireRecord:
-    """The committed manifest, the rejects table and the run summary."""
-
-    manifest: str
-    rejects: str
-    summary: str
-    n_segments: int
-    n_rejects: int
-    audio_hours: float
+__all__ = ["acquire_flow", "run_acquire"]
 
 
 def _download_dir(cfg: AcquireConfig) -> Path:
@@ -61,7 +48,7 @@ def _download_dir(cfg: AcquireConfig) -> Path:
 
 
 @flow(name="acquire")
-def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> AcquireRecord:  # noqa: B008
+def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
     logger = get_run_logger()
     try:
@@ -112,17 +99,10 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> AcquireRecord:  # noqa
     create_markdown_artifact(
         key="acquire-summary", markdown=f"```\n{summary}\n```", description=record.path
     )
-    return AcquireRecord(
-        manifest=record.path,
-        rejects=record.rejects_path,
-        summary=record.summary_path,
-        n_segments=record.n_segments,
-        n_rejects=record.n_rejects,
-        audio_hours=record.audio_hours,
-    )
+    return record
 
 
-def run_acquire(cfg: AcquireConfig) -> AcquireRecord:
+def run_acquire(cfg: AcquireConfig) -> ManifestRecord:
     """Run the acquire flow on the runner its config asks for (default, or Dask)."""
-    result: AcquireRecord = run_on_runner(acquire_flow, cfg, cfg.workers, cfg.dask_address)
+    result: ManifestRecord = run_on_runner(acquire_flow, cfg, cfg.workers, cfg.dask_address)
     return result

@@ -49,7 +49,7 @@ def _acquire(cfg: AcquireConfig) -> dict[str, Any]:
     from flows.acquire import run_acquire
 
     record = run_acquire(cfg)
-    return {"manifest": record.manifest, "rejects": record.rejects}
+    return {"manifest": record.path, "rejects": record.rejects_path}
 
 
 def _tokenize(cfg: TokenizeConfig) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
     dataset = run_tokenize(
         TokenizeConfig(
             **cfg.tokenize.model_dump(),
-            manifest=acquired.manifest,
+            manifest=acquired.path,
             out=str(out / "tokens" / dataset_folder_name(cfg.tokenize.tokenizer)),
         )
     )
@@ -57,7 +57,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
         )
     )
     return PipelineRecord(
-        manifest=Path(acquired.manifest),
+        manifest=Path(acquired.path),
         dataset=dataset.path,
         checkpoint=checkpoint.path,
         report=report.path,

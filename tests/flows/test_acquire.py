@@ -43,8 +43,8 @@ def test_download_resumes_extracts_safely_and_rejects_bad_files(
         assert ranges and ranges[0].startswith("bytes=")  # the retry continued the .part file
         assert (tmp_path / "root" / "download" / "small.tar").read_bytes() == generated_tar
 
-        rows = pq.read_table(record.manifest).to_pylist()
-        rejects = {r["path"]: r["reason"] for r in pq.read_table(record.rejects).to_pylist()}
+        rows = pq.read_table(record.path).to_pylist()
+        rejects = {r["path"]: r["reason"] for r in pq.read_table(record.rejects_path).to_pylist()}
         expected = {f"librilight/small/{p}": kind for p, kind in BAD_FILES.items()}
         assert set(rejects) == set(expected)
         assert all(rejects[p].startswith(kind) for p, kind in expected.items())
@@ -89,8 +89,8 @@ def test_dask_runner_writes_the_same_manifest(
     md5 = hashlib.md5(generated_tar).hexdigest()
     default = run_acquire(_config(str(tar), md5, tmp_path / "default"))
     dask = run_acquire(_config(str(tar), md5, tmp_path / "dask-root", workers=2))
-    assert pq.read_table(default.manifest).equals(pq.read_table(dask.manifest))
-    assert pq.read_table(default.rejects).equals(pq.read_table(dask.rejects))
+    assert pq.read_table(default.path).equals(pq.read_table(dask.path))
+    assert pq.read_table(default.rejects_path).equals(pq.read_table(dask.rejects_path))
 
 
 def test_s3_root_and_streaming_extraction(
@@ -105,14 +105,14 @@ def test_s3_root_and_streaming_extraction(
     root = f"{s3_bucket}/librilight-run"
     with serve({"/small.tar": generated_tar}) as server:
         record = run_acquire(_config(f"{server.base_url}/small.tar", md5, root, keep_archive=False))
-    assert record.manifest == f"{root}/manifest/segments.parquet"
+    assert record.path == f"{root}/manifest/segments.parquet"
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     assert fs.exists(f"{root[5:]}/librilight/small/.extracted.json")
     assert not fs.exists(f"{root[5:]}/download")  # streamed: no tar stored anywhere
     assert not (tmp_path / "download").exists()
-    with fs.open(record.manifest[5:], "rb") as f:
+    with fs.open(record.path[5:], "rb") as f:
         rows = pq.read_table(f).to_pylist()
     assert len({r["source_path"] for r in rows}) == len(GOOD_FILES) + 1
     # The tokenizer reads the audio straight from S3 (and resamples the flagged 44.1 kHz file).
-    dataset = tokenize_manifest(record.manifest, tmp_path / "tokens", TokenizeSettings())
+    dataset = tokenize_manifest(record.path, tmp_path / "tokens", TokenizeSettings())
     assert dataset.n_segments == len(rows)
