@@ -1,15 +1,28 @@
-"""The evaluate flow: prompt the LM with speech, sample continuations, write the report."""
+"""The evaluate flow: prompt the LM with speech, sample continuations, regenerate a recording
+from its first levels, measure, and publish the report (files and Prefect artifacts).
+
+With `train_run` set it evaluates the newest checkpoint of a training run, under a folder named
+after that checkpoint, and skips a checkpoint already evaluated: what the scheduled and the
+triggered deployments in prefect.yaml run.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from prefect import flow
-from prefect.artifacts import create_link_artifact
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 
 from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
-from tasks.evaluate import ReportRecord, is_report_committed
+from tasks import report
+from tasks.evaluate import ReportRecord, checkpoint_id, is_report_committed
+from tasks.train_lm import newest_checkpoint
 from tasks.wrappers import evaluate_task
 
 __all__ = ["evaluate_flow"]
@@ -17,15 +30,39 @@ __all__ = ["evaluate_flow"]
 
 @flow(name="evaluate")
 def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # noqa: B008
-    """Continue the prompt with a KV cache, decode to WAV, write index.html and summary.json."""
-    out = Path(cfg.out)
+    """Continue the prompt with a KV cache, regenerate from fixed levels, write the report."""
+    logger = get_run_logger()
+    if cfg.train_run:
+        checkpoint = newest_checkpoint(Path(cfg.train_run))
+        out = Path(cfg.out) / checkpoint_id(checkpoint)
+        if is_report_committed(out):
+            logger.info("checkpoint %s is already evaluated in %s: skipped", checkpoint, out)
+    else:
+        checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
     settings = EvaluateSettings(**cfg.model_dump(include=set(EvaluateSettings.model_fields)))
     record = unless_committed(evaluate_task, is_report_committed(out))(
-        Path(cfg.checkpoint), Path(cfg.dataset), out, settings
+        checkpoint, Path(cfg.dataset), out, settings
     )
+    summary = json.loads(record.summary.read_text())
+    report_uri = (record.path / "index.html").resolve().as_uri()
     create_link_artifact(
         key="evaluation-report",
-        link=(record.path / "index.html").resolve().as_uri(),
-        description="Evaluation report: audio players, spectrogram, metrics",
+        link=report_uri,
+        description="Evaluation report: audio players, spectrograms, metrics",
     )
+    create_markdown_artifact(
+        key="evaluation-summary", markdown=report.summary_markdown(summary, report_uri)
+    )
+    create_table_artifact(
+        key="evaluation-samples",
+        table=report.samples_table(summary),
+        description="Acoustic sanity, flags and speech metrics of each continuation",
+    )
+    if cfg.index:
+        index = report.write_runs_index(Path(cfg.index))
+        create_link_artifact(
+            key="evaluation-runs-index",
+            link=index.resolve().as_uri(),
+            description="Every evaluation side by side",
+        )
     return record

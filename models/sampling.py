@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from models.gpt import GPT
+from models.layouts import TokenLayout
 
-__all__ = ["GenerationResult", "sample_next", "generate"]
+__all__ = ["GenerationResult", "sample_next", "generate", "regenerate"]
 
 
 @dataclass
@@ -99,6 +100,8 @@ def generate(
     top_p: float | None = None,
     frame_size: int = 1,
     generator: torch.Generator | None = None,
+    forced_tokens: Tensor | None = None,
+    forced_mask: Tensor | None = None,
 ) -> GenerationResult:
     """Continue `prompt` by `max_new_tokens` tokens, one forward step per token.
 
@@ -116,6 +119,9 @@ def generate(
         max_new_tokens: N, the number of tokens to generate.
         temperature, top_k, top_p, generator: see `sample_next`.
         frame_size: K, tokens per audio frame (interleaved codebook levels; 1 for mu-law).
+        forced_tokens: int64 `[B, N]`, tokens imposed at the new positions where `forced_mask`
+            is true instead of sampled ones (teacher forcing: the fixed levels of `regenerate`).
+        forced_mask: bool `[N]`, which new positions take `forced_tokens`.
 
     Returns:
         `GenerationResult` with int64 `[B, N]` new tokens (an inference-mode tensor) and counts.
@@ -129,6 +135,20 @@ def generate(
         f"frame_size {frame_size} must be in [1, block_size // 2 = {block_size // 2}]"
     )
     b, p = prompt.shape
+    assert (forced_tokens is None) == (forced_mask is None), (
+        "forced_tokens and forced_mask go together"
+    )
+    if forced_tokens is not None and forced_mask is not None:
+        assert forced_tokens.shape == (b, max_new_tokens), (
+            f"forced_tokens must be [B, N] = [{b}, {max_new_tokens}], got shape "
+            f"{tuple(forced_tokens.shape)}"
+        )
+        assert forced_mask.shape == (max_new_tokens,), (
+            f"forced_mask must be [N] = [{max_new_tokens}], got shape {tuple(forced_mask.shape)}"
+        )
+        forced_at = forced_mask.tolist()  # one host sync, not one per token
+    else:
+        forced_at = [False] * max_new_tokens
     if max_new_tokens == 0:
         return GenerationResult(prompt.new_empty((b, 0)), 0, 0, [])  # [B, 0]
 
@@ -148,9 +168,13 @@ def generate(
         n_forward, prefill_starts = 1, [start]
 
         for i in range(max_new_tokens):
-            token = sample_next(
-                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-            )  # [B]
+            if forced_at[i]:
+                assert forced_tokens is not None
+                token = forced_tokens[:, i].to(prompt.device)  # [B]
+            else:
+                token = sample_next(
+                    logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                )  # [B]
             end = p + i + 1  # stream length with this token
             stream[:, end - 1] = token
             if i == max_new_tokens - 1:
@@ -172,3 +196,60 @@ def generate(
         n_prefills=len(prefill_starts),
         prefill_starts=prefill_starts,
     )
+
+
+@torch.inference_mode()
+def regenerate(
+    model: GPT,
+    codes: Tensor,
+    keep_levels: int,
+    layout: TokenLayout,
+    codebook_size: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Keep the first `keep_levels` levels of `codes` and let the model generate the others.
+
+    The post's semantic experiment: with Mimi, level 0 is the semantic token, and regenerating the
+    acoustic levels from it alone keeps what is said but not the voice. The codes are laid out as
+    the model was trained (`layout`); every position holding a kept level (or a delay-pattern PAD)
+    is forced to the source's token, every other position is sampled, step by step, with the KV
+    cache and frame-aligned sliding of `generate`.
+
+    Args:
+        model: the language model trained on `layout` sequences of K-level codes.
+        codes: int64 `[B, K, F]` source codes in [0, codebook_size).
+        keep_levels: k in [1, K): the levels kept from the source.
+        layout, codebook_size: how the model's sequences were made.
+        temperature, top_k, top_p, generator: see `sample_next`.
+
+    Returns:
+        int64 `[B, K, F]` codes: levels < k equal to the source's, the others sampled (clamped
+        to [0, codebook_size): a sampled token may belong to another level's range).
+    """
+    assert codes.ndim == 3, f"codes must be [B, K, F], got shape {tuple(codes.shape)}"
+    b, k, f = codes.shape
+    assert 1 <= keep_levels < k, f"keep_levels must be in [1, K = {k}), got {keep_levels}"
+    sequence = layout.to_sequence(codes, codebook_size)  # [B, N]
+    n = sequence.shape[1]
+    levels = layout.level_of_position(n, k, n_frames=f)  # [N]
+    forced = levels < keep_levels  # [N], PAD positions (level -1) included
+    first_free = int(torch.nonzero(~forced)[0, 0])  # level keep_levels of frame 0
+    result = generate(
+        model,
+        sequence[:, :first_free],  # [B, P]
+        n - first_free,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        frame_size=layout.frame_size(k),
+        generator=generator,
+        forced_tokens=sequence[:, first_free:],  # [B, N - P]
+        forced_mask=forced[first_free:],  # [N - P]
+    )
+    full = torch.cat([sequence[:, :first_free], result.tokens.to(sequence.device)], 1)  # [B, N]
+    out = layout.from_sequence(full, k, codebook_size)  # [B, K, F]
+    return out.clamp(0, codebook_size - 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,20 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_resumable(
-    out: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]
+    out: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    files: Mapping[str, str] | None = None,
 ) -> None:
     """Write `out/checkpoints/step-<step>` whole, then keep only the two newest: enough to
-    survive a kill during the next save."""
+    survive a kill during the next save. `files` are extra text files (name -> content), such
+    as the model's `config.json` that lets an evaluation load the checkpoint mid-training."""
     target = Path(out) / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         torch.save({"step": step, **state}, tmp / "training_state.pt")
         (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
     for old in sorted(p for p in target.parent.iterdir() if _STEP_DIR.match(p.name))[:-2]:

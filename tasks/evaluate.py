@@ -1,16 +1,27 @@
-"""Prompt the LM with speech, sample a continuation, decode it and write an HTML report.
+"""Evaluate an LM checkpoint the way the post does: prompt it with speech and listen.
 
-Plain functions, no Prefect: `tasks.wrappers` makes them tasks. The report folder holds
-`prompt.wav`, `continuation_<i>.wav` (prompt followed by the sampled audio), `spectrogram.png`,
-`index.html` and, written last, `summary.json`.
+Plain functions, no Prefect: `tasks.wrappers` makes them tasks. One evaluation writes a report
+folder (`tasks.report` renders its pages):
+
+    prompt.wav, prompt_roundtrip.wav          the prompt, and the prompt through the tokenizer
+    continuation_<i>.wav, spectrogram_<i>.png  prompt followed by sample i, and its spectrogram
+    regen/original.wav, regen/roundtrip.wav    the recording regenerated from its first levels
+    regen/keep<k>_<i>.wav                      regeneration i keeping levels < k
+    index.html                                 every number, audio player and picture
+    summary.json                               written last: the report is complete
+
+Metrics: the per-level validation loss on the held-out split with the training's own windows
+(so the numbers equal what training reported), perplexities and bits per second of audio, the
+tokenizer's round trip on the prompt, generation speed, acoustic sanity of every sample (with
+the post's "crackling" and screeching failure modes flagged), and, offline, voice similarity and
+recognised words (`tasks.speech_metrics`).
 """
 
 from __future__ import annotations
 
-import html
 import json
+import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,36 +31,68 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from models.layouts import make_layout
-from models.sampling import generate
+from models.gpt import GPT
+from models.layouts import TokenLayout, make_layout
+from models.losses import mel_l1, si_sdr
+from models.sampling import generate, regenerate
 from models.tokenizer import AudioTokenizer
-from schemas.configs import EvaluateSettings
+from schemas.configs import EvaluateSettings, TrainLMSettings
+from tasks import report, speech_metrics
+from tasks.checkpoints import read_log
 from tasks.errors import CodecflowError
-from tasks.io import atomic_dir
+from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
+from tasks.token_reader import TokenReader
 from tasks.tokenization import read_dataset_info
 from tasks.tokenizers import load_tokenizer
-from tasks.train_lm import load_checkpoint, resolve_device
+from tasks.train_lm import load_checkpoint, resolve_device, validation_loss
 
 __all__ = [
+    "SUMMARY_KEYS",
     "ReportRecord",
     "acoustic_stats",
+    "checkpoint_id",
     "evaluate",
     "is_report_committed",
+    "load_audio",
     "load_prompt",
 ]
 
-#: Keys of summary.json that downstream tools rely on.
+#: Keys of summary.json that downstream tools (the runs index, tests) rely on.
 SUMMARY_KEYS = (
+    "kind",
+    "tokenizer",
+    "num_levels",
+    "layout",
+    "checkpoint_step",
     "audio_hours",
     "n_segments",
     "n_tokens",
     "dataset_bytes",
     "train_loss_first",
     "train_loss_last",
+    "val_loss",
+    "val_loss_per_level",
+    "val_perplexity_per_level",
+    "val_bits_per_audio_second",
+    "context_tokens",
+    "context_seconds",
     "generated_seconds",
     "generation_tokens_per_s",
+    "real_time_factor",
+    "prompt_roundtrip",
+    "samples",
+    "speech",
+    "regeneration",
 )
+SUMMARY_KIND = "codecflow-evaluation"
+
+# A sample "stuck in broadband noise" (the post's crackling mode) has a flat spectrum: white
+# noise has a spectral flatness near exp(-Euler's gamma) = 0.56 per frame, voiced speech around
+# 0.01-0.1. 0.3 over the non-silent frames separates the two with room on both sides.
+CRACKLING_FLATNESS = 0.3
+# Screeching saturates: more than 1 % of samples at full scale.
+SCREECHING_CLIPPING = 0.01
 
 
 @dataclass(frozen=True)
@@ -60,6 +103,8 @@ class ReportRecord:
     summary: Path
     generated_seconds: float
     generation_tokens_per_s: float
+    val_loss: float
+    n_flagged_samples: int
 
 
 def is_report_committed(out: Path) -> bool:
@@ -67,26 +112,50 @@ def is_report_committed(out: Path) -> bool:
     return (Path(out) / "summary.json").is_file()
 
 
-def load_prompt(path: Path, tokenizer: AudioTokenizer) -> torch.Tensor:
-    """Read any audio file as float32 `[1, 1, T]` at the tokenizer's rate, mono, whole frames."""
+def checkpoint_id(checkpoint: Path) -> str:
+    """`step-<N>-<first 8 hex of the weights' sha256>`: names a checkpoint's report, so that a
+    scheduled evaluation recognises a checkpoint it has already evaluated."""
+    checkpoint = Path(checkpoint)
+    digest = fingerprint(checkpoint / "model.safetensors")[:8]
+    return f"step-{_checkpoint_step(checkpoint):06d}-{digest}"
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    if (checkpoint / "metrics.json").is_file():
+        return int(json.loads((checkpoint / "metrics.json").read_text())["steps"])
+    return int((checkpoint / "COMPLETE").read_text().strip())
+
+
+def load_audio(path: Path, sample_rate: int, what: str = "audio") -> torch.Tensor:
+    """Any audio file as float32 mono `[1, 1, T]` at `sample_rate`; one-line errors name it."""
     path = Path(path)
     if not path.is_file():
-        raise CodecflowError(f"prompt audio not found: {path}")
+        raise CodecflowError(f"{what} not found: {path}")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
     except sf.LibsndfileError as exc:
-        raise CodecflowError(f"cannot read prompt audio {path}: {exc}") from exc
+        raise CodecflowError(f"cannot read {what} {path}: {exc}") from exc
     wav = torch.from_numpy(audio.mean(axis=1)).view(1, 1, -1)  # [1, 1, T]
-    if rate != tokenizer.sample_rate:
-        wav = torchaudio.functional.resample(wav, rate, tokenizer.sample_rate)  # [1, 1, T']
+    if rate != sample_rate:
+        wav = torchaudio.functional.resample(wav, rate, sample_rate)  # [1, 1, T']
+    return wav
+
+
+def load_prompt(path: Path, tokenizer: AudioTokenizer, what: str = "prompt audio") -> torch.Tensor:
+    """Read any audio file as float32 `[1, 1, T]` at the tokenizer's rate, mono, whole frames."""
+    wav = load_audio(path, tokenizer.sample_rate, what)  # [1, 1, T]
     whole = wav.shape[-1] // tokenizer.samples_per_frame * tokenizer.samples_per_frame
     if whole == 0:
-        raise CodecflowError(f"prompt audio {path} is shorter than one frame")
+        raise CodecflowError(f"{what} {path} is shorter than one frame")
     return wav[..., :whole]  # [1, 1, F * samples_per_frame]
 
 
-def acoustic_stats(wav: np.ndarray, sample_rate: int) -> dict[str, float]:
-    """RMS level (dBFS), clipping and silence fractions, spectral flatness of a mono signal."""
+def acoustic_stats(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
+    """RMS level (dBFS), clipping and silence fractions, spectral flatness, and failure flags.
+
+    `spectral_flatness` is the mean over all 20 ms frames; `voiced_flatness` over the frames
+    that are not silent, which is what the crackling flag reads (silence is not crackling).
+    """
     eps = 1e-10
     rms = float(np.sqrt(np.mean(wav**2) + eps))
     frame = max(1, sample_rate // 50)  # 20 ms frames
@@ -95,31 +164,111 @@ def acoustic_stats(wav: np.ndarray, sample_rate: int) -> dict[str, float]:
     frame_db = 10 * np.log10(np.mean(frames**2, axis=1) + eps)
     spectrum = np.abs(np.fft.rfft(frames, axis=1)) ** 2 + eps
     flatness = np.exp(np.mean(np.log(spectrum), axis=1)) / np.mean(spectrum, axis=1)
+    loud = frame_db >= -50.0
+    voiced_flatness = float(np.mean(flatness[loud])) if loud.any() else 0.0
+    clipping = float(np.mean(np.abs(wav) >= 0.999))
+    flags = []
+    if voiced_flatness > CRACKLING_FLATNESS:
+        flags.append("crackling")
+    if clipping > SCREECHING_CLIPPING:
+        flags.append("screeching")
     return {
         "rms_dbfs": 20 * np.log10(rms),
-        "clipping_fraction": float(np.mean(np.abs(wav) >= 0.999)),
-        "silence_fraction": float(np.mean(frame_db < -50.0)),
+        "clipping_fraction": clipping,
+        "silence_fraction": float(np.mean(~loud)),
         "spectral_flatness": float(np.mean(flatness)),
+        "voiced_flatness": voiced_flatness,
+        "flags": flags,
     }
 
 
-def evaluate(
-    checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
-) -> ReportRecord:
-    """Continue the prompt with the LM and write the report folder `out`."""
-    checkpoint, dataset, out = Path(checkpoint), Path(dataset), Path(out)
-    device = resolve_device(settings.device)
-    model, spec = load_checkpoint(checkpoint, device)
-    info = read_dataset_info(dataset)
-    if info["tokenizer"] != spec:
-        raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
-    tokenizer = load_tokenizer(spec["name"])
-    levels = tokenizer.num_levels
-    prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
-    layout = make_layout(
-        json.loads((checkpoint / "config.json").read_text()).get("layout", "flatten")
-    )
-    codebook_size = tokenizer.codebook_size
+def _train_settings(checkpoint: Path) -> TrainLMSettings:
+    config = json.loads((checkpoint / "config.json").read_text())
+    if "settings" in config:
+        return TrainLMSettings.model_validate(config["settings"])
+    # Checkpoints written before config.json carried the settings: metrics.json's identity.
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    return TrainLMSettings.model_validate(metrics["identity"]["settings"])
+
+
+def _training_summary(checkpoint: Path) -> dict[str, Any]:
+    """Steps and losses of the training that wrote `checkpoint` (final or mid-training)."""
+    if (checkpoint / "metrics.json").is_file():
+        metrics = json.loads((checkpoint / "metrics.json").read_text())
+        return {
+            "checkpoint_step": int(metrics["steps"]),
+            "train_loss_first": metrics["train_loss_first"],
+            "train_loss_last": metrics["train_loss_last"],
+            "n_parameters": metrics["n_parameters"],
+        }
+    step = _checkpoint_step(checkpoint)
+    log = read_log(checkpoint.parent.parent / "train_log.jsonl", upto=step)
+    return {
+        "checkpoint_step": step,
+        "train_loss_first": log[0]["loss"] if log else None,
+        "train_loss_last": log[-1]["loss"] if log else None,
+        "n_parameters": None,
+    }
+
+
+def _validation(
+    model: GPT,
+    dataset: Path,
+    settings: TrainLMSettings,
+    device: torch.device,
+    layout: TokenLayout,
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    """Per-level loss on the held-out split, with the training's windows and weights."""
+    levels, codebook_size = int(spec["num_levels"]), int(spec["codebook_size"])
+    weights = settings.level_weights or [1.0] * levels
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with TokenReader(dataset, "val") as reader:
+        total, per_level = validation_loss(
+            model,
+            reader,
+            settings,
+            device,
+            autocast,
+            layout,
+            codebook_size,
+            model.config.block_size,
+            weights,
+        )
+    tokens_per_second = float(spec["frame_rate"]) * levels
+    unweighted = float(np.mean(per_level))
+    return {
+        "val_loss": total,
+        "val_loss_per_level": per_level,
+        "val_perplexity_per_level": [math.exp(x) for x in per_level],
+        # nats per token -> bits per second of audio: comparable across tokenizers.
+        "val_bits_per_audio_second": unweighted / math.log(2) * tokens_per_second,
+    }
+
+
+def _roundtrip(
+    tokenizer: AudioTokenizer, wav: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The tokenizer's encode -> decode of `wav` `[1, 1, T]`, and how close it comes."""
+    with torch.inference_mode():
+        codes = tokenizer.encode(wav)  # [1, K, F]
+        back = tokenizer.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
+    return back, {
+        "si_sdr_db": float(si_sdr(back, wav).mean()),
+        "mel_l1": float(mel_l1(back, wav, sample_rate=tokenizer.sample_rate)),
+    }
+
+
+def _continue_prompt(
+    model: GPT,
+    tokenizer: AudioTokenizer,
+    layout: TokenLayout,
+    prompt_wav: torch.Tensor,
+    settings: EvaluateSettings,
+    device: torch.device,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Sample `num_samples` continuations of the prompt; their audio and the speed numbers."""
+    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
     with torch.inference_mode():
         prompt_codes = tokenizer.encode(prompt_wav)  # [1, K, F_p]
     prompt_frames = prompt_codes.shape[-1]
@@ -129,8 +278,7 @@ def evaluate(
         :, : prompt_frames * levels
     ]  # [1, P]
     prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
-
-    new_frames = max(1, round(settings.generate_seconds * tokenizer.frame_rate))
+    new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     started = time.perf_counter()
     result = generate(
@@ -140,7 +288,7 @@ def evaluate(
         temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,
-        frame_size=levels,
+        frame_size=layout.frame_size(levels),
         generator=generator,
     )
     if device.type == "cuda":
@@ -151,95 +299,184 @@ def evaluate(
     all_codes = layout.from_sequence(full, levels, codebook_size)  # [B, K, F]
     # Sampling may put a PAD or another level's range where a code belongs: clamp to the codebook.
     codes = all_codes[:, :, prompt_frames:].clamp(0, codebook_size - 1)  # [B, K, F_new]
-    new_frames = codes.shape[-1]
     with torch.inference_mode():
         generated = tokenizer.decode(codes)  # [B, 1, F_new * samples_per_frame]
+    generated_seconds = codes.shape[-1] / tokenizer.frame_rate
+    speed = {
+        "generated_seconds": generated_seconds,
+        "generated_tokens": new_tokens.numel(),
+        "generation_seconds": elapsed,
+        "generation_tokens_per_s": new_tokens.numel() / elapsed,
+        "real_time_factor": generated_seconds * settings.num_samples / elapsed,
+        "n_prefills": result.n_prefills,
+    }
+    return [generated[i, 0].numpy() for i in range(settings.num_samples)], speed
 
-    n_generated = new_tokens.numel()
-    generated_seconds = new_frames / tokenizer.frame_rate
-    rate = tokenizer.sample_rate
+
+def _regenerations(
+    model: GPT,
+    tokenizer: AudioTokenizer,
+    layout: TokenLayout,
+    source: torch.Tensor,
+    settings: EvaluateSettings,
+    device: torch.device,
+) -> tuple[np.ndarray, list[tuple[int, list[np.ndarray]]], list[dict[str, Any]]]:
+    """The roundtrip of `source` and, per k of `regenerate_levels`, `num_samples` regenerations
+    keeping levels < k. Returns (roundtrip, [(k, wavs)], per-k records incl. skipped ones)."""
+    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
+    with torch.inference_mode():
+        codes = tokenizer.encode(source)  # [1, K, F]
+        roundtrip = tokenizer.decode(codes)[0, 0].numpy()  # [T]
+    done: list[tuple[int, list[np.ndarray]]] = []
+    records: list[dict[str, Any]] = []
+    for keep in settings.regenerate_levels:
+        if not 1 <= keep < levels:
+            records.append(
+                {
+                    "keep_levels": keep,
+                    "skipped": f"keeping {keep} of {levels} levels leaves nothing to generate"
+                    if keep >= levels
+                    else f"keep_levels must be at least 1, got {keep}",
+                }
+            )
+            continue
+        generator = torch.Generator(device=device).manual_seed(settings.seed + keep)
+        out = regenerate(
+            model,
+            codes.repeat(settings.num_samples, 1, 1).to(device),  # [B, K, F]
+            keep,
+            layout,
+            codebook_size,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            generator=generator,
+        ).cpu()  # [B, K, F]
+        with torch.inference_mode():
+            wavs = tokenizer.decode(out)  # [B, 1, T]
+        done.append((keep, [wavs[i, 0].numpy() for i in range(settings.num_samples)]))
+        records.append(
+            {
+                "keep_levels": keep,
+                "skipped": None,
+                "files": [f"regen/keep{keep}_{i}.wav" for i in range(settings.num_samples)],
+            }
+        )
+    return roundtrip, done, records
+
+
+def evaluate(
+    checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+) -> ReportRecord:
+    """Evaluate the LM checkpoint on `dataset`'s tokens; write the report folder `out`."""
+    checkpoint, dataset, out = Path(checkpoint), Path(dataset), Path(out)
+    device = resolve_device(settings.device)
+    model, spec = load_checkpoint(checkpoint, device)
+    info = read_dataset_info(dataset)
+    if info["tokenizer"] != spec:
+        raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
+    tokenizer = load_tokenizer(spec["name"])
+    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
+    config = json.loads((checkpoint / "config.json").read_text())
+    layout = make_layout(config.get("layout", "flatten"))
+    train_settings = _train_settings(checkpoint)
+
+    prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
+    source_path = Path(settings.regenerate_source or settings.prompt)
+    source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
+    whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
+    source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
+
+    validation = _validation(model, dataset, train_settings, device, layout, spec)
+    prompt_back, prompt_roundtrip = _roundtrip(tokenizer, prompt_wav)
+    samples, speed = _continue_prompt(model, tokenizer, layout, prompt_wav, settings, device)
+    regen_roundtrip, regens, regen_records = _regenerations(
+        model, tokenizer, layout, source_wav, settings, device
+    )
     prompt_np = prompt_wav[0, 0].numpy()
-    samples = [generated[i, 0].numpy() for i in range(settings.num_samples)]
+    source_np = source_wav[0, 0].numpy()
+    speech: dict[str, Any] = {"skipped": "turned off (speech_metrics: false)"}
+    if settings.speech_metrics:
+        speech = speech_metrics.speech_metrics(
+            prompt_np, samples, rate, prompt_text=settings.prompt_text
+        )
+        for record, (_, wavs) in zip(
+            (r for r in regen_records if r["skipped"] is None), regens, strict=True
+        ):
+            record.update(speech_metrics.regeneration_metrics(source_np, wavs, rate))
+
     dataset_totals = info["totals"]
-    train_metrics = json.loads((checkpoint / "metrics.json").read_text())
     summary: dict[str, Any] = {
+        "kind": SUMMARY_KIND,
         "tokenizer": spec["name"],
+        "num_levels": levels,
+        "codebook_size": tokenizer.codebook_size,
+        "frame_rate": tokenizer.frame_rate,
+        "layout": layout.name,
+        "level_weights": train_settings.level_weights,
+        "checkpoint": str(checkpoint),
+        **_training_summary(checkpoint),
+        "dataset": str(dataset),
         "audio_hours": dataset_totals["audio_hours"],
         "n_segments": dataset_totals["segments"],
         "n_tokens": dataset_totals["tokens"],
         "dataset_bytes": dataset_totals["bytes"],
-        "train_steps": train_metrics["steps"],
-        "train_loss_first": train_metrics["train_loss_first"],
-        "train_loss_last": train_metrics["train_loss_last"],
-        "val_loss": train_metrics["val_loss"],
-        "n_parameters": train_metrics["n_parameters"],
+        **validation,
         "context_tokens": model.config.block_size,
-        # 2 048 tokens are 128 ms of mu-law at 16 kHz (the post): the reason it babbles.
+        # 2 048 tokens are 128 ms of mu-law at 16 kHz, 2 s of the 8-level 125 Hz codec and 20 s
+        # of 8-level Mimi at 12.5 Hz (the post): why mu-law babbles.
         "context_seconds": model.config.block_size / (tokenizer.frame_rate * levels),
         "prompt": str(settings.prompt),
         "prompt_seconds": prompt_np.size / rate,
+        "prompt_roundtrip": prompt_roundtrip,
         "num_samples": settings.num_samples,
-        "generated_seconds": generated_seconds,
-        "generated_tokens": n_generated,
-        "generation_tokens_per_s": n_generated / elapsed,
-        "real_time_factor": (generated_seconds * settings.num_samples) / elapsed,
-        "n_prefills": result.n_prefills,
+        **speed,
         "samples": [acoustic_stats(s, rate) for s in samples],
+        "speech": speech,
+        "regeneration": {
+            "source": str(source_path),
+            "seconds": source_np.size / rate,
+            "runs": regen_records,
+        },
+        "settings": settings.model_dump(mode="json"),
     }
     with atomic_dir(out) as tmp:
-        sf.write(str(tmp / "prompt.wav"), prompt_np, rate, subtype="PCM_16")
+        _write_wav(tmp / "prompt.wav", prompt_np, rate)
+        _write_wav(tmp / "prompt_roundtrip.wav", prompt_back[0, 0].numpy(), rate)
         for i, sample in enumerate(samples):
             both = np.concatenate([prompt_np, sample])
-            sf.write(str(tmp / f"continuation_{i}.wav"), both, rate, subtype="PCM_16")
-        _plot_spectrogram(np.concatenate([prompt_np, samples[0]]), rate, prompt_np.size, tmp)
-        (tmp / "index.html").write_text(_html(summary, settings.num_samples))
+            _write_wav(tmp / f"continuation_{i}.wav", both, rate)
+            _plot_spectrogram(both, rate, prompt_np.size, tmp / f"spectrogram_{i}.png")
+        (tmp / "regen").mkdir()
+        _write_wav(tmp / "regen" / "original.wav", source_np, rate)
+        _write_wav(tmp / "regen" / "roundtrip.wav", regen_roundtrip, rate)
+        for keep, wavs in regens:
+            for i, wav in enumerate(wavs):
+                _write_wav(tmp / "regen" / f"keep{keep}_{i}.wav", wav, rate)
+        (tmp / "index.html").write_text(report.evaluation_html(summary))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # written last
     return ReportRecord(
         path=out,
         summary=out / "summary.json",
-        generated_seconds=generated_seconds,
-        generation_tokens_per_s=summary["generation_tokens_per_s"],
+        generated_seconds=speed["generated_seconds"],
+        generation_tokens_per_s=speed["generation_tokens_per_s"],
+        val_loss=validation["val_loss"],
+        n_flagged_samples=sum(1 for s in summary["samples"] if s["flags"]),
     )
 
 
-def _plot_spectrogram(wav: np.ndarray, rate: int, prompt_samples: int, folder: Path) -> None:
+def _write_wav(path: Path, wav: np.ndarray, rate: int) -> None:
+    # Clip before PCM16: a sampled waveform may overshoot full scale, and libsndfile would wrap.
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), rate, subtype="PCM_16")
+
+
+def _plot_spectrogram(wav: np.ndarray, rate: int, prompt_samples: int, path: Path) -> None:
     spec = torchaudio.transforms.Spectrogram(n_fft=512, hop_length=128)(torch.from_numpy(wav))
     db = 10 * torch.log10(spec + 1e-10)  # [n_fft / 2 + 1, frames]
-    with figure(folder / "spectrogram.png", size=(10, 3.5)) as ax:
+    with figure(path, size=(10, 3.0)) as ax:
         extent = (0.0, wav.size / rate, 0.0, rate / 2000)
         ax.imshow(db.numpy(), origin="lower", aspect="auto", extent=extent, cmap="magma")
         ax.axvline(prompt_samples / rate, color="cyan", linestyle="--", label="end of prompt")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (kHz)")
         ax.legend(loc="upper left")
-
-
-def _html(summary: Mapping[str, Any], num_samples: int) -> str:
-    rows = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in summary.items()
-        if k != "samples"
-    )
-    players = "\n".join(
-        f'<p>continuation {i}: <audio controls src="continuation_{i}.wav"></audio></p>'
-        for i in range(num_samples)
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>codecflow evaluation</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-th{{text-align:left;padding-right:2em}}</style></head>
-<body>
-<h1>codecflow evaluation: {html.escape(str(summary["tokenizer"]))} LM</h1>
-<p>prompt: <audio controls src="prompt.wav"></audio></p>
-{players}
-<img src="spectrogram.png" alt="spectrogram of the prompt and continuation 0" width="100%">
-<h2>Metrics</h2>
-<table>{rows}</table>
-<h2>Acoustic sanity per sample</h2>
-<pre>{html.escape(json.dumps(summary["samples"], indent=2))}</pre>
-</body></html>
-"""
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

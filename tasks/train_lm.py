@@ -39,8 +39,10 @@ __all__ = [
     "is_checkpoint_committed",
     "learning_rate_at",
     "load_checkpoint",
+    "newest_checkpoint",
     "resolve_device",
     "train_lm",
+    "validation_loss",
 ]
 
 
@@ -278,6 +280,20 @@ def _train(
         )
     model = GPT(config).to(device)
     optimizer = _optimizer(model, settings)
+    # What loading needs (the GPT's numbers, the tokens, their layout) and what an evaluation
+    # needs to repeat the training's validation loss (the settings): in every checkpoint.
+    config_json = (
+        json.dumps(
+            {
+                "gpt": asdict(config),
+                "tokenizer": spec,
+                "layout": settings.layout,
+                "settings": settings.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     step, consumed = 0, 0
@@ -366,6 +382,7 @@ def _train(
                         "optimizer": optimizer.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                     },
+                    files={"config.json": config_json},
                 )
         _barrier(ranks)
     elapsed = time.perf_counter() - started
@@ -386,7 +403,7 @@ def _train(
     peak = peak_flops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     # Model FLOPs utilisation (PaLM appendix B), over all ranks: known on CUDA devices only.
     mfu = model_flops_utilization(tokens_per_s, config, peak * ranks.world) if peak else None
-    val_loss, val_per_level = _evaluate_loss(
+    val_loss, val_per_level = validation_loss(
         model,
         val_reader,
         settings,
@@ -415,12 +432,7 @@ def _train(
     checkpoint = out / "checkpoint"
     with atomic_dir(checkpoint) as tmp:
         save_file(_weights(model), str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(
-            json.dumps(
-                {"gpt": asdict(config), "tokenizer": spec, "layout": settings.layout}, indent=2
-            )
-            + "\n"
-        )
+        (tmp / "config.json").write_text(config_json)
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         _plot_loss(log, val_loss, tmp / "loss.png")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # written last
@@ -448,7 +460,7 @@ def _record_placeholder(out: Path, settings: TrainLMSettings) -> CheckpointRecor
 
 
 @torch.no_grad()
-def _evaluate_loss(
+def validation_loss(
     model: GPT,
     reader: TokenReader,
     settings: TrainLMSettings,
@@ -459,7 +471,11 @@ def _evaluate_loss(
     block_size: int,
     weights: list[float],
 ) -> tuple[float, list[float]]:
-    """Mean weighted loss and mean per-level loss on `eval_batches` fixed validation windows."""
+    """Mean weighted loss and mean per-level loss on `eval_batches` fixed validation windows.
+
+    The windows depend on the settings' batch_size, eval_batches and seed only, so an evaluation
+    given the training's settings repeats the numbers training reported.
+    """
     model.eval()
     totals, per_level = [], []
     for b in range(settings.eval_batches):
@@ -499,9 +515,13 @@ def _record(checkpoint: Path, metrics: dict[str, Any]) -> CheckpointRecord:
 
 
 def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
-    """The GPT of a checkpoint folder (safetensors: no unpickling) and its tokenizer spec."""
+    """The GPT of a checkpoint folder (safetensors: no unpickling) and its tokenizer spec.
+
+    Either the final `checkpoint/` or a resumable `checkpoints/step-N/` written while training.
+    """
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "metrics.json").is_file():
+    complete = (checkpoint / "metrics.json").is_file() or (checkpoint / "COMPLETE").is_file()
+    if not complete or not (checkpoint / "config.json").is_file():
         raise CodecflowError(f"no complete LM checkpoint at {checkpoint}")
     config = json.loads((checkpoint / "config.json").read_text())
     model = GPT(GPTConfig(**config["gpt"]))
@@ -510,3 +530,15 @@ def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[s
     if unexpected or set(missing) - {"wte.weight"}:
         raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json")
     return model.to(device).eval(), config["tokenizer"]
+
+
+def newest_checkpoint(run: Path) -> Path:
+    """The newest checkpoint of a train-lm run folder: the final one when training has ended,
+    else the newest resumable one. What a scheduled evaluation of a running training reads."""
+    run = Path(run)
+    if is_checkpoint_committed(run):
+        return run / "checkpoint"
+    latest = latest_checkpoint(run)
+    if latest is None or not (latest / "config.json").is_file():
+        raise CodecflowError(f"train-lm run {run} has no checkpoint yet")
+    return latest

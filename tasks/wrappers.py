@@ -28,7 +28,9 @@ from tasks import (
     eval_codec,
     evaluate,
     extract,
+    report,
     segments,
+    speech_metrics,
     storage,
     tokenization,
     train_codec,
@@ -246,10 +248,11 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
     name="evaluate",
     cache_key_fn=content_key(
         "checkpoint/model.safetensors",
-        "checkpoint/metrics.json",
+        "checkpoint/config.json",
         "dataset/dataset.json",
         "settings.prompt",
-        code=(evaluate,),
+        "settings.regenerate_source",
+        code=(evaluate, report, speech_metrics),
     ),
     **_CACHED,
 )

@@ -20,6 +20,8 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_config_parameter() -> None
         "tokenize",
         "train-lm",
         "evaluate",
+        "evaluate-scheduled",
+        "evaluate-on-train-lm",
         "pipeline",
     }
     for deployment in spec["deployments"]:
@@ -27,8 +29,32 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_config_parameter() -> None
         flow = getattr(
             importlib.import_module(path.removesuffix(".py").replace("/", ".")), function
         )
-        assert flow.name == deployment["name"]
+        assert deployment["name"].startswith(flow.name)
         (parameter,) = flow.parameters.properties
         annotation = flow.fn.__annotations__[parameter]
         config = getattr(importlib.import_module(flow.fn.__module__), annotation)
         assert issubclass(config, BaseModel) and config.model_config.get("extra") == "forbid"
+
+
+def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
+    from schemas.configs import EvaluateConfig
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    scheduled = by_name["evaluate-scheduled"]
+    assert scheduled["schedules"][0]["cron"] == "*/30 * * * *"
+    assert EvaluateConfig.model_validate(scheduled["parameters"]["cfg"]).train_run == "runs/demo/lm"
+    (trigger,) = by_name["evaluate-on-train-lm"]["triggers"]
+    assert trigger["expect"] == ["prefect.flow-run.Completed"]
+    assert trigger["match_related"]["prefect.resource.name"] == "train-lm"
+    # The templates render to strings, so the rendered parameters validate as a config.
+    rendered = {
+        k: v.replace("{{ flow_run.parameters['cfg']['out'] }}", "runs/x/lm").replace(
+            "{{ flow_run.parameters['cfg']['dataset'] }}", "runs/x/tokens/mu-law-256"
+        )
+        if isinstance(v, str)
+        else v
+        for k, v in trigger["parameters"]["cfg"].items()
+    }
+    cfg = EvaluateConfig.model_validate(rendered)
+    assert (cfg.train_run, cfg.out) == ("runs/x/lm", "runs/x/lm/evaluations")

@@ -45,7 +45,7 @@ def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
         train_lm=TrainLMSettings(
             n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=30, device="cpu"
         ),
-        evaluate=EvaluateSettings(prompt=str(PROMPT), generate_seconds=0.01, device="cpu"),
+        evaluate=EvaluateSettings(prompt=str(PROMPT), seconds=0.01, device="cpu"),
     )
     first = pipeline_flow(cfg)
     run = tmp_path / "run"

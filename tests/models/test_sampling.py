@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
-from models.sampling import generate, sample_next
+from models.layouts import LAYOUT_NAMES, make_layout
+from models.sampling import generate, regenerate, sample_next
 
 V = 48
 
@@ -175,3 +176,64 @@ def test_edge_cases() -> None:
     model.train()
     generate(model, prompt, 2)
     assert model.training  # the mode is restored
+
+
+def test_forced_positions_take_the_forced_tokens_and_feed_the_cache() -> None:
+    model = _model(block_size=32)
+    prompt = _prompt(2, 4)
+    forced = _prompt(2, 12, seed=5)  # [B, N]
+    mask = torch.tensor([True, False, False, True] * 3)  # [N]
+    result = generate(model, prompt, 12, temperature=0.0, forced_tokens=forced, forced_mask=mask)
+    assert torch.equal(result.tokens[:, mask], forced[:, mask])
+    # Each free token is the argmax of a full forward over everything before it, forced ones
+    # included: the cache saw the forced tokens, not what the model would have sampled there.
+    stream = torch.cat([prompt, result.tokens], dim=1)  # [B, P + N]
+    with torch.no_grad():
+        for i in torch.nonzero(~mask)[:, 0].tolist():
+            expected = model(stream[:, : 4 + i]).logits[:, -1].argmax(dim=-1)  # [B]
+            assert torch.equal(stream[:, 4 + i], expected), f"free token {i}"
+
+
+def test_forced_arguments_are_checked() -> None:
+    model = _model()
+    prompt = _prompt(1, 2)
+    with pytest.raises(AssertionError, match="go together"):
+        generate(model, prompt, 3, forced_tokens=torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(AssertionError, match=r"\[1, 3\]"):
+        generate(
+            model,
+            prompt,
+            3,
+            forced_tokens=torch.zeros(1, 4, dtype=torch.long),
+            forced_mask=torch.ones(3, dtype=torch.bool),
+        )
+
+
+@pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
+@pytest.mark.parametrize("keep", [1, 2])
+def test_regenerate_keeps_the_first_levels_and_samples_the_rest(
+    layout_name: str, keep: int
+) -> None:
+    layout = make_layout(layout_name)
+    k, q, f = 3, 8, 20
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=layout.vocab_size(q, k), block_size=24, n_layer=1, n_head=2, n_embd=16
+    )
+    model = GPT(config).eval()
+    codes = torch.randint(0, q, (2, k, f), generator=torch.Generator().manual_seed(3))  # [B,K,F]
+    gen = torch.Generator().manual_seed(0)
+    out = regenerate(model, codes, keep, layout, q, generator=gen)
+    assert out.shape == codes.shape and out.dtype == torch.long
+    assert torch.equal(out[:, :keep], codes[:, :keep])
+    assert not torch.equal(out[:, keep:], codes[:, keep:])  # sampled, not copied
+    assert int(out.min()) >= 0 and int(out.max()) < q
+    again = regenerate(model, codes, keep, layout, q, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_regenerate_rejects_keeping_every_level() -> None:
+    model = _model()
+    codes = torch.zeros(1, 2, 4, dtype=torch.long)
+    with pytest.raises(AssertionError, match="keep_levels must be in"):
+        regenerate(model, codes, 2, make_layout("flatten"), V)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +13,27 @@ import soundfile as sf
 from helpers import PROMPT
 
 from models.mulaw import MuLawTokenizer
-from schemas.configs import EvaluateSettings
+from schemas.configs import EvaluateSettings, TrainLMSettings
 from tasks.errors import CodecflowError
-from tasks.evaluate import SUMMARY_KEYS, acoustic_stats, evaluate, load_prompt
+from tasks.evaluate import SUMMARY_KEYS, acoustic_stats, checkpoint_id, evaluate, load_prompt
+from tasks.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
+from tasks.train_lm import newest_checkpoint, train_lm
 from tasks.wrappers import evaluate_task
 
 
 def _settings(**overrides: object) -> EvaluateSettings:
-    return EvaluateSettings(
-        prompt=str(PROMPT), generate_seconds=0.02, num_samples=2, device="cpu", **overrides
-    )
+    values: dict[str, object] = {
+        "prompt": str(PROMPT),
+        "seconds": 0.02,
+        "num_samples": 2,
+        "regenerate_seconds": 0.02,
+        "speech_metrics": False,  # its own test below: the GE2E model's first use takes ~15 s
+        "device": "cpu",
+    }
+    return EvaluateSettings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
-def test_report_has_audio_spectrogram_and_summary(
+def test_report_has_audio_spectrograms_metrics_and_summary(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
@@ -31,22 +41,102 @@ def test_report_has_audio_spectrogram_and_summary(
     assert record.generated_seconds == pytest.approx(0.02)
     for name in (
         "index.html",
-        "spectrogram.png",
+        "spectrogram_0.png",
+        "spectrogram_1.png",
         "prompt.wav",
+        "prompt_roundtrip.wav",
         "continuation_0.wav",
         "continuation_1.wav",
+        "regen/original.wav",
+        "regen/roundtrip.wav",
     ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["kind"] == "codecflow-evaluation" and summary["num_levels"] == 1
     assert summary["generated_tokens"] == 2 * 320  # 2 samples x 20 ms at 16 kHz
     assert summary["context_seconds"] == pytest.approx(64 / 16_000)
     assert summary["n_prefills"] >= 2  # 320 tokens through a 64-token window must slide
+    # The held-out loss repeats what training reported: the same windows and weights.
+    metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert summary["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-5)
+    assert summary["val_loss_per_level"] == pytest.approx(metrics["val_loss_per_level"], rel=1e-5)
+    assert summary["val_perplexity_per_level"][0] == pytest.approx(
+        math.exp(summary["val_loss_per_level"][0])
+    )
+    # nats/token -> bits per second of audio at 16 000 tokens/s.
+    assert summary["val_bits_per_audio_second"] == pytest.approx(
+        summary["val_loss_per_level"][0] / math.log(2) * 16_000
+    )
+    # mu-law 256 round trip: 8-bit companding keeps the waveform (well above 20 dB).
+    assert summary["prompt_roundtrip"]["si_sdr_db"] > 20
+    assert summary["regeneration"]["runs"] == [
+        {"keep_levels": 1, "skipped": "keeping 1 of 1 levels leaves nothing to generate"}
+    ]
+    assert summary["speech"]["skipped"] == "turned off (speech_metrics: false)"
+    assert summary["checkpoint_step"] == metrics["steps"]
     prompt, rate = sf.read(out / "prompt.wav")
     both, _ = sf.read(out / "continuation_1.wav")
     assert rate == 16_000 and len(prompt) == 64_000 and len(both) == 64_000 + 320
-    html = (out / "index.html").read_text()
-    assert 'src="continuation_1.wav"' in html and "generation_tokens_per_s" in html
+    page = (out / "index.html").read_text()
+    for text in ('src="continuation_1.wav"', 'src="spectrogram_1.png"', "perplexity", "SI-SDR"):
+        assert text in page, text
+    assert "leaves nothing to generate" in page and "turned off" in page
+
+
+def test_speech_metrics_in_the_report(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    evaluate(
+        tiny_checkpoint,
+        tiny_dataset,
+        out,
+        _settings(speech_metrics=True, seconds=0.5, num_samples=1, prompt_text="when grass is"),
+    )
+    speech = json.loads((out / "summary.json").read_text())["speech"]
+    assert speech["voice"]["skipped"] is None and speech["words"]["skipped"] is None
+    assert "grass" in speech["words"]["prompt_transcript"]
+    assert speech["words"]["prompt_wer"] is not None
+    assert len(speech["words"]["transcripts"]) == 1
+    page = (out / "index.html").read_text()
+    assert "grass" in page and "voice sim. to prompt" in page
+
+
+def test_newest_checkpoint_mid_training_is_evaluated(
+    tiny_dataset: Path, tiny_lm_settings: TrainLMSettings, tmp_path: Path
+) -> None:
+    run = tmp_path / "lm"
+    settings = tiny_lm_settings.model_copy(update={"steps": 12, "checkpoint_every": 5})
+    train_lm(tiny_dataset, run, settings)
+    assert newest_checkpoint(run) == run / "checkpoint"
+    shutil.rmtree(run / "checkpoint")  # as if training were still running
+    newest = newest_checkpoint(run)
+    assert newest == run / "checkpoints" / "step-000010"
+    assert checkpoint_id(newest).startswith("step-000010-") and len(checkpoint_id(newest)) == 20
+    record = evaluate(newest, tiny_dataset, tmp_path / "report", _settings())
+    summary = json.loads(record.summary.read_text())
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert summary["checkpoint_step"] == 10
+    assert summary["train_loss_last"] == log[9]["loss"]
+    with pytest.raises(CodecflowError, match="has no checkpoint yet"):
+        newest_checkpoint(tmp_path / "nothing")
+
+
+def test_runs_index_puts_evaluations_side_by_side(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    evaluate(tiny_checkpoint, tiny_dataset, tmp_path / "a" / "report", _settings(seed=1))
+    evaluate(tiny_checkpoint, tiny_dataset, tmp_path / "b" / "report", _settings(seed=2))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "summary.json").write_text('{"kind": "something else"}')
+    index = write_runs_index(tmp_path)
+    rows = runs_index_rows(tmp_path)
+    assert [r["report"] for r in rows] == ["a/report", "b/report"]
+    assert set(RUNS_INDEX_COLUMNS) == set(rows[0])
+    assert rows[0]["tokenizer"] == "mu-law-256" and rows[0]["context"] == "4 ms"
+    page = index.read_text()
+    assert page.count('href="a/report/index.html"') == 1 and "b/report/index.html" in page
 
 
 def test_same_seed_same_samples(tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -88,12 +178,17 @@ def test_acoustic_stats_flag_silence_clipping_and_noise() -> None:
     rate = 16_000
     silence = acoustic_stats(np.zeros(rate, dtype=np.float32), rate)
     assert silence["silence_fraction"] == 1.0 and silence["clipping_fraction"] == 0.0
-    clipped = acoustic_stats(np.ones(rate, dtype=np.float32), rate)
-    assert clipped["clipping_fraction"] == 1.0
+    assert silence["flags"] == []  # silence is neither crackling nor screeching
+    clipped = acoustic_stats(np.sign(np.sin(np.arange(rate) / 5.0)).astype(np.float32), rate)
+    assert clipped["clipping_fraction"] > 0.9 and "screeching" in clipped["flags"]
     noise = np.random.default_rng(0).uniform(-0.5, 0.5, rate).astype(np.float32)
     tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
     assert acoustic_stats(noise, rate)["spectral_flatness"] > 0.5
+    assert acoustic_stats(noise, rate)["flags"] == ["crackling"]
     assert acoustic_stats(tone, rate)["spectral_flatness"] < 0.1
+    assert acoustic_stats(tone, rate)["flags"] == []
+    speech, speech_rate = sf.read(PROMPT, dtype="float32")
+    assert acoustic_stats(speech, speech_rate)["flags"] == []  # the real prompt is fine
 
 
 def test_task_wraps_the_plain_function(

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from helpers import REPO
 from safetensors.torch import load_file
 
+from models.layouts import LAYOUT_NAMES
 from schemas.configs import EvalCodecSettings, TrainCodecSettings
 from tasks.checkpoints import latest_checkpoint
 from tasks.errors import CodecflowError
@@ -152,24 +154,35 @@ def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manif
         train_codec(str(tiny_manifest), trained, _settings(steps=401))
 
 
-@pytest.mark.parametrize("layout", ["flatten", "delay-offsets"])
-def test_codec_tokens_train_and_sample_an_lm(
-    trained: Path, tiny_manifest: Path, tmp_path: Path, layout: str
-) -> None:
-    """The DAG with multi-level codes: tokenize with `codec:<checkpoint>@4`, train in a token
-    layout with per-level weights (a semantic-style 100x on level 0), sample, decode."""
-    from helpers import PROMPT
-
-    from schemas.configs import EvaluateSettings, TokenizeSettings, TrainLMSettings
-    from tasks.evaluate import evaluate
-    from tasks.token_reader import TokenReader
-    from tasks.tokenization import read_dataset_info, tokenize_manifest
-    from tasks.train_lm import train_lm
+@pytest.fixture(scope="module")
+def codec_dataset(
+    trained: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny corpus tokenized with the first 4 levels of the trained codec."""
+    from schemas.configs import TokenizeSettings
+    from tasks.tokenization import tokenize_manifest
 
     name = f"codec:{trained / 'checkpoint'}@4"
-    dataset = tokenize_manifest(
-        str(tiny_manifest), tmp_path / "tokens", TokenizeSettings(tokenizer=name)
-    ).path
+    out = tmp_path_factory.mktemp("codec-tokens") / "tokens"
+    return tokenize_manifest(str(tiny_manifest), out, TokenizeSettings(tokenizer=name)).path
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+def test_codec_tokens_train_sample_and_regenerate(
+    codec_dataset: Path, tmp_path: Path, layout: str
+) -> None:
+    """The DAG with multi-level codes in every token layout: tokens of `codec:<checkpoint>@4`,
+    an LM with per-level weights (a semantic-style 100x on level 0), continuations, and the
+    regeneration of the prompt from its first 1 and 3 levels (keeping 4 of 4 is skipped)."""
+    from helpers import PROMPT
+
+    from schemas.configs import EvaluateSettings, TrainLMSettings
+    from tasks.evaluate import evaluate
+    from tasks.token_reader import TokenReader
+    from tasks.tokenization import read_dataset_info
+    from tasks.train_lm import train_lm
+
+    dataset = codec_dataset
     info = read_dataset_info(dataset)
     assert info["tokenizer"]["num_levels"] == 4 and info["tokenizer"]["frame_rate"] == 2000
     assert info["dtype"] == "uint8"  # a 64-entry codebook
@@ -193,17 +206,38 @@ def test_codec_tokens_train_and_sample_an_lm(
         x > 0 for x in metrics["val_loss_per_level"]
     )
     vocab = json.loads((checkpoint / "config.json").read_text())["gpt"]["vocab_size"]
-    assert vocab == (64 if layout == "flatten" else 4 * 64 + 1)  # offsets + the delay PAD
+    expected_vocab = {"flatten": 64, "flatten-offsets": 4 * 64, "delay": 65, "delay-offsets": 257}
+    assert vocab == expected_vocab[layout]  # offsets: a block per level; delay: + PAD
     report = evaluate(
         checkpoint,
         dataset,
         tmp_path / "report",
-        EvaluateSettings(prompt=str(PROMPT), generate_seconds=0.05, device="cpu"),
+        EvaluateSettings(
+            prompt=str(PROMPT),
+            seconds=0.05,
+            num_samples=2,
+            regenerate_levels=[1, 3, 4],
+            regenerate_seconds=0.1,
+            speech_metrics=False,
+            device="cpu",
+        ),
     )
     summary = json.loads(report.summary.read_text())
-    assert summary["generated_tokens"] == 4 * 100  # 0.05 s x 2 000 frames/s x 4 levels
+    assert summary["generated_tokens"] == 2 * 4 * 100  # 2 x 0.05 s x 2 000 frames/s x 4 levels
     assert summary["context_seconds"] == pytest.approx(64 / (2000 * 4))
     # The delay pattern needs K - 1 steps to complete a frame: 3 fewer decodable frames.
-    assert summary["generated_seconds"] == pytest.approx(
-        (100 if layout == "flatten" else 97) / 2000
-    )
+    delayed = layout.startswith("delay")
+    assert summary["generated_seconds"] == pytest.approx((97 if delayed else 100) / 2000)
+    # The same validation numbers as training reported: same windows, same weights.
+    assert summary["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-5)
+    assert summary["val_loss_per_level"] == pytest.approx(metrics["val_loss_per_level"], rel=1e-5)
+    assert summary["layout"] == layout and summary["level_weights"] == [100.0, 1.0, 1.0, 1.0]
+    runs = {r["keep_levels"]: r for r in summary["regeneration"]["runs"]}
+    assert runs[4]["skipped"] == "keeping 4 of 4 levels leaves nothing to generate"
+    for keep in (1, 3):
+        assert runs[keep]["skipped"] is None
+        for name in runs[keep]["files"]:
+            wav, rate = sf.read(report.path / name)
+            assert rate == 16_000 and len(wav) == 200 * 8  # 0.1 s = 200 frames of 8 samples
+    original, _ = sf.read(report.path / "regen" / "original.wav")
+    assert len(original) == 1600

@@ -1,0 +1,59 @@
+"""The evaluate flow under a real Prefect server, as the scheduled deployment runs it: the newest
+checkpoint of a training run, a report named after it, artifacts, the runs index, and a second
+run that skips the checkpoint it has already evaluated."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from helpers import PROMPT
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.evaluate import evaluate_flow
+from schemas.configs import EvaluateConfig
+from tasks.evaluate import checkpoint_id
+
+
+def _artifact_keys() -> set[str]:
+    keys = ["evaluation-report", "evaluation-summary", "evaluation-samples", "evaluation-runs-index"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    return {a.key for a in found if a.key}
+
+
+def test_scheduled_evaluation_of_the_newest_checkpoint_skips_what_it_evaluated(
+    prefect_api_url: str, tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "lm"
+    shutil.copytree(tiny_checkpoint, run / "checkpoint")  # a finished train-lm run folder
+    cfg = EvaluateConfig(
+        train_run=str(run),
+        dataset=str(tiny_dataset),
+        out=str(tmp_path / "evaluations"),
+        index=str(tmp_path),
+        prompt=str(PROMPT),
+        seconds=0.02,
+        regenerate_seconds=0.02,
+        speech_metrics=False,
+        device="cpu",
+    )
+    first = evaluate_flow(cfg)
+    assert first.path == tmp_path / "evaluations" / checkpoint_id(run / "checkpoint")
+    written = first.summary.stat().st_mtime_ns
+
+    second = evaluate_flow(cfg)  # the schedule fires again: same checkpoint, nothing to do
+    assert second.path == first.path
+    assert second.summary.stat().st_mtime_ns == written
+
+    index = (tmp_path / "index.html").read_text()
+    assert f"evaluations/{first.path.name}/index.html" in index
+    assert _artifact_keys() == {
+        "evaluation-report",
+        "evaluation-summary",
+        "evaluation-samples",
+        "evaluation-runs-index",
+    }
