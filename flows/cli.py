@@ -87,11 +87,15 @@ def _pipeline(cfg: PipelineConfig) -> dict[str, Path]:
     from flows.pipeline import pipeline_flow
 
     record = pipeline_flow(cfg)
+    outputs = {"manifest": record.manifest}
+    if record.codec is not None:
+        outputs["codec"] = record.codec
     return {
-        "manifest": record.manifest,
+        **outputs,
         "dataset": record.dataset,
         "checkpoint": record.checkpoint,
         "report": record.report,
+        "index": record.report.resolve().parent.parent / "index.html",
     }
 
 

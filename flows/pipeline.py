@@ -1,4 +1,11 @@
-"""The pipeline flow: acquire -> tokenize -> train-lm -> evaluate, under one run folder."""
+"""The pipeline flow: acquire -> [train-codec] -> tokenize -> train-lm -> evaluate, under one
+run folder.
+
+With a `train_codec` section, the post's RVQ codec is trained on the acquired manifest under
+`<out>/codec` and the tokenizer `codec:trained[@<levels>]` becomes
+`codec:<out>/codec/checkpoint[@<levels>]` (`resolve_tokenizer`): configs name the codec the
+pipeline trains, never its derived path.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +18,40 @@ from flows._common import dataset_folder_name
 from flows.acquire import run_acquire
 from flows.evaluate import evaluate_flow
 from flows.tokenize import run_tokenize
+from flows.train_codec import train_codec_flow
 from flows.train_lm import train_lm_flow
 from schemas.configs import (
     AcquireConfig,
     EvaluateConfig,
     PipelineConfig,
     TokenizeConfig,
+    TrainCodecConfig,
     TrainLMConfig,
 )
 
-__all__ = ["PipelineRecord", "pipeline_flow"]
+__all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer"]
 
 
 @dataclass(frozen=True)
 class PipelineRecord:
-    """The outputs of every stage."""
+    """The outputs of every stage; `codec` is the trained codec's checkpoint (None: no codec
+    stage)."""
 
     manifest: Path
     dataset: Path
     checkpoint: Path
     report: Path
+    codec: Path | None = None
+
+
+def resolve_tokenizer(tokenizer: str, codec_checkpoint: Path | None) -> str:
+    """The tokenizer name to tokenize with: `codec:trained[@<levels>]` -> `codec:<checkpoint>
+    [@<levels>]` for the codec the pipeline trained; any other name as it is."""
+    if not PipelineConfig.names_trained_codec(tokenizer):
+        return tokenizer
+    # PipelineConfig's validator guarantees a train_codec stage whenever the name refers to it.
+    assert codec_checkpoint is not None, f"{tokenizer!r} without a trained codec"
+    return f"codec:{codec_checkpoint}{tokenizer.removeprefix('codec:trained')}"
 
 
 @flow(name="pipeline")
@@ -38,15 +59,25 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
     out = Path(cfg.out)
     acquired = run_acquire(AcquireConfig(**cfg.acquire.model_dump(), root=str(out / "acquire")))
+    codec: Path | None = None
+    if cfg.train_codec is not None:
+        codec = train_codec_flow(
+            TrainCodecConfig(
+                **cfg.train_codec.model_dump(), manifest=acquired.path, out=str(out / "codec")
+            )
+        ).path
+    tokenizer = resolve_tokenizer(cfg.tokenize.tokenizer, codec)
     dataset = run_tokenize(
         TokenizeConfig(
-            **cfg.tokenize.model_dump(),
+            **{**cfg.tokenize.model_dump(), "tokenizer": tokenizer},
             manifest=acquired.path,
-            out=str(out / "tokens" / dataset_folder_name(cfg.tokenize.tokenizer)),
+            out=str(out / "tokens" / dataset_folder_name(tokenizer)),
         )
     )
+    # Only the fields the config sets: a `preset` must not meet the default model shape.
+    lm_settings = cfg.train_lm.model_dump(exclude_unset=True)
     checkpoint = train_lm_flow(
-        TrainLMConfig(**cfg.train_lm.model_dump(), dataset=str(dataset.path), out=str(out / "lm"))
+        TrainLMConfig(**lm_settings, dataset=str(dataset.path), out=str(out / "lm"))
     )
     report = evaluate_flow(
         EvaluateConfig(
@@ -54,6 +85,9 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
             checkpoint=str(checkpoint.path),
             dataset=str(dataset.path),
             out=str(out / "report"),
+            # The folder holding this run and its siblings (runs/): their evaluations side by
+            # side in its index.html.
+            index=str(out.resolve().parent),
         )
     )
     return PipelineRecord(
@@ -61,4 +95,5 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
         dataset=dataset.path,
         checkpoint=checkpoint.path,
         report=report.path,
+        codec=codec,
     )

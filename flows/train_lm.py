@@ -20,7 +20,10 @@ __all__ = ["train_lm_flow"]
 def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # noqa: B008
     """Train the nanoGPT-style LM on random windows of the flattened token stream."""
     out = Path(cfg.out)
-    settings = TrainLMSettings(**cfg.model_dump(include=set(TrainLMSettings.model_fields)))
+    # Only the fields the config sets: a `preset` must not meet the default model shape.
+    settings = TrainLMSettings(
+        **cfg.model_dump(include=set(TrainLMSettings.model_fields), exclude_unset=True)
+    )
     record = unless_committed(train_lm_task, is_checkpoint_committed(out))(
         Path(cfg.dataset), out, settings
     )

@@ -308,9 +308,15 @@ class EvaluateSettings(_Config):
     prompt: str = Field(
         "data/prompts/prompt_librilight_uk_4s.wav",
         description="Spoken prompt (any audio file; resampled and down-mixed to the tokenizer's "
-        "rate). The default is the post's own: two lines of a poem from Libri-Light.",
+        "rate, trimmed to whole frames). The default is the post's own: two lines of a poem from "
+        "Libri-Light.",
     )
-    generate_seconds: float = Field(
+    prompt_text: str | None = Field(
+        None,
+        description="What the prompt says, if known: the recogniser's word error rate on the "
+        "prompt is then reported, which tells how far its word counts can be trusted.",
+    )
+    seconds: float = Field(
         0.5, gt=0, le=600, description="Length of each continuation, in seconds of audio."
     )
     num_samples: int = Field(1, ge=1, le=64, description="Continuations sampled in one batch.")
@@ -318,20 +324,98 @@ class EvaluateSettings(_Config):
     top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
     seed: int = Field(0, description="Sampling seed.")
+    regenerate_levels: list[int] = Field(
+        default_factory=lambda: [1],
+        description="The post's semantic experiment: keep the first k levels of a recording's "
+        "codes (k=1 is Mimi's semantic token) and let the model generate the other levels; one "
+        "set of regenerations per k. Values not below the tokenizer's level count are reported "
+        "as skipped (mu-law has one level); empty turns it off.",
+    )
+    regenerate_source: str | None = Field(
+        None, description="Recording to regenerate (any audio file); empty means the prompt."
+    )
+    regenerate_seconds: float = Field(
+        4.0, gt=0, le=120, description="The regenerated recording is cut to this many seconds."
+    )
+    speech_metrics: bool = Field(
+        True,
+        description="Voice similarity (resemblyzer) and recognised words (pocketsphinx + jiwer); "
+        "both run offline from models inside their wheels.",
+    )
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
 
 
 class EvaluateConfig(EvaluateSettings):
     checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
+    train_run: str | None = Field(
+        None,
+        description="A train-lm run folder (such as runs/demo/lm): evaluate its newest "
+        "checkpoint, final or mid-training, instead of `checkpoint`; the report goes to "
+        "<out>/step-<N>-<hash>, and a checkpoint already evaluated is skipped. For schedules.",
+    )
     dataset: str = Field(
         "runs/demo/tokens/mu-law-256", description="Token dataset the LM was trained on."
     )
     out: str = Field("runs/demo/report", description="Folder of the evaluation report.")
+    index: str | None = Field(
+        None,
+        description="Folder whose evaluation reports are compared side by side in "
+        "<index>/index.html, rewritten after each evaluation (the pipeline uses the folder above "
+        "its run folder); empty: no index.",
+    )
 
 
 class PipelineConfig(_Config):
+    """The whole DAG: acquire -> [train-codec] -> tokenize -> train-lm -> evaluate under `out`.
+
+    With a `train_codec` section the pipeline trains the post's codec on the acquired manifest
+    (under `<out>/codec`) and the tokenizer names it `codec:trained[@<levels>]`; the flow puts the
+    checkpoint's path in its place (`codec:<out>/codec/checkpoint[@<levels>]`), so the config holds
+    no derived path.
+    """
+
     out: str = Field("runs/demo", description="Run folder; every stage writes below it.")
     acquire: AcquireSettings = Field(default_factory=AcquireSettings)
+    train_codec: TrainCodecSettings | None = Field(
+        None,
+        description="Train the post's RVQ codec on the acquired manifest (under <out>/codec) "
+        "before tokenizing; the tokenizer must then be 'codec:trained' or "
+        "'codec:trained@<levels>' (the codec this pipeline trains). Empty: no codec stage.",
+    )
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
     train_lm: TrainLMSettings = Field(default_factory=TrainLMSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+
+    @staticmethod
+    def names_trained_codec(tokenizer: str) -> bool:
+        """True for `codec:trained` and `codec:trained@<levels>`: the codec the pipeline trains."""
+        return tokenizer == "codec:trained" or tokenizer.startswith("codec:trained@")
+
+    @model_validator(mode="after")
+    def _trained_codec_reference(self) -> PipelineConfig:
+        tokenizer = self.tokenize.tokenizer
+        if self.names_trained_codec(tokenizer):
+            if self.train_codec is None:
+                raise ValueError(
+                    f"tokenize.tokenizer {tokenizer!r} names the codec this pipeline trains, but "
+                    "there is no train_codec section: add one, or name a checkpoint "
+                    "(codec:<checkpoint>[@<levels>])"
+                )
+            levels = tokenizer.partition("@")[2]
+            if levels and int(levels) > self.train_codec.levels:
+                raise ValueError(
+                    f"tokenize.tokenizer {tokenizer!r} asks for {levels} levels, but "
+                    f"train_codec.levels is {self.train_codec.levels}"
+                )
+            if "@" in self.out:
+                raise ValueError(
+                    f"out {self.out!r} must not contain '@' with train_codec: the tokenizer "
+                    "codec:<out>/codec/checkpoint@<levels> uses '@' for the levels"
+                )
+        elif self.train_codec is not None:
+            raise ValueError(
+                f"train_codec is set, but tokenize.tokenizer {tokenizer!r} does not use the "
+                "codec it trains: set it to 'codec:trained' or 'codec:trained@<levels>', or "
+                "remove train_codec"
+            )
+        return self

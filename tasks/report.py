@@ -249,17 +249,33 @@ def samples_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+#: Folders a report never lies in, and which can be huge (the extracted corpus, token shards).
+_NOT_REPORTS = {"acquire", "tokens", "checkpoints", "checkpoint", "codec", "regen", "download"}
+#: How deep below the index folder reports are looked for: <run>/report, <run>/evaluations/<id>,
+#: <run>/lm/evaluations/<id>.
+_MAX_DEPTH = 4
+
+
 def find_reports(root: Path) -> list[Path]:
-    """Every evaluation report folder below `root` (a summary.json of kind evaluation)."""
+    """Every evaluation report folder below `root` (a summary.json of kind evaluation), looked
+    for at most `_MAX_DEPTH` folders down and never inside data folders: a run folder holds the
+    extracted corpus, which a full walk would crawl."""
+    root = Path(root)
     found = []
-    for path in sorted(Path(root).rglob("summary.json")):
+    for folder, subfolders, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = sorted(
+            d for d in subfolders if d not in _NOT_REPORTS and depth < _MAX_DEPTH
+        )
+        if "summary.json" not in files:
+            continue
         try:
-            kind = json.loads(path.read_text()).get("kind")
-        except (OSError, ValueError):
+            kind = json.loads((Path(folder) / "summary.json").read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
             continue
         if kind == "codecflow-evaluation":
-            found.append(path.parent)
-    return found
+            found.append(Path(folder))
+    return sorted(found)
 
 
 #: The runs index's columns: what tells the post's experiments apart, then what they scored.

@@ -288,7 +288,9 @@ def _train(
                 "gpt": asdict(config),
                 "tokenizer": spec,
                 "layout": settings.layout,
-                "settings": settings.model_dump(mode="json"),
+                # The fields set, not every default: a preset and an explicit shape exclude each
+                # other, so a full dump would not validate again.
+                "settings": settings.model_dump(mode="json", exclude_unset=True),
             },
             indent=2,
         )

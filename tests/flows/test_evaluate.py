@@ -17,7 +17,12 @@ from tasks.evaluate import checkpoint_id
 
 
 def _artifact_keys() -> set[str]:
-    keys = ["evaluation-report", "evaluation-summary", "evaluation-samples", "evaluation-runs-index"]
+    keys = [
+        "evaluation-report",
+        "evaluation-summary",
+        "evaluation-samples",
+        "evaluation-runs-index",
+    ]
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))

@@ -92,3 +92,6 @@ def test_presets_set_the_shape(tiny_dataset: Path, tmp_path: Path) -> None:
     config = json.loads((record.path / "config.json").read_text())
     assert config["gpt"]["n_layer"] == 2 and config["gpt"]["block_size"] == 128
     assert config["layout"] == "flatten"
+    # The settings recorded for evaluation validate again (only the fields set: a preset and an
+    # explicit shape exclude each other).
+    assert TrainLMSettings.model_validate(config["settings"]).preset == "tiny"
