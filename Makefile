@@ -4,12 +4,14 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help bootstrap demo test lint format clean
+.PHONY: help bootstrap demo test lint format clean server server-stop
 
 help:
 	@echo "make demo   the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
 	@echo "make test   lint, type-check and the full test suite"
 	@echo "make lint   ruff + mypy only;  make clean  remove runs/ and .prefect/"
+	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200"
+	@echo "make server-stop  stop what make server started (logs and database stay in runs/server)"
 
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -31,6 +33,14 @@ test: lint
 format: bootstrap
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
+
+# A Prefect server (its own database under runs/server/prefect), the work pool codecflow-local, the
+# `gpu` concurrency limit, a worker and every deployment of prefect.yaml: see scripts/server.py.
+server: bootstrap
+	$(RUN) python scripts/server.py start
+
+server-stop:
+	$(RUN) python scripts/server.py stop
 
 clean:
 	rm -rf runs .prefect

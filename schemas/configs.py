@@ -161,7 +161,7 @@ class TokenizeSettings(_Config):
 
 class TokenizeConfig(TokenizeSettings):
     manifest: str = Field(
-        "runs/demo/acquire/segments.parquet",
+        "runs/demo/acquire/manifest/segments.parquet",
         description="Segment manifest (Parquet) written by the acquire flow.",
     )
     out: str = Field("runs/demo/tokens/mu-law-256", description="Folder of the token dataset.")

@@ -1,0 +1,552 @@
+"""Run codecflow as a Prefect project on this machine: a server, a work pool, a worker, deployments.
+
+    uv run python scripts/server.py start [--host 127.0.0.1] [--port 4200] [--home runs/server]
+    uv run python scripts/server.py stop  [--home runs/server]
+
+`start` launches `prefect server start` in the background with its own database under
+`<home>/prefect`, waits for its health check, creates the process work pool `codecflow-local` and
+the global concurrency limit `gpu` (1 slot; the train-lm task takes it on a GPU), starts a worker
+on the pool and deploys every deployment of prefect.yaml (`prefect deploy --all`), then prints the
+UI address and the log files. Each background process runs in its own process group, recorded in
+`<home>/pids.json`; `stop` ends exactly those groups. Every step is idempotent: a second `start`
+while the server runs says so and does nothing.
+
+The pieces are plain functions (`start_server`, `create_work_pool`, `create_gpu_limit`,
+`deploy_all`, `start_worker`, `wait_for_worker`, `stop`) so that tests can run the same set-up
+with a temporary home and a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "GPU_LIMIT",
+    "POOL",
+    "REPO",
+    "ServerError",
+    "child_env",
+    "create_gpu_limit",
+    "create_work_pool",
+    "deploy_all",
+    "read_pids",
+    "start",
+    "start_server",
+    "start_worker",
+    "stop",
+    "wait_for_worker",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "codecflow-local"
+GPU_LIMIT = "gpu"
+PIDS = "pids.json"
+
+#: Popen objects of the processes this interpreter started, so `stop` can reap them (tests).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ServerError(Exception):
+    """A step of the set-up failed; the message is one line naming the thing."""
+
+
+# --- processes and pids.json ---------------------------------------------------------------
+
+
+def read_pids(home: Path) -> dict[str, Any]:
+    """What `<home>/pids.json` records ({} when there is none)."""
+    path = Path(home) / PIDS
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise ServerError(f"{path} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _write_pids(home: Path, pids: Mapping[str, Any]) -> None:
+    """Write pids.json atomically (a temporary file renamed over it)."""
+    path = Path(home) / PIDS
+    tmp = path.with_name(f".{PIDS}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dict(pids), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _record(home: Path, **entries: Any) -> dict[str, Any]:
+    pids = {**read_pids(home), **entries}
+    _write_pids(home, pids)
+    return pids
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of this interpreter, so it leaves no zombie."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        child.poll()
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies do not count)."""
+    _reap(pgid)
+    if not Path("/proc").is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return any(group == pgid and state != "Z" for _, group, state in _processes().values())
+
+
+def _alive(pid: int) -> bool:
+    """Whether the recorded process (the leader of its group) still runs."""
+    _reap(pid)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state != "Z"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), to tell it from a later one that got
+    the same pid; None where /proc cannot say."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _recorded(pids: Mapping[str, Any], name: str, group: bool = False) -> int | None:
+    """The pid recorded as `name` if that very process still runs (not a reused pid); with
+    `group`, also when only other processes of its group are left (Linux reuses no pid that
+    is still a process group's id)."""
+    pid = pids.get(name)
+    if not isinstance(pid, int):
+        return None
+    if not _alive(pid):
+        return pid if group and _group_alive(pid) else None
+    started = pids.get(f"{name}_started")
+    if isinstance(started, int) and _start_ticks(pid) not in (started, None):
+        return None
+    return pid
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, state) of every process, from /proc ({} without it)."""
+    table: dict[int, tuple[int, int, str]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return table
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2:
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return table
+
+
+def _descendant_groups(pids: Sequence[int]) -> list[int]:
+    """Process groups of the descendants of `pids` outside their groups: the flow runs a worker
+    starts in sessions of their own, which outlive a worker that is killed."""
+    table = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen, todo = set(), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return sorted({table[pid][1] for pid in seen} - set(pids))
+
+
+def _kill_group(pgid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM the process group, wait up to `timeout` s, then SIGKILL; True if it was running."""
+    if not _group_alive(pgid):
+        return False
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    child = _CHILDREN.pop(pgid, None)
+    if child is not None:
+        try:
+            child.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+    return True
+
+
+def _spawn(command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path) -> int:
+    """Start `command` in a new process group (session), output to `log`; its pid."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    _CHILDREN[child.pid] = child
+    return child.pid
+
+
+def _prefect(*args: str) -> list[str]:
+    """The Prefect CLI of this interpreter (the project's virtual environment)."""
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _run(
+    command: Sequence[str], env: Mapping[str, str], cwd: Path, what: str, log: Path | None = None
+) -> str:
+    """Run a CLI command to its end; its output. A failure raises one line naming `what`."""
+    done = subprocess.run(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        cwd=cwd,
+    )
+    output = done.stdout + done.stderr
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(command)}\n{output}\n")
+    if done.returncode != 0:
+        if "already exists" in output:
+            return output
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        last = lines[-1] if lines else "no output"
+        where = f"; see {log}" if log is not None else ""
+        raise ServerError(f"{what} failed (exit status {done.returncode}): {last}{where}")
+    return output
+
+
+# --- the pieces -----------------------------------------------------------------------------
+
+
+def urls(host: str, port: int) -> dict[str, str]:
+    """The UI and API addresses of a server on host:port."""
+    return {"ui_url": f"http://{host}:{port}", "api_url": f"http://{host}:{port}/api"}
+
+
+def child_env(home: Path, api_url: str | None = None, repo: Path = REPO) -> dict[str, str]:
+    """The environment of every process the set-up starts: the server's own PREFECT_HOME, the
+    API it talks to, and the checkout that prefect.yaml's pull step changes into."""
+    env = dict(os.environ)
+    env["PREFECT_HOME"] = str((Path(home) / "prefect").resolve())
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["CODECFLOW_CHECKOUT"] = str(Path(repo).resolve())
+    env.pop("PREFECT_API_KEY", None)
+    if api_url is None:
+        env.pop("PREFECT_API_URL", None)
+    else:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_taken(host: str, port: int) -> str:
+    return f"port {port} on {host} is taken by another process; stop it or pass --port"
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def running_server(home: Path) -> dict[str, Any] | None:
+    """The server recorded in `<home>/pids.json` if it still runs, else None."""
+    pids = read_pids(home)
+    return pids if _recorded(pids, "server") is not None else None
+
+
+def start_server(
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    repo: Path = REPO,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Start `prefect server start` in the background and wait for its health check.
+
+    Returns (and records in pids.json) {"server": pid, "api_url", "ui_url", "server_log"}.
+    """
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "prefect").mkdir(exist_ok=True)
+    if not _port_free(host, port):
+        raise ServerError(_port_taken(host, port))
+    addresses = urls(host, port)
+    log = home / "server.log"
+    command = _prefect("server", "start", "--host", host, "--port", str(port), "--analytics-off")
+    pid = _spawn(command, log, child_env(home, None, repo), Path(repo))
+    pids = _record(
+        home, server=pid, server_started=_start_ticks(pid), server_log=str(log), **addresses
+    )
+    health = f"{addresses['api_url']}/health"
+    deadline = time.monotonic() + timeout
+    while not _healthy(addresses["api_url"]):
+        if not _alive(pid):
+            raise ServerError(f"prefect server exited before answering on {health}; see {log}")
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"prefect server did not answer on {health} within {timeout:.0f} s; see {log}"
+            )
+        time.sleep(0.5)
+    return pids
+
+
+def create_work_pool(home: Path, api_url: str, repo: Path = REPO) -> None:
+    """Create the process work pool `codecflow-local` (nothing to do when it exists)."""
+    _run(
+        _prefect("work-pool", "create", POOL, "--type", "process"),
+        child_env(home, api_url, repo),
+        Path(repo),
+        f"creating the work pool {POOL}",
+        Path(home).resolve() / "setup.log",
+    )
+
+
+def create_gpu_limit(home: Path, api_url: str, repo: Path = REPO) -> None:
+    """Create the global concurrency limit `gpu` with 1 slot (nothing to do when it exists)."""
+    _run(
+        _prefect("global-concurrency-limit", "create", GPU_LIMIT, "--limit", "1"),
+        child_env(home, api_url, repo),
+        Path(repo),
+        f"creating the global concurrency limit {GPU_LIMIT}",
+        Path(home).resolve() / "setup.log",
+    )
+
+
+def deploy_all(
+    home: Path, api_url: str, repo: Path = REPO, prefect_file: Path | None = None
+) -> str:
+    """`prefect --no-prompt deploy --all` from the repository root; its output.
+
+    `prefect_file` deploys another prefect.yaml (entrypoints stay relative to `repo`).
+    """
+    command = _prefect("--no-prompt", "deploy", "--all")
+    if prefect_file is not None:
+        command += ["--prefect-file", str(Path(prefect_file).resolve())]
+    return _run(
+        command,
+        child_env(home, api_url, repo),
+        Path(repo),
+        "prefect deploy --all",
+        Path(home).resolve() / "deploy.log",
+    )
+
+
+def start_worker(home: Path, api_url: str, repo: Path = REPO) -> dict[str, Any]:
+    """Start a process worker on `codecflow-local` in the background; records it in pids.json."""
+    home = Path(home).resolve()
+    log = home / "worker.log"
+    command = _prefect(
+        "worker", "start", "--pool", POOL, "--name", f"{POOL}-{socket.gethostname()}"
+    )
+    pid = _spawn(command, log, child_env(home, api_url, repo), Path(repo))
+    return _record(home, worker=pid, worker_started=_start_ticks(pid), worker_log=str(log))
+
+
+def wait_for_worker(home: Path, api_url: str, timeout: float = 90.0) -> None:
+    """Wait until a worker of `codecflow-local` has reported to the server."""
+    home = Path(home).resolve()
+    pids = read_pids(home)
+    worker = pids.get("worker")
+    log = pids.get("worker_log", home / "worker.log")
+    deadline = time.monotonic() + timeout
+    while True:
+        if isinstance(worker, int) and not _alive(worker):
+            raise ServerError(f"the prefect worker on {POOL} exited; see {log}")
+        try:
+            response = httpx.post(f"{api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5)
+            if response.status_code == 200 and response.json():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"no prefect worker reported to the work pool {POOL} within {timeout:.0f} s; "
+                f"see {log}"
+            )
+        time.sleep(1.0)
+
+
+def stop(home: Path) -> list[str]:
+    """End the process groups recorded in `<home>/pids.json` and remove it; what was stopped."""
+    home = Path(home).resolve()
+    pids = read_pids(home)
+    # The worker first: it reports to the server. A pid that now names another process (after a
+    # reboot) is left alone.
+    recorded = {
+        name: pid
+        for name in ("worker", "server")
+        if (pid := _recorded(pids, name, group=True)) is not None
+    }
+    # Found before the kill: once the worker is gone its flow runs have a new parent.
+    descendants = _descendant_groups(list(recorded.values()))
+    stopped = []
+    for name, pid in recorded.items():
+        if _kill_group(pid):
+            stopped.append(f"{name} (pid {pid})")
+    for pgid in descendants:  # a worker ends its flow runs itself; this is the fallback
+        if _kill_group(pgid):
+            stopped.append(f"flow run process group {pgid}")
+    (home / PIDS).unlink(missing_ok=True)
+    return stopped
+
+
+def start(
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    repo: Path = REPO,
+    prefect_file: Path | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """The whole set-up: server, work pool, `gpu` limit, worker, deployments.
+
+    On a failure, what was started is stopped again and ServerError says which step failed.
+    """
+    home = Path(home).resolve()
+    try:
+        pids = start_server(home, host, port, repo, timeout)
+        api_url = pids["api_url"]
+        create_work_pool(home, api_url, repo)
+        create_gpu_limit(home, api_url, repo)
+        start_worker(home, api_url, repo)  # starts up while the deployments are created
+        deploy_all(home, api_url, repo, prefect_file)
+        wait_for_worker(home, api_url)
+    except BaseException:
+        stop(home)
+        raise
+    return read_pids(home)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _stop_hint(home: Path) -> str:
+    if home == (REPO / "runs" / "server").resolve():
+        return "make server-stop"
+    return f"uv run python scripts/server.py stop --home {home}"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/server.py", description="A local Prefect server running codecflow."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_parser = commands.add_parser(
+        "start", help="start the server, work pool, worker and deployments"
+    )
+    start_parser.add_argument("--host", default="127.0.0.1")
+    start_parser.add_argument("--port", type=int, default=4200)
+    start_parser.add_argument("--home", type=Path, default=Path("runs/server"))
+    stop_parser = commands.add_parser("stop", help="stop what `start` started")
+    stop_parser.add_argument("--home", type=Path, default=Path("runs/server"))
+    args = parser.parse_args(argv)
+    home: Path = args.home.resolve()
+
+    try:
+        if args.command == "stop":
+            stopped = stop(home)
+            if stopped:
+                print(f"stopped {', '.join(stopped)}")
+            else:
+                print(f"nothing to stop: no running server recorded in {home / PIDS}")
+            return 0
+
+        running = running_server(home)
+        if running is not None:
+            print(
+                f"prefect server already running (pid {running['server']}): "
+                f"{running.get('ui_url', '?')}; stop it with: {_stop_hint(home)}"
+            )
+            return 0
+        if read_pids(home):  # stale records of processes that have ended
+            stop(home)
+        if not _port_free(args.host, args.port):
+            raise ServerError(_port_taken(args.host, args.port))
+        started = time.monotonic()
+        print(f"starting prefect server on http://{args.host}:{args.port} ...", flush=True)
+        pids = start(home, args.host, args.port)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    print(f"ready in {time.monotonic() - started:.0f} s")
+    print(f"UI:         {pids['ui_url']}")
+    print(f"API:        {pids['api_url']}")
+    print(f"work pool:  {POOL} (worker pid {pids['worker']})")
+    print(f"server log: {pids['server_log']}")
+    print(f"worker log: {pids['worker_log']}")
+    print(f"deploy log: {home / 'deploy.log'}")
+    print(f"stop with:  {_stop_hint(home)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
