@@ -104,5 +104,7 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noq
 
 def run_acquire(cfg: AcquireConfig) -> ManifestRecord:
     """Run the acquire flow on the runner its config asks for (default, or Dask)."""
-    result: ManifestRecord = run_on_runner(acquire_flow, cfg, cfg.workers, cfg.dask_address)
+    result: ManifestRecord = run_on_runner(
+        acquire_flow, cfg, cfg.workers, cfg.dask_address, storage_root=cfg.root
+    )
     return result

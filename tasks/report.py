@@ -118,7 +118,7 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
                 f'<span class="flag">{html.escape(flags)}</span>' if flags else "ok",
                 _esc(_at(voice.get("prompt_vs_sample"), i)),
                 _esc(_at(voice.get("sample_first_vs_second_half"), i)),
-                _esc(_at(words.get("transcripts"), i)),
+                _words(words.get("transcripts"), i),
             )
         )
     spectrograms = "\n".join(
@@ -143,7 +143,7 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
                 _audio(f),
                 _esc(_at(run.get("voice_similarity_to_original"), i)),
                 _esc(_at(run.get("word_error_rate_to_original"), i)),
-                _esc(_at(run.get("transcripts"), i)),
+                _words(run.get("transcripts"), i),
             )
             for i, f in enumerate(run["files"])
         ]
@@ -210,6 +210,12 @@ through the tokenizer: {_audio("prompt_roundtrip.wav")}
 
 def _at(values: Sequence[Any] | None, i: int) -> Any:
     return values[i] if values is not None and i < len(values) else None
+
+
+def _words(values: Sequence[Any] | None, i: int) -> str:
+    """A transcript cell: the words, "(no words)" for an empty transcript, "–" when unknown."""
+    text = _at(values, i)
+    return "(no words)" if text == "" else _esc(text)
 
 
 def summary_markdown(summary: Mapping[str, Any], report_uri: str) -> str:

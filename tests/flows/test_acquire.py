@@ -110,6 +110,8 @@ def test_s3_root_and_streaming_extraction(
     assert fs.exists(f"{root[5:]}/librilight/small/.extracted.json")
     assert not fs.exists(f"{root[5:]}/download")  # streamed: no tar stored anywhere
     assert not (tmp_path / "download").exists()
+    # Prefect's task results (the cache records) live beside the data, where any worker sees them.
+    assert fs.ls(f"{root[5:]}/.prefect-results")
     with fs.open(record.path[5:], "rb") as f:
         rows = pq.read_table(f).to_pylist()
     assert len({r["source_path"] for r in rows}) == len(GOOD_FILES) + 1
