@@ -43,4 +43,6 @@ server-stop:
 	$(RUN) python scripts/server.py stop
 
 clean:
+	@# A server started by `make server` keeps its database and PIDs in runs/server: stop it first.
+	@[ ! -f runs/server/pids.json ] || $(RUN) python scripts/server.py stop
 	rm -rf runs .prefect

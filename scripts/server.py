@@ -367,10 +367,23 @@ def create_work_pool(home: Path, api_url: str, repo: Path = REPO) -> None:
     )
 
 
+def gpu_slots() -> int:
+    """One slot per GPU that `nvidia-smi -L` lists, at least 1: a train-lm run on CUDA occupies
+    `nproc_per_node` slots, so trainings never share a device."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1
+    return max(1, sum(1 for line in listed.splitlines() if line.startswith("GPU ")))
+
+
 def create_gpu_limit(home: Path, api_url: str, repo: Path = REPO) -> None:
-    """Create the global concurrency limit `gpu` with 1 slot (nothing to do when it exists)."""
+    """Create the global concurrency limit `gpu`, one slot per GPU (nothing to do when it
+    exists)."""
     _run(
-        _prefect("global-concurrency-limit", "create", GPU_LIMIT, "--limit", "1"),
+        _prefect("global-concurrency-limit", "create", GPU_LIMIT, "--limit", str(gpu_slots())),
         child_env(home, api_url, repo),
         Path(repo),
         f"creating the global concurrency limit {GPU_LIMIT}",
