@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help bootstrap demo test lint format clean server server-stop
+.PHONY: help bootstrap demo test lint format clean chromium server server-stop
 
 help:
 	@echo "make demo   the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
@@ -27,7 +27,15 @@ lint: bootstrap
 	$(RUN) ruff format --check .
 	$(RUN) mypy models schemas
 
-test: lint
+# The browser test (tests/ops/test_browser.py) drives Debian's chromium through Playwright, without
+# `playwright install`: installed with apt-get when missing (as root, or through sudo).
+chromium:
+	@[ -e /usr/bin/chromium ] || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		$$sudo apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: lint chromium
 	$(RUN) pytest
 
 format: bootstrap

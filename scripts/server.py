@@ -339,7 +339,11 @@ def start_server(
     addresses = urls(host, port)
     log = home / "server.log"
     command = _prefect("server", "start", "--host", host, "--port", str(port), "--analytics-off")
-    pid = _spawn(command, log, child_env(home, None, repo), Path(repo))
+    env = child_env(home, None, repo)
+    # `prefect server start --port N` does not tell the UI: without this the UI's settings name
+    # port 4200 and the UI cannot reach a server on any other port.
+    env["PREFECT_UI_API_URL"] = addresses["api_url"]
+    pid = _spawn(command, log, env, Path(repo))
     pids = _record(
         home, server=pid, server_started=_start_ticks(pid), server_log=str(log), **addresses
     )
