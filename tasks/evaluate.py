@@ -247,11 +247,11 @@ def _validation(
 
 
 def _roundtrip(
-    tokenizer: AudioTokenizer, wav: torch.Tensor
+    tokenizer: AudioTokenizer, wav: torch.Tensor, codes: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The tokenizer's encode -> decode of `wav` `[1, 1, T]`, and how close it comes."""
+    """The decoding of `codes` `[1, K, F]`, the tokenizer's encoding of `wav` `[1, 1, T]`, and
+    how close it comes to `wav`."""
     with torch.inference_mode():
-        codes = tokenizer.encode(wav)  # [1, K, F]
         back = tokenizer.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
     return back, {
         "si_sdr_db": float(si_sdr(back, wav).mean()),
@@ -263,15 +263,13 @@ def _continue_prompt(
     model: GPT,
     tokenizer: AudioTokenizer,
     layout: TokenLayout,
-    prompt_wav: torch.Tensor,
+    prompt_codes: torch.Tensor,
     settings: EvaluateSettings,
     device: torch.device,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Sample `num_samples` continuations of the prompt; their audio and the speed numbers."""
     levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
-    with torch.inference_mode():
-        prompt_codes = tokenizer.encode(prompt_wav)  # [1, K, F_p]
-    prompt_frames = prompt_codes.shape[-1]
+    prompt_frames = prompt_codes.shape[-1]  # prompt_codes: [1, K, F_p]
     # The prompt's sequence up to its last whole step: the delay pattern's trailing PAD steps
     # would put PADs mid-stream, which training never shows the model.
     prompt_tokens = layout.to_sequence(prompt_codes, codebook_size)[
@@ -388,8 +386,10 @@ def evaluate(
     source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
 
     validation = _validation(model, dataset, train_settings, device, layout, spec)
-    prompt_back, prompt_roundtrip = _roundtrip(tokenizer, prompt_wav)
-    samples, speed = _continue_prompt(model, tokenizer, layout, prompt_wav, settings, device)
+    with torch.inference_mode():
+        prompt_codes = tokenizer.encode(prompt_wav)  # [1, K, F_p], for both uses below
+    prompt_back, prompt_roundtrip = _roundtrip(tokenizer, prompt_wav, prompt_codes)
+    samples, speed = _continue_prompt(model, tokenizer, layout, prompt_codes, settings, device)
     regen_roundtrip, regens, regen_records = _regenerations(
         model, tokenizer, layout, source_wav, settings, device
     )

@@ -102,8 +102,7 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
     ]
     roundtrip = summary["prompt_roundtrip"]
     speech = summary["speech"]
-    voice = speech.get("voice", {}) if not speech.get("skipped") else {}
-    words = speech.get("words", {}) if not speech.get("skipped") else {}
+    voice, words = _speech_parts(speech)
     sample_rows = []
     for i, stats in enumerate(summary["samples"]):
         flags = " ".join(stats["flags"])
@@ -208,6 +207,13 @@ through the tokenizer: {_audio("prompt_roundtrip.wav")}
 """
 
 
+def _speech_parts(speech: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The voice and words sections of summary.json's `speech`; empty when it was turned off."""
+    if speech.get("skipped"):
+        return {}, {}
+    return speech.get("voice", {}), speech.get("words", {})
+
+
 def _at(values: Sequence[Any] | None, i: int) -> Any:
     return values[i] if values is not None and i < len(values) else None
 
@@ -237,9 +243,7 @@ def summary_markdown(summary: Mapping[str, Any], report_uri: str) -> str:
 
 def samples_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per continuation: acoustic numbers, flags and speech metrics."""
-    speech = summary["speech"]
-    voice = speech.get("voice", {}) if not speech.get("skipped") else {}
-    words = speech.get("words", {}) if not speech.get("skipped") else {}
+    voice, words = _speech_parts(summary["speech"])
     return [
         {
             "sample": i,
@@ -308,8 +312,7 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
     rows = []
     for folder in find_reports(root):
         s = json.loads((folder / "summary.json").read_text())
-        speech = s["speech"]
-        voice = speech.get("voice", {}) if not speech.get("skipped") else {}
+        voice, _ = _speech_parts(s["speech"])
         sims = [x for x in voice.get("prompt_vs_sample") or [] if x is not None]
         keep1 = [r for r in s["regeneration"]["runs"] if r["keep_levels"] == 1]
         regen_sims = [
