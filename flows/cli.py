@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from tasks.errors import CodecflowError
+from tasks.errors import CodecflowError, user_error
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -114,6 +115,14 @@ class CliError(Exception):
     """A bad command line or config file: printed as one line."""
 
 
+def _unwrap_optional(annotation: Any) -> Any:
+    """`X | None` -> `X`; anything else unchanged (a nested section may be optional)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
 def _annotation_at(model: type[BaseModel] | None, keys: Sequence[str]) -> Any:
     """The type annotation of the field at `keys` in `model`, or None when unknown."""
     annotation: Any = None
@@ -121,11 +130,8 @@ def _annotation_at(model: type[BaseModel] | None, keys: Sequence[str]) -> Any:
         if model is None or key not in model.model_fields:
             return None
         annotation = model.model_fields[key].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
+        section = _unwrap_optional(annotation)
+        model = section if isinstance(section, type) and issubclass(section, BaseModel) else None
     return annotation
 
 
@@ -139,13 +145,22 @@ def _is_text(annotation: Any) -> bool:
     return bool(args) and all(a is str or a is type(None) for a in args)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where, without PyYAML's multi-line excerpt."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}".replace("\n", " ")
+
+
 def apply_override(
     config: dict[str, Any], assignment: str, model: type[BaseModel] | None = None
 ) -> None:
     """Apply `key.path=value` to a nested dict.
 
     The value is parsed as YAML (`1e-3`, `true`, `null`), except for text fields of `model`,
-    which keep the characters as typed: an md5 of all digits stays a string, `null` still clears.
+    which keep the characters as typed (`Note: this` stays a sentence, an md5 of all digits a
+    string); `null` still clears them.
     """
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
@@ -157,23 +172,44 @@ def apply_override(
         if not isinstance(child, dict):
             raise CliError(f"--set {assignment!r}: {part!r} is not a section")
         node = child
-    value = yaml.safe_load(raw) if raw else ""
-    if value is not None and _is_text(_annotation_at(model, key.split("."))):
-        value = raw
-    node[leaf] = value
+    if _is_text(_annotation_at(model, key.split("."))):
+        node[leaf] = None if raw in ("null", "~") else raw
+        return
+    try:
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise CliError(
+            f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})"
+        ) from None
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """The mapping in a YAML config file; one-line errors for a missing, binary, non-UTF-8 or
+    invalid file, and for tags that would build Python objects (`!!python/...`: refused by
+    the safe loader, never run)."""
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"config file not found: {file}")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise CliError(f"config file {file} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"config file {file} is not UTF-8 text (a binary file?)") from None
+    if "\x00" in text:
+        raise CliError(f"config file {file} is not text: it holds NUL bytes")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CliError(f"config file {file} is not valid YAML: {_yaml_problem(err)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise CliError(f"config file {file} must hold a mapping, not {type(loaded).__name__}")
+    return loaded or {}
 
 
 def load_config(model: type[BaseModel], path: str | None, overrides: Sequence[str]) -> BaseModel:
     """Read the YAML file (if any), apply the overrides, validate against `model`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise CliError(f"config file not found: {file}")
-        loaded = yaml.safe_load(file.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise CliError(f"config file {file} must hold a mapping")
-        data = loaded or {}
+    data: dict[str, Any] = _read_config_file(path) if path is not None else {}
     for assignment in overrides:
         apply_override(data, assignment, model)
     try:
@@ -234,19 +270,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sizes":
         return _sizes(args)
     command = COMMANDS[args.command]
-    # The output lines are printed at exit, after Prefect's ephemeral server has logged its
-    # shutdown (atexit runs handlers in reverse order of registration, and Prefect registers its
-    # own during the run): so the last line of a run is ours, a result or a one-line error.
+    # The output lines are printed at exit, after Prefect has logged its shutdown (atexit runs
+    # handlers in reverse order of registration, and Prefect registers its own during the run):
+    # so the last line of a run is ours, a result or a one-line error.
     final_lines: list[tuple[str, Any]] = []
     atexit.register(_print_lines, final_lines)
     try:
         config = load_config(command.config, args.config, args.overrides)
-        outputs = command.run(config)
-    except (CliError, CodecflowError) as exc:
+    except CliError as exc:
         final_lines.append((f"error: {exc}", sys.stderr))
         return 2
+    from flows._session import ephemeral_server, interrupts
+
+    with interrupts() as interrupt:
+        try:
+            with ephemeral_server():
+                outputs = command.run(config)
+        except KeyboardInterrupt:
+            final_lines.append(("error: interrupted; re-run to resume", sys.stderr))
+            return interrupt.exit_status
+        except Exception as exc:
+            error = user_error(exc)
+            if error is None:
+                raise
+            final_lines.append((f"error: {_one_line(error)}", sys.stderr))
+            return 2
     final_lines.extend((f"{name}: {path}", sys.stdout) for name, path in outputs.items())
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: a newline in a path or a worker's reason must not split it."""
+    return " ".join(str(error).split("\n")).strip()
 
 
 def _print_lines(lines: list[tuple[str, Any]]) -> None:

@@ -11,6 +11,7 @@ with `torch.save` of tensors and plain values only, so it loads with `weights_on
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from collections.abc import Mapping
@@ -18,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
 
-__all__ = ["latest_checkpoint", "read_log", "save_resumable"]
+__all__ = [
+    "latest_checkpoint",
+    "load_training_state",
+    "load_weights",
+    "read_checkpoint_json",
+    "read_log",
+    "save_resumable",
+]
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -65,3 +75,58 @@ def read_log(path: Path, upto: int) -> list[dict[str, Any]]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r["step"] <= upto]
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `model.safetensors` file; a one-line error for anything else.
+
+    safetensors never unpickles, so a crafted file cannot run code; what it can be is not a
+    safetensors file at all (a pickle, a truncated copy, a folder), which is the user's to fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CodecflowError(f"checkpoint weights not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CodecflowError(
+            f"unreadable checkpoint {path}: not a safetensors file ({reason})"
+        ) from None
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """A resumable checkpoint's `training_state.pt`, loaded with `weights_only=True`.
+
+    Tensors and plain values only: a file that needs more (a crafted pickle, another tool's
+    checkpoint) is refused in one line. torch's own message would suggest `weights_only=False`,
+    i.e. running the file's code: codecflow never does.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise CodecflowError(f"training state not found: {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        kind = "holds objects other than tensors" if "weights_only" in str(err) else "is damaged"
+        raise CodecflowError(
+            f"unreadable training state {path}: it {kind}; delete the checkpoint folder "
+            f"{path.parent} to resume from the one before it"
+        ) from None
+    if not isinstance(state, dict):
+        raise CodecflowError(f"unreadable training state {path}: not a mapping")
+    return state
+
+
+def read_checkpoint_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's `config.json` or `metrics.json`, as a mapping; one line if it is not."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CodecflowError(f"checkpoint file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise CodecflowError(f"unreadable checkpoint file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise CodecflowError(f"unreadable checkpoint file {path}: not a JSON object")
+    return data

@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "atomic_dir",
+    "default_mode",
     "atomic_file",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -54,6 +55,29 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc; elsewhere set and reset)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_mode(is_dir: bool) -> int:
+    """The mode `open`/`mkdir` would give: 0644 files and 0755 folders under umask 022.
+
+    mkstemp and mkdtemp create 0600 and 0700 (private temporaries); once renamed they are
+    outputs that other users of a shared machine (a Prefect worker, a colleague) must read.
+    """
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable (POSIX: the folder entry itself must be synced)."""
     fd = os.open(path, os.O_RDONLY)
@@ -72,6 +96,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode(is_dir=False))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -94,6 +119,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, default_mode(is_dir=True))
     try:
         yield tmp
         if path.exists():

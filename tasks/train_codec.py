@@ -25,14 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 import torchaudio
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from models.codec import RVQCodec, build_rvq_codec, codec_config_dict
 from models.codec_tokenizer import CodecTokenizer
 from models.losses import codec_loss
 from schemas.configs import TrainCodecSettings
 from tasks import storage
-from tasks.checkpoints import latest_checkpoint, read_log, save_resumable
+from tasks.checkpoints import (
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    read_checkpoint_json,
+    read_log,
+    save_resumable,
+)
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
@@ -162,8 +169,8 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
     start = 0
     resumed = latest_checkpoint(out)
     if resumed is not None:
-        codec.load_state_dict(load_file(str(resumed / "model.safetensors")))
-        state = torch.load(resumed / "training_state.pt", weights_only=True)
+        codec.load_state_dict(load_weights(resumed / "model.safetensors"))
+        state = load_training_state(resumed / "training_state.pt")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["crop_rng"])
@@ -264,9 +271,17 @@ def load_codec(checkpoint: str | Path, device: str | torch.device = "cpu") -> RV
     checkpoint = Path(checkpoint)
     if not (checkpoint / "metrics.json").is_file():
         raise CodecflowError(f"no complete codec checkpoint at {checkpoint}")
-    config = json.loads((checkpoint / "config.json").read_text())
-    codec = build_rvq_codec(**config["codec"])
-    codec.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    config = read_checkpoint_json(checkpoint / "config.json")
+    try:
+        codec = build_rvq_codec(**config["codec"])
+    except (KeyError, TypeError, ValueError, AssertionError) as err:
+        raise CodecflowError(
+            f"checkpoint {checkpoint}: config.json has no valid codec ({err!r})"
+        ) from None
+    try:
+        codec.load_state_dict(load_weights(checkpoint / "model.safetensors"))
+    except RuntimeError:  # missing or unexpected tensors, or other shapes
+        raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json") from None
     return codec.to(device).eval()
 
 

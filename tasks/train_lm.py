@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from models.flops import model_flops_utilization, peak_flops_for
 from models.gpt import GPT, GPTConfig
@@ -26,7 +26,14 @@ from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from models.presets import gpt_config
 from schemas.configs import TrainLMSettings
-from tasks.checkpoints import latest_checkpoint, read_log, save_resumable
+from tasks.checkpoints import (
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    read_checkpoint_json,
+    read_log,
+    save_resumable,
+)
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
@@ -302,10 +309,10 @@ def _train(
     resumed = latest_checkpoint(out)
     if resumed is not None:
         missing, _ = model.load_state_dict(
-            load_file(str(resumed / "model.safetensors")), strict=False
+            load_weights(resumed / "model.safetensors"), strict=False
         )
         assert set(missing) <= {"wte.weight"}, missing
-        state = torch.load(resumed / "training_state.pt", weights_only=True)
+        state = load_training_state(resumed / "training_state.pt")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         step, consumed = int(state["step"]), int(state["windows_consumed"])
@@ -525,9 +532,14 @@ def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[s
     complete = (checkpoint / "metrics.json").is_file() or (checkpoint / "COMPLETE").is_file()
     if not complete or not (checkpoint / "config.json").is_file():
         raise CodecflowError(f"no complete LM checkpoint at {checkpoint}")
-    config = json.loads((checkpoint / "config.json").read_text())
-    model = GPT(GPTConfig(**config["gpt"]))
-    weights = load_file(str(checkpoint / "model.safetensors"))
+    config = read_checkpoint_json(checkpoint / "config.json")
+    try:
+        model = GPT(GPTConfig(**config["gpt"]))
+    except (KeyError, TypeError, ValueError, AssertionError) as err:
+        raise CodecflowError(
+            f"checkpoint {checkpoint}: config.json has no valid GPT ({err!r})"
+        ) from None
+    weights = load_weights(checkpoint / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - {"wte.weight"}:
         raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json")

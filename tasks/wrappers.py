@@ -4,8 +4,9 @@ Each task is cached on its parameters, the source of the code it runs, and the c
 the files it reads (`tasks.caching.content_key`), with results persisted under PREFECT_HOME so a
 second run of the same inputs is a cache hit in a new process. Flows pass `refresh_cache=True`
 when a task's committed output has gone missing, so a cache hit never points at deleted files.
-Bad input (`CodecflowError`) is never retried; anything else (a dropped connection, an S3
-hiccup) is retried with back-off.
+Only network errors (a dropped connection, a timeout, an HTTP 5xx, an S3 hiccup: named in
+`tasks.errors.is_transient`) are retried with back-off; bad input, a full disk or a bug fail at
+once.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tasks import (
     train_lm,
 )
 from tasks.caching import content_key
-from tasks.errors import CodecflowError
+from tasks.errors import CodecflowError, is_transient_chain
 from tasks.progress import PrefectProgress, TqdmProgress, combine
 
 __all__ = [
@@ -60,14 +61,14 @@ __all__ = [
 ]
 
 
-def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network errors only (`errors.is_transient`): bad input, a full disk or a read-only
+    mount fail at once, with their one-line message, instead of three retries later."""
     try:
         state.result()
-    except CodecflowError:
-        return False
-    except Exception:
-        return True
-    return True
+    except BaseException as exc:  # noqa: BLE001 - classified, not swallowed
+        return is_transient_chain(exc)
+    return False
 
 
 _CACHED: dict[str, Any] = {"persist_result": True}
@@ -76,7 +77,7 @@ _CACHED: dict[str, Any] = {"persist_result": True}
 _RETRIED: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": [2, 10, 30],
-    "retry_condition_fn": _retry_unless_bad_input,
+    "retry_condition_fn": _retry_if_transient,
 }
 
 
@@ -203,45 +204,79 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
 
 
 def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
-    """`torchrun --standalone --nproc_per_node=N -m tasks.lm_worker --config <out>/run.yaml`."""
-    import subprocess
+    """`torchrun --standalone --nproc_per_node=N -m tasks.lm_worker --config <out>/run.yaml`.
+
+    A rank's one-line reason for failing (bad input, a full disk) becomes this task's
+    `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
+    """
     import sys
+    import tempfile
 
     import yaml
-    from prefect.logging import get_logger
 
-    try:
-        from prefect import get_run_logger
-
-        logger = get_run_logger()
-    except Exception:  # outside a run (tests of the plain path): a plain logger
-        logger = get_logger("codecflow.train-lm")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
     run_file = out / "run.yaml"
     run_file.write_text(yaml.safe_dump(config, sort_keys=True))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={settings.nproc_per_node}",
-        "-m",
-        "tasks.lm_worker",
-        "--config",
-        str(run_file),
-    ]
+    with tempfile.TemporaryDirectory(prefix="codecflow-ranks-") as errors:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={settings.nproc_per_node}",
+            "-m",
+            "tasks.lm_worker",
+            "--config",
+            str(run_file),
+            "--error-dir",
+            errors,
+        ]
+        status = _stream_process(command)
+        if status != 0:
+            reasons = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: int(p.stem[5:]))
+            if reasons:
+                rank = reasons[0].stem[5:]
+                reason = reasons[0].read_text().strip()
+                raise CodecflowError(f"train-lm rank {rank} failed: {reason}")
+            raise RuntimeError(f"torchrun exited with status {status}; see the log above")
+    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
+
+
+def _stream_process(command: list[str]) -> int:
+    """Run `command`, its output lines into the run's log; stop it if this process is stopped."""
+    import subprocess
+
+    logger = _logger()
     logger.info("launching %s", " ".join(command))
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
         assert process.stdout is not None
         for line in process.stdout:
             logger.info("%s", line.rstrip())
-    if process.returncode != 0:
-        raise RuntimeError(f"torchrun exited with status {process.returncode}; see the log above")
-    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
+        return process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: torchrun forwards SIGTERM to its ranks
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _logger() -> Any:
+    from prefect.logging import get_logger
+
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run (tests of the plain path): a plain logger
+        return get_logger("codecflow.train-lm")
 
 
 @task(
