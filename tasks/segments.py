@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -175,6 +176,47 @@ def _subset_of(book: str) -> str:
     return parts[2] if len(parts) > 2 else parts[-1]
 
 
+class _InvalidVoiceActivity(ValueError):
+    """A file's VAD cannot be trusted (it would duplicate or invent audio): reject the file."""
+
+
+def _interval(i: int, item: Any) -> tuple[float, float]:
+    """One VAD interval as (start, end) seconds; raises _InvalidVoiceActivity naming the fault."""
+    shown = json.dumps(item)[:80]
+    numbers = isinstance(item, list | tuple) and len(item) == 2
+    if not numbers or any(isinstance(v, bool) or not isinstance(v, int | float) for v in item):
+        raise _InvalidVoiceActivity(f"interval {i} is not a [start, end] pair of numbers: {shown}")
+    try:
+        start, end = float(item[0]), float(item[1])
+    except OverflowError:  # an integer too large for a float
+        start = end = math.inf
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise _InvalidVoiceActivity(f"interval {i} is not finite: {shown}")
+    if end < start:
+        raise _InvalidVoiceActivity(f"interval {i} ends before it starts: {shown}")
+    return start, end
+
+
+def _voice_activity(raw: Any) -> list[tuple[float, float]]:
+    """The VAD intervals sorted by start, overlapping or touching ones merged.
+
+    Unsorted or overlapping intervals would make a segment read the same audio twice (11 s of
+    segment for 6 s of span); a NaN start would be clipped to 0. Such a file is rejected as a
+    whole (_InvalidVoiceActivity) rather than repaired by guesswork: a NaN or infinite bound, a
+    value that is not a number (the string "NaN" included), an interval that ends before it
+    starts. Clipping to the audio's length happens later, in probe_book.
+    """
+    if not isinstance(raw, list):
+        raise _InvalidVoiceActivity(f"voice_activity is {type(raw).__name__}, not a list")
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(_interval(i, item) for i, item in enumerate(raw)):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _parse_metadata(raw: bytes) -> tuple[str, str, float, list[tuple[float, float]]]:
     meta = json.loads(raw)
     if not isinstance(meta, dict):
@@ -183,9 +225,22 @@ def _parse_metadata(raw: bytes) -> tuple[str, str, float, list[tuple[float, floa
     book_id = book_meta["id"] if isinstance(book_meta, dict) else None
     if not isinstance(speaker, str | int) or not isinstance(book_id, str | int):
         raise ValueError("speaker and book_meta.id must be strings")
-    voice_activity = [(float(a), float(b)) for a, b in meta["voice_activity"]]
+    voice_activity = _voice_activity(meta["voice_activity"])
     snr = float(meta["snr"]) if meta.get("snr") is not None else float("nan")
     return str(speaker), str(book_id), snr, voice_activity
+
+
+def _read_metadata(
+    fs: Any, path: str, rel: str
+) -> tuple[tuple[str, str, float, list[tuple[float, float]]] | None, Reject | None]:
+    """(the parsed metadata of `rel`, None), or (None, the reject saying why it is unusable)."""
+    try:
+        return _parse_metadata(fs.cat(path)), None
+    except _InvalidVoiceActivity as err:
+        return None, Reject(rel, f"invalid voice activity: {err}")
+    except (ValueError, KeyError, TypeError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        return None, Reject(rel, f"invalid metadata: {detail}")
 
 
 class _TruncatedAudio(RuntimeError):
@@ -223,7 +278,9 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
     """Read each file's metadata and check its audio; clip VAD to the audio's length.
 
     Rejected, with the reason: audio without metadata, metadata without audio, invalid JSON or
-    missing keys, unreadable bytes (corrupt header, not audio), truncated audio, empty audio, and
+    missing keys, invalid voice activity (NaN or infinite bounds, non-numbers, an interval that
+    ends before it starts; unsorted and overlapping intervals are sorted and merged), unreadable
+    bytes (corrupt header, not audio), truncated audio, empty audio, and
     audio with no voice activity inside it. Accepted and flagged: any rate or channel count.
     """
     fs, base = url_to_fs(root)
@@ -241,12 +298,12 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
         if f"{stem}.json" not in names:
             rejects.append(Reject(flac_rel, "missing metadata: no .json beside the .flac"))
             continue
-        try:
-            speaker, book_id, snr, vad = _parse_metadata(fs.cat(posixpath.join(base, json_rel)))
-        except (ValueError, KeyError, TypeError) as err:
-            detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
-            rejects.append(Reject(json_rel, f"invalid metadata: {detail}"))
+        metadata, reject = _read_metadata(fs, posixpath.join(base, json_rel), json_rel)
+        if metadata is None:
+            assert reject is not None
+            rejects.append(reject)
             continue
+        speaker, book_id, snr, vad = metadata
         try:
             with fs.open(posixpath.join(base, flac_rel), "rb") as f:
                 head = f.read(42)
