@@ -605,9 +605,11 @@ def check_reuse(dest: str | Path, source: str | None, expected_md5: str | None) 
     no md5 is given) the marker records another source URL. Nothing there, or an unreadable
     marker (extracted again anyway), passes.
     """
+    expected = expected_md5.strip().lower() if expected_md5 is not None else None
+    if expected is not None and not _MD5_RE.fullmatch(expected):
+        raise CodecflowError(f"expected md5 for {source} is not 32 hex digits: {expected_md5!r}")
     where = _resolve_dest(dest)
     marker = _read_marker(where)
-    expected = expected_md5.strip().lower() if expected_md5 is not None else None
     if marker is not None:
         error = _identity_error(where, marker, source, expected, source or "this archive")
         if error is not None:

@@ -43,6 +43,7 @@ from tasks.storage import is_remote, join, open_atomic_write, url_to_fs
 
 __all__ = [
     "LIBRILIGHT_RATE",
+    "REFUSED_MEMBER",
     "BookListing",
     "BookProbe",
     "ManifestRecord",
@@ -56,6 +57,7 @@ __all__ = [
     "plan_segments",
     "probe_book",
     "read_segment_audio",
+    "refused_members_probe",
     "select_by_hours",
     "split_by_speaker",
     "write_manifest",
@@ -346,6 +348,35 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
     return BookProbe(listing.book, tuple(files), tuple(rejects))
 
 
+#: The reason kind of a tar member the extraction refused (see refused_members_probe).
+REFUSED_MEMBER = "refused tar member"
+#: How many refused members the one-screen summary lists by name (all are in summary.json).
+_SUMMARY_REFUSED_SHOWN = 10
+
+
+def _printable(name: str) -> str:
+    """A member name safe to print, log and store: control characters and the surrogates of
+    non-UTF-8 bytes escaped as Python would write them (`new\\nline`, `caf\\udce9`)."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
+def refused_members_probe(archive: str, refused: Iterable[tuple[str, str]]) -> BookProbe:
+    """The tar members the extraction of `archive` refused, as the rejects of a pseudo-book.
+
+    Passed to plan_segments with the probes, they are counted and listed like any other reject
+    (rejects.parquet, summary.json, the printed summary) instead of only in the marker that
+    list_books hides. `path` is where the member would have been (`librilight/<archive>/<name>`,
+    the name escaped by _printable), `reason` is "refused tar member: <extraction's reason>".
+    """
+    rejects = tuple(
+        Reject(
+            f"librilight/{archive}/{_printable(name)}", f"{REFUSED_MEMBER}: {_printable(reason)}"
+        )
+        for name, reason in refused
+    )
+    return BookProbe(f"librilight/{archive}", (), rejects)
+
+
 # --------------------------------------------------------------------------------------------
 # Cutting, subsets, splits
 # --------------------------------------------------------------------------------------------
@@ -517,6 +548,11 @@ def plan_segments(
         "files_accepted": len(accepted),
         "files_rejected": len(rejects),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "refused_tar_members": [
+            {"path": r.path, "reason": r.reason.split(": ", 1)[1]}
+            for r in rejects
+            if r.reason.startswith(f"{REFUSED_MEMBER}: ")
+        ],
         "files_flagged_not_16k_mono": sum(
             f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
         ),
@@ -680,7 +716,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  {split:<14} {s['segments']:>10,} segments, {s['hours']:.3f} h,"
             f" {s['speakers']} speakers"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _refused_lines(summary.get("refused_tar_members", [])))
+
+
+def _refused_lines(refused: Sequence[Mapping[str, str]]) -> list[str]:
+    """The refused tar members, by name and reason (the first few; all are in summary.json)."""
+    if not refused:
+        return []
+    lines = [f"refused tar members (not extracted, counted in rejected): {len(refused):,}"]
+    for item in refused[:_SUMMARY_REFUSED_SHOWN]:
+        path = item["path"]
+        shown = path if len(path) <= 72 else f"{path[:34]}...{path[-35:]}"  # one line each
+        lines.append(f"    {shown}  ({item['reason']})")
+    if len(refused) > _SUMMARY_REFUSED_SHOWN:
+        lines.append(f"    ... {len(refused) - _SUMMARY_REFUSED_SHOWN:,} more in summary.json")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
