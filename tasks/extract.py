@@ -11,8 +11,10 @@ md5. The marker `.extracted.json`, written last, means the extraction completed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import lzma
 import os
 import posixpath
@@ -46,6 +48,8 @@ __all__ = [
     "extract_tar_safely",
     "is_extracted",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 #: Written last inside an extracted folder (or prefix): its presence means the extraction completed.
 EXTRACTED_MARKER = ".extracted.json"
@@ -266,6 +270,14 @@ class _LocalSink:
         return ""
 
     def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+        try:
+            return self._write(tar, member)
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:  # a crafted name, not a failing disk
+                return "name too long (not extracted)"
+            raise
+
+    def _write(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
         key = _key(member.name)
         if member.isdir():
             return self._folder(key)
@@ -544,6 +556,7 @@ def _sweep_temporaries(dest: Path) -> list[Path]:
     for entry in entries:
         if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
+            _LOG.info("removed %s, left by an extraction that did not finish", entry.path)
             removed.append(Path(entry.path))
     return removed
 

@@ -263,7 +263,7 @@ def test_extract_cannot_escape_through_a_realpath_overflow(tmp_path: Path) -> No
     assert rec.n_files == 2 and rec.n_bytes == len(b"overwrite") + len(b"new")
 
 
-def test_extract_refuses_names_that_are_not_utf8_or_hold_control_characters(
+def test_extract_refuses_bad_names_with_their_reason(
     tmp_path: Path,
 ) -> None:
     names = {
@@ -272,6 +272,9 @@ def test_extract_refuses_names_that_are_not_utf8_or_hold_control_characters(
         "ok/esc\x1b[31m.flac": "control character in name",
         "ok/del\x7f.flac": "control character in name",
         "ok/latin1-\udce9t\udce9.flac": "name is not valid UTF-8",  # b"\xe9" bytes, not UTF-8
+        f"ok/{'n' * 300}.flac": "name too long (not extracted)",  # NAME_MAX is 255
+        "ok/fine-\u00e9t\u00e9.flac": "duplicate name (not extracted)",  # the first one stays
+        "ok/fine-\u00e9t\u00e9.flac/x": "ok/fine-\u00e9t\u00e9.flac is not a folder (not extracted)",
     }
     tar_path = tmp_path / "names.tar"
     # GNU format writes names as raw bytes (surrogateescape turns the lone surrogates back into
