@@ -484,6 +484,47 @@ def select_by_hours(
     return sorted(chosen, key=lambda f: f.path)
 
 
+def _plan_summary(
+    accepted: Sequence[ProbedFile],
+    rejects: Sequence[Reject],
+    selected: Sequence[ProbedFile],
+    rows: Sequence[Mapping[str, Any]],
+    n_speakers: int,
+) -> dict[str, Any]:
+    """The numbers of a plan (summary.json, format_summary); the caller adds the settings."""
+    reasons = Counter(r.reason.split(":", 1)[0] for r in rejects)
+    summary: dict[str, Any] = {
+        "files_seen": len(accepted) + len(rejects),
+        "files_accepted": len(accepted),
+        "files_rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        # By name: a refused member is a sign of a damaged or crafted archive, worth reading.
+        "refused_tar_members": [
+            {"path": r.path, "reason": r.reason.split(": ", 1)[1]}
+            for r in rejects
+            if r.reason.startswith(f"{REFUSED_MEMBER}: ")
+        ],
+        "files_flagged_not_16k_mono": sum(
+            f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
+        ),
+        "accepted_speech_hours": sum(_speech_hours(f) for f in accepted),
+        "accepted_audio_bytes": sum(f.n_bytes for f in accepted),
+        "files_selected": len(selected),
+        "selected_audio_bytes": sum(f.n_bytes for f in selected),
+        "speakers": n_speakers,
+        "segments": len(rows),
+    }
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        summary[split] = {
+            "segments": len(split_rows),
+            "hours": sum(r["duration_s"] for r in split_rows) / 3600,
+            "speakers": len({r["speaker"] for r in split_rows}),
+        }
+    summary["hours"] = sum(r["duration_s"] for r in rows) / 3600
+    return summary
+
+
 def plan_segments(
     probes: Iterable[BookProbe],
     target_len_sec: float = 60.0,
@@ -542,38 +583,8 @@ def plan_segments(
     rows.sort(key=lambda row: row["segment_id"])
     rejects.sort(key=lambda r: r.path)
 
-    reasons = Counter(r.reason.split(":", 1)[0] for r in rejects)
-    summary = {
-        "files_seen": len(accepted) + len(rejects),
-        "files_accepted": len(accepted),
-        "files_rejected": len(rejects),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "refused_tar_members": [
-            {"path": r.path, "reason": r.reason.split(": ", 1)[1]}
-            for r in rejects
-            if r.reason.startswith(f"{REFUSED_MEMBER}: ")
-        ],
-        "files_flagged_not_16k_mono": sum(
-            f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
-        ),
-        "accepted_speech_hours": sum(_speech_hours(f) for f in accepted),
-        "accepted_audio_bytes": sum(f.n_bytes for f in accepted),
-        "target_hours": target_hours,
-        "files_selected": len(selected),
-        "selected_audio_bytes": sum(f.n_bytes for f in selected),
-        "speakers": len(speaker_hours),
-        "segments": len(rows),
-        "target_len_sec": target_len_sec,
-        "seed": seed,
-    }
-    for split in SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
-        summary[split] = {
-            "segments": len(split_rows),
-            "hours": sum(r["duration_s"] for r in split_rows) / 3600,
-            "speakers": len({r["speaker"] for r in split_rows}),
-        }
-    summary["hours"] = sum(r["duration_s"] for r in rows) / 3600
+    summary = _plan_summary(accepted, rejects, selected, rows, len(speaker_hours))
+    summary.update({"target_hours": target_hours, "target_len_sec": target_len_sec, "seed": seed})
     return SegmentPlan(tuple(rows), tuple(rejects), summary)
 
 

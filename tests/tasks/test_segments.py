@@ -28,8 +28,10 @@ from tasks.segments import (
     plan_segments,
     probe_book,
     read_segment_audio,
+    refused_members_probe,
     select_by_hours,
     split_by_speaker,
+    write_manifest,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -307,3 +309,28 @@ def test_vad_is_sorted_merged_and_rejected_when_invalid(vad_root: Path, tmp_path
     assert {p.rsplit("/", 1)[1] for p in table} == set(rejects)
     summary = json.loads(Path(record.summary_path).read_text())
     assert summary["rejected_by_reason"] == {"invalid voice activity": len(rejects)}
+
+
+def test_refused_members_are_rejects_listed_by_name(generated_root: Path, tmp_path: Path) -> None:
+    refused = [(f"small/9/b/{i:02d}.flac", "symlink (not extracted)") for i in range(11)]
+    refused += [("small/" + "d" * 300 + "/x.flac", "name too long (not extracted)")]
+    refused += [("small/new\nline\udce9.flac", "control character in name")]
+    probes = [probe_book(str(generated_root), b) for b in list_books(str(generated_root), ["gen"])]
+    plan = plan_segments([*probes, refused_members_probe("gen", refused)], target_len_sec=2.0)
+    record = write_manifest(str(generated_root), str(tmp_path), plan.rows, plan)
+
+    escaped = "librilight/gen/small/new\\nline\\udce9.flac"  # printable, storable as UTF-8
+    table = {r["path"]: r["reason"] for r in pq.read_table(record.rejects_path).to_pylist()}
+    assert table[escaped] == "refused tar member: control character in name"
+    assert sum(r.startswith("refused tar member: ") for r in table.values()) == len(refused)
+    summary = json.loads(Path(record.summary_path).read_text())
+    assert summary["files_rejected"] == len(BAD_FILES) + len(refused) == record.n_rejects
+    assert summary["rejected_by_reason"]["refused tar member"] == len(refused)
+    assert len(summary["refused_tar_members"]) == len(refused)
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert f"refused tar members (not extracted, counted in rejected): {len(refused)}" in lines
+    assert "    librilight/gen/small/9/b/00.flac  (symlink (not extracted))" in lines
+    assert f"    ... {len(refused) - 10} more in summary.json" in lines
+    assert len(lines) < 40 and max(len(line) for line in lines) < 110  # still one screen
+    assert "\n".join(lines) == text and "\udce9" not in text  # no raw control or surrogate
