@@ -623,10 +623,15 @@ def check_reuse(dest: str | Path, source: str | None, expected_md5: str | None) 
         raise CodecflowError(f"expected md5 for {source} is not 32 hex digits: {expected_md5!r}")
     where = _resolve_dest(dest)
     marker = _read_marker(where)
-    if marker is not None:
-        error = _identity_error(where, marker, source, expected, source or "this archive")
-        if error is not None:
-            raise error
+    if marker is None:
+        return
+    try:
+        _record_from_marker(where, marker)
+    except (KeyError, TypeError, ValueError):
+        return  # unreadable: extract_tar_safely extracts again, as for no marker
+    error = _identity_error(where, marker, source, expected, source or "this archive")
+    if error is not None:
+        raise error
 
 
 def _reusable(

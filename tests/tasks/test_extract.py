@@ -28,6 +28,7 @@ from tasks.extract import (
     EXTRACTED_MARKER,
     ExtractionIdentityError,
     ExtractRecord,
+    check_reuse,
     extract_tar_safely,
     is_extracted,
 )
@@ -448,6 +449,23 @@ def test_extract_does_not_trust_a_marker_with_another_md5(
     assert (
         extract_tar_safely(TINY_TAR, dest, expected_md5=first.md5, source="s3://m/t.tar") == first
     )
+
+
+def test_check_reuse_names_both_archives(tmp_path: Path) -> None:
+    dest = tmp_path / "librilight" / "small"
+    check_reuse(dest, "https://a/small.tar", "0" * 32)  # nothing there yet
+    done = extract_tar_safely(TINY_TAR, dest, source="https://a/small.tar")
+    check_reuse(dest, "https://a/small.tar", done.md5.upper())  # the same archive
+    check_reuse(dest, "https://a/small.tar", None)
+    check_reuse(dest, "s3://mirror/small.tar", done.md5)  # the same bytes from a mirror
+    with pytest.raises(ExtractionIdentityError, match=re.escape(f"(md5 {done.md5}), not https")):
+        check_reuse(dest, "https://a/small.tar", "0" * 32)
+    with pytest.raises(ExtractionIdentityError, match="not https://b/small.tar .md5 not given.:"):
+        check_reuse(dest, "https://b/small.tar", None)
+    with pytest.raises(CodecflowError, match="is not 32 hex digits: 'abc'"):
+        check_reuse(dest, "https://a/small.tar", "abc")
+    (dest / EXTRACTED_MARKER).write_text("{not json")  # unreadable: extracted again, not refused
+    check_reuse(dest, "https://b/small.tar", "0" * 32)
 
 
 def _no_read(*args: object, **kwargs: object) -> None:
