@@ -3,9 +3,11 @@
 `extract_tar_safely` reads an archive once, front to back, from a local path or from any readable
 binary stream (an HTTP body included: a 3 TB Libri-Light tar is never stored), and writes its
 members to a local folder or under any fsspec URL (`s3://bucket/prefix/...`). Unsafe members are
-refused and listed with their reason; the md5 of the bytes read is computed on the way and
-checked at the end; nothing is left behind when the archive is corrupt, truncated or has the wrong
-md5. The marker `.extracted.json`, written last, means the extraction completed.
+refused and listed with their reason (tarfile only reads and checks: the files are written here,
+never through a link); the md5 of the bytes read is computed on the way and checked at the end;
+nothing is left behind when the archive is corrupt, truncated or has the wrong md5. The marker
+`.extracted.json`, written last, means the extraction completed and says of which archive (md5,
+source URL): another archive is never extracted over it nor served from it.
 """
 
 from __future__ import annotations
