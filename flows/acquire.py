@@ -23,8 +23,8 @@ from schemas.configs import AcquireConfig
 from schemas.sources import SourceSpecError, resolve_sources
 from tasks import storage
 from tasks.errors import CodecflowError
-from tasks.extract import is_extracted
-from tasks.segments import ManifestRecord, format_summary
+from tasks.extract import check_reuse, is_extracted
+from tasks.segments import BookProbe, ManifestRecord, format_summary, refused_members_probe
 from tasks.wrappers import (
     extract_task,
     fetch_task,
@@ -56,9 +56,14 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noq
     except SourceSpecError as err:
         raise CodecflowError(str(err)) from None
     archives: list[str] = []
+    refused: list[BookProbe] = []  # the tar members each extraction refused, as rejects
     for source in sources:
         archive = Path(source.url.rstrip("/")).name.split(".")[0] or source.name
         dest = storage.join(cfg.root, "librilight", archive)
+        # The folder is named after the URL's basename: an extraction of another archive there
+        # (another md5, or another URL when no md5 is given) is refused before anything is
+        # fetched, never reused as this one nor replaced.
+        check_reuse(dest, source.url, source.md5)
         extracted = is_extracted(dest)
         if cfg.keep_archive:
             download = _download_dir(cfg) / Path(source.url).name
@@ -66,17 +71,20 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noq
             fetched = unless_committed(fetch_task, download.is_file() or extracted)(
                 source.url, download, source.md5, dest
             )
-            unless_committed(extract_task, extracted)(fetched, dest)
+            extraction = unless_committed(extract_task, extracted)(fetched, dest)
         else:
-            unless_committed(stream_extract_task, extracted)(source.url, dest, source.md5)
+            extraction = unless_committed(stream_extract_task, extracted)(
+                source.url, dest, source.md5
+            )
         archives.append(archive)
+        refused.append(refused_members_probe(archive, extraction.refused))
 
     listings = list_books_task(cfg.root, archives)
     logger.info("probing %d book folders", len(listings))
     probes = probe_book_task.map(unmapped(cfg.root), listings)
     wait(probes)
     plan = plan_segments_task(
-        [p.result() for p in probes],
+        [p.result() for p in probes] + refused,
         cfg.target_len_sec,
         cfg.target_hours,
         cfg.val_fraction,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ from tasks.storage import is_remote, join, open_atomic_write, url_to_fs
 
 __all__ = [
     "LIBRILIGHT_RATE",
+    "REFUSED_MEMBER",
     "BookListing",
     "BookProbe",
     "ManifestRecord",
@@ -55,6 +57,7 @@ __all__ = [
     "plan_segments",
     "probe_book",
     "read_segment_audio",
+    "refused_members_probe",
     "select_by_hours",
     "split_by_speaker",
     "write_manifest",
@@ -175,6 +178,47 @@ def _subset_of(book: str) -> str:
     return parts[2] if len(parts) > 2 else parts[-1]
 
 
+class _InvalidVoiceActivity(ValueError):
+    """A file's VAD cannot be trusted (it would duplicate or invent audio): reject the file."""
+
+
+def _interval(i: int, item: Any) -> tuple[float, float]:
+    """One VAD interval as (start, end) seconds; raises _InvalidVoiceActivity naming the fault."""
+    shown = json.dumps(item)[:80]
+    numbers = isinstance(item, list | tuple) and len(item) == 2
+    if not numbers or any(isinstance(v, bool) or not isinstance(v, int | float) for v in item):
+        raise _InvalidVoiceActivity(f"interval {i} is not a [start, end] pair of numbers: {shown}")
+    try:
+        start, end = float(item[0]), float(item[1])
+    except OverflowError:  # an integer too large for a float
+        start = end = math.inf
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise _InvalidVoiceActivity(f"interval {i} is not finite: {shown}")
+    if end < start:
+        raise _InvalidVoiceActivity(f"interval {i} ends before it starts: {shown}")
+    return start, end
+
+
+def _voice_activity(raw: Any) -> list[tuple[float, float]]:
+    """The VAD intervals sorted by start, overlapping or touching ones merged.
+
+    Unsorted or overlapping intervals would make a segment read the same audio twice (11 s of
+    segment for 6 s of span); a NaN start would be clipped to 0. Such a file is rejected as a
+    whole (_InvalidVoiceActivity) rather than repaired by guesswork: a NaN or infinite bound, a
+    value that is not a number (the string "NaN" included), an interval that ends before it
+    starts. Clipping to the audio's length happens later, in probe_book.
+    """
+    if not isinstance(raw, list):
+        raise _InvalidVoiceActivity(f"voice_activity is {type(raw).__name__}, not a list")
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(_interval(i, item) for i, item in enumerate(raw)):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _parse_metadata(raw: bytes) -> tuple[str, str, float, list[tuple[float, float]]]:
     meta = json.loads(raw)
     if not isinstance(meta, dict):
@@ -183,9 +227,22 @@ def _parse_metadata(raw: bytes) -> tuple[str, str, float, list[tuple[float, floa
     book_id = book_meta["id"] if isinstance(book_meta, dict) else None
     if not isinstance(speaker, str | int) or not isinstance(book_id, str | int):
         raise ValueError("speaker and book_meta.id must be strings")
-    voice_activity = [(float(a), float(b)) for a, b in meta["voice_activity"]]
+    voice_activity = _voice_activity(meta["voice_activity"])
     snr = float(meta["snr"]) if meta.get("snr") is not None else float("nan")
     return str(speaker), str(book_id), snr, voice_activity
+
+
+def _read_metadata(
+    fs: Any, path: str, rel: str
+) -> tuple[tuple[str, str, float, list[tuple[float, float]]] | None, Reject | None]:
+    """(the parsed metadata of `rel`, None), or (None, the reject saying why it is unusable)."""
+    try:
+        return _parse_metadata(fs.cat(path)), None
+    except _InvalidVoiceActivity as err:
+        return None, Reject(rel, f"invalid voice activity: {err}")
+    except (ValueError, KeyError, TypeError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        return None, Reject(rel, f"invalid metadata: {detail}")
 
 
 class _TruncatedAudio(RuntimeError):
@@ -223,7 +280,9 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
     """Read each file's metadata and check its audio; clip VAD to the audio's length.
 
     Rejected, with the reason: audio without metadata, metadata without audio, invalid JSON or
-    missing keys, unreadable bytes (corrupt header, not audio), truncated audio, empty audio, and
+    missing keys, invalid voice activity (NaN or infinite bounds, non-numbers, an interval that
+    ends before it starts; unsorted and overlapping intervals are sorted and merged), unreadable
+    bytes (corrupt header, not audio), truncated audio, empty audio, and
     audio with no voice activity inside it. Accepted and flagged: any rate or channel count.
     """
     fs, base = url_to_fs(root)
@@ -241,12 +300,12 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
         if f"{stem}.json" not in names:
             rejects.append(Reject(flac_rel, "missing metadata: no .json beside the .flac"))
             continue
-        try:
-            speaker, book_id, snr, vad = _parse_metadata(fs.cat(posixpath.join(base, json_rel)))
-        except (ValueError, KeyError, TypeError) as err:
-            detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
-            rejects.append(Reject(json_rel, f"invalid metadata: {detail}"))
+        metadata, reject = _read_metadata(fs, posixpath.join(base, json_rel), json_rel)
+        if metadata is None:
+            assert reject is not None
+            rejects.append(reject)
             continue
+        speaker, book_id, snr, vad = metadata
         try:
             with fs.open(posixpath.join(base, flac_rel), "rb") as f:
                 head = f.read(42)
@@ -287,6 +346,35 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
             )
         )
     return BookProbe(listing.book, tuple(files), tuple(rejects))
+
+
+#: The reason kind of a tar member the extraction refused (see refused_members_probe).
+REFUSED_MEMBER = "refused tar member"
+#: How many refused members the one-screen summary lists by name (all are in summary.json).
+_SUMMARY_REFUSED_SHOWN = 10
+
+
+def _printable(name: str) -> str:
+    """A member name safe to print, log and store: control characters and the surrogates of
+    non-UTF-8 bytes escaped as Python would write them (`new\\nline`, `caf\\udce9`)."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
+def refused_members_probe(archive: str, refused: Iterable[tuple[str, str]]) -> BookProbe:
+    """The tar members the extraction of `archive` refused, as the rejects of a pseudo-book.
+
+    Passed to plan_segments with the probes, they are counted and listed like any other reject
+    (rejects.parquet, summary.json, the printed summary) instead of only in the marker that
+    list_books hides. `path` is where the member would have been (`librilight/<archive>/<name>`,
+    the name escaped by _printable), `reason` is "refused tar member: <extraction's reason>".
+    """
+    rejects = tuple(
+        Reject(
+            f"librilight/{archive}/{_printable(name)}", f"{REFUSED_MEMBER}: {_printable(reason)}"
+        )
+        for name, reason in refused
+    )
+    return BookProbe(f"librilight/{archive}", (), rejects)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +484,47 @@ def select_by_hours(
     return sorted(chosen, key=lambda f: f.path)
 
 
+def _plan_summary(
+    accepted: Sequence[ProbedFile],
+    rejects: Sequence[Reject],
+    selected: Sequence[ProbedFile],
+    rows: Sequence[Mapping[str, Any]],
+    n_speakers: int,
+) -> dict[str, Any]:
+    """The numbers of a plan (summary.json, format_summary); the caller adds the settings."""
+    reasons = Counter(r.reason.split(":", 1)[0] for r in rejects)
+    summary: dict[str, Any] = {
+        "files_seen": len(accepted) + len(rejects),
+        "files_accepted": len(accepted),
+        "files_rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        # By name: a refused member is a sign of a damaged or crafted archive, worth reading.
+        "refused_tar_members": [
+            {"path": r.path, "reason": r.reason.split(": ", 1)[1]}
+            for r in rejects
+            if r.reason.startswith(f"{REFUSED_MEMBER}: ")
+        ],
+        "files_flagged_not_16k_mono": sum(
+            f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
+        ),
+        "accepted_speech_hours": sum(_speech_hours(f) for f in accepted),
+        "accepted_audio_bytes": sum(f.n_bytes for f in accepted),
+        "files_selected": len(selected),
+        "selected_audio_bytes": sum(f.n_bytes for f in selected),
+        "speakers": n_speakers,
+        "segments": len(rows),
+    }
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        summary[split] = {
+            "segments": len(split_rows),
+            "hours": sum(r["duration_s"] for r in split_rows) / 3600,
+            "speakers": len({r["speaker"] for r in split_rows}),
+        }
+    summary["hours"] = sum(r["duration_s"] for r in rows) / 3600
+    return summary
+
+
 def plan_segments(
     probes: Iterable[BookProbe],
     target_len_sec: float = 60.0,
@@ -454,33 +583,8 @@ def plan_segments(
     rows.sort(key=lambda row: row["segment_id"])
     rejects.sort(key=lambda r: r.path)
 
-    reasons = Counter(r.reason.split(":", 1)[0] for r in rejects)
-    summary = {
-        "files_seen": len(accepted) + len(rejects),
-        "files_accepted": len(accepted),
-        "files_rejected": len(rejects),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "files_flagged_not_16k_mono": sum(
-            f.sample_rate != LIBRILIGHT_RATE or f.channels != 1 for f in accepted
-        ),
-        "accepted_speech_hours": sum(_speech_hours(f) for f in accepted),
-        "accepted_audio_bytes": sum(f.n_bytes for f in accepted),
-        "target_hours": target_hours,
-        "files_selected": len(selected),
-        "selected_audio_bytes": sum(f.n_bytes for f in selected),
-        "speakers": len(speaker_hours),
-        "segments": len(rows),
-        "target_len_sec": target_len_sec,
-        "seed": seed,
-    }
-    for split in SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
-        summary[split] = {
-            "segments": len(split_rows),
-            "hours": sum(r["duration_s"] for r in split_rows) / 3600,
-            "speakers": len({r["speaker"] for r in split_rows}),
-        }
-    summary["hours"] = sum(r["duration_s"] for r in rows) / 3600
+    summary = _plan_summary(accepted, rejects, selected, rows, len(speaker_hours))
+    summary.update({"target_hours": target_hours, "target_len_sec": target_len_sec, "seed": seed})
     return SegmentPlan(tuple(rows), tuple(rejects), summary)
 
 
@@ -623,7 +727,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  {split:<14} {s['segments']:>10,} segments, {s['hours']:.3f} h,"
             f" {s['speakers']} speakers"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _refused_lines(summary.get("refused_tar_members", [])))
+
+
+def _refused_lines(refused: Sequence[Mapping[str, str]]) -> list[str]:
+    """The refused tar members, by name and reason (the first few; all are in summary.json)."""
+    if not refused:
+        return []
+    lines = [f"refused tar members (not extracted, counted in rejected): {len(refused):,}"]
+    for item in refused[:_SUMMARY_REFUSED_SHOWN]:
+        path = item["path"]
+        shown = path if len(path) <= 72 else f"{path[:34]}...{path[-35:]}"  # one line each
+        lines.append(f"    {shown}  ({item['reason']})")
+    if len(refused) > _SUMMARY_REFUSED_SHOWN:
+        lines.append(f"    ... {len(refused) - _SUMMARY_REFUSED_SHOWN:,} more in summary.json")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,6 +91,8 @@ def fetch_task(
     the extraction marker, so a re-run downloads nothing even when the tar was deleted.
     """
     if extract.is_extracted(extracted_dest):
+        # Only this archive's extraction stands in for its download (same md5, or same URL).
+        extract.check_reuse(extracted_dest, source, md5)
         marker = storage.read_json(storage.join(extracted_dest, extract.EXTRACTED_MARKER))
         size = int(marker.get("archive_size", 0))
         return download.FetchRecord(Path(dest), marker["md5"], size, size, source)
@@ -101,8 +103,11 @@ def fetch_task(
 
 @task(name="extract", cache_key_fn=content_key(code=(extract,)), **_CACHED)
 def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRecord:
-    """Extract the downloaded tar safely (keyed on the tar's md5, not re-hashed)."""
-    return extract.extract_tar_safely(archive.path, dest)
+    """Extract the downloaded tar safely (keyed on the tar's md5: an extraction of another
+    archive at `dest` is refused, not reused)."""
+    return extract.extract_tar_safely(
+        archive.path, dest, expected_md5=archive.md5 or None, source=archive.source
+    )
 
 
 @task(
@@ -111,7 +116,9 @@ def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRec
 def stream_extract_task(source: str, dest: str, md5: str | None) -> extract.ExtractRecord:
     """Extract `source` as it streams, storing no tar (the md5 is checked at the end)."""
     with download.open_source_stream(source) as stream:
-        return extract.extract_tar_safely(stream, dest, expected_md5=md5, description=source)
+        return extract.extract_tar_safely(
+            stream, dest, expected_md5=md5, description=source, source=source
+        )
 
 
 @task(name="list-books", **_RETRIED)

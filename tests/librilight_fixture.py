@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["BAD_FILES", "GOOD_FILES", "flac_bytes", "make_librilight_tar"]
+__all__ = ["BAD_FILES", "GOOD_FILES", "REFUSED_MEMBERS", "flac_bytes", "make_librilight_tar"]
 
 RATE = 16_000
 
@@ -40,6 +40,13 @@ BAD_FILES = {
     "small/400/broken/badjson_00.json": "invalid metadata",
     "small/400/broken/nokeys_00.json": "invalid metadata",
     "small/400/broken/empty_00.flac": "empty audio",
+}
+
+#: The members of the tar (with `bad=True`) that the extraction refuses -> their reject reason.
+REFUSED_MEMBERS = {
+    "/abs/evil.flac": "refused tar member: absolute path",
+    "../escape.flac": "refused tar member: '..' component",
+    "small/400/broken/link.flac": "refused tar member: link outside the destination",
 }
 
 

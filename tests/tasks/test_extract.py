@@ -7,10 +7,14 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import random
 import re
 import stat
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,14 @@ from tasks.errors import (
     CodecflowError,
     CorruptArchiveError,
 )
-from tasks.extract import EXTRACTED_MARKER, ExtractRecord, extract_tar_safely, is_extracted
+from tasks.extract import (
+    EXTRACTED_MARKER,
+    ExtractionIdentityError,
+    ExtractRecord,
+    check_reuse,
+    extract_tar_safely,
+    is_extracted,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -120,7 +131,7 @@ def _write_evil_tar(tar_path: Path) -> None:
         assert "/abs.txt" in tar.getnames()  # the crafted name really is absolute
 
 
-#: The refusals of the crafted tar, in archive order, on a local destination.
+#: The refusals of the crafted tar, in archive order, on any destination.
 EVIL_REFUSED = [
     ("/abs.txt", "absolute path"),
     ("../evil.txt", "'..' component"),
@@ -131,6 +142,14 @@ EVIL_REFUSED = [
     ("hard_abs", "link to an absolute path"),
     ("fifo", "special file (device or fifo)"),
     ("tty", "special file (device or fifo)"),
+]
+
+#: On a local destination every link is refused, in-root ones included: the sink never creates
+#: one, so no later member can be written through it (see test_extract_cannot_escape_...).
+EVIL_REFUSED_LOCAL = [
+    *EVIL_REFUSED,
+    ("ok/link", "symlink (not extracted)"),
+    ("ok/hard", "hard link (not extracted)"),
 ]
 
 
@@ -153,26 +172,126 @@ def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
         "hard_abs",
         "fifo",
         "tty",
+        "ok/link",
+        "ok/hard",
     ]
     assert reasons["/abs.txt"] == "absolute path"
     assert reasons["../evil.txt"] == reasons["ok/../../evil2.txt"] == "'..' component"
     assert reasons["passwd"] == reasons["hard_abs"] == "link to an absolute path"
     assert reasons["ok/up"] == reasons["hard"] == "link outside the destination"
     assert reasons["fifo"] == reasons["tty"] == "special file (device or fifo)"
-    assert list(rec.refused) == EVIL_REFUSED
+    assert reasons["ok/link"] == "symlink (not extracted)"
+    assert reasons["ok/hard"] == "hard link (not extracted)"
+    assert list(rec.refused) == EVIL_REFUSED_LOCAL
 
     # Nothing written outside dest, and only the safe members inside it.
     assert siblings(tmp_path) == before | {"dest"}
     assert (tmp_path / "outside.txt").read_text() == "outside"
     written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
-    assert written == [EXTRACTED_MARKER, "ok", "ok/a.txt", "ok/hard", "ok/link", "ok/run.sh"]
-    assert os.readlink(dest / "ok" / "link") == "a.txt"
-    assert (dest / "ok" / "hard").read_bytes() == b"hello"
-    mode = stat.S_IMODE((dest / "ok" / "run.sh").stat().st_mode)
-    assert mode == 0o755  # setuid and group/other write stripped (the data filter's modes)
-    assert rec.n_files == 4 and rec.n_bytes == 5 + 10
+    assert written == [EXTRACTED_MARKER, "ok", "ok/a.txt", "ok/run.sh"]
+    umask = os.umask(0)
+    os.umask(umask)
+    # The archive's modes (0o4777, 0o777) are not used: 0644 files, 0755 folders, less the umask.
+    assert stat.S_IMODE((dest / "ok" / "run.sh").stat().st_mode) == 0o644 & ~umask
+    assert stat.S_IMODE((dest / "ok").stat().st_mode) == 0o755 & ~umask
+    assert rec.n_files == 2 and rec.n_bytes == 5 + 10
     marker = json.loads((dest / EXTRACTED_MARKER).read_text())
     assert [tuple(item) for item in marker["refused"]] == list(rec.refused)
+
+
+def _write_realpath_overflow_tar(tar_path: Path, work: Path, outside: Path) -> list[str]:
+    """The CVE-2025-4517 exploit (the shape of CPython's `test_realpath_limit_attack`).
+
+    Sixteen nested folders `ddd...` each reached by a one-letter symlink (`a`, `a/b`...), sized so
+    that `a/b/.../p` fits in PATH_MAX while its expansion plus a 254-character name does not: the
+    symlink `a/.../p/lll...` -> `../` x 16 (the extraction folder itself) is never expanded by
+    os.path.realpath (it gives up on ENAMETOOLONG and goes on lexically), so `escape` -> that
+    link `/../../../<outside>` looks inside the root to the data filter while the kernel resolves it
+    to `outside`, a sibling of the test's folder. A hard link through it and a file written
+    through it follow. `work` is the folder the extraction's temporary folder is created in.
+    Returns the names of the links, in archive order.
+    """
+    steps = "abcdefghijklmnop"
+    # The temporary folder atomic_dir extracts into: `<work>/.<name>.<8 chars>.tmp`.
+    extraction_dir_len = len(str(work)) + len("/.evil.12345678.tmp")
+    max_path = os.pathconf(work, "PC_PATH_MAX")
+    component = "d" * ((max_path - extraction_dir_len - 1) // (len(steps) + 1))
+    links: list[str] = []
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        path = ""
+        for step in steps:
+            _add(tar, posixpath.join(path, component), tarfile.DIRTYPE, mode=0o777)
+            links.append(posixpath.join(path, step))
+            _add(tar, links[-1], tarfile.SYMTYPE, linkname=component)
+            path = posixpath.join(path, component)
+        linkpath = posixpath.join(*steps, "l" * 254)
+        _add(tar, linkpath, tarfile.SYMTYPE, linkname=posixpath.join(*[".."] * len(steps)))
+        escape = posixpath.join(linkpath, "..", "..", "..", outside.name)
+        _add(tar, "escape", tarfile.SYMTYPE, linkname=escape)
+        _add(tar, "flaglink", tarfile.LNKTYPE, linkname="escape/flag")
+        _add(tar, "flaglink", data=b"overwrite")
+        _add(tar, "escape/newfile", data=b"new")
+    return [*links, linkpath, "escape", "flaglink"]
+
+
+def test_extract_cannot_escape_through_a_realpath_overflow(tmp_path: Path) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"  # a sibling folder of tmp_path
+    outside.mkdir()
+    (outside / "flag").write_text("untouched")
+    work = tmp_path / "work"
+    work.mkdir()
+    tar_path = tmp_path / "evil.tar"
+    links = _write_realpath_overflow_tar(tar_path, work, outside)
+
+    rec = extract_tar_safely(tar_path, work / "evil")
+
+    # Nothing outside the destination: the flag is intact and no new file appeared beside it.
+    assert sorted(p.name for p in outside.iterdir()) == ["flag"]
+    assert (outside / "flag").read_text() == "untouched"
+    assert siblings(work) == {"evil"} and siblings(tmp_path) == {"evil.tar", "work"}
+    # Every link is refused by name, with its reason (the chain's symlinks pass the data filter).
+    assert list(rec.refused) == [
+        *((name, "symlink (not extracted)") for name in links[:-1]),
+        ("flaglink", "hard link (not extracted)"),
+    ]
+    marker = json.loads((work / "evil" / EXTRACTED_MARKER).read_text())
+    assert [tuple(item) for item in marker["refused"]] == list(rec.refused)
+    # The regular files were written inside, in real folders, with no link anywhere.
+    dest = work / "evil"
+    assert (dest / "flaglink").read_bytes() == b"overwrite"
+    assert (dest / "escape" / "newfile").read_bytes() == b"new"
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+    assert rec.n_files == 2 and rec.n_bytes == len(b"overwrite") + len(b"new")
+
+
+def test_extract_refuses_bad_names_with_their_reason(
+    tmp_path: Path,
+) -> None:
+    names = {
+        "ok/new\nline.flac": "control character in name",
+        "ok/tab\there.flac": "control character in name",
+        "ok/esc\x1b[31m.flac": "control character in name",
+        "ok/del\x7f.flac": "control character in name",
+        "ok/latin1-\udce9t\udce9.flac": "name is not valid UTF-8",  # b"\xe9" bytes, not UTF-8
+        f"ok/{'n' * 300}.flac": "name too long (not extracted)",  # NAME_MAX is 255
+        "ok/fine-\u00e9t\u00e9.flac": "duplicate name (not extracted)",  # the first one stays
+        "ok/fine-\u00e9t\u00e9.flac/x": "ok/fine-\u00e9t\u00e9.flac is not a folder (not extracted)",
+    }
+    tar_path = tmp_path / "names.tar"
+    # GNU format writes names as raw bytes (surrogateescape turns the lone surrogates back into
+    # the bytes \xe9), as a tar made on a Latin-1 system would hold them.
+    with tarfile.open(
+        tar_path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        _add(tar, "ok/fine-\u00e9t\u00e9.flac", data=b"fine")  # valid UTF-8 is extracted
+        for name in names:
+            _add(tar, name, data=b"refused")
+    assert b"\xe9t\xe9.flac" in tar_path.read_bytes()  # the raw non-UTF-8 bytes are in the tar
+    rec = extract_tar_safely(tar_path, tmp_path / "dest")
+    assert list(rec.refused) == list(names.items())
+    assert tree(tmp_path / "dest") == {"ok/fine-\u00e9t\u00e9.flac": b"fine"}
+    marker = json.loads((tmp_path / "dest" / EXTRACTED_MARKER).read_text())
+    assert [tuple(item) for item in marker["refused"]] == list(names.items())
 
 
 def _member_offsets(data: bytes) -> list[tuple[int, int, int]]:
@@ -306,15 +425,51 @@ def test_extract_md5_mismatch_leaves_nothing(tmp_path: Path, source: str) -> Non
     assert not is_extracted(work / "librilight")
 
 
-def test_extract_does_not_trust_a_marker_with_another_md5(tmp_path: Path) -> None:
+def test_extract_does_not_trust_a_marker_with_another_md5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = tmp_path / "dest"
-    first = extract_tar_safely(TINY_TAR, dest)
-    # The marker records the tiny tar's md5; a caller expecting another archive is not served
-    # the old extraction: the tar is read again, fails the check, and the old folder stays.
-    with pytest.raises(ChecksumMismatchError):
-        extract_tar_safely(TINY_TAR, dest, expected_md5="f" * 32)
+    first = extract_tar_safely(TINY_TAR, dest, source="https://a.example/tiny.tar")
+    before = tree(dest)
+    # The marker records the tiny tar's md5; a caller expecting another archive is neither
+    # served the old extraction nor allowed to replace it: one line naming both, nothing read.
+    with monkeypatch.context() as m:
+        m.setattr(tarfile, "open", _no_read)
+        with pytest.raises(ExtractionIdentityError) as err:
+            extract_tar_safely(TINY_TAR, dest, expected_md5="f" * 32, source="https://b/tiny.tar")
+        with pytest.raises(ExtractionIdentityError, match="not https://b/tiny.tar .md5 not given"):
+            extract_tar_safely(TINY_TAR, dest, source="https://b/tiny.tar")  # no md5: the URL
+    assert str(err.value) == (
+        f"{dest} holds an extraction of https://a.example/tiny.tar (md5 {first.md5}), "
+        f"not https://b/tiny.tar (md5 {'f' * 32}): use another root"
+    )
+    assert tree(dest) == before and siblings(tmp_path) == {"dest"}
     assert extract_tar_safely(TINY_TAR, dest, expected_md5=first.md5) == first
-    assert siblings(tmp_path) == {"dest"}
+    # The same bytes from another URL (a mirror) are the same archive when the md5 says so.
+    assert (
+        extract_tar_safely(TINY_TAR, dest, expected_md5=first.md5, source="s3://m/t.tar") == first
+    )
+
+
+def test_check_reuse_names_both_archives(tmp_path: Path) -> None:
+    dest = tmp_path / "librilight" / "small"
+    check_reuse(dest, "https://a/small.tar", "0" * 32)  # nothing there yet
+    done = extract_tar_safely(TINY_TAR, dest, source="https://a/small.tar")
+    check_reuse(dest, "https://a/small.tar", done.md5.upper())  # the same archive
+    check_reuse(dest, "https://a/small.tar", None)
+    check_reuse(dest, "s3://mirror/small.tar", done.md5)  # the same bytes from a mirror
+    with pytest.raises(ExtractionIdentityError, match=re.escape(f"(md5 {done.md5}), not https")):
+        check_reuse(dest, "https://a/small.tar", "0" * 32)
+    with pytest.raises(ExtractionIdentityError, match="not https://b/small.tar .md5 not given.:"):
+        check_reuse(dest, "https://b/small.tar", None)
+    with pytest.raises(CodecflowError, match="is not 32 hex digits: 'abc'"):
+        check_reuse(dest, "https://a/small.tar", "abc")
+    (dest / EXTRACTED_MARKER).write_text("{not json")  # unreadable: extracted again, not refused
+    check_reuse(dest, "https://b/small.tar", "0" * 32)
+
+
+def _no_read(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the archive was read")
 
 
 def test_extract_bad_arguments(tmp_path: Path) -> None:
@@ -484,3 +639,76 @@ def test_extract_big_member_to_s3_multipart(
         assert rec.n_bytes == len(big) and objects(url)["big.bin"] == big
     fs, bucket = fsspec.core.url_to_fs(s3_bucket, skip_instance_cache=True)
     assert fs.list_multipart_uploads(bucket) == []  # none left open (and billed)
+
+
+# --------------------------------------------------------------------------------------------
+# Temporaries of a killed extraction
+# --------------------------------------------------------------------------------------------
+
+_CHILD = "import sys; from tasks.extract import extract_tar_safely as x; x(sys.stdin.buffer.raw, sys.argv[1])"
+
+
+def _killed_extraction(dest: Path) -> Path:
+    """Kill (SIGKILL) an extraction of the tiny tar into `dest` half-way; its temporary folder."""
+    data = TINY_TAR.read_bytes()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(dest)], stdin=subprocess.PIPE, cwd=REPO
+    )
+    assert child.stdin is not None
+    child.stdin.write(data[: len(data) // 2])
+    child.stdin.flush()
+    deadline = time.monotonic() + 120
+    try:
+        while not (
+            leftovers := [
+                p for p in dest.parent.glob(f".{dest.name}.*.tmp") if any(p.rglob("*.flac"))
+            ]
+        ):
+            assert time.monotonic() < deadline and child.poll() is None, "no extraction started"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    (leftover,) = leftovers
+    return leftover
+
+
+def test_extract_sweeps_only_its_own_temporaries(tmp_path: Path) -> None:
+    dest = tmp_path / "small"
+    leftover = _killed_extraction(dest)
+    assert not dest.exists() and re.fullmatch(r"\.small\.[a-z0-9_]{8}\.tmp", leftover.name)
+    old = tmp_path / ".small.old"  # what a kill between atomic_dir's two renames leaves
+    old.mkdir()
+    (old / "x.flac").write_bytes(b"old")
+    # Not ours, or not this destination's: kept, whatever they hold.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.flac").write_bytes(b"keep")
+    kept = {
+        ".small.notes.tmp": "folder",  # not 8 random characters
+        ".small.abcdefghi.tmp": "folder",  # 9
+        ".small.ABCD1234.tmp": "folder",  # not mkdtemp's alphabet
+        ".small.abcd1234.tmp.bak": "folder",
+        ".other.abcd1234.tmp": "folder",  # another destination's
+        ".small.wxyz6789.tmp": "file",  # a file, not an extraction folder
+        ".small.link_123.tmp": "link",  # a link (to a folder of the user's), not followed
+        "small.tar.part": "file",  # a download being resumed
+        ".small.tar.part": "file",
+    }
+    for name, kind in kept.items():
+        if kind == "folder":
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "mine.txt").write_text("user")
+        elif kind == "file":
+            (tmp_path / name).write_text("user")
+        else:
+            (tmp_path / name).symlink_to(outside)
+
+    rec = extract_tar_safely(TINY_TAR, dest)
+
+    assert rec.n_files == 9 and is_extracted(dest)
+    assert siblings(tmp_path) == {"small", "outside", *kept}  # the leftover and .old are gone
+    assert (outside / "keep.flac").read_bytes() == b"keep"
+    for name, kind in kept.items():
+        path = tmp_path / name
+        assert (path / "mine.txt").read_text() if kind == "folder" else path.exists()

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from helpers import TINY_TAR
-from librilight_fixture import BAD_FILES, GOOD_FILES, make_librilight_tar
+from librilight_fixture import BAD_FILES, GOOD_FILES, flac_bytes, make_librilight_tar
 
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, REJECTS_SCHEMA, SEGMENT_MANIFEST_SCHEMA, SPLITS
 from tasks.errors import CodecflowError
@@ -28,8 +28,10 @@ from tasks.segments import (
     plan_segments,
     probe_book,
     read_segment_audio,
+    refused_members_probe,
     select_by_hours,
     split_by_speaker,
+    write_manifest,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -249,3 +251,86 @@ def test_no_usable_file_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "manifest" / "segments.parquet").exists()
     with pytest.raises(CodecflowError, match="extracted archive not found: .*missing"):
         list_books(str(tmp_path), ["missing"])
+
+
+# --------------------------------------------------------------------------------------------
+# VAD validation
+# --------------------------------------------------------------------------------------------
+
+#: stem -> (the raw "voice_activity" JSON, the reason its file is rejected, or the merged VAD).
+VAD_CASES: dict[str, tuple[str, str | list[tuple[float, float]]]] = {
+    "overlap": ("[[0.0, 4.0], [2.0, 6.0], [1.0, 3.0]]", [(0.0, 6.0)]),
+    "unsorted": (
+        "[[3.0, 4.0], [0.0, 1.0], [1.0, 2.0], [4.5, 5.0]]",
+        [(0.0, 2.0), (3.0, 4.0), (4.5, 5.0)],
+    ),
+    "nanstring": ('[["NaN", 2.0]]', "interval 0 is not a [start, end] pair of numbers: "),
+    "nan": ("[[0.0, 1.0], [NaN, 2.0]]", "interval 1 is not finite: [NaN, 2.0]"),
+    "infinite": ("[[0.0, Infinity]]", "interval 0 is not finite"),
+    "inverted": ("[[0.0, 1.0], [3.0, 2.0]]", "interval 1 ends before it starts: [3.0, 2.0]"),
+    "triple": ("[[0.0, 1.0, 2.0]]", "interval 0 is not a [start, end] pair of numbers"),
+    "boolean": ("[[false, 1.0]]", "interval 0 is not a [start, end] pair of numbers"),
+    "notalist": ('{"0": [0.0, 1.0]}', "voice_activity is dict, not a list"),
+}
+
+
+@pytest.fixture(scope="module")
+def vad_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("vad")
+    book = root / "librilight" / "vad" / "small" / "700" / "book"
+    book.mkdir(parents=True)
+    for stem, (vad, _) in VAD_CASES.items():
+        (book / f"{stem}_00.flac").write_bytes(flac_bytes(6.0))
+        meta = f'{{"speaker": "700", "book_meta": {{"id": "book"}}, "snr": 9.0, "voice_activity": {vad}}}'
+        (book / f"{stem}_00.json").write_text(meta)
+    return root
+
+
+def test_vad_is_sorted_merged_and_rejected_when_invalid(vad_root: Path, tmp_path: Path) -> None:
+    (listing,) = list_books(str(vad_root), ["vad"])
+    probe = probe_book(str(vad_root), listing)
+    rejects = {r.path.rsplit("/", 1)[1]: r.reason for r in probe.rejects}
+    accepted = {f.path.rsplit("/", 1)[1]: f.voice_activity for f in probe.files}
+    for stem, (_, expected) in VAD_CASES.items():
+        if isinstance(expected, list):
+            assert accepted[f"{stem}_00.flac"] == tuple(expected)
+        else:  # the metadata file is rejected as a whole, with the problem named
+            assert rejects[f"{stem}_00.json"].startswith("invalid voice activity: " + expected)
+    assert len(rejects) + len(accepted) == len(VAD_CASES)
+
+    record = build_segment_manifest(str(vad_root), ["vad"], str(tmp_path), target_len_sec=60.0)
+    rows = {r["source_path"].rsplit("/", 1)[1]: r for r in pq.read_table(record.path).to_pylist()}
+    overlap = rows["overlap_00.flac"]
+    # 6 s of span is 6 s of segment (the unmerged VAD made it 4 + 4 + 2 = 10 s of repeated audio).
+    assert overlap["duration_s"] == pytest.approx(6.0)
+    assert len(read_segment_audio(str(vad_root), overlap)) == 6 * 16_000
+    assert rows["unsorted_00.flac"]["duration_s"] == pytest.approx(3.5)
+    table = {r["path"]: r["reason"] for r in pq.read_table(record.rejects_path).to_pylist()}
+    assert {p.rsplit("/", 1)[1] for p in table} == set(rejects)
+    summary = json.loads(Path(record.summary_path).read_text())
+    assert summary["rejected_by_reason"] == {"invalid voice activity": len(rejects)}
+
+
+def test_refused_members_are_rejects_listed_by_name(generated_root: Path, tmp_path: Path) -> None:
+    refused = [(f"small/9/b/{i:02d}.flac", "symlink (not extracted)") for i in range(11)]
+    refused += [("small/" + "d" * 300 + "/x.flac", "name too long (not extracted)")]
+    refused += [("small/new\nline\udce9.flac", "control character in name")]
+    probes = [probe_book(str(generated_root), b) for b in list_books(str(generated_root), ["gen"])]
+    plan = plan_segments([*probes, refused_members_probe("gen", refused)], target_len_sec=2.0)
+    record = write_manifest(str(generated_root), str(tmp_path), plan.rows, plan)
+
+    escaped = "librilight/gen/small/new\\nline\\udce9.flac"  # printable, storable as UTF-8
+    table = {r["path"]: r["reason"] for r in pq.read_table(record.rejects_path).to_pylist()}
+    assert table[escaped] == "refused tar member: control character in name"
+    assert sum(r.startswith("refused tar member: ") for r in table.values()) == len(refused)
+    summary = json.loads(Path(record.summary_path).read_text())
+    assert summary["files_rejected"] == len(BAD_FILES) + len(refused) == record.n_rejects
+    assert summary["rejected_by_reason"]["refused tar member"] == len(refused)
+    assert len(summary["refused_tar_members"]) == len(refused)
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert f"refused tar members (not extracted, counted in rejected): {len(refused)}" in lines
+    assert "    librilight/gen/small/9/b/00.flac  (symlink (not extracted))" in lines
+    assert f"    ... {len(refused) - 10} more in summary.json" in lines
+    assert len(lines) < 40 and max(len(line) for line in lines) < 110  # still one screen
+    assert "\n".join(lines) == text and "\udce9" not in text  # no raw control or surrogate
