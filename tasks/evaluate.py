@@ -37,7 +37,7 @@ from models.losses import mel_l1, si_sdr
 from models.sampling import generate, regenerate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
-from tasks import report, speech_metrics
+from tasks import report, speech_metrics, storage
 from tasks.checkpoints import read_log
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
@@ -48,6 +48,8 @@ from tasks.tokenizers import load_tokenizer
 from tasks.train_lm import load_checkpoint, resolve_device, validation_loss
 
 __all__ = [
+    "REPORT_COMMITTED",
+    "REPORT_KIND",
     "SUMMARY_KEYS",
     "ReportRecord",
     "acoustic_stats",
@@ -57,6 +59,10 @@ __all__ = [
     "load_audio",
     "load_prompt",
 ]
+
+#: The kind of folder an evaluation owns, and what shows one written before ownership markers.
+REPORT_KIND = "evaluation report"
+REPORT_COMMITTED = ("summary.json",)
 
 #: Keys of summary.json that downstream tools (the runs index, tests) rely on.
 SUMMARY_KEYS = (
@@ -373,6 +379,21 @@ def evaluate(
     info = read_dataset_info(dataset)
     if info["tokenizer"] != spec:
         raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
+    with storage.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
+        return _evaluate_owned(model, spec, info, checkpoint, dataset, out, settings, device)
+
+
+def _evaluate_owned(
+    model: GPT,
+    spec: dict[str, Any],
+    info: dict[str, Any],
+    checkpoint: Path,
+    dataset: Path,
+    out: Path,
+    settings: EvaluateSettings,
+    device: torch.device,
+) -> ReportRecord:
+    """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
     tokenizer = load_tokenizer(spec["name"])
     levels, rate = tokenizer.num_levels, tokenizer.sample_rate
     config = json.loads((checkpoint / "config.json").read_text())
@@ -454,6 +475,7 @@ def evaluate(
             for i, wav in enumerate(wavs):
                 _write_wav(tmp / "regen" / f"keep{keep}_{i}.wav", wav, rate)
         (tmp / "index.html").write_text(report.evaluation_html(summary))
+        storage.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # written last
     return ReportRecord(
         path=out,

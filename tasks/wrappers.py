@@ -204,10 +204,6 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
 
 def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
     """`torchrun --standalone --nproc_per_node=N -m tasks.lm_worker --config <out>/run.yaml`."""
-    import subprocess
-    import sys
-
-    import yaml
     from prefect.logging import get_logger
 
     try:
@@ -217,7 +213,21 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
     except Exception:  # outside a run (tests of the plain path): a plain logger
         logger = get_logger("codecflow.train-lm")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    train_lm.read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
+    # This process holds the run's lock for as long as torchrun runs (the kernel drops it if
+    # it is killed); the ranks are told so through the environment and take none.
+    with storage.owned_output(out, train_lm.LM_RUN_KIND, "train-lm", train_lm.LM_RUN_COMMITTED):
+        _launch_torchrun(dataset, out, settings, logger)
+    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
+
+
+def _launch_torchrun(dataset: Path, out: Path, settings: TrainLMSettings, logger: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
     config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
     run_file = out / "run.yaml"
     run_file.write_text(yaml.safe_dump(config, sort_keys=True))
@@ -233,15 +243,15 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
         str(run_file),
     ]
     logger.info("launching %s", " ".join(command))
+    env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
             logger.info("%s", line.rstrip())
     if process.returncode != 0:
         raise RuntimeError(f"torchrun exited with status {process.returncode}; see the log above")
-    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
 
 
 @task(
