@@ -60,9 +60,10 @@ __all__ = [
     "load_prompt",
 ]
 
-#: The kind of folder an evaluation owns, and what shows one written before ownership markers.
+#: The kind of folder an evaluation owns, and what shows one written before ownership markers:
+#: a file name only codecflow writes (a user's summary.json must not make a folder ours).
 REPORT_KIND = "evaluation report"
-REPORT_COMMITTED = ("summary.json",)
+REPORT_COMMITTED = ("prompt_roundtrip.wav",)
 
 #: Keys of summary.json that downstream tools (the runs index, tests) rely on.
 SUMMARY_KEYS = (

@@ -78,9 +78,11 @@ __all__ = [
 DATASET_FORMAT_VERSION = 2
 
 #: The kind of folder a tokenize run owns (`storage.claim_output`), and the files that show a
-#: dataset written before ownership markers existed (complete, or killed after a shard).
+#: dataset written before ownership markers existed: its shard commit markers (every dataset
+#: has one, and a run killed after its first shard too); a bare dataset.json is too common a
+#: name to make a folder ours.
 DATASET_KIND = "token dataset"
-DATASET_COMMITTED = ("dataset.json", "shards/*.commit.json")
+DATASET_COMMITTED = ("shards/*.commit.json",)
 
 
 @dataclass(frozen=True)

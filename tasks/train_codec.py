@@ -53,7 +53,7 @@ __all__ = [
 
 #: The kind of folder a train-codec run owns, and what shows one written before ownership markers.
 CODEC_RUN_KIND = "codec run"
-CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE", "identity.json")
+CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 
 #: The post's codec works on 16 kHz audio (Libri-Light's rate): 128x down-sampling gives 125 Hz.
 CODEC_RATE = 16_000
