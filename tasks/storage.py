@@ -116,8 +116,12 @@ def sha256(url: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(url: str | Path, what: str) -> Iterator[None]:
+def exclusive_lock(url: str | Path, what: str) -> Iterator[int | None]:
     """Hold `<url>.lock` for the block, or refuse at once with a message naming the holder.
+
+    Yields the lock's file descriptor (None on an object store): a child process given it
+    (`pass_fds`) holds the same flock, so the output stays locked while a child that outlives
+    a killed launcher (torchrun) still writes.
 
     Local folders use an advisory `flock` on a file beside the folder: the kernel releases it
     when the holder dies, even by `kill -9`, so a crashed run never blocks the next one. The
@@ -139,7 +143,7 @@ def exclusive_lock(url: str | Path, what: str) -> Iterator[None]:
             )
         write_json(lock_url, holder)
         try:
-            yield
+            yield None
         finally:
             fs, path = url_to_fs(lock_url)
             fs.rm(path)
@@ -149,7 +153,7 @@ def exclusive_lock(url: str | Path, what: str) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
+        yield fd
     finally:
         # Unlinked while the flock is still held: a run that opened the old file before this
         # unlink sees, once it gets the flock, that its inode is no longer the path's, and
@@ -295,13 +299,14 @@ def remove_stale_temporaries(out: str | Path) -> None:
 @contextlib.contextmanager
 def owned_output(
     out: str | Path, kind: str, what: str, committed: Sequence[str] = ()
-) -> Iterator[None]:
+) -> Iterator[int | None]:
     """The start of every run that writes `out`: hold its lock, claim it (`claim_output`), and
-    sweep our own stale temporaries; the lock is released (and its file removed) at the end."""
-    with exclusive_lock(out, what):
+    sweep our own stale temporaries; the lock is released (and its file removed) at the end.
+    Yields the lock's file descriptor, as `exclusive_lock` does."""
+    with exclusive_lock(out, what) as fd:
         claim_output(out, kind, committed)
         remove_stale_temporaries(out)
-        yield
+        yield fd
 
 
 def _holder_is_dead(holder: dict[str, Any]) -> bool:

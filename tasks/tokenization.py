@@ -747,8 +747,7 @@ def _check_rejects(
         )
     if total and n_rejects / total > plan.warn_reject_fraction:
         _log_warning(
-            "%d of %d segments (%.1f%%) were rejected, more than warn_reject_fraction=%g: "
-            "see %s",
+            "%d of %d segments (%.1f%%) were rejected, more than warn_reject_fraction=%g: see %s",
             n_rejects,
             total,
             100 * n_rejects / total,

@@ -215,13 +215,19 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
     out = Path(out)
     train_lm.read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
     # This process holds the run's lock for as long as torchrun runs (the kernel drops it if
-    # it is killed); the ranks are told so through the environment and take none.
-    with storage.owned_output(out, train_lm.LM_RUN_KIND, "train-lm", train_lm.LM_RUN_COMMITTED):
-        _launch_torchrun(dataset, out, settings, logger)
+    # it is killed); the ranks are told so through the environment and take none. torchrun
+    # itself inherits the lock's descriptor: were this process killed, the output stays locked
+    # until torchrun has stopped writing too.
+    with storage.owned_output(
+        out, train_lm.LM_RUN_KIND, "train-lm", train_lm.LM_RUN_COMMITTED
+    ) as lock_fd:
+        _launch_torchrun(dataset, out, settings, logger, () if lock_fd is None else (lock_fd,))
     return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
 
 
-def _launch_torchrun(dataset: Path, out: Path, settings: TrainLMSettings, logger: Any) -> None:
+def _launch_torchrun(
+    dataset: Path, out: Path, settings: TrainLMSettings, logger: Any, keep_fds: tuple[int, ...]
+) -> None:
     import os
     import subprocess
     import sys
@@ -245,7 +251,12 @@ def _launch_torchrun(dataset: Path, out: Path, settings: TrainLMSettings, logger
     logger.info("launching %s", " ".join(command))
     env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        pass_fds=keep_fds,
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:

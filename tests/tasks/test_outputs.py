@@ -173,3 +173,43 @@ def test_a_lock_on_an_unlinked_file_excludes_nobody(tmp_path: Path) -> None:
                     pass
     finally:
         os.close(stale)
+
+
+def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: Path) -> None:
+    """What run_torchrun relies on: torchrun inherits the lock's descriptor, so a kill -9 of
+    the launching task does not free an output that torchrun's ranks still write."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    out = tmp_path / "run"
+    code = (
+        "import subprocess, sys, time; from tasks import storage\n"
+        "with storage.exclusive_lock(sys.argv[1], 'launcher') as fd:\n"
+        "    child = subprocess.Popen(['sleep', '600'], pass_fds=(fd,))\n"
+        "    print(child.pid, flush=True); time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout is not None
+    child = int(launcher.stdout.readline())
+    try:
+        launcher.kill()
+        launcher.wait()
+        with pytest.raises(CodecflowError, match=r"being written by another run \(launcher, pid"):
+            with storage.exclusive_lock(out, "next"):
+                pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:  # the orphan is reaped by init: the lock is free once it has gone
+        try:
+            with storage.exclusive_lock(out, "next"):
+                break
+        except CodecflowError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
