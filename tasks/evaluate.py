@@ -380,32 +380,43 @@ def evaluate(
     info = read_dataset_info(dataset)
     if info["tokenizer"] != spec:
         raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
-    with storage.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
-        return _evaluate_owned(model, spec, info, checkpoint, dataset, out, settings, device)
-
-
-def _evaluate_owned(
-    model: GPT,
-    spec: dict[str, Any],
-    info: dict[str, Any],
-    checkpoint: Path,
-    dataset: Path,
-    out: Path,
-    settings: EvaluateSettings,
-    device: torch.device,
-) -> ReportRecord:
-    """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
     tokenizer = load_tokenizer(spec["name"])
-    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
-    config = json.loads((checkpoint / "config.json").read_text())
-    layout = make_layout(config.get("layout", "flatten"))
-    train_settings = _train_settings(checkpoint)
-
+    # The prompts are read before `out` is claimed: a bad path creates no folder.
     prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
     source_path = Path(settings.regenerate_source or settings.prompt)
     source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
     whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
     source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
+    inputs = _Inputs(model, spec, info, tokenizer, prompt_wav, source_path, source_wav, device)
+    with storage.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
+        return _evaluate_owned(inputs, checkpoint, dataset, out, settings)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What an evaluation reads before it owns its output folder."""
+
+    model: GPT
+    spec: dict[str, Any]
+    info: dict[str, Any]
+    tokenizer: AudioTokenizer
+    prompt_wav: torch.Tensor  # [1, 1, T]
+    source_path: Path
+    source_wav: torch.Tensor  # [1, 1, T']
+    device: torch.device
+
+
+def _evaluate_owned(
+    inputs: _Inputs, checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+) -> ReportRecord:
+    """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
+    model, spec, info, tokenizer = inputs.model, inputs.spec, inputs.info, inputs.tokenizer
+    prompt_wav, source_path, source_wav = inputs.prompt_wav, inputs.source_path, inputs.source_wav
+    device = inputs.device
+    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
+    config = json.loads((checkpoint / "config.json").read_text())
+    layout = make_layout(config.get("layout", "flatten"))
+    train_settings = _train_settings(checkpoint)
 
     validation = _validation(model, dataset, train_settings, device, layout, spec)
     with torch.inference_mode():

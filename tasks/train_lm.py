@@ -203,11 +203,16 @@ def _differences(recorded: Mapping[str, Any], asked: Mapping[str, Any]) -> list[
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            a, b = old.get(key), new.get(key)
-            if key == "dataset":  # fingerprints: the first 12 hex digits tell them apart
-                a, b = f"fingerprint {str(a)[:12]}", f"fingerprint {str(b)[:12]}"
+            a, b = (_shown(v) for v in (old.get(key), new.get(key)))
             lines.append(f"{key} {a} in the checkpoint, {b} asked for")
     return lines
+
+
+def _shown(value: Any) -> str:
+    # A sha256 fingerprint: its first 12 hex digits tell two datasets apart on one line.
+    if isinstance(value, str) and len(value) == 64:
+        return f"fingerprint {value[:12]}"
+    return str(value)
 
 
 def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -222,7 +227,10 @@ def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, 
     if not config_path.is_file():
         return None
     config = json.loads(config_path.read_text())
-    settings = TrainLMSettings.model_validate(config["settings"])
+    try:
+        settings = TrainLMSettings.model_validate(config.get("settings"))
+    except ValueError:  # pydantic's ValidationError: settings of an older schema, or none
+        return None
     same_tokens = config.get("tokenizer") == info["tokenizer"]
     return {
         "dataset": info["fingerprint"] if same_tokens else f"tokens of {config.get('tokenizer')}",
@@ -245,7 +253,7 @@ def _check_resumable(out: Path, identity: Mapping[str, Any], info: Mapping[str, 
         )
 
 
-def _holding(out: Path) -> contextlib.AbstractContextManager[None]:
+def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
     """The lock and ownership of `out`, taken by the process that launched the run: a plain
     call, or the task that starts torchrun (which tells its ranks through LM_RUN_HELD_ENV). A
     torchrun started by hand has no launcher of ours: its rank 0 takes them."""
@@ -271,6 +279,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         raise CodecflowError(
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
+    _check_windows(dataset, settings)
     with _holding(out):
         return _train_owned(dataset, out, settings, info)
 
@@ -292,14 +301,20 @@ def _train_owned(
         )
     _check_resumable(out, identity, info)
     with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
-        block_size = model_config(settings, 1).block_size
-        for split, reader in (("train", train_reader), ("val", val_reader)):
+        return _train(out, settings, info, identity, train_reader, val_reader)
+
+
+def _check_windows(dataset: Path, settings: TrainLMSettings) -> None:
+    """Both splits hold at least one training window (before `out` is claimed: bad input
+    creates no folder)."""
+    block_size = model_config(settings, 1).block_size
+    for split in ("train", "val"):
+        with TokenReader(dataset, split) as reader:
             if reader.n_frames < _window_frames(block_size, reader.num_levels):
                 raise CodecflowError(
                     f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
                     f"window of block_size={block_size}"
                 )
-        return _train(out, settings, info, identity, train_reader, val_reader)
 
 
 @dataclass(frozen=True)
