@@ -219,3 +219,13 @@ def test_a_users_folder_is_refused_and_a_report_is_ours_again(
     (out / "summary.json").unlink()
     evaluate(tiny_checkpoint, tiny_dataset, out, _settings(seed=5))
     assert (out / "summary.json").is_file() and not (tmp_path / "report.lock").exists()
+
+
+def test_the_runs_index_never_replaces_someone_elses_page(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>my home page</p>\n")
+    with pytest.raises(CodecflowError, match="index.html is not a codecflow runs index: left as"):
+        write_runs_index(tmp_path)
+    assert (tmp_path / "index.html").read_text() == "<p>my home page</p>\n"
+    (tmp_path / "index.html").unlink()
+    write_runs_index(tmp_path)
+    write_runs_index(tmp_path)  # its own page: replaced
