@@ -213,3 +213,23 @@ def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: 
         except CodecflowError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_train_codec_and_evaluate_refuse_a_locked_out(
+    tiny_manifest: Path, tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from helpers import PROMPT
+
+    from schemas.configs import EvaluateSettings, TrainCodecSettings
+    from tasks.evaluate import evaluate
+    from tasks.train_codec import train_codec
+
+    codec, report = tmp_path / "codec", tmp_path / "report"
+    with lock_held_by_another_process(codec, "train-codec") as pid:
+        with pytest.raises(CodecflowError, match=rf"another run \(train-codec, pid {pid} on "):
+            train_codec(str(tiny_manifest), codec, TrainCodecSettings(steps=1, device="cpu"))
+    settings = EvaluateSettings(prompt=str(PROMPT), seconds=0.01, device="cpu")
+    with lock_held_by_another_process(report, "evaluate") as pid:
+        with pytest.raises(CodecflowError, match=rf"another run \(evaluate, pid {pid} on "):
+            evaluate(tiny_checkpoint, tiny_dataset, report, settings)
+    assert not codec.exists() and not report.exists()
