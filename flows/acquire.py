@@ -50,6 +50,17 @@ def _download_dir(cfg: AcquireConfig) -> Path:
 @flow(name="acquire")
 def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
+    # The whole run holds the root's lock and writes only into a root that is ours.
+    with storage.owned_output(cfg.root, _ROOT_KIND, "acquire", _ROOT_COMMITTED):
+        return _acquire(cfg)
+
+
+#: The kind of folder an acquire run owns, and what shows one written before ownership markers.
+_ROOT_KIND = "acquire root"
+_ROOT_COMMITTED = ("manifest/segments.parquet", "librilight/*/.extracted.json")
+
+
+def _acquire(cfg: AcquireConfig) -> ManifestRecord:
     logger = get_run_logger()
     try:
         sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)

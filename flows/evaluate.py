@@ -21,6 +21,7 @@ from prefect.artifacts import (
 from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
 from tasks import report
+from tasks.errors import CodecflowError
 from tasks.evaluate import ReportRecord, checkpoint_id, is_report_committed
 from tasks.train_lm import newest_checkpoint
 from tasks.wrappers import evaluate_task
@@ -59,7 +60,11 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
         description="Acoustic sanity, flags and speech metrics of each continuation",
     )
     if cfg.index:
-        index = report.write_runs_index(Path(cfg.index))
+        try:
+            index = report.write_runs_index(Path(cfg.index))
+        except CodecflowError as err:  # someone's index.html there: the report stands alone
+            logger.warning("runs index not written: %s", err)
+            return record
         create_link_artifact(
             key="evaluation-runs-index",
             link=index.resolve().as_uri(),

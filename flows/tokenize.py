@@ -17,7 +17,7 @@ from schemas.configs import TokenizeConfig, TokenizeSettings
 from schemas.tables import SPLITS
 from tasks import storage
 from tasks.sizes import format_size_report
-from tasks.tokenization import DatasetRecord, is_dataset_committed
+from tasks.tokenization import DatasetRecord, format_rejects, is_dataset_committed
 from tasks.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
 
 __all__ = ["run_tokenize", "tokenize_flow"]
@@ -39,6 +39,8 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
         record = unless_committed(finalize_dataset_task, committed)(plan, markers)
     sizes = storage.read_json(storage.join(out, "size_report.json"))
     print(format_size_report(sizes), flush=True)
+    if record.n_rejects:
+        print(format_rejects(record), flush=True)
     create_table_artifact(
         key="size-report",
         table=[
@@ -54,7 +56,8 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
             }
             for split in (*SPLITS, "total")
         ],
-        description=f"Size of the token dataset {out} ({settings.tokenizer})",
+        description=f"Size of the token dataset {out} ({settings.tokenizer})"
+        + (f"; {format_rejects(record)}" if record.n_rejects else ""),
     )
     return record
 

@@ -151,6 +151,15 @@ class TokenizeSettings(_Config):
         description="At most this many shard-writing tasks: consecutive shards are grouped so "
         "that 60 000 h stays in the low thousands of Prefect task runs.",
     )
+    warn_reject_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        title="Warn above this fraction of rejected segments",
+        description="A warning (with the count and the rejects.parquet path) when more than this "
+        "fraction of the segments cannot be decoded (default 0.05: 5%). A dataset where every "
+        "segment is rejected is never committed.",
+    )
     workers: int = Field(
         0, ge=0, le=256, description="0: Prefect's default runner; N > 0: a Dask LocalCluster."
     )

@@ -19,15 +19,29 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from models.codec import RVQCodec
 from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 from schemas.configs import EvalCodecSettings
+from tasks import storage
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir
 from tasks.plots import figure
 from tasks.train_codec import CODEC_RATE, load_codec, load_split_audio
 from tasks.train_lm import resolve_device
 
-__all__ = ["CodecReportRecord", "default_levels", "eval_codec", "is_codec_report_committed"]
+__all__ = [
+    "CODEC_REPORT_COMMITTED",
+    "CODEC_REPORT_KIND",
+    "CodecReportRecord",
+    "default_levels",
+    "eval_codec",
+    "is_codec_report_committed",
+]
+
+#: The kind of folder a codec evaluation owns, and what shows one written before the markers:
+#: a file name only codecflow writes (a user's index.html must not make a folder ours).
+CODEC_REPORT_KIND = "codec evaluation"
+CODEC_REPORT_COMMITTED = ("loss_vs_levels.png",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,19 @@ def eval_codec(
     if levels[0] < 1 or levels[-1] > max_levels:
         raise CodecflowError(f"codec {checkpoint} has levels 1..{max_levels}; asked for {levels}")
     segments = load_split_audio(manifest, "val", settings.max_segments, settings.max_seconds)
+    with storage.owned_output(out, CODEC_REPORT_KIND, "eval-codec", CODEC_REPORT_COMMITTED):
+        return _eval_codec_owned(codec, levels, segments, out, settings, device)
+
+
+def _eval_codec_owned(
+    codec: RVQCodec,
+    levels: list[int],
+    segments: list[tuple[str, np.ndarray]],
+    out: Path,
+    settings: EvalCodecSettings,
+    device: torch.device,
+) -> CodecReportRecord:
+    """eval_codec once `out` is ours and locked: measure, then write the report folder whole."""
     codebook_bits = math.log2(codec.quantizer.codebook_size)
     frame_rate = codec.frame_rate  # 125 Hz for the post's 7 blocks (128x)
 
@@ -98,6 +125,7 @@ def eval_codec(
             for k in levels:
                 rebuilt = np.clip(reconstructions[k][index], -1.0, 1.0)
                 sf.write(str(tmp / f"{segment_id}_levels{k}.wav"), rebuilt, CODEC_RATE, "PCM_16")
+        storage.write_owner_marker(tmp, CODEC_REPORT_KIND)  # replaces the claimed folder
         (tmp / "index.html").write_text(_html(rows, segments[: settings.n_wavs], levels))
     return CodecReportRecord(
         path=out,

@@ -37,7 +37,7 @@ from models.losses import mel_l1, si_sdr
 from models.sampling import generate, regenerate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
-from tasks import report, speech_metrics
+from tasks import report, speech_metrics, storage
 from tasks.checkpoints import read_log
 from tasks.errors import CodecflowError
 from tasks.io import atomic_dir, fingerprint
@@ -48,6 +48,8 @@ from tasks.tokenizers import load_tokenizer
 from tasks.train_lm import load_checkpoint, resolve_device, validation_loss
 
 __all__ = [
+    "REPORT_COMMITTED",
+    "REPORT_KIND",
     "SUMMARY_KEYS",
     "ReportRecord",
     "acoustic_stats",
@@ -57,6 +59,11 @@ __all__ = [
     "load_audio",
     "load_prompt",
 ]
+
+#: The kind of folder an evaluation owns, and what shows one written before ownership markers:
+#: a file name only codecflow writes (a user's summary.json must not make a folder ours).
+REPORT_KIND = "evaluation report"
+REPORT_COMMITTED = ("prompt_roundtrip.wav",)
 
 #: Keys of summary.json that downstream tools (the runs index, tests) rely on.
 SUMMARY_KEYS = (
@@ -374,16 +381,42 @@ def evaluate(
     if info["tokenizer"] != spec:
         raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
     tokenizer = load_tokenizer(spec["name"])
-    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
-    config = json.loads((checkpoint / "config.json").read_text())
-    layout = make_layout(config.get("layout", "flatten"))
-    train_settings = _train_settings(checkpoint)
-
+    # The prompts are read before `out` is claimed: a bad path creates no folder.
     prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
     source_path = Path(settings.regenerate_source or settings.prompt)
     source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
     whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
     source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
+    inputs = _Inputs(model, spec, info, tokenizer, prompt_wav, source_path, source_wav, device)
+    with storage.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
+        return _evaluate_owned(inputs, checkpoint, dataset, out, settings)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What an evaluation reads before it owns its output folder."""
+
+    model: GPT
+    spec: dict[str, Any]
+    info: dict[str, Any]
+    tokenizer: AudioTokenizer
+    prompt_wav: torch.Tensor  # [1, 1, T]
+    source_path: Path
+    source_wav: torch.Tensor  # [1, 1, T']
+    device: torch.device
+
+
+def _evaluate_owned(
+    inputs: _Inputs, checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+) -> ReportRecord:
+    """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
+    model, spec, info, tokenizer = inputs.model, inputs.spec, inputs.info, inputs.tokenizer
+    prompt_wav, source_path, source_wav = inputs.prompt_wav, inputs.source_path, inputs.source_wav
+    device = inputs.device
+    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
+    config = json.loads((checkpoint / "config.json").read_text())
+    layout = make_layout(config.get("layout", "flatten"))
+    train_settings = _train_settings(checkpoint)
 
     validation = _validation(model, dataset, train_settings, device, layout, spec)
     with torch.inference_mode():
@@ -454,6 +487,7 @@ def evaluate(
             for i, wav in enumerate(wavs):
                 _write_wav(tmp / "regen" / f"keep{keep}_{i}.wav", wav, rate)
         (tmp / "index.html").write_text(report.evaluation_html(summary))
+        storage.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # written last
     return ReportRecord(
         path=out,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import CodecflowError
 from tasks.io import atomic_file
 
 __all__ = [
@@ -342,6 +343,9 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+_RUNS_INDEX_TITLE = "<title>codecflow evaluations</title>"
+
+
 def write_runs_index(root: Path) -> Path:
     """Write `root/index.html`: every evaluation below `root` side by side (mu-law vs codec vs
     Mimi, 8 vs 32 levels, with and without the semantic level). Returns its path."""
@@ -352,7 +356,7 @@ def write_runs_index(root: Path) -> Path:
         link = f'<a href="{html.escape(row["report"])}/index.html">{html.escape(row["report"])}</a>'
         cells.append([link] + [_esc(row[c]) for c in RUNS_INDEX_COLUMNS[1:]])
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>codecflow evaluations</title>
+<html lang="en"><head><meta charset="utf-8">{_RUNS_INDEX_TITLE}
 <style>{_STYLE}</style></head>
 <body>
 <h1>codecflow evaluations under {html.escape(os.fspath(root))}</h1>
@@ -363,6 +367,10 @@ of audio compare tokenizers; a sample is flagged for crackling (broadband noise)
 </body></html>
 """
     target = root / "index.html"
+    # The index sits in a folder codecflow does not own (the runs' parent): it replaces only a
+    # page it wrote itself, never someone's index.html.
+    if target.is_file() and _RUNS_INDEX_TITLE not in target.read_text(errors="replace"):
+        raise CodecflowError(f"{target} is not a codecflow runs index: left as it is")
     with atomic_file(target) as tmp:
         tmp.write_text(page)
     return target

@@ -54,13 +54,16 @@ from tasks.sizes import format_size_report, size_report
 from tasks.tokenizers import load_tokenizer, parse_tokenizer_name, tokenizer_spec
 
 __all__ = [
+    "DATASET_COMMITTED",
     "DATASET_FORMAT_VERSION",
+    "DATASET_KIND",
     "DatasetPlan",
     "DatasetRecord",
     "EncodeStats",
     "encode_segments",
     "ShardPlan",
     "finalize_dataset",
+    "format_rejects",
     "is_dataset_committed",
     "plan_dataset",
     "plan_shards",
@@ -73,6 +76,13 @@ __all__ = [
 
 #: Bumped whenever the bytes of a shard would change for the same inputs.
 DATASET_FORMAT_VERSION = 2
+
+#: The kind of folder a tokenize run owns (`storage.claim_output`), and the files that show a
+#: dataset written before ownership markers existed: its shard commit markers (every dataset
+#: has one, and a run killed after its first shard too); a bare dataset.json is too common a
+#: name to make a folder ours.
+DATASET_KIND = "token dataset"
+DATASET_COMMITTED = ("shards/*.commit.json",)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class DatasetPlan:
     formats: tuple[str, ...]
     shards: tuple[PlannedShard, ...]
     groups: tuple[tuple[str, ...], ...]
+    warn_reject_fraction: float = 0.05
 
 
 def _cut_shards(
@@ -263,9 +274,12 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
     identity = _tokenizer_identity(settings.tokenizer, spec)
     fingerprint = _fingerprint(storage.sha256(manifest), identity, settings)
     _check_existing(out, fingerprint)
-    _remove_stale_temporaries(out)
     if table.num_rows == 0:
         raise CodecflowError(f"segment manifest {manifest} has no segments")
+    # The inputs are valid: only now is `out` created (or refused when it is not ours). The
+    # caller holds the dataset's lock, so the temporaries found there are a dead run's.
+    storage.claim_output(out, DATASET_KIND, DATASET_COMMITTED)
+    storage.remove_stale_temporaries(out)
     order, cuts = _cut_shards(table, settings.shard_hours)
     plan_url = storage.join(out, "plan.parquet")
     if not _same_plan(plan_url, fingerprint):
@@ -289,16 +303,8 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
         formats=tuple(sorted(settings.formats)),
         shards=planned,
         groups=tuple(group_shards([s.name for s in planned], settings.max_tasks)),
+        warn_reject_fraction=settings.warn_reject_fraction,
     )
-
-
-def _remove_stale_temporaries(out: str) -> None:
-    """Delete temporary files a killed run left (`.<name>.<random>.tmp`); the caller holds the
-    dataset's lock, so no live writer owns them. Object stores have none: a PUT never lands."""
-    if storage.is_remote(out):
-        return
-    for tmp in Path(out).glob("**/.*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _write_plan(
@@ -697,10 +703,9 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[Mapping[str, Any]]) ->
         for m in markers
     ]
     rejects = [r for m in markers for r in m["rejects"]]
-    _write_parquet(
-        storage.join(plan.out, "rejects.parquet"),
-        pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA),
-    )
+    rejects_url = storage.join(plan.out, "rejects.parquet")
+    _write_parquet(rejects_url, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+    _check_rejects(plan, markers, len(rejects), rejects_url)
     report = size_report(shards, plan.spec, _source_bytes(plan))
     storage.write_json(storage.join(plan.out, "size_report.json"), report)
     info = {
@@ -724,6 +729,53 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[Mapping[str, Any]]) ->
     return _record_from_info(plan.out, info)
 
 
+def _check_rejects(
+    plan: DatasetPlan, markers: Sequence[Mapping[str, Any]], n_rejects: int, rejects_url: str
+) -> None:
+    """Refuse to commit a dataset without a segment; warn above the set fraction of rejects."""
+    total = n_rejects + sum(int(m["rows"]) for m in markers)
+    if n_rejects and n_rejects == total:
+        # The shard markers hold no row: removed (we wrote them), so that a run after the audio
+        # is restored encodes the shards again instead of trusting empty ones.
+        for shard in plan.shards:
+            fs, path = storage.url_to_fs(_marker_url(plan.out, shard.name))
+            if fs.exists(path):
+                fs.rm(path)
+        raise CodecflowError(
+            f"every segment of {plan.manifest} was rejected ({n_rejects} of {total}; the "
+            f"reasons are in {rejects_url}): nothing committed to {plan.out}"
+        )
+    if total and n_rejects / total > plan.warn_reject_fraction:
+        _log_warning(
+            "%d of %d segments (%.1f%%) were rejected, more than warn_reject_fraction=%g: see %s",
+            n_rejects,
+            total,
+            100 * n_rejects / total,
+            plan.warn_reject_fraction,
+            rejects_url,
+        )
+
+
+def _log_warning(message: str, *args: Any) -> None:
+    """A warning in the Prefect run's log inside a run, else on the `codecflow.tokenize` logger."""
+    import logging
+
+    logger: Any = logging.getLogger("codecflow.tokenize")
+    if in_prefect_run():
+        from prefect import get_run_logger
+
+        logger = get_run_logger()
+    logger.warning(message, *args)
+
+
+def format_rejects(record: DatasetRecord) -> str:
+    """The closing line about rejected segments ('' when there were none)."""
+    if not record.n_rejects:
+        return ""
+    rejects = storage.join(str(record.path), "rejects.parquet")
+    return f"rejected: {record.n_rejects} segments that could not be decoded (see {rejects})"
+
+
 def tokenize_manifest(
     manifest: str | Path, out: str | Path, settings: TokenizeSettings
 ) -> DatasetRecord:
@@ -740,6 +792,8 @@ def tokenize_manifest(
         markers = [m for group in plan.groups for m in write_shard_group(plan, group)]
         record = finalize_dataset(plan, markers)
     print(format_size_report(storage.read_json(storage.join(out, "size_report.json"))), flush=True)
+    if record.n_rejects:
+        print(format_rejects(record), flush=True)
     return record
 
 

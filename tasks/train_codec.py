@@ -48,6 +48,8 @@ from tasks.train_lm import learning_rate_at, resolve_device
 
 __all__ = [
     "CODEC_RATE",
+    "CODEC_RUN_COMMITTED",
+    "CODEC_RUN_KIND",
     "CodecCheckpointRecord",
     "is_codec_committed",
     "load_codec",
@@ -55,6 +57,10 @@ __all__ = [
     "load_split_audio",
     "train_codec",
 ]
+
+#: The kind of folder a train-codec run owns, and what shows one written before ownership markers.
+CODEC_RUN_KIND = "codec run"
+CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 
 #: The post's codec works on 16 kHz audio (Libri-Light's rate): 128x down-sampling gives 125 Hz.
 CODEC_RATE = 16_000
@@ -140,6 +146,16 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
     checkpoint for the same manifest and settings is returned as is.
     """
     out = Path(out)
+    if not storage.exists(manifest):
+        raise CodecflowError(f"segment manifest not found: {manifest}")
+    with storage.owned_output(out, CODEC_RUN_KIND, "train-codec", CODEC_RUN_COMMITTED):
+        return _train_codec_owned(manifest, out, settings)
+
+
+def _train_codec_owned(
+    manifest: str, out: Path, settings: TrainCodecSettings
+) -> CodecCheckpointRecord:
+    """train_codec once `out` is ours and locked: the committed codec, or resume, or start."""
     identity = {"manifest": storage.sha256(manifest), "settings": settings.model_dump(mode="json")}
     final = out / "checkpoint"
     if is_codec_committed(out):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from models.presets import gpt_config
 from schemas.configs import TrainLMSettings
+from tasks import storage
 from tasks.checkpoints import (
     latest_checkpoint,
     load_training_state,
@@ -41,6 +44,9 @@ from tasks.token_reader import TokenReader
 from tasks.tokenization import read_dataset_info
 
 __all__ = [
+    "LM_RUN_COMMITTED",
+    "LM_RUN_HELD_ENV",
+    "LM_RUN_KIND",
     "CheckpointRecord",
     "Schedule",
     "is_checkpoint_committed",
@@ -176,8 +182,18 @@ def is_checkpoint_committed(out: Path) -> bool:
     return (Path(out) / "checkpoint" / "metrics.json").is_file()
 
 
-#: Settings that do not change what is learnt: a run may resume with other values.
+#: Settings that do not change what is learnt: a run may resume with other values (resuming on
+#: another number of ranks is supported: the sampler position is global). Every other setting,
+#: `steps` included (it shapes the cosine schedule), and the dataset define the run: a resume
+#: with another value is refused, since its result would match no uninterrupted run.
 _RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device", "compile"}
+
+#: The kind of folder a train-lm run owns, and what shows one written before ownership markers.
+LM_RUN_KIND = "LM run"
+LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
+
+#: Set by the task that launches torchrun (to `out`): it holds the run's lock, not its ranks.
+LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"
 
 
 def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]:
@@ -185,6 +201,75 @@ def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]
         "dataset": info["fingerprint"],
         "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
     }
+
+
+def _differences(recorded: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
+    """'learning_rate 0.001 in the checkpoint, 0.003 asked for' per field that differs."""
+    old = {"dataset": recorded.get("dataset"), **recorded.get("settings", {})}
+    new = {"dataset": asked.get("dataset"), **asked.get("settings", {})}
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            a, b = (_shown(v) for v in (old.get(key), new.get(key)))
+            lines.append(f"{key} {a} in the checkpoint, {b} asked for")
+    return lines
+
+
+def _shown(value: Any) -> str:
+    # A sha256 fingerprint: its first 12 hex digits tell two datasets apart on one line.
+    if isinstance(value, str) and len(value) == 64:
+        return f"fingerprint {value[:12]}"
+    return str(value)
+
+
+def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The identity a resumable checkpoint records; for one written before identities were
+    recorded, its settings (config.json) and, when its tokens match, the requested dataset
+    (its fingerprint was not kept: the tokenizer is what can be compared)."""
+    recorded = checkpoint / "identity.json"
+    if recorded.is_file():
+        identity: dict[str, Any] = json.loads(recorded.read_text())
+        return identity
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    try:
+        settings = TrainLMSettings.model_validate(config.get("settings"))
+    except ValueError:  # pydantic's ValidationError: settings of an older schema, or none
+        return None
+    same_tokens = config.get("tokenizer") == info["tokenizer"]
+    return {
+        "dataset": info["fingerprint"] if same_tokens else f"tokens of {config.get('tokenizer')}",
+        "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
+    }
+
+
+def _check_resumable(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another dataset or settings (it would load its weights
+    and record the new settings as if they had been used from step 0)."""
+    resumed = latest_checkpoint(out)
+    if resumed is None:
+        return
+    recorded = _resumable_identity(resumed, info)
+    if recorded is not None and recorded != identity:
+        raise CodecflowError(
+            f"{out} holds an unfinished LM run ({resumed.name}) of another dataset or settings: "
+            + "; ".join(_differences(recorded, identity))
+            + "; resume with the same ones or choose another out"
+        )
+
+
+def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
+    """The lock and ownership of `out`, taken by the process that launched the run: a plain
+    call, or the task that starts torchrun (which tells its ranks through LM_RUN_HELD_ENV). A
+    torchrun started by hand has no launcher of ours: its rank 0 takes them."""
+    held = os.environ.get(LM_RUN_HELD_ENV)
+    if held and Path(held).resolve() == out.resolve():
+        return contextlib.nullcontext()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return storage.owned_output(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED)
 
 
 def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
@@ -197,6 +282,19 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
     """
     dataset, out = Path(dataset), Path(out)
     info = read_dataset_info(dataset)
+    if settings.preset is None and settings.n_embd % settings.n_head:
+        raise CodecflowError(
+            f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
+        )
+    _check_windows(dataset, settings)
+    with _holding(out):
+        return _train_owned(dataset, out, settings, info)
+
+
+def _train_owned(
+    dataset: Path, out: Path, settings: TrainLMSettings, info: dict[str, Any]
+) -> CheckpointRecord:
+    """train_lm once `out` is ours and locked: the committed checkpoint, or resume, or start."""
     checkpoint = out / "checkpoint"
     identity = _identity(info, settings)
     if is_checkpoint_committed(out):
@@ -204,22 +302,26 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
         if metrics.get("identity") == identity:
             return _record(checkpoint, metrics)
         raise CodecflowError(
-            f"{checkpoint} holds a checkpoint of another dataset or settings; choose another out"
+            f"{checkpoint} holds a checkpoint of another dataset or settings ("
+            + "; ".join(_differences(metrics.get("identity") or {}, identity))
+            + "); choose another out"
         )
-    if settings.preset is None and settings.n_embd % settings.n_head:
-        raise CodecflowError(
-            f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
-        )
-
+    _check_resumable(out, identity, info)
     with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
-        block_size = model_config(settings, 1).block_size
-        for split, reader in (("train", train_reader), ("val", val_reader)):
+        return _train(out, settings, info, identity, train_reader, val_reader)
+
+
+def _check_windows(dataset: Path, settings: TrainLMSettings) -> None:
+    """Both splits hold at least one training window (before `out` is claimed: bad input
+    creates no folder)."""
+    block_size = model_config(settings, 1).block_size
+    for split in ("train", "val"):
+        with TokenReader(dataset, split) as reader:
             if reader.n_frames < _window_frames(block_size, reader.num_levels):
                 raise CodecflowError(
                     f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
                     f"window of block_size={block_size}"
                 )
-        return _train(out, settings, info, identity, train_reader, val_reader)
 
 
 @dataclass(frozen=True)
@@ -391,7 +493,11 @@ def _train(
                         "optimizer": optimizer.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                     },
-                    files={"config.json": config_json},
+                    files={
+                        "config.json": config_json,
+                        # What the run is (dataset, settings): a resume compares it first.
+                        "identity.json": json.dumps(identity, indent=2, sort_keys=True) + "\n",
+                    },
                 )
         _barrier(ranks)
     elapsed = time.perf_counter() - started

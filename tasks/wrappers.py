@@ -216,13 +216,28 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
     A rank's one-line reason for failing (bad input, a full disk) becomes this task's
     `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
     """
+    out = Path(out)
+    train_lm.read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
+    # This process holds the run's lock for as long as torchrun runs (the kernel drops it if
+    # it is killed); the ranks are told so through the environment and take none. torchrun
+    # itself inherits the lock's descriptor: were this process killed, the output stays locked
+    # until torchrun has stopped writing too.
+    with storage.owned_output(
+        out, train_lm.LM_RUN_KIND, "train-lm", train_lm.LM_RUN_COMMITTED
+    ) as lock_fd:
+        _launch_torchrun(dataset, out, settings, () if lock_fd is None else (lock_fd,))
+    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
+
+
+def _launch_torchrun(
+    dataset: Path, out: Path, settings: TrainLMSettings, keep_fds: tuple[int, ...]
+) -> None:
+    import os
     import sys
     import tempfile
 
     import yaml
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
     run_file = out / "run.yaml"
     run_file.write_text(yaml.safe_dump(config, sort_keys=True))
@@ -240,7 +255,8 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
             "--error-dir",
             errors,
         ]
-        status = _stream_process(command)
+        env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
+        status = _stream_process(command, env, keep_fds)
         if status != 0:
             reasons = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: int(p.stem[5:]))
             if reasons:
@@ -248,16 +264,22 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
                 reason = reasons[0].read_text().strip()
                 raise CodecflowError(f"train-lm rank {rank} failed: {reason}")
             raise RuntimeError(f"torchrun exited with status {status}; see the log above")
-    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
 
 
-def _stream_process(command: list[str]) -> int:
+def _stream_process(command: list[str], env: dict[str, str], keep_fds: tuple[int, ...]) -> int:
     """Run `command`, its output lines into the run's log; stop it if this process is stopped."""
     import subprocess
 
     logger = _logger()
     logger.info("launching %s", " ".join(command))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        pass_fds=keep_fds,
+    )
     try:
         assert process.stdout is not None
         for line in process.stdout:

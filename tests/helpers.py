@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-__all__ = ["PROMPT", "REPO", "TINY_TAR", "task_run_states_since", "tiny_tar_md5"]
+__all__ = [
+    "PROMPT",
+    "REPO",
+    "TINY_TAR",
+    "lock_held_by_another_process",
+    "task_run_states_since",
+    "tiny_tar_md5",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -35,3 +46,22 @@ def task_run_states_since(since: datetime) -> list[tuple[str, str]]:
         and run.state is not None
         and run.state.state_details.child_flow_run_id is None
     )
+
+
+@contextmanager
+def lock_held_by_another_process(out: Path, what: str = "holder test") -> Iterator[int]:
+    """A real python process holding `out`'s lock until killed; yields its pid."""
+    code = (
+        "import sys, time; from tasks import storage\n"
+        "with storage.exclusive_lock(sys.argv[1], sys.argv[2]):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(out), what], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "held"
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()

@@ -24,7 +24,7 @@ def test_dask_and_default_runner_write_identical_datasets(
     prefect_api_url: str, tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)
-    monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask"))
+    monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask-scratch"))  # not in an out
     common = {
         "manifest": str(tiny_manifest),
         "shard_hours": 4.0 / 3600,

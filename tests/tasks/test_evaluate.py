@@ -196,3 +196,36 @@ def test_task_wraps_the_plain_function(
 ) -> None:
     record = evaluate_task.fn(tiny_checkpoint, tiny_dataset, tmp_path / "r", _settings())
     assert record.summary.is_file()
+
+
+def test_a_users_folder_is_refused_and_a_report_is_ours_again(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from tasks import storage
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(
+        CodecflowError, match=f"^{mine} is not empty and is not a codecflow evaluation report$"
+    ):
+        evaluate(tiny_checkpoint, tiny_dataset, mine, _settings())
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    out = tmp_path / "report"
+    evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
+    # The report folder is written whole and replaces the claimed one: its marker comes along,
+    # so another evaluation into it (after summary.json is gone) is accepted.
+    assert json.loads((out / storage.OWNER_MARKER).read_text())["kind"] == "evaluation report"
+    (out / "summary.json").unlink()
+    evaluate(tiny_checkpoint, tiny_dataset, out, _settings(seed=5))
+    assert (out / "summary.json").is_file() and not (tmp_path / "report.lock").exists()
+
+
+def test_the_runs_index_never_replaces_someone_elses_page(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>my home page</p>\n")
+    with pytest.raises(CodecflowError, match="index.html is not a codecflow runs index: left as"):
+        write_runs_index(tmp_path)
+    assert (tmp_path / "index.html").read_text() == "<p>my home page</p>\n"
+    (tmp_path / "index.html").unlink()
+    write_runs_index(tmp_path)
+    write_runs_index(tmp_path)  # its own page: replaced

@@ -49,10 +49,11 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     settings = TrainLMSettings(**TINY, steps=30, checkpoint_every=5)
+    out = tmp_path / "run"  # run.yaml beside it: the output folder holds only the run's files
     run_file = tmp_path / "run.yaml"
     run_file.write_text(
         yaml.safe_dump(
-            {**settings.model_dump(mode="json"), "dataset": str(tiny_dataset), "out": str(tmp_path)}
+            {**settings.model_dump(mode="json"), "dataset": str(tiny_dataset), "out": str(out)}
         )
     )
     process = subprocess.Popen(
@@ -62,20 +63,20 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        latest = latest_checkpoint(tmp_path)
+        latest = latest_checkpoint(out)
         if latest is not None and latest.name >= "step-000010":
             break
         assert process.poll() is None, "training ended before it could be killed"
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = int(latest_checkpoint(tmp_path).name.split("-")[1])  # type: ignore[union-attr]
-    assert 10 <= killed_at < 30 and not (tmp_path / "checkpoint").exists()
+    killed_at = int(latest_checkpoint(out).name.split("-")[1])  # type: ignore[union-attr]
+    assert 10 <= killed_at < 30 and not (out / "checkpoint").exists()
 
-    record = run_torchrun(tiny_dataset, tmp_path, settings.model_copy(update={"nproc_per_node": 2}))
+    record = run_torchrun(tiny_dataset, out, settings.model_copy(update={"nproc_per_node": 2}))
     metrics = json.loads((record.path / "metrics.json").read_text())
     assert metrics["resumed_from"] == killed_at and metrics["ranks"] == 2
-    log = _log(tmp_path)
+    log = _log(out)
     assert [r["step"] for r in log] == list(range(1, 31))  # the step counter continues
     assert [r["ranks"] for r in log] == [1] * killed_at + [2] * (30 - killed_at)
     for before, after in zip(log, log[1:], strict=False):

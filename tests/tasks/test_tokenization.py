@@ -373,3 +373,78 @@ def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Pa
             assert codes.shape == alone.shape, name
             np.testing.assert_array_equal(codes, alone, err_msg=name)
         assert len({c.tobytes() for c in batched}) > 1, name  # codes vary: the comparison bites
+
+
+# --------------------------------------------------------------------------------------------
+# Output ownership and rejects
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_users_folder_is_refused_and_left_as_it_was(tiny_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "plan.parquet").write_bytes(b"my own plan, not Parquet")
+    (out / "size_report.json").write_text('{"mine": 1}\n')
+    pq.write_table(pa.table({"x": [1]}), out / "rejects.parquet")
+    (out / "shards").mkdir()
+    (out / "shards" / ".draft.tmp").write_text("mine")
+    before = _files(out)
+    with pytest.raises(CodecflowError, match=f"^{out} is not empty and is not a codecflow token"):
+        tokenize_manifest(tiny_manifest, out, TokenizeSettings())
+    assert _files(out) == before
+    assert not (tmp_path / "theirs.lock").exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(CodecflowError, match=f"^{a_file} is a file, not a folder$"):
+        tokenize_manifest(tiny_manifest, a_file, TokenizeSettings())
+
+
+def _manifest_with_missing_audio(tiny_manifest: Path, n_missing: int | None) -> Path:
+    table = pq.read_table(tiny_manifest)
+    rows = table.to_pylist()
+    for i in range(len(rows) if n_missing is None else n_missing):
+        rows[i] = {**rows[i], "source_path": rows[i]["source_path"] + ".gone"}
+    manifest = tiny_manifest.parent / f"missing-{n_missing}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), manifest)
+    return manifest
+
+
+def test_a_dataset_where_every_segment_is_rejected_is_not_committed(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    manifest = _manifest_with_missing_audio(tiny_manifest, None)
+    n = pq.read_metadata(manifest).num_rows
+    out = tmp_path / "ds"
+    with pytest.raises(CodecflowError) as refused:
+        tokenize_manifest(manifest, out, TokenizeSettings())
+    rejects = out / "rejects.parquet"
+    assert str(refused.value) == (
+        f"every segment of {manifest} was rejected ({n} of {n}; the reasons are in {rejects}): "
+        f"nothing committed to {out}"
+    )
+    assert not (out / "dataset.json").exists()
+    assert not list((out / "shards").glob("*.commit.json"))  # a re-run encodes them again
+    assert pq.read_table(rejects).num_rows == n
+
+
+def test_rejects_above_the_set_fraction_are_warned_about(
+    tiny_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    manifest = _manifest_with_missing_audio(tiny_manifest, 1)
+    n = pq.read_metadata(manifest).num_rows
+    with caplog.at_level("WARNING", logger="codecflow.tokenize"):
+        quiet = tokenize_manifest(
+            manifest, tmp_path / "a", TokenizeSettings(warn_reject_fraction=1)
+        )
+    assert quiet.n_rejects == 1 and not caplog.records
+    with caplog.at_level("WARNING", logger="codecflow.tokenize"):
+        record = tokenize_manifest(manifest, tmp_path / "b", TokenizeSettings())  # 5 %
+    assert 1 / n > 0.05 and record.n_rejects == 1
+    rejects = tmp_path / "b" / "rejects.parquet"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 of {n} segments ({100 / n:.1f}%) were rejected, more than "
+        f"warn_reject_fraction=0.05: see {rejects}"
+    ]
+    assert (
+        f"rejected: 1 segments that could not be decoded (see {rejects})" in capsys.readouterr().out
+    )

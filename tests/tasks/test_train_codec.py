@@ -241,3 +241,32 @@ def test_codec_tokens_train_sample_and_regenerate(
             assert rate == 16_000 and len(wav) == 200 * 8  # 0.1 s = 200 frames of 8 samples
     original, _ = sf.read(report.path / "regen" / "original.wav")
     assert len(original) == 1600
+
+
+def test_users_folders_are_neither_trained_nor_evaluated_into(
+    trained: Path, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    from tasks import storage
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("<p>my page</p>\n")  # a name both reports write too
+    with pytest.raises(
+        CodecflowError, match=f"^{mine} is not empty and is not a codecflow codec run$"
+    ):
+        train_codec(str(tiny_manifest), mine, _settings(steps=2))
+    with pytest.raises(
+        CodecflowError, match=f"^{mine} is not empty and is not a codecflow codec evaluation$"
+    ):
+        eval_codec(trained / "checkpoint", str(tiny_manifest), mine, EvalCodecSettings(n_wavs=0))
+    assert [p.name for p in mine.iterdir()] == ["index.html"]
+    assert (mine / "index.html").read_text() == "<p>my page</p>\n"
+    # The codec run and a report written whole (atomic_dir) carry their markers.
+    assert json.loads((trained / storage.OWNER_MARKER).read_text())["kind"] == "codec run"
+    report = eval_codec(
+        trained / "checkpoint", str(tiny_manifest), tmp_path / "eval", EvalCodecSettings(n_wavs=0)
+    )
+    assert (
+        json.loads((report.path / storage.OWNER_MARKER).read_text())["kind"] == "codec evaluation"
+    )
+    assert not (tmp_path / "eval.lock").exists()

@@ -60,7 +60,7 @@ def test_bad_settings_fail_before_training(tiny_dataset: Path, tmp_path: Path) -
         train_lm(tiny_dataset, tmp_path, TrainLMSettings(block_size=10_000_000, device="cpu"))
     with pytest.raises(CodecflowError, match="no complete token dataset at .*missing"):
         train_lm(tmp_path / "missing", tmp_path, TrainLMSettings(device="cpu"))
-    assert not (tmp_path / "checkpoint").exists()
+    assert not any(tmp_path.iterdir())  # bad input: out is neither created nor claimed
 
 
 def test_learning_rate_warms_up_then_decays() -> None:
@@ -95,3 +95,90 @@ def test_presets_set_the_shape(tiny_dataset: Path, tmp_path: Path) -> None:
     # The settings recorded for evaluation validate again (only the fields set: a preset and an
     # explicit shape exclude each other).
     assert TrainLMSettings.model_validate(config["settings"]).preset == "tiny"
+
+
+# --------------------------------------------------------------------------------------------
+# Resume identity, ownership, locks
+# --------------------------------------------------------------------------------------------
+
+
+def _killed_run(dataset: Path, out: Path, settings: TrainLMSettings) -> None:
+    """A run that wrote a resumable checkpoint at step 2 and died before its final one."""
+    import shutil
+
+    train_lm(dataset, out, settings)
+    assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+    shutil.rmtree(out / "checkpoint")  # what a kill before the final checkpoint leaves
+
+
+def test_a_resume_with_another_dataset_or_settings_is_refused(
+    tiny_manifest: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from schemas.configs import TokenizeSettings
+    from tasks.tokenization import read_dataset_info, tokenize_manifest
+
+    settings = TrainLMSettings(
+        n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=2, steps=4, warmup_steps=1,
+        checkpoint_every=2, eval_batches=1, device="cpu",
+    )  # fmt: skip
+    out = tmp_path / "run"
+    _killed_run(tiny_dataset, out, settings)
+    faster = settings.model_copy(update={"learning_rate": 1e-3})
+    with pytest.raises(CodecflowError) as refused:
+        train_lm(tiny_dataset, out, faster)
+    assert str(refused.value) == (
+        f"{out} holds an unfinished LM run (step-000002) of another dataset or settings: "
+        f"learning_rate {settings.learning_rate} in the checkpoint, 0.001 asked for; "
+        "resume with the same ones or choose another out"
+    )
+    other = tokenize_manifest(tiny_manifest, tmp_path / "other", TokenizeSettings(shard_hours=0.5))
+    old, new = (read_dataset_info(d)["fingerprint"][:12] for d in (tiny_dataset, other.path))
+    with pytest.raises(
+        CodecflowError,
+        match=f"dataset fingerprint {old} in the checkpoint, fingerprint {new} asked for;",
+    ):
+        train_lm(Path(other.path), out, settings)
+    assert not (out / "checkpoint").exists()
+    # A checkpoint written before identities were recorded: its config.json's settings count.
+    (out / "checkpoints" / "step-000002" / "identity.json").unlink()
+    with pytest.raises(CodecflowError, match="learning_rate .* in the checkpoint, 0.001 asked"):
+        train_lm(tiny_dataset, out, faster)
+    # The same settings (and another checkpoint_every: not part of what the run is) resume.
+    record = train_lm(tiny_dataset, out, settings.model_copy(update={"checkpoint_every": 3}))
+    metrics = json.loads((record.path / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+
+
+def test_a_run_into_a_locked_out_is_refused_and_the_lock_file_goes_at_the_end(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from helpers import lock_held_by_another_process
+
+    settings = TrainLMSettings(
+        n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=2, steps=2, warmup_steps=1,
+        eval_batches=1, device="cpu",
+    )  # fmt: skip
+    out = tmp_path / "run"
+    lock = tmp_path / "run.lock"
+    with lock_held_by_another_process(out, "train-lm") as pid:
+        with pytest.raises(CodecflowError, match=f"^{out} is being written by another run "):
+            train_lm(tiny_dataset, out, settings)
+        assert json.loads(lock.read_text())["pid"] == pid  # the holder's file, untouched
+        assert not (out / "train_log.jsonl").exists()
+    train_lm(tiny_dataset, out, settings)
+    assert not lock.exists()
+    with pytest.raises(CodecflowError, match="holds a checkpoint of another dataset or settings"):
+        train_lm(tiny_dataset, out, settings.model_copy(update={"learning_rate": 1e-3}))
+    assert not lock.exists()  # refused while holding the lock: released and removed all the same
+
+
+def test_a_users_folder_is_not_trained_into(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train_log.jsonl").write_text("my notes\n")
+    with pytest.raises(CodecflowError, match=f"^{out} is not empty and is not a codecflow LM run$"):
+        train_lm(tiny_dataset, out, TrainLMSettings(steps=1, device="cpu"))
+    assert [p.name for p in out.iterdir()] == ["train_log.jsonl"]
+    assert (out / "train_log.jsonl").read_text() == "my notes\n"
