@@ -22,6 +22,10 @@ from helpers import REPO
 
 from tasks.checkpoints import latest_checkpoint
 
+# Long enough that the signal, sent at the first checkpoint (step 5), finds it training; short
+# enough for the resumed run to finish in seconds. A resume must ask for the same steps.
+_STEPS = 3000
+
 _TINY = [
     "n_layer=1",
     "n_head=2",
@@ -110,7 +114,7 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_resumes(
     tiny_dataset: Path, tmp_path: Path, signum: int, to_group: bool, status: int
 ) -> None:
     out = tmp_path / "lm"
-    process = _start(tiny_dataset, out, 100_000, tmp_path / "prefect")
+    process = _start(tiny_dataset, out, _STEPS, tmp_path / "prefect")
     server = _server_of(process)
     step = _wait_for_checkpoint(process, out)
     sent = time.monotonic()
@@ -126,16 +130,17 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_resumes(
     kept = latest_checkpoint(out)
     assert kept is not None and int(kept.name.split("-")[1]) >= step  # committed work stays
     assert not list(out.rglob("*.tmp")), "a half-written checkpoint was left"
+    assert not (tmp_path / "lm.lock").exists(), "the lock file stayed after the run"
 
     if not to_group:
         return  # the resume after an interrupt is shown once, for Ctrl-C
     resumed_at = int(kept.name.split("-")[1])
-    rerun = _start(tiny_dataset, out, resumed_at + 3, tmp_path / "prefect")
+    rerun = _start(tiny_dataset, out, _STEPS, tmp_path / "prefect")  # the same run, resumed
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == f"checkpoint: {out / 'checkpoint'}"
     metrics = json.loads((out / "checkpoint" / "metrics.json").read_text())
-    assert metrics["resumed_from"] == resumed_at and metrics["steps"] == resumed_at + 3
+    assert metrics["resumed_from"] == resumed_at and metrics["steps"] == _STEPS
 
 
 def test_the_ephemeral_server_dies_with_a_killed_run(tiny_dataset: Path, tmp_path: Path) -> None:
