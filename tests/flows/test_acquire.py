@@ -32,12 +32,14 @@ def generated_tar(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def _recorded_states(since: datetime, task: str, count: int) -> list[str]:
-    """The states of the runs of `task` since `since`, once `count` are recorded (or 60 s passed):
-    the server records task runs from events, a moment after the flow has returned."""
+    """The states of the runs of `task` since `since`, once `count` are recorded in a final state
+    (or 60 s passed): the server records task runs from events, after the flow has returned."""
     deadline = time.monotonic() + 60
     while True:
         states = [state for name, state in task_run_states_since(since) if name == task]
-        if len(states) >= count or time.monotonic() > deadline:
+        # A run's events may be recorded out of order: wait for final states, not only a count.
+        final = all(state not in {"Pending", "Running", "Scheduled"} for state in states)
+        if (len(states) >= count and final) or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
 
