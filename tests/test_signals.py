@@ -22,9 +22,9 @@ from helpers import REPO
 
 from tasks.checkpoints import latest_checkpoint
 
-# Long enough that the signal, sent at the first checkpoint (step 5), finds it training; short
+# Long enough that the signal, sent at the first checkpoint (step 100), finds it training; short
 # enough for the resumed run to finish in seconds. A resume must ask for the same steps.
-_STEPS = 3000
+_STEPS = 1000
 
 _TINY = [
     "n_layer=1",
@@ -34,7 +34,7 @@ _TINY = [
     "batch_size=4",
     "warmup_steps=2",
     "device=cpu",
-    "checkpoint_every=5",
+    "checkpoint_every=100",
     "eval_batches=1",
 ]
 
