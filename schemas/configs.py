@@ -270,6 +270,18 @@ class TrainLMSettings(_Config):
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of the peak.")
+    lr_decay_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Step at which the cosine reaches the final LR, which then stays; empty: "
+        "`steps`. The post's 1 M-step configs leave nanoGPT's 600 000 (schemas/post.py).",
+    )
+    beta2: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="AdamW beta2 (nanoGPT's 0.95; the post's codec LM uses 0.99).",
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")
