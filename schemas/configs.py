@@ -134,7 +134,8 @@ class TokenizeSettings(_Config):
         pattern=TOKENIZER_NAME_PATTERN,
         description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample), "
         "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec), or 'mimi_<K>_rvq' / "
-        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi, K <= 32 levels at 12.5 Hz).",
+        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
+        "levels 1..K without the semantic level 0, K <= 31).",
     )
     shard_hours: float = Field(
         1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."

@@ -141,7 +141,7 @@ def describe_tokenizer(name: str) -> TokenizerFacts:
         assert parsed.checkpoint is not None
         return _codec_facts(name, parsed.checkpoint, parsed.levels)
     assert parsed.levels is not None
-    levels = parsed.levels if parsed.semantic else parsed.levels - 1
+    levels = parsed.levels  # K either way: levels 0..K-1, or 1..K without the semantic one
     return TokenizerFacts(
         name, _MIMI_RATE, _MIMI_FRAME_RATE, levels, _MIMI_CODEBOOK, smallest_token_bytes(2048)
     )

@@ -60,7 +60,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "post-mimi-8": Experiment("large", 10000, "mimi_8_rvq", 8),
     "post-mimi-32": Experiment("large", 10000, "mimi_32_rvq", 32),
-    "post-mimi-31-nosemantic": Experiment("large", 10000, "mimi_32_rvq_nosemantic", 31),
+    "post-mimi-31-nosemantic": Experiment("large", 10000, "mimi_31_rvq_nosemantic", 31),
     "post-mimi-8-semantic-weighted": Experiment(
         "large", 10000, "mimi_8_rvq", 8, level_weights=[100.0] + [1.0] * 7
     ),

@@ -45,8 +45,8 @@ ACCEPTED = {
     "mimi_1_rvq": TokenizerName("mimi", 1),
     "mimi_8_rvq": TokenizerName("mimi", 8),
     "mimi_32_rvq": TokenizerName("mimi", 32),
-    "mimi_2_rvq_nosemantic": TokenizerName("mimi", 2, semantic=False),
-    "mimi_32_rvq_nosemantic": TokenizerName("mimi", 32, semantic=False),
+    "mimi_1_rvq_nosemantic": TokenizerName("mimi", 1, semantic=False),
+    "mimi_31_rvq_nosemantic": TokenizerName("mimi", 31, semantic=False),
 }
 
 
@@ -62,7 +62,8 @@ def test_parse_accepts_every_form(name: str) -> None:
     [
         "mimi_0_rvq",
         "mimi_33_rvq",
-        "mimi_1_rvq_nosemantic",
+        "mimi_0_rvq_nosemantic",
+        "mimi_32_rvq_nosemantic",  # levels 1..32 would need a 33-level encode
         "mimi_08_rvq",
         "mimi_8_rvq_semantic",
         "mimi_8",
@@ -227,7 +228,7 @@ def test_load_tokenizer_builds_mimi_nosemantic(
     _use_cache(monkeypatch, hub_cache)
     tok = load_tokenizer("mimi_4_rvq_nosemantic")
     assert isinstance(tok, MimiTokenizer) and not tok.training
-    assert (tok.num_levels, tok.rvq_levels, tok.semantic) == (3, 4, False)
+    assert (tok.num_levels, tok.rvq_levels, tok.semantic) == (4, 5, False)  # levels 1..4
     spec = tokenizer_spec("mimi_4_rvq_nosemantic", tok)
     assert spec["codebook_size"] == 2048 and spec["token_dtype"] == "uint16"
     assert (spec["sample_rate"], spec["frame_rate"], spec["samples_per_frame"]) == (
@@ -235,7 +236,7 @@ def test_load_tokenizer_builds_mimi_nosemantic(
         12.5,
         1920,
     )
-    assert tok.encode(torch.zeros(1, 1, 1920)).shape == (1, 3, 1)
+    assert tok.encode(torch.zeros(1, 1, 1920)).shape == (1, 4, 1)
 
 
 def test_missing_cache_offline_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
