@@ -117,7 +117,7 @@ class AcquireConfig(AcquireSettings):
 #: The tokenizer names of the post's code: mu-law, a trained codec (optionally truncated to its
 #: first N levels), or Mimi with K levels, with or without its semantic level 0.
 TOKENIZER_NAME_PATTERN = (
-    r"^(mu-law-256|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
+    r"^(mu-law-256(-post)?|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
 )
 
 
@@ -132,7 +132,8 @@ class TokenizeSettings(_Config):
     tokenizer: str = Field(
         "mu-law-256",
         pattern=TOKENIZER_NAME_PATTERN,
-        description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample), "
+        description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample, torchaudio's "
+        "rounding), 'mu-law-256-post' (the post's librosa quantiser: its exact tokens), "
         "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec), or 'mimi_<K>_rvq' / "
         "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
         "levels 1..K without the semantic level 0, K <= 31).",

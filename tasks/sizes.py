@@ -49,7 +49,7 @@ PCM16_BYTES_PER_SECOND = 16_000 * 2
 PROJECTION_HOURS: tuple[float, ...] = (1_000.0, 10_000.0, 60_000.0)
 _GIB = float(1 << 30)
 _SPLITS = ("train", "val")  # schemas.tables.SPLITS, without importing pyarrow
-_MULAW_NAMES = ("mu-law-256", "mulaw")
+_MULAW_NAMES = ("mu-law-256", "mulaw", "mu-law-256-post")
 _MIMI_RATE, _MIMI_FRAME_RATE, _MIMI_CODEBOOK = 24_000, 12.5, 2048
 
 

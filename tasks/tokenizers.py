@@ -6,7 +6,9 @@ Hub happens here, with moshi's `loaders.get_mimi` for Mimi.
 The names are those of the post's code ("Neural audio codecs: how to get audio into LLMs",
 Kyutai, 2025), parsed by `parse_tokenizer_name`:
 
-- `mu-law-256` (alias `mulaw`): mu-law 256 at 16 kHz, one token per sample;
+- `mu-law-256` (alias `mulaw`): mu-law 256 at 16 kHz, one token per sample (torchaudio's rounding);
+- `mu-law-256-post`: the same with the post's librosa quantiser (`digitize`; tokens equal the
+  post's `.bin`, see models/mulaw.py);
 - `codec:<checkpoint>[@<levels>]`: a codec trained by `train-codec` (its checkpoint folder or
   name), optionally truncated to its first `levels` RVQ levels;
 - `mimi_<K>_rvq`: Kyutai's Mimi, its first K levels (K in 1..32);
@@ -61,6 +63,7 @@ __all__ = [
 TOKENIZER_NAMES: tuple[str, ...] = (
     "mu-law-256",
     "mulaw",
+    "mu-law-256-post",
     "codec:<checkpoint>[@<levels>]",
     "mimi_<K>_rvq",
     "mimi_<K>_rvq_nosemantic",
@@ -75,7 +78,8 @@ MIMI_FILE_ENV = "CODECFLOW_MIMI_FILE"
 MIMI_MAX_LEVELS = 32
 
 _ACCEPTED = (
-    "accepted: mu-law-256 (alias mulaw), codec:<checkpoint>[@<levels>] with levels >= 1, "
+    "accepted: mu-law-256 (alias mulaw), mu-law-256-post, "
+    "codec:<checkpoint>[@<levels>] with levels >= 1, "
     f"mimi_<K>_rvq with K in 1..{MIMI_MAX_LEVELS}, "
     f"mimi_<K>_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
 )
@@ -90,13 +94,15 @@ class TokenizerName:
     `levels` is the number after `@` for a codec (None: all its levels) and K for Mimi (the levels
     kept: 0..K-1, or 1..K without the semantic level, from a K+1-level encode); None for
     mu-law. `checkpoint` is the codec's checkpoint (None otherwise). `semantic` is False only for
-    `mimi_<K>_rvq_nosemantic`.
+    `mimi_<K>_rvq_nosemantic`. `post_quantizer` is True only for `mu-law-256-post` (librosa's
+    `mu_compress` quantiser, as the post's data preparation).
     """
 
     kind: Literal["mulaw", "codec", "mimi"]
     levels: int | None = None
     checkpoint: str | None = None
     semantic: bool = True
+    post_quantizer: bool = False
 
 
 def _invalid(name: str, why: str) -> CodecflowError:
@@ -107,6 +113,8 @@ def parse_tokenizer_name(name: str) -> TokenizerName:
     """Parse a tokenizer name of the post's code; CodecflowError (one line) when malformed."""
     if name in ("mu-law-256", "mulaw"):
         return TokenizerName("mulaw")
+    if name == "mu-law-256-post":
+        return TokenizerName("mulaw", post_quantizer=True)
     if name.startswith("codec:"):
         checkpoint, at, levels = name.removeprefix("codec:").partition("@")
         if not checkpoint.strip():
@@ -130,7 +138,8 @@ def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokeni
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":
         # mu-law 256 at 16 kHz, the post's sample-level baseline (Libri-Light is 16 kHz).
-        return MuLawTokenizer(sample_rate=16_000).to(device).eval()
+        quantizer = "post" if parsed.post_quantizer else "torchaudio"
+        return MuLawTokenizer(sample_rate=16_000, quantizer=quantizer).to(device).eval()
     if parsed.kind == "codec":
         # Imported here: the codec trainer pulls in its own dependencies.
         from tasks.train_codec import load_codec_tokenizer

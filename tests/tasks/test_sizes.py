@@ -77,6 +77,9 @@ def test_describe_tokenizer_by_name() -> None:
     assert describe_tokenizer("mimi_8_rvq") == TokenizerFacts(
         "mimi_8_rvq", 24_000, 12.5, 8, 2048, 2
     )
+    assert describe_tokenizer("mu-law-256-post") == TokenizerFacts(
+        "mu-law-256-post", 16_000, 16_000, 1, 256, 1
+    )
     nosemantic = describe_tokenizer("mimi_8_rvq_nosemantic")
     assert nosemantic.num_levels == 8 and nosemantic.codebook_size == 2048  # levels 1..8
     assert describe_tokenizer("mimi_31_rvq_nosemantic").num_levels == 31

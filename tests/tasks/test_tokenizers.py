@@ -39,6 +39,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 ACCEPTED = {
     "mu-law-256": TokenizerName("mulaw"),
     "mulaw": TokenizerName("mulaw"),
+    "mu-law-256-post": TokenizerName("mulaw", post_quantizer=True),
     "codec:runs/x/codec/checkpoint@4": TokenizerName("codec", 4, "runs/x/codec/checkpoint"),
     "codec:runs/x/codec/checkpoint": TokenizerName("codec", None, "runs/x/codec/checkpoint"),
     "codec:my-codec@12": TokenizerName("codec", 12, "my-codec"),
@@ -96,10 +97,11 @@ def test_names_list_the_accepted_forms() -> None:
     assert {"mimi_<K>_rvq", "mimi_<K>_rvq_nosemantic"} <= set(TOKENIZER_NAMES)
 
 
-@pytest.mark.parametrize("name", ["mu-law-256", "mulaw"])
+@pytest.mark.parametrize("name", ["mu-law-256", "mulaw", "mu-law-256-post"])
 def test_load_mulaw_and_its_alias(name: str) -> None:
     tok = load_tokenizer(name)
     assert isinstance(tok, MuLawTokenizer) and not tok.training
+    assert tok.quantizer == ("post" if name.endswith("-post") else "torchaudio")
     assert (tok.sample_rate, tok.num_levels, tok.codebook_size) == (16_000, 1, 256)
     assert tok.token_dtype is np.uint8
     spec = tokenizer_spec(name, tok)
