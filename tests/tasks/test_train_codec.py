@@ -90,6 +90,37 @@ def test_more_levels_lower_spectral_loss_on_speech(
     assert (record.path / "loss_vs_levels.png").is_file() and (record.path / "index.html").is_file()
 
 
+def test_eval_codec_returns_a_committed_report_without_recomputing(
+    trained: Path, tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Prefect here at all (as with an empty Prefect database): the marker decides."""
+    out, settings = (
+        tmp_path / "eval",
+        EvalCodecSettings(levels=[1, 2], max_segments=1, device="cpu"),
+    )
+    first = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+    written = (out / "index.html").stat().st_mtime_ns
+
+    def fail(*_: object, **__: object) -> None:
+        raise AssertionError("recomputed a finished codec report")
+
+    monkeypatch.setattr("tasks.eval_codec.load_split_audio", fail)
+    again = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+    assert again == first and (out / "index.html").stat().st_mtime_ns == written
+    # Other settings are another report: computed (and here the patched loader says so).
+    with pytest.raises(AssertionError, match="recomputed"):
+        eval_codec(
+            trained / "checkpoint",
+            str(tiny_manifest),
+            out,
+            settings.model_copy(update={"levels": [1]}),
+        )
+    # A report without its marker (index.html written last) is not done either.
+    (out / "index.html").unlink()
+    with pytest.raises(AssertionError, match="recomputed"):
+        eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+
+
 def test_default_levels() -> None:
     assert default_levels(8) == [1, 2, 4, 8]
     assert default_levels(12) == [1, 2, 4, 8, 12]
