@@ -174,9 +174,19 @@ class TrainCodecSettings(_Config):
         8, ge=1, le=32, description="RVQ levels (the post trains 1, 2, 4, 8 and 16)."
     )
     codebook_size: int = Field(1024, ge=2, le=65536, description="Entries per codebook (1 024).")
-    channels: int = Field(32, ge=4, description="Width of the first encoder block.")
-    latent_dim: int = Field(32, ge=1, description="Dimension of the quantized latents (32).")
-    res_depth: int = Field(2, ge=1, le=8, description="Dilated residual blocks per level.")
+    arch: Literal["post", "jukebox"] = Field(
+        "post",
+        description="'post': the post's codec exactly (nanoGPTaudio codec.py: 4 residual blocks "
+        "per stage, dilations 3..81, no latent conv, latent_dim = channels; 397 473 parameters "
+        "at the defaults); 'jukebox': a lighter Jukebox-like variant (models/codec.py says why).",
+    )
+    channels: int = Field(32, ge=4, description="Width of every encoder/decoder stage (32).")
+    latent_dim: int = Field(
+        32, ge=1, description="Dimension of the quantized latents (32; = channels for 'post')."
+    )
+    res_depth: int = Field(
+        4, ge=1, le=8, description="Dilated residual blocks per stage (the post: 4)."
+    )
     n_blocks: int = Field(
         7,
         ge=1,
@@ -203,6 +213,15 @@ class TrainCodecSettings(_Config):
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     seed: int = Field(0, description="Seed of initialisation and crop sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present (bf16 autocast).")
+
+    @model_validator(mode="after")
+    def _post_latents_are_the_width(self) -> TrainCodecSettings:
+        if self.arch == "post" and self.latent_dim != self.channels:
+            raise ValueError(
+                f"arch 'post' has no latent conv: latent_dim ({self.latent_dim}) must equal "
+                f"channels ({self.channels}), or choose arch 'jukebox'"
+            )
+        return self
 
 
 class TrainCodecConfig(TrainCodecSettings):

@@ -86,6 +86,9 @@ def test_describe_tokenizer_by_name() -> None:
     assert describe_tokenizer("codec:rvq-16@4") == TokenizerFacts(
         "codec:rvq-16@4", 16_000, 125.0, 4, 1024, 2
     )
+    assert describe_tokenizer("codec:post@4") == TokenizerFacts(  # the post's codec preset
+        "codec:post@4", 16_000, 125.0, 4, 1024, 2
+    )
     assert describe_tokenizer("codec:tiny-8").codebook_size == 64
     assert describe_tokenizer("codec:tiny-8").token_bytes == 1
     assert [smallest_token_bytes(n) for n in (2, 256, 257, 65_536, 65_537)] == [1, 1, 2, 2, 4]
