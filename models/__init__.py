@@ -19,7 +19,13 @@ from models.layouts import LAYOUT_NAMES, DelayLayout, FlattenLayout, TokenLayout
 from models.level_loss import LevelLoss, level_weighted_loss, post_tiled_weights
 from models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
 from models.mimi import MimiTokenizer
-from models.mulaw import MuLawTokenizer, mulaw_decode, mulaw_encode
+from models.mulaw import (
+    MuLawTokenizer,
+    mulaw_decode,
+    mulaw_decode_post,
+    mulaw_encode,
+    mulaw_encode_post,
+)
 from models.presets import GPT_PRESETS, gpt_config
 from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
 from models.sampling import GenerationResult, generate, sample_next
@@ -30,6 +36,8 @@ __all__ = [
     "MuLawTokenizer",
     "MimiTokenizer",
     "mulaw_encode",
+    "mulaw_encode_post",
+    "mulaw_decode_post",
     "mulaw_decode",
     "GPTConfig",
     "GPTOutput",

@@ -1,4 +1,4 @@
-"""The blog post's RVQ codec: a Jukebox-style convolutional autoencoder around an RVQ.
+"""The blog post's RVQ codec (`arch="post"`) and a Jukebox-style variant (`arch="jukebox"`).
 
 Shape symbols: B batch, T samples, T' samples padded to a multiple of the hop, F frames, C conv
 channels, D latent dim, K levels of the quantizer, K' levels used in one call.
@@ -11,6 +11,27 @@ dilation 3^i, ReLU, 1x1 conv, plus the skip), and a kernel-3 convolution maps to
 decoder mirrors it with stride-2 transposed convolutions and reversed dilations
 (`vqvae_reverse_decoder_dilation`). Seven blocks downsample 2^7 = 128x: 32-dimensional latents at
 16000 / 128 = 125 Hz, each quantized by K levels of 1024 codes.
+
+`arch="post"` is the post's own codec exactly (kyutai-labs/nanoGPTaudio codec.py @ cbd36aa,
+schemas/post.py `POST_CODEC`): every stage is a stride-2 convolution (kernel 4, padding 1)
+followed by 4 residual blocks (ReLU, kernel-3 conv with dilation 3, 9, 27, 81, ReLU, kernel-3
+conv, plus the skip); there is no latent or output convolution (the latents are the last stage's
+32 channels, the decoder's last transposed convolution outputs the waveform), and each decoder
+stage adds its residual on top of a block that already returns `x + ...` (`x = x + block(x)`,
+i.e. 2x + f(x)). With channels 32, 7 stages and 4 blocks: 397 473 parameters (the codebooks are
+buffers). Lengths: the reference's tokenizer truncates audio to whole 128-sample frames
+(tokenizer.py `CodecTokenizer.encode`, commit 0d6e203) and its `Codec.forward` asserts a whole
+number of frames; `RVQCodec` pads the partial last frame with zeros instead (the `AudioTokenizer`
+contract F = ceil(T / hop), as Mimi): at most one extra frame, under 8 ms, per segment; for
+lengths that are multiples of 128 the two agree (tests/models/test_codec.py).
+
+`arch="jukebox"` (the classes `ResConv1DBlock`, `Resnet1D`, `ConvEncoder`, `ConvDecoder`, the
+`rvq-<K>` and `tiny-8` presets) is kept for what it measured here (bench/codec_arch.py, the
+project's 2-core CPU, shared, batch 8 x 1 s, 7 stages, channels 32, 8 x 1 024 codes): 176 609
+parameters instead of 397 473 and a training step 4.8x to 13x faster (0.83-1.5 s against
+7.3-11 s), which is what lets the test suite and the tiny twins train a codec in seconds; its
+latent conv also allows a latent dimension other than the width. Its loss after equal steps was
+not measured; the post's results are the post codec's, the default of train-codec.
 
 Beyond the post, `RVQCodec` can train with quantizer dropout (SoundStream, Zeghidour et al., 2021,
 section 3.3; Mimi uses it too): each training call quantizes with a random number of levels in
@@ -27,8 +48,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.rvq import ResidualVectorQuantizer, RVQMetrics
+from schemas.post import POST_CODEC
 
 __all__ = [
+    "CODEC_ARCHS",
+    "PostResidualBlock",
+    "PostEncoder",
+    "PostDecoder",
     "ResConv1DBlock",
     "Resnet1D",
     "ConvEncoder",
@@ -40,8 +66,107 @@ __all__ = [
     "codec_config_dict",
 ]
 
-# Jukebox's dilation_growth_rate for the VQ-VAE (jukebox/hparams.py).
+# Jukebox's dilation_growth_rate for the VQ-VAE (jukebox/hparams.py); the post's 3 ** (1 + i)
+# (nanoGPTaudio codec.py) grows by the same factor.
 DILATION_GROWTH = 3
+#: The codec architectures `build_rvq_codec` builds.
+CODEC_ARCHS = ("post", "jukebox")
+
+
+class PostResidualBlock(nn.Module):
+    """x + conv3(relu(conv3_dilated(relu(x)))): nanoGPTaudio codec.py `ResidualBlock`."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, 1, padding=dilation, dilation=dilation),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, 1, padding=1),  # codec.py: kernel_size=3, padding=1
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float `[B, C, L]` -> float `[B, C, L]`."""
+        return x + self.model(x)
+
+
+def _post_blocks(channels: int, depth: int) -> nn.ModuleList:
+    # codec.py: dilation=3 ** (1 + i) for i in range(n_residual_blocks): 3, 9, 27, 81 for 4.
+    return nn.ModuleList(
+        PostResidualBlock(channels, DILATION_GROWTH ** (1 + i)) for i in range(depth)
+    )
+
+
+class PostEncoder(nn.Module):
+    """The post's encoder (codec.py `Encoder`): `n_blocks` x (stride-2 conv, `res_depth`
+    residual blocks), no latent conv: the latent dimension is `channels`."""
+
+    def __init__(self, channels: int, n_blocks: int, res_depth: int = 4) -> None:
+        super().__init__()
+        assert min(channels, n_blocks) >= 1 and res_depth >= 0, (
+            f"bad sizes: channels {channels}, n_blocks {n_blocks}, res_depth {res_depth}"
+        )
+        self.channels = self.latent_dim = channels
+        self.n_blocks, self.res_depth = n_blocks, res_depth
+        self.down = nn.ModuleList(
+            nn.Conv1d(1 if i == 0 else channels, channels, 4, 2, 1) for i in range(n_blocks)
+        )
+        self.res = nn.ModuleList(_post_blocks(channels, res_depth) for _ in range(n_blocks))
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame, 2^n_blocks."""
+        return 2**self.n_blocks
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """float `[B, 1, T']`, T' a multiple of `hop_length` -> float `[B, C, T' / hop]`."""
+        assert wav.ndim == 3 and wav.shape[1] == 1, (
+            f"wav must be [B, 1, T], got shape {tuple(wav.shape)}"
+        )
+        assert wav.shape[2] % self.hop_length == 0, (
+            f"length {wav.shape[2]} must be a multiple of the hop {self.hop_length}"
+        )
+        x = wav
+        for down, blocks in zip(self.down, self.res, strict=True):
+            x = down(x)
+            for block in blocks.children():
+                x = block(x)  # codec.py EncoderBlock: x = block(x)
+        return x  # [B, C, F]
+
+
+class PostDecoder(nn.Module):
+    """The post's decoder (codec.py `Decoder`): `n_blocks` x (`res_depth` residual blocks added
+    on top, stride-2 transposed conv); the last transposed conv outputs the waveform."""
+
+    def __init__(self, channels: int, n_blocks: int, res_depth: int = 4) -> None:
+        super().__init__()
+        assert min(channels, n_blocks) >= 1 and res_depth >= 0, (
+            f"bad sizes: channels {channels}, n_blocks {n_blocks}, res_depth {res_depth}"
+        )
+        self.channels = self.latent_dim = channels
+        self.n_blocks, self.res_depth = n_blocks, res_depth
+        self.res = nn.ModuleList(_post_blocks(channels, res_depth) for _ in range(n_blocks))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose1d(channels, 1 if i == n_blocks - 1 else channels, 4, 2, 1)
+            for i in range(n_blocks)
+        )
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame, 2^n_blocks."""
+        return 2**self.n_blocks
+
+    def forward(self, z: Tensor) -> Tensor:
+        """float `[B, C, F]` -> float `[B, 1, F * hop]`."""
+        assert z.ndim == 3 and z.shape[1] == self.channels, (
+            f"z must be [B, C={self.channels}, F], got shape {tuple(z.shape)}"
+        )
+        x = z
+        for blocks, up in zip(self.res, self.up, strict=True):
+            for block in blocks.children():
+                x = x + block(x)  # codec.py DecoderBlock: the block already returns x + f(x)
+            x = up(x)
+        return x  # [B, 1, F*hop]
 
 
 class ResConv1DBlock(nn.Module):
@@ -185,8 +310,8 @@ class RVQCodec(nn.Module):
 
     def __init__(
         self,
-        encoder: ConvEncoder,
-        decoder: ConvDecoder,
+        encoder: ConvEncoder | PostEncoder,
+        decoder: ConvDecoder | PostDecoder,
         quantizer: ResidualVectorQuantizer,
         sample_rate: int = 16_000,
         quantizer_dropout: bool = False,
@@ -312,14 +437,30 @@ def build_rvq_codec(
     dead_code_threshold: float = 1.0,
     quantizer_dropout: bool = False,
     sample_rate: int = 16_000,
+    arch: str = "jukebox",
 ) -> RVQCodec:
     """Build an `RVQCodec` from plain numbers (a preset or a checkpoint's config.json).
 
+    `arch` is "post" (the post's codec.py; `latent_dim` must equal `channels`) or "jukebox" (the
+    default, so that a config.json written before `arch` existed rebuilds its codec).
     `build_rvq_codec(**codec_config_dict(codec))` builds a codec of the same shape as `codec`.
     """
+    assert arch in CODEC_ARCHS, f"arch must be one of {CODEC_ARCHS}, got {arch!r}"
+    encoder: ConvEncoder | PostEncoder
+    decoder: ConvDecoder | PostDecoder
+    if arch == "post":
+        assert latent_dim == channels, (
+            f"the post's codec has no latent conv: latent_dim {latent_dim} must equal channels "
+            f"{channels}"
+        )
+        encoder = PostEncoder(channels, n_blocks, res_depth)
+        decoder = PostDecoder(channels, n_blocks, res_depth)
+    else:
+        encoder = ConvEncoder(channels, latent_dim, n_blocks, res_depth)
+        decoder = ConvDecoder(channels, latent_dim, n_blocks, res_depth)
     return RVQCodec(
-        encoder=ConvEncoder(channels, latent_dim, n_blocks, res_depth),
-        decoder=ConvDecoder(channels, latent_dim, n_blocks, res_depth),
+        encoder=encoder,
+        decoder=decoder,
         quantizer=ResidualVectorQuantizer(
             dim=latent_dim,
             codebook_size=codebook_size,
@@ -341,6 +482,7 @@ def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
         dec.res_depth,
     ), "encoder and decoder sizes differ: not a build_rvq_codec codec"
     return {
+        "arch": "post" if isinstance(enc, PostEncoder) else "jukebox",
         "num_levels": rvq.num_levels,
         "channels": enc.channels,
         "latent_dim": enc.latent_dim,
@@ -354,9 +496,21 @@ def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
     }
 
 
-# The post's codecs (1024 codes per level, 7 blocks, 32-dim latents at 125 Hz), one per number of
-# levels, and "tiny-8" for CPU tests. Each maps to `build_rvq_codec` keyword arguments.
+# "post": the post's codec exactly (schemas/post.py POST_CODEC: nanoGPTaudio train_codec.py and
+# codec.py); "rvq-<K>": the Jukebox-like variant with the post's sizes (1024 codes per level, 7
+# blocks, 32-dim latents at 125 Hz), one per number of levels; "tiny-8" for CPU tests. Each maps to
+# `build_rvq_codec` keyword arguments.
 CODEC_PRESETS: dict[str, dict[str, Any]] = {
+    "post": {
+        "arch": "post",
+        "num_levels": POST_CODEC.levels,  # 8
+        "channels": POST_CODEC.channels,  # 32
+        "latent_dim": POST_CODEC.channels,  # no latent conv
+        "n_blocks": POST_CODEC.n_blocks,  # 7
+        "res_depth": POST_CODEC.res_blocks,  # 4
+        "codebook_size": POST_CODEC.codebook_size,  # 1024
+        "update_speed": POST_CODEC.update_speed,  # 0.01
+    },
     **{
         f"rvq-{k}": {
             "num_levels": k,

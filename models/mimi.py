@@ -8,8 +8,8 @@ quantised by a split residual vector quantizer, in the released checkpoint 32 le
 each (`_quantizer_kwargs` in moshi/models/loaders.py). Level 0 is the semantic level, distilled
 from WavLM; levels 1..31 are the acoustic residual levels. The blog post
 "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) trains LMs on its first K levels
-(`mimi_<K>_rvq`) and also without the semantic level (`mimi_<K>_rvq_nosemantic`: levels 1..K-1 of a
-K-level encode, decoded with level 0 set to code 0).
+(`mimi_<K>_rvq`) and also without the semantic level (`mimi_<K>_rvq_nosemantic`: levels 1..K of a
+K+1-level encode, K tokens per frame, K <= 31; decoded with level 0 set to code 0).
 
 The model itself is moshi's `MimiModel` (moshi/models/compression.py), built and loaded elsewhere
 (`tasks.tokenizers.load_mimi`, which uses `moshi.models.loaders.get_mimi`); this module only wraps
@@ -38,10 +38,11 @@ class MimiTokenizer(AudioTokenizer):
             puts it in eval mode and sets its number of active codebooks to `num_levels`
             (moshi's `set_num_codebooks`), again before each encode, so that wrappers of different
             depths can share one model.
-        num_levels: the RVQ depth of the encode, K in `mimi_<K>_rvq[_nosemantic]`, in
-            `[1, model.total_codebooks]` (32 for Mimi).
-        semantic: keep level 0 (the semantic level). With False, the codes are levels 1..K-1 of
-            the K-level encode, so the tokenizer's `num_levels` is K - 1 (K >= 2 then).
+        num_levels: K in `mimi_<K>_rvq[_nosemantic]`, the levels the tokenizer keeps:
+            levels 0..K-1 with the semantic level, levels 1..K without it.
+        semantic: keep level 0 (the semantic level). With False, the encode runs K + 1 levels
+            (`rvq_levels`, at most `model.total_codebooks`, 32 for Mimi) and drops level 0, so
+            K <= 31.
     """
 
     @property
@@ -52,16 +53,16 @@ class MimiTokenizer(AudioTokenizer):
     def __init__(self, model: MimiModel, num_levels: int, semantic: bool = True) -> None:
         super().__init__()
         total = int(model.total_codebooks)
-        assert 1 <= num_levels <= total, f"num_levels must be in [1, {total}], got {num_levels}"
-        assert semantic or num_levels >= 2, (
-            f"without the semantic level, num_levels must be >= 2 (K - 1 >= 1 levels kept), "
-            f"got {num_levels}"
+        top = total if semantic else total - 1  # without level 0, levels 1..K need K + 1
+        assert 1 <= num_levels <= top, (
+            f"num_levels must be in [1, {top}] ({'with' if semantic else 'without'} the semantic "
+            f"level), got {num_levels}"
         )
         assert int(model.channels) == 1, f"Mimi must be mono, got {model.channels} channels"
-        model.set_num_codebooks(num_levels)
         self.model = model
-        self.rvq_levels = num_levels
+        self.rvq_levels = num_levels if semantic else num_levels + 1  # depth of the encode
         self.semantic = semantic
+        model.set_num_codebooks(self.rvq_levels)
         self.eval()  # a frozen tokenizer: eval mode for the wrapper and the model
         # frame_size is int(sample_rate / frame_rate): the same 1920 as our samples_per_frame.
         assert int(model.frame_size) == self.samples_per_frame, (
@@ -78,7 +79,7 @@ class MimiTokenizer(AudioTokenizer):
 
     @property
     def num_levels(self) -> int:
-        return self.rvq_levels if self.semantic else self.rvq_levels - 1
+        return self.rvq_levels if self.semantic else self.rvq_levels - 1  # K either way
 
     @property
     def codebook_size(self) -> int:
@@ -92,7 +93,7 @@ class MimiTokenizer(AudioTokenizer):
 
         Returns:
             int64 `[B, K, F]` codes in [0, 2048), `F = ceil(T / 1920)`, on the model's device
-            (K = `num_levels`: the first K levels, or levels 1..K of a K+1-level encode without
+            (K = `num_levels`: levels 0..K-1, or levels 1..K of a K+1-level encode without
             the semantic level).
         """
         self.check_wav(wav)
@@ -112,7 +113,7 @@ class MimiTokenizer(AudioTokenizer):
             f"expected {(b, self.rvq_levels, f)}"
         )
         if not self.semantic:
-            codes = codes[:, 1:].contiguous()  # [B, K_rvq - 1, F], the semantic level 0 dropped
+            codes = codes[:, 1:].contiguous()  # [B, K, F]: levels 1..K, semantic level 0 dropped
         return codes.to(torch.int64)  # [B, K, F]
 
     def decode(self, codes: Tensor) -> Tensor:

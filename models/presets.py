@@ -1,10 +1,13 @@
 """Named GPT sizes: keyword sets for `GPTConfig` without the vocabulary (the tokenizer sets it).
 
 "post" is the language model of Kyutai's post "Neural audio codecs: how to get audio into LLMs"
-(October 2025): a nanoGPT with 12 layers, 16 heads, 1 024 wide and a 2 048-token context, about
-151 M parameters. With a 1 024-entry vocabulary `GPT(...)` holds 154 302 464 parameters in all
-(`num_parameters(non_embedding=False)`), 152 205 312 without the position embedding (nanoGPT's
-count, `num_parameters()`); the 12 blocks alone hold 151 154 688 (12 * (12 C^2 + 13 C), C = 1 024).
+(October 2025), taken from `schemas/post.py` (`POST_LM_SHAPE`): a nanoGPT with 12 layers, 16 heads,
+1 024 wide, a 2 048-token context, dropout 0.1 and no biases (train.py's `bias = False`, which no
+config of the post overrides). nanoGPT counts parameters without the position embedding and with
+the tied token embedding once (`num_parameters()` here): 12 blocks of 12 C^2 + 2 C (C = 1 024: the
+four matrices and two LayerNorm gains), the final LayerNorm's C and V * C for the embedding, i.e.
+151 282 688 for the mu-law vocabulary of 256, the post's "151.28M"; 152 069 120 for 1 024 codes
+and 153 117 696 for Mimi's 2 048 (`POST_LM_PARAMETERS`).
 "tiny" (tests) and "demo" (`configs/demo.yaml`-sized) run on a CPU.
 """
 
@@ -13,12 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from models.gpt import GPTConfig
+from schemas.post import POST_LM_SHAPE
 
 __all__ = ["GPT_PRESETS", "gpt_config"]
 
 GPT_PRESETS: dict[str, dict[str, Any]] = {
-    # The post's LM (Kyutai, 2025): 12 x 16 heads x 1 024, context 2 048, no dropout, biases.
-    "post": dict(n_layer=12, n_head=16, n_embd=1024, block_size=2048, dropout=0.0, bias=True),
+    # The post's LM (Kyutai, 2025): 12 x 16 heads x 1 024, context 2 048, dropout 0.1, no biases
+    # (schemas/post.py cites each value: nanoGPTaudio config/train_librilight_*.py and train.py).
+    "post": POST_LM_SHAPE.model_dump(exclude={"sources"}),
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=128, dropout=0.0, bias=True),
     "demo": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, dropout=0.0, bias=True),
 }

@@ -117,7 +117,7 @@ class AcquireConfig(AcquireSettings):
 #: The tokenizer names of the post's code: mu-law, a trained codec (optionally truncated to its
 #: first N levels), or Mimi with K levels, with or without its semantic level 0.
 TOKENIZER_NAME_PATTERN = (
-    r"^(mu-law-256|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
+    r"^(mu-law-256(-post)?|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
 )
 
 
@@ -132,9 +132,11 @@ class TokenizeSettings(_Config):
     tokenizer: str = Field(
         "mu-law-256",
         pattern=TOKENIZER_NAME_PATTERN,
-        description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample), "
+        description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample, torchaudio's "
+        "rounding), 'mu-law-256-post' (the post's librosa quantiser: its exact tokens), "
         "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec), or 'mimi_<K>_rvq' / "
-        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi, K <= 32 levels at 12.5 Hz).",
+        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
+        "levels 1..K without the semantic level 0, K <= 31).",
     )
     shard_hours: float = Field(
         1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."
@@ -181,9 +183,19 @@ class TrainCodecSettings(_Config):
         8, ge=1, le=32, description="RVQ levels (the post trains 1, 2, 4, 8 and 16)."
     )
     codebook_size: int = Field(1024, ge=2, le=65536, description="Entries per codebook (1 024).")
-    channels: int = Field(32, ge=4, description="Width of the first encoder block.")
-    latent_dim: int = Field(32, ge=1, description="Dimension of the quantized latents (32).")
-    res_depth: int = Field(2, ge=1, le=8, description="Dilated residual blocks per level.")
+    arch: Literal["post", "jukebox"] = Field(
+        "post",
+        description="'post': the post's codec exactly (nanoGPTaudio codec.py: 4 residual blocks "
+        "per stage, dilations 3..81, no latent conv, latent_dim = channels; 397 473 parameters "
+        "at the defaults); 'jukebox': a lighter Jukebox-like variant (models/codec.py says why).",
+    )
+    channels: int = Field(32, ge=4, description="Width of every encoder/decoder stage (32).")
+    latent_dim: int = Field(
+        32, ge=1, description="Dimension of the quantized latents (32; = channels for 'post')."
+    )
+    res_depth: int = Field(
+        4, ge=1, le=8, description="Dilated residual blocks per stage (the post: 4)."
+    )
     n_blocks: int = Field(
         7,
         ge=1,
@@ -210,6 +222,15 @@ class TrainCodecSettings(_Config):
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     seed: int = Field(0, description="Seed of initialisation and crop sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present (bf16 autocast).")
+
+    @model_validator(mode="after")
+    def _post_latents_are_the_width(self) -> TrainCodecSettings:
+        if self.arch == "post" and self.latent_dim != self.channels:
+            raise ValueError(
+                f"arch 'post' has no latent conv: latent_dim ({self.latent_dim}) must equal "
+                f"channels ({self.channels}), or choose arch 'jukebox'"
+            )
+        return self
 
 
 class TrainCodecConfig(TrainCodecSettings):
@@ -279,6 +300,18 @@ class TrainLMSettings(_Config):
     learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of the peak.")
+    lr_decay_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Step at which the cosine reaches the final LR, which then stays; empty: "
+        "`steps`. The post's 1 M-step configs leave nanoGPT's 600 000 (schemas/post.py).",
+    )
+    beta2: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="AdamW beta2 (nanoGPT's 0.95; the post's codec LM uses 0.99).",
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eval_batches: int = Field(8, ge=1, description="Validation batches at the end of training.")

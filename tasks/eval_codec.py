@@ -24,7 +24,7 @@ from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 from schemas.configs import EvalCodecSettings
 from tasks import storage
 from tasks.errors import CodecflowError
-from tasks.io import atomic_dir
+from tasks.io import atomic_dir, fingerprint
 from tasks.plots import figure
 from tasks.train_codec import CODEC_RATE, load_codec, load_split_audio
 from tasks.train_lm import resolve_device
@@ -33,6 +33,7 @@ __all__ = [
     "CODEC_REPORT_COMMITTED",
     "CODEC_REPORT_KIND",
     "CodecReportRecord",
+    "codec_report_identity",
     "default_levels",
     "eval_codec",
     "is_codec_report_committed",
@@ -60,15 +61,51 @@ def default_levels(max_levels: int) -> list[int]:
 
 
 def is_codec_report_committed(out: Path) -> bool:
+    """True when `out` holds a complete codec report (index.html, written last)."""
     return (Path(out) / "index.html").is_file()
+
+
+def codec_report_identity(
+    checkpoint: Path, manifest: str, settings: EvalCodecSettings
+) -> dict[str, Any]:
+    """What a codec report was computed from (stored in its identity.json)."""
+    return {
+        "weights": fingerprint(Path(checkpoint) / "model.safetensors"),
+        "manifest": storage.sha256(manifest),
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+def _committed_codec_report(out: Path, identity: Mapping[str, Any]) -> CodecReportRecord | None:
+    """The record of the report committed in `out` for `identity`, or None (absent, other)."""
+    marker = out / "identity.json"
+    if not is_codec_report_committed(out) or not marker.is_file():
+        return None
+    if json.loads(marker.read_text()) != identity:
+        return None
+    rows = json.loads((out / "levels.json").read_text())
+    return CodecReportRecord(
+        path=out,
+        table=out / "levels.json",
+        levels=tuple(r["levels"] for r in rows),
+        spectral_loss=tuple(r["spectral_loss"] for r in rows),
+    )
 
 
 @torch.inference_mode()
 def eval_codec(
     checkpoint: Path, manifest: str, out: Path, settings: EvalCodecSettings
 ) -> CodecReportRecord:
-    """Reconstruct validation segments at each number of levels and tabulate the losses."""
+    """Reconstruct validation segments at each number of levels and tabulate the losses.
+
+    A report committed in `out` (index.html) for the same weights, manifest and settings is
+    returned as is: its commit marker, not the Prefect cache, says it is done.
+    """
     out = Path(out)
+    identity = codec_report_identity(checkpoint, manifest, settings)
+    done = _committed_codec_report(out, identity)
+    if done is not None:
+        return done
     device = resolve_device(settings.device)
     codec = load_codec(checkpoint, device)
     max_levels = codec.quantizer.num_levels
@@ -77,7 +114,7 @@ def eval_codec(
         raise CodecflowError(f"codec {checkpoint} has levels 1..{max_levels}; asked for {levels}")
     segments = load_split_audio(manifest, "val", settings.max_segments, settings.max_seconds)
     with storage.owned_output(out, CODEC_REPORT_KIND, "eval-codec", CODEC_REPORT_COMMITTED):
-        return _eval_codec_owned(codec, levels, segments, out, settings, device)
+        return _eval_codec_owned(codec, levels, segments, out, settings, device, identity)
 
 
 def _eval_codec_owned(
@@ -87,6 +124,7 @@ def _eval_codec_owned(
     out: Path,
     settings: EvalCodecSettings,
     device: torch.device,
+    identity: Mapping[str, Any],
 ) -> CodecReportRecord:
     """eval_codec once `out` is ours and locked: measure, then write the report folder whole."""
     codebook_bits = math.log2(codec.quantizer.codebook_size)
@@ -126,7 +164,8 @@ def _eval_codec_owned(
                 rebuilt = np.clip(reconstructions[k][index], -1.0, 1.0)
                 sf.write(str(tmp / f"{segment_id}_levels{k}.wav"), rebuilt, CODEC_RATE, "PCM_16")
         storage.write_owner_marker(tmp, CODEC_REPORT_KIND)  # replaces the claimed folder
-        (tmp / "index.html").write_text(_html(rows, segments[: settings.n_wavs], levels))
+        (tmp / "identity.json").write_text(json.dumps(identity, indent=2) + "\n")
+        (tmp / "index.html").write_text(_html(rows, segments[: settings.n_wavs], levels))  # last
     return CodecReportRecord(
         path=out,
         table=out / "levels.json",

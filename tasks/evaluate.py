@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ __all__ = [
     "is_report_committed",
     "load_audio",
     "load_prompt",
+    "report_identity",
 ]
 
 #: The kind of folder an evaluation owns, and what shows one written before ownership markers:
@@ -117,6 +119,40 @@ class ReportRecord:
 def is_report_committed(out: Path) -> bool:
     """True when `out` holds a complete report (its summary.json exists)."""
     return (Path(out) / "summary.json").is_file()
+
+
+def report_identity(checkpoint: Path, dataset: Path, settings: EvaluateSettings) -> dict[str, Any]:
+    """What a report was computed from: the weights, the dataset, the prompt files, the settings.
+
+    Stored in summary.json (`identity`); a committed report with the same identity is the answer
+    to the same question, so `evaluate` returns it without recomputing (no Prefect cache needed).
+    """
+    checkpoint = Path(checkpoint)
+    sources = {"prompt": settings.prompt, "regenerate_source": settings.regenerate_source}
+    return {
+        "weights": fingerprint(checkpoint / "model.safetensors"),
+        "config": fingerprint(checkpoint / "config.json"),
+        "dataset": fingerprint(Path(dataset) / "dataset.json"),
+        **{k: fingerprint(Path(v)) if v and Path(v).is_file() else v for k, v in sources.items()},
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+def _committed_report(out: Path, identity: Mapping[str, Any]) -> ReportRecord | None:
+    """The record of the report committed in `out` for `identity`, or None (absent, other)."""
+    if not is_report_committed(out):
+        return None
+    summary = json.loads((out / "summary.json").read_text())
+    if summary.get("identity") != identity:
+        return None
+    return ReportRecord(
+        path=out,
+        summary=out / "summary.json",
+        generated_seconds=summary["generated_seconds"],
+        generation_tokens_per_s=summary["generation_tokens_per_s"],
+        val_loss=summary["val_loss"],
+        n_flagged_samples=sum(1 for s in summary["samples"] if s["flags"]),
+    )
 
 
 def checkpoint_id(checkpoint: Path) -> str:
@@ -373,8 +409,16 @@ def _regenerations(
 def evaluate(
     checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
 ) -> ReportRecord:
-    """Evaluate the LM checkpoint on `dataset`'s tokens; write the report folder `out`."""
+    """Evaluate the LM checkpoint on `dataset`'s tokens; write the report folder `out`.
+
+    A report committed in `out` (summary.json) for the same weights, dataset, prompts and settings
+    is returned as is: its commit marker, not the Prefect cache, says it is done.
+    """
     checkpoint, dataset, out = Path(checkpoint), Path(dataset), Path(out)
+    identity = report_identity(checkpoint, dataset, settings)
+    done = _committed_report(out, identity)
+    if done is not None:
+        return done
     device = resolve_device(settings.device)
     model, spec = load_checkpoint(checkpoint, device)
     info = read_dataset_info(dataset)
@@ -387,7 +431,9 @@ def evaluate(
     source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
     whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
     source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
-    inputs = _Inputs(model, spec, info, tokenizer, prompt_wav, source_path, source_wav, device)
+    inputs = _Inputs(
+        model, spec, info, tokenizer, prompt_wav, source_path, source_wav, device, identity
+    )
     with storage.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
         return _evaluate_owned(inputs, checkpoint, dataset, out, settings)
 
@@ -404,6 +450,7 @@ class _Inputs:
     source_path: Path
     source_wav: torch.Tensor  # [1, 1, T']
     device: torch.device
+    identity: dict[str, Any]  # what a committed report must match to be reused
 
 
 def _evaluate_owned(
@@ -472,6 +519,7 @@ def _evaluate_owned(
             "runs": regen_records,
         },
         "settings": settings.model_dump(mode="json"),
+        "identity": inputs.identity,
     }
     with atomic_dir(out) as tmp:
         _write_wav(tmp / "prompt.wav", prompt_np, rate)

@@ -51,6 +51,7 @@ __all__ = [
     "Reject",
     "SegmentPlan",
     "build_segment_manifest",
+    "clip_pieces",
     "cut_by_vad",
     "format_summary",
     "list_books",
@@ -81,7 +82,8 @@ class BookListing:
 
 @dataclass(frozen=True)
 class ProbedFile:
-    """One accepted audio file with its metadata (VAD clipped to the audio's length)."""
+    """One accepted audio file with its metadata (VAD sorted and merged, as written: intervals past
+    the end of the audio are clipped when the pieces are cut, `clip_pieces`)."""
 
     path: str  # relative to the storage root
     subset: str
@@ -196,6 +198,9 @@ def _interval(i: int, item: Any) -> tuple[float, float]:
         raise _InvalidVoiceActivity(f"interval {i} is not finite: {shown}")
     if end < start:
         raise _InvalidVoiceActivity(f"interval {i} ends before it starts: {shown}")
+    if start < 0:
+        # cut_by_vad.py would slice data[int(start * sr):...] from the end of the file.
+        raise _InvalidVoiceActivity(f"interval {i} starts before 0: {shown}")
     return start, end
 
 
@@ -206,7 +211,8 @@ def _voice_activity(raw: Any) -> list[tuple[float, float]]:
     segment for 6 s of span); a NaN start would be clipped to 0. Such a file is rejected as a
     whole (_InvalidVoiceActivity) rather than repaired by guesswork: a NaN or infinite bound, a
     value that is not a number (the string "NaN" included), an interval that ends before it
-    starts. Clipping to the audio's length happens later, in probe_book.
+    starts or starts before 0. Intervals past the end of the audio are kept: cut_by_vad.py
+    groups them by their nominal lengths, and `clip_pieces` clips the pieces afterwards.
     """
     if not isinstance(raw, list):
         raise _InvalidVoiceActivity(f"voice_activity is {type(raw).__name__}, not a list")
@@ -277,7 +283,7 @@ def _probe_audio(f: Any) -> tuple[int, int, int]:
 
 
 def probe_book(root: str, listing: BookListing) -> BookProbe:
-    """Read each file's metadata and check its audio; clip VAD to the audio's length.
+    """Read each file's metadata and check its audio (VAD past the end stays, see clip_pieces).
 
     Rejected, with the reason: audio without metadata, metadata without audio, invalid JSON or
     missing keys, invalid voice activity (NaN or infinite bounds, non-numbers, an interval that
@@ -324,11 +330,9 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
             rejects.append(Reject(flac_rel, "empty audio: 0 frames"))
             continue
         duration = frames / rate
-        # VAD past the end of the file (seen in real Libri-Light metadata) is clipped.
-        clipped = tuple(
-            (max(0.0, a), min(b, duration)) for a, b in vad if min(b, duration) > max(0.0, a)
-        )
-        if not clipped:
+        # VAD past the end of the file (seen in real Libri-Light metadata) stays as written:
+        # cut_by_vad.py groups by the nominal lengths, then slicing clips (clip_pieces).
+        if not any(min(b, duration) > a for a, b in vad):
             rejects.append(Reject(flac_rel, "no voice activity: no VAD interval inside the audio"))
             continue
         files.append(
@@ -338,7 +342,7 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
                 speaker=speaker,
                 book_id=book_id,
                 snr=snr,
-                voice_activity=clipped,
+                voice_activity=tuple(vad),
                 sample_rate=rate,
                 channels=channels,
                 duration_s=duration,
@@ -413,6 +417,27 @@ def cut_by_vad(
     return segments
 
 
+def clip_pieces(
+    pieces: Sequence[Sequence[tuple[float, float]]], duration_s: float
+) -> list[tuple[int, list[tuple[float, float]]]]:
+    """`cut_by_vad`'s pieces clipped to audio of `duration_s`, as cut_by_vad.py's slicing does.
+
+    `cut_sequence` groups by the VAD's nominal lengths, then writes `np.hstack` of
+    `data[int(start * sr):int(end * sr)]`, which numpy clips at the end of the file: a chunk that
+    runs past the end keeps its samples up to the end, a chunk past it contributes nothing.
+    Returns (index, chunks) for each piece that keeps a sample; the index is the piece's number in
+    cut_by_vad.py's output names (`<stem>_<index:04>.wav`). A piece wholly past the end, which
+    cut_by_vad.py writes as an empty .wav, is left out (its index is skipped).
+    """
+    kept: list[tuple[int, list[tuple[float, float]]]] = []
+    for index, piece in enumerate(pieces):
+        chunks = [(a, min(b, duration_s)) for a, b in piece if a < duration_s]
+        chunks = [(a, b) for a, b in chunks if b > a]
+        if chunks:
+            kept.append((index, chunks))
+    return kept
+
+
 def split_by_speaker(
     speaker_hours: Mapping[str, float], val_fraction: float, seed: int
 ) -> dict[str, str]:
@@ -445,7 +470,8 @@ def split_by_speaker(
 
 
 def _speech_hours(file: ProbedFile) -> float:
-    return sum(b - a for a, b in file.voice_activity) / 3600.0
+    """Hours of speech in the audio itself (VAD past the end of the file does not count)."""
+    return sum(max(0.0, min(b, file.duration_s) - a) for a, b in file.voice_activity) / 3600.0
 
 
 def select_by_hours(
@@ -555,7 +581,8 @@ def plan_segments(
     rows: list[dict[str, Any]] = []
     for file in selected:
         stem = posixpath.splitext(posixpath.basename(file.path))[0]
-        for index, chunks in enumerate(cut_by_vad(file.voice_activity, target_len_sec)):
+        pieces = cut_by_vad(file.voice_activity, target_len_sec)
+        for index, chunks in clip_pieces(pieces, file.duration_s):
             rows.append(
                 {
                     "segment_id": f"{file.speaker}_{stem}_{index:04d}",
@@ -766,8 +793,11 @@ def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = Tru
                 start, end = (
                     (chunk["start_s"], chunk["end_s"]) if isinstance(chunk, Mapping) else chunk
                 )
-                first, last = int(start * rate), int(end * rate)
-                f.seek(min(first, f.frames))
+                # numpy's clipping in cut_by_vad.py: nothing past the last frame. An end clipped to
+                # the file's length (frames / rate, clip_pieces) reads up to the last frame.
+                first = min(int(start * rate), f.frames)
+                last = f.frames if end >= f.frames / rate else min(int(end * rate), f.frames)
+                f.seek(first)
                 pieces.append(f.read(max(0, last - first), dtype="float32", always_2d=True))
     except (RuntimeError, FileNotFoundError) as err:  # LibsndfileError is a RuntimeError
         raise CodecflowError(f"unreadable audio {join(root, row['source_path'])}: {err}") from None

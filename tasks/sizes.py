@@ -49,7 +49,7 @@ PCM16_BYTES_PER_SECOND = 16_000 * 2
 PROJECTION_HOURS: tuple[float, ...] = (1_000.0, 10_000.0, 60_000.0)
 _GIB = float(1 << 30)
 _SPLITS = ("train", "val")  # schemas.tables.SPLITS, without importing pyarrow
-_MULAW_NAMES = ("mu-law-256", "mulaw")
+_MULAW_NAMES = ("mu-law-256", "mulaw", "mu-law-256-post")
 _MIMI_RATE, _MIMI_FRAME_RATE, _MIMI_CODEBOOK = 24_000, 12.5, 2048
 
 
@@ -141,7 +141,7 @@ def describe_tokenizer(name: str) -> TokenizerFacts:
         assert parsed.checkpoint is not None
         return _codec_facts(name, parsed.checkpoint, parsed.levels)
     assert parsed.levels is not None
-    levels = parsed.levels if parsed.semantic else parsed.levels - 1
+    levels = parsed.levels  # K either way: levels 0..K-1, or 1..K without the semantic one
     return TokenizerFacts(
         name, _MIMI_RATE, _MIMI_FRAME_RATE, levels, _MIMI_CODEBOOK, smallest_token_bytes(2048)
     )

@@ -6,11 +6,14 @@ Hub happens here, with moshi's `loaders.get_mimi` for Mimi.
 The names are those of the post's code ("Neural audio codecs: how to get audio into LLMs",
 Kyutai, 2025), parsed by `parse_tokenizer_name`:
 
-- `mu-law-256` (alias `mulaw`): mu-law 256 at 16 kHz, one token per sample;
+- `mu-law-256` (alias `mulaw`): mu-law 256 at 16 kHz, one token per sample (torchaudio's rounding);
+- `mu-law-256-post`: the same with the post's librosa quantiser (`digitize`; tokens equal the
+  post's `.bin`, see models/mulaw.py);
 - `codec:<checkpoint>[@<levels>]`: a codec trained by `train-codec` (its checkpoint folder or
   name), optionally truncated to its first `levels` RVQ levels;
 - `mimi_<K>_rvq`: Kyutai's Mimi, its first K levels (K in 1..32);
-- `mimi_<K>_rvq_nosemantic`: levels 1..K-1 of a K-level Mimi encode, the semantic level 0 dropped
+- `mimi_<K>_rvq_nosemantic`: levels 1..K of a (K+1)-level Mimi encode (K in 1..31), the semantic
+  level 0 dropped
   (K in 2..32).
 
 Mimi's weights come from the Hub with `huggingface_hub.hf_hub_download`, so its cache applies:
@@ -60,6 +63,7 @@ __all__ = [
 TOKENIZER_NAMES: tuple[str, ...] = (
     "mu-law-256",
     "mulaw",
+    "mu-law-256-post",
     "codec:<checkpoint>[@<levels>]",
     "mimi_<K>_rvq",
     "mimi_<K>_rvq_nosemantic",
@@ -74,9 +78,10 @@ MIMI_FILE_ENV = "CODECFLOW_MIMI_FILE"
 MIMI_MAX_LEVELS = 32
 
 _ACCEPTED = (
-    "accepted: mu-law-256 (alias mulaw), codec:<checkpoint>[@<levels>] with levels >= 1, "
+    "accepted: mu-law-256 (alias mulaw), mu-law-256-post, "
+    "codec:<checkpoint>[@<levels>] with levels >= 1, "
     f"mimi_<K>_rvq with K in 1..{MIMI_MAX_LEVELS}, "
-    f"mimi_<K>_rvq_nosemantic with K in 2..{MIMI_MAX_LEVELS}"
+    f"mimi_<K>_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
 )
 _MIMI_NAME = re.compile(r"mimi_([1-9][0-9]*)_rvq(_nosemantic)?")
 _LEVELS = re.compile(r"[1-9][0-9]*")
@@ -86,16 +91,18 @@ _LEVELS = re.compile(r"[1-9][0-9]*")
 class TokenizerName:
     """A parsed tokenizer name.
 
-    `levels` is the number after `@` for a codec (None: all its levels) and K for Mimi (the RVQ
-    depth of the encode; without the semantic level the tokenizer has K - 1 levels); None for
+    `levels` is the number after `@` for a codec (None: all its levels) and K for Mimi (the levels
+    kept: 0..K-1, or 1..K without the semantic level, from a K+1-level encode); None for
     mu-law. `checkpoint` is the codec's checkpoint (None otherwise). `semantic` is False only for
-    `mimi_<K>_rvq_nosemantic`.
+    `mimi_<K>_rvq_nosemantic`. `post_quantizer` is True only for `mu-law-256-post` (librosa's
+    `mu_compress` quantiser, as the post's data preparation).
     """
 
     kind: Literal["mulaw", "codec", "mimi"]
     levels: int | None = None
     checkpoint: str | None = None
     semantic: bool = True
+    post_quantizer: bool = False
 
 
 def _invalid(name: str, why: str) -> CodecflowError:
@@ -106,6 +113,8 @@ def parse_tokenizer_name(name: str) -> TokenizerName:
     """Parse a tokenizer name of the post's code; CodecflowError (one line) when malformed."""
     if name in ("mu-law-256", "mulaw"):
         return TokenizerName("mulaw")
+    if name == "mu-law-256-post":
+        return TokenizerName("mulaw", post_quantizer=True)
     if name.startswith("codec:"):
         checkpoint, at, levels = name.removeprefix("codec:").partition("@")
         if not checkpoint.strip():
@@ -116,9 +125,10 @@ def parse_tokenizer_name(name: str) -> TokenizerName:
     match = _MIMI_NAME.fullmatch(name)
     if match:
         k, semantic = int(match.group(1)), match.group(2) is None
-        lowest = 1 if semantic else 2
-        if not lowest <= k <= MIMI_MAX_LEVELS:
-            raise _invalid(name, f"K must be in {lowest}..{MIMI_MAX_LEVELS}, got {k}")
+        # Without level 0, levels 1..K take a K+1-level encode: K <= 31 of Mimi's 32.
+        top = MIMI_MAX_LEVELS if semantic else MIMI_MAX_LEVELS - 1
+        if not 1 <= k <= top:
+            raise _invalid(name, f"K must be in 1..{top}, got {k}")
         return TokenizerName("mimi", k, semantic=semantic)
     raise CodecflowError(f"unknown tokenizer {name!r}; {_ACCEPTED}")
 
@@ -128,7 +138,8 @@ def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokeni
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":
         # mu-law 256 at 16 kHz, the post's sample-level baseline (Libri-Light is 16 kHz).
-        return MuLawTokenizer(sample_rate=16_000).to(device).eval()
+        quantizer = "post" if parsed.post_quantizer else "torchaudio"
+        return MuLawTokenizer(sample_rate=16_000, quantizer=quantizer).to(device).eval()
     if parsed.kind == "codec":
         # Imported here: the codec trainer pulls in its own dependencies.
         from tasks.train_codec import load_codec_tokenizer
@@ -137,7 +148,7 @@ def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokeni
         codec: AudioTokenizer = load_codec_tokenizer(parsed.checkpoint, parsed.levels)
         return codec.to(device).eval()
     assert parsed.levels is not None
-    model = load_mimi(parsed.levels, device=device)
+    model = load_mimi(parsed.levels + (0 if parsed.semantic else 1), device=device)
     return MimiTokenizer(model, parsed.levels, semantic=parsed.semantic).eval()
 
 

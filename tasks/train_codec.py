@@ -105,6 +105,7 @@ def load_split_audio(
 
 def _codec_from_settings(settings: TrainCodecSettings) -> RVQCodec:
     return build_rvq_codec(
+        arch=settings.arch,
         num_levels=settings.levels,
         channels=settings.channels,
         latent_dim=settings.latent_dim,

@@ -100,7 +100,10 @@ def learning_rate_at(step: int, settings: Schedule) -> float:
     peak = settings.learning_rate
     if step < settings.warmup_steps:
         return peak * (step + 1) / settings.warmup_steps
-    span = max(1, settings.steps - settings.warmup_steps)
+    # nanoGPT's lr_decay_iters: the cosine may end before the last step (train-lm's
+    # lr_decay_steps); configs without the field (train-codec) decay over all steps.
+    decay_end = getattr(settings, "lr_decay_steps", None) or settings.steps
+    span = max(1, decay_end - settings.warmup_steps)
     progress = min(1.0, (step - settings.warmup_steps) / span)
     floor = peak * settings.min_lr_ratio
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
@@ -174,7 +177,7 @@ def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": settings.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, settings.beta2))
 
 
 def is_checkpoint_committed(out: Path) -> bool:

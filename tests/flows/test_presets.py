@@ -28,7 +28,13 @@ from pydantic import ValidationError
 from flows.cli import CliError, apply_override, load_config
 from flows.pipeline import PipelineRecord, pipeline_flow, resolve_tokenizer
 from models.presets import GPT_PRESETS
-from schemas.configs import TOKENIZER_NAME_PATTERN, PipelineConfig
+from schemas.configs import (
+    TOKENIZER_NAME_PATTERN,
+    PipelineConfig,
+    TrainCodecSettings,
+    TrainLMSettings,
+)
+from schemas.post import POST_CODEC, POST_LM_RECIPES
 
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "tiny"
@@ -44,14 +50,17 @@ class Experiment:
     levels: int  # levels of the token dataset
     level_weights: list[float] | None = None
     codec_levels: int | None = None  # train_codec.levels (None: no codec stage)
+    recipe: str = "mimi"  # schemas/post.py POST_LM_RECIPES key: the reference config it follows
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    "post-mulaw-1000h": Experiment("medium", 1000, "mu-law-256", 1),
-    "post-codec-rvq8-10000h": Experiment("large", 10000, "codec:trained@8", 8, codec_levels=8),
+    "post-mulaw-1000h": Experiment("medium", 1000, "mu-law-256", 1, recipe="mulaw"),
+    "post-codec-rvq8-10000h": Experiment(
+        "large", 10000, "codec:trained@8", 8, codec_levels=8, recipe="codec"
+    ),
     "post-mimi-8": Experiment("large", 10000, "mimi_8_rvq", 8),
     "post-mimi-32": Experiment("large", 10000, "mimi_32_rvq", 32),
-    "post-mimi-31-nosemantic": Experiment("large", 10000, "mimi_32_rvq_nosemantic", 31),
+    "post-mimi-31-nosemantic": Experiment("large", 10000, "mimi_31_rvq_nosemantic", 31),
     "post-mimi-8-semantic-weighted": Experiment(
         "large", 10000, "mimi_8_rvq", 8, level_weights=[100.0] + [1.0] * 7
     ),
@@ -110,14 +119,58 @@ def test_full_size_preset_runs_the_posts_setup(name: str) -> None:
         post["n_embd"],
         post["block_size"],
     )
-    assert lm.batch_size * lm.grad_accum_steps * lm.nproc_per_node * 2048 == 2**20
+    _assert_lm_follows_the_table(lm, want.recipe)
     if want.codec_levels is None:
         assert cfg.train_codec is None
     else:
         assert cfg.train_codec is not None
         codec = cfg.train_codec
         assert (codec.levels, codec.codebook_size) == (want.codec_levels, 1024)
-        assert codec.n_blocks == 7  # 128x down-sampling: 125 frames/s
+        _assert_codec_follows_the_table(codec)
+
+
+def _assert_lm_follows_the_table(lm: TrainLMSettings, recipe_name: str) -> None:
+    """The YAML's train_lm section against schemas/post.py's recipe (the post's config file)."""
+    recipe = POST_LM_RECIPES[recipe_name]
+    got = {
+        "learning_rate": lm.learning_rate,
+        "min_lr": lm.learning_rate * lm.min_lr_ratio,
+        "batch_size": lm.batch_size * lm.nproc_per_node,
+        "grad_accum_steps": lm.grad_accum_steps,
+        "block_size": GPT_PRESETS["post"]["block_size"] if lm.preset == "post" else lm.block_size,
+        "beta2": lm.beta2,
+        "dropout": lm.dropout,
+        "weight_decay": lm.weight_decay,
+        "grad_clip": lm.grad_clip,
+        "warmup_steps": lm.warmup_steps,
+        "steps": lm.steps,
+        "lr_decay_steps": lm.lr_decay_steps or lm.steps,
+    }
+    want = {k: getattr(recipe, k) for k in got}
+    assert got == pytest.approx(want), recipe.config
+    assert recipe.beta1 == 0.9  # tasks/train_lm.py's AdamW beta1
+
+
+def _assert_codec_follows_the_table(codec: TrainCodecSettings) -> None:
+    """The YAML's train_codec section against schemas/post.py's POST_CODEC (train_codec.py)."""
+    got = {
+        "channels": codec.channels,
+        "n_blocks": codec.n_blocks,
+        "levels": codec.levels,
+        "codebook_size": codec.codebook_size,
+        "update_speed": codec.update_speed,
+        "batch_size": codec.batch_size,
+        "crop_samples": round(codec.crop_seconds * POST_CODEC.sample_rate),
+        "learning_rate": codec.learning_rate,
+        "min_lr": codec.learning_rate * codec.min_lr_ratio,
+        "warmup_steps": codec.warmup_steps,
+        "steps": codec.steps,
+        "weight_decay": codec.weight_decay,
+        "grad_clip": codec.grad_clip,
+    }
+    assert got == pytest.approx({k: getattr(POST_CODEC, k) for k in got})
+    assert codec.latent_dim == POST_CODEC.channels  # codec.py: the latents are the last stage
+    assert not codec.quantizer_dropout  # train_codec.py quantizes with all levels every step
 
 
 @pytest.mark.parametrize("name", NAMES)

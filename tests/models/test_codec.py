@@ -17,12 +17,15 @@ from models.codec import (
     CodecOutput,
     ConvDecoder,
     ConvEncoder,
+    PostDecoder,
+    PostEncoder,
     RVQCodec,
     build_rvq_codec,
     codec_config_dict,
 )
 from models.losses import codec_loss
 from models.rvq import ResidualVectorQuantizer
+from schemas.post import POST_CODEC
 
 SR = 16_000
 
@@ -79,7 +82,7 @@ def test_forward_shapes_for_a_length_not_multiple_of_128() -> None:
 
 
 def test_frame_rate_is_125_hz() -> None:
-    for name in ("tiny-8", "rvq-8"):
+    for name in ("tiny-8", "rvq-8", "post"):
         codec = build_rvq_codec(**CODEC_PRESETS[name])
         assert codec.hop_length == 128 and codec.frame_rate == 125.0
     codec = _tiny().eval()
@@ -203,3 +206,57 @@ def test_mismatched_parts_are_refused() -> None:
         RVQCodec(enc, ConvDecoder(8, 16, 6, 1), ResidualVectorQuantizer(16, 8, 2))
     with pytest.raises(AssertionError, match="latent dims"):
         RVQCodec(enc, ConvDecoder(8, 16, 7, 1), ResidualVectorQuantizer(8, 8, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# The post's codec (nanoGPTaudio codec.py): structure, parameter count, lengths
+# --------------------------------------------------------------------------------------------
+
+
+def test_post_preset_has_the_reference_parameter_count() -> None:
+    codec = build_rvq_codec(**CODEC_PRESETS["post"])
+    # train_codec.py's defaults (channels 32, 7 blocks, 8 x 1 024 codes): 397 473 parameters.
+    assert sum(p.numel() for p in codec.parameters()) == POST_CODEC.parameters == 397_473
+    assert (codec.num_levels, codec.codebook_size, codec.hop_length) == (8, 1024, 128)
+    assert codec_config_dict(codec)["arch"] == "post"
+
+
+def test_post_structure_is_the_reference() -> None:
+    enc, dec = PostEncoder(32, 7, 4), PostDecoder(32, 7, 4)
+    for stages in (enc.res, dec.res):
+        assert len(stages) == 7
+        for stage in stages.children():
+            blocks = list(stage.children())
+            assert len(blocks) == 4
+            dilated = [b.model[1] for b in blocks]
+            second = [b.model[3] for b in blocks]
+            assert [c.dilation[0] for c in dilated] == [3, 9, 27, 81]
+            assert all(c.kernel_size == (3,) and c.padding == (1,) for c in second)
+    # No latent or output conv: only the stride-2 (transposed) convs besides the blocks.
+    assert [m.kernel_size for m in enc.down] == [(4,)] * 7
+    assert [m.out_channels for m in dec.up] == [32] * 6 + [1]
+    assert len(list(enc.children())) == len(list(dec.children())) == 2
+
+
+def test_post_decoder_adds_the_residual_on_top_of_the_block() -> None:
+    # codec.py DecoderBlock: x = x + block(x), the block returning x + f(x): 2 x + f(x).
+    torch.manual_seed(0)
+    dec = PostDecoder(4, 1, 1)
+    block = next(dec.res[0].children())
+    z = torch.randn(1, 4, 5)
+    want = dec.up[0](z + block(z))
+    torch.testing.assert_close(dec(z), want)
+    torch.testing.assert_close(block(z), z + block.model(z))
+
+
+def test_post_lengths_pad_where_the_reference_truncates() -> None:
+    codec = build_rvq_codec(**{**CODEC_PRESETS["post"], "channels": 8, "latent_dim": 8}).eval()
+    wav = _speech_like(b=1, t=1000)
+    # The reference's tokenizer keeps 1000 // 128 = 7 frames; here the partial frame is padded.
+    assert codec.encode(wav).shape == (1, 8, 8)
+    whole = wav[..., : 1000 // 128 * 128]  # [1, 1, 896], what the reference encodes
+    assert codec.encode(whole).shape == (1, 8, 7)
+    out = codec(wav)
+    assert out.reconstruction.shape == wav.shape  # cropped back to T
+    with pytest.raises(AssertionError, match="must equal channels"):
+        build_rvq_codec(**{**CODEC_PRESETS["post"], "latent_dim": 16})

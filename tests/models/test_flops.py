@@ -44,9 +44,9 @@ def test_n_matches_the_model(preset: str, bias: bool) -> None:
 
 
 def test_post_preset() -> None:
-    # N = 152 205 312 (tests/models/test_presets.py); 12 * 12 * 16 * 64 * 2 048 = 301 989 888.
+    # N = 152 069 120 (schemas/post.py, no biases); 12 * 12 * 16 * 64 * 2 048 = 301 989 888.
     cfg = gpt_config("post", vocab_size=1024)
-    assert flops_per_token(cfg) == 6 * 152_205_312 + 301_989_888
+    assert flops_per_token(cfg) == 6 * 152_069_120 + 301_989_888
 
 
 def test_mfu_is_proportional() -> None:

@@ -61,7 +61,7 @@ def test_properties(mimi: MimiModel) -> None:
     assert tok.token_dtype is np.uint16
     assert not tok.training and not mimi.training
     nosem = MimiTokenizer(mimi, K, semantic=False)
-    assert nosem.num_levels == K - 1 and nosem.rvq_levels == K
+    assert nosem.num_levels == K and nosem.rvq_levels == K + 1  # levels 1..K (the post)
 
 
 def test_encode_shape_dtype_range_and_variety(mimi: MimiModel) -> None:
@@ -94,14 +94,16 @@ def test_nosemantic_drops_level_zero_and_decodes_with_zeros(mimi: MimiModel) -> 
     full = MimiTokenizer(mimi, K)
     nosem = MimiTokenizer(mimi, K, semantic=False)
     wav = _audio(2, 24_000)
+    deeper = MimiTokenizer(mimi, K + 1)
     codes = nosem.encode(wav)
-    assert codes.shape == (2, K - 1, 13)
+    assert codes.shape == (2, K, 13)  # mimi_8_rvq_nosemantic: 8 levels, 1..8
     # The tokenizers share one model: each encode sets the model's RVQ depth itself.
-    assert torch.equal(codes, full.encode(wav)[:, 1:])
+    assert torch.equal(codes, deeper.encode(wav)[:, 1:])
+    assert torch.equal(codes[:, : K - 1], full.encode(wav)[:, 1:])
     out = nosem.decode(codes)
     assert out.shape == (2, 1, 13 * SPF)
-    with_zeros = torch.cat([torch.zeros_like(codes[:, :1]), codes], dim=1)  # [B, K, F]
-    torch.testing.assert_close(out, full.decode(with_zeros))
+    with_zeros = torch.cat([torch.zeros_like(codes[:, :1]), codes], dim=1)  # [B, K + 1, F]
+    torch.testing.assert_close(out, deeper.decode(with_zeros))
 
 
 def test_fewer_levels_are_a_prefix(mimi: MimiModel) -> None:
@@ -130,5 +132,6 @@ def test_empty_audio_and_bad_levels(mimi: MimiModel) -> None:
     assert tok.decode(torch.zeros(2, K, 0, dtype=torch.int64)).shape == (2, 1, 0)
     with pytest.raises(AssertionError, match="num_levels"):
         MimiTokenizer(mimi, 33)
-    with pytest.raises(AssertionError, match="semantic"):
-        MimiTokenizer(mimi, 1, semantic=False)
+    assert MimiTokenizer(mimi, 31, semantic=False).rvq_levels == 32
+    with pytest.raises(AssertionError, match=r"\[1, 31\] \(without the semantic"):
+        MimiTokenizer(mimi, 32, semantic=False)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from models.mulaw import MuLawTokenizer, mulaw_decode, mulaw_encode
+from models.mulaw import (
+    MuLawTokenizer,
+    mulaw_decode,
+    mulaw_decode_post,
+    mulaw_encode,
+    mulaw_encode_post,
+)
 
 
 def _sine(b: int = 2, t: int = 1600, amplitude: float = 0.8) -> torch.Tensor:
@@ -85,3 +92,58 @@ def test_bad_ndim_raises_with_the_shape() -> None:
         tok.encode(torch.zeros(1, 2, 5))  # stereo
     with pytest.raises(AssertionError, match=r"\(5,\)"):
         tok.decode(torch.zeros(5, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------------------------
+# The post's quantiser (librosa mu_compress / mu_expand with quantize=True)
+# --------------------------------------------------------------------------------------------
+
+
+def _librosa_formula_tokens(x: np.ndarray, mu: int = 255) -> np.ndarray:
+    """librosa.mu_compress(x, mu, quantize=True) + 128 (nanoGPTaudio tokenizer.py), restated."""
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    edges = np.linspace(-1, 1, num=mu + 1, endpoint=True)
+    return np.digitize(y, edges, right=True) - (mu + 1) // 2 + 128
+
+
+def test_post_tokens_equal_the_librosa_formula() -> None:
+    x = np.concatenate(
+        [
+            np.random.default_rng(0).uniform(-1, 1, 20_000),
+            np.random.default_rng(1).normal(0, 0.05, 20_000).clip(-1, 1),  # speech-like levels
+            np.array([-1.0, -0.5, 0.0, 1e-9, -1e-9, 0.5, 1.0]),
+        ]
+    )
+    got = mulaw_encode_post(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, _librosa_formula_tokens(x))
+    # Pinned points: -1 -> 0, silence -> 128, 1 -> 255 (the first edge at or above y).
+    assert mulaw_encode_post(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+
+
+def test_post_tokens_are_torchaudios_plus_one_on_about_half() -> None:
+    x = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, 50_000))
+    diff = mulaw_encode_post(x) - mulaw_encode(x)
+    assert set(diff.unique().tolist()) <= {0, 1}
+    assert 0.4 < diff.double().mean().item() < 0.6
+
+
+def test_post_decode_is_librosa_mu_expand_on_the_128_grid() -> None:
+    q = torch.arange(256)
+    y = (q.double() - 128) / 128  # librosa mu_expand(quantize=True): y * 2 / (1 + mu)
+    want = torch.sign(y) / 255 * (256 ** y.abs() - 1)
+    torch.testing.assert_close(mulaw_decode_post(q), want.float())
+    assert mulaw_decode_post(torch.tensor([128])).item() == 0.0
+    assert mulaw_decode_post(torch.tensor([0])).item() == -1.0
+
+
+def test_tokenizer_picks_the_quantizer() -> None:
+    wav = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (1, 1, 4000))).float()
+    post = MuLawTokenizer(16_000, quantizer="post")
+    default = MuLawTokenizer(16_000)
+    assert torch.equal(post.encode(wav), mulaw_encode_post(wav))
+    assert torch.equal(default.encode(wav), mulaw_encode(wav))
+    assert not torch.equal(post.encode(wav), default.encode(wav))
+    codes = post.encode(wav)
+    assert torch.equal(post.decode(codes), mulaw_decode_post(codes))
+    with pytest.raises(AssertionError, match="quantizer"):
+        MuLawTokenizer(16_000, quantizer="librosa")

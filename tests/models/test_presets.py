@@ -12,13 +12,13 @@ from models.presets import GPT_PRESETS, gpt_config
 def test_post_preset_parameter_count() -> None:
     cfg = gpt_config("post", vocab_size=1024)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (12, 16, 1024, 2048)
-    assert cfg.dropout == 0.0 and cfg.bias is True
+    assert cfg.dropout == 0.1 and cfg.bias is False  # nanoGPTaudio train.py and its configs
     with torch.device("meta"):  # no memory allocated
         model = GPT(cfg)
-    assert model.num_parameters(non_embedding=False) == 154_302_464
-    assert model.num_parameters() == 152_205_312  # nanoGPT's count, without wpe
+    assert model.num_parameters(non_embedding=False) == 152_069_120 + 2048 * 1024  # + wpe
+    assert model.num_parameters() == 152_069_120  # nanoGPT's count, without wpe
     blocks = sum(p.numel() for p in model.h.parameters())
-    assert blocks == 151_154_688 == 12 * (12 * 1024**2 + 13 * 1024)
+    assert blocks == 151_019_520 == 12 * (12 * 1024**2 + 2 * 1024)
 
 
 @pytest.mark.parametrize(

@@ -191,6 +191,29 @@ def test_acoustic_stats_flag_silence_clipping_and_noise() -> None:
     assert acoustic_stats(speech, speech_rate)["flags"] == []  # the real prompt is fine
 
 
+def test_a_finished_report_is_returned_without_recomputing(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Prefect here at all (as with an empty Prefect database): summary.json decides."""
+    out = tmp_path / "report"
+    first = evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
+    written = first.summary.stat().st_mtime_ns
+
+    def fail(*_: object, **__: object) -> None:
+        raise AssertionError("recomputed a finished report")
+
+    monkeypatch.setattr("tasks.evaluate._continue_prompt", fail)
+    again = evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
+    assert again == first and again.summary.stat().st_mtime_ns == written
+    # Another seed is another report: computed (the patched sampler says so).
+    with pytest.raises(AssertionError, match="recomputed"):
+        evaluate(tiny_checkpoint, tiny_dataset, out, _settings(seed=5))
+    # Without its marker the report is not done.
+    first.summary.unlink()
+    with pytest.raises(AssertionError, match="recomputed"):
+        evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
+
+
 def test_task_wraps_the_plain_function(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:

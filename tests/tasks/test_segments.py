@@ -22,6 +22,7 @@ from tasks.errors import CodecflowError
 from tasks.segments import (
     ProbedFile,
     build_segment_manifest,
+    clip_pieces,
     cut_by_vad,
     format_summary,
     list_books,
@@ -56,6 +57,63 @@ def test_cut_by_vad_long_chunk_alone() -> None:
     vad = [(0.0, 5.0), (6.0, 100.0), (101.0, 104.0)]
     assert cut_by_vad(vad, 30.0) == [[(0.0, 5.0)], [(6.0, 100.0)], [(101.0, 104.0)]]
     assert cut_by_vad([(0.0, 90.0), (91.0, 92.0)], 30.0) == [[(0.0, 90.0)], [(91.0, 92.0)]]
+
+
+#: issue 12's past-the-end case: 10 s of audio, this VAD, target 5 s. cut_by_vad.py's cut_book
+#: groups by the nominal lengths (3, 2.5, 3, then 2.2 + 1.5 = 3.7 <= 5) and numpy's slicing clips
+#: the last piece to [9.8, 10]: 4 pieces of 3.0, 2.5, 3.0 and 0.2 s.
+PAST_END_VAD = [(0.0, 3.0), (3.5, 6.0), (6.5, 9.5), (9.8, 12.0), (12.5, 14.0)]
+
+
+def _cut_sequence_reference(
+    data: np.ndarray, vad: list[tuple[float, float]], target: float, sr: int
+) -> list[np.ndarray]:
+    """cut_by_vad.py's cut_sequence semantics restated on an array (the pieces it would save)."""
+    pieces: list[list[np.ndarray]] = []
+    current: list[np.ndarray] = []
+    accumulated = 0.0
+    for start, end in vad:
+        if accumulated + (end - start) > target and accumulated > 0:
+            pieces.append(current)
+            current, accumulated = [], 0.0
+        current.append(data[int(start * sr) : int(end * sr)])
+        accumulated += end - start
+    if current:
+        pieces.append(current)
+    return [np.hstack(p) for p in pieces]
+
+
+def test_clip_pieces_past_the_end_as_cut_book() -> None:
+    pieces = cut_by_vad(PAST_END_VAD, 5.0)
+    clipped = clip_pieces(pieces, 10.0)
+    assert [i for i, _ in clipped] == [0, 1, 2, 3]
+    lengths = [sum(b - a for a, b in chunks) for _, chunks in clipped]
+    assert lengths == pytest.approx([3.0, 2.5, 3.0, 0.2])
+    assert clipped[3][1] == [(9.8, 10.0)]
+    # A piece wholly past the end (cut_by_vad.py writes an empty .wav) is skipped, index kept.
+    assert [i for i, _ in clip_pieces([[(0.0, 1.0)], [(11.0, 12.0)], [(2.0, 3.0)]], 10.0)] == [0, 2]
+
+
+def test_past_the_end_pieces_and_samples_equal_cut_sequence(tmp_path: Path) -> None:
+    sr = 16_000
+    book = tmp_path / "librilight" / "pe" / "small" / "800" / "book"
+    book.mkdir(parents=True)
+    data = np.random.default_rng(0).uniform(-0.5, 0.5, 10 * sr)  # [T], 10 s
+    sf.write(book / "long_00.flac", data, sr, subtype="PCM_16")
+    vad = json.dumps([list(v) for v in PAST_END_VAD])
+    meta = (
+        f'{{"speaker": "800", "book_meta": {{"id": "book"}}, "snr": 9.0, "voice_activity": {vad}}}'
+    )
+    (book / "long_00.json").write_text(meta)
+    (listing,) = list_books(str(tmp_path), ["pe"])
+    rows = plan_segments([probe_book(str(tmp_path), listing)], 5.0).rows
+    assert [r["segment_id"] for r in rows] == [f"800_long_00_{i:04d}" for i in range(4)]
+    assert [r["duration_s"] for r in rows] == pytest.approx([3.0, 2.5, 3.0, 0.2])
+    decoded, _ = sf.read(book / "long_00.flac", dtype="float32")  # what cut_by_vad.py reads
+    reference = _cut_sequence_reference(decoded, PAST_END_VAD, 5.0, sr)
+    assert [len(p) for p in reference] == [3 * sr, 2.5 * sr, 3 * sr, 0.2 * sr]
+    for row, piece in zip(rows, reference, strict=True):
+        np.testing.assert_array_equal(read_segment_audio(str(tmp_path), row), piece)
 
 
 def test_cut_by_vad_empty_and_bad_input() -> None:
@@ -138,7 +196,10 @@ def test_odd_audio_is_accepted_flagged_and_its_vad_clipped(generated_root: Path)
     (file,) = probe_book(str(generated_root), listing).files
     assert (file.sample_rate, file.channels, file.subset) == (44_100, 2, "small")
     assert file.duration_s == pytest.approx(2.0)
-    assert file.voice_activity == ((0.1, 1.0), (1.2, 2.0))  # [1.2, 9.0] clipped to the end
+    assert file.voice_activity == ((0.1, 1.0), (1.2, 9.0))  # as written: clipped when cut
+    (row,) = plan_segments([probe_book(str(generated_root), listing)], 60.0).rows
+    assert row["chunks"] == [{"start_s": 0.1, "end_s": 1.0}, {"start_s": 1.2, "end_s": 2.0}]
+    assert row["duration_s"] == pytest.approx(1.7)
 
 
 def test_manifest_rejects_and_summary(generated_root: Path, tmp_path: Path) -> None:
@@ -270,6 +331,7 @@ VAD_CASES: dict[str, tuple[str, str | list[tuple[float, float]]]] = {
     "inverted": ("[[0.0, 1.0], [3.0, 2.0]]", "interval 1 ends before it starts: [3.0, 2.0]"),
     "triple": ("[[0.0, 1.0, 2.0]]", "interval 0 is not a [start, end] pair of numbers"),
     "boolean": ("[[false, 1.0]]", "interval 0 is not a [start, end] pair of numbers"),
+    "negative": ("[[-0.5, 1.0]]", "interval 0 starts before 0: [-0.5, 1.0]"),
     "notalist": ('{"0": [0.0, 1.0]}', "voice_activity is dict, not a list"),
 }
 

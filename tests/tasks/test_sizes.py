@@ -77,10 +77,17 @@ def test_describe_tokenizer_by_name() -> None:
     assert describe_tokenizer("mimi_8_rvq") == TokenizerFacts(
         "mimi_8_rvq", 24_000, 12.5, 8, 2048, 2
     )
+    assert describe_tokenizer("mu-law-256-post") == TokenizerFacts(
+        "mu-law-256-post", 16_000, 16_000, 1, 256, 1
+    )
     nosemantic = describe_tokenizer("mimi_8_rvq_nosemantic")
-    assert nosemantic.num_levels == 7 and nosemantic.codebook_size == 2048
+    assert nosemantic.num_levels == 8 and nosemantic.codebook_size == 2048  # levels 1..8
+    assert describe_tokenizer("mimi_31_rvq_nosemantic").num_levels == 31
     assert describe_tokenizer("codec:rvq-16@4") == TokenizerFacts(
         "codec:rvq-16@4", 16_000, 125.0, 4, 1024, 2
+    )
+    assert describe_tokenizer("codec:post@4") == TokenizerFacts(  # the post's codec preset
+        "codec:post@4", 16_000, 125.0, 4, 1024, 2
     )
     assert describe_tokenizer("codec:tiny-8").codebook_size == 64
     assert describe_tokenizer("codec:tiny-8").token_bytes == 1

@@ -173,14 +173,14 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
             tiny_manifest, tmp_path / "mimi", TokenizeSettings(tokenizer="mimi_2_rvq_nosemantic")
         )
     info = read_dataset_info(record.path)
-    assert info["dtype"] == "uint16" and info["tokenizer"]["num_levels"] == 1
+    assert info["dtype"] == "uint16" and info["tokenizer"]["num_levels"] == 2  # levels 1..2
     assert info["tokenizer"]["frame_rate"] == 12.5 and info["tokenizer"]["sample_rate"] == 24_000
     shard = record.path / info["shards"][0]["file"]
     with pa.memory_map(str(shard)) as source:
         table = ipc.open_file(source).read_all()
     assert table.schema.field("codes").type == pa.list_(pa.uint16())
-    # 12.5 frames per second of audio, whole frames: ceil(duration x 12.5) per segment
-    assert info["totals"]["tokens_per_second"] == pytest.approx(12.5, rel=0.1)
+    # 12.5 frames per second of audio x 2 levels, whole frames: ceil(duration x 12.5) per segment
+    assert info["totals"]["tokens_per_second"] == pytest.approx(2 * 12.5, rel=0.1)
 
 
 # --------------------------------------------------------------------------------------------

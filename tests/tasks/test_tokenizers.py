@@ -39,14 +39,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 ACCEPTED = {
     "mu-law-256": TokenizerName("mulaw"),
     "mulaw": TokenizerName("mulaw"),
+    "mu-law-256-post": TokenizerName("mulaw", post_quantizer=True),
     "codec:runs/x/codec/checkpoint@4": TokenizerName("codec", 4, "runs/x/codec/checkpoint"),
     "codec:runs/x/codec/checkpoint": TokenizerName("codec", None, "runs/x/codec/checkpoint"),
     "codec:my-codec@12": TokenizerName("codec", 12, "my-codec"),
     "mimi_1_rvq": TokenizerName("mimi", 1),
     "mimi_8_rvq": TokenizerName("mimi", 8),
     "mimi_32_rvq": TokenizerName("mimi", 32),
-    "mimi_2_rvq_nosemantic": TokenizerName("mimi", 2, semantic=False),
-    "mimi_32_rvq_nosemantic": TokenizerName("mimi", 32, semantic=False),
+    "mimi_1_rvq_nosemantic": TokenizerName("mimi", 1, semantic=False),
+    "mimi_31_rvq_nosemantic": TokenizerName("mimi", 31, semantic=False),
 }
 
 
@@ -62,7 +63,8 @@ def test_parse_accepts_every_form(name: str) -> None:
     [
         "mimi_0_rvq",
         "mimi_33_rvq",
-        "mimi_1_rvq_nosemantic",
+        "mimi_0_rvq_nosemantic",
+        "mimi_32_rvq_nosemantic",  # levels 1..32 would need a 33-level encode
         "mimi_08_rvq",
         "mimi_8_rvq_semantic",
         "mimi_8",
@@ -95,10 +97,11 @@ def test_names_list_the_accepted_forms() -> None:
     assert {"mimi_<K>_rvq", "mimi_<K>_rvq_nosemantic"} <= set(TOKENIZER_NAMES)
 
 
-@pytest.mark.parametrize("name", ["mu-law-256", "mulaw"])
+@pytest.mark.parametrize("name", ["mu-law-256", "mulaw", "mu-law-256-post"])
 def test_load_mulaw_and_its_alias(name: str) -> None:
     tok = load_tokenizer(name)
     assert isinstance(tok, MuLawTokenizer) and not tok.training
+    assert tok.quantizer == ("post" if name.endswith("-post") else "torchaudio")
     assert (tok.sample_rate, tok.num_levels, tok.codebook_size) == (16_000, 1, 256)
     assert tok.token_dtype is np.uint8
     spec = tokenizer_spec(name, tok)
@@ -227,7 +230,7 @@ def test_load_tokenizer_builds_mimi_nosemantic(
     _use_cache(monkeypatch, hub_cache)
     tok = load_tokenizer("mimi_4_rvq_nosemantic")
     assert isinstance(tok, MimiTokenizer) and not tok.training
-    assert (tok.num_levels, tok.rvq_levels, tok.semantic) == (3, 4, False)
+    assert (tok.num_levels, tok.rvq_levels, tok.semantic) == (4, 5, False)  # levels 1..4
     spec = tokenizer_spec("mimi_4_rvq_nosemantic", tok)
     assert spec["codebook_size"] == 2048 and spec["token_dtype"] == "uint16"
     assert (spec["sample_rate"], spec["frame_rate"], spec["samples_per_frame"]) == (
@@ -235,7 +238,7 @@ def test_load_tokenizer_builds_mimi_nosemantic(
         12.5,
         1920,
     )
-    assert tok.encode(torch.zeros(1, 1, 1920)).shape == (1, 3, 1)
+    assert tok.encode(torch.zeros(1, 1, 1920)).shape == (1, 4, 1)
 
 
 def test_missing_cache_offline_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -17,14 +17,17 @@ import torch
 from helpers import REPO
 from safetensors.torch import load_file
 
+from models.codec import PostEncoder
 from models.layouts import LAYOUT_NAMES
 from schemas.configs import EvalCodecSettings, TrainCodecSettings
 from tasks.checkpoints import latest_checkpoint
 from tasks.errors import CodecflowError
 from tasks.eval_codec import default_levels, eval_codec
+from tasks.tokenizers import load_tokenizer
 from tasks.train_codec import load_codec, load_codec_tokenizer, train_codec
 
 TINY = {
+    "arch": "jukebox",  # latent_dim 8 < channels 16; the post's codec has its own test below
     "levels": 8,
     "codebook_size": 64,
     "channels": 16,
@@ -88,6 +91,51 @@ def test_more_levels_lower_spectral_loss_on_speech(
     wavs = sorted(p.name for p in record.path.glob("*.wav"))
     assert len(wavs) == 5 and any(w.endswith("_original.wav") for w in wavs)
     assert (record.path / "loss_vs_levels.png").is_file() and (record.path / "index.html").is_file()
+
+
+def test_eval_codec_returns_a_committed_report_without_recomputing(
+    trained: Path, tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Prefect here at all (as with an empty Prefect database): the marker decides."""
+    out, settings = (
+        tmp_path / "eval",
+        EvalCodecSettings(levels=[1, 2], max_segments=1, device="cpu"),
+    )
+    first = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+    written = (out / "index.html").stat().st_mtime_ns
+
+    def fail(*_: object, **__: object) -> None:
+        raise AssertionError("recomputed a finished codec report")
+
+    monkeypatch.setattr("tasks.eval_codec.load_split_audio", fail)
+    again = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+    assert again == first and (out / "index.html").stat().st_mtime_ns == written
+    # Other settings are another report: computed (and here the patched loader says so).
+    with pytest.raises(AssertionError, match="recomputed"):
+        eval_codec(
+            trained / "checkpoint",
+            str(tiny_manifest),
+            out,
+            settings.model_copy(update={"levels": [1]}),
+        )
+    # A report without its marker (index.html written last) is not done either.
+    (out / "index.html").unlink()
+    with pytest.raises(AssertionError, match="recomputed"):
+        eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
+
+
+def test_post_codec_checkpoint_serves_codec_at_n(tiny_manifest: Path, tmp_path: Path) -> None:
+    """`codec:<checkpoint>@N` with the post's architecture (the fixture above is the Jukebox-like
+    one): trained, saved, reloaded with its arch from config.json."""
+    settings = _settings(arch="post", latent_dim=16, steps=4, checkpoint_every=2)
+    record = train_codec(str(tiny_manifest), tmp_path, settings)
+    config = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert config["codec"]["arch"] == "post"
+    assert isinstance(load_codec(record.path).encoder, PostEncoder)
+    tokenizer = load_tokenizer(f"codec:{record.path}@2")
+    assert tokenizer.encode(torch.zeros(1, 1, 80)).shape == (1, 2, 10)  # 8x, ceil(80 / 8)
+    # The Jukebox-like checkpoint of the fixture serves codec:<checkpoint>@N the same way
+    # (test_loss_falls_and_the_checkpoint_loads).
 
 
 def test_default_levels() -> None:

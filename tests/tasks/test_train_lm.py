@@ -10,7 +10,7 @@ import torch
 
 from schemas.configs import TrainLMSettings
 from tasks.errors import CodecflowError
-from tasks.train_lm import learning_rate_at, load_checkpoint, train_lm
+from tasks.train_lm import _optimizer, learning_rate_at, load_checkpoint, train_lm
 from tasks.wrappers import train_lm_task
 
 
@@ -70,6 +70,24 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert learning_rate_at(10, s) == pytest.approx(1.0)
     assert learning_rate_at(55, s) == pytest.approx(0.55)
     assert learning_rate_at(100, s) == pytest.approx(0.1)
+
+
+def test_lr_decay_steps_ends_the_cosine_early_as_nanogpt() -> None:
+    # nanoGPT's lr_decay_iters (train.py): the post's 1 M-step configs reach min_lr at 600 000.
+    s = TrainLMSettings(
+        steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1, lr_decay_steps=40
+    )
+    assert learning_rate_at(25, s) == pytest.approx(0.55)  # halfway between 10 and 40
+    assert learning_rate_at(40, s) == pytest.approx(0.1)
+    assert learning_rate_at(70, s) == pytest.approx(0.1)  # stays at the floor
+
+
+def test_optimizer_takes_beta2_from_the_settings() -> None:
+    from models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    assert _optimizer(model, TrainLMSettings(beta2=0.99)).defaults["betas"] == (0.9, 0.99)
+    assert _optimizer(model, TrainLMSettings()).defaults["betas"] == (0.9, 0.95)
 
 
 def test_task_wraps_the_plain_function(
