@@ -97,6 +97,16 @@ def _post_blocks(channels: int, depth: int) -> nn.ModuleList:
     )
 
 
+def _check_frames(wav: Tensor, hop_length: int) -> None:
+    """An encoder's input: mono `[B, 1, T']`, T' a whole number of `hop_length` frames."""
+    assert wav.ndim == 3 and wav.shape[1] == 1, (
+        f"wav must be [B, 1, T], got shape {tuple(wav.shape)}"
+    )
+    assert wav.shape[2] % hop_length == 0, (
+        f"length {wav.shape[2]} must be a multiple of the hop {hop_length}"
+    )
+
+
 class PostEncoder(nn.Module):
     """The post's encoder (codec.py `Encoder`): `n_blocks` x (stride-2 conv, `res_depth`
     residual blocks), no latent conv: the latent dimension is `channels`."""
@@ -120,12 +130,7 @@ class PostEncoder(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         """float `[B, 1, T']`, T' a multiple of `hop_length` -> float `[B, C, T' / hop]`."""
-        assert wav.ndim == 3 and wav.shape[1] == 1, (
-            f"wav must be [B, 1, T], got shape {tuple(wav.shape)}"
-        )
-        assert wav.shape[2] % self.hop_length == 0, (
-            f"length {wav.shape[2]} must be a multiple of the hop {self.hop_length}"
-        )
+        _check_frames(wav, self.hop_length)
         x = wav
         for down, blocks in zip(self.down, self.res, strict=True):
             x = down(x)
@@ -238,12 +243,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         """float `[B, 1, T']` with T' a multiple of `hop_length` -> float `[B, D, T' / hop]`."""
-        assert wav.ndim == 3 and wav.shape[1] == 1, (
-            f"wav must be [B, 1, T], got shape {tuple(wav.shape)}"
-        )
-        assert wav.shape[2] % self.hop_length == 0, (
-            f"length {wav.shape[2]} must be a multiple of the hop {self.hop_length}"
-        )
+        _check_frames(wav, self.hop_length)
         return self.model(wav)  # [B, D, F]
 
 

@@ -145,6 +145,11 @@ def _committed_report(out: Path, identity: Mapping[str, Any]) -> ReportRecord | 
     summary = json.loads((out / "summary.json").read_text())
     if summary.get("identity") != identity:
         return None
+    return _record_from_summary(out, summary)
+
+
+def _record_from_summary(out: Path, summary: Mapping[str, Any]) -> ReportRecord:
+    """The record of the report in `out` whose summary.json holds `summary`."""
     return ReportRecord(
         path=out,
         summary=out / "summary.json",
@@ -537,14 +542,7 @@ def _evaluate_owned(
         (tmp / "index.html").write_text(report.evaluation_html(summary))
         storage.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # written last
-    return ReportRecord(
-        path=out,
-        summary=out / "summary.json",
-        generated_seconds=speed["generated_seconds"],
-        generation_tokens_per_s=speed["generation_tokens_per_s"],
-        val_loss=validation["val_loss"],
-        n_flagged_samples=sum(1 for s in summary["samples"] if s["flags"]),
-    )
+    return _record_from_summary(out, summary)
 
 
 def _write_wav(path: Path, wav: np.ndarray, rate: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,26 @@ PROMPT = REPO / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
 def tiny_tar_md5() -> str:
     """The published md5 of the embedded corpus tar."""
     return TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
+
+
+def run_codecflow(api_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`codecflow ARGS` as a user runs it, from the repository root, its output captured.
+
+    With `api_url` (the session's test server) the run shares it; with None it starts Prefect's
+    ephemeral server of its own, as on a user's machine. One intra-op thread: the suite's CLI
+    runs share two cores with the test process.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if api_url is not None:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def task_run_states_since(since: datetime) -> list[tuple[str, str]]:

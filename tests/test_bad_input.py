@@ -9,14 +9,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TINY_TAR, tiny_tar_md5
+from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
 from flows.cli import CliError, load_config
 from schemas.configs import EvaluateConfig, PipelineConfig, TrainLMConfig
@@ -26,20 +25,6 @@ from tasks.train_lm import load_checkpoint
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root (CI runs as root)")
-
-
-def _codecflow(api_url: str | None, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if api_url is not None:
-        env["PREFECT_API_URL"] = api_url
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _error_line(result: subprocess.CompletedProcess) -> str:
@@ -88,7 +73,7 @@ def test_a_python_tag_is_refused_and_never_run(tmp_path: Path) -> None:
     planted = tmp_path / "planted"
     config = tmp_path / "evil.yaml"
     config.write_text(f'steps: !!python/object/apply:os.system ["touch {planted}"]\n')
-    result = _codecflow(None, "train-lm", "--config", str(config))
+    result = run_codecflow(None, "train-lm", "--config", str(config))
     line = _error_line(result)
     assert "is not valid YAML" in line and "python/object/apply:os.system" in line
     assert not planted.exists()
@@ -156,7 +141,7 @@ def test_evaluate_of_a_damaged_checkpoint_is_one_line(
 ) -> None:
     checkpoint = _copy_checkpoint(tiny_checkpoint, tmp_path)
     (checkpoint / "model.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url,
         "evaluate",
         "--set",
@@ -183,7 +168,7 @@ def test_a_full_disk_is_one_line_and_not_retried(
     with _tmpfs(tmp_path / "full", size="64k") as mount:
         out = mount / "tokens"
         started = time.monotonic()
-        result = _codecflow(
+        result = run_codecflow(
             prefect_api_url, "tokenize", "--set", f"manifest={tiny_manifest}", "--set", f"out={out}"
         )
         elapsed = time.monotonic() - started
@@ -200,7 +185,7 @@ def test_a_read_only_mount_and_a_file_as_out_are_one_line(
     prefect_api_url: str, tiny_manifest: Path, tmp_path: Path
 ) -> None:
     with _tmpfs(tmp_path / "ro", readonly=True) as mount:
-        result = _codecflow(
+        result = run_codecflow(
             prefect_api_url,
             "tokenize",
             "--set",
@@ -212,7 +197,7 @@ def test_a_read_only_mount_and_a_file_as_out_are_one_line(
         assert line.startswith("error: read-only file system: ") and str(mount) in line
     a_file = tmp_path / "notes.txt"
     a_file.write_text("the user's notes\n")
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url, "tokenize", "--set", f"manifest={tiny_manifest}", "--set", f"out={a_file}"
     )
     assert str(a_file) in _error_line(result)
@@ -227,7 +212,7 @@ def test_a_read_only_mount_and_a_file_as_out_are_one_line(
 def test_a_torchrun_ranks_reason_is_the_one_line(
     prefect_api_url: str, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url,
         "train-lm",
         "--set",
@@ -254,7 +239,7 @@ def test_a_dask_workers_error_comes_back_as_one_line(prefect_api_url: str, tmp_p
     # the two Dask worker processes write next: ENOSPC is raised in a worker, pickled back.
     with _tmpfs(tmp_path / "small", size="1100k") as mount:
         root = mount / "acq"
-        result = _codecflow(
+        result = run_codecflow(
             prefect_api_url,
             "acquire",
             "--set",

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY_TAR, tiny_tar_md5
+from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
 from flows.cli import CliError, apply_override, load_config
 from schemas.configs import PipelineConfig, TrainLMConfig
-
-
-def _codecflow(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path: Path) -> None:
@@ -80,7 +66,7 @@ def _last_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_acquire_prints_the_manifest_line(prefect_api_url: str, tmp_path: Path) -> None:
     out = tmp_path / "acq"
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url,
         "acquire",
         "--set",
@@ -106,7 +92,7 @@ def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
     wrong = "0" * 32
     actual = hashlib.md5(TINY_TAR.read_bytes()).hexdigest()
     out = tmp_path / "md5"
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url,
         "acquire",
         "--set",
@@ -128,7 +114,7 @@ def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(TINY_TAR.read_bytes()[: TINY_TAR.stat().st_size // 2])
     out = tmp_path / "corrupt"
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url, "acquire", "--set", f"source={corrupt}", "--set", f"root={out}"
     )
     assert result.returncode == 2
@@ -145,7 +131,7 @@ def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
     assert leftovers in ([], [out / "librilight"])
 
     missing = tmp_path / "nowhere.tar"
-    result = _codecflow(
+    result = run_codecflow(
         prefect_api_url, "acquire", "--set", f"source={missing}", "--set", f"root={tmp_path / 'm'}"
     )
     assert result.returncode == 2
