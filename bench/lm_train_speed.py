@@ -7,7 +7,7 @@
 Compares, on the same device, batch and number of steps:
 
 - ours: `models.gpt.GPT` (attention through `F.scaled_dot_product_attention`) trained as
-  `tasks.train_lm` does it: `logits = model(x).logits`, cross-entropy on `logits.float()`,
+  `tasks.train.lm` does it: `logits = model(x).logits`, cross-entropy on `logits.float()`,
   backward, gradient clipping to 1.0, AdamW (betas 0.9, 0.95);
 - a reference GPT of the same shape written here the plain way: nanoGPT's model.py without its
   flash path (explicit `q @ k^T`, a `tril` causal mask, softmax, `@ v`), same embeddings, blocks,
@@ -16,7 +16,7 @@ Compares, on the same device, batch and number of steps:
 Each model gets `--warmup` untimed steps, then `--rounds` timed rounds of `--steps` steps, the
 order alternating between rounds (ours first, then the reference first, ...) so that drift in
 clocks or thermals hits both. Tokens are counted as train_lm counts them: batch * block_size per
-step. On CUDA the forward runs under bf16 autocast (as `tasks.train_lm`), `--compile` compiles our
+step. On CUDA the forward runs under bf16 autocast (as `tasks.train.lm`), `--compile` compiles our
 model only (`torch.compile`; the reference stays the plain eager baseline), and MFU is printed for
 both (PaLM / nanoGPT FLOPs per token, `models.flops`, over the card's dense bf16 peak).
 
@@ -132,7 +132,7 @@ def make_step(
     device: torch.device,
 ) -> Callable[[], None]:
     """One training step of `model` on the fixed batch: forward under the device's autocast,
-    cross-entropy on float logits, backward, clip to 1.0, AdamW (as `tasks.train_lm`)."""
+    cross-entropy on float logits, backward, clip to 1.0, AdamW (as `tasks.train.lm`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 

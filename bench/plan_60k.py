@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
-from tasks.tokenization import plan_dataset
+from tasks.tokenize.plan import plan_dataset
 
 
 def synthetic_manifest(path: Path, n: int, seed: int = 0) -> float:

@@ -7,11 +7,11 @@
 Measures, on the CPU and on the same dataset:
 
 - the reader: tokens/s of `TokenReader.random_windows(batch=16, n_tokens=2049)` (the training
-  loop's draw for a 2 048-token context), turned into a torch tensor as `tasks.train_lm` does;
+  loop's draw for a 2 048-token context), turned into a torch tensor as `tasks.train.lm` does;
   also at the demo's own window (16 x 257) for reference;
 - the LM's consumption, tokens/s of full training steps (forward, backward, gradient clipping,
   AdamW) of the demo preset (4 layers, 128 wide, 4 heads, block 256, batch 16), counted as
-  `tasks.train_lm` counts them (steps * batch * block / seconds);
+  `tasks.train.lm` counts them (steps * batch * block / seconds);
 - a post-scale estimate (12 layers, 768 wide, 12 heads, block 2 048: GPT-2 small's shape at the
   post's context): one forward pass of batch 1, and training tokens/s estimated as forward
   tokens/s / 3 (backward ~ 2 forwards; optimizer time left out, so the LM side is overstated and
@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from models.gpt import GPT, GPTConfig
-from tasks.token_reader import TokenReader
-from tasks.tokenization import read_dataset_info
+from tasks.data.token_dataset import TokenReader, read_dataset_info
 
 GOAL_RATIO = 10.0
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +44,10 @@ TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 def _tiny_dataset(root: Path) -> Path:
     """The embedded corpus acquired and tokenized with mu-law (the plain functions, no Prefect)."""
     from schemas.configs import TokenizeSettings
-    from tasks.download import fetch
-    from tasks.extract import extract_tar_safely
-    from tasks.segments import build_segment_manifest
-    from tasks.tokenization import tokenize_manifest
+    from tasks.acquire.download import fetch
+    from tasks.acquire.extract import extract_tar_safely
+    from tasks.acquire.manifest import build_segment_manifest
+    from tasks.tokenize.finalize import tokenize_manifest
 
     md5 = TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, md5)

@@ -11,8 +11,8 @@ not depend on them), on the CPU, over the same segments of one manifest:
   to 16 kHz (emulated: read with soundfile, resampled 16 kHz -> 22 050 Hz -> 16 kHz with
   torchaudio), tokenized, levels interleaved frame by frame, and appended to one `.bin` file per
   split in the tokenizer's `dtype()` there: int32 for the codec, uint8 for mu-law.
-- **ours**: `tasks.tokenization.tokenize_manifest`, as the tokenize flow runs it: each segment
-  read at its native 16 kHz (`tasks.segments.read_segment_audio`), codes stored in the smallest
+- **ours**: `tasks.tokenize.finalize.tokenize_manifest`, as the tokenize flow runs it: each segment
+  read at its native 16 kHz (`tasks.data.manifest.read_segment_audio`), codes stored in the smallest
   unsigned type (uint8 / uint16) in Arrow shards, with commit markers, hashes and the size
   report. The codec is saved as a checkpoint folder so that `codec:<folder>` loads it.
 
@@ -45,11 +45,12 @@ from safetensors.torch import save_file
 from models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
 from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY
-from tasks.extract import extract_tar_safely
-from tasks.segments import build_segment_manifest, read_segment_audio
-from tasks.sizes import reference_token_bytes
-from tasks.tokenization import read_manifest, tokenize_manifest
-from tasks.tokenizers import load_tokenizer
+from tasks.acquire.extract import extract_tar_safely
+from tasks.acquire.manifest import build_segment_manifest
+from tasks.data.manifest import read_manifest, read_segment_audio
+from tasks.loaders import load_tokenizer
+from tasks.tokenize.finalize import tokenize_manifest
+from tasks.tokenize.sizes import reference_token_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"

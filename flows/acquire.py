@@ -21,11 +21,12 @@ from prefect.futures import wait
 from flows._common import run_on_runner, unless_committed
 from schemas.configs import AcquireConfig
 from schemas.sources import SourceSpecError, resolve_sources
-from tasks import storage
-from tasks.errors import CodecflowError
-from tasks.extract import check_reuse, is_extracted
-from tasks.segments import BookProbe, ManifestRecord, format_summary, refused_members_probe
-from tasks.wrappers import (
+from tasks.acquire.extract import check_reuse, is_extracted
+from tasks.acquire.manifest import ManifestRecord, format_summary
+from tasks.acquire.probe import BookProbe, refused_members_probe
+from tasks.core import outputs, storage
+from tasks.core.errors import CodecflowError
+from tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
     list_books_task,
@@ -51,7 +52,7 @@ def _download_dir(cfg: AcquireConfig) -> Path:
 def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
     # The whole run holds the root's lock and writes only into a root that is ours.
-    with storage.owned_output(cfg.root, _ROOT_KIND, "acquire", _ROOT_COMMITTED):
+    with outputs.owned_output(cfg.root, _ROOT_KIND, "acquire", _ROOT_COMMITTED):
         return _acquire(cfg)
 
 

@@ -7,7 +7,8 @@ Each run ends with one `name: path` line per output (`manifest:`, `dataset:`, `c
 exit status 2; nothing half-written is left behind.
 
 `codecflow sizes --tokenizer NAME --hours H [--json]` is not a flow: it projects a token dataset's
-bytes from the tokenizer's name (`tasks.sizes`), beside the post's int32 layout, without Prefect.
+bytes from the tokenizer's name (`tasks.tokenize.sizes`), beside the post's int32 layout, without
+Prefect.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from tasks.errors import CodecflowError, user_error
+from tasks.core.errors import CodecflowError, user_error
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -254,7 +255,7 @@ def _sizes(args: argparse.Namespace) -> int:
     """`codecflow sizes`: print the projection (table or JSON); `error: ...` and 2 on bad input."""
     import json
 
-    from tasks.sizes import describe_tokenizer, format_sizes, project_sizes
+    from tasks.tokenize.sizes import describe_tokenizer, format_sizes, project_sizes
 
     try:
         projection = project_sizes(describe_tokenizer(args.tokenizer), args.hours)

@@ -11,8 +11,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import EvalCodecConfig, EvalCodecSettings
-from tasks.eval_codec import CodecReportRecord, is_codec_report_committed
-from tasks.wrappers import eval_codec_task
+from tasks.evaluate.codec import CodecReportRecord, is_codec_report_committed
+from tasks.prefect.wrappers import eval_codec_task
 
 __all__ = ["eval_codec_flow"]
 

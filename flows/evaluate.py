@@ -20,11 +20,11 @@ from prefect.artifacts import (
 
 from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
-from tasks import report
-from tasks.errors import CodecflowError
-from tasks.evaluate import ReportRecord, checkpoint_id, is_report_committed
-from tasks.train_lm import newest_checkpoint
-from tasks.wrappers import evaluate_task
+from tasks.core.errors import CodecflowError
+from tasks.data.checkpoints import newest_checkpoint
+from tasks.evaluate import report
+from tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
+from tasks.prefect.wrappers import evaluate_task
 
 __all__ = ["evaluate_flow"]
 

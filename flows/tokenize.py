@@ -15,10 +15,11 @@ from prefect.futures import wait
 from flows._common import run_on_runner, unless_committed
 from schemas.configs import TokenizeConfig, TokenizeSettings
 from schemas.tables import SPLITS
-from tasks import storage
-from tasks.sizes import format_size_report
-from tasks.tokenization import DatasetRecord, format_rejects, is_dataset_committed
-from tasks.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
+from tasks.core import outputs, storage
+from tasks.data.token_dataset import DatasetRecord, is_dataset_committed
+from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
+from tasks.tokenize.finalize import format_rejects
+from tasks.tokenize.sizes import format_size_report
 
 __all__ = ["run_tokenize", "tokenize_flow"]
 
@@ -29,7 +30,7 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
     out = cfg.out
     settings = TokenizeSettings(**cfg.model_dump(include=set(TokenizeSettings.model_fields)))
     committed = is_dataset_committed(out)
-    with storage.exclusive_lock(out, f"tokenize {settings.tokenizer}"):
+    with outputs.exclusive_lock(out, f"tokenize {settings.tokenizer}"):
         plan = unless_committed(plan_tokens_task, committed)(cfg.manifest, out, settings)
         groups = unless_committed(write_shards_task, committed).map(
             unmapped(plan), list(plan.groups)

@@ -10,8 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._common import unless_committed
 from schemas.configs import TrainCodecConfig, TrainCodecSettings
-from tasks.train_codec import CodecCheckpointRecord, is_codec_committed
-from tasks.wrappers import train_codec_task
+from tasks.prefect.wrappers import train_codec_task
+from tasks.train.codec import CodecCheckpointRecord, is_codec_committed
 
 __all__ = ["png_markdown", "train_codec_flow"]
 

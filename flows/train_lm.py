@@ -10,8 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import TrainLMConfig, TrainLMSettings
-from tasks.train_lm import CheckpointRecord, is_checkpoint_committed
-from tasks.wrappers import train_lm_task
+from tasks.data.checkpoints import is_checkpoint_committed
+from tasks.prefect.wrappers import train_lm_task
+from tasks.train.lm import CheckpointRecord
 
 __all__ = ["train_lm_flow"]
 

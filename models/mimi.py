@@ -12,7 +12,7 @@ from WavLM; levels 1..31 are the acoustic residual levels. The blog post
 K+1-level encode, K tokens per frame, K <= 31; decoded with level 0 set to code 0).
 
 The model itself is moshi's `MimiModel` (moshi/models/compression.py), built and loaded elsewhere
-(`tasks.tokenizers.load_mimi`, which uses `moshi.models.loaders.get_mimi`); this module only wraps
+(`tasks.loaders.load_mimi`, which uses `moshi.models.loaders.get_mimi`); this module only wraps
 it: no hub, no files.
 """
 

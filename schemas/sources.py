@@ -31,7 +31,7 @@ __all__ = [
 class SourceSpecError(ValueError):
     """A `source`, `md5` or `mirror` setting that cannot be resolved; the message is one line.
 
-    A ValueError (not a `tasks.errors.CodecflowError`: schemas do not import tasks) so that a
+    A ValueError (not a `tasks.core.errors.CodecflowError`: schemas do not import tasks) so that a
     pydantic validator that calls `resolve_sources` reports it as a validation error.
     """
 

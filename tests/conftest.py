@@ -30,9 +30,9 @@ def prefect_api_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded corpus fetched, extracted and cut into 5 s segments (plain functions)."""
-    from tasks.download import fetch
-    from tasks.extract import extract_tar_safely
-    from tasks.segments import build_segment_manifest
+    from tasks.acquire.download import fetch
+    from tasks.acquire.extract import extract_tar_safely
+    from tasks.acquire.manifest import build_segment_manifest
 
     root = tmp_path_factory.mktemp("acquire")
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, tiny_tar_md5())
@@ -47,7 +47,7 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny corpus as a mu-law token dataset."""
     from schemas.configs import TokenizeSettings
-    from tasks.tokenization import tokenize_manifest
+    from tasks.tokenize.finalize import tokenize_manifest
 
     out = tmp_path_factory.mktemp("tokens") / "mulaw"
     return tokenize_manifest(tiny_manifest, out, TokenizeSettings()).path
@@ -75,7 +75,7 @@ def tiny_checkpoint(
     tiny_dataset: Path, tiny_lm_settings: object, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A tiny GPT trained for a few steps on the tiny dataset."""
-    from tasks.train_lm import train_lm
+    from tasks.train.lm import train_lm
 
     out = tmp_path_factory.mktemp("lm")
     return train_lm(tiny_dataset, out, tiny_lm_settings).path  # type: ignore[arg-type]

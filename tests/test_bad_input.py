@@ -19,9 +19,9 @@ from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
 from flows.cli import CliError, load_config
 from schemas.configs import EvaluateConfig, PipelineConfig, TrainLMConfig
-from tasks.checkpoints import load_training_state
-from tasks.errors import CodecflowError
-from tasks.train_lm import load_checkpoint
+from tasks.core.errors import CodecflowError
+from tasks.data.checkpoints import load_training_state
+from tasks.loaders import load_checkpoint
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root (CI runs as root)")

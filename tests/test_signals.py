@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from tasks.checkpoints import latest_checkpoint
+from tasks.data.checkpoints import latest_checkpoint
 
 # Long enough that the signal, sent at the first checkpoint (step 100), finds it training; short
 # enough for the resumed run to finish in seconds. A resume must ask for the same steps.

@@ -20,8 +20,8 @@ from librilight_fixture import BAD_FILES, GOOD_FILES, REFUSED_MEMBERS, make_libr
 
 from flows.acquire import run_acquire
 from schemas.configs import AcquireConfig
-from tasks.errors import ChecksumMismatchError
-from tasks.extract import ExtractionIdentityError
+from tasks.acquire.extract import ExtractionIdentityError
+from tasks.core.errors import ChecksumMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_s3_root_and_streaming_extraction(
     import s3fs
 
     from schemas.configs import TokenizeSettings
-    from tasks.tokenization import tokenize_manifest
+    from tasks.tokenize.finalize import tokenize_manifest
 
     md5 = hashlib.md5(generated_tar).hexdigest()
     root = f"{s3_bucket}/librilight-run"
@@ -274,9 +274,9 @@ def test_another_archive_under_the_same_name_is_refused_not_reused(
 def test_fetch_and_extract_tasks_never_pass_off_another_archives_extraction(
     generated_tar: bytes, tmp_path: Path
 ) -> None:
-    from tasks.download import FetchRecord
-    from tasks.extract import extract_tar_safely
-    from tasks.wrappers import extract_task, fetch_task
+    from tasks.acquire.download import FetchRecord
+    from tasks.acquire.extract import extract_tar_safely
+    from tasks.prefect.wrappers import extract_task, fetch_task
 
     tar = tmp_path / "small.tar"
     tar.write_bytes(generated_tar)

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.evaluate import evaluate_flow
 from schemas.configs import EvaluateConfig
-from tasks.evaluate import checkpoint_id
+from tasks.evaluate.lm import checkpoint_id
 
 
 def _artifact_keys() -> set[str]:

@@ -14,7 +14,7 @@ from helpers import REPO, lock_held_by_another_process
 from flows.acquire import acquire_flow
 from flows.train_lm import train_lm_flow
 from schemas.configs import AcquireConfig, TrainLMConfig
-from tasks.errors import CodecflowError
+from tasks.core.errors import CodecflowError
 
 
 def test_the_cli_refuses_a_users_folder_in_one_line(

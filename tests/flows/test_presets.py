@@ -246,7 +246,7 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from moshi.models.loaders import get_mimi
     from safetensors.torch import save_file
 
-    from tasks.tokenizers import MIMI_FILE, MIMI_REPO
+    from tasks.loaders import MIMI_FILE, MIMI_REPO
 
     with torch.random.fork_rng():
         torch.manual_seed(1)

@@ -6,9 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from schemas.configs import EvaluateSettings
-from tasks import evaluate as evaluate_module
-from tasks.caching import content_key, stable_json
-from tasks.wrappers import evaluate_task
+from tasks.evaluate import lm as evaluate_module
+from tasks.prefect.caching import content_key, stable_json
+from tasks.prefect.wrappers import evaluate_task
 
 
 def _key(params: dict) -> str:

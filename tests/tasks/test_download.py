@@ -1,4 +1,4 @@
-"""Tests of tasks.download: fetch from local paths, file:// and fsspec URLs, and a real HTTP
+"""Tests of tasks.acquire.download: fetch from local paths, file:// and fsspec URLs, and a real HTTP
 server on 127.0.0.1 (resume after a dropped connection, Range handling, md5 checks).
 """
 
@@ -16,13 +16,10 @@ import httpx
 import pytest
 from http_server import ServerState, serve
 
-from tasks import download
-from tasks.download import FetchRecord, fetch, open_source_stream
-from tasks.errors import (
-    ChecksumMismatchError,
-    CodecflowError,
-    SourceNotFoundError,
-)
+from tasks.acquire import download
+from tasks.acquire.download import FetchRecord, fetch
+from tasks.acquire.stream import open_source_stream
+from tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"

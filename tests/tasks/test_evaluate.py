@@ -14,11 +14,13 @@ from helpers import PROMPT
 
 from models.mulaw import MuLawTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
-from tasks.errors import CodecflowError
-from tasks.evaluate import SUMMARY_KEYS, acoustic_stats, checkpoint_id, evaluate, load_prompt
-from tasks.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
-from tasks.train_lm import newest_checkpoint, train_lm
-from tasks.wrappers import evaluate_task
+from tasks.core.errors import CodecflowError
+from tasks.data.checkpoints import newest_checkpoint
+from tasks.evaluate.acoustics import acoustic_stats, load_prompt
+from tasks.evaluate.lm import SUMMARY_KEYS, checkpoint_id, evaluate
+from tasks.evaluate.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
+from tasks.prefect.wrappers import evaluate_task
+from tasks.train.lm import train_lm
 
 
 def _settings(**overrides: object) -> EvaluateSettings:
@@ -202,7 +204,7 @@ def test_a_finished_report_is_returned_without_recomputing(
     def fail(*_: object, **__: object) -> None:
         raise AssertionError("recomputed a finished report")
 
-    monkeypatch.setattr("tasks.evaluate._continue_prompt", fail)
+    monkeypatch.setattr("tasks.evaluate.lm._continue_prompt", fail)
     again = evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
     assert again == first and again.summary.stat().st_mtime_ns == written
     # Another seed is another report: computed (the patched sampler says so).
@@ -224,7 +226,7 @@ def test_task_wraps_the_plain_function(
 def test_a_users_folder_is_refused_and_a_report_is_ours_again(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from tasks import storage
+    from tasks.core import outputs
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -238,7 +240,7 @@ def test_a_users_folder_is_refused_and_a_report_is_ours_again(
     evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
     # The report folder is written whole and replaces the claimed one: its marker comes along,
     # so another evaluation into it (after summary.json is gone) is accepted.
-    assert json.loads((out / storage.OWNER_MARKER).read_text())["kind"] == "evaluation report"
+    assert json.loads((out / outputs.OWNER_MARKER).read_text())["kind"] == "evaluation report"
     (out / "summary.json").unlink()
     evaluate(tiny_checkpoint, tiny_dataset, out, _settings(seed=5))
     assert (out / "summary.json").is_file() and not (tmp_path / "report.lock").exists()

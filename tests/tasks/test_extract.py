@@ -1,4 +1,4 @@
-"""Tests of tasks.extract: safe streaming extraction with the tarfile `data` filter's rules."""
+"""Tests of tasks.acquire.extract: safe streaming extraction with the tarfile `data` filter's rules."""
 
 from __future__ import annotations
 
@@ -19,12 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import (
-    ChecksumMismatchError,
-    CodecflowError,
-    CorruptArchiveError,
-)
-from tasks.extract import (
+from tasks.acquire.extract import (
     EXTRACTED_MARKER,
     ExtractionIdentityError,
     ExtractRecord,
@@ -32,6 +27,7 @@ from tasks.extract import (
     extract_tar_safely,
     is_extracted,
 )
+from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -645,7 +641,7 @@ def test_extract_big_member_to_s3_multipart(
 # Temporaries of a killed extraction
 # --------------------------------------------------------------------------------------------
 
-_CHILD = "import sys; from tasks.extract import extract_tar_safely as x; x(sys.stdin.buffer.raw, sys.argv[1])"
+_CHILD = "import sys; from tasks.acquire.extract import extract_tar_safely as x; x(sys.stdin.buffer.raw, sys.argv[1])"
 
 
 def _killed_extraction(dest: Path) -> Path:

@@ -15,8 +15,8 @@ import yaml
 from helpers import REPO
 
 from schemas.configs import TrainLMSettings
-from tasks.checkpoints import latest_checkpoint
-from tasks.wrappers import run_torchrun
+from tasks.data.checkpoints import latest_checkpoint
+from tasks.train.torchrun import run_torchrun
 
 TINY = {
     "n_layer": 1,
@@ -57,7 +57,7 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
         )
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "tasks.lm_worker", "--config", str(run_file)],
+        [sys.executable, "-m", "tasks.train.lm_worker", "--config", str(run_file)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -87,7 +87,7 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
 def test_gradient_accumulation_consumes_micro_batches_in_order(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from tasks.train_lm import train_lm
+    from tasks.train.lm import train_lm
 
     settings = TrainLMSettings(**TINY, steps=3, grad_accum_steps=2)
     record = train_lm(tiny_dataset, tmp_path, settings)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import lock_held_by_another_process
 
-from tasks import storage
-from tasks.errors import CodecflowError
-from tasks.io import atomic_dir, atomic_file
+from tasks.core import outputs
+from tasks.core.errors import CodecflowError
+from tasks.core.storage import atomic_dir, atomic_file
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -25,19 +25,19 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 def test_a_missing_or_empty_folder_is_claimed_with_a_typed_marker(tmp_path: Path) -> None:
     out = tmp_path / "a" / "ds"
-    storage.claim_output(out, "token dataset")
-    marker = json.loads((out / storage.OWNER_MARKER).read_text())
+    outputs.claim_output(out, "token dataset")
+    marker = json.loads((out / outputs.OWNER_MARKER).read_text())
     assert marker == {"format": 1, "kind": "token dataset"}
-    storage.claim_output(out, "token dataset")  # ours: accepted again
+    outputs.claim_output(out, "token dataset")  # ours: accepted again
     with pytest.raises(
         CodecflowError,
         match=r"ds is not empty and is not a codecflow LM run \(it is a codecflow token dataset\)$",
     ):
-        storage.claim_output(out, "LM run")
+        outputs.claim_output(out, "LM run")
     empty = tmp_path / "empty"
     empty.mkdir()
-    storage.claim_output(empty, "LM run")
-    assert (empty / storage.OWNER_MARKER).is_file()
+    outputs.claim_output(empty, "LM run")
+    assert (empty / outputs.OWNER_MARKER).is_file()
 
 
 def test_someone_elses_folder_or_a_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
@@ -47,12 +47,12 @@ def test_someone_elses_folder_or_a_file_is_refused_and_left_as_it_was(tmp_path: 
     (out / ".notes.tmp").write_text("a user's temporary-looking file\n")
     before = _tree(out)
     with pytest.raises(CodecflowError, match=f"^{out} is not empty and is not a codecflow token"):
-        storage.claim_output(out, "token dataset", committed=("dataset.json",))
+        outputs.claim_output(out, "token dataset", committed=("dataset.json",))
     assert _tree(out) == before  # no marker written, nothing touched
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(CodecflowError, match=f"^{a_file} is a file, not a folder$"):
-        storage.claim_output(a_file, "token dataset")
+        outputs.claim_output(a_file, "token dataset")
 
 
 def test_an_output_written_before_markers_existed_is_adopted(tmp_path: Path) -> None:
@@ -60,13 +60,13 @@ def test_an_output_written_before_markers_existed_is_adopted(tmp_path: Path) -> 
     (legacy / "checkpoints" / "step-000010").mkdir(parents=True)
     (legacy / "checkpoints" / "step-000010" / "COMPLETE").write_text("10\n")
     (legacy / "train_log.jsonl").write_text("")
-    storage.claim_output(legacy, "LM run", committed=("checkpoints/step-*/COMPLETE",))
-    assert json.loads((legacy / storage.OWNER_MARKER).read_text())["kind"] == "LM run"
+    outputs.claim_output(legacy, "LM run", committed=("checkpoints/step-*/COMPLETE",))
+    assert json.loads((legacy / outputs.OWNER_MARKER).read_text())["kind"] == "LM run"
     # Killed while writing the marker: its own temporary does not make the folder someone's.
     killed = tmp_path / "killed"
     killed.mkdir()
-    (killed / f"{storage.OWNER_MARKER}.a1b2c3d4.tmp").write_text("")
-    storage.claim_output(killed, "LM run")
+    (killed / f"{outputs.OWNER_MARKER}.a1b2c3d4.tmp").write_text("")
+    outputs.claim_output(killed, "LM run")
 
 
 def test_the_sweep_removes_our_own_temporaries_and_nothing_else(tmp_path: Path) -> None:
@@ -74,13 +74,13 @@ def test_the_sweep_removes_our_own_temporaries_and_nothing_else(tmp_path: Path) 
     (out / "shards").mkdir(parents=True)
     keep = {
         "shards/train-00000.arrow": b"committed",
-        ".notes.tmp": b"a user's",  # not tasks.io's pattern: no 8 random characters
+        ".notes.tmp": b"a user's",  # not tasks.core.storage's pattern: no 8 random characters
         "shards/.x.abc.tmp": b"a user's",
         "data.tmp": b"a user's",
     }
     for name, data in keep.items():
         (out / name).write_bytes(data)
-    # Real temporaries of tasks.io, left as a kill would leave them.
+    # Real temporaries of tasks.core.storage, left as a kill would leave them.
     with pytest.raises(RuntimeError), atomic_file(out / "shards" / "train-00001.arrow") as tmp:
         ours_file = tmp
         raise RuntimeError("killed")
@@ -92,7 +92,7 @@ def test_the_sweep_removes_our_own_temporaries_and_nothing_else(tmp_path: Path) 
     beside_ours.mkdir()
     beside_other = tmp_path / ".other.zz99yy88.tmp"  # another folder's: not ours to judge
     beside_other.mkdir()
-    storage.remove_stale_temporaries(out)
+    outputs.remove_stale_temporaries(out)
     assert not ours_file.exists() and not ours_dir.exists() and not beside_ours.exists()
     assert beside_other.is_dir()
     assert _tree(out) == keep
@@ -104,7 +104,7 @@ def test_atomic_dir_temporaries_match_the_swept_pattern(tmp_path: Path) -> None:
         name = tmp.name
         raise RuntimeError
     (tmp_path / name).mkdir()  # what a kill -9 would have left
-    storage.remove_stale_temporaries(target)
+    outputs.remove_stale_temporaries(target)
     assert not (tmp_path / name).exists()
 
 
@@ -113,14 +113,14 @@ def test_s3_folders_are_claimed_and_refused_the_same_way(s3_bucket: str) -> None
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     out = f"{s3_bucket}/tokens/ds"
-    storage.claim_output(out, "token dataset")
-    marker = json.loads(fs.cat(f"{out[5:]}/{storage.OWNER_MARKER}"))
+    outputs.claim_output(out, "token dataset")
+    marker = json.loads(fs.cat(f"{out[5:]}/{outputs.OWNER_MARKER}"))
     assert marker == {"format": 1, "kind": "token dataset"}
-    storage.claim_output(out, "token dataset")
+    outputs.claim_output(out, "token dataset")
     theirs = f"{s3_bucket}/theirs"
     fs.pipe(f"{theirs[5:]}/plan.parquet", b"not ours")
     with pytest.raises(CodecflowError, match="theirs is not empty and is not a codecflow token"):
-        storage.claim_output(theirs, "token dataset")
+        outputs.claim_output(theirs, "token dataset")
     assert fs.ls(theirs[5:]) == [f"{theirs[5:]}/plan.parquet"]
 
 
@@ -133,7 +133,7 @@ def test_a_locked_output_is_refused_at_once_naming_the_holder(tmp_path: Path) ->
     out = tmp_path / "run"
     with lock_held_by_another_process(out) as pid:
         with pytest.raises(CodecflowError) as refused:
-            with storage.owned_output(out, "LM run", "train-lm"):
+            with outputs.owned_output(out, "LM run", "train-lm"):
                 pytest.fail("the lock was taken twice")
         message = str(refused.value)
         assert "\n" not in message
@@ -141,18 +141,18 @@ def test_a_locked_output_is_refused_at_once_naming_the_holder(tmp_path: Path) ->
         assert not out.exists()  # refused before claiming: nothing written
     # kill -9 (Popen.kill) released the flock: the next run takes it; its file stayed behind.
     assert (tmp_path / "run.lock").exists()
-    with storage.owned_output(out, "LM run", "train-lm"):
-        assert (out / storage.OWNER_MARKER).is_file()
+    with outputs.owned_output(out, "LM run", "train-lm"):
+        assert (out / outputs.OWNER_MARKER).is_file()
     assert not (tmp_path / "run.lock").exists()
 
 
 def test_the_lock_file_is_removed_after_success_and_after_failure(tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    with storage.exclusive_lock(out, "first"):
+    with outputs.exclusive_lock(out, "first"):
         holder = json.loads((tmp_path / "ds.lock").read_text())
         assert holder["pid"] == os.getpid() and holder["what"] == "first"
     assert not (tmp_path / "ds.lock").exists()
-    with pytest.raises(ValueError, match="boom"), storage.exclusive_lock(out, "second"):
+    with pytest.raises(ValueError, match="boom"), outputs.exclusive_lock(out, "second"):
         raise ValueError("boom")
     assert not (tmp_path / "ds.lock").exists()
 
@@ -163,13 +163,13 @@ def test_a_lock_on_an_unlinked_file_excludes_nobody(tmp_path: Path) -> None:
     import fcntl
 
     out = tmp_path / "ds"
-    with storage.exclusive_lock(out, "first"):
+    with outputs.exclusive_lock(out, "first"):
         stale = os.open(tmp_path / "ds.lock", os.O_RDWR)
     try:
         fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: the file was unlinked
-        with storage.exclusive_lock(out, "second"):  # not blocked by the stale flock
+        with outputs.exclusive_lock(out, "second"):  # not blocked by the stale flock
             with pytest.raises(CodecflowError, match=r"another run \(second, pid"):
-                with storage.exclusive_lock(out, "third"):
+                with outputs.exclusive_lock(out, "third"):
                     pass
     finally:
         os.close(stale)
@@ -188,7 +188,7 @@ def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: 
     out = tmp_path / "run"
     code = (
         "import subprocess, sys, time; from tasks import storage\n"
-        "with storage.exclusive_lock(sys.argv[1], 'launcher') as fd:\n"
+        "with outputs.exclusive_lock(sys.argv[1], 'launcher') as fd:\n"
         "    child = subprocess.Popen(['sleep', '600'], pass_fds=(fd,))\n"
         "    print(child.pid, flush=True); time.sleep(600)\n"
     )
@@ -201,14 +201,14 @@ def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: 
         launcher.kill()
         launcher.wait()
         with pytest.raises(CodecflowError, match=r"being written by another run \(launcher, pid"):
-            with storage.exclusive_lock(out, "next"):
+            with outputs.exclusive_lock(out, "next"):
                 pass
     finally:
         os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while True:  # the orphan is reaped by init: the lock is free once it has gone
         try:
-            with storage.exclusive_lock(out, "next"):
+            with outputs.exclusive_lock(out, "next"):
                 break
         except CodecflowError:
             assert time.monotonic() < deadline
@@ -221,8 +221,8 @@ def test_train_codec_and_evaluate_refuse_a_locked_out(
     from helpers import PROMPT
 
     from schemas.configs import EvaluateSettings, TrainCodecSettings
-    from tasks.evaluate import evaluate
-    from tasks.train_codec import train_codec
+    from tasks.evaluate.lm import evaluate
+    from tasks.train.codec import train_codec
 
     codec, report = tmp_path / "codec", tmp_path / "report"
     with lock_held_by_another_process(codec, "train-codec") as pid:

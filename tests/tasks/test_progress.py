@@ -1,4 +1,4 @@
-"""Tests of tasks.progress: formatting, the tqdm bar, and Prefect progress artifacts (throttled
+"""Tests of tasks.core.progress and tasks.prefect.progress: formatting, the tqdm bar, and Prefect progress artifacts (throttled
 with a fake clock, and for real inside flow runs on the session's Prefect test server)."""
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from tasks import progress
-from tasks.download import fetch
-from tasks.progress import (
-    PrefectProgress,
+from tasks.acquire.download import fetch
+from tasks.core import progress
+from tasks.core.progress import (
     TqdmProgress,
     combine,
     format_bytes,
@@ -26,12 +25,14 @@ from tasks.progress import (
     format_rate,
     sanitize_artifact_key,
 )
+from tasks.prefect import progress as prefect_progress
+from tasks.prefect.progress import PrefectProgress
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_module_is_cheap_to_import() -> None:
-    code = "import sys, tasks.progress; print(sorted({'prefect', 'tqdm'} & set(sys.modules)))"
+    code = "import sys, tasks.core.progress; print(sorted({'prefect', 'tqdm'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
@@ -170,8 +171,10 @@ class FakeArtifacts:
         self.now = 1000.0
         self.created: list[dict[str, Any]] = []
         self.updates: list[tuple[float, str]] = []
-        monkeypatch.setattr(progress, "in_prefect_run", lambda: True)
-        monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: self.now))
+        monkeypatch.setattr(prefect_progress, "in_prefect_run", lambda: True)
+        monkeypatch.setattr(
+            prefect_progress, "time", types.SimpleNamespace(monotonic=lambda: self.now)
+        )
         monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", self.create)
         monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", self.update)
 
@@ -230,7 +233,7 @@ def test_prefect_progress_api_failure_is_logged_once_and_ignored(
 
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", broken)
     reporter = PrefectProgress("k", "x", min_interval_s=0)
-    with caplog.at_level(logging.WARNING, logger="tasks.progress"):
+    with caplog.at_level(logging.WARNING, logger="tasks.prefect.progress"):
         reporter(1, 2)
         reporter(2, 2)
     assert [r.getMessage() for r in caplog.records] == [

@@ -1,4 +1,4 @@
-"""Tests of tasks.segments: probing with rejects, cut_by_vad semantics, hour-targeted subsets,
+"""Tests of tasks.acquire (probe, segments): probing with rejects, cut_by_vad semantics, hour-targeted subsets,
 the speaker split, the manifest and its rejects table, FLAC segments, reading audio back."""
 
 from __future__ import annotations
@@ -18,22 +18,17 @@ from helpers import TINY_TAR
 from librilight_fixture import BAD_FILES, GOOD_FILES, flac_bytes, make_librilight_tar
 
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, REJECTS_SCHEMA, SEGMENT_MANIFEST_SCHEMA, SPLITS
-from tasks.errors import CodecflowError
-from tasks.segments import (
-    ProbedFile,
-    build_segment_manifest,
+from tasks.acquire.manifest import build_segment_manifest, format_summary, write_manifest
+from tasks.acquire.probe import ProbedFile, list_books, probe_book, refused_members_probe
+from tasks.acquire.segments import (
     clip_pieces,
     cut_by_vad,
-    format_summary,
-    list_books,
     plan_segments,
-    probe_book,
-    read_segment_audio,
-    refused_members_probe,
     select_by_hours,
     split_by_speaker,
-    write_manifest,
 )
+from tasks.core.errors import CodecflowError
+from tasks.data.manifest import read_segment_audio
 
 # --------------------------------------------------------------------------------------------
 # cut_by_vad

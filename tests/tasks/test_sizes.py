@@ -14,8 +14,9 @@ from helpers import REPO
 from safetensors.torch import save_file
 
 from models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
-from tasks.errors import CodecflowError
-from tasks.sizes import (
+from tasks.core.errors import CodecflowError
+from tasks.loaders import load_tokenizer, tokenizer_spec
+from tasks.tokenize.sizes import (
     TokenizerFacts,
     describe_tokenizer,
     facts_from_spec,
@@ -25,7 +26,6 @@ from tasks.sizes import (
     size_report,
     smallest_token_bytes,
 )
-from tasks.tokenizers import load_tokenizer, tokenizer_spec
 
 # (tokenizer, hours, the post's figure in GiB, ours / the post's): 1 000 h of mu-law stored as
 # uint8 in the post, 10 000 h of its 8-level codec and of 32-level Mimi stored as int32.

@@ -16,7 +16,7 @@ import torch
 import torchaudio.functional as AF
 from helpers import PROMPT, TINY_TAR
 
-from tasks.speech_metrics import (
+from tasks.evaluate.speech_metrics import (
     MIN_VOICED_SECONDS,
     SpeechInputError,
     load_recognizer,

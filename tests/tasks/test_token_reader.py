@@ -12,9 +12,8 @@ import pyarrow.ipc as ipc
 import pytest
 
 from schemas.tables import token_shard_schema
-from tasks.errors import CodecflowError
-from tasks.token_reader import TokenReader
-from tasks.tokenization import read_dataset_info
+from tasks.core.errors import CodecflowError
+from tasks.data.token_dataset import TokenReader, read_dataset_info
 
 K = 3  # levels of the hand-made dataset
 #: Frames per segment, per record batch, per shard: the train split has 3 shards, one of them

@@ -17,15 +17,13 @@ import torch
 from models.mulaw import MuLawTokenizer
 from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
-from tasks.errors import CodecflowError
-from tasks.io import sha256_file
-from tasks.segments import read_segment_audio
-from tasks.tokenization import (
-    plan_shards,
-    read_dataset_info,
-    tokenize_manifest,
-)
-from tasks.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
+from tasks.core.errors import CodecflowError
+from tasks.core.storage import sha256_file
+from tasks.data.manifest import read_segment_audio
+from tasks.data.token_dataset import read_dataset_info
+from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
+from tasks.tokenize.finalize import tokenize_manifest
+from tasks.tokenize.plan import plan_shards
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -130,7 +128,7 @@ def test_plan_shards_orders_and_names_per_split() -> None:
 
 
 def test_the_reader_sees_every_train_token(tiny_dataset: Path) -> None:
-    from tasks.token_reader import TokenReader
+    from tasks.data.token_dataset import TokenReader
 
     info = read_dataset_info(tiny_dataset)
     with TokenReader(tiny_dataset, "train") as reader:
@@ -167,7 +165,7 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
     from moshi.models.loaders import get_mimi
 
     with mock.patch(
-        "tasks.tokenizers.load_mimi", lambda k, **_: get_mimi(None, device="cpu", num_codebooks=k)
+        "tasks.loaders.load_mimi", lambda k, **_: get_mimi(None, device="cpu", num_codebooks=k)
     ):
         record = tokenize_manifest(
             tiny_manifest, tmp_path / "mimi", TokenizeSettings(tokenizer="mimi_2_rvq_nosemantic")
@@ -199,7 +197,7 @@ def _tokenize_in_subprocess(manifest: Path, out: str, kill_at: str | None) -> in
 
     code = (
         "import sys; from schemas.configs import TokenizeSettings; "
-        "from tasks.tokenization import tokenize_manifest; "
+        "from tasks.tokenize.finalize import tokenize_manifest; "
         "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings.model_validate_json(sys.argv[3]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "CODECFLOW_KILL_AT"}
@@ -247,10 +245,10 @@ def test_kill_9_then_resume_is_byte_identical(
 def test_a_second_run_is_refused_while_one_holds_the_dataset(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
-    from tasks import storage
+    from tasks.core import outputs
 
     out = tmp_path / "ds"
-    with storage.exclusive_lock(str(out), "another tokenize"):
+    with outputs.exclusive_lock(str(out), "another tokenize"):
         with pytest.raises(CodecflowError, match="is being written by another run"):
             tokenize_manifest(tiny_manifest, out, TokenizeSettings())
     assert not out.exists() or not any(out.rglob("*.arrow"))
@@ -315,7 +313,7 @@ def test_s3_output_then_resume(
 
 
 def test_group_shards_bounds_the_task_count() -> None:
-    from tasks.tokenization import group_shards
+    from tasks.tokenize.plan import group_shards
 
     names = [f"train-{i:05d}" for i in range(60_000)]
     groups = group_shards(names, 1000)
@@ -342,7 +340,7 @@ def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Pa
     from models.codec_tokenizer import CodecTokenizer
     from models.mimi import MimiTokenizer
     from models.mulaw import MuLawTokenizer
-    from tasks.tokenization import encode_segments
+    from tasks.tokenize.shards import encode_segments
 
     torch.manual_seed(0)
     mimi = get_mimi(None, device="cpu", num_codebooks=4)

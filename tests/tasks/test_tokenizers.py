@@ -7,8 +7,6 @@ huggingface_hub lays it out, and set HF_HUB_OFFLINE=1.
 from __future__ import annotations
 
 import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,9 @@ from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer
 from models.tokenizer import AudioTokenizer
 from schemas.configs import TOKENIZER_NAME_PATTERN
-from tasks.errors import CodecflowError
-from tasks.tokenizers import (
+from tasks import loaders
+from tasks.core.errors import CodecflowError
+from tasks.loaders import (
     MIMI_FILE,
     MIMI_REPO,
     TOKENIZER_NAMES,
@@ -166,9 +165,7 @@ def test_codec_names_go_to_the_codec_loader(monkeypatch: pytest.MonkeyPatch) -> 
         calls.append((path, levels))
         return MuLawTokenizer()
 
-    fake = types.ModuleType("tasks.train_codec")
-    fake.load_codec_tokenizer = load_codec_tokenizer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tasks.train_codec", fake)
+    monkeypatch.setattr(loaders, "load_codec_tokenizer", load_codec_tokenizer)
     assert not load_tokenizer("codec:runs/x/codec/checkpoint@4").training
     load_tokenizer("codec:other")
     assert calls == [("runs/x/codec/checkpoint", 4), ("other", None)]

@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from models.codec import PostEncoder
 from models.layouts import LAYOUT_NAMES
 from schemas.configs import EvalCodecSettings, TrainCodecSettings
-from tasks.checkpoints import latest_checkpoint
-from tasks.errors import CodecflowError
-from tasks.eval_codec import default_levels, eval_codec
-from tasks.tokenizers import load_tokenizer
-from tasks.train_codec import load_codec, load_codec_tokenizer, train_codec
+from tasks.core.errors import CodecflowError
+from tasks.data.checkpoints import latest_checkpoint
+from tasks.evaluate.codec import default_levels, eval_codec
+from tasks.loaders import load_codec, load_codec_tokenizer, load_tokenizer
+from tasks.train.codec import train_codec
 
 TINY = {
     "arch": "jukebox",  # latent_dim 8 < channels 16; the post's codec has its own test below
@@ -107,7 +107,7 @@ def test_eval_codec_returns_a_committed_report_without_recomputing(
     def fail(*_: object, **__: object) -> None:
         raise AssertionError("recomputed a finished codec report")
 
-    monkeypatch.setattr("tasks.eval_codec.load_split_audio", fail)
+    monkeypatch.setattr("tasks.evaluate.codec.load_split_audio", fail)
     again = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
     assert again == first and (out / "index.html").stat().st_mtime_ns == written
     # Other settings are another report: computed (and here the patched loader says so).
@@ -149,7 +149,7 @@ def _train_in_subprocess(
 ) -> subprocess.Popen[bytes]:
     code = (
         "import sys; from schemas.configs import TrainCodecSettings; "
-        "from tasks.train_codec import train_codec; "
+        "from tasks.train.codec import train_codec; "
         "train_codec(sys.argv[1], sys.argv[2], TrainCodecSettings.model_validate_json(sys.argv[3]))"
     )
     return subprocess.Popen(
@@ -208,7 +208,7 @@ def codec_dataset(
 ) -> Path:
     """The tiny corpus tokenized with the first 4 levels of the trained codec."""
     from schemas.configs import TokenizeSettings
-    from tasks.tokenization import tokenize_manifest
+    from tasks.tokenize.finalize import tokenize_manifest
 
     name = f"codec:{trained / 'checkpoint'}@4"
     out = tmp_path_factory.mktemp("codec-tokens") / "tokens"
@@ -225,10 +225,9 @@ def test_codec_tokens_train_sample_and_regenerate(
     from helpers import PROMPT
 
     from schemas.configs import EvaluateSettings, TrainLMSettings
-    from tasks.evaluate import evaluate
-    from tasks.token_reader import TokenReader
-    from tasks.tokenization import read_dataset_info
-    from tasks.train_lm import train_lm
+    from tasks.data.token_dataset import TokenReader, read_dataset_info
+    from tasks.evaluate.lm import evaluate
+    from tasks.train.lm import train_lm
 
     dataset = codec_dataset
     info = read_dataset_info(dataset)
@@ -294,7 +293,7 @@ def test_codec_tokens_train_sample_and_regenerate(
 def test_users_folders_are_neither_trained_nor_evaluated_into(
     trained: Path, tiny_manifest: Path, tmp_path: Path
 ) -> None:
-    from tasks import storage
+    from tasks.core import outputs
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -310,11 +309,11 @@ def test_users_folders_are_neither_trained_nor_evaluated_into(
     assert [p.name for p in mine.iterdir()] == ["index.html"]
     assert (mine / "index.html").read_text() == "<p>my page</p>\n"
     # The codec run and a report written whole (atomic_dir) carry their markers.
-    assert json.loads((trained / storage.OWNER_MARKER).read_text())["kind"] == "codec run"
+    assert json.loads((trained / outputs.OWNER_MARKER).read_text())["kind"] == "codec run"
     report = eval_codec(
         trained / "checkpoint", str(tiny_manifest), tmp_path / "eval", EvalCodecSettings(n_wavs=0)
     )
     assert (
-        json.loads((report.path / storage.OWNER_MARKER).read_text())["kind"] == "codec evaluation"
+        json.loads((report.path / outputs.OWNER_MARKER).read_text())["kind"] == "codec evaluation"
     )
     assert not (tmp_path / "eval.lock").exists()

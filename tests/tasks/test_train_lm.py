@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from schemas.configs import TrainLMSettings
-from tasks.errors import CodecflowError
-from tasks.train_lm import _optimizer, learning_rate_at, load_checkpoint, train_lm
-from tasks.wrappers import train_lm_task
+from tasks.core.errors import CodecflowError
+from tasks.core.runtime import learning_rate_at
+from tasks.loaders import load_checkpoint
+from tasks.prefect.wrappers import train_lm_task
+from tasks.train.lm import _optimizer, train_lm
 
 
 def test_training_lowers_the_loss_and_checkpoints(tiny_checkpoint: Path) -> None:
@@ -133,7 +135,8 @@ def test_a_resume_with_another_dataset_or_settings_is_refused(
     tiny_manifest: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     from schemas.configs import TokenizeSettings
-    from tasks.tokenization import read_dataset_info, tokenize_manifest
+    from tasks.data.token_dataset import read_dataset_info
+    from tasks.tokenize.finalize import tokenize_manifest
 
     settings = TrainLMSettings(
         n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=2, steps=4, warmup_steps=1,

@@ -1,0 +1,434 @@
+"""Safe streaming extraction of tar archives (Python's tarfile `data` filter semantics, PEP 706).
+
+`extract_tar_safely` reads an archive once, front to back, from a local path or from any readable
+binary stream (an HTTP body included: a 3 TB Libri-Light tar is never stored), and writes its
+members to a local folder or under any fsspec URL (`s3://bucket/prefix/...`). Unsafe members are
+refused and listed with their reason (tarfile only reads and checks: the files are written here,
+never through a link); the md5 of the bytes read is computed on the way and checked at the end;
+nothing is left behind when the archive is corrupt, truncated or has the wrong md5. The marker
+`.extracted.json`, written last, means the extraction completed and says of which archive (md5,
+source URL): another archive is never extracted over it nor served from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import lzma
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
+from tasks.acquire.members import (
+    CHUNK,
+    EXTRACTED_MARKER,
+    HashingReader,
+    LastReadSpy,
+    end_problem,
+    refusal,
+)
+from tasks.acquire.sinks import LocalSink, RemoteSink, Sink
+from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
+from tasks.core.storage import atomic_dir, atomic_write_json
+
+__all__ = [
+    "EXTRACTED_MARKER",
+    "ExtractRecord",
+    "ExtractionIdentityError",
+    "check_reuse",
+    "extract_tar_safely",
+    "is_extracted",
+]
+
+
+_LOG = logging.getLogger(__name__)
+
+
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+
+
+#: Written last inside an extracted folder (or prefix): its presence means the extraction completed.
+
+
+class ExtractionIdentityError(CodecflowError):
+    """A destination holds a completed extraction of another archive (another md5 or source)."""
+
+
+@dataclass(frozen=True)
+class ExtractRecord:
+    """An extracted archive: its root, what was written, the refused members, the archive's md5."""
+
+    root: str  # the destination: a local absolute path, or the URL as given (no trailing "/")
+    n_files: int  # regular files written (and, on an object store, copies for in-root hard links)
+    n_bytes: int  # sum of the sizes of the regular files written
+    refused: tuple[tuple[str, str], ...]  # (member name, reason), in archive order
+    # A default, so that records built by hand (or unpickled from a cache written before this
+    # field existed) stay valid; every record extract_tar_safely returns carries the real md5.
+    md5: str = ""  # hex md5 of the archive's bytes as read (compressed bytes for a .tar.gz)
+
+
+@dataclass(frozen=True)
+class _Dest:
+    root: str  # what ExtractRecord.root reports
+    local: Path | None  # set for a local folder
+    fs: AbstractFileSystem | None = None  # set for a remote URL, with base
+    base: str = ""
+
+    @property
+    def marker_path(self) -> str:
+        return f"{self.base}/{EXTRACTED_MARKER}"
+
+
+def _resolve_dest(dest: str | os.PathLike[str]) -> _Dest:
+    """A local folder for a path (or a file:// URL), else the fsspec filesystem of the URL."""
+    text = os.fspath(dest)
+    if not isinstance(dest, os.PathLike) and "://" in text:
+        try:
+            # A fresh client: a cached one may point at another endpoint (tests, moto).
+            fs, base = fsspec.core.url_to_fs(text, skip_instance_cache=True)
+        except (ImportError, ValueError) as err:
+            raise CodecflowError(f"unsupported destination {text}: {err}") from None
+        if not isinstance(fs, LocalFileSystem):
+            base = base.rstrip("/")
+            return _Dest(root=text.rstrip("/"), local=None, fs=fs, base=base)
+        text = base
+    if not text:
+        raise CodecflowError("extraction destination is empty")
+    local = Path(os.path.abspath(text))
+    return _Dest(root=str(local), local=local)
+
+
+def _read_marker(dest: _Dest) -> dict[str, Any] | None:
+    """The marker's JSON; None when there is none or it is unreadable (extract again).
+
+    A remote error other than "not found" (credentials, network) propagates: it does not mean
+    "not extracted", and extracting again would overwrite a good prefix for nothing.
+    """
+    try:
+        if dest.local is not None:
+            raw = (dest.local / EXTRACTED_MARKER).read_bytes()
+        else:
+            assert dest.fs is not None
+            raw = dest.fs.cat_file(dest.marker_path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError:
+        if dest.local is not None:
+            return None
+        raise
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _marker_md5(marker: Mapping[str, Any]) -> str:
+    # "tar_md5": markers written before md5 verification existed.
+    return str(marker["md5"] if "md5" in marker else marker["tar_md5"])
+
+
+def _marker_size(marker: Mapping[str, Any]) -> Any:
+    return marker.get("archive_size", marker.get("tar_size"))
+
+
+def _record_from_marker(dest: _Dest, marker: Mapping[str, Any]) -> ExtractRecord:
+    return ExtractRecord(
+        root=dest.root,
+        n_files=int(marker["n_files"]),
+        n_bytes=int(marker["n_bytes"]),
+        refused=tuple((str(name), str(reason)) for name, reason in marker["refused"]),
+        md5=_marker_md5(marker),
+    )
+
+
+def is_extracted(dest: str | Path) -> bool:
+    """Whether `dest` (a local folder or an fsspec URL) holds a completed extraction's marker."""
+    where = _resolve_dest(dest)
+    if where.local is not None:
+        return (where.local / EXTRACTED_MARKER).is_file()
+    assert where.fs is not None
+    return bool(where.fs.isfile(where.marker_path))
+
+
+def _stream_name(stream: Any) -> str:
+    name = getattr(stream, "name", None)
+    return name if isinstance(name, str) and name else "<archive stream>"
+
+
+@dataclass
+class _Result:
+    n_files: int
+    n_bytes: int
+    refused: list[tuple[str, str]]
+    md5: str
+    size: int
+
+
+def _extract_members(raw: BinaryIO, what: str, sink: Sink) -> _Result:
+    """Stream every member of the archive `raw` into `sink`; counts, refusals and the md5.
+
+    Raises CorruptArchiveError when the archive cannot be read to its end-of-archive marker.
+    """
+    reader = HashingReader(raw)
+    refused: list[tuple[str, str]] = []
+    n_files = n_bytes = 0
+    try:
+        with tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|*", bufsize=CHUNK) as tar:
+            spy = LastReadSpy(tar.fileobj)
+            tar.fileobj = spy
+            for member in tar:
+                safe, reason = refusal(member, sink.filter_root)
+                if safe is not None:
+                    reason = sink.unsupported(safe) or sink.write(tar, safe)
+                if safe is None or reason:
+                    refused.append((member.name, reason))
+                    continue
+                if not safe.isdir():
+                    n_files += 1
+                if safe.isreg():
+                    n_bytes += safe.size
+            if spy.last is not None and spy.last != bytes(tarfile.BLOCKSIZE):
+                raise tarfile.ReadError(end_problem(spy.last))
+        reader.drain()
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise CorruptArchiveError(f"corrupt archive {what}: {err}") from None
+    return _Result(n_files, n_bytes, refused, reader.md5.hexdigest(), reader.n_bytes)
+
+
+#: What atomic_dir leaves beside `<name>` when killed: `.<name>.<8 random chars>.tmp` (mkdtemp's
+#: alphabet) and `.<name>.old`. Only these exact names are ours to remove.
+_TEMP_NAME = r"\.{name}\.(?:[a-z0-9_]{{8}}\.tmp|old)"
+
+
+def _sweep_temporaries(dest: Path) -> list[Path]:
+    """Remove the temporary folders a killed extraction of `dest` left beside it; those removed.
+
+    Called at the start of an extraction, when the run owns its root (no other extraction of
+    `dest` is running). Only folders named as atomic_dir names them go: a file, a link, or any
+    other name (a user's `.small.notes.tmp`, a download's `.part`) is never touched.
+    """
+    pattern = re.compile(_TEMP_NAME.format(name=re.escape(dest.name)))
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(dest.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+            _LOG.info("removed %s, left by an extraction that did not finish", entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _check_md5(what: str, expected: str | None, actual: str) -> None:
+    if expected is not None and actual != expected:
+        raise ChecksumMismatchError(what, "md5", expected, actual)
+
+
+def _marker_json(what: str, source: str | None, result: _Result) -> dict[str, Any]:
+    return {
+        "archive": what,
+        "source": source,
+        "archive_size": result.size,
+        "md5": result.md5,
+        "n_files": result.n_files,
+        "n_bytes": result.n_bytes,
+        "refused": [list(item) for item in result.refused],
+    }
+
+
+@contextlib.contextmanager
+def _opened(path: Path | None, stream: BinaryIO | None) -> Iterator[BinaryIO]:
+    """The archive's bytes: a path is opened (and closed) here; a stream stays the caller's."""
+    if path is not None:
+        with open(path, "rb") as f:
+            yield f
+    else:
+        assert stream is not None
+        yield stream
+
+
+def _identity_error(
+    where: _Dest, marker: Mapping[str, Any], source: str | None, expected: str | None, what: str
+) -> ExtractionIdentityError | None:
+    """The error for an extraction of another archive at `where`, or None when it is this one.
+
+    The md5 is the identity when one is expected (the same bytes from a mirror are the same
+    archive); without one, the source URL recorded in the marker must be `source`.
+    """
+    recorded_md5 = str(marker.get("md5", marker.get("tar_md5", "")))
+    recorded_source = marker.get("source")
+    if expected is not None:
+        if expected == recorded_md5:
+            return None
+    elif source is None or not isinstance(recorded_source, str) or recorded_source == source:
+        return None
+    old = recorded_source if isinstance(recorded_source, str) else marker.get("archive", "?")
+    return ExtractionIdentityError(
+        f"{where.root} holds an extraction of {old} (md5 {recorded_md5 or 'unknown'}), "
+        f"not {source or what} (md5 {expected or 'not given'}): use another root"
+    )
+
+
+def check_reuse(dest: str | Path, source: str | None, expected_md5: str | None) -> None:
+    """Raise ExtractionIdentityError when `dest` holds a completed extraction of another archive.
+
+    "Another" means: `expected_md5` (when given) differs from the md5 the marker records, or (when
+    no md5 is given) the marker records another source URL. Nothing there, or an unreadable
+    marker (extracted again anyway), passes.
+    """
+    expected = expected_md5.strip().lower() if expected_md5 is not None else None
+    if expected is not None and not _MD5_RE.fullmatch(expected):
+        raise CodecflowError(f"expected md5 for {source} is not 32 hex digits: {expected_md5!r}")
+    where = _resolve_dest(dest)
+    marker = _read_marker(where)
+    if marker is None:
+        return
+    try:
+        _record_from_marker(where, marker)
+    except (KeyError, TypeError, ValueError):
+        return  # unreadable: extract_tar_safely extracts again, as for no marker
+    error = _identity_error(where, marker, source, expected, source or "this archive")
+    if error is not None:
+        raise error
+
+
+def _reusable(
+    where: _Dest,
+    path: Path | None,
+    expected: str | None,
+    source: str | None,
+    what: str,
+) -> ExtractRecord | None:
+    """The record of the completed extraction at `where` when it is this archive's, else None.
+
+    Raises ExtractionIdentityError when it is another archive's: that folder is never replaced.
+    """
+    marker = _read_marker(where)
+    if marker is None:
+        return None
+    try:
+        record = _record_from_marker(where, marker)
+    except (KeyError, TypeError, ValueError):
+        return None  # an unreadable marker: extract again
+    error = _identity_error(where, marker, source, expected, what)
+    if error is not None:
+        raise error
+    # The size check is cheap; hashing a 35 GB tar on every call would not be. A missing tar
+    # (deleted to save space after extraction) does not invalidate the extraction.
+    same_size = path is None or not path.exists() or path.stat().st_size == _marker_size(marker)
+    return record if same_size else None
+
+
+def extract_tar_safely(
+    archive: Path | str | BinaryIO,
+    dest: str | Path,
+    *,
+    expected_md5: str | None = None,
+    description: str | None = None,
+    source: str | None = None,
+) -> ExtractRecord:
+    """Extract a (possibly compressed) tar into `dest`, refusing unsafe members.
+
+    `archive` is a local path or a readable binary stream, seekable or not: it is read once,
+    front to back (tarfile's stream mode, `r|*`), and its md5 computed on the way. `dest` is a
+    local folder or an fsspec URL (`s3://bucket/prefix/librilight`).
+
+    Members are filtered with the semantics of Python's tarfile `data` filter (PEP 706) and
+    stricter rules: names that are not UTF-8 or hold control characters, absolute paths, `..`
+    components, links that leave the root, and device/fifo files are refused, skipped, and
+    listed in `refused` with their reason. On a local `dest` every symlink and hard link is
+    refused too and only folders and regular files are written (by this module, never through a
+    link: see LocalSink); on a remote one symlinks are refused and an in-root hard link is
+    written as a copy of its (already written) target.
+
+    A local `dest` is written as a temporary folder beside it, renamed to `dest` at the end; the
+    temporaries a killed extraction of `dest` left are removed first. A remote one (object
+    stores cannot rename) gets each member's object directly, and every object written by this
+    call is deleted on failure. Either way the marker `.extracted.json` (source, md5, archive
+    size, counts, refusals) is written last, and a call that finds it skips the work: always for
+    a stream, for a path when the tar's size matches (or the tar was deleted). A marker of
+    another archive (another md5 than `expected_md5`, or without one another `source`) raises
+    ExtractionIdentityError and the folder is kept.
+
+    `description` names the archive in errors (default: the path, or the stream's name);
+    `source` (the URL it came from) is recorded in the marker.
+
+    Raises CorruptArchiveError for a truncated or corrupt archive and ChecksumMismatchError when
+    the md5 differs from `expected_md5`, leaving nothing extracted and no marker.
+    """
+    path: Path | None = None
+    stream: BinaryIO | None = None
+    if isinstance(archive, str | os.PathLike):
+        path = Path(archive)
+    elif callable(getattr(archive, "read", None)):
+        stream = archive
+    else:
+        raise CodecflowError(
+            f"archive must be a path or a readable binary stream, not {type(archive).__name__}"
+        )
+    what = description or (str(path) if path is not None else _stream_name(stream))
+    expected = None
+    if expected_md5 is not None:
+        expected = expected_md5.strip().lower()
+        if not _MD5_RE.fullmatch(expected):
+            raise CodecflowError(f"expected md5 for {what} is not 32 hex digits: {expected_md5!r}")
+
+    where = _resolve_dest(dest)
+    reused = _reusable(where, path, expected, source, what)
+    if reused is not None:
+        return reused
+    if path is not None and not path.is_file():
+        raise CodecflowError(f"archive not found: {path}")
+
+    with _opened(path, stream) as raw:
+        if where.local is not None:
+            _sweep_temporaries(where.local)
+            with atomic_dir(where.local) as tmp:
+                result = _extract_members(raw, what, LocalSink(tmp))
+                _check_md5(what, expected, result.md5)
+                atomic_write_json(tmp / EXTRACTED_MARKER, _marker_json(what, source, result))
+        else:
+            result = _extract_remote(raw, what, source, where, expected)
+    return ExtractRecord(
+        where.root, result.n_files, result.n_bytes, tuple(result.refused), result.md5
+    )
+
+
+def _extract_remote(
+    raw: BinaryIO, what: str, source: str | None, where: _Dest, expected: str | None
+) -> _Result:
+    """Objects written straight under `where`, the marker last; all of them deleted on failure."""
+    fs = where.fs
+    assert fs is not None
+    # A stale marker (another archive, an unreadable one) must go before the first write: a
+    # failure below would otherwise leave a marker over a half-written prefix.
+    if fs.exists(where.marker_path):
+        fs.rm_file(where.marker_path)
+    with tempfile.TemporaryDirectory(prefix="codecflow-extract-") as filter_root:
+        sink = RemoteSink(fs, where.base, filter_root)
+        try:
+            result = _extract_members(raw, what, sink)
+            _check_md5(what, expected, result.md5)
+            data = json.dumps(_marker_json(what, source, result), indent=2, sort_keys=True) + "\n"
+            fs.pipe_file(where.marker_path, data.encode())
+        except BaseException as err:
+            failed = sink.remove_written()
+            if failed:
+                err.add_note(f"could not delete {len(failed)} objects under {where.root}")
+            raise
+    return result

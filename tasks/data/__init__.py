@@ -1,0 +1,1 @@
+"""The formats between stages: segment manifests, token datasets, training windows, checkpoints."""

@@ -1,0 +1,134 @@
+"""Training windows of the LM over a token dataset's stream, and the validation loss on them.
+
+Shape symbols: B batch, K levels, L block size (positions of one window), V vocabulary.
+
+Shared by the LM trainer and the evaluation, so that an evaluation given the training's settings
+draws the same validation windows and repeats the numbers training reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.gpt import GPT, GPTConfig
+from models.layouts import TokenLayout
+from models.level_loss import level_weighted_loss
+from models.presets import gpt_config
+from schemas.configs import TrainLMSettings
+from tasks.core.errors import CodecflowError
+from tasks.data.token_dataset import TokenReader
+
+__all__ = [
+    "check_windows",
+    "lm_windows_batch",
+    "model_config",
+    "validation_loss",
+]
+
+
+def _window_frames(block_size: int, levels: int) -> int:
+    """Whole frames read per window: block_size + 1 tokens plus any layout's lead-in."""
+    return -(-(block_size + 1) // levels) + levels
+
+
+def _window_starts(indices: np.ndarray, n_frames: int, window_frames: int, seed: int) -> list[int]:
+    """The start frame of each global window index: a pure function of (seed, index).
+
+    Rank r of W takes the indices consumed + r*B .. consumed + (r+1)*B - 1 at every step, and
+    the checkpoint stores `consumed`: so a run resumed on another number of ranks neither
+    repeats nor skips a window.
+    """
+    high = n_frames - window_frames + 1
+    return [int(np.random.default_rng([seed, int(i)]).integers(0, high)) for i in indices]
+
+
+def lm_windows_batch(
+    reader: TokenReader,
+    indices: np.ndarray,
+    block_size: int,
+    seed: int,
+    layout: TokenLayout,
+    codebook_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The windows `indices` in `layout`: inputs `[B, L]`, targets `[B, L]`, target levels `[L]`.
+
+    Whole frames are read from the stream, laid out, and the window is cut after the layout's
+    lead-in (the delay pattern's first K - 1 steps hold PADs), so that training sees the same
+    steady state as a long sequence does.
+    """
+    k = reader.num_levels
+    n_frames = _window_frames(block_size, k)
+    starts = _window_starts(indices, reader.n_frames, n_frames, seed)
+    flat = np.stack([reader.tokens(start, n_frames) for start in starts]).astype(np.int64)
+    codes = torch.from_numpy(flat).view(len(starts), n_frames, k).transpose(1, 2)  # [B, K, W]
+    sequence = layout.to_sequence(codes, codebook_size)  # [B, N]
+    levels = layout.level_of_position(sequence.shape[1], k, n_frames=n_frames)  # [N]
+    start = 0
+    while bool((levels[start : start + k] < 0).any()):
+        start += k  # skip whole steps until every level is present
+    window = sequence[:, start : start + block_size + 1]  # [B, L+1]
+    target_levels = levels[start + 1 : start + block_size + 1]  # [L]
+    return window[:, :-1], window[:, 1:], target_levels
+
+
+def check_windows(dataset: Path, settings: TrainLMSettings) -> None:
+    """Both splits hold at least one training window (before `out` is claimed: bad input
+    creates no folder)."""
+    block_size = model_config(settings, 1).block_size
+    for split in ("train", "val"):
+        with TokenReader(dataset, split) as reader:
+            if reader.n_frames < _window_frames(block_size, reader.num_levels):
+                raise CodecflowError(
+                    f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
+                    f"window of block_size={block_size}"
+                )
+
+
+@torch.no_grad()
+def validation_loss(
+    model: GPT,
+    reader: TokenReader,
+    settings: TrainLMSettings,
+    device: torch.device,
+    autocast: torch.autocast,
+    layout: TokenLayout,
+    codebook_size: int,
+    block_size: int,
+    weights: list[float],
+) -> tuple[float, list[float]]:
+    """Mean weighted loss and mean per-level loss on `eval_batches` fixed validation windows.
+
+    The windows depend on the settings' batch_size, eval_batches and seed only, so an evaluation
+    given the training's settings repeats the numbers training reported.
+    """
+    model.eval()
+    totals, per_level = [], []
+    for b in range(settings.eval_batches):
+        indices = b * settings.batch_size + np.arange(settings.batch_size)
+        inputs, targets, levels = lm_windows_batch(
+            reader, indices, block_size, settings.seed + 1, layout, codebook_size
+        )
+        with autocast:
+            logits = model(inputs.to(device)).logits  # [B, L, V]
+        loss = level_weighted_loss(logits.float(), targets.to(device), levels.to(device), weights)
+        totals.append(loss.total.item())
+        per_level.append(loss.per_level)
+    model.train()
+    return float(np.mean(totals)), [float(x) for x in np.nanmean(np.array(per_level), axis=0)]
+
+
+def model_config(settings: TrainLMSettings, vocab_size: int) -> GPTConfig:
+    """The GPT's shape: the preset's when one is named, else the explicit fields."""
+    if settings.preset is not None:
+        return gpt_config(settings.preset, vocab_size, dropout=settings.dropout)
+    return GPTConfig(
+        vocab_size=vocab_size,
+        block_size=settings.block_size,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+        dropout=settings.dropout,
+    )

@@ -1,0 +1,124 @@
+"""Reading a segment manifest (`segments.parquet`, written by the acquire stage) and its audio.
+
+The manifest is the format between acquire and the stages that read audio (tokenize, the codec
+trainer and its evaluation): its Arrow schema is `schemas.tables.SEGMENT_MANIFEST_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+import torch
+import torchaudio
+
+from schemas.tables import (
+    MANIFEST_AUDIO_ROOT_KEY,
+    SEGMENT_MANIFEST_SCHEMA,
+)
+from tasks.core import storage
+from tasks.core.errors import CodecflowError
+from tasks.core.storage import (
+    join,
+    url_to_fs,
+)
+
+__all__ = [
+    "CODEC_RATE",
+    "LIBRILIGHT_RATE",
+    "load_split_audio",
+    "read_manifest",
+    "read_manifest_table",
+    "read_segment_audio",
+]
+
+
+#: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
+LIBRILIGHT_RATE = 16_000
+
+
+def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = True) -> np.ndarray:
+    """The audio of one manifest row at the file's own rate: float32 `[T]` (down-mixed to mono),
+    or `[T, C]` with `downmix=False`.
+
+    Frame indices are int(start * sr) .. int(end * sr), as in Libri-Light's cut_by_vad.py; only
+    the chunks are read (seek + read), never the whole file.
+    """
+    fs, base = url_to_fs(root)
+    path = posixpath.join(base, row["source_path"])
+    pieces: list[np.ndarray] = []
+    try:
+        with fs.open(path, "rb") as raw, sf.SoundFile(raw) as f:
+            rate = f.samplerate
+            for chunk in row["chunks"]:
+                start, end = (
+                    (chunk["start_s"], chunk["end_s"]) if isinstance(chunk, Mapping) else chunk
+                )
+                # numpy's clipping in cut_by_vad.py: nothing past the last frame. An end clipped to
+                # the file's length (frames / rate, clip_pieces) reads up to the last frame.
+                first = min(int(start * rate), f.frames)
+                last = f.frames if end >= f.frames / rate else min(int(end * rate), f.frames)
+                f.seek(first)
+                pieces.append(f.read(max(0, last - first), dtype="float32", always_2d=True))
+    except (RuntimeError, FileNotFoundError) as err:  # LibsndfileError is a RuntimeError
+        raise CodecflowError(f"unreadable audio {join(root, row['source_path'])}: {err}") from None
+    audio = np.concatenate(pieces) if pieces else np.zeros((0, 1), dtype=np.float32)  # [T, C]
+    if downmix:
+        return audio.mean(axis=1).astype(np.float32)  # [T]
+    return audio[:, 0] if audio.shape[1] == 1 else audio  # [T] or [T, C]
+
+
+def read_manifest_table(manifest: str) -> tuple[pa.Table, str]:
+    """The manifest as an Arrow table and its audio root (a local path or URL)."""
+    if not storage.exists(manifest):
+        raise CodecflowError(f"segment manifest not found: {manifest}")
+    fs, path = storage.url_to_fs(manifest)
+    try:
+        # One thread, no pre-buffering: the lowest peak memory for a 3.6 M-row manifest.
+        table = pq.read_table(path, filesystem=fs, use_threads=False, pre_buffer=False)
+    except pa.ArrowInvalid as exc:
+        raise CodecflowError(f"segment manifest {manifest} is not a Parquet file: {exc}") from exc
+    if not table.schema.remove_metadata().equals(SEGMENT_MANIFEST_SCHEMA):
+        raise CodecflowError(f"segment manifest {manifest} does not have the manifest schema")
+    audio_root = (table.schema.metadata or {}).get(MANIFEST_AUDIO_ROOT_KEY, b".").decode()
+    if not storage.is_remote(audio_root):
+        # Relative to the manifest's folder, so that a run folder can be moved.
+        audio_root = storage.join(posixpath.dirname(str(manifest)) or ".", audio_root)
+    return table, audio_root
+
+
+def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
+    """The manifest's rows and its audio root (a local path or URL)."""
+    table, audio_root = read_manifest_table(manifest)
+    return table.to_pylist(), audio_root
+
+
+#: The post's codec works on 16 kHz audio (Libri-Light's rate): 128x down-sampling gives 125 Hz.
+CODEC_RATE = 16_000
+
+
+def load_split_audio(
+    manifest: str, split: str, max_segments: int | None = None, max_seconds: float | None = None
+) -> list[tuple[str, np.ndarray]]:
+    """(segment_id, mono float32 audio at 16 kHz) for the segments of one split, by id order."""
+
+    rows, audio_root = read_manifest(manifest)
+    rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["segment_id"])
+    if max_segments is not None:
+        rows = rows[:max_segments]
+    if not rows:
+        raise CodecflowError(f"segment manifest {manifest} has no '{split}' segments")
+    out = []
+    for row in rows:
+        audio = torch.from_numpy(read_segment_audio(audio_root, row))  # [T]
+        if int(row["sample_rate"]) != CODEC_RATE:
+            audio = torchaudio.functional.resample(audio, int(row["sample_rate"]), CODEC_RATE)
+        if max_seconds is not None:
+            audio = audio[: int(max_seconds * CODEC_RATE)]
+        out.append((row["segment_id"], audio.numpy().astype(np.float32)))
+    return out

@@ -1,0 +1,316 @@
+"""Token datasets as the stages after tokenize read them: `dataset.json`, the commit checks, and
+the zero-copy `TokenReader`.
+
+Zero-copy reads of one split of a token dataset: memory-mapped Arrow shards, the post's stream.
+
+Shape symbols: K levels (codebooks) per frame, F frames of one segment, F_total frames of the
+split, N tokens of a window, B windows in a batch.
+
+A token dataset (written by `tasks.tokenize`) stores one row per segment in uncompressed Arrow IPC
+shards; a row's `codes` are the segment's `[K, F]` codes flattened level-major. `TokenReader`
+memory-maps every committed shard of one split (as listed in `dataset.json`) and views the codes
+values buffer as numpy without a copy, so opening a split costs nothing but the maps, however
+large it is. The post's flattened 1-D stream (time-major, levels interleaved: t0·l0, t0·l1, ...,
+t1·l0, ...) over the concatenation of all segments in shard order is never materialised:
+`tokens` and `random_windows` find the segments a window touches by binary search on the
+cumulative frame offsets and interleave only those slices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from tasks.core import storage
+from tasks.core.errors import CodecflowError
+
+__all__ = [
+    "DATASET_COMMITTED",
+    "DATASET_FORMAT_VERSION",
+    "DATASET_KIND",
+    "DatasetRecord",
+    "TokenReader",
+    "is_dataset_committed",
+    "read_dataset_info",
+    "record_from_info",
+    "shard_marker_url",
+]
+
+
+#: Bumped whenever the bytes of a shard would change for the same inputs.
+DATASET_FORMAT_VERSION = 2
+
+
+#: The kind of folder a tokenize run owns (`outputs.claim_output`), and the files that show a
+#: dataset written before ownership markers existed: its shard commit markers (every dataset
+#: has one, and a run killed after its first shard too); a bare dataset.json is too common a
+#: name to make a folder ours.
+DATASET_KIND = "token dataset"
+
+
+DATASET_COMMITTED = ("shards/*.commit.json",)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What a tokenize run produced: small, picklable, cacheable."""
+
+    path: Path | str
+    fingerprint: str
+    n_segments: int
+    n_tokens: int
+    n_bytes: int
+    audio_hours: float
+    n_rejects: int = 0
+
+
+def is_dataset_committed(out: Path | str) -> bool:
+    """True when `out` holds a complete token dataset (its dataset.json exists)."""
+    return storage.exists(storage.join(str(out), "dataset.json"))
+
+
+def record_from_info(out: str | Path, info: Mapping[str, Any]) -> DatasetRecord:
+    totals = info["totals"]
+    return DatasetRecord(
+        path=out if storage.is_remote(out) else Path(out),
+        fingerprint=info["fingerprint"],
+        n_segments=totals["segments"],
+        n_tokens=totals["tokens"],
+        n_bytes=totals["bytes"],
+        audio_hours=totals["audio_hours"],
+        n_rejects=int(info.get("n_rejects", 0)),
+    )
+
+
+def read_dataset_info(dataset: Path) -> dict[str, Any]:
+    """The committed `dataset.json` of a token dataset; a clear error when there is none."""
+    info_path = Path(dataset) / "dataset.json"
+    if not info_path.is_file():
+        raise CodecflowError(f"no complete token dataset at {dataset} (dataset.json is missing)")
+    info: dict[str, Any] = json.loads(info_path.read_text())
+    return info
+
+
+def shard_marker_url(out: str, name: str) -> str:
+    return storage.join(out, "shards", f"{name}.commit.json")
+
+
+class TokenReader:
+    """One split of a token dataset, memory-mapped, read as codes or as the post's flat stream.
+
+    Every committed shard of `split` listed in `<dataset>/dataset.json` is opened with
+    `pa.memory_map` and stays mapped until `close()` (or the end of a `with` block). Segment
+    arrays returned by `segment_codes` and `level_view` are read-only views of the mapped files;
+    `tokens` and `random_windows` return fresh arrays holding only the tokens asked for.
+
+    Raises CodecflowError when the dataset is incomplete, has no segment in `split`, or a shard
+    disagrees with `dataset.json` (rows, dtype, frame counts).
+    """
+
+    def __init__(self, dataset: Path, split: str) -> None:
+        self.dataset = Path(dataset)
+        self.split = split
+        info = read_dataset_info(self.dataset)
+        self.num_levels = int(info["tokenizer"]["num_levels"])  # K
+        self.dtype = np.dtype(info["dtype"])
+        shards = [s for s in info["shards"] if s["split"] == split]
+        if not shards:
+            present = sorted({s["split"] for s in info["shards"]})
+            raise CodecflowError(
+                f"token dataset {self.dataset} has no '{split}' split "
+                f"(splits with segments: {', '.join(present) or 'none'})"
+            )
+        self._closed = False
+        self._maps: list[pa.MemoryMappedFile] = []
+        self._values: list[np.ndarray] = []  # per record batch: its codes values, [sum K * F]
+        batch_of: list[np.ndarray] = []  # per segment: index into _values
+        value_start: list[np.ndarray] = []  # per segment: first value in its batch's buffer
+        frames: list[np.ndarray] = []  # per segment: F
+        try:
+            for shard in shards:
+                rows = self._map_shard(shard, batch_of, value_start, frames)
+                if rows != int(shard["rows"]):
+                    raise CodecflowError(
+                        f"token shard {self.dataset / shard['file']} has {rows} rows, "
+                        f"dataset.json says {shard['rows']}"
+                    )
+        except BaseException:
+            self.close()
+            raise
+        if not frames or not sum(len(f) for f in frames):
+            self.close()
+            raise CodecflowError(f"token dataset {self.dataset} has no '{split}' segments")
+        self._batch_of = np.concatenate(batch_of)  # [n_segments] int64
+        self._value_start = np.concatenate(value_start)  # [n_segments] int64
+        self.segment_frames = np.concatenate(frames)  # [n_segments] int64
+        self.segment_frames.flags.writeable = False
+        # Cumulative frame offsets: segment i covers frames [_frame_starts[i], _frame_starts[i+1]).
+        self._frame_starts = np.zeros(len(self.segment_frames) + 1, dtype=np.int64)
+        np.cumsum(self.segment_frames, out=self._frame_starts[1:])  # [n_segments + 1]
+        self.n_segments = len(self.segment_frames)
+        self.n_frames = int(self._frame_starts[-1])  # F_total
+        self.n_tokens = self.n_frames * self.num_levels  # F_total * K
+
+    def _map_shard(
+        self,
+        shard: dict[str, Any],
+        batch_of: list[np.ndarray],
+        value_start: list[np.ndarray],
+        frames: list[np.ndarray],
+    ) -> int:
+        """Map one shard; append its per-segment records; return its number of rows."""
+        path = self.dataset / shard["file"]
+        if not path.is_file():
+            raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
+        source = pa.memory_map(str(path), "r")
+        self._maps.append(source)
+        try:
+            reader = ipc.open_file(source)
+        except pa.ArrowInvalid as exc:
+            raise CodecflowError(f"token shard {path} is not an Arrow IPC file: {exc}") from exc
+        rows = 0
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            codes = batch.column("codes")  # list<uint8|uint16>, one row per segment
+            offsets = codes.offsets.to_numpy().astype(np.int64)  # [rows + 1], into codes.values
+            values = codes.values.to_numpy(zero_copy_only=True)  # a view of the mapped file
+            if values.dtype != self.dtype:
+                raise CodecflowError(
+                    f"token shard {path} holds {values.dtype} codes, dataset.json says {self.dtype}"
+                )
+            n_frames = batch.column("n_frames").to_numpy().astype(np.int64)  # [rows]
+            if not np.array_equal(np.diff(offsets), n_frames * self.num_levels):
+                raise CodecflowError(
+                    f"token shard {path}: codes lengths are not n_frames * {self.num_levels}"
+                )
+            batch_of.append(np.full(len(n_frames), len(self._values), dtype=np.int64))
+            value_start.append(offsets[:-1])
+            frames.append(n_frames)
+            self._values.append(values)
+            rows += len(n_frames)
+        return rows
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop the views and close the maps (views handed out before keep their pages alive)."""
+        self._closed = True
+        self._values = []
+        for source in self._maps:
+            source.close()
+        self._maps = []
+
+    def __enter__(self) -> TokenReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CodecflowError(f"the '{self.split}' reader of {self.dataset} is closed")
+
+    # -- segments -----------------------------------------------------------------------------
+
+    def segment_codes(self, i: int) -> np.ndarray:
+        """Segment `i`'s codes, `[K, F_i]` in the dataset's dtype: a read-only view, no copy."""
+        self._check_open()
+        if not 0 <= i < self.n_segments:
+            raise IndexError(f"segment {i} out of range [0, {self.n_segments})")
+        start = int(self._value_start[i])
+        n = int(self.segment_frames[i]) * self.num_levels
+        values = self._values[int(self._batch_of[i])]  # [sum K * F] of one record batch
+        return values[start : start + n].reshape(self.num_levels, -1)  # [K, F_i]
+
+    def level_view(self, i: int, k: int) -> np.ndarray:
+        """Level `k` of segment `i`, `[F_i]`: a read-only view, no copy."""
+        if not 0 <= k < self.num_levels:
+            raise IndexError(f"level {k} out of range [0, {self.num_levels})")
+        return self.segment_codes(i)[k]  # [F_i]
+
+    def iter_level(self, k: int) -> Iterator[np.ndarray]:
+        """Level `k` of every segment in shard order, each a `[F_i]` view."""
+        for i in range(self.n_segments):
+            yield self.level_view(i, k)
+
+    # -- the flat stream ----------------------------------------------------------------------
+
+    def _gather(self, start_frame: int, out: np.ndarray) -> None:
+        """Fill `out` (`[n, K]`) with frames start_frame .. start_frame + n of the split."""
+        n_frames = out.shape[0]
+        i = int(np.searchsorted(self._frame_starts, start_frame, side="right")) - 1
+        local = start_frame - int(self._frame_starts[i])  # first frame inside segment i
+        filled = 0
+        while filled < n_frames:
+            codes = self.segment_codes(i)  # [K, F_i]
+            take = min(codes.shape[1] - local, n_frames - filled)
+            out[filled : filled + take] = codes[:, local : local + take].T  # [take, K]
+            filled += take
+            i, local = i + 1, 0
+
+    def _check_span(self, start_frame: int, n_frames: int) -> None:
+        if n_frames < 0 or start_frame < 0:
+            raise CodecflowError(f"bad frame range: start {start_frame}, length {n_frames}")
+        if start_frame + n_frames > self.n_frames:
+            raise CodecflowError(
+                f"a window of {n_frames} frames at frame {start_frame} is longer than the "
+                f"'{self.split}' split of {self.dataset} ({self.n_frames} frames, "
+                f"{self.n_tokens} tokens)"
+            )
+
+    def tokens(self, start_frame: int, n_frames: int) -> np.ndarray:
+        """Frames start_frame .. start_frame + n_frames of the post's flat stream, `[n_frames * K]`
+        in the dataset's dtype, levels interleaved per frame, across segment and shard
+        boundaries."""
+        self._check_open()
+        self._check_span(start_frame, n_frames)
+        out = np.empty((n_frames, self.num_levels), dtype=self.dtype)  # [n_frames, K]
+        self._gather(start_frame, out)
+        return out.reshape(-1)  # [n_frames * K]
+
+    def random_windows(
+        self, batch_size: int, n_tokens: int, generator: np.random.Generator
+    ) -> np.ndarray:
+        """`batch_size` windows of `n_tokens` tokens of the flat stream, int64 `[B, N]`.
+
+        Each window starts on a frame boundary, drawn uniformly among the starts whose
+        ceil(n_tokens / K) frames fit in the split, and is cut to `n_tokens`. The same generator
+        state gives the same windows.
+        """
+        self._check_open()
+        if batch_size < 1 or n_tokens < 1:
+            raise CodecflowError(f"bad window request: batch {batch_size}, tokens {n_tokens}")
+        frames = -(-n_tokens // self.num_levels)  # ceil(N / K)
+        if frames > self.n_frames:
+            raise CodecflowError(
+                f"a window of {n_tokens} tokens ({frames} frames) is longer than the "
+                f"'{self.split}' split of {self.dataset} ({self.n_frames} frames, "
+                f"{self.n_tokens} tokens)"
+            )
+        starts = generator.integers(0, self.n_frames - frames + 1, size=batch_size)  # [B]
+        out = np.empty((batch_size, frames, self.num_levels), dtype=np.int64)  # [B, frames, K]
+        for b, start in enumerate(starts.tolist()):
+            self._gather(start, out[b])
+        flat = out.reshape(batch_size, frames * self.num_levels)  # [B, frames * K]
+        if flat.shape[1] == n_tokens:
+            return flat  # [B, N]
+        return np.ascontiguousarray(flat[:, :n_tokens])  # [B, N]
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenReader({str(self.dataset)!r}, {self.split!r}: {self.n_segments} segments, "
+            f"{self.n_frames} frames x {self.num_levels} levels, {self.dtype})"
+        )

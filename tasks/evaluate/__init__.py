@@ -1,0 +1,1 @@
+"""Stage 4: evaluate LM checkpoints (spoken continuations, metrics, HTML reports) and codecs."""

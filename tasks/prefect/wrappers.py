@@ -1,0 +1,269 @@
+"""Prefect tasks: thin wrappers over the plain functions of the stages (`tasks.acquire`,
+`tasks.tokenize`,
+`tasks.train`, `tasks.evaluate`), adding caching and retries.
+
+Each task is cached on its parameters, the source of the code it runs, and the content hashes of
+the files it reads (`tasks.prefect.caching.content_key`), with results persisted under PREFECT_HOME
+so a
+second run of the same inputs is a cache hit in a new process. Flows pass `refresh_cache=True`
+when a task's committed output has gone missing, so a cache hit never points at deleted files.
+Only network errors (a dropped connection, a timeout, an HTTP 5xx, an S3 hiccup: named in
+`tasks.core.errors.is_transient`) are retried with back-off; bad input, a full disk or a bug fail at
+once.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from schemas.configs import (
+    EvalCodecSettings,
+    EvaluateSettings,
+    TokenizeSettings,
+    TrainCodecSettings,
+    TrainLMSettings,
+)
+from tasks.acquire import download, extract, members, probe, segments, sinks, stream
+from tasks.acquire import manifest as segment_manifest
+from tasks.core import runtime, storage
+from tasks.core.errors import is_transient_chain
+from tasks.core.progress import TqdmProgress, combine
+from tasks.data import lm_windows, token_dataset
+from tasks.evaluate import acoustics, report, speech_metrics
+from tasks.evaluate import codec as eval_codec
+from tasks.evaluate import lm as evaluate
+from tasks.prefect.caching import content_key
+from tasks.prefect.progress import PrefectProgress
+from tasks.tokenize import finalize, shards
+from tasks.tokenize import plan as tokenization
+from tasks.train import codec as train_codec
+from tasks.train import lm as train_lm
+from tasks.train import torchrun
+from tasks.train.torchrun import run_torchrun
+
+__all__ = [
+    "eval_codec_task",
+    "evaluate_task",
+    "extract_task",
+    "fetch_task",
+    "finalize_dataset_task",
+    "list_books_task",
+    "plan_segments_task",
+    "plan_tokens_task",
+    "probe_book_task",
+    "stream_extract_task",
+    "train_codec_task",
+    "train_lm_task",
+    "write_flacs_task",
+    "write_manifest_task",
+    "write_shards_task",
+]
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network errors only (`errors.is_transient`): bad input, a full disk or a read-only
+    mount fail at once, with their one-line message, instead of three retries later."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classified, not swallowed
+        return is_transient_chain(exc)
+    return False
+
+
+_CACHED: dict[str, Any] = {"persist_result": True}
+
+
+_RETRIED: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_condition_fn": _retry_if_transient,
+}
+
+
+@task(name="fetch", cache_key_fn=content_key(code=(download,)), **_RETRIED, **_CACHED)
+def fetch_task(
+    source: str, dest: Path, md5: str | None, extracted_dest: str
+) -> download.FetchRecord:
+    """Download `source` to `dest` (resuming a `.part`), verifying its md5, with progress.
+
+    An archive already extracted at `extracted_dest` is not fetched again: its record comes from
+    the extraction marker, so a re-run downloads nothing even when the tar was deleted.
+    """
+    if extract.is_extracted(extracted_dest):
+        # Only this archive's extraction stands in for its download (same md5, or same URL).
+        extract.check_reuse(extracted_dest, source, md5)
+        marker = storage.read_json(storage.join(extracted_dest, extract.EXTRACTED_MARKER))
+        size = int(marker.get("archive_size", 0))
+        return download.FetchRecord(Path(dest), marker["md5"], size, size, source)
+    with TqdmProgress(Path(dest).name) as bar:
+        reporter = combine(bar, PrefectProgress(f"download-{Path(dest).stem}", source))
+        return download.fetch(source, Path(dest), md5, progress=reporter)
+
+
+@task(name="extract", cache_key_fn=content_key(code=(extract, members, sinks)), **_CACHED)
+def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRecord:
+    """Extract the downloaded tar safely (keyed on the tar's md5: an extraction of another
+    archive at `dest` is refused, not reused)."""
+    return extract.extract_tar_safely(
+        archive.path, dest, expected_md5=archive.md5 or None, source=archive.source
+    )
+
+
+@task(
+    name="stream-extract",
+    cache_key_fn=content_key(code=(stream, extract, members, sinks)),
+    **_RETRIED,
+    **_CACHED,
+)
+def stream_extract_task(source: str, dest: str, md5: str | None) -> extract.ExtractRecord:
+    """Extract `source` as it streams, storing no tar (the md5 is checked at the end)."""
+    with stream.open_source_stream(source) as source_stream:
+        return extract.extract_tar_safely(
+            source_stream, dest, expected_md5=md5, description=source, source=source
+        )
+
+
+@task(name="list-books", **_RETRIED)
+def list_books_task(root: str, archives: list[str]) -> list[probe.BookListing]:
+    """List the book folders of the extracted archives with file sizes and stamps (not cached:
+    the listing is what tells a changed file from an unchanged one)."""
+    return probe.list_books(root, archives)
+
+
+@task(name="probe-book", cache_key_fn=content_key(code=(probe,)), **_RETRIED, **_CACHED)
+def probe_book_task(root: str, listing: probe.BookListing) -> probe.BookProbe:
+    """Probe one book's files; cached on its listing, so unchanged books are not re-read."""
+    return probe.probe_book(root, listing)
+
+
+@task(name="plan-segments", cache_key_fn=content_key(code=(segments,)), **_CACHED)
+def plan_segments_task(
+    probes: list[probe.BookProbe],
+    target_len_sec: float,
+    target_hours: float | None,
+    val_fraction: float,
+    seed: int,
+) -> segments.SegmentPlan:
+    """Cut by VAD, select the hours, split speakers."""
+    return segments.plan_segments(probes, target_len_sec, target_hours, val_fraction, seed)
+
+
+@task(name="write-segment-flacs", **_RETRIED)
+def write_flacs_task(root: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write one book's segments as FLAC files (files already complete are kept)."""
+    return segment_manifest.write_segment_flacs(root, rows)
+
+
+@task(name="segment-manifest", cache_key_fn=content_key(code=(segment_manifest,)), **_CACHED)
+def write_manifest_task(
+    root: str, manifest_dir: str, rows: list[dict[str, Any]], plan: segments.SegmentPlan
+) -> segment_manifest.ManifestRecord:
+    """Write rejects.parquet, summary.json, then segments.parquet (the commit)."""
+    return segment_manifest.write_manifest(root, manifest_dir, rows, plan)
+
+
+@task(
+    name="plan-tokens",
+    cache_key_fn=content_key("manifest", code=(tokenization, token_dataset)),
+    **_CACHED,
+)
+def plan_tokens_task(
+    manifest: str, out: str, settings: TokenizeSettings
+) -> tokenization.DatasetPlan:
+    """Plan the shards of a token dataset and write plan.parquet."""
+    return tokenization.plan_dataset(manifest, out, settings)
+
+
+@task(
+    name="write-shards",
+    cache_key_fn=content_key(code=(shards, tokenization)),
+    **_RETRIED,
+    **_CACHED,
+)
+def write_shards_task(
+    plan: tokenization.DatasetPlan, names: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Encode and commit a group of shards (committed ones are skipped), with a progress
+    artifact in seconds of audio."""
+    first = names[0] if names else "shards"
+    with PrefectProgress(f"tokenize-{first}", f"tokenize {first}", unit="s audio") as artifact:
+        return shards.write_shard_group(plan, names, progress=artifact)
+
+
+@task(name="finalize-dataset", cache_key_fn=content_key(code=(finalize, token_dataset)), **_CACHED)
+def finalize_dataset_task(
+    plan: tokenization.DatasetPlan, markers: list[dict[str, Any]]
+) -> token_dataset.DatasetRecord:
+    """Write rejects, the size report, and dataset.json last."""
+    return finalize.finalize_dataset(plan, markers)
+
+
+@task(
+    name="train-lm",
+    cache_key_fn=content_key(
+        "dataset/dataset.json", code=(train_lm, lm_windows, torchrun, token_dataset)
+    ),
+    **_CACHED,
+)
+def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
+    """Train the GPT on the dataset's tokens and checkpoint it.
+
+    With `nproc_per_node > 1` it launches torchrun (one process per GPU or CPU rank) as a
+    subprocess, streams its output into the Prefect log, and reads the checkpoint back.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    on_gpu = runtime.resolve_device(settings.device).type == "cuda"
+    # The `gpu` global concurrency limit (created by the server set-up) keeps two GPU flows off
+    # one device; without the limit on the server this is a no-op (strict=False).
+    with (
+        concurrency("gpu", occupy=settings.nproc_per_node, strict=False)
+        if on_gpu
+        else nullcontext()
+    ):
+        if settings.nproc_per_node == 1:
+            return train_lm.train_lm(dataset, out, settings)
+        return run_torchrun(dataset, out, settings)
+
+
+@task(
+    name="evaluate",
+    cache_key_fn=content_key(
+        "checkpoint/model.safetensors",
+        "checkpoint/config.json",
+        "dataset/dataset.json",
+        "settings.prompt",
+        "settings.regenerate_source",
+        code=(evaluate, acoustics, report, speech_metrics),
+    ),
+    **_CACHED,
+)
+def evaluate_task(
+    checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+) -> evaluate.ReportRecord:
+    """Sample continuations of the prompt and write the HTML report."""
+    return evaluate.evaluate(checkpoint, dataset, out, settings)
+
+
+@task(name="train-codec", cache_key_fn=content_key("manifest", code=(train_codec,)), **_CACHED)
+def train_codec_task(
+    manifest: str, out: Path, settings: TrainCodecSettings
+) -> train_codec.CodecCheckpointRecord:
+    """Train the RVQ codec (resuming from the newest checkpoint in `out`)."""
+    return train_codec.train_codec(manifest, out, settings)
+
+
+@task(
+    name="eval-codec",
+    cache_key_fn=content_key("checkpoint/model.safetensors", "manifest", code=(eval_codec,)),
+    **_CACHED,
+)
+def eval_codec_task(
+    checkpoint: Path, manifest: str, out: Path, settings: EvalCodecSettings
+) -> eval_codec.CodecReportRecord:
+    """Tabulate reconstruction losses by number of levels on the validation split."""
+    return eval_codec.eval_codec(checkpoint, manifest, out, settings)

@@ -1,0 +1,2 @@
+"""Stage 2: tokenize a segment manifest into resumable Arrow and WebDataset shards, with size
+accounting."""

@@ -1,0 +1,167 @@
+"""Finishing a token dataset: rejects, the size report, then `dataset.json` (the commit); and
+`tokenize_manifest`, the whole stage without Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.configs import TokenizeSettings
+from schemas.tables import (
+    REJECTS_SCHEMA,
+    token_shard_schema,
+)
+from tasks.core import outputs, storage
+from tasks.core.errors import CodecflowError
+from tasks.data.token_dataset import (
+    DATASET_FORMAT_VERSION,
+    DatasetRecord,
+    record_from_info,
+    shard_marker_url,
+)
+from tasks.tokenize.plan import DatasetPlan, _write_parquet, check_existing, plan_dataset
+from tasks.tokenize.shards import write_shard_group
+from tasks.tokenize.sizes import format_size_report, size_report
+
+__all__ = [
+    "finalize_dataset",
+    "format_rejects",
+    "tokenize_manifest",
+]
+
+
+def _source_bytes(plan: DatasetPlan) -> int | None:
+    """Bytes of the distinct source files the dataset was cut from (for the compression ratio)."""
+    fs, base = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
+    sources = set(
+        pq.read_table(base, filesystem=fs, columns=["source_path"])["source_path"].to_pylist()
+    )
+    root_fs, root = storage.url_to_fs(plan.audio_root)
+    try:
+        return sum(int(root_fs.size(posixpath.join(root, s))) for s in sources)
+    except FileNotFoundError:
+        return None
+
+
+def finalize_dataset(plan: DatasetPlan, markers: Sequence[Mapping[str, Any]]) -> DatasetRecord:
+    """Write rejects.parquet and size_report.json, then dataset.json (the commit)."""
+    existing = check_existing(plan.out, plan.fingerprint)
+    if existing is not None:
+        return record_from_info(plan.out, existing)
+    shards = [
+        {
+            "name": m["name"],
+            "split": m["split"],
+            "file": f"shards/{m['name']}.arrow",
+            "rows": m["rows"],
+            "frames": m["frames"],
+            "tokens": m["tokens"],
+            "bytes": m["files"]["arrow"]["bytes"],
+            "sha256": m["files"]["arrow"]["sha256"],
+            "audio_seconds": m["audio_seconds"],
+            **(
+                {
+                    "webdataset_file": f"shards/{m['name']}.tar",
+                    "webdataset_bytes": m["files"]["webdataset"]["bytes"],
+                }
+                if "webdataset" in m["files"]
+                else {}
+            ),
+        }
+        for m in markers
+    ]
+    rejects = [r for m in markers for r in m["rejects"]]
+    rejects_url = storage.join(plan.out, "rejects.parquet")
+    _write_parquet(rejects_url, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+    _check_rejects(plan, markers, len(rejects), rejects_url)
+    report = size_report(shards, plan.spec, _source_bytes(plan))
+    storage.write_json(storage.join(plan.out, "size_report.json"), report)
+    info = {
+        "fingerprint": plan.fingerprint,
+        "format_version": DATASET_FORMAT_VERSION,
+        "manifest": plan.manifest
+        if storage.is_remote(plan.manifest)
+        else str(Path(plan.manifest).resolve()),
+        "tokenizer": plan.spec,
+        "dtype": plan.spec["token_dtype"],
+        "formats": list(plan.formats),
+        "layout": "codes: [K, F] flattened level-major per row",
+        "schema": token_shard_schema(
+            pa.from_numpy_dtype(np.dtype(plan.spec["token_dtype"]))
+        ).to_string(),
+        "shards": shards,
+        "n_rejects": len(rejects),
+        "totals": report["total"],
+    }
+    storage.write_json(storage.join(plan.out, "dataset.json"), info)  # last: the commit
+    return record_from_info(plan.out, info)
+
+
+def _check_rejects(
+    plan: DatasetPlan, markers: Sequence[Mapping[str, Any]], n_rejects: int, rejects_url: str
+) -> None:
+    """Refuse to commit a dataset without a segment; warn above the set fraction of rejects."""
+    total = n_rejects + sum(int(m["rows"]) for m in markers)
+    if n_rejects and n_rejects == total:
+        # The shard markers hold no row: removed (we wrote them), so that a run after the audio
+        # is restored encodes the shards again instead of trusting empty ones.
+        for shard in plan.shards:
+            fs, path = storage.url_to_fs(shard_marker_url(plan.out, shard.name))
+            if fs.exists(path):
+                fs.rm(path)
+        raise CodecflowError(
+            f"every segment of {plan.manifest} was rejected ({n_rejects} of {total}; the "
+            f"reasons are in {rejects_url}): nothing committed to {plan.out}"
+        )
+    if total and n_rejects / total > plan.warn_reject_fraction:
+        _log_warning(
+            "%d of %d segments (%.1f%%) were rejected, more than warn_reject_fraction=%g: see %s",
+            n_rejects,
+            total,
+            100 * n_rejects / total,
+            plan.warn_reject_fraction,
+            rejects_url,
+        )
+
+
+def _log_warning(message: str, *args: Any) -> None:
+    """A warning on the `codecflow.tokenize` logger (inside a Prefect run, Prefect sends the
+    `codecflow` loggers to the run's log: `extra_loggers` in pyproject.toml)."""
+    logging.getLogger("codecflow.tokenize").warning(message, *args)
+
+
+def format_rejects(record: DatasetRecord) -> str:
+    """The closing line about rejected segments ('' when there were none)."""
+    if not record.n_rejects:
+        return ""
+    rejects = storage.join(str(record.path), "rejects.parquet")
+    return f"rejected: {record.n_rejects} segments that could not be decoded (see {rejects})"
+
+
+def tokenize_manifest(
+    manifest: str | Path, out: str | Path, settings: TokenizeSettings
+) -> DatasetRecord:
+    """Plan, write every shard group in turn and finalize, holding the dataset's lock.
+
+    The Prefect flow runs the same steps with the groups fanned out as tasks.
+    """
+    out = str(out)
+    with outputs.exclusive_lock(out, f"tokenize {settings.tokenizer}"):
+        plan = plan_dataset(manifest, out, settings)
+        existing = check_existing(out, plan.fingerprint)
+        if existing is not None:
+            return record_from_info(out, existing)
+        markers = [m for group in plan.groups for m in write_shard_group(plan, group)]
+        record = finalize_dataset(plan, markers)
+    print(format_size_report(storage.read_json(storage.join(out, "size_report.json"))), flush=True)
+    if record.n_rejects:
+        print(format_rejects(record), flush=True)
+    return record

@@ -1,0 +1,341 @@
+"""Encoding segments and writing one group of shards (Arrow IPC and WebDataset) with their
+commit markers. A committed shard is skipped; a shard is renamed or uploaded whole, then marked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from schemas.tables import (
+    token_shard_schema,
+)
+from tasks.core import storage
+from tasks.core.errors import CodecflowError
+from tasks.core.faults import kill_point
+from tasks.core.progress import ProgressCallback
+from tasks.data.manifest import read_segment_audio
+from tasks.data.token_dataset import shard_marker_url
+from tasks.loaders import load_tokenizer
+from tasks.tokenize.plan import DatasetPlan, PlannedShard
+
+__all__ = [
+    "EncodeStats",
+    "encode_segments",
+    "write_shard_group",
+]
+
+
+@dataclass
+class EncodeStats:
+    """Where the time of a shard went: reading audio (in the prefetch threads), waiting for it
+    (the encoder idle), and encoding."""
+
+    audio_seconds: float = 0.0
+    io_wait_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    batches: int = 0
+
+
+def _load_segment(row: Mapping[str, Any], audio_root: str, sample_rate: int) -> np.ndarray | str:
+    """A segment's mono audio at `sample_rate` (float32 `[T]`), or why it cannot be read."""
+    import torch
+    import torchaudio
+
+    try:
+        audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
+    except CodecflowError as err:
+        return f"unreadable audio: {err}"
+    if audio.size == 0:
+        return "empty audio: the segment has no samples"
+    if int(row["sample_rate"]) != sample_rate:
+        # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
+        wav = torchaudio.functional.resample(
+            torch.from_numpy(audio), int(row["sample_rate"]), sample_rate
+        )
+        audio = wav.numpy()  # [T']
+    return audio
+
+
+def _prefetched(
+    rows: Sequence[Mapping[str, Any]],
+    audio_root: str,
+    sample_rate: int,
+    stats: EncodeStats,
+    depth: int = 8,
+) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
+    """The rows with their audio, read `depth` segments ahead by two threads (soundfile and the
+    resampler release the GIL), so that the encoder does not wait on I/O; the time it still
+    waits is added to `stats.io_wait_seconds`."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="codecflow-read") as pool:
+        futures = [pool.submit(_load_segment, row, audio_root, sample_rate) for row in rows[:depth]]
+        for i, row in enumerate(rows):
+            if i + depth < len(rows):
+                futures.append(pool.submit(_load_segment, rows[i + depth], audio_root, sample_rate))
+            started = time.perf_counter()
+            audio = futures[i].result()
+            stats.io_wait_seconds += time.perf_counter() - started
+            futures[i] = None  # type: ignore[call-overload]  # free the audio once handed over
+            yield row, audio
+
+
+def encode_segments(
+    audios: Sequence[np.ndarray], tokenizer: Any, batch_seconds: float = 60.0, max_batch: int = 32
+) -> list[np.ndarray]:
+    """Codes `[K, F_i]` of each mono float32 segment, F_i = ceil(T_i / samples_per_frame).
+
+    Causal tokenizers encode batches of segments of similar length, zero-padded to the longest:
+    a frame's codes depend only on audio up to its end, so each segment keeps exactly the codes
+    it gets alone (tested). Non-causal ones (the post's codec looks ahead) encode one at a time.
+    """
+    import torch
+
+    device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    spf = tokenizer.samples_per_frame
+    frames = [max(1, -(-len(a) // spf)) for a in audios]
+    out: list[np.ndarray | None] = [None] * len(audios)
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+    limit = batch_seconds * tokenizer.sample_rate if tokenizer.causal else 0
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        longest = frames[i] * spf  # sorted: the newcomer is the longest so far
+        if batch is not None and len(batch) < max_batch and longest * (len(batch) + 1) <= limit:
+            batch.append(i)
+        else:
+            batches.append([i])
+    for batch in batches:
+        width = max(frames[i] for i in batch) * spf
+        wav = torch.zeros(len(batch), 1, width)  # [B, 1, T]
+        for row, i in enumerate(batch):
+            wav[row, 0, : len(audios[i])] = torch.from_numpy(audios[i])
+        with torch.inference_mode():
+            codes = tokenizer.encode(wav.to(device)).cpu().numpy()  # [B, K, F]
+        for row, i in enumerate(batch):
+            out[i] = codes[row, :, : frames[i]].astype(tokenizer.token_dtype)  # [K, F_i]
+    return [c for c in out if c is not None]
+
+
+def _encode_rows(
+    rows: Sequence[Mapping[str, Any]],
+    audio_root: str,
+    tokenizer: Any,
+    stats: EncodeStats,
+    pool: int = 64,
+) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
+    """(row, codes [K, F]) per row in order, or (row, reason) when its audio cannot be read.
+
+    Audio is prefetched; `pool` segments at a time are batched by similar length."""
+    import time
+
+    loaded = _prefetched(rows, audio_root, tokenizer.sample_rate, stats)
+    while True:
+        chunk = [item for _, item in zip(range(pool), loaded, strict=False)]
+        if not chunk:
+            return
+        good = [(r, a) for r, a in chunk if not isinstance(a, str)]
+        started = time.perf_counter()
+        codes = encode_segments([a for _, a in good], tokenizer)  # type: ignore[misc]
+        stats.encode_seconds += time.perf_counter() - started
+        stats.audio_seconds += sum(len(a) for _, a in good) / tokenizer.sample_rate  # type: ignore[arg-type]
+        by_id = {r["segment_id"]: c for (r, _), c in zip(good, codes, strict=True)}
+        for row, audio in chunk:
+            yield row, (audio if isinstance(audio, str) else by_id[row["segment_id"]])
+
+
+def _arrow_bytes(records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype) -> bytes:
+    codes_type = pa.from_numpy_dtype(dtype)
+    schema = token_shard_schema(codes_type)
+    offsets = np.zeros(len(records) + 1, dtype=np.int32)
+    np.cumsum([c.size for _, c in records], out=offsets[1:])
+    values = np.concatenate([c.reshape(-1) for _, c in records]) if records else np.zeros(0, dtype)
+    columns = [
+        pa.array([r["segment_id"] for r, _ in records], pa.string()),
+        pa.array([r["speaker"] for r, _ in records], pa.string()),
+        pa.array([r["book_id"] for r, _ in records], pa.string()),
+        pa.array([r["split"] for r, _ in records], pa.string()),
+        pa.array([int(c.shape[1]) for _, c in records], pa.int64()),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)),
+    ]
+    sink = pa.BufferOutputStream()
+    # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return bytes(sink.getvalue())
+
+
+def _webdataset_key(segment_id: str) -> str:
+    # WebDataset splits a member name at its first dot: the key must have none.
+    return segment_id.replace(".", "_")
+
+
+def _webdataset_bytes(
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], levels: int
+) -> bytes:
+    """A tar that plain `webdataset` reads: `<key>.codes.npy` ([K, F]) and `<key>.json` per row.
+
+    Deterministic bytes: fixed order, mtime 0, root owner, mode 0644.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row, codes in records:
+            key = _webdataset_key(row["segment_id"])
+            npy = io.BytesIO()
+            np.save(npy, codes, allow_pickle=False)
+            meta = {
+                "segment_id": row["segment_id"],
+                "speaker": row["speaker"],
+                "book_id": row["book_id"],
+                "split": row["split"],
+                "n_frames": int(codes.shape[1]),
+                "num_levels": levels,
+            }
+            for name, data in (
+                (f"{key}.codes.npy", npy.getvalue()),
+                (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _put(url: str, data: bytes) -> None:
+    """Write `data` at `url`: temporary name + rename locally, one PUT on an object store."""
+    with storage.open_atomic_write(url) as f:
+        half = len(data) // 2
+        f.write(data[:half])
+        kill_point("mid-write")  # crash tests: a shard half-written or half-uploaded
+        f.write(data[half:])
+
+
+def _committed_marker(out: str, shard: PlannedShard) -> dict[str, Any] | None:
+    marker_url = shard_marker_url(out, shard.name)
+    if not storage.exists(marker_url):
+        return None
+    marker: dict[str, Any] = storage.read_json(marker_url)
+    return marker if marker.get("plan_hash") == shard.plan_hash else None
+
+
+def write_shard_group(
+    plan: DatasetPlan, names: Sequence[str], progress: ProgressCallback | None = None
+) -> list[dict[str, Any]]:
+    """Write the shards `names` of the plan (skipping committed ones); return their markers.
+
+    `progress` is called with (seconds of audio done, seconds in the group) after each shard
+    (the Prefect task passes a progress artifact).
+    """
+    by_name = {s.name: s for s in plan.shards}
+    markers: list[dict[str, Any]] = []
+    todo = [by_name[n] for n in names if _committed_marker(plan.out, by_name[n]) is None]
+    if todo:
+        fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
+        rows = pq.read_table(
+            path, filesystem=fs, filters=[("shard", "in", [s.name for s in todo])]
+        ).to_pylist()
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers on the GPU
+        tokenizer = load_tokenizer(plan.spec["name"], device=device)
+        dtype = np.dtype(tokenizer.token_dtype)
+        stats = EncodeStats()
+        meter = _Progress(sum(s.audio_seconds for s in todo), names[0], progress)
+        for shard in todo:
+            shard_rows = sorted(
+                (r for r in rows if r["shard"] == shard.name), key=lambda r: r["segment_id"]
+            )
+            encoded = list(_encode_rows(shard_rows, plan.audio_root, tokenizer, stats))
+            good = [(r, c) for r, c in encoded if not isinstance(c, str)]
+            rejects = [
+                {"path": r["segment_id"], "reason": c} for r, c in encoded if isinstance(c, str)
+            ]
+            files: dict[str, Any] = {}
+            arrow = _arrow_bytes(good, dtype)  # type: ignore[arg-type]
+            _put(storage.join(plan.out, "shards", f"{shard.name}.arrow"), arrow)
+            files["arrow"] = {"bytes": len(arrow), "sha256": hashlib.sha256(arrow).hexdigest()}
+            if "webdataset" in plan.formats:
+                tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
+                _put(storage.join(plan.out, "shards", f"{shard.name}.tar"), tar)
+                files["webdataset"] = {"bytes": len(tar), "sha256": hashlib.sha256(tar).hexdigest()}
+            kill_point("before-commit")  # crash tests: shard written, marker not yet
+            frames = sum(int(c.shape[1]) for _, c in good)  # type: ignore[union-attr]
+            storage.write_json(
+                shard_marker_url(plan.out, shard.name),
+                {
+                    "name": shard.name,
+                    "split": shard.split,
+                    "plan_hash": shard.plan_hash,
+                    "rows": len(good),
+                    "frames": frames,
+                    "tokens": frames * tokenizer.num_levels,
+                    "audio_seconds": sum(float(r["duration_s"]) for r, _ in good),
+                    "files": files,
+                    "rejects": rejects,
+                },
+            )
+            kill_point("after-commit")  # crash tests: between shards
+            meter.update(stats)
+        meter.close(stats)
+    for name in names:
+        marker = _committed_marker(plan.out, by_name[name])
+        assert marker is not None, f"shard {name} has no commit marker after writing"
+        markers.append(marker)
+    return markers
+
+
+class _Progress:
+    """Live progress of a shard group, in seconds of audio: a tqdm bar on a terminal, the
+    caller's progress callback (a Prefect progress artifact inside a run), and a closing line
+    with audio hours per wall hour and the time the encoder waited on I/O."""
+
+    def __init__(
+        self, total_audio_seconds: float, first: str, callback: ProgressCallback | None
+    ) -> None:
+        import sys
+        import time
+
+        from tqdm import tqdm
+
+        self._started = time.perf_counter()
+        self._total = max(total_audio_seconds, 1e-9)
+        self._bar = tqdm(
+            total=round(total_audio_seconds),
+            unit="s audio",
+            desc=f"tokenize {first}",
+            disable=not sys.stderr.isatty(),
+        )
+        self._callback = callback
+
+    def update(self, stats: EncodeStats) -> None:
+        self._bar.update(round(stats.audio_seconds) - self._bar.n)
+        if self._callback is not None:
+            self._callback(round(stats.audio_seconds), round(self._total))
+
+    def close(self, stats: EncodeStats) -> None:
+        import logging
+        import time
+
+        self._bar.close()
+        wall = time.perf_counter() - self._started
+        logging.getLogger("codecflow.tokenize").info(
+            "tokenized %.3f h of audio in %.1f s: %.0f audio h per wall h; encoder %.1f s, "
+            "waited %.1f s on I/O",
+            stats.audio_seconds / 3600,
+            wall,
+            stats.audio_seconds / wall if wall else 0.0,
+            stats.encode_seconds,
+            stats.io_wait_seconds,
+        )

@@ -1,0 +1,1 @@
+"""Stage 3: train the RVQ codec and the GPT (one process or torchrun)."""

@@ -1,0 +1,105 @@
+"""Launching torchrun for a multi-rank LM training, and turning a rank's failure into one line.
+
+`run_torchrun` holds the run's output lock, launches `torchrun --standalone` with
+`-m tasks.train.lm_worker`, streams its output into the `codecflow.train-lm` log, stops it on an
+interrupt, and turns the first failing rank's one-line reason into a `CodecflowError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from schemas.configs import TrainLMSettings
+from tasks.core import outputs
+from tasks.core.errors import CodecflowError
+from tasks.train import lm as train_lm
+
+__all__ = ["run_torchrun"]
+
+
+def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
+    """`torchrun --standalone --nproc_per_node=N -m tasks.train.lm_worker --config <out>/run.yaml`.
+
+    A rank's one-line reason for failing (bad input, a full disk) becomes this task's
+    `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
+    """
+    out = Path(out)
+    train_lm.read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
+    # This process holds the run's lock for as long as torchrun runs (the kernel drops it if
+    # it is killed); the ranks are told so through the environment and take none. torchrun
+    # itself inherits the lock's descriptor: were this process killed, the output stays locked
+    # until torchrun has stopped writing too.
+    with outputs.owned_output(
+        out, train_lm.LM_RUN_KIND, "train-lm", train_lm.LM_RUN_COMMITTED
+    ) as lock_fd:
+        _launch_torchrun(dataset, out, settings, () if lock_fd is None else (lock_fd,))
+    return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
+
+
+def _launch_torchrun(
+    dataset: Path, out: Path, settings: TrainLMSettings, keep_fds: tuple[int, ...]
+) -> None:
+    import os
+    import sys
+    import tempfile
+
+    import yaml
+
+    config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
+    run_file = out / "run.yaml"
+    run_file.write_text(yaml.safe_dump(config, sort_keys=True))
+    with tempfile.TemporaryDirectory(prefix="codecflow-ranks-") as errors:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={settings.nproc_per_node}",
+            "-m",
+            "tasks.train.lm_worker",
+            "--config",
+            str(run_file),
+            "--error-dir",
+            errors,
+        ]
+        env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
+        status = _stream_process(command, env, keep_fds)
+        if status != 0:
+            reasons = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: int(p.stem[5:]))
+            if reasons:
+                rank = reasons[0].stem[5:]
+                reason = reasons[0].read_text().strip()
+                raise CodecflowError(f"train-lm rank {rank} failed: {reason}")
+            raise RuntimeError(f"torchrun exited with status {status}; see the log above")
+
+
+def _stream_process(command: list[str], env: dict[str, str], keep_fds: tuple[int, ...]) -> int:
+    """Run `command`, its output lines into the run's log; stop it if this process is stopped."""
+    import subprocess
+
+    logger = logging.getLogger("codecflow.train-lm")
+    logger.info("launching %s", " ".join(command))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        pass_fds=keep_fds,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            logger.info("%s", line.rstrip())
+        return process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: torchrun forwards SIGTERM to its ranks
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -1,0 +1,308 @@
+"""Report pages (`tasks.evaluate.report`) from hand-made summary.json dictionaries: hostile strings are
+escaped, the digests show the summary's numbers, and the runs index finds every report below a
+folder without crawling data folders or going too deep."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.evaluate.report import (
+    RUNS_INDEX_COLUMNS,
+    evaluation_html,
+    find_reports,
+    runs_index_rows,
+    samples_table,
+    summary_markdown,
+    write_runs_index,
+)
+
+HOSTILE = '<script>alert("x")</script>'
+ESCAPED = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
+
+
+def _summary(**overrides: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "kind": "codecflow-evaluation",
+        "tokenizer": "mu-law-256",
+        "num_levels": 2,
+        "codebook_size": 256,
+        "layout": "flat",
+        "level_weights": [1.0, 0.5],
+        "checkpoint": "/runs/lm/checkpoint",
+        "checkpoint_step": 40,
+        "dataset": "/runs/tokens",
+        "audio_hours": 0.25,
+        "n_tokens": 1_234_567,
+        "dataset_bytes": 2_469_134,
+        "train_loss_first": 5.5,
+        "train_loss_last": 3.25,
+        "context_tokens": 64,
+        "context_seconds": 0.004,
+        "generated_tokens": 640,
+        "generation_seconds": 0.5,
+        "generation_tokens_per_s": 1280.0,
+        "real_time_factor": 0.125,
+        "n_prefills": 3,
+        "val_loss_per_level": [2.0, 3.0],
+        "val_perplexity_per_level": [7.389, 20.09],
+        "val_loss": 2.5,
+        "val_bits_per_audio_second": 46_166.0,
+        "prompt": "/data/prompt.flac",
+        "prompt_seconds": 4.0,
+        "prompt_roundtrip": {"si_sdr_db": 35.5, "mel_l1": 0.01},
+        "samples": [
+            {
+                "rms_dbfs": -20.123,
+                "clipping_fraction": 0.00012345,
+                "silence_fraction": 0.1234,
+                "voiced_flatness": 0.4567,
+                "flags": [],
+            },
+            {
+                "rms_dbfs": -3.0,
+                "clipping_fraction": 0.25,
+                "silence_fraction": 0.0,
+                "voiced_flatness": 0.9,
+                "flags": ["screeching", "crackling"],
+            },
+        ],
+        "speech": {
+            "skipped": None,
+            "voice": {
+                "skipped": None,
+                "prompt_vs_sample": [0.8, None],
+                "sample_first_vs_second_half": [0.7, 0.6],
+            },
+            "words": {
+                "skipped": None,
+                "transcripts": ["hello world", ""],
+                "prompt_transcript": "when grass is",
+                "prompt_wer": 0.25,
+            },
+        },
+        "regeneration": {
+            "source": "/data/regen.flac",
+            "seconds": 2.0,
+            "runs": [
+                {
+                    "keep_levels": 1,
+                    "files": ["regen/keep1_0.wav", "regen/keep1_1.wav"],
+                    "voice_similarity_to_original": [0.5, 0.7],
+                    "word_error_rate_to_original": [0.1, None],
+                    "transcripts": ["hi", ""],
+                    "metrics_skipped": None,
+                },
+                {"keep_levels": 2, "skipped": "keeping 2 of 2 levels leaves nothing to generate"},
+            ],
+        },
+        "settings": {"seed": 0, "prompt": "/data/prompt.flac"},
+    }
+    summary.update(overrides)
+    return summary
+
+
+def _write(folder: Path, summary: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# One report
+# --------------------------------------------------------------------------------------------
+
+
+def test_hostile_strings_are_escaped_everywhere_in_the_report() -> None:
+    summary = _summary(
+        tokenizer=HOSTILE,
+        layout=HOSTILE,
+        checkpoint=HOSTILE,
+        dataset=HOSTILE,
+        prompt=HOSTILE,
+        settings={"prompt": HOSTILE},
+    )
+    summary["samples"][1]["flags"] = [HOSTILE]
+    summary["speech"]["words"].update(transcripts=[HOSTILE, ""], prompt_transcript=HOSTILE)
+    summary["speech"]["voice"]["skipped"] = HOSTILE
+    regen = summary["regeneration"]
+    regen["source"] = HOSTILE
+    regen["runs"][0].update(files=['a.wav" onerror="alert(1)'], transcripts=[HOSTILE])
+    regen["runs"][0]["metrics_skipped"] = HOSTILE
+    regen["runs"][1]["skipped"] = HOSTILE
+    page = evaluation_html(summary)
+    assert "<script" not in page and "</script" not in page
+    assert 'onerror="' not in page and 'src="a.wav&quot; onerror=&quot;alert(1)"' in page
+    assert page.count(ESCAPED) >= 10
+    # The settings block is JSON, escaped once more (its quotes were already JSON-escaped).
+    assert "&lt;script&gt;alert(\\&quot;x\\&quot;)&lt;/script&gt;" in page
+
+
+def test_the_report_shows_the_summarys_numbers_and_files() -> None:
+    page = evaluation_html(_summary())
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</body></html>")
+    for text in (
+        "<title>codecflow evaluation: mu-law-256</title>",
+        "<td>2 x 256</td>",
+        "<td>1, 0.5</td>",  # level weights
+        "/runs/lm/checkpoint (step 40)",
+        "/runs/tokens: 0.25 h, 1,234,567 tokens, 2,469,134 bytes",
+        "<td>5.5 / 3.25</td>",
+        "64 tokens = 4 ms of audio",
+        "640 tokens in 0.5 s: 1,280 tokens/s, real-time factor 0.125, 3 prefills",
+        'src="continuation_0.wav"',
+        'src="continuation_1.wav"',
+        'src="spectrogram_1.png"',
+        'src="regen/keep1_1.wav"',
+        '<span class="flag">screeching crackling</span>',
+        "<td>hello world</td>",
+        "<td>(no words)</td>",  # an empty transcript
+        "(SI-SDR 35.5 dB, log-mel L1 0.01)",
+        "recognised words in the prompt: when grass is; WER against the given text:\n0.25",
+        "<td>1</td><td>3</td><td>20.09</td>",  # level 1's loss and perplexity
+        "keep 1 level(s), generate the other 1",
+        "<h3>keep 2 level(s)</h3>",
+        "skipped: keeping 2 of 2 levels leaves nothing to generate",
+    ):
+        assert text in page, text
+    assert 'src="spectrogram_2.png"' not in page
+    # A similarity not computed is a dash, not "None".
+    assert "None" not in page and "<td>–</td>" in page
+
+
+def test_speech_metrics_turned_off_leave_dashes() -> None:
+    summary = _summary(speech={"skipped": "turned off (speech_metrics: false)"})
+    page = evaluation_html(summary)
+    assert "skipped: turned off (speech_metrics: false)" in page
+    assert "hello world" not in page
+    rows = samples_table(summary)
+    assert [r["voice_similarity_to_prompt"] for r in rows] == [None, None]
+    assert [r["words"] for r in rows] == [None, None]
+
+
+def test_summary_markdown_digest() -> None:
+    text = summary_markdown(_summary(), "file:///runs/report/index.html")
+    assert text == (
+        "### mu-law-256 LM, step 40\n\n"
+        "[open the report](file:///runs/report/index.html)\n\n"
+        "| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
+        "|---|---|---|---|---|---|\n"
+        "| 2.5000 | 46,166 | 4 ms | 1,280 | 0.125 | 1 of 2 |\n\n"
+        "Validation loss per level: 2.000 | 3.000\n"
+    )
+
+
+def test_samples_table_rows() -> None:
+    assert samples_table(_summary()) == [
+        {
+            "sample": 0,
+            "rms_dbfs": -20.12,
+            "clipping_fraction": 0.0001,
+            "silence_fraction": 0.123,
+            "voiced_flatness": 0.457,
+            "flags": "ok",
+            "voice_similarity_to_prompt": 0.8,
+            "words": "hello world",
+        },
+        {
+            "sample": 1,
+            "rms_dbfs": -3.0,
+            "clipping_fraction": 0.25,
+            "silence_fraction": 0.0,
+            "voiced_flatness": 0.9,
+            "flags": "screeching crackling",
+            "voice_similarity_to_prompt": None,
+            "words": "",
+        },
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Finding reports and the runs index
+# --------------------------------------------------------------------------------------------
+
+
+def test_find_reports_skips_data_folders_other_kinds_and_bad_files(tmp_path: Path) -> None:
+    s = _summary()
+    wanted = [
+        _write(tmp_path / "b" / "report", s),
+        _write(tmp_path / "a" / "evaluations" / "step-000010-abc", s),
+        _write(tmp_path / "a" / "lm" / "evaluations" / "x", s),  # depth 4: the deepest looked at
+    ]
+    for skipped in ("acquire", "tokens", "checkpoints", "checkpoint", "codec", "regen", "download"):
+        _write(tmp_path / "run" / skipped / "report", s)
+    _write(tmp_path / "run" / "lm" / "evaluations" / "x" / "deeper", s)  # depth 5
+    _write(tmp_path / "other", {"kind": "something else"})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "summary.json").write_text("{half")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "summary.json").write_text("[1]")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "summary.json").write_bytes(b"\xff\xfe")
+    assert find_reports(tmp_path) == sorted(wanted)
+    assert find_reports(tmp_path / "missing") == []
+
+
+def test_a_killed_evaluations_temporary_is_no_report(tmp_path: Path) -> None:
+    """atomic_dir writes summary.json last inside `.report.<8>.tmp`: a kill -9 just before the
+    rename (or during the swap, `.report.old`) leaves one that must not be listed."""
+    s = _summary()
+    _write(tmp_path / "run" / "report", s)
+    _write(tmp_path / "run" / ".report.ab12cd34.tmp", s)
+    _write(tmp_path / "run" / ".report.old", s)
+    assert find_reports(tmp_path) == [tmp_path / "run" / "report"]
+
+
+def test_runs_index_rows_average_what_was_measured(tmp_path: Path) -> None:
+    _write(tmp_path / "a" / "report", _summary())
+    off = _summary(speech={"skipped": "turned off"}, tokenizer="codec")
+    off["regeneration"]["runs"] = [{"keep_levels": 1, "skipped": "nothing to generate"}]
+    _write(tmp_path / "b" / "report", off)
+    rows = runs_index_rows(tmp_path)
+    assert [list(r) for r in rows] == [list(RUNS_INDEX_COLUMNS)] * 2
+    assert rows[0] == {
+        "report": "a/report",
+        "tokenizer": "mu-law-256",
+        "levels": 2,
+        "layout": "flat",
+        "level weights": [1.0, 0.5],
+        "step": 40,
+        "context": "4 ms",
+        "val loss": 2.5,
+        "level 0 loss": 2.0,
+        "bits / audio s": 46_166.0,
+        "flagged samples": "1 of 2",
+        "voice sim. to prompt": 0.8,  # the None left out of the mean
+        "regen voice sim. (keep 1)": pytest.approx(0.6),
+        "tokens/s": 1280.0,
+    }
+    assert rows[1]["report"] == "b/report" and rows[1]["tokenizer"] == "codec"
+    assert rows[1]["voice sim. to prompt"] is None
+    assert rows[1]["regen voice sim. (keep 1)"] is None
+
+
+def test_runs_index_page_escapes_folder_names_and_values(tmp_path: Path) -> None:
+    _write(tmp_path / '<b>"x' / "report", _summary(tokenizer=HOSTILE))
+    index = write_runs_index(tmp_path)
+    assert index == tmp_path / "index.html"
+    page = index.read_text()
+    assert "<script" not in page and "<b>" not in page
+    assert 'href="&lt;b&gt;&quot;x/report/index.html"' in page
+    assert ESCAPED in page and "1 evaluation report(s)" in page
+    before = page
+    write_runs_index(tmp_path)  # idempotent: the same page, no temporaries beside it
+    assert index.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['<b>"x', "index.html"]
+
+
+def test_a_report_summary_is_not_changed_by_rendering() -> None:
+    summary = _summary()
+    before = copy.deepcopy(summary)
+    evaluation_html(summary)
+    summary_markdown(summary, "x")
+    samples_table(summary)
+    assert summary == before
