@@ -293,7 +293,7 @@ class CodecOutput:
     codes: Tensor  # int64 [B, K', F]
     commitment_loss: Tensor  # scalar
     metrics: RVQMetrics
-    n_levels: int  # K', the levels used (random in training with quantizer dropout)
+    num_levels: int  # K', the levels used (random in training with quantizer dropout)
 
 
 class RVQCodec(nn.Module):
@@ -305,7 +305,7 @@ class RVQCodec(nn.Module):
         quantizer: a built `ResidualVectorQuantizer` of dim D.
         sample_rate: of the audio (16 kHz in the post).
         quantizer_dropout: in training mode, quantize each call with a random number of levels
-            in 1..K (unless `n_levels` is given).
+            in 1..K (unless `num_levels` is given).
     """
 
     def __init__(
@@ -375,14 +375,14 @@ class RVQCodec(nn.Module):
     def forward(
         self,
         wav: Tensor,
-        n_levels: int | None = None,
+        num_levels: int | None = None,
         generator: torch.Generator | None = None,
     ) -> CodecOutput:
         """Encode, quantize (updating the codebooks in training mode) and decode.
 
         Args:
             wav: float `[B, 1, T]`; any T >= 1 (padded to a multiple of the hop, then cropped).
-            n_levels: K', the levels to use. None: all K, or, in training mode with quantizer
+            num_levels: K', the levels to use. None: all K, or, in training mode with quantizer
                 dropout, a uniform draw from 1..K (one per call, for the whole batch).
             generator: a CPU `torch.Generator` for that draw (the global one when None).
 
@@ -390,7 +390,7 @@ class RVQCodec(nn.Module):
             `CodecOutput`: reconstruction `[B, 1, T]`, codes `[B, K', F]` with
             F = ceil(T / hop), the commitment loss, the quantizer's metrics and K'.
         """
-        k = n_levels
+        k = num_levels
         if k is None:
             if self.training and self.quantizer_dropout:
                 # Drawn on the CPU: no device sync, reproducible with a seeded generator.
@@ -407,15 +407,15 @@ class RVQCodec(nn.Module):
             codes=codes,
             commitment_loss=q.commitment_loss,
             metrics=q.metrics,
-            n_levels=k,
+            num_levels=k,
         )
 
-    def encode(self, wav: Tensor, n_levels: int | None = None) -> Tensor:
+    def encode(self, wav: Tensor, num_levels: int | None = None) -> Tensor:
         """float `[B, 1, T]` -> int64 `[B, K', F]` codes of the first K' levels (all K by
         default), F = ceil(T / hop). Never updates the codebooks."""
         b = wav.shape[0]
         flat, f = self._latents(wav)  # [B*F, D]
-        codes = self.quantizer.encode(flat, n_levels)  # [B*F, K']
+        codes = self.quantizer.encode(flat, num_levels)  # [B*F, K']
         return codes.reshape(b, f, -1).transpose(1, 2).contiguous()  # [B, K', F]
 
     def decode(self, codes: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """An `RVQCodec` behind the `AudioTokenizer` interface, with a chosen number of levels.
 
-Shape symbols: B batch, K levels used (`n_levels`), T samples, F frames.
+Shape symbols: B batch, K levels used (`num_levels`, at most the codec's), T samples, F frames.
 
 RVQ levels are ordered coarse to fine, so keeping the first K of a codec's levels gives a valid,
 lower-bitrate tokenization (SoundStream, Zeghidour et al., 2021, section 3.3); the blog post
@@ -19,19 +19,19 @@ __all__ = ["CodecTokenizer"]
 
 
 class CodecTokenizer(AudioTokenizer):
-    """Tokenize with the first `n_levels` levels of `codec` (all of them by default).
+    """Tokenize with the first `num_levels` levels of `codec` (all of them by default).
 
     The codec is a submodule: `.to()`, `.eval()` and `state_dict` reach it.
     """
 
-    def __init__(self, codec: RVQCodec, n_levels: int | None = None) -> None:
+    def __init__(self, codec: RVQCodec, num_levels: int | None = None) -> None:
         super().__init__()
-        k = codec.num_levels if n_levels is None else n_levels
+        k = codec.num_levels if num_levels is None else num_levels
         assert 1 <= k <= codec.num_levels, (
-            f"n_levels must be in [1, {codec.num_levels}] for this codec, got {n_levels}"
+            f"num_levels must be in [1, {codec.num_levels}] for this codec, got {num_levels}"
         )
         self.codec = codec
-        self.n_levels = k
+        self._num_levels = k
 
     @property
     def sample_rate(self) -> int:
@@ -43,7 +43,7 @@ class CodecTokenizer(AudioTokenizer):
 
     @property
     def num_levels(self) -> int:
-        return self.n_levels
+        return self._num_levels
 
     @property
     def codebook_size(self) -> int:
@@ -59,7 +59,7 @@ class CodecTokenizer(AudioTokenizer):
             int64 `[B, K, F]` in `[0, codebook_size)`, F = ceil(T / samples_per_frame).
         """
         self.check_wav(wav)
-        return self.codec.encode(wav, self.n_levels)  # [B, K, F]
+        return self.codec.encode(wav, self._num_levels)  # [B, K, F]
 
     def decode(self, codes: Tensor) -> Tensor:
         """Decode codes into audio.

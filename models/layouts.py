@@ -50,19 +50,19 @@ class TokenLayout(ABC):
         return f"{type(self).__name__}(offsets={self.offsets})"
 
     @abstractmethod
-    def vocab_size(self, codebook_size: int, n_levels: int) -> int:
+    def vocab_size(self, codebook_size: int, num_levels: int) -> int:
         """The number of token ids the LM needs for K levels of Q codes."""
 
-    def frame_size(self, n_levels: int) -> int:
+    def frame_size(self, num_levels: int) -> int:
         """Tokens per sequence step (one per level for both layouts here)."""
-        return n_levels
+        return num_levels
 
     @abstractmethod
     def to_sequence(self, codes: Tensor, codebook_size: int) -> Tensor:
         """int64 codes `[B, K, F]` in [0, Q) -> int64 tokens `[B, N]` in [0, vocab_size)."""
 
     @abstractmethod
-    def from_sequence(self, seq: Tensor, n_levels: int, codebook_size: int) -> Tensor:
+    def from_sequence(self, seq: Tensor, num_levels: int, codebook_size: int) -> Tensor:
         """int64 tokens `[B, N]` (N a multiple of K) -> int64 codes `[B, K, F]`.
 
         The inverse of `to_sequence`: offsets are removed and special positions dropped. Tokens
@@ -72,7 +72,7 @@ class TokenLayout(ABC):
 
     @abstractmethod
     def level_of_position(
-        self, n_positions: int, n_levels: int, n_frames: int | None = None
+        self, n_positions: int, num_levels: int, n_frames: int | None = None
     ) -> Tensor:
         """int64 `[N]`: the RVQ level held at each of the first `n_positions` positions.
 
@@ -81,10 +81,10 @@ class TokenLayout(ABC):
         inputs shifted by one, take `level_of_position(N + 1, K)[1:]`.
         """
 
-    def _level_offsets(self, n_levels: int, codebook_size: int, device: torch.device) -> Tensor:
+    def _level_offsets(self, num_levels: int, codebook_size: int, device: torch.device) -> Tensor:
         """int64 `[K, 1]`: what is added to level k's codes (k * Q with offsets, else 0)."""
         scale = codebook_size if self.offsets else 0
-        return (torch.arange(n_levels, device=device, dtype=torch.long) * scale)[:, None]
+        return (torch.arange(num_levels, device=device, dtype=torch.long) * scale)[:, None]
 
     @staticmethod
     def _check_codes(codes: Tensor, codebook_size: int) -> None:
@@ -97,11 +97,11 @@ class TokenLayout(ABC):
             )
 
     @staticmethod
-    def _check_seq(seq: Tensor, n_levels: int) -> None:
+    def _check_seq(seq: Tensor, num_levels: int) -> None:
         assert seq.ndim == 2, f"seq must be [B, N], got shape {tuple(seq.shape)}"
-        assert n_levels >= 1, f"n_levels must be positive, got {n_levels}"
-        assert seq.shape[1] % n_levels == 0, (
-            f"seq length {seq.shape[1]} is not a multiple of K = {n_levels} (shape "
+        assert num_levels >= 1, f"num_levels must be positive, got {num_levels}"
+        assert seq.shape[1] % num_levels == 0, (
+            f"seq length {seq.shape[1]} is not a multiple of K = {num_levels} (shape "
             f"{tuple(seq.shape)})"
         )
 
@@ -111,8 +111,8 @@ class FlattenLayout(TokenLayout):
 
     kind = "flatten"
 
-    def vocab_size(self, codebook_size: int, n_levels: int) -> int:
-        return n_levels * codebook_size if self.offsets else codebook_size
+    def vocab_size(self, codebook_size: int, num_levels: int) -> int:
+        return num_levels * codebook_size if self.offsets else codebook_size
 
     def to_sequence(self, codes: Tensor, codebook_size: int) -> Tensor:
         self._check_codes(codes, codebook_size)
@@ -120,20 +120,20 @@ class FlattenLayout(TokenLayout):
         shifted = codes + self._level_offsets(codes.shape[1], codebook_size, codes.device)
         return shifted.transpose(1, 2).reshape(b, -1)  # [B, F, K] -> [B, N]
 
-    def from_sequence(self, seq: Tensor, n_levels: int, codebook_size: int) -> Tensor:
-        self._check_seq(seq, n_levels)
+    def from_sequence(self, seq: Tensor, num_levels: int, codebook_size: int) -> Tensor:
+        self._check_seq(seq, num_levels)
         b = seq.shape[0]
-        codes = seq.reshape(b, -1, n_levels).transpose(1, 2)  # [B, K, F]
-        return (codes - self._level_offsets(n_levels, codebook_size, seq.device)).contiguous()
+        codes = seq.reshape(b, -1, num_levels).transpose(1, 2)  # [B, K, F]
+        return (codes - self._level_offsets(num_levels, codebook_size, seq.device)).contiguous()
 
     def level_of_position(
-        self, n_positions: int, n_levels: int, n_frames: int | None = None
+        self, n_positions: int, num_levels: int, n_frames: int | None = None
     ) -> Tensor:
         if n_frames is not None:
-            assert n_positions <= n_frames * n_levels, (
-                f"{n_positions} positions > {n_frames} frames x {n_levels} levels"
+            assert n_positions <= n_frames * num_levels, (
+                f"{n_positions} positions > {n_frames} frames x {num_levels} levels"
             )
-        return torch.arange(n_positions, dtype=torch.long) % n_levels  # [N]
+        return torch.arange(n_positions, dtype=torch.long) % num_levels  # [N]
 
 
 class DelayLayout(TokenLayout):
@@ -141,12 +141,12 @@ class DelayLayout(TokenLayout):
 
     kind = "delay"
 
-    def vocab_size(self, codebook_size: int, n_levels: int) -> int:
-        return (n_levels * codebook_size if self.offsets else codebook_size) + 1
+    def vocab_size(self, codebook_size: int, num_levels: int) -> int:
+        return (num_levels * codebook_size if self.offsets else codebook_size) + 1
 
-    def pad_id(self, codebook_size: int, n_levels: int) -> int:
+    def pad_id(self, codebook_size: int, num_levels: int) -> int:
         """The PAD token: the last id of the vocabulary."""
-        return self.vocab_size(codebook_size, n_levels) - 1
+        return self.vocab_size(codebook_size, num_levels) - 1
 
     def to_sequence(self, codes: Tensor, codebook_size: int) -> Tensor:
         self._check_codes(codes, codebook_size)
@@ -159,27 +159,27 @@ class DelayLayout(TokenLayout):
             grid[:, level, level : level + f] = shifted[:, level]  # level k starts at step k
         return grid.transpose(1, 2).reshape(b, -1)  # [B, S, K] -> [B, N]
 
-    def from_sequence(self, seq: Tensor, n_levels: int, codebook_size: int) -> Tensor:
-        self._check_seq(seq, n_levels)
+    def from_sequence(self, seq: Tensor, num_levels: int, codebook_size: int) -> Tensor:
+        self._check_seq(seq, num_levels)
         b, n = seq.shape
-        steps = n // n_levels
-        f = steps - n_levels + 1
-        assert f >= 0, f"{steps} steps hold no frame of {n_levels} delayed levels"
-        grid = seq.reshape(b, steps, n_levels).transpose(1, 2)  # [B, K, S]
+        steps = n // num_levels
+        f = steps - num_levels + 1
+        assert f >= 0, f"{steps} steps hold no frame of {num_levels} delayed levels"
+        grid = seq.reshape(b, steps, num_levels).transpose(1, 2)  # [B, K, S]
         codes = torch.stack(
-            [grid[:, level, level : level + f] for level in range(n_levels)], dim=1
+            [grid[:, level, level : level + f] for level in range(num_levels)], dim=1
         )  # [B, K, F]
-        return codes - self._level_offsets(n_levels, codebook_size, seq.device)
+        return codes - self._level_offsets(num_levels, codebook_size, seq.device)
 
     def level_of_position(
-        self, n_positions: int, n_levels: int, n_frames: int | None = None
+        self, n_positions: int, num_levels: int, n_frames: int | None = None
     ) -> Tensor:
         pos = torch.arange(n_positions, dtype=torch.long)  # [N]
-        step, level = pos // n_levels, pos % n_levels
+        step, level = pos // num_levels, pos % num_levels
         valid = step >= level  # before level k starts (step < k): PAD
         if n_frames is not None:
-            assert n_positions <= (n_frames + n_levels - 1) * n_levels, (
-                f"{n_positions} positions > ({n_frames} + {n_levels} - 1) steps x {n_levels}"
+            assert n_positions <= (n_frames + num_levels - 1) * num_levels, (
+                f"{n_positions} positions > ({n_frames} + {num_levels} - 1) steps x {num_levels}"
             )
             valid &= step < level + n_frames  # after level k ends: PAD
         return torch.where(valid, level, torch.full_like(level, -1))

@@ -68,11 +68,12 @@ def level_weighted_loss(
     assert target_levels.shape == (b, t), (
         f"target_levels must be [B, T] = {(b, t)} or [T], got shape {tuple(target_levels.shape)}"
     )
-    n_levels = len(weights)
-    assert n_levels >= 1 and all(w >= 0 for w in weights), f"bad weights {list(weights)}"
+    num_levels = len(weights)
+    assert num_levels >= 1 and all(w >= 0 for w in weights), f"bad weights {list(weights)}"
     levels = target_levels.to(device=logits.device, dtype=torch.long)  # [B, T]
-    assert int(levels.max()) < n_levels and int(levels.min()) >= -1, (
-        f"target levels must be in [-1, {n_levels}), got [{int(levels.min())}, {int(levels.max())}]"
+    assert int(levels.max()) < num_levels and int(levels.min()) >= -1, (
+        f"target levels must be in [-1, {num_levels}), "
+        f"got [{int(levels.min())}, {int(levels.max())}]"
     )
 
     valid = levels >= 0  # [B, T]
@@ -88,7 +89,7 @@ def level_weighted_loss(
 
     per_level: list[float] = []
     with torch.no_grad():
-        for k in range(n_levels):
+        for k in range(num_levels):
             mask = levels == k
             n = int(mask.sum())
             per_level.append(float(ce[mask].sum()) / n if n else math.nan)

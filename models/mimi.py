@@ -1,6 +1,7 @@
 """Kyutai's Mimi codec as an `AudioTokenizer`: 24 kHz audio, 12.5 frames per second, K <= 32 levels.
 
-Shape symbols: B batch, K levels (codebooks per frame), T samples, F frames.
+Shape symbols: B batch, K levels (codebooks per frame, `num_levels`), K_enc levels of moshi's encode
+(`encode_depth`: K, or K + 1 without the semantic level), T samples, F frames.
 
 Mimi (Défossez et al., 2024, "Moshi: a speech-text foundation model for real-time dialogue",
 section 3.3) is a causal SEANet encoder/decoder with transformers, downsampled to 12.5 Hz and
@@ -35,13 +36,13 @@ class MimiTokenizer(AudioTokenizer):
 
     Args:
         model: moshi's Mimi, built (and loaded) by `moshi.models.loaders.get_mimi`. The wrapper
-            puts it in eval mode and sets its number of active codebooks to `num_levels`
+            puts it in eval mode and sets its number of active codebooks to `encode_depth`
             (moshi's `set_num_codebooks`), again before each encode, so that wrappers of different
             depths can share one model.
         num_levels: K in `mimi_<K>_rvq[_nosemantic]`, the levels the tokenizer keeps:
             levels 0..K-1 with the semantic level, levels 1..K without it.
         semantic: keep level 0 (the semantic level). With False, the encode runs K + 1 levels
-            (`rvq_levels`, at most `model.total_codebooks`, 32 for Mimi) and drops level 0, so
+            (`encode_depth`, at most `model.total_codebooks`, 32 for Mimi) and drops level 0, so
             K <= 31.
     """
 
@@ -60,9 +61,9 @@ class MimiTokenizer(AudioTokenizer):
         )
         assert int(model.channels) == 1, f"Mimi must be mono, got {model.channels} channels"
         self.model = model
-        self.rvq_levels = num_levels if semantic else num_levels + 1  # depth of the encode
+        self.encode_depth = num_levels if semantic else num_levels + 1  # K_enc
         self.semantic = semantic
-        model.set_num_codebooks(self.rvq_levels)
+        model.set_num_codebooks(self.encode_depth)
         self.eval()  # a frozen tokenizer: eval mode for the wrapper and the model
         # frame_size is int(sample_rate / frame_rate): the same 1920 as our samples_per_frame.
         assert int(model.frame_size) == self.samples_per_frame, (
@@ -79,7 +80,7 @@ class MimiTokenizer(AudioTokenizer):
 
     @property
     def num_levels(self) -> int:
-        return self.rvq_levels if self.semantic else self.rvq_levels - 1  # K either way
+        return self.encode_depth if self.semantic else self.encode_depth - 1  # K either way
 
     @property
     def codebook_size(self) -> int:
@@ -106,11 +107,11 @@ class MimiTokenizer(AudioTokenizer):
         wav = F.pad(wav, (0, f * spf - t))  # [B, 1, F * spf], whole frames
         wav = wav.to(device=param.device, dtype=param.dtype)
         # Set again at each call: another wrapper of the same model may have changed it.
-        self.model.set_num_codebooks(self.rvq_levels)
-        codes = _inference(self.model.encode, wav)  # [B, K_rvq, F]
-        assert codes.shape == (b, self.rvq_levels, f), (
+        self.model.set_num_codebooks(self.encode_depth)
+        codes = _inference(self.model.encode, wav)  # [B, K_enc, F]
+        assert codes.shape == (b, self.encode_depth, f), (
             f"Mimi encoded {tuple(wav.shape)} to {tuple(codes.shape)}, "
-            f"expected {(b, self.rvq_levels, f)}"
+            f"expected {(b, self.encode_depth, f)}"
         )
         if not self.semantic:
             codes = codes[:, 1:].contiguous()  # [B, K, F]: levels 1..K, semantic level 0 dropped

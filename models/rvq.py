@@ -124,10 +124,10 @@ class ResidualVectorQuantizer(nn.Module):
         """The moving averages' decay, 1 - update_speed."""
         return 1.0 - self.update_speed
 
-    def _levels(self, n_levels: int | None) -> int:
-        k = self.num_levels if n_levels is None else n_levels
+    def _levels_used(self, num_levels: int | None) -> int:
+        k = self.num_levels if num_levels is None else num_levels
         assert 1 <= k <= self.num_levels, (
-            f"n_levels must be in [1, {self.num_levels}], got {n_levels}"
+            f"num_levels (K') must be in [1, L = {self.num_levels}], got {num_levels}"
         )
         return k
 
@@ -192,7 +192,7 @@ class ResidualVectorQuantizer(nn.Module):
         usage.copy_(torch.where(dead, torch.full_like(usage, self.dead_code_threshold), usage))
         return dead
 
-    def forward(self, x: Tensor, n_levels: int | None = None) -> RVQOutput:
+    def forward(self, x: Tensor, num_levels: int | None = None) -> RVQOutput:
         """Quantize `x` with the first K' levels; in training mode, also update them.
 
         In training mode a level not initialised yet is first set from this batch, and after
@@ -201,14 +201,14 @@ class ResidualVectorQuantizer(nn.Module):
 
         Args:
             x: float `[N, D]` embeddings.
-            n_levels: K', how many levels to use (the first K'); all L by default.
+            num_levels: K', how many levels to use (the first K'); all L by default.
 
         Returns:
             `RVQOutput`: quantized `[N, D]` (x's dtype; its gradient is passed straight to `x`),
             int64 codes `[N, K']`, the commitment loss averaged over levels, and metrics.
         """
         self._check_input(x)
-        k = self._levels(n_levels)
+        k = self._levels_used(num_levels)
         xf = x.float()  # codebooks are float32; quantize in float32 under autocast too
         c = self.codebook_size
         initialized = self.initialized[:k].tolist() if self.training else [True] * k
@@ -252,13 +252,13 @@ class ResidualVectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, x: Tensor, n_levels: int | None = None) -> Tensor:
+    def encode(self, x: Tensor, num_levels: int | None = None) -> Tensor:
         """float `[N, D]` -> int64 `[N, K']` codes of the first K' levels (no update).
 
-        Equal to `forward(x, n_levels).codes` in eval mode.
+        Equal to `forward(x, num_levels).codes` in eval mode.
         """
         self._check_input(x)
-        k = self._levels(n_levels)
+        k = self._levels_used(num_levels)
         residual = x.float()  # [N, D]
         codes_list: list[Tensor] = []
         for level in range(k):

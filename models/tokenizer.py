@@ -11,7 +11,7 @@ layouts, so that Mimi sits behind it with a thin wrapper (`models.mimi`).
 from __future__ import annotations
 
 import abc
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,24 +19,6 @@ import torchaudio
 from torch import Tensor, nn
 
 __all__ = ["AudioTokenizer"]
-
-
-class _NumLevelsAlias:
-    """`tokenizer.n_levels` reads `tokenizer.num_levels`.
-
-    A non-data descriptor (no `__set__`) rather than a property, so that a subclass may still
-    store its own `n_levels` attribute (`CodecTokenizer` does, and its `num_levels` reads it):
-    an instance attribute wins over a non-data descriptor, where a property would refuse it.
-    """
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _NumLevelsAlias: ...
-
-    @overload
-    def __get__(self, obj: AudioTokenizer, owner: type | None = None) -> int: ...
-
-    def __get__(self, obj: AudioTokenizer | None, owner: type | None = None) -> Any:
-        return self if obj is None else obj.num_levels
 
 
 class AudioTokenizer(nn.Module, abc.ABC):
@@ -61,9 +43,6 @@ class AudioTokenizer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def num_levels(self) -> int:
         """K, the number of codebooks per frame (residual levels for an RVQ codec)."""
-
-    #: Alias of `num_levels` (K), the name the post's code uses; see `_NumLevelsAlias`.
-    n_levels = _NumLevelsAlias()
 
     @property
     @abc.abstractmethod

@@ -77,7 +77,7 @@ def test_forward_shapes_for_a_length_not_multiple_of_128() -> None:
     assert out.reconstruction.shape == (3, 1, 1000)
     assert out.codes.shape == (3, 8, math.ceil(1000 / 128))
     assert out.codes.dtype == torch.int64
-    assert out.n_levels == 8 and out.commitment_loss.ndim == 0
+    assert out.num_levels == 8 and out.commitment_loss.ndim == 0
     assert len(out.metrics.per_level_entropy_bits) == 8
 
 
@@ -107,7 +107,7 @@ def test_encode_decode_shapes_and_code_range() -> None:
     assert torch.equal(fwd.codes, codes)
     assert torch.allclose(fwd.reconstruction, out[..., :3000], atol=1e-5)
     # Fewer levels: the first rows of the full codes.
-    assert torch.equal(codec.encode(wav, n_levels=3), codes[:, :3])
+    assert torch.equal(codec.encode(wav, num_levels=3), codes[:, :3])
     assert codec.decode(codes[:, :3]).shape == (2, 1, f * 128)
 
 
@@ -127,20 +127,20 @@ def test_quantizer_dropout_varies_levels_in_training_only() -> None:
     used = []
     for _ in range(20):
         out = codec(wav, generator=g)
-        assert out.codes.shape[1] == out.n_levels
-        assert len(out.metrics.dead_code_fraction) == out.n_levels
-        used.append(out.n_levels)
+        assert out.codes.shape[1] == out.num_levels
+        assert len(out.metrics.dead_code_fraction) == out.num_levels
+        used.append(out.num_levels)
     assert len(set(used)) > 3 and min(used) >= 1 and max(used) <= 8
     # Reproducible with a seeded generator.
     g = torch.Generator().manual_seed(0)
-    assert [codec(wav, generator=g).n_levels for _ in range(20)] == used
-    # An explicit n_levels wins; eval mode uses all levels.
-    assert codec(wav, n_levels=5).n_levels == 5
+    assert [codec(wav, generator=g).num_levels for _ in range(20)] == used
+    # An explicit num_levels wins; eval mode uses all levels.
+    assert codec(wav, num_levels=5).num_levels == 5
     codec.eval()
-    assert {codec(wav).n_levels for _ in range(5)} == {8}
+    assert {codec(wav).num_levels for _ in range(5)} == {8}
     # Without dropout, training uses all levels too.
     plain = _tiny().train()
-    assert {plain(wav).n_levels for _ in range(5)} == {8}
+    assert {plain(wav).num_levels for _ in range(5)} == {8}
 
 
 def test_tiny_codec_loss_falls_in_30_adamw_steps() -> None:

@@ -23,7 +23,7 @@ def _codec() -> RVQCodec:
 
 
 def test_properties() -> None:
-    tok = CodecTokenizer(_codec(), n_levels=4)
+    tok = CodecTokenizer(_codec(), num_levels=4)
     assert isinstance(tok, AudioTokenizer)
     assert tok.sample_rate == 16_000
     assert tok.frame_rate == 125.0
@@ -35,7 +35,7 @@ def test_properties() -> None:
 
 @pytest.mark.parametrize("t", [128, 1000, 16_000])
 def test_roundtrip_shapes_and_dtypes(t: int) -> None:
-    tok = CodecTokenizer(_codec(), n_levels=8)
+    tok = CodecTokenizer(_codec(), num_levels=8)
     wav = torch.rand(2, 1, t) * 2 - 1  # [B, 1, T]
     codes = tok.encode(wav)
     f = math.ceil(t / 128)
@@ -48,9 +48,9 @@ def test_roundtrip_shapes_and_dtypes(t: int) -> None:
 def test_fewer_levels_give_fewer_rows() -> None:
     codec = _codec()
     wav = torch.rand(1, 1, 2000) * 2 - 1
-    full = CodecTokenizer(codec, n_levels=8).encode(wav)
+    full = CodecTokenizer(codec, num_levels=8).encode(wav)
     for k in (1, 2, 4):
-        tok = CodecTokenizer(codec, n_levels=k)
+        tok = CodecTokenizer(codec, num_levels=k)
         codes = tok.encode(wav)
         assert codes.shape == (1, k, math.ceil(2000 / 128))
         assert torch.equal(codes, full[:, :k])  # RVQ levels are a prefix
@@ -59,11 +59,11 @@ def test_fewer_levels_give_fewer_rows() -> None:
 
 def test_bad_levels_and_codes_are_refused() -> None:
     codec = _codec()
-    with pytest.raises(AssertionError, match="n_levels"):
-        CodecTokenizer(codec, n_levels=9)
-    with pytest.raises(AssertionError, match="n_levels"):
-        CodecTokenizer(codec, n_levels=0)
-    tok = CodecTokenizer(codec, n_levels=2)
+    with pytest.raises(AssertionError, match="num_levels"):
+        CodecTokenizer(codec, num_levels=9)
+    with pytest.raises(AssertionError, match="num_levels"):
+        CodecTokenizer(codec, num_levels=0)
+    tok = CodecTokenizer(codec, num_levels=2)
     with pytest.raises(AssertionError, match="K=2"):
         tok.decode(torch.zeros(1, 3, 4, dtype=torch.int64))
     with pytest.raises(AssertionError, match="mono"):

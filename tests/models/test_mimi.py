@@ -57,11 +57,11 @@ def test_properties(mimi: MimiModel) -> None:
     assert isinstance(tok, AudioTokenizer)
     assert (tok.sample_rate, tok.frame_rate, tok.codebook_size) == (24_000, 12.5, 2048)
     assert tok.samples_per_frame == SPF
-    assert tok.num_levels == tok.n_levels == K
+    assert tok.num_levels == K
     assert tok.token_dtype is np.uint16
     assert not tok.training and not mimi.training
     nosem = MimiTokenizer(mimi, K, semantic=False)
-    assert nosem.num_levels == K and nosem.rvq_levels == K + 1  # levels 1..K (the post)
+    assert nosem.num_levels == K and nosem.encode_depth == K + 1  # levels 1..K (the post)
 
 
 def test_encode_shape_dtype_range_and_variety(mimi: MimiModel) -> None:
@@ -132,6 +132,6 @@ def test_empty_audio_and_bad_levels(mimi: MimiModel) -> None:
     assert tok.decode(torch.zeros(2, K, 0, dtype=torch.int64)).shape == (2, 1, 0)
     with pytest.raises(AssertionError, match="num_levels"):
         MimiTokenizer(mimi, 33)
-    assert MimiTokenizer(mimi, 31, semantic=False).rvq_levels == 32
+    assert MimiTokenizer(mimi, 31, semantic=False).encode_depth == 32
     with pytest.raises(AssertionError, match=r"\[1, 31\] \(without the semantic"):
         MimiTokenizer(mimi, 32, semantic=False)

@@ -34,8 +34,8 @@ def _trained(num_levels: int, codebook_size: int = 4, steps: int = 60) -> Residu
     return rvq.eval()
 
 
-def _error(rvq: ResidualVectorQuantizer, x: Tensor, n_levels: int) -> float:
-    return float((rvq(x, n_levels).quantized - x).square().sum(dim=1).mean())
+def _error(rvq: ResidualVectorQuantizer, x: Tensor, num_levels: int) -> float:
+    return float((rvq(x, num_levels).quantized - x).square().sum(dim=1).mean())
 
 
 def test_more_levels_quantize_better_on_the_posts_2d_example() -> None:
@@ -62,7 +62,7 @@ def test_output_types_shapes_and_metrics_ranges() -> None:
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(2, 4, 3).train()
     x = _points(256, seed=0)
-    out = rvq(x, n_levels=2)
+    out = rvq(x, num_levels=2)
     assert isinstance(out, RVQOutput) and isinstance(out.metrics, RVQMetrics)
     assert out.quantized.shape == (256, 2) and out.quantized.dtype == x.dtype
     assert out.codes.shape == (256, 2) and out.codes.dtype == torch.int64
@@ -88,7 +88,7 @@ def test_first_training_batch_initialises_only_the_levels_it_uses() -> None:
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(2, 8, 3).train()
     x = _points(100, seed=0)
-    rvq(x, n_levels=2)
+    rvq(x, num_levels=2)
     assert rvq.initialized.tolist() == [True, True, False]
     assert torch.all(rvq.codebooks[2] == 0)
     # Level 0's entries came from the batch (one slow EMA step later: still near the data).
@@ -233,8 +233,8 @@ def test_encode_and_decode_agree_with_forward() -> None:
 
 def test_bad_arguments_are_refused() -> None:
     rvq = ResidualVectorQuantizer(2, 4, 2)
-    with pytest.raises(AssertionError, match="n_levels"):
-        rvq(_points(8, seed=0), n_levels=3)
+    with pytest.raises(AssertionError, match="num_levels"):
+        rvq(_points(8, seed=0), num_levels=3)
     with pytest.raises(AssertionError, match=r"\[N, D=2\]"):
         rvq(torch.zeros(8, 3))
     with pytest.raises(AssertionError, match="int64"):

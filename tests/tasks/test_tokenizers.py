@@ -142,20 +142,7 @@ class _Codes(AudioTokenizer):
 def test_token_dtype_is_the_smallest_unsigned(size: int, dtype: type) -> None:
     tok = _Codes(size)
     assert tok.token_dtype is dtype
-    assert tok.n_levels == 3
     assert tokenizer_spec("x", tok)["token_dtype"] == np.dtype(dtype).name
-
-
-def test_n_levels_is_an_alias_a_subclass_may_store() -> None:
-    class Stored(_Codes):
-        def __init__(self) -> None:
-            super().__init__(16)
-            self.n_levels = 2  # as models/codec_tokenizer.py does
-
-        num_levels = property(lambda self: self.n_levels)  # type: ignore[assignment]
-
-    assert _Codes(16).n_levels == 3
-    assert Stored().n_levels == Stored().num_levels == 2
 
 
 def test_codec_names_go_to_the_codec_loader(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +214,7 @@ def test_load_tokenizer_builds_mimi_nosemantic(
     _use_cache(monkeypatch, hub_cache)
     tok = load_tokenizer("mimi_4_rvq_nosemantic")
     assert isinstance(tok, MimiTokenizer) and not tok.training
-    assert (tok.num_levels, tok.rvq_levels, tok.semantic) == (4, 5, False)  # levels 1..4
+    assert (tok.num_levels, tok.encode_depth, tok.semantic) == (4, 5, False)  # levels 1..4
     spec = tokenizer_spec("mimi_4_rvq_nosemantic", tok)
     assert spec["codebook_size"] == 2048 and spec["token_dtype"] == "uint16"
     assert (spec["sample_rate"], spec["frame_rate"], spec["samples_per_frame"]) == (
