@@ -242,7 +242,7 @@ MIMI_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face Hub cache holding Mimi's file with random weights (no network), laid out as
-    huggingface_hub lays it out (as tests/tasks/test_tokenizers.py builds it)."""
+    huggingface_hub lays it out (as tests/tasks/test_loaders.py builds it)."""
     from moshi.models.loaders import get_mimi
     from safetensors.torch import save_file
 

@@ -21,7 +21,7 @@ from tasks.acquire.download import FetchRecord, fetch
 from tasks.acquire.stream import open_source_stream
 from tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 TINY_MD5 = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar.md5"
 

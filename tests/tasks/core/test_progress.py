@@ -28,7 +28,7 @@ from tasks.core.progress import (
 from tasks.prefect import progress as prefect_progress
 from tasks.prefect.progress import PrefectProgress
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_module_is_cheap_to_import() -> None:

@@ -29,7 +29,7 @@ from tasks.acquire.extract import (
 )
 from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 TINY_MD5 = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar.md5"
 
