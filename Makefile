@@ -9,7 +9,8 @@ RUN := $(UV) run --frozen
 help:
 	@echo "make demo   the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
 	@echo "make test   lint, type-check and the full test suite"
-	@echo "make lint   ruff + mypy only;  make clean  remove runs/ and .prefect/"
+	@echo "make lint   ruff, mypy and the import contract (lint-imports)"
+	@echo "make clean  remove runs/ and .prefect/"
 	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200"
 	@echo "make server-stop  stop what make server started (logs and database stay in runs/server)"
 
@@ -26,6 +27,7 @@ lint: bootstrap
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy models schemas
+	$(RUN) lint-imports
 
 # The browser test (tests/ops/test_browser.py) drives Debian's chromium through Playwright, without
 # `playwright install`: installed with apt-get when missing (as root, or through sudo).

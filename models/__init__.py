@@ -1,7 +1,20 @@
 """codecflow models: pure torch modules (no Prefect, files, hub or config parsing).
 
-`tokenizer` defines the audio tokenizer interface, `mulaw` the sample-level mu-law tokenizer,
-`gpt` the nanoGPT-style language model with a KV cache and `sampling` generation from it.
+Shape symbols throughout: B batch, C channels, K levels (codebooks per frame), T samples,
+F frames, L sequence positions, V vocabulary. Loading (checkpoints, the Hub) is `tasks.loaders`.
+
+- `tokenizer`: the `AudioTokenizer` interface (waveform in, integer codes out, and back);
+- `mulaw`: the sample-level mu-law 256 tokenizer;
+- `rvq`: residual vector quantization with EMA codebooks;
+- `codec`: the post's RVQ codec (`arch="post"`) and a Jukebox-like variant, with presets;
+- `codec_tokenizer`: a trained `RVQCodec` as a tokenizer of its first K levels;
+- `mimi`: Kyutai's Mimi (moshi) as a tokenizer, with or without its semantic level;
+- `losses`: multi-scale spectral, mel L1 and SI-SDR, the codec's training loss;
+- `gpt`: the nanoGPT-style decoder with a KV cache; `presets`: its named sizes (the post's);
+- `layouts`: codes `[B, K, F]` to the LM's 1-D sequence and back (flatten, delay);
+- `level_loss`: cross-entropy weighted by the RVQ level of each target;
+- `sampling`: generation with a KV cache and a frame-aligned sliding window;
+- `flops`: training FLOPs per token and model FLOPs utilization.
 """
 
 from models.codec import (

@@ -18,7 +18,7 @@ __all__ = [
     "SPLITS",
 ]
 
-#: The dataset splits. Speakers never appear in both (see tasks.acquire.split_by_speaker).
+#: The dataset splits. Speakers never appear in both (see tasks.acquire.segments.split_by_speaker).
 SPLITS: tuple[str, ...] = ("train", "val")
 
 #: Key of the manifest's Parquet metadata that names the extracted audio folder, relative to the
