@@ -45,13 +45,14 @@ from schemas.tables import (
     SPLITS,
     token_shard_schema,
 )
+from schemas.tokenizers import parse_tokenizer_name
 from tasks import storage
 from tasks.errors import CodecflowError
 from tasks.faults import kill_point
 from tasks.progress import in_prefect_run, sanitize_artifact_key
 from tasks.segments import read_segment_audio
 from tasks.sizes import format_size_report, size_report
-from tasks.tokenizers import load_tokenizer, parse_tokenizer_name, tokenizer_spec
+from tasks.tokenizers import load_tokenizer, tokenizer_spec
 
 __all__ = [
     "DATASET_COMMITTED",
@@ -222,8 +223,9 @@ def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:
 def _tokenizer_identity(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     identity = dict(spec)
     parsed = parse_tokenizer_name(name)
-    if parsed.kind == "codec" and parsed.checkpoint is not None:
-        # The name holds a path; the dataset is defined by the weights behind it.
+    if parsed.kind == "codec" and parsed.checkpoint is not None and spec.get("trained", True):
+        # The name holds a path; the dataset is defined by the weights behind it (a preset's
+        # untrained weights come from its name and a fixed seed).
         identity["checkpoint_sha256"] = storage.sha256(
             storage.join(parsed.checkpoint, "model.safetensors")
         )
@@ -272,6 +274,12 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
     tokenizer = load_tokenizer(settings.tokenizer)
     spec = tokenizer_spec(settings.tokenizer, tokenizer)
     identity = _tokenizer_identity(settings.tokenizer, spec)
+    if spec.get("trained") is False:
+        _log_warning(
+            "codec preset %s has no trained weights: its codes carry no information; train one "
+            "with `codecflow train-codec`",
+            parse_tokenizer_name(settings.tokenizer).checkpoint,
+        )
     fingerprint = _fingerprint(storage.sha256(manifest), identity, settings)
     _check_existing(out, fingerprint)
     if table.num_rows == 0:
