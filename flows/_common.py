@@ -9,6 +9,8 @@ from typing import Any
 
 from prefect import Task
 
+from schemas.tokenizers import parse_tokenizer_name
+
 __all__ = [
     "dataset_folder_name",
     "result_storage_for",
@@ -35,7 +37,7 @@ def dataset_folder_name(tokenizer: str) -> str:
         return tokenizer
     slug = "-".join(p for p in re.split(r"[^A-Za-z0-9]+", tokenizer.split("/")[-1]) if p)
     digest = hashlib.sha256(tokenizer.encode()).hexdigest()[:8]
-    return f"{tokenizer.split(':')[0]}-{slug}-{digest}"
+    return f"{parse_tokenizer_name(tokenizer).kind}-{slug}-{digest}"
 
 
 def task_runner_for(workers: int, dask_address: str | None) -> Any:

@@ -35,7 +35,7 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from tasks.core.errors import CodecflowError, user_error
+from tasks.core.errors import user_error
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -259,8 +259,11 @@ def _sizes(args: argparse.Namespace) -> int:
 
     try:
         projection = project_sizes(describe_tokenizer(args.tokenizer), args.hours)
-    except CodecflowError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        error = user_error(exc)  # a bad name (schemas' TokenizerNameError) too
+        if error is None:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(json.dumps(projection) if args.json else format_sizes(projection), flush=True)
     return 0

@@ -9,6 +9,7 @@ pipeline trains, never its derived path.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
+from schemas.tokenizers import parse_tokenizer_name
 
 __all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer"]
 
@@ -51,7 +53,8 @@ def resolve_tokenizer(tokenizer: str, codec_checkpoint: Path | None) -> str:
         return tokenizer
     # PipelineConfig's validator guarantees a train_codec stage whenever the name refers to it.
     assert codec_checkpoint is not None, f"{tokenizer!r} without a trained codec"
-    return f"codec:{codec_checkpoint}{tokenizer.removeprefix('codec:trained')}"
+    parsed = parse_tokenizer_name(tokenizer)
+    return str(dataclasses.replace(parsed, checkpoint=str(codec_checkpoint)))
 
 
 @flow(name="pipeline")

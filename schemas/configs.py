@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.tokenizers import TokenizerNameError, parse_tokenizer_name
 
 __all__ = [
     "AcquireConfig",
     "AcquireSettings",
-    "TOKENIZER_NAME_PATTERN",
     "EvalCodecConfig",
     "EvalCodecSettings",
     "EvaluateConfig",
@@ -114,13 +115,6 @@ class AcquireConfig(AcquireSettings):
     )
 
 
-#: The tokenizer names of the post's code: mu-law, a trained codec (optionally truncated to its
-#: first N levels), or Mimi with K levels, with or without its semantic level 0.
-TOKENIZER_NAME_PATTERN = (
-    r"^(mu-law-256(-post)?|mulaw|codec:[^@]+(@[1-9][0-9]*)?|mimi_[1-9][0-9]?_rvq(_nosemantic)?)$"
-)
-
-
 ShardFormat = Literal["arrow", "webdataset"]
 
 
@@ -131,10 +125,10 @@ def _arrow_only() -> list[ShardFormat]:
 class TokenizeSettings(_Config):
     tokenizer: str = Field(
         "mu-law-256",
-        pattern=TOKENIZER_NAME_PATTERN,
         description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample, torchaudio's "
         "rounding), 'mu-law-256-post' (the post's librosa quantiser: its exact tokens), "
-        "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec), or 'mimi_<K>_rvq' / "
+        "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec, or an untrained "
+        "preset such as rvq-8, whose codes carry no information), or 'mimi_<K>_rvq' / "
         "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
         "levels 1..K without the semantic level 0, K <= 31).",
     )
@@ -169,6 +163,13 @@ class TokenizeSettings(_Config):
         None, description="Address of an existing Dask scheduler (tcp://host:8786)."
     )
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_name(cls, tokenizer: str) -> str:
+        """The one grammar (schemas/tokenizers.py); the name is kept as written."""
+        parse_tokenizer_name(tokenizer)
+        return tokenizer
+
 
 class TokenizeConfig(TokenizeSettings):
     manifest: str = Field(
@@ -179,8 +180,15 @@ class TokenizeConfig(TokenizeSettings):
 
 
 class TrainCodecSettings(_Config):
-    levels: int = Field(
-        8, ge=1, le=32, description="RVQ levels (the post trains 1, 2, 4, 8 and 16)."
+    # `levels` is the name this field had: still accepted in YAML and --set overrides.
+    model_config = ConfigDict(populate_by_name=True)
+
+    num_levels: int = Field(
+        8,
+        ge=1,
+        le=32,
+        validation_alias=AliasChoices("num_levels", "levels"),
+        description="RVQ levels K (the post trains 1, 2, 4, 8 and 16); 'levels' is an alias.",
     )
     codebook_size: int = Field(1024, ge=2, le=65536, description="Entries per codebook (1 024).")
     arch: Literal["post", "jukebox"] = Field(
@@ -209,7 +217,7 @@ class TrainCodecSettings(_Config):
     quantizer_dropout: bool = Field(
         True,
         description="Train on a random number of levels per batch (as Mimi does), so that one "
-        "codec serves any number of levels up to `levels`.",
+        "codec serves any number of levels up to `num_levels`.",
     )
     crop_seconds: float = Field(1.0, gt=0, description="Length of the random training crops.")
     batch_size: int = Field(8, ge=1, description="Crops per optimizer step.")
@@ -407,6 +415,10 @@ class EvaluateConfig(EvaluateSettings):
     )
 
 
+#: The checkpoint name of `codec:trained[@<levels>]`: the codec a pipeline's train_codec trains.
+TRAINED_CODEC = "trained"
+
+
 class PipelineConfig(_Config):
     """The whole DAG: acquire -> [train-codec] -> tokenize -> train-lm -> evaluate under `out`.
 
@@ -431,7 +443,11 @@ class PipelineConfig(_Config):
     @staticmethod
     def names_trained_codec(tokenizer: str) -> bool:
         """True for `codec:trained` and `codec:trained@<levels>`: the codec the pipeline trains."""
-        return tokenizer == "codec:trained" or tokenizer.startswith("codec:trained@")
+        try:
+            parsed = parse_tokenizer_name(tokenizer)
+        except TokenizerNameError:
+            return False
+        return parsed.kind == "codec" and parsed.checkpoint == TRAINED_CODEC
 
     @model_validator(mode="after")
     def _trained_codec_reference(self) -> PipelineConfig:
@@ -443,11 +459,11 @@ class PipelineConfig(_Config):
                     "there is no train_codec section: add one, or name a checkpoint "
                     "(codec:<checkpoint>[@<levels>])"
                 )
-            levels = tokenizer.partition("@")[2]
-            if levels and int(levels) > self.train_codec.levels:
+            levels = parse_tokenizer_name(tokenizer).num_levels
+            if levels is not None and levels > self.train_codec.num_levels:
                 raise ValueError(
                     f"tokenize.tokenizer {tokenizer!r} asks for {levels} levels, but "
-                    f"train_codec.levels is {self.train_codec.levels}"
+                    f"train_codec.num_levels is {self.train_codec.num_levels}"
                 )
             if "@" in self.out:
                 raise ValueError(

@@ -4,18 +4,10 @@ and LM checkpoints.
 `models/` holds pure torch modules; building them from a name, a checkpoint or the Hugging Face
 Hub happens here, with moshi's `loaders.get_mimi` for Mimi.
 
-The names are those of the post's code ("Neural audio codecs: how to get audio into LLMs",
-Kyutai, 2025), parsed by `parse_tokenizer_name`:
-
-- `mu-law-256` (alias `mulaw`): mu-law 256 at 16 kHz, one token per sample (torchaudio's rounding);
-- `mu-law-256-post`: the same with the post's librosa quantiser (`digitize`; tokens equal the
-  post's `.bin`, see models/mulaw.py);
-- `codec:<checkpoint>[@<levels>]`: a codec trained by `train-codec` (its checkpoint folder or
-  name), optionally truncated to its first `levels` RVQ levels;
-- `mimi_<K>_rvq`: Kyutai's Mimi, its first K levels (K in 1..32);
-- `mimi_<K>_rvq_nosemantic`: levels 1..K of a (K+1)-level Mimi encode (K in 1..31), the semantic
-  level 0 dropped
-  (K in 2..32).
+The names are those of the post's code, parsed by `schemas.tokenizers.parse_tokenizer_name` (the
+one grammar, which the configs and `codecflow sizes` use too): `mu-law-256` (alias `mulaw`),
+`mu-law-256-post`, `codec:<checkpoint>[@<levels>]` (a train-codec checkpoint folder, or an
+untrained preset of `models.codec.CODEC_PRESETS`), `mimi_<K>_rvq` and `mimi_<K>_rvq_nosemantic`.
 
 Mimi's weights come from the Hub with `huggingface_hub.hf_hub_download`, so its cache applies:
 `HF_HOME` / `HF_HUB_CACHE` choose the cache folder and `HF_HUB_OFFLINE=1` forbids the network
@@ -30,10 +22,8 @@ point `HF_HOME` at it).
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,12 +31,13 @@ from huggingface_hub import hf_hub_download
 from moshi.models.compression import MimiModel
 from moshi.models.loaders import get_mimi
 
-from models.codec import RVQCodec, build_rvq_codec
+from models.codec import CODEC_PRESETS, RVQCodec, build_rvq_codec
 from models.codec_tokenizer import CodecTokenizer
 from models.gpt import GPT, GPTConfig
 from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer
 from models.tokenizer import AudioTokenizer
+from schemas.tokenizers import MIMI_MAX_LEVELS, parse_tokenizer_name
 from tasks.core.errors import CodecflowError
 from tasks.data.checkpoints import (
     load_weights,
@@ -56,30 +47,16 @@ from tasks.data.checkpoints import (
 __all__ = [
     "MIMI_FILE",
     "MIMI_FILE_ENV",
-    "MIMI_MAX_LEVELS",
     "MIMI_REPO",
     "MIMI_REPO_ENV",
-    "TOKENIZER_NAMES",
-    "TokenizerName",
+    "codec_preset",
     "load_checkpoint",
     "load_codec",
     "load_codec_tokenizer",
     "load_mimi",
     "load_tokenizer",
-    "parse_tokenizer_name",
     "tokenizer_spec",
 ]
-
-
-#: The accepted forms of a tokenizer name (`mulaw` is an alias of `mu-law-256`).
-TOKENIZER_NAMES: tuple[str, ...] = (
-    "mu-law-256",
-    "mulaw",
-    "mu-law-256-post",
-    "codec:<checkpoint>[@<levels>]",
-    "mimi_<K>_rvq",
-    "mimi_<K>_rvq_nosemantic",
-)
 
 
 #: Mimi's released checkpoint: moshi's DEFAULT_REPO and MIMI_NAME (moshi/models/loaders.py).
@@ -95,72 +72,13 @@ MIMI_REPO_ENV = "CODECFLOW_MIMI_REPO"
 MIMI_FILE_ENV = "CODECFLOW_MIMI_FILE"
 
 
-#: Mimi's RVQ depth (`_quantizer_kwargs["n_q"]` in moshi/models/loaders.py).
-MIMI_MAX_LEVELS = 32
-
-
-_ACCEPTED = (
-    "accepted: mu-law-256 (alias mulaw), mu-law-256-post, "
-    "codec:<checkpoint>[@<levels>] with levels >= 1, "
-    f"mimi_<K>_rvq with K in 1..{MIMI_MAX_LEVELS}, "
-    f"mimi_<K>_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
-)
-
-
-_MIMI_NAME = re.compile(r"mimi_([1-9][0-9]*)_rvq(_nosemantic)?")
-
-
-_LEVELS = re.compile(r"[1-9][0-9]*")
-
-
-@dataclass(frozen=True)
-class TokenizerName:
-    """A parsed tokenizer name.
-
-    `levels` is the number after `@` for a codec (None: all its levels) and K for Mimi (the levels
-    kept: 0..K-1, or 1..K without the semantic level, from a K+1-level encode); None for
-    mu-law. `checkpoint` is the codec's checkpoint (None otherwise). `semantic` is False only for
-    `mimi_<K>_rvq_nosemantic`. `post_quantizer` is True only for `mu-law-256-post` (librosa's
-    `mu_compress` quantiser, as the post's data preparation).
-    """
-
-    kind: Literal["mulaw", "codec", "mimi"]
-    levels: int | None = None
-    checkpoint: str | None = None
-    semantic: bool = True
-    post_quantizer: bool = False
-
-
-def _invalid(name: str, why: str) -> CodecflowError:
-    return CodecflowError(f"invalid tokenizer name {name!r}: {why}; {_ACCEPTED}")
-
-
-def parse_tokenizer_name(name: str) -> TokenizerName:
-    """Parse a tokenizer name of the post's code; CodecflowError (one line) when malformed."""
-    if name in ("mu-law-256", "mulaw"):
-        return TokenizerName("mulaw")
-    if name == "mu-law-256-post":
-        return TokenizerName("mulaw", post_quantizer=True)
-    if name.startswith("codec:"):
-        checkpoint, at, levels = name.removeprefix("codec:").partition("@")
-        if not checkpoint.strip():
-            raise _invalid(name, "the codec checkpoint is empty")
-        if at and not _LEVELS.fullmatch(levels):
-            raise _invalid(name, f"levels after '@' must be an integer >= 1, got {levels!r}")
-        return TokenizerName("codec", int(levels) if at else None, checkpoint)
-    match = _MIMI_NAME.fullmatch(name)
-    if match:
-        k, semantic = int(match.group(1)), match.group(2) is None
-        # Without level 0, levels 1..K take a K+1-level encode: K <= 31 of Mimi's 32.
-        top = MIMI_MAX_LEVELS if semantic else MIMI_MAX_LEVELS - 1
-        if not 1 <= k <= top:
-            raise _invalid(name, f"K must be in 1..{top}, got {k}")
-        return TokenizerName("mimi", k, semantic=semantic)
-    raise CodecflowError(f"unknown tokenizer {name!r}; {_ACCEPTED}")
-
-
 def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokenizer:
-    """Build the tokenizer called `name`, in eval mode, on `device`."""
+    """Build the tokenizer called `name`, in eval mode, on `device`.
+
+    A malformed name raises `schemas.tokenizers.TokenizerNameError` (a ValueError, which
+    `tasks.core.errors.user_error` makes a one-line CodecflowError); a codec checkpoint that is
+    neither a folder nor a preset raises CodecflowError.
+    """
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":
         # mu-law 256 at 16 kHz, the post's sample-level baseline (Libri-Light is 16 kHz).
@@ -170,11 +88,11 @@ def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokeni
         # Imported here: the codec trainer pulls in its own dependencies.
 
         assert parsed.checkpoint is not None
-        codec: AudioTokenizer = load_codec_tokenizer(parsed.checkpoint, parsed.levels)
+        codec: AudioTokenizer = load_codec_tokenizer(parsed.checkpoint, parsed.num_levels)
         return codec.to(device).eval()
-    assert parsed.levels is not None
-    model = load_mimi(parsed.levels + (0 if parsed.semantic else 1), device=device)
-    return MimiTokenizer(model, parsed.levels, semantic=parsed.semantic).eval()
+    assert parsed.num_levels is not None
+    model = load_mimi(parsed.num_levels + (0 if parsed.semantic else 1), device=device)
+    return MimiTokenizer(model, parsed.num_levels, semantic=parsed.semantic).eval()
 
 
 def _hf_hub_cache() -> str | None:
@@ -238,8 +156,12 @@ def load_mimi(
 
 
 def tokenizer_spec(name: str, tokenizer: AudioTokenizer) -> dict[str, Any]:
-    """The facts about a tokenizer that a token dataset records and its readers rely on."""
-    return {
+    """The facts about a tokenizer that a token dataset records and its readers rely on.
+
+    A codec preset (`codec:rvq-8`: no trained weights) adds `"trained": false`; no other name
+    has the key, so the datasets written before it keep their fingerprints.
+    """
+    spec: dict[str, Any] = {
         "name": name,
         "sample_rate": tokenizer.sample_rate,
         "frame_rate": tokenizer.frame_rate,
@@ -248,6 +170,11 @@ def tokenizer_spec(name: str, tokenizer: AudioTokenizer) -> dict[str, Any]:
         "samples_per_frame": tokenizer.samples_per_frame,
         "token_dtype": np.dtype(tokenizer.token_dtype).name,  # "uint8", "uint16", "uint32"
     }
+    parsed = parse_tokenizer_name(name)
+    if parsed.kind == "codec" and parsed.checkpoint is not None:
+        if codec_preset(parsed.checkpoint) is not None:
+            spec["trained"] = False
+    return spec
 
 
 def load_codec(checkpoint: str | Path, device: str | torch.device = "cpu") -> RVQCodec:
@@ -269,13 +196,39 @@ def load_codec(checkpoint: str | Path, device: str | torch.device = "cpu") -> RV
     return codec.to(device).eval()
 
 
-def load_codec_tokenizer(checkpoint: str, levels: int | None = None) -> CodecTokenizer:
-    """`codec:<checkpoint>[@<levels>]`: a trained codec as a tokenizer of its first N levels."""
-    codec = load_codec(checkpoint)
+def codec_preset(checkpoint: str) -> dict[str, Any] | None:
+    """What `codec:<checkpoint>` names: None for a train-codec checkpoint folder (it holds a
+    `config.json`), else the `build_rvq_codec` arguments of the preset `<checkpoint>` of
+    `models.codec.CODEC_PRESETS` (untrained). CodecflowError (one line, the same for `sizes`
+    and `tokenize`) when it is neither."""
+    if (Path(checkpoint) / "config.json").is_file():
+        return None
+    if checkpoint not in CODEC_PRESETS:
+        raise CodecflowError(
+            f"codec {checkpoint!r} is neither a checkpoint folder with a config.json nor a "
+            f"preset ({', '.join(sorted(CODEC_PRESETS))})"
+        )
+    return dict(CODEC_PRESETS[checkpoint])
+
+
+def load_codec_tokenizer(checkpoint: str, num_levels: int | None = None) -> CodecTokenizer:
+    """`codec:<checkpoint>[@<levels>]`: a trained codec as a tokenizer of its first N levels.
+
+    A `<checkpoint>` that is no folder but a preset of `models.codec.CODEC_PRESETS`
+    (`codec_preset`) builds that codec untrained, from a fixed seed (the same weights on every
+    worker): its codes carry no information (tokenize warns).
+    """
+    preset = codec_preset(checkpoint)
+    if preset is None:
+        codec = load_codec(checkpoint)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            codec = build_rvq_codec(**preset).eval()
     max_levels = codec.quantizer.num_levels
-    if levels is not None and not 1 <= levels <= max_levels:
-        raise CodecflowError(f"codec {checkpoint} has {max_levels} levels; asked for {levels}")
-    return CodecTokenizer(codec, levels or max_levels).eval()
+    if num_levels is not None and not 1 <= num_levels <= max_levels:
+        raise CodecflowError(f"codec {checkpoint} has {max_levels} levels; asked for {num_levels}")
+    return CodecTokenizer(codec, num_levels or max_levels).eval()
 
 
 def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:

@@ -138,3 +138,19 @@ def test_md5_mismatch_corrupt_tar_and_missing_source_fail_cleanly(
     assert _last_line(result).startswith(
         "error: source not found: "
     ) and "nowhere.tar" in _last_line(result)
+
+
+@pytest.mark.parametrize("name", ["mimi_99_rvq", "codec:x@0"])
+def test_a_bad_tokenizer_name_is_one_error_line_in_sizes_and_tokenize(name: str) -> None:
+    """The one grammar: `sizes` and `tokenize` refuse the same name, one `error:` line, exit 2
+    (tokenize at config validation, before any Prefect run)."""
+    sizes = run_codecflow(None, "sizes", "--tokenizer", name, "--hours", "1")
+    tokenize = run_codecflow(None, "tokenize", "--set", f"tokenizer={name}")
+    for result in (sizes, tokenize):
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stdout == ""
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and repr(name) in line
+        assert "mimi_<K>_rvq with K in 1..32" in line
+    assert sizes.stderr.strip().startswith(f"error: invalid tokenizer name {name!r}: ")
+    assert tokenize.stderr.strip().startswith("error: invalid TokenizeConfig: tokenizer: ")

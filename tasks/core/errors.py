@@ -20,6 +20,8 @@ import errno
 import socket
 from typing import Any
 
+from schemas.tokenizers import TokenizerNameError
+
 __all__ = [
     "ChecksumMismatchError",
     "CodecflowError",
@@ -99,14 +101,17 @@ def _os_message(exc: OSError) -> str | None:
 def user_error(exc: BaseException) -> CodecflowError | None:
     """The one-line error `exc` means for the user, or None when it is not the user's doing.
 
-    A `CodecflowError` anywhere in the chain wins; then an `OSError` of the user's storage
-    (ENOSPC, EROFS, EACCES, ENOTDIR, ...), named by its path. A network error is not the user's
-    input but still deserves one line once the retries are spent.
+    A `CodecflowError` anywhere in the chain wins, or a malformed tokenizer name (schemas/ raises
+    `TokenizerNameError`, a ValueError: it may not import tasks/); then an `OSError` of the
+    user's storage (ENOSPC, EROFS, EACCES, ENOTDIR, ...), named by its path. A network error is
+    not the user's input but still deserves one line once the retries are spent.
     """
     chain = _chain(exc)
     for item in chain:
         if isinstance(item, CodecflowError):
             return item
+        if isinstance(item, TokenizerNameError):
+            return CodecflowError(str(item))
     for item in chain:
         if isinstance(item, OSError) and not is_transient(item):
             message = _os_message(item)

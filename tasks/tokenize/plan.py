@@ -8,7 +8,7 @@ local folder or an `s3://` prefix):
     <out>/shards/train-00000.tar            the same as WebDataset (<key>.codes.npy + <key>.json)
     <out>/shards/train-00000.commit.json    commit marker: plan hash, rows, bytes, sha256, rejects
     <out>/rejects.parquet                   segments that failed to decode, with the reason
-    <out>/size_report.json                  size accounting (tasks.sizes)
+    <out>/size_report.json                  size accounting (tasks.tokenize.sizes)
     <out>/dataset.json                      written last: the dataset is complete when it exists
 
 The plan is a pure function of the manifest and the settings: shards of about `shard_hours` of
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,11 +39,12 @@ from schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     SPLITS,
 )
+from schemas.tokenizers import parse_tokenizer_name
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
 from tasks.data.manifest import read_manifest_table
 from tasks.data.token_dataset import DATASET_COMMITTED, DATASET_FORMAT_VERSION, DATASET_KIND
-from tasks.loaders import load_tokenizer, parse_tokenizer_name, tokenizer_spec
+from tasks.loaders import load_tokenizer, tokenizer_spec
 
 __all__ = [
     "DatasetPlan",
@@ -154,8 +156,9 @@ def group_shards(names: Sequence[str], max_tasks: int) -> list[tuple[str, ...]]:
 def _tokenizer_identity(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     identity = dict(spec)
     parsed = parse_tokenizer_name(name)
-    if parsed.kind == "codec" and parsed.checkpoint is not None:
-        # The name holds a path; the dataset is defined by the weights behind it.
+    if parsed.kind == "codec" and parsed.checkpoint is not None and spec.get("trained", True):
+        # The name holds a path; the dataset is defined by the weights behind it (a preset's
+        # untrained weights come from its name and a fixed seed).
         identity["checkpoint_sha256"] = storage.sha256(
             storage.join(parsed.checkpoint, "model.safetensors")
         )
@@ -199,6 +202,12 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
     tokenizer = load_tokenizer(settings.tokenizer)
     spec = tokenizer_spec(settings.tokenizer, tokenizer)
     identity = _tokenizer_identity(settings.tokenizer, spec)
+    if spec.get("trained") is False:
+        logging.getLogger("codecflow.tokenize").warning(
+            "codec preset %s has no trained weights: its codes carry no information; train one "
+            "with `codecflow train-codec`",
+            parse_tokenizer_name(settings.tokenizer).checkpoint,
+        )
     fingerprint = _fingerprint(storage.sha256(manifest), identity, settings)
     check_existing(out, fingerprint)
     if table.num_rows == 0:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.tokenizers import parse_tokenizer_name
 from tasks.core.errors import CodecflowError
-from tasks.loaders import parse_tokenizer_name
+from tasks.loaders import codec_preset
 
 __all__ = [
     "PCM16_BYTES_PER_SECOND",
@@ -56,11 +57,6 @@ _GIB = float(1 << 30)
 
 
 _SPLITS = ("train", "val")  # schemas.tables.SPLITS, without importing pyarrow
-
-
-_MULAW_NAMES = ("mu-law-256", "mulaw", "mu-law-256-post")
-
-
 _MIMI_RATE, _MIMI_FRAME_RATE, _MIMI_CODEBOOK = 24_000, 12.5, 2048
 
 
@@ -98,12 +94,13 @@ def smallest_token_bytes(codebook_size: int) -> int:
 
 def reference_token_bytes(name: str) -> int:
     """Bytes per token in the post's `.bin` layout: 1 (uint8) for mu-law, else 4 (int32)."""
-    return 1 if name in _MULAW_NAMES else 4
+    return 1 if parse_tokenizer_name(name).kind == "mulaw" else 4
 
 
 def _codec_facts(name: str, checkpoint: str, levels: int | None) -> TokenizerFacts:
     config_path = Path(checkpoint) / "config.json"
-    if config_path.is_file():
+    preset = codec_preset(checkpoint)
+    if preset is None:
         try:
             config = json.loads(config_path.read_text())
             codec = config["codec"]
@@ -116,14 +113,6 @@ def _codec_facts(name: str, checkpoint: str, levels: int | None) -> TokenizerFac
                 f"({type(exc).__name__}: {exc})"
             ) from None
     else:
-        from models.codec import CODEC_PRESETS  # torch, but no weights
-
-        if checkpoint not in CODEC_PRESETS:
-            raise CodecflowError(
-                f"codec {checkpoint!r} is neither a checkpoint folder with a config.json nor a "
-                f"preset ({', '.join(sorted(CODEC_PRESETS))})"
-            )
-        preset = CODEC_PRESETS[checkpoint]
         max_levels, codebook = int(preset["num_levels"]), int(preset["codebook_size"])
         n_blocks, rate = int(preset.get("n_blocks", 7)), int(preset.get("sample_rate", 16_000))
     if levels is not None and not 1 <= levels <= max_levels:
@@ -139,20 +128,22 @@ def _codec_facts(name: str, checkpoint: str, levels: int | None) -> TokenizerFac
 
 
 def describe_tokenizer(name: str) -> TokenizerFacts:
-    """The rates of tokenizer `name` without loading it; CodecflowError (one line) when unknown.
+    """The rates of tokenizer `name` without loading it.
 
+    A malformed name raises `schemas.tokenizers.TokenizerNameError` (one line; `user_error` makes
+    it a CodecflowError), an unknown codec CodecflowError (`codec_preset`).
     `codec:<checkpoint>[@N]` reads `<checkpoint>/config.json` (written by train-codec) when it
     exists, else takes `<checkpoint>` as a preset of `models.codec.CODEC_PRESETS` (`codec:rvq-8`
-    is the post's 8-level codec).
+    is the post's 8-level codec), as `tokenize` does.
     """
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":
         return TokenizerFacts(name, 16_000, 16_000.0, 1, 256, 1)
     if parsed.kind == "codec":
         assert parsed.checkpoint is not None
-        return _codec_facts(name, parsed.checkpoint, parsed.levels)
-    assert parsed.levels is not None
-    levels = parsed.levels  # K either way: levels 0..K-1, or 1..K without the semantic one
+        return _codec_facts(name, parsed.checkpoint, parsed.num_levels)
+    assert parsed.num_levels is not None
+    levels = parsed.num_levels  # K either way: levels 0..K-1, or 1..K without the semantic one
     return TokenizerFacts(
         name, _MIMI_RATE, _MIMI_FRAME_RATE, levels, _MIMI_CODEBOOK, smallest_token_bytes(2048)
     )

@@ -77,7 +77,7 @@ class CodecCheckpointRecord:
 def _codec_from_settings(settings: TrainCodecSettings) -> RVQCodec:
     return build_rvq_codec(
         arch=settings.arch,
-        num_levels=settings.levels,
+        num_levels=settings.num_levels,
         channels=settings.channels,
         latent_dim=settings.latent_dim,
         res_depth=settings.res_depth,
@@ -132,11 +132,12 @@ def _train_codec_owned(
     final = out / "checkpoint"
     if is_codec_committed(out):
         metrics = json.loads((final / "metrics.json").read_text())
-        if metrics.get("identity") == identity:
+        if _stored_identity(metrics.get("identity")) == identity:
             return _record(final, metrics)
         raise CodecflowError(f"{final} holds a codec of another manifest or settings")
     run_identity = out / "identity.json"
-    if run_identity.is_file() and json.loads(run_identity.read_text()) != identity:
+    stored = json.loads(run_identity.read_text()) if run_identity.is_file() else identity
+    if _stored_identity(stored) != identity:
         raise CodecflowError(
             f"{out} holds an unfinished codec run of another manifest or settings; "
             "choose another out"
@@ -213,7 +214,7 @@ def _train_codec_owned(
     metrics = {
         "identity": identity,
         "steps": settings.steps,
-        "levels": settings.levels,
+        "levels": settings.num_levels,
         "n_parameters": sum(p.numel() for p in codec.parameters()),
         "loss_first": log[0]["loss"],
         "loss_last": float(np.mean([r["loss"] for r in log[-10:]])),
@@ -229,6 +230,17 @@ def _train_codec_owned(
         _plot_losses(log, tmp / "loss.png")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last
     return _record(final, metrics)
+
+
+def _stored_identity(identity: Any) -> Any:
+    """A run identity as written, its settings' `levels` (the field's name until `num_levels`)
+    renamed, so that a run written before the rename still resumes."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("settings"), dict):
+        return identity
+    settings = dict(identity["settings"])
+    if "levels" in settings and "num_levels" not in settings:
+        settings["num_levels"] = settings.pop("levels")
+    return {**identity, "settings": settings}
 
 
 def _plot_losses(log: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -34,7 +34,7 @@ def test_train_then_evaluate_the_codec(
         "--set",
         f"manifest={tiny_manifest}",
         "--set",
-        "levels=4",
+        "num_levels=4",
         "--set",
         "steps=12",
         "--set",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,12 +28,12 @@ from flows.cli import CliError, apply_override, load_config
 from flows.pipeline import PipelineRecord, pipeline_flow, resolve_tokenizer
 from models.presets import GPT_PRESETS
 from schemas.configs import (
-    TOKENIZER_NAME_PATTERN,
     PipelineConfig,
     TrainCodecSettings,
     TrainLMSettings,
 )
 from schemas.post import POST_CODEC, POST_LM_RECIPES
+from schemas.tokenizers import TokenizerName, parse_tokenizer_name
 
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "tiny"
@@ -49,7 +48,7 @@ class Experiment:
     tokenizer: str
     levels: int  # levels of the token dataset
     level_weights: list[float] | None = None
-    codec_levels: int | None = None  # train_codec.levels (None: no codec stage)
+    codec_levels: int | None = None  # train_codec.num_levels (None: no codec stage)
     recipe: str = "mimi"  # schemas/post.py POST_LM_RECIPES key: the reference config it follows
 
 
@@ -82,7 +81,7 @@ def _variables(cfg: PipelineConfig) -> dict[str, Any]:
         "tokenizer": cfg.tokenize.tokenizer,
         "layout": cfg.train_lm.layout,
         "level_weights": cfg.train_lm.level_weights,
-        "codec": None if codec is None else (codec.levels, codec.codebook_size, codec.n_blocks),
+        "codec": None if codec is None else (codec.num_levels, codec.codebook_size, codec.n_blocks),
     }
 
 
@@ -125,7 +124,7 @@ def test_full_size_preset_runs_the_posts_setup(name: str) -> None:
     else:
         assert cfg.train_codec is not None
         codec = cfg.train_codec
-        assert (codec.levels, codec.codebook_size) == (want.codec_levels, 1024)
+        assert (codec.num_levels, codec.codebook_size) == (want.codec_levels, 1024)
         _assert_codec_follows_the_table(codec)
 
 
@@ -156,7 +155,7 @@ def _assert_codec_follows_the_table(codec: TrainCodecSettings) -> None:
     got = {
         "channels": codec.channels,
         "n_blocks": codec.n_blocks,
-        "levels": codec.levels,
+        "levels": codec.num_levels,  # POST_CODEC.levels
         "codebook_size": codec.codebook_size,
         "update_speed": codec.update_speed,
         "batch_size": codec.batch_size,
@@ -185,9 +184,12 @@ def test_tiny_twin_keeps_the_experiment_variables(name: str) -> None:
 # --- codec:trained ------------------------------------------------------------------------------
 
 
-def test_trained_codec_names_fit_the_tokenizer_pattern() -> None:
-    for name in ("codec:trained", "codec:trained@8"):
-        assert re.fullmatch(TOKENIZER_NAME_PATTERN, name)
+def test_trained_codec_names_fit_the_tokenizer_grammar() -> None:
+    assert parse_tokenizer_name("codec:trained") == TokenizerName("codec", None, "trained")
+    assert parse_tokenizer_name("codec:trained@8") == TokenizerName("codec", 8, "trained")
+    assert PipelineConfig.names_trained_codec("codec:trained@8")
+    assert not PipelineConfig.names_trained_codec("codec:trained-2@8")
+    assert not PipelineConfig.names_trained_codec("codec:trained@x")  # malformed: not ours
     ckpt = Path("runs/x/codec/checkpoint")
     assert resolve_tokenizer("codec:trained@8", ckpt) == "codec:runs/x/codec/checkpoint@8"
     assert resolve_tokenizer("codec:trained", ckpt) == "codec:runs/x/codec/checkpoint"
@@ -204,16 +206,22 @@ def test_trained_codec_names_fit_the_tokenizer_pattern() -> None:
             "is no train_codec section",
         ),
         (
-            ["train_codec.levels=8", "tokenize.tokenizer=mimi_8_rvq"],
+            ["train_codec.num_levels=8", "tokenize.tokenizer=mimi_8_rvq"],
             "train_codec is set, but tokenize.tokenizer 'mimi_8_rvq' does not use the codec it "
             "trains",
         ),
         (
+            ["train_codec.num_levels=4", "tokenize.tokenizer=codec:trained@8"],
+            "tokenize.tokenizer 'codec:trained@8' asks for 8 levels, but train_codec.num_levels "
+            "is 4",
+        ),
+        (  # `levels`, the field's old name, is an alias
             ["train_codec.levels=4", "tokenize.tokenizer=codec:trained@8"],
-            "tokenize.tokenizer 'codec:trained@8' asks for 8 levels, but train_codec.levels is 4",
+            "tokenize.tokenizer 'codec:trained@8' asks for 8 levels, but train_codec.num_levels "
+            "is 4",
         ),
         (
-            ["train_codec.levels=4", "tokenize.tokenizer=codec:trained", "out=runs/a@b"],
+            ["train_codec.num_levels=4", "tokenize.tokenizer=codec:trained", "out=runs/a@b"],
             "out 'runs/a@b' must not contain '@' with train_codec",
         ),
     ],

@@ -6,6 +6,7 @@ huggingface_hub lays it out, and set HF_HUB_OFFLINE=1.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -16,84 +17,34 @@ from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 from torch import Tensor
 
+from models.codec_tokenizer import CodecTokenizer
 from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer
 from models.tokenizer import AudioTokenizer
-from schemas.configs import TOKENIZER_NAME_PATTERN
+from schemas.configs import TokenizeSettings
+from schemas.tokenizers import TokenizerNameError
 from tasks import loaders
-from tasks.core.errors import CodecflowError
+from tasks.core.errors import CodecflowError, user_error
 from tasks.loaders import (
     MIMI_FILE,
     MIMI_REPO,
-    TOKENIZER_NAMES,
-    TokenizerName,
     load_mimi,
     load_tokenizer,
-    parse_tokenizer_name,
     tokenizer_spec,
 )
+from tasks.tokenize.sizes import describe_tokenizer, facts_from_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-ACCEPTED = {
-    "mu-law-256": TokenizerName("mulaw"),
-    "mulaw": TokenizerName("mulaw"),
-    "mu-law-256-post": TokenizerName("mulaw", post_quantizer=True),
-    "codec:runs/x/codec/checkpoint@4": TokenizerName("codec", 4, "runs/x/codec/checkpoint"),
-    "codec:runs/x/codec/checkpoint": TokenizerName("codec", None, "runs/x/codec/checkpoint"),
-    "codec:my-codec@12": TokenizerName("codec", 12, "my-codec"),
-    "mimi_1_rvq": TokenizerName("mimi", 1),
-    "mimi_8_rvq": TokenizerName("mimi", 8),
-    "mimi_32_rvq": TokenizerName("mimi", 32),
-    "mimi_1_rvq_nosemantic": TokenizerName("mimi", 1, semantic=False),
-    "mimi_31_rvq_nosemantic": TokenizerName("mimi", 31, semantic=False),
-}
 
-
-@pytest.mark.parametrize("name", sorted(ACCEPTED))
-def test_parse_accepts_every_form(name: str) -> None:
-    assert parse_tokenizer_name(name) == ACCEPTED[name]
-    # The config schema lets the same names through.
-    assert re.fullmatch(TOKENIZER_NAME_PATTERN, name)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "mimi_0_rvq",
-        "mimi_33_rvq",
-        "mimi_0_rvq_nosemantic",
-        "mimi_32_rvq_nosemantic",  # levels 1..32 would need a 33-level encode
-        "mimi_08_rvq",
-        "mimi_8_rvq_semantic",
-        "mimi_8",
-        "codec:",
-        "codec:x@0",
-        "codec:x@",
-        "codec:@3",
-        "codec:x@two",
-        "codec:a@b@3",
-        "foo",
-        "MULAW",
-        "",
-    ],
-)
-def test_parse_rejects_malformed_names_in_one_line(name: str) -> None:
-    with pytest.raises(CodecflowError) as info:
-        parse_tokenizer_name(name)
-    message = str(info.value)
-    assert "\n" not in message
-    assert repr(name) in message
-    for form in ("mu-law-256", "codec:<checkpoint>[@<levels>]", "mimi_<K>_rvq_nosemantic"):
-        assert form in message
-    with pytest.raises(CodecflowError):
+@pytest.mark.parametrize("name", ["mimi_99_rvq", "mimi_32_rvq_nosemantic", "codec:", "foo"])
+def test_load_refuses_a_malformed_name_in_one_line(name: str) -> None:
+    """The grammar's refusal (schemas/tokenizers.py, a ValueError), as the CLI shows it."""
+    with pytest.raises(TokenizerNameError) as info:
         load_tokenizer(name)
-
-
-def test_names_list_the_accepted_forms() -> None:
-    assert "mu-law-256" in TOKENIZER_NAMES and "mulaw" in TOKENIZER_NAMES
-    assert any(n.startswith("codec:") for n in TOKENIZER_NAMES)
-    assert {"mimi_<K>_rvq", "mimi_<K>_rvq_nosemantic"} <= set(TOKENIZER_NAMES)
+    error = user_error(info.value)
+    assert isinstance(error, CodecflowError) and str(error) == str(info.value)
+    assert "\n" not in str(error) and repr(name) in str(error)
 
 
 @pytest.mark.parametrize("name", ["mu-law-256", "mulaw", "mu-law-256-post"])
@@ -142,7 +93,7 @@ class _Codes(AudioTokenizer):
 def test_token_dtype_is_the_smallest_unsigned(size: int, dtype: type) -> None:
     tok = _Codes(size)
     assert tok.token_dtype is dtype
-    assert tokenizer_spec("x", tok)["token_dtype"] == np.dtype(dtype).name
+    assert tokenizer_spec("mu-law-256", tok)["token_dtype"] == np.dtype(dtype).name
 
 
 def test_codec_names_go_to_the_codec_loader(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,6 +107,62 @@ def test_codec_names_go_to_the_codec_loader(monkeypatch: pytest.MonkeyPatch) -> 
     assert not load_tokenizer("codec:runs/x/codec/checkpoint@4").training
     load_tokenizer("codec:other")
     assert calls == [("runs/x/codec/checkpoint", 4), ("other", None)]
+
+
+# --- codec presets: untrained, the same names as `codecflow sizes` --------------------------------
+
+
+def test_a_codec_preset_loads_untrained_and_deterministic() -> None:
+    torch.manual_seed(123)  # the global RNG does not decide the preset's weights
+    tok = load_tokenizer("codec:rvq-8@4")
+    torch.manual_seed(456)
+    again = load_tokenizer("codec:rvq-8@4")
+    assert isinstance(tok, CodecTokenizer) and not tok.training
+    assert (tok.num_levels, tok.codebook_size, tok.frame_rate) == (4, 1024, 125.0)
+    for (key, a), b in zip(tok.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    spec = tokenizer_spec("codec:rvq-8@4", tok)
+    assert spec["trained"] is False
+    assert facts_from_spec(spec) == describe_tokenizer("codec:rvq-8@4")  # sizes agree
+    codes = tok.encode(torch.zeros(1, 1, 16_000))
+    assert codes.shape == (1, 4, 125)
+
+
+def test_a_missing_codec_is_the_same_line_for_sizes_and_tokenize(tmp_path: Path) -> None:
+    name = f"codec:{tmp_path / 'absent'}@2"
+    with pytest.raises(CodecflowError) as loading:
+        load_tokenizer(name)
+    with pytest.raises(CodecflowError) as sizing:
+        describe_tokenizer(name)
+    assert str(loading.value) == str(sizing.value)
+    assert "\n" not in str(loading.value) and str(tmp_path / "absent") in str(loading.value)
+    assert "neither a checkpoint folder with a config.json nor a preset" in str(loading.value)
+
+
+def test_codec_rvq8_tokenizes_and_sizes_agree(
+    tiny_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`codec:rvq-8` works in tokenize as in sizes: the untrained preset, a warning, and the
+    dataset's spec saying so; what it measured is what `describe_tokenizer` projects."""
+    import json
+
+    from tasks.tokenize.finalize import tokenize_manifest
+
+    with caplog.at_level(logging.WARNING, logger="codecflow.tokenize"):
+        record = tokenize_manifest(
+            str(tiny_manifest), tmp_path / "tokens", TokenizeSettings(tokenizer="codec:rvq-8")
+        )
+    warnings = [r.getMessage() for r in caplog.records if "no trained weights" in r.getMessage()]
+    assert warnings == [
+        "codec preset rvq-8 has no trained weights: its codes carry no information; train one "
+        "with `codecflow train-codec`"
+    ]
+    info = json.loads((Path(record.path) / "dataset.json").read_text())
+    spec = info["tokenizer"]
+    assert spec["name"] == "codec:rvq-8" and spec["trained"] is False
+    facts = describe_tokenizer("codec:rvq-8")
+    assert facts_from_spec(spec) == facts
+    assert (facts.num_levels, facts.frame_rate, facts.token_bytes) == (8, 125.0, 2)
 
 
 # --- Mimi from a local Hub cache -----------------------------------------------------------------

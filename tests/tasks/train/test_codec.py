@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tasks.train.codec import train_codec
 
 TINY = {
     "arch": "jukebox",  # latent_dim 8 < channels 16; the post's codec has its own test below
-    "levels": 8,
+    "num_levels": 8,
     "codebook_size": 64,
     "channels": 16,
     "latent_dim": 8,
@@ -195,6 +196,45 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_levels_is_an_alias_of_num_levels() -> None:
+    old = {k: v for k, v in TINY.items() if k != "num_levels"}
+    assert TrainCodecSettings(**old, levels=4) == _settings(num_levels=4)
+    assert TrainCodecSettings.model_validate({"levels": 2}).num_levels == 2
+    assert "levels" not in _settings().model_dump()  # records are written with the new name
+
+
+def _rename_to_levels(identity: dict[str, object]) -> dict[str, object]:
+    """A run identity as train-codec wrote it before `levels` was renamed `num_levels`."""
+    settings = dict(identity["settings"])  # type: ignore[call-overload]
+    settings["levels"] = settings.pop("num_levels")
+    return {**identity, "settings": settings}
+
+
+def test_a_run_written_with_levels_still_resumes(tiny_manifest: Path, tmp_path: Path) -> None:
+    settings = _settings(steps=4, checkpoint_every=2)
+    first = train_codec(str(tiny_manifest), tmp_path, settings)
+    metrics_path, identity_path = (
+        tmp_path / "checkpoint" / "metrics.json",
+        tmp_path / "identity.json",
+    )
+    metrics = json.loads(metrics_path.read_text())
+    assert "num_levels" in metrics["identity"]["settings"]
+    metrics["identity"] = _rename_to_levels(metrics["identity"])
+    metrics_path.write_text(json.dumps(metrics))
+    identity_path.write_text(json.dumps(_rename_to_levels(json.loads(identity_path.read_text()))))
+    # The committed codec of the old spelling is this run's: returned, not refused.
+    assert train_codec(str(tiny_manifest), tmp_path, settings) == first
+    # An unfinished run of the old spelling resumes from its checkpoint.
+    shutil.rmtree(tmp_path / "checkpoint")
+    resumed = train_codec(str(tiny_manifest), tmp_path, settings)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    # Other settings are still another run.
+    identity_path.write_text(json.dumps(_rename_to_levels(json.loads(identity_path.read_text()))))
+    shutil.rmtree(tmp_path / "checkpoint")
+    with pytest.raises(CodecflowError, match="unfinished codec run of another manifest"):
+        train_codec(str(tiny_manifest), tmp_path, _settings(steps=4, checkpoint_every=2, seed=1))
 
 
 def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manifest: Path) -> None:
