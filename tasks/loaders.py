@@ -58,16 +58,12 @@ __all__ = [
     "tokenizer_spec",
 ]
 
-
 #: Mimi's released checkpoint: moshi's DEFAULT_REPO and MIMI_NAME (moshi/models/loaders.py).
 MIMI_REPO = "kyutai/moshiko-pytorch-bf16"
 
-
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
-
 MIMI_REPO_ENV = "CODECFLOW_MIMI_REPO"
-
 
 MIMI_FILE_ENV = "CODECFLOW_MIMI_FILE"
 

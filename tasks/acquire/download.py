@@ -35,19 +35,14 @@ __all__ = [
     "parse_content_range",
 ]
 
-
 # Suffix of the file that keeps downloaded bytes whose md5 is wrong: `<dest>.md5-mismatch`.
 MISMATCH_SUFFIX = ".md5-mismatch"
 
-
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
-
 
 _HASH_CHUNK = 1 << 20
 
-
 _CONTENT_RANGE_RE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
-
 
 # Waits before each reconnect of a dropped http(s) stream; one more drop without progress fails.
 RECONNECT_DELAYS_S = (0.0, 1.0, 4.0, 15.0, 60.0)

@@ -52,9 +52,7 @@ __all__ = [
     "is_extracted",
 ]
 
-
 _LOG = logging.getLogger(__name__)
-
 
 _MD5_RE = re.compile(r"[0-9a-f]{32}")
 

@@ -34,27 +34,20 @@ __all__ = [
     "refusal",
 ]
 
-
 #: Read size from the archive and copy size per member: 1 MiB keeps Python's per-call overhead
 #: small on multi-terabyte archives (tarfile's default is one 10 KiB record per read).
 CHUNK = 1 << 20
 
-
 SYMLINK_REMOTE = "symlink (not supported on object stores)"
-
 
 SYMLINK_LOCAL = "symlink (not extracted)"
 
-
 HARDLINK_LOCAL = "hard link (not extracted)"
-
 
 #: Modes of what the local sink creates, passed to os.open/os.mkdir so the umask still applies.
 FILE_MODE = 0o644
 
-
 FOLDER_MODE = 0o755
-
 
 #: A new file, never an existing one, never through a link (O_NOFOLLOW: the last component).
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -31,7 +31,6 @@ __all__ = [
     "refused_members_probe",
 ]
 
-
 #: Frames read at the end of each file to detect truncation cheaply: a FLAC header announces the
 #: total length, and a truncated file fails to seek or read there (measured with libsndfile).
 _TAIL_FRAMES = 4096
@@ -290,7 +289,6 @@ def probe_book(root: str, listing: BookListing) -> BookProbe:
 
 #: The reason kind of a tar member the extraction refused (see refused_members_probe).
 REFUSED_MEMBER = "refused tar member"
-
 
 #: How many refused members the one-screen summary lists by name (all are in summary.json).
 SUMMARY_REFUSED_SHOWN = 10

@@ -17,7 +17,6 @@ __all__ = [
     "kill_point",
 ]
 
-
 _reached: Counter[str] = Counter()
 
 

@@ -132,7 +132,6 @@ def _describe_holder(holder: str | dict[str, Any]) -> str:
 #: The file that makes a folder codecflow's: written first, before anything else in it.
 OWNER_MARKER = ".codecflow-owner.json"
 
-
 #: What `tasks.io` names its temporaries: `.<name>.` + tempfile's 8 random characters + `.tmp`.
 _OWN_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 

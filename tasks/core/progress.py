@@ -28,16 +28,12 @@ __all__ = [
     "sanitize_artifact_key",
 ]
 
-
 ProgressCallback = Callable[[int, int | None], None]
-
 
 _log = logging.getLogger(__name__)
 
-
 # Decimal units, as Libri-Light publishes its sizes ("35 GB") and as tqdm's unit_scale shows them.
 _UNITS = ("kB", "MB", "GB", "TB", "PB")
-
 
 # Prefect's rule for artifact keys: prefect/types/names.py,
 # LOWERCASE_LETTERS_NUMBERS_AND_DASHES_ONLY_REGEX = "^[a-z0-9-]*$".

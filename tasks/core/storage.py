@@ -48,7 +48,6 @@ __all__ = [
     "write_json",
 ]
 
-
 _HASH_CHUNK = 1 << 20
 
 

@@ -37,7 +37,6 @@ __all__ = [
     "read_segment_audio",
 ]
 
-
 #: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
 LIBRILIGHT_RATE = 16_000
 

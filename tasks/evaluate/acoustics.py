@@ -24,12 +24,10 @@ __all__ = [
     "load_prompt",
 ]
 
-
 # A sample "stuck in broadband noise" (the post's crackling mode) has a flat spectrum: white
 # noise has a spectral flatness near exp(-Euler's gamma) = 0.56 per frame, voiced speech around
 # 0.01-0.1. 0.3 over the non-silent frames separates the two with room on both sides.
 CRACKLING_FLATNESS = 0.3
-
 
 # Screeching saturates: more than 1 % of samples at full scale.
 SCREECHING_CLIPPING = 0.01

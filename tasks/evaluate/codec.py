@@ -40,11 +40,9 @@ __all__ = [
     "is_codec_report_committed",
 ]
 
-
 #: The kind of folder a codec evaluation owns, and what shows one written before the markers:
 #: a file name only codecflow writes (a user's index.html must not make a folder ours).
 CODEC_REPORT_KIND = "codec evaluation"
-
 
 CODEC_REPORT_COMMITTED = ("loss_vs_levels.png",)
 

@@ -46,10 +46,8 @@ __all__ = [
     "word_error_rate",
 ]
 
-
 #: Both models work at 16 kHz: GE2E was trained on 16 kHz mels, pocketsphinx's en-us on 16 kHz.
 MODEL_RATE = 16_000
-
 
 #: Voiced audio (after resemblyzer's VAD) below this is not embedded: GE2E looks at 1.6 s windows
 #: and zero-pads shorter input, so a fraction of a second says little about the voice.
@@ -131,7 +129,6 @@ def load_recognizer() -> Any:
 # Neither model is documented as thread-safe, and the cached instances are shared by every thread
 # of the process (Prefect may run tasks in threads); a pocketsphinx Decoder holds utterance state.
 _VOICE_LOCK = threading.Lock()
-
 
 _RECOGNIZER_LOCK = threading.Lock()
 

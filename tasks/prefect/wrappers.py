@@ -76,7 +76,6 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 _CACHED: dict[str, Any] = {"persist_result": True}
 
-
 _RETRIED: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": [2, 10, 30],
