@@ -21,8 +21,8 @@ from prefect.futures import wait
 from flows._common import run_on_runner, unless_committed
 from schemas.configs import AcquireConfig
 from schemas.sources import SourceSpecError, resolve_sources
-from tasks.acquire.extract import check_reuse, is_extracted
 from tasks.acquire.manifest import ManifestRecord, format_summary
+from tasks.acquire.marker import check_reuse, is_extracted
 from tasks.acquire.probe import BookProbe, refused_members_probe
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError

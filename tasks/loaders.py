@@ -21,7 +21,11 @@ point `HF_HOME` at it).
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +252,75 @@ def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[s
     if unexpected or set(missing) - {"wte.weight"}:
         raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json")
     return model.to(device).eval(), config["tokenizer"]
+
+
+#: Both speech models work at 16 kHz: GE2E was trained on 16 kHz mels, pocketsphinx's en-us on
+#: 16 kHz.
+SPEECH_MODEL_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Why a metric could not be computed (a loader returns this instead of a model)."""
+
+    metric: str
+    reason: str  # one line, e.g. "resemblyzer is not installed: No module named 'resemblyzer'"
+
+
+def _one_line(exc: BaseException) -> str:
+    # Reasons end up in one line of a report; some messages (pocketsphinx, torch) span several.
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def import_reason(package: str, exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"{package} is not installed: {' '.join(str(exc).split())}"
+    return f"{package} could not be imported: {_one_line(exc)}"
+
+
+def model_name(distribution: str, suffix: str) -> str:
+    # The version makes reports comparable across environments; the name stays even when the
+    # package is missing, so a skipped metric still says which model it would have used.
+    try:
+        return f"{distribution} {metadata.version(distribution)} {suffix}"
+    except metadata.PackageNotFoundError:
+        return f"{distribution} {suffix}"
+
+
+@functools.lru_cache(maxsize=1)
+def load_voice_encoder() -> Any:
+    """resemblyzer's GE2E `VoiceEncoder` on CPU, loaded once per process; `Skipped` if it cannot
+    be imported or loaded (the failure is cached too: clear with `load_voice_encoder.cache_clear`).
+    """
+    try:
+        # Importing resemblyzer warns twice about its dependencies, not about anything we do:
+        # scipy.ndimage.morphology (resemblyzer) and pkg_resources (webrtcvad).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*binary_dilation", category=Warning)
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            from resemblyzer import VoiceEncoder
+    except Exception as exc:  # any import failure means "skip the metric"
+        return Skipped("voice_similarity", import_reason("resemblyzer", exc))
+    try:
+        return VoiceEncoder(device="cpu", verbose=False)
+    except Exception as exc:
+        return Skipped(
+            "voice_similarity", f"resemblyzer's GE2E model failed to load: {_one_line(exc)}"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def load_recognizer() -> Any:
+    """pocketsphinx's `Decoder` with its bundled en-us model at 16 kHz, loaded once per process;
+    `Skipped` if it cannot be imported or loaded (cached too: `load_recognizer.cache_clear`)."""
+    try:
+        from pocketsphinx import Decoder
+    except Exception as exc:
+        return Skipped("words", import_reason("pocketsphinx", exc))
+    try:
+        # Its log goes to stderr and says "ERROR" on harmless things (an utterance of a few
+        # milliseconds); a failed load still raises, with a generic message.
+        return Decoder(samprate=SPEECH_MODEL_RATE, logfn=os.devnull)
+    except Exception as exc:
+        return Skipped("words", f"pocketsphinx's en-us model failed to load: {_one_line(exc)}")

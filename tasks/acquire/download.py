@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import httpx
 
+from tasks.acquire.marker import MD5_RE
 from tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
 from tasks.core.progress import ProgressCallback
 from tasks.core.storage import fsync_dir
@@ -38,7 +39,6 @@ __all__ = [
 # Suffix of the file that keeps downloaded bytes whose md5 is wrong: `<dest>.md5-mismatch`.
 MISMATCH_SUFFIX = ".md5-mismatch"
 
-_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 _HASH_CHUNK = 1 << 20
 
@@ -254,7 +254,7 @@ def fetch(
     dest = Path(dest)
     if expected_md5 is not None:
         expected_md5 = expected_md5.strip().lower()
-        if not _MD5_RE.match(expected_md5):
+        if not MD5_RE.fullmatch(expected_md5):
             raise CodecflowError(f"expected md5 for {source} is not 32 hex digits: {expected_md5}")
     if chunk_size <= 0:
         raise CodecflowError(f"chunk_size must be positive, got {chunk_size}")

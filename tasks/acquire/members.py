@@ -13,15 +13,12 @@ import tarfile
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, cast
 
+from tasks.acquire.marker import EXTRACTED_MARKER
 from tasks.core.errors import CodecflowError
-
-#: The marker a completed extraction writes last (a member of that name is refused).
-EXTRACTED_MARKER = ".extracted.json"
 
 __all__ = [
     "CHUNK",
     "CREATE_FLAGS",
-    "EXTRACTED_MARKER",
     "FILE_MODE",
     "FOLDER_MODE",
     "HARDLINK_LOCAL",

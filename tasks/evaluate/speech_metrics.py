@@ -19,26 +19,26 @@ report can say plainly that the metric was skipped. All audio is float32 mono in
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from tasks.core.errors import CodecflowError
+from tasks.loaders import (
+    SPEECH_MODEL_RATE,
+    Skipped,
+    import_reason,
+    load_recognizer,
+    load_voice_encoder,
+    model_name,
+)
 
 __all__ = [
     "MIN_VOICED_SECONDS",
     "MODEL_RATE",
-    "Skipped",
     "SpeechInputError",
-    "load_recognizer",
-    "load_voice_encoder",
     "regeneration_metrics",
     "speech_metrics",
     "transcribe",
@@ -46,84 +46,17 @@ __all__ = [
     "word_error_rate",
 ]
 
-#: Both models work at 16 kHz: GE2E was trained on 16 kHz mels, pocketsphinx's en-us on 16 kHz.
-MODEL_RATE = 16_000
+#: The speech models' rate (`tasks.loaders.SPEECH_MODEL_RATE`).
+MODEL_RATE = SPEECH_MODEL_RATE
 
 #: Voiced audio (after resemblyzer's VAD) below this is not embedded: GE2E looks at 1.6 s windows
 #: and zero-pads shorter input, so a fraction of a second says little about the voice.
 MIN_VOICED_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """Why a metric could not be computed (a loader returns this instead of a model)."""
-
-    metric: str
-    reason: str  # one line, e.g. "resemblyzer is not installed: No module named 'resemblyzer'"
-
-
 class SpeechInputError(CodecflowError, ValueError):
     """Bad input to a speech metric (codecflow's error family, and a ValueError for callers
     that do not know it)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    # Reasons end up in one line of a report; some messages (pocketsphinx, torch) span several.
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _import_reason(package: str, exc: BaseException) -> str:
-    if isinstance(exc, ModuleNotFoundError):
-        return f"{package} is not installed: {' '.join(str(exc).split())}"
-    return f"{package} could not be imported: {_one_line(exc)}"
-
-
-def _model_name(distribution: str, suffix: str) -> str:
-    # The version makes reports comparable across environments; the name stays even when the
-    # package is missing, so a skipped metric still says which model it would have used.
-    try:
-        return f"{distribution} {metadata.version(distribution)} {suffix}"
-    except metadata.PackageNotFoundError:
-        return f"{distribution} {suffix}"
-
-
-@functools.lru_cache(maxsize=1)
-def load_voice_encoder() -> Any:
-    """resemblyzer's GE2E `VoiceEncoder` on CPU, loaded once per process; `Skipped` if it cannot
-    be imported or loaded (the failure is cached too: clear with `load_voice_encoder.cache_clear`).
-    """
-    try:
-        # Importing resemblyzer warns twice about its dependencies, not about anything we do:
-        # scipy.ndimage.morphology (resemblyzer) and pkg_resources (webrtcvad).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*binary_dilation", category=Warning)
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            from resemblyzer import VoiceEncoder
-    except Exception as exc:  # any import failure means "skip the metric"
-        return Skipped("voice_similarity", _import_reason("resemblyzer", exc))
-    try:
-        return VoiceEncoder(device="cpu", verbose=False)
-    except Exception as exc:
-        return Skipped(
-            "voice_similarity", f"resemblyzer's GE2E model failed to load: {_one_line(exc)}"
-        )
-
-
-@functools.lru_cache(maxsize=1)
-def load_recognizer() -> Any:
-    """pocketsphinx's `Decoder` with its bundled en-us model at 16 kHz, loaded once per process;
-    `Skipped` if it cannot be imported or loaded (cached too: `load_recognizer.cache_clear`)."""
-    try:
-        from pocketsphinx import Decoder
-    except Exception as exc:
-        return Skipped("words", _import_reason("pocketsphinx", exc))
-    try:
-        # Its log goes to stderr and says "ERROR" on harmless things (an utterance of a few
-        # milliseconds); a failed load still raises, with a generic message.
-        return Decoder(samprate=MODEL_RATE, logfn=os.devnull)
-    except Exception as exc:
-        return Skipped("words", f"pocketsphinx's en-us model failed to load: {_one_line(exc)}")
 
 
 # Neither model is documented as thread-safe, and the cached instances are shared by every thread
@@ -233,7 +166,7 @@ def voice_similarity(
     n = len(audios)
     result: dict[str, Any] = {
         "metric": "voice_similarity",
-        "model": _model_name("resemblyzer", "(GE2E)"),
+        "model": model_name("resemblyzer", "(GE2E)"),
         "skipped": None,
         "prompt_vs_sample": [None] * n,
         "sample_first_vs_second_half": [None] * n,
@@ -288,7 +221,7 @@ def transcribe(wavs: Sequence[np.ndarray], sample_rate: int) -> dict[str, Any]:
     n = len(audios)
     result: dict[str, Any] = {
         "metric": "words",
-        "model": _model_name("pocketsphinx", "en-us"),
+        "model": model_name("pocketsphinx", "en-us"),
         "skipped": None,
         "transcripts": [None] * n,
         "transcripts_skipped": [None] * n,
@@ -389,7 +322,7 @@ def speech_metrics(
         try:
             words["prompt_wer"] = word_error_rate(prompt_text, transcripts[0])
         except ImportError as exc:
-            words["prompt_wer_skipped"] = _import_reason("jiwer", exc)
+            words["prompt_wer_skipped"] = import_reason("jiwer", exc)
         except ValueError as exc:  # a prompt_text without words: say so, do not fail the report
             words["prompt_wer_skipped"] = " ".join(str(exc).split())
     return {"voice": voice, "words": words}

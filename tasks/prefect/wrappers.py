@@ -29,6 +29,7 @@ from schemas.configs import (
 )
 from tasks.acquire import download, extract, members, probe, segments, sinks, stream
 from tasks.acquire import manifest as segment_manifest
+from tasks.acquire import marker as extraction
 from tasks.core import runtime, storage
 from tasks.core.errors import is_transient_chain
 from tasks.core.progress import TqdmProgress, combine
@@ -92,10 +93,10 @@ def fetch_task(
     An archive already extracted at `extracted_dest` is not fetched again: its record comes from
     the extraction marker, so a re-run downloads nothing even when the tar was deleted.
     """
-    if extract.is_extracted(extracted_dest):
+    if extraction.is_extracted(extracted_dest):
         # Only this archive's extraction stands in for its download (same md5, or same URL).
-        extract.check_reuse(extracted_dest, source, md5)
-        marker = storage.read_json(storage.join(extracted_dest, extract.EXTRACTED_MARKER))
+        extraction.check_reuse(extracted_dest, source, md5)
+        marker = storage.read_json(storage.join(extracted_dest, extraction.EXTRACTED_MARKER))
         size = int(marker.get("archive_size", 0))
         return download.FetchRecord(Path(dest), marker["md5"], size, size, source)
     with TqdmProgress(Path(dest).name) as bar:
@@ -103,8 +104,10 @@ def fetch_task(
         return download.fetch(source, Path(dest), md5, progress=reporter)
 
 
-@task(name="extract", cache_key_fn=content_key(code=(extract, members, sinks)), **_CACHED)
-def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRecord:
+@task(
+    name="extract", cache_key_fn=content_key(code=(extract, extraction, members, sinks)), **_CACHED
+)
+def extract_task(archive: download.FetchRecord, dest: str) -> extraction.ExtractRecord:
     """Extract the downloaded tar safely (keyed on the tar's md5: an extraction of another
     archive at `dest` is refused, not reused)."""
     return extract.extract_tar_safely(
@@ -114,11 +117,11 @@ def extract_task(archive: download.FetchRecord, dest: str) -> extract.ExtractRec
 
 @task(
     name="stream-extract",
-    cache_key_fn=content_key(code=(stream, extract, members, sinks)),
+    cache_key_fn=content_key(code=(stream, extract, extraction, members, sinks)),
     **_RETRIED,
     **_CACHED,
 )
-def stream_extract_task(source: str, dest: str, md5: str | None) -> extract.ExtractRecord:
+def stream_extract_task(source: str, dest: str, md5: str | None) -> extraction.ExtractRecord:
     """Extract `source` as it streams, storing no tar (the md5 is checked at the end)."""
     with stream.open_source_stream(source) as source_stream:
         return extract.extract_tar_safely(

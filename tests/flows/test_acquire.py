@@ -20,7 +20,7 @@ from librilight_fixture import BAD_FILES, GOOD_FILES, REFUSED_MEMBERS, make_libr
 
 from flows.acquire import run_acquire
 from schemas.configs import AcquireConfig
-from tasks.acquire.extract import ExtractionIdentityError
+from tasks.acquire.marker import ExtractionIdentityError
 from tasks.core.errors import ChecksumMismatchError
 
 

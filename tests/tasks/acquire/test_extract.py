@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.acquire.extract import (
+from tasks.acquire.extract import extract_tar_safely
+from tasks.acquire.marker import (
     EXTRACTED_MARKER,
     ExtractionIdentityError,
     ExtractRecord,
     check_reuse,
-    extract_tar_safely,
     is_extracted,
 )
 from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError

@@ -19,14 +19,13 @@ from helpers import PROMPT, TINY_TAR
 from tasks.evaluate.speech_metrics import (
     MIN_VOICED_SECONDS,
     SpeechInputError,
-    load_recognizer,
-    load_voice_encoder,
     regeneration_metrics,
     speech_metrics,
     transcribe,
     voice_similarity,
     word_error_rate,
 )
+from tasks.loaders import load_recognizer, load_voice_encoder
 
 RATE = 16_000
 # The prompt's two lines, as far as its 4 s go ("...and corn still grassy" in the poem; the clip
