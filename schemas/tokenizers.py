@@ -28,7 +28,12 @@ from typing import Literal
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "MIMI_CODEBOOK_SIZE",
+    "MIMI_FRAME_RATE",
     "MIMI_MAX_LEVELS",
+    "MIMI_SAMPLE_RATE",
+    "MULAW_CODEBOOK_SIZE",
+    "MULAW_SAMPLE_RATE",
     "MULAW_NAMES",
     "TokenizerKind",
     "TokenizerName",
@@ -38,6 +43,11 @@ __all__ = [
 
 #: Mimi's RVQ depth: `_quantizer_kwargs["n_q"]` in moshi/models/loaders.py (moshi 0.2).
 MIMI_MAX_LEVELS = 32
+#: Mimi's rates and codebook (moshi/models/loaders.py: SAMPLE_RATE 24 000, FRAME_RATE 12.5,
+#: `_quantizer_kwargs["bins"]` 2048): what sizes need without loading the model.
+MIMI_SAMPLE_RATE, MIMI_FRAME_RATE, MIMI_CODEBOOK_SIZE = 24_000, 12.5, 2048
+#: mu-law 256 at Libri-Light's 16 kHz: one token per sample.
+MULAW_SAMPLE_RATE, MULAW_CODEBOOK_SIZE = 16_000, 256
 
 #: Every mu-law name: `mu-law-256`, its alias `mulaw`, and `mu-law-256-post`.
 MULAW_NAMES: tuple[str, ...] = ("mu-law-256", "mulaw", "mu-law-256-post")

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.tokenizers import parse_tokenizer_name
+from schemas.tokenizers import (
+    MIMI_CODEBOOK_SIZE,
+    MIMI_FRAME_RATE,
+    MIMI_SAMPLE_RATE,
+    MULAW_CODEBOOK_SIZE,
+    MULAW_SAMPLE_RATE,
+    parse_tokenizer_name,
+)
 from tasks.core.errors import CodecflowError
 from tasks.loaders import codec_preset
 
@@ -57,7 +64,6 @@ _GIB = float(1 << 30)
 
 
 _SPLITS = ("train", "val")  # schemas.tables.SPLITS, without importing pyarrow
-_MIMI_RATE, _MIMI_FRAME_RATE, _MIMI_CODEBOOK = 24_000, 12.5, 2048
 
 
 @dataclass(frozen=True)
@@ -138,14 +144,20 @@ def describe_tokenizer(name: str) -> TokenizerFacts:
     """
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":
-        return TokenizerFacts(name, 16_000, 16_000.0, 1, 256, 1)
+        rate = MULAW_SAMPLE_RATE
+        return TokenizerFacts(name, rate, float(rate), 1, MULAW_CODEBOOK_SIZE, 1)
     if parsed.kind == "codec":
         assert parsed.checkpoint is not None
         return _codec_facts(name, parsed.checkpoint, parsed.num_levels)
     assert parsed.num_levels is not None
     levels = parsed.num_levels  # K either way: levels 0..K-1, or 1..K without the semantic one
     return TokenizerFacts(
-        name, _MIMI_RATE, _MIMI_FRAME_RATE, levels, _MIMI_CODEBOOK, smallest_token_bytes(2048)
+        name,
+        MIMI_SAMPLE_RATE,
+        MIMI_FRAME_RATE,
+        levels,
+        MIMI_CODEBOOK_SIZE,
+        smallest_token_bytes(MIMI_CODEBOOK_SIZE),
     )
 
 

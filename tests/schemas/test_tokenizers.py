@@ -143,3 +143,21 @@ def test_the_grammar_is_pure() -> None:
             [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
         )
         assert done.stdout.strip() == "[]"
+
+
+def test_mimi_facts_are_moshis() -> None:
+    """schemas/ may not import moshi (sizes run without torch models): its copies of Mimi's facts
+    must stay moshi's own."""
+    from moshi.models import loaders
+
+    from schemas.tokenizers import (
+        MIMI_CODEBOOK_SIZE,
+        MIMI_FRAME_RATE,
+        MIMI_MAX_LEVELS,
+        MIMI_SAMPLE_RATE,
+    )
+
+    assert MIMI_SAMPLE_RATE == loaders.SAMPLE_RATE
+    assert MIMI_FRAME_RATE == loaders.FRAME_RATE
+    assert MIMI_CODEBOOK_SIZE == loaders._quantizer_kwargs["bins"]
+    assert MIMI_MAX_LEVELS == loaders._quantizer_kwargs["n_q"]
