@@ -18,7 +18,6 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
 
 from schemas.tables import (
@@ -30,7 +29,7 @@ from schemas.tables import (
 from tasks.acquire.probe import SUMMARY_REFUSED_SHOWN, list_books, probe_book
 from tasks.acquire.segments import SegmentPlan, plan_segments
 from tasks.core.errors import CodecflowError
-from tasks.core.storage import is_remote, join, open_atomic_write, url_to_fs
+from tasks.core.storage import is_remote, join, open_atomic_write, url_to_fs, write_parquet
 from tasks.data.manifest import read_segment_audio
 
 __all__ = [
@@ -121,12 +120,12 @@ def write_manifest(
     rejects = pa.Table.from_pylist(
         [{"path": r.path, "reason": r.reason} for r in plan.rejects], schema=REJECTS_SCHEMA
     )
-    _write_parquet(rejects_path, rejects)
+    write_parquet(rejects_path, rejects)
     summary = {**plan.summary, "manifest": manifest_path, "rejects": rejects_path}
     with open_atomic_write(summary_path) as f:
         f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     schema = SEGMENT_MANIFEST_SCHEMA.with_metadata({MANIFEST_AUDIO_ROOT_KEY: audio_root.encode()})
-    _write_parquet(manifest_path, pa.Table.from_pylist(list(rows), schema=schema))
+    write_parquet(manifest_path, pa.Table.from_pylist(list(rows), schema=schema))
     n_val = sum(r["split"] == "val" for r in rows)
     return ManifestRecord(
         path=manifest_path,
@@ -139,13 +138,6 @@ def write_manifest(
         n_speakers=len({r["speaker"] for r in rows}),
         n_rejects=len(plan.rejects),
     )
-
-
-def _write_parquet(url: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    with open_atomic_write(url) as f:
-        f.write(buffer.getvalue())
 
 
 def build_segment_manifest(
