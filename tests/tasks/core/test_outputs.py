@@ -187,7 +187,7 @@ def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: 
 
     out = tmp_path / "run"
     code = (
-        "import subprocess, sys, time; from tasks import storage\n"
+        "import subprocess, sys, time; from tasks.core import outputs\n"
         "with outputs.exclusive_lock(sys.argv[1], 'launcher') as fd:\n"
         "    child = subprocess.Popen(['sleep', '600'], pass_fds=(fd,))\n"
         "    print(child.pid, flush=True); time.sleep(600)\n"

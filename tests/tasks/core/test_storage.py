@@ -296,7 +296,7 @@ def test_s3_lock_of_a_dead_local_process_is_taken_over(s3_bucket: str) -> None:
 def test_s3_lock_held_by_a_live_subprocess_refuses(s3_bucket: str, tmp_path: Path) -> None:
     out = f"{s3_bucket}/runs/live"
     code = (
-        "import sys, time; from tasks import storage\n"
+        "import sys, time; from tasks.core import outputs\n"
         "with outputs.exclusive_lock(sys.argv[1], 'holder'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
