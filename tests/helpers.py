@@ -73,8 +73,8 @@ def task_run_states_since(since: datetime) -> list[tuple[str, str]]:
 def lock_held_by_another_process(out: Path, what: str = "holder test") -> Iterator[int]:
     """A real python process holding `out`'s lock until killed; yields its pid."""
     code = (
-        "import sys, time; from tasks import storage\n"
-        "with storage.exclusive_lock(sys.argv[1], sys.argv[2]):\n"
+        "import sys, time; from tasks.core import outputs\n"
+        "with outputs.exclusive_lock(sys.argv[1], sys.argv[2]):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
     process = subprocess.Popen(
