@@ -16,33 +16,35 @@ from the newest complete checkpoint and the loss curve continues where it stoppe
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from models.codec import RVQCodec, build_rvq_codec, codec_config_dict
 from models.losses import codec_loss
 from schemas.configs import TrainCodecSettings
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
-from tasks.core.runtime import learning_rate_at, resolve_device
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.checkpoints import (
-    latest_checkpoint,
-    load_training_state,
-    load_weights,
-    read_log,
-    save_resumable,
-)
+from tasks.core.runtime import resolve_device
+from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.data.manifest import CODEC_RATE, load_split_audio
+from tasks.train.scaffold import (
+    RunIdentity,
+    RunLog,
+    checkpoint_due,
+    plot_log,
+    read_identity,
+    read_record,
+    resume,
+    save_checkpoint,
+    schedule,
+    write_final,
+)
 
 __all__ = [
     "CODEC_RUN_COMMITTED",
@@ -108,7 +110,7 @@ def _weights(codec: RVQCodec) -> dict[str, torch.Tensor]:
 
 def is_codec_committed(out: Path) -> bool:
     """True when `out/checkpoint` holds a complete final codec."""
-    return (Path(out) / "checkpoint" / "metrics.json").is_file()
+    return is_checkpoint_committed(out)
 
 
 def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> CodecCheckpointRecord:
@@ -128,23 +130,30 @@ def _train_codec_owned(
     manifest: str, out: Path, settings: TrainCodecSettings
 ) -> CodecCheckpointRecord:
     """train_codec once `out` is ours and locked: the committed codec, or resume, or start."""
-    identity = {"manifest": storage.sha256(manifest), "settings": settings.model_dump(mode="json")}
-    final = out / "checkpoint"
-    if is_codec_committed(out):
-        metrics = json.loads((final / "metrics.json").read_text())
-        if _stored_identity(metrics.get("identity")) == identity:
-            return _record(final, metrics)
-        raise CodecflowError(f"{final} holds a codec of another manifest or settings")
+    identity = RunIdentity(
+        CODEC_RUN_KIND,
+        "codec",
+        "manifest",
+        storage.sha256(manifest),
+        settings.model_dump(mode="json"),
+        # `num_levels` was `levels` until the one name for K: a run recorded before still resumes.
+        renamed={"levels": "num_levels"},
+    )
+    metrics = identity.committed(out)
+    if metrics is not None:
+        return read_record(CodecCheckpointRecord, out / "checkpoint", metrics)
+    # The run's identity is recorded once, before its first step (not per checkpoint).
     run_identity = out / "identity.json"
-    stored = json.loads(run_identity.read_text()) if run_identity.is_file() else identity
-    if _stored_identity(stored) != identity:
-        raise CodecflowError(
-            f"{out} holds an unfinished codec run of another manifest or settings; "
-            "choose another out"
-        )
+    identity.check_resumable(out, read_identity(run_identity))
     out.mkdir(parents=True, exist_ok=True)
-    storage.write_json(run_identity, identity)
+    storage.write_json(run_identity, identity.to_json())
+    return _train(manifest, out, settings, identity)
 
+
+def _train(
+    manifest: str, out: Path, settings: TrainCodecSettings, identity: RunIdentity
+) -> CodecCheckpointRecord:
+    """The training loop from the newest checkpoint on, then the final codec."""
     audio = [clip for _, clip in load_split_audio(manifest, "train")]
     hop = 2**settings.n_blocks
     crop = max(hop, int(settings.crop_seconds * CODEC_RATE) // hop * hop)  # whole frames
@@ -155,112 +164,65 @@ def _train_codec_owned(
         codec.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     gen = torch.Generator().manual_seed(settings.seed)
-    start = 0
-    resumed = latest_checkpoint(out)
-    if resumed is not None:
-        codec.load_state_dict(load_weights(resumed / "model.safetensors"))
-        state = load_training_state(resumed / "training_state.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        gen.set_state(state["crop_rng"])
-        start = int(state["step"])
-    log_path = out / "train_log.jsonl"
-    log = read_log(log_path, upto=start)
+    resumed = resume(out, codec, optimizer)
+    if resumed.checkpoint is not None:
+        gen.set_state(resumed.state["crop_rng"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     codec.train()
-    with open(log_path, "w") as log_file:
-        log_file.writelines(json.dumps(r) + "\n" for r in log)
-        for step in range(start, settings.steps):
-            lr = learning_rate_at(step, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = _crops(audio, settings.batch_size, crop, gen).to(device)  # [B, 1, T]
-            started = time.perf_counter()
-            with autocast:
-                result = codec(batch)
-            loss = codec_loss(result.reconstruction.float(), batch, result.commitment_loss.float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(codec.parameters(), settings.grad_clip)
-            optimizer.step()
-            record = {
-                "step": step + 1,
-                "loss": loss.total.item(),
-                "mse": loss.mse.item(),
-                "spectral": loss.spectral.item(),
-                "commitment": loss.commitment.item(),
-                "levels_used": int(result.codes.shape[1]),
-                "dead_code_fraction": float(np.mean(result.metrics.dead_code_fraction)),
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "seconds": time.perf_counter() - started,
-            }
-            log.append(record)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-                save_resumable(
-                    out,
-                    step + 1,
-                    _weights(codec),
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "crop_rng": gen.get_state(),
-                    },
-                )
+    for step, lr in schedule(optimizer, resumed.step, settings):
+        batch = _crops(audio, settings.batch_size, crop, gen).to(device)  # [B, 1, T]
+        record = _step(codec, optimizer, batch, autocast, settings.grad_clip, lr)
+        resumed.log.append({"step": step + 1, **record})  # "step" first, as before
+        if checkpoint_due(step + 1, settings):
+            state = {"crop_rng": gen.get_state()}
+            save_checkpoint(out, step + 1, _weights(codec), optimizer, state)
 
+    log = resumed.log
     metrics = {
-        "identity": identity,
+        "identity": identity.to_json(),
         "steps": settings.steps,
         "levels": settings.num_levels,
         "n_parameters": sum(p.numel() for p in codec.parameters()),
-        "loss_first": log[0]["loss"],
-        "loss_last": float(np.mean([r["loss"] for r in log[-10:]])),
-        "resumed_from": start,
+        "loss_first": log.rows[0]["loss"],
+        "loss_last": float(np.mean([r["loss"] for r in log.rows[-10:]])),
+        "resumed_from": resumed.step,
     }
-    with atomic_dir(final) as tmp:
-        save_file(_weights(codec), str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(
-            json.dumps({"codec": codec_config_dict(codec), "sample_rate": CODEC_RATE}, indent=2)
-            + "\n"
-        )
-        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-        _plot_losses(log, tmp / "loss.png")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last
-    return _record(final, metrics)
+    config = {"codec": codec_config_dict(codec), "sample_rate": CODEC_RATE}
+    final = write_final(out, _weights(codec), config, metrics, log, lambda p: _plot(log, p))
+    return read_record(CodecCheckpointRecord, final, metrics)
 
 
-def _stored_identity(identity: Any) -> Any:
-    """A run identity as written, its settings' `levels` (the field's name until `num_levels`)
-    renamed, so that a run written before the rename still resumes."""
-    if not isinstance(identity, dict) or not isinstance(identity.get("settings"), dict):
-        return identity
-    settings = dict(identity["settings"])
-    if "levels" in settings and "num_levels" not in settings:
-        settings["num_levels"] = settings.pop("levels")
-    return {**identity, "settings": settings}
+def _step(
+    codec: RVQCodec,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    autocast: torch.autocast,
+    grad_clip: float,
+    lr: float,
+) -> dict[str, Any]:
+    """One optimizer step on `batch` [B, 1, T]; its log record but the step number."""
+    started = time.perf_counter()
+    with autocast:
+        result = codec(batch)
+    loss = codec_loss(result.reconstruction.float(), batch, result.commitment_loss.float())
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(codec.parameters(), grad_clip)
+    optimizer.step()
+    return {
+        "loss": loss.total.item(),
+        "mse": loss.mse.item(),
+        "spectral": loss.spectral.item(),
+        "commitment": loss.commitment.item(),
+        "levels_used": int(result.codes.shape[1]),
+        "dead_code_fraction": float(np.mean(result.metrics.dead_code_fraction)),
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def _plot_losses(log: Sequence[Mapping[str, Any]], path: Path) -> None:
-    with figure(path) as ax:
-        steps = [r["step"] for r in log]
-        for key in ("loss", "spectral", "mse"):
-            ax.plot(steps, [r[key] for r in log], label=key)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.legend()
-
-
-def _record(final: Path, metrics: Mapping[str, Any]) -> CodecCheckpointRecord:
-    return CodecCheckpointRecord(
-        path=final,
-        fingerprint=fingerprint(final / "model.safetensors"),
-        steps=int(metrics["steps"]),
-        levels=int(metrics["levels"]),
-        n_parameters=int(metrics["n_parameters"]),
-        loss_first=float(metrics["loss_first"]),
-        loss_last=float(metrics["loss_last"]),
-        resumed_from=int(metrics["resumed_from"]),
-    )
+def _plot(log: RunLog, path: Path) -> None:
+    curves = {key: key for key in ("loss", "spectral", "mse")}
+    plot_log(log.rows, path, curves, log_scale=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["Ranks", "barrier", "init_distributed"]
+__all__ = ["Ranks", "barrier", "init_distributed", "write_rank_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,14 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def write_rank_fingerprint(folder: Path, ranks: Ranks, model: torch.nn.Module) -> None:
+    """Each rank's sha256 of its parameters (`folder/rank-<r>.json`): DDP keeps them equal,
+    and the multi-process test checks it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{ranks.rank}.json").write_text(json.dumps({"sha256": digest.hexdigest()}))

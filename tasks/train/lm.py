@@ -19,29 +19,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from models.flops import model_flops_utilization, peak_flops_for
-from models.gpt import GPT
-from models.layouts import make_layout
+from models.gpt import GPT, GPTConfig
+from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from schemas.configs import TrainLMSettings
 from tasks.core import outputs
 from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
-from tasks.core.runtime import learning_rate_at, resolve_device
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.checkpoints import (
-    is_checkpoint_committed,
-    latest_checkpoint,
-    load_training_state,
-    load_weights,
-    read_log,
-    save_resumable,
-)
+from tasks.core.runtime import resolve_device
+from tasks.data.checkpoints import latest_checkpoint
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.train.distributed import Ranks, barrier, init_distributed
+from tasks.train.distributed import Ranks, barrier, init_distributed, write_rank_fingerprint
+from tasks.train.scaffold import (
+    Resumed,
+    RunIdentity,
+    checkpoint_due,
+    json_text,
+    plot_log,
+    read_identity,
+    read_record,
+    resume,
+    save_checkpoint,
+    schedule,
+    write_final,
+)
 
 __all__ = [
     "CheckpointRecord",
@@ -96,40 +99,18 @@ LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"
 
 
-def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]:
-    return {
-        "dataset": info["fingerprint"],
-        "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
-    }
-
-
-def _differences(recorded: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
-    """'learning_rate 0.001 in the checkpoint, 0.003 asked for' per field that differs."""
-    old = {"dataset": recorded.get("dataset"), **recorded.get("settings", {})}
-    new = {"dataset": asked.get("dataset"), **asked.get("settings", {})}
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            a, b = (_shown(v) for v in (old.get(key), new.get(key)))
-            lines.append(f"{key} {a} in the checkpoint, {b} asked for")
-    return lines
-
-
-def _shown(value: Any) -> str:
-    # A sha256 fingerprint: its first 12 hex digits tell two datasets apart on one line.
-    if isinstance(value, str) and len(value) == 64:
-        return f"fingerprint {value[:12]}"
-    return str(value)
+def _identity(info: Mapping[str, Any], settings: TrainLMSettings) -> RunIdentity:
+    settings_json = settings.model_dump(mode="json", exclude=_RUNTIME_ONLY)
+    return RunIdentity(LM_RUN_KIND, "checkpoint", "dataset", info["fingerprint"], settings_json)
 
 
 def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, Any] | None:
     """The identity a resumable checkpoint records; for one written before identities were
     recorded, its settings (config.json) and, when its tokens match, the requested dataset
     (its fingerprint was not kept: the tokenizer is what can be compared)."""
-    recorded = checkpoint / "identity.json"
-    if recorded.is_file():
-        identity: dict[str, Any] = json.loads(recorded.read_text())
-        return identity
+    recorded = read_identity(checkpoint / "identity.json")
+    if recorded is not None:
+        return recorded
     config_path = checkpoint / "config.json"
     if not config_path.is_file():
         return None
@@ -143,21 +124,6 @@ def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, 
         "dataset": info["fingerprint"] if same_tokens else f"tokens of {config.get('tokenizer')}",
         "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
     }
-
-
-def _check_resumable(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) -> None:
-    """Refuse to resume a checkpoint of another dataset or settings (it would load its weights
-    and record the new settings as if they had been used from step 0)."""
-    resumed = latest_checkpoint(out)
-    if resumed is None:
-        return
-    recorded = _resumable_identity(resumed, info)
-    if recorded is not None and recorded != identity:
-        raise CodecflowError(
-            f"{out} holds an unfinished LM run ({resumed.name}) of another dataset or settings: "
-            + "; ".join(_differences(recorded, identity))
-            + "; resume with the same ones or choose another out"
-        )
 
 
 def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
@@ -195,18 +161,13 @@ def _train_owned(
     dataset: Path, out: Path, settings: TrainLMSettings, info: dict[str, Any]
 ) -> CheckpointRecord:
     """train_lm once `out` is ours and locked: the committed checkpoint, or resume, or start."""
-    checkpoint = out / "checkpoint"
     identity = _identity(info, settings)
-    if is_checkpoint_committed(out):
-        metrics = json.loads((checkpoint / "metrics.json").read_text())
-        if metrics.get("identity") == identity:
-            return _record(checkpoint, metrics)
-        raise CodecflowError(
-            f"{checkpoint} holds a checkpoint of another dataset or settings ("
-            + "; ".join(_differences(metrics.get("identity") or {}, identity))
-            + "); choose another out"
-        )
-    _check_resumable(out, identity, info)
+    metrics = identity.committed(out)
+    if metrics is not None:
+        return read_record(CheckpointRecord, out / "checkpoint", metrics)
+    resumed = latest_checkpoint(out)
+    if resumed is not None:
+        identity.check_resumable(out, _resumable_identity(resumed, info), resumed.name)
     with TokenReader(dataset, "train") as train_reader, TokenReader(dataset, "val") as val_reader:
         return _train(out, settings, info, identity, train_reader, val_reader)
 
@@ -217,22 +178,32 @@ def _weights(model: GPT) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _train(
-    out: Path,
-    settings: TrainLMSettings,
-    info: dict[str, Any],
-    identity: dict[str, Any],
-    train_reader: TokenReader,
-    val_reader: TokenReader,
-) -> CheckpointRecord:
-    """The training loop, the validation loss and the checkpoints (the readers stay open)."""
-    spec = info["tokenizer"]
+@dataclass(frozen=True)
+class _Run:
+    """One rank's share of a run: where it runs, the model and its optimizer, the tokens."""
+
+    device: torch.device
+    ranks: Ranks
+    layout: TokenLayout
+    codebook_size: int
+    level_weights: list[float]
+    config: GPTConfig
+    model: GPT
+    optimizer: torch.optim.AdamW
+    autocast: torch.autocast
+    # What loading needs (the GPT's numbers, the tokens, their layout) and what an evaluation
+    # needs to repeat the training's validation loss (the settings): in every checkpoint.
+    config_json: dict[str, Any]
+
+
+def _build(settings: TrainLMSettings, spec: Mapping[str, Any]) -> _Run:
+    """The device and ranks, then the model (seeded: the same initial weights on every rank)."""
     device = resolve_device(settings.device)
     ranks = init_distributed(device)
     if device.type == "cuda" and ranks.world > 1:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
-    torch.manual_seed(settings.seed)  # the same initial weights on every rank
+    torch.manual_seed(settings.seed)
     layout = make_layout(settings.layout)
     levels = int(spec["num_levels"])
     codebook_size = int(spec["codebook_size"])
@@ -243,151 +214,174 @@ def _train(
             f"level_weights has {len(weights)} values; the dataset has {levels} levels"
         )
     model = GPT(config).to(device)
-    optimizer = _optimizer(model, settings)
-    # What loading needs (the GPT's numbers, the tokens, their layout) and what an evaluation
-    # needs to repeat the training's validation loss (the settings): in every checkpoint.
-    config_json = (
-        json.dumps(
-            {
-                "gpt": asdict(config),
-                "tokenizer": spec,
-                "layout": settings.layout,
-                # The fields set, not every default: a preset and an explicit shape exclude each
-                # other, so a full dump would not validate again.
-                "settings": settings.model_dump(mode="json", exclude_unset=True),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    config_json = {
+        "gpt": asdict(config),
+        "tokenizer": spec,
+        "layout": settings.layout,
+        # The fields set, not every default: a preset and an explicit shape exclude each
+        # other, so a full dump would not validate again.
+        "settings": settings.model_dump(mode="json", exclude_unset=True),
+    }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    optimizer = _optimizer(model, settings)
+    return _Run(
+        device, ranks, layout, codebook_size, weights, config, model, optimizer, autocast,
+        config_json,
+    )  # fmt: skip
 
-    step, consumed = 0, 0
-    resumed = latest_checkpoint(out)
-    if resumed is not None:
-        missing, _ = model.load_state_dict(
-            load_weights(resumed / "model.safetensors"), strict=False
-        )
-        assert set(missing) <= {"wte.weight"}, missing
-        state = load_training_state(resumed / "training_state.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, consumed = int(state["step"]), int(state["windows_consumed"])
-    trained: Any = model
+
+def _wrapped(run: _Run, settings: TrainLMSettings) -> Any:
+    """The model as the steps call it: compiled when asked, in DDP over several ranks."""
+    trained: Any = run.model
     if settings.compile:
-        trained = torch.compile(model)
-    if ranks.world > 1:
+        trained = torch.compile(run.model)
+    if run.ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        trained = DistributedDataParallel(run.model, device_ids=device_ids)
+    return trained
 
-    log_path = out / "train_log.jsonl"
-    log = read_log(log_path, upto=step) if ranks.main else []
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
-    resumed_from = step
-    batch = settings.batch_size
+
+def _train(
+    out: Path,
+    settings: TrainLMSettings,
+    info: dict[str, Any],
+    identity: RunIdentity,
+    train_reader: TokenReader,
+    val_reader: TokenReader,
+) -> CheckpointRecord:
+    """The training loop, the validation loss and the checkpoints (the readers stay open)."""
+    run = _build(settings, info["tokenizer"])
+    resumed = resume(out, run.model, run.optimizer, tied={"wte.weight"}, write_log=run.ranks.main)
+    trained = _wrapped(run, settings)
     started = time.perf_counter()
-    model.train()
-    while step < settings.steps:
-        lr = learning_rate_at(step, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        accum = settings.grad_accum_steps
-        optimizer.zero_grad(set_to_none=True)
-        total, per_level = 0.0, np.zeros(levels)
-        for micro in range(accum):
-            # Rank r's windows of this micro-batch: a contiguous block of the global sequence.
-            first = consumed + (micro * ranks.world + ranks.rank) * batch
-            inputs, targets, target_levels = lm_windows_batch(
-                train_reader,
-                first + np.arange(batch),
-                config.block_size,
-                settings.seed,
-                layout,
-                codebook_size,
-            )
-            # DDP all-reduces on the last micro-batch only (no_sync before it).
-            sync = ranks.world == 1 or micro == accum - 1
-            with contextlib.nullcontext() if sync else trained.no_sync(), autocast:
-                logits = trained(inputs.to(device)).logits  # [B, L, V]
-            loss = level_weighted_loss(
-                logits.float(), targets.to(device), target_levels.to(device), weights
-            )
-            with contextlib.nullcontext() if sync else trained.no_sync():
-                (loss.total / accum).backward()  # DDP averages the gradients over ranks
-            total += loss.total.item() / accum
-            per_level += np.array(loss.per_level) / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        step_windows = ranks.world * batch * accum
+    _loop(out, settings, identity, run, trained, train_reader, resumed)
+    elapsed = time.perf_counter() - started
+    if run.ranks.world > 1:
+        write_rank_fingerprint(out / "ranks", run.ranks, run.model)
+    if not run.ranks.main:
+        barrier(run.ranks)
+        return _record_placeholder(out, settings)
+    metrics = _metrics(settings, identity, run, resumed, elapsed, val_reader)
+    log = resumed.log
+    val_loss = float(metrics["val_loss"])
+
+    def plot(path: Path) -> None:
+        reference = (val_loss, f"val (end) {val_loss:.3f}")
+        plot_log(log.rows, path, {"loss": "train"}, ylabel=_YLABEL, reference=reference)
+
+    final = write_final(out, _weights(run.model), run.config_json, metrics, log, plot)
+    barrier(run.ranks)
+    return read_record(CheckpointRecord, final, metrics)
+
+
+_YLABEL = "cross-entropy (nats/token)"
+
+
+def _loop(
+    out: Path,
+    settings: TrainLMSettings,
+    identity: RunIdentity,
+    run: _Run,
+    trained: Any,
+    reader: TokenReader,
+    resumed: Resumed,
+) -> None:
+    """The steps from the resumed one to the last; rank 0 logs and checkpoints."""
+    consumed = int(resumed.state.get("windows_consumed", 0))
+    step_windows = run.ranks.world * settings.batch_size * settings.grad_accum_steps
+    files = {
+        "config.json": json_text(run.config_json),
+        # What the run is (dataset, settings): a resume compares it first.
+        "identity.json": identity.text(),
+    }
+    run.model.train()
+    for step, lr in schedule(run.optimizer, resumed.step, settings):
+        total, per_level, grad_norm = _step(settings, run, trained, reader, consumed)
         record = {
             "step": step + 1,
             "loss": total,
             "loss_per_level": [float(x) for x in per_level],
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "windows": [consumed, consumed + step_windows],
-            "ranks": ranks.world,
+            "ranks": run.ranks.world,
         }
-        step, consumed = step + 1, consumed + step_windows
-        if ranks.main:
-            log.append(record)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if step % settings.checkpoint_every == 0 and step < settings.steps:
-                save_resumable(
-                    out,
-                    step,
-                    _weights(model),
-                    {
-                        "windows_consumed": consumed,
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    files={
-                        "config.json": config_json,
-                        # What the run is (dataset, settings): a resume compares it first.
-                        "identity.json": json.dumps(identity, indent=2, sort_keys=True) + "\n",
-                    },
-                )
-        barrier(ranks)
-    elapsed = time.perf_counter() - started
+        consumed += step_windows
+        if run.ranks.main:
+            resumed.log.append(record)
+            if checkpoint_due(step + 1, settings):
+                state = {"windows_consumed": consumed}
+                weights = _weights(run.model)
+                save_checkpoint(out, step + 1, weights, run.optimizer, state, files)
+        barrier(run.ranks)
 
-    if ranks.world > 1:
-        _write_rank_fingerprint(out, ranks, model)
-    if not ranks.main:
-        barrier(ranks)
-        return _record_placeholder(out, settings)
-    tokens_per_s = (
-        (settings.steps - resumed_from)
-        * ranks.world
-        * batch
-        * settings.grad_accum_steps
-        * config.block_size
-        / elapsed
-    )
+
+def _step(
+    settings: TrainLMSettings, run: _Run, trained: Any, reader: TokenReader, consumed: int
+) -> tuple[float, np.ndarray, float]:
+    """One optimizer step over `grad_accum_steps` micro-batches: loss, per level, grad norm."""
+    ranks, batch, accum = run.ranks, settings.batch_size, settings.grad_accum_steps
+    run.optimizer.zero_grad(set_to_none=True)
+    total, per_level = 0.0, np.zeros(len(run.level_weights))
+    for micro in range(accum):
+        # Rank r's windows of this micro-batch: a contiguous block of the global sequence.
+        first = consumed + (micro * ranks.world + ranks.rank) * batch
+        inputs, targets, target_levels = lm_windows_batch(
+            reader,
+            first + np.arange(batch),
+            run.config.block_size,
+            settings.seed,
+            run.layout,
+            run.codebook_size,
+        )
+        # DDP all-reduces on the last micro-batch only (no_sync before it).
+        sync = ranks.world == 1 or micro == accum - 1
+        with contextlib.nullcontext() if sync else trained.no_sync(), run.autocast:
+            logits = trained(inputs.to(run.device)).logits  # [B, L, V]
+        loss = level_weighted_loss(
+            logits.float(), targets.to(run.device), target_levels.to(run.device), run.level_weights
+        )
+        with contextlib.nullcontext() if sync else trained.no_sync():
+            (loss.total / accum).backward()  # DDP averages the gradients over ranks
+        total += loss.total.item() / accum
+        per_level += np.array(loss.per_level) / accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+    run.optimizer.step()
+    return total, per_level, float(grad_norm)
+
+
+def _metrics(
+    settings: TrainLMSettings,
+    identity: RunIdentity,
+    run: _Run,
+    resumed: Resumed,
+    elapsed: float,
+    val_reader: TokenReader,
+) -> dict[str, Any]:
+    """metrics.json: the losses, the throughput, and the identity a rerun compares."""
+    ranks, device, config, log = run.ranks, run.device, run.config, resumed.log.rows
+    windows = (settings.steps - resumed.step) * ranks.world * settings.batch_size
+    tokens_per_s = windows * settings.grad_accum_steps * config.block_size / elapsed
     peak = peak_flops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     # Model FLOPs utilisation (PaLM appendix B), over all ranks: known on CUDA devices only.
     mfu = model_flops_utilization(tokens_per_s, config, peak * ranks.world) if peak else None
     val_loss, val_per_level = validation_loss(
-        model,
+        run.model,
         val_reader,
         settings,
         device,
-        autocast,
-        layout,
-        codebook_size,
+        run.autocast,
+        run.layout,
+        run.codebook_size,
         config.block_size,
-        weights,
+        run.level_weights,
     )
-    metrics = {
-        "identity": identity,
+    return {
+        "identity": identity.to_json(),
         "steps": settings.steps,
-        "n_parameters": model.num_parameters(),
+        "n_parameters": run.model.num_parameters(),
         "train_loss_first": log[0]["loss"],
         "train_loss_last": log[-1]["loss"],
         "val_loss": val_loss,
@@ -395,57 +389,12 @@ def _train(
         "train_loss_per_level_last": log[-1]["loss_per_level"],
         "tokens_per_s": tokens_per_s,
         "mfu": mfu,
-        "resumed_from": resumed_from,
+        "resumed_from": resumed.step,
         "ranks": ranks.world,
         "device": str(device),
     }
-    checkpoint = out / "checkpoint"
-    with atomic_dir(checkpoint) as tmp:
-        save_file(_weights(model), str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(config_json)
-        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-        _plot_loss(log, val_loss, tmp / "loss.png")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # written last
-    barrier(ranks)
-    return _record(checkpoint, metrics)
-
-
-def _write_rank_fingerprint(out: Path, ranks: Ranks, model: GPT) -> None:
-    """Each rank's sha256 of its parameters (`out/ranks/rank-<r>.json`): DDP keeps them equal,
-    and the multi-process test checks it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    folder = out / "ranks"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{ranks.rank}.json").write_text(json.dumps({"sha256": digest.hexdigest()}))
 
 
 def _record_placeholder(out: Path, settings: TrainLMSettings) -> CheckpointRecord:
     """What a non-zero rank returns: rank 0 writes and reports the checkpoint."""
     return CheckpointRecord(out / "checkpoint", "", settings.steps, 0, 0.0, 0.0, 0.0, 0.0)
-
-
-def _plot_loss(log: list[dict[str, Any]], val_loss: float, path: Path) -> None:
-    with figure(path) as ax:
-        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
-        ax.axhline(val_loss, color="tab:orange", linestyle="--", label=f"val (end) {val_loss:.3f}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy (nats/token)")
-        ax.legend()
-
-
-def _record(checkpoint: Path, metrics: dict[str, Any]) -> CheckpointRecord:
-    return CheckpointRecord(
-        path=checkpoint,
-        fingerprint=fingerprint(checkpoint / "model.safetensors"),
-        steps=int(metrics["steps"]),
-        n_parameters=int(metrics["n_parameters"]),
-        train_loss_first=float(metrics["train_loss_first"]),
-        train_loss_last=float(metrics["train_loss_last"]),
-        val_loss=float(metrics["val_loss"]),
-        tokens_per_s=float(metrics["tokens_per_s"]),
-    )

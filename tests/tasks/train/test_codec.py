@@ -242,6 +242,29 @@ def test_a_different_run_in_the_same_folder_is_refused(trained: Path, tiny_manif
         train_codec(str(tiny_manifest), trained, _settings(steps=401))
 
 
+def test_refusals_name_the_fields_that_differ(
+    trained: Path, tiny_manifest: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CodecflowError, match="steps 400 in the checkpoint, 401 asked for"):
+        train_codec(str(tiny_manifest), trained, _settings(steps=401))
+    # An unfinished run: its identity.json (written before the first step) is what counts.
+    out = tmp_path / "run"
+    train_codec(str(tiny_manifest), out, _settings(steps=2, checkpoint_every=1))
+    recorded = json.loads((out / "identity.json").read_text())
+    assert list(recorded) == ["manifest", "settings"] and recorded["settings"]["steps"] == 2
+    import shutil
+
+    shutil.rmtree(out / "checkpoint")  # what a kill before the final checkpoint leaves
+    with pytest.raises(CodecflowError) as refused:
+        train_codec(str(tiny_manifest), out, _settings(steps=2, checkpoint_every=1, seed=1))
+    assert str(refused.value) == (
+        f"{out} holds an unfinished codec run of another manifest or settings: "
+        "seed 0 in the checkpoint, 1 asked for; resume with the same ones or choose another out"
+    )
+    record = train_codec(str(tiny_manifest), out, _settings(steps=2, checkpoint_every=1))
+    assert record.resumed_from == 1
+
+
 @pytest.fixture(scope="module")
 def codec_dataset(
     trained: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory
