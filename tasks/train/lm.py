@@ -40,6 +40,7 @@ from tasks.data.checkpoints import (
     save_resumable,
 )
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
+from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import TokenReader, read_dataset_info
 from tasks.train.distributed import Ranks, barrier, init_distributed
 
@@ -96,9 +97,9 @@ LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"
 
 
-def _identity(info: dict[str, Any], settings: TrainLMSettings) -> dict[str, Any]:
+def _identity(info: DatasetInfo, settings: TrainLMSettings) -> dict[str, Any]:
     return {
-        "dataset": info["fingerprint"],
+        "dataset": info.fingerprint,
         "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
     }
 
@@ -122,7 +123,7 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, Any] | None:
+def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] | None:
     """The identity a resumable checkpoint records; for one written before identities were
     recorded, its settings (config.json) and, when its tokens match, the requested dataset
     (its fingerprint was not kept: the tokenizer is what can be compared)."""
@@ -138,14 +139,14 @@ def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, 
         settings = TrainLMSettings.model_validate(config.get("settings"))
     except ValueError:  # pydantic's ValidationError: settings of an older schema, or none
         return None
-    same_tokens = config.get("tokenizer") == info["tokenizer"]
+    same_tokens = config.get("tokenizer") == info.tokenizer
     return {
-        "dataset": info["fingerprint"] if same_tokens else f"tokens of {config.get('tokenizer')}",
+        "dataset": info.fingerprint if same_tokens else f"tokens of {config.get('tokenizer')}",
         "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
     }
 
 
-def _check_resumable(out: Path, identity: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+def _check_resumable(out: Path, identity: Mapping[str, Any], info: DatasetInfo) -> None:
     """Refuse to resume a checkpoint of another dataset or settings (it would load its weights
     and record the new settings as if they had been used from step 0)."""
     resumed = latest_checkpoint(out)
@@ -192,7 +193,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
 
 
 def _train_owned(
-    dataset: Path, out: Path, settings: TrainLMSettings, info: dict[str, Any]
+    dataset: Path, out: Path, settings: TrainLMSettings, info: DatasetInfo
 ) -> CheckpointRecord:
     """train_lm once `out` is ours and locked: the committed checkpoint, or resume, or start."""
     checkpoint = out / "checkpoint"
@@ -220,13 +221,13 @@ def _weights(model: GPT) -> dict[str, torch.Tensor]:
 def _train(
     out: Path,
     settings: TrainLMSettings,
-    info: dict[str, Any],
+    info: DatasetInfo,
     identity: dict[str, Any],
     train_reader: TokenReader,
     val_reader: TokenReader,
 ) -> CheckpointRecord:
     """The training loop, the validation loss and the checkpoints (the readers stay open)."""
-    spec = info["tokenizer"]
+    spec = info.tokenizer
     device = resolve_device(settings.device)
     ranks = init_distributed(device)
     if device.type == "cuda" and ranks.world > 1:
