@@ -147,7 +147,7 @@ def main() -> int:
         if dataset is None:
             print("tokenizing the embedded corpus (mu-law-256) in a temporary folder ...")
             dataset = _tiny_dataset(Path(tmp))
-        spec = read_dataset_info(dataset)["tokenizer"]
+        spec = read_dataset_info(dataset).tokenizer
         vocab = int(spec["codebook_size"])
         started = time.perf_counter()
         with TokenReader(dataset, args.split) as reader:

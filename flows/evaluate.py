@@ -8,7 +8,6 @@ triggered deployments in prefect.yaml run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -22,6 +21,7 @@ from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
 from tasks.core.errors import CodecflowError
 from tasks.data.checkpoints import newest_checkpoint
+from tasks.data.records import EvaluationSummary
 from tasks.evaluate import report
 from tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
 from tasks.prefect.wrappers import evaluate_task
@@ -44,7 +44,7 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
     record = unless_committed(evaluate_task, is_report_committed(out))(
         checkpoint, Path(cfg.dataset), out, settings
     )
-    summary = json.loads(record.summary.read_text())
+    summary = EvaluationSummary.read(record.summary)
     report_uri = (record.path / "index.html").resolve().as_uri()
     create_link_artifact(
         key="evaluation-report",

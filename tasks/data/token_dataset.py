@@ -18,12 +18,9 @@ cumulative frame offsets and interleave only those slices.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +28,7 @@ import pyarrow.ipc as ipc
 
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
+from tasks.data.records import DatasetInfo, ShardEntry
 
 __all__ = [
     "DATASET_COMMITTED",
@@ -77,26 +75,26 @@ def is_dataset_committed(out: Path | str) -> bool:
     return storage.exists(storage.join(str(out), "dataset.json"))
 
 
-def record_from_info(out: str | Path, info: Mapping[str, Any]) -> DatasetRecord:
-    totals = info["totals"]
+def record_from_info(out: str | Path, info: DatasetInfo) -> DatasetRecord:
+    """The record of the dataset in `out` whose dataset.json holds `info`."""
     return DatasetRecord(
         path=out if storage.is_remote(out) else Path(out),
-        fingerprint=info["fingerprint"],
-        n_segments=totals["segments"],
-        n_tokens=totals["tokens"],
-        n_bytes=totals["bytes"],
-        audio_hours=totals["audio_hours"],
-        n_rejects=int(info.get("n_rejects", 0)),
+        fingerprint=info.fingerprint,
+        n_segments=info.totals.segments,
+        n_tokens=info.totals.tokens,
+        n_bytes=info.totals.bytes,
+        audio_hours=info.totals.audio_hours,
+        n_rejects=info.n_rejects,
     )
 
 
-def read_dataset_info(dataset: Path) -> dict[str, Any]:
-    """The committed `dataset.json` of a token dataset; a clear error when there is none."""
+def read_dataset_info(dataset: Path) -> DatasetInfo:
+    """The committed `dataset.json` of a token dataset; a clear error when there is none or it
+    is not a valid one."""
     info_path = Path(dataset) / "dataset.json"
     if not info_path.is_file():
         raise CodecflowError(f"no complete token dataset at {dataset} (dataset.json is missing)")
-    info: dict[str, Any] = json.loads(info_path.read_text())
-    return info
+    return DatasetInfo.read(info_path)
 
 
 def shard_marker_url(out: str, name: str) -> str:
@@ -108,7 +106,7 @@ class TokenReader:
 
     Every committed shard of `split` listed in `<dataset>/dataset.json` is opened with
     `pa.memory_map` and stays mapped until `close()` (or the end of a `with` block). Segment
-    arrays returned by `segment_codes` and `level_view` are read-only views of the mapped files;
+    arrays returned by `segment_codes` are read-only views of the mapped files;
     `tokens` and `random_windows` return fresh arrays holding only the tokens asked for.
 
     Raises CodecflowError when the dataset is incomplete, has no segment in `split`, or a shard
@@ -119,11 +117,11 @@ class TokenReader:
         self.dataset = Path(dataset)
         self.split = split
         info = read_dataset_info(self.dataset)
-        self.num_levels = int(info["tokenizer"]["num_levels"])  # K
-        self.dtype = np.dtype(info["dtype"])
-        shards = [s for s in info["shards"] if s["split"] == split]
+        self.num_levels = info.num_levels  # K
+        self.dtype = np.dtype(info.dtype)
+        shards = [s for s in info.shards if s.split == split]
         if not shards:
-            present = sorted({s["split"] for s in info["shards"]})
+            present = sorted({s.split for s in info.shards})
             raise CodecflowError(
                 f"token dataset {self.dataset} has no '{split}' split "
                 f"(splits with segments: {', '.join(present) or 'none'})"
@@ -137,10 +135,10 @@ class TokenReader:
         try:
             for shard in shards:
                 rows = self._map_shard(shard, batch_of, value_start, frames)
-                if rows != int(shard["rows"]):
+                if rows != shard.rows:
                     raise CodecflowError(
-                        f"token shard {self.dataset / shard['file']} has {rows} rows, "
-                        f"dataset.json says {shard['rows']}"
+                        f"token shard {self.dataset / shard.file} has {rows} rows, "
+                        f"dataset.json says {shard.rows}"
                     )
         except BaseException:
             self.close()
@@ -161,13 +159,13 @@ class TokenReader:
 
     def _map_shard(
         self,
-        shard: dict[str, Any],
+        shard: ShardEntry,
         batch_of: list[np.ndarray],
         value_start: list[np.ndarray],
         frames: list[np.ndarray],
     ) -> int:
         """Map one shard; append its per-segment records; return its number of rows."""
-        path = self.dataset / shard["file"]
+        path = self.dataset / shard.file
         if not path.is_file():
             raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
         source = pa.memory_map(str(path), "r")
@@ -234,17 +232,6 @@ class TokenReader:
         n = int(self.segment_frames[i]) * self.num_levels
         values = self._values[int(self._batch_of[i])]  # [sum K * F] of one record batch
         return values[start : start + n].reshape(self.num_levels, -1)  # [K, F_i]
-
-    def level_view(self, i: int, k: int) -> np.ndarray:
-        """Level `k` of segment `i`, `[F_i]`: a read-only view, no copy."""
-        if not 0 <= k < self.num_levels:
-            raise IndexError(f"level {k} out of range [0, {self.num_levels})")
-        return self.segment_codes(i)[k]  # [F_i]
-
-    def iter_level(self, k: int) -> Iterator[np.ndarray]:
-        """Level `k` of every segment in shard order, each a `[F_i]` view."""
-        for i in range(self.n_segments):
-            yield self.level_view(i, k)
 
     # -- the flat stream ----------------------------------------------------------------------
 

@@ -6,8 +6,7 @@ folder (`tasks.evaluate.report` renders its pages):
 
     prompt.wav, prompt_roundtrip.wav          the prompt, and the prompt through the tokenizer
     continuation_<i>.wav, spectrogram_<i>.png  prompt followed by sample i, and its spectrogram
-    regen/original.wav, regen/roundtrip.wav    the recording regenerated from its first levels
-    regen/keep<k>_<i>.wav                      regeneration i keeping levels < k
+    regen/...                                  the regeneration (`tasks.evaluate.regenerate`)
     index.html                                 every number, audio player and picture
     summary.json                               written last: the report is complete
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +31,6 @@ import torch
 
 from models.gpt import GPT
 from models.layouts import TokenLayout, make_layout
-from models.losses import mel_l1, si_sdr
-from models.sampling import generate, regenerate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
 from tasks.core import outputs
@@ -43,8 +39,9 @@ from tasks.core.runtime import resolve_device
 from tasks.core.storage import atomic_dir, fingerprint
 from tasks.data.checkpoints import read_log
 from tasks.data.lm_windows import validation_loss
+from tasks.data.records import SUMMARY_KIND, DatasetInfo, EvaluationSummary, PromptRoundtrip
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.evaluate import report, speech_metrics
+from tasks.evaluate import continuation, regenerate, report, speech_metrics
 from tasks.evaluate.acoustics import _plot_spectrogram, _write_wav, acoustic_stats, load_prompt
 from tasks.loaders import load_checkpoint, load_tokenizer
 
@@ -52,8 +49,6 @@ __all__ = [
     "REPORT_COMMITTED",
     "REPORT_KIND",
     "ReportRecord",
-    "SUMMARY_KEYS",
-    "SUMMARY_KIND",
     "checkpoint_id",
     "evaluate",
     "is_report_committed",
@@ -67,38 +62,6 @@ REPORT_KIND = "evaluation report"
 
 
 REPORT_COMMITTED = ("prompt_roundtrip.wav",)
-
-
-#: Keys of summary.json that downstream tools (the runs index, tests) rely on.
-SUMMARY_KEYS = (
-    "kind",
-    "tokenizer",
-    "num_levels",
-    "layout",
-    "checkpoint_step",
-    "audio_hours",
-    "n_segments",
-    "n_tokens",
-    "dataset_bytes",
-    "train_loss_first",
-    "train_loss_last",
-    "val_loss",
-    "val_loss_per_level",
-    "val_perplexity_per_level",
-    "val_bits_per_audio_second",
-    "context_tokens",
-    "context_seconds",
-    "generated_seconds",
-    "generation_tokens_per_s",
-    "real_time_factor",
-    "prompt_roundtrip",
-    "samples",
-    "speech",
-    "regeneration",
-)
-
-
-SUMMARY_KIND = "codecflow-evaluation"
 
 
 @dataclass(frozen=True)
@@ -139,21 +102,24 @@ def _committed_report(out: Path, identity: Mapping[str, Any]) -> ReportRecord | 
     """The record of the report committed in `out` for `identity`, or None (absent, other)."""
     if not is_report_committed(out):
         return None
-    summary = json.loads((out / "summary.json").read_text())
-    if summary.get("identity") != identity:
+    try:
+        summary = EvaluationSummary.read(out / "summary.json")
+    except CodecflowError:
+        return None  # a report of an older version (or a broken one): evaluated again
+    if summary.identity != identity:
         return None
     return _record_from_summary(out, summary)
 
 
-def _record_from_summary(out: Path, summary: Mapping[str, Any]) -> ReportRecord:
+def _record_from_summary(out: Path, summary: EvaluationSummary) -> ReportRecord:
     """The record of the report in `out` whose summary.json holds `summary`."""
     return ReportRecord(
         path=out,
         summary=out / "summary.json",
-        generated_seconds=summary["generated_seconds"],
-        generation_tokens_per_s=summary["generation_tokens_per_s"],
-        val_loss=summary["val_loss"],
-        n_flagged_samples=sum(1 for s in summary["samples"] if s["flags"]),
+        generated_seconds=summary.generated_seconds,
+        generation_tokens_per_s=summary.generation_tokens_per_s,
+        val_loss=summary.val_loss,
+        n_flagged_samples=summary.n_flagged_samples,
     )
 
 
@@ -235,123 +201,6 @@ def _validation(
     }
 
 
-def _roundtrip(
-    tokenizer: AudioTokenizer, wav: torch.Tensor, codes: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The decoding of `codes` `[1, K, F]`, the tokenizer's encoding of `wav` `[1, 1, T]`, and
-    how close it comes to `wav`."""
-    with torch.inference_mode():
-        back = tokenizer.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
-    return back, {
-        "si_sdr_db": float(si_sdr(back, wav).mean()),
-        "mel_l1": float(mel_l1(back, wav, sample_rate=tokenizer.sample_rate)),
-    }
-
-
-def _continue_prompt(
-    model: GPT,
-    tokenizer: AudioTokenizer,
-    layout: TokenLayout,
-    prompt_codes: torch.Tensor,
-    settings: EvaluateSettings,
-    device: torch.device,
-) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Sample `num_samples` continuations of the prompt; their audio and the speed numbers."""
-    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
-    prompt_frames = prompt_codes.shape[-1]  # prompt_codes: [1, K, F_p]
-    # The prompt's sequence up to its last whole step: the delay pattern's trailing PAD steps
-    # would put PADs mid-stream, which training never shows the model.
-    prompt_tokens = layout.to_sequence(prompt_codes, codebook_size)[
-        :, : prompt_frames * levels
-    ]  # [1, P]
-    prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
-    new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
-    started = time.perf_counter()
-    result = generate(
-        model,
-        prompt_batch,
-        new_frames * levels,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        frame_size=layout.frame_size(levels),
-        generator=generator,
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    new_tokens = result.tokens.cpu()  # [B, new_frames * K]
-    full = torch.cat([prompt_batch.cpu(), new_tokens], dim=1)  # [B, P + new_frames * K]
-    all_codes = layout.from_sequence(full, levels, codebook_size)  # [B, K, F]
-    # Sampling may put a PAD or another level's range where a code belongs: clamp to the codebook.
-    codes = all_codes[:, :, prompt_frames:].clamp(0, codebook_size - 1)  # [B, K, F_new]
-    with torch.inference_mode():
-        generated = tokenizer.decode(codes)  # [B, 1, F_new * samples_per_frame]
-    generated_seconds = codes.shape[-1] / tokenizer.frame_rate
-    speed = {
-        "generated_seconds": generated_seconds,
-        "generated_tokens": new_tokens.numel(),
-        "generation_seconds": elapsed,
-        "generation_tokens_per_s": new_tokens.numel() / elapsed,
-        "real_time_factor": generated_seconds * settings.num_samples / elapsed,
-        "n_prefills": result.n_prefills,
-    }
-    return [generated[i, 0].numpy() for i in range(settings.num_samples)], speed
-
-
-def _regenerations(
-    model: GPT,
-    tokenizer: AudioTokenizer,
-    layout: TokenLayout,
-    source: torch.Tensor,
-    settings: EvaluateSettings,
-    device: torch.device,
-) -> tuple[np.ndarray, list[tuple[int, list[np.ndarray]]], list[dict[str, Any]]]:
-    """The roundtrip of `source` and, per k of `regenerate_levels`, `num_samples` regenerations
-    keeping levels < k. Returns (roundtrip, [(k, wavs)], per-k records incl. skipped ones)."""
-    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
-    with torch.inference_mode():
-        codes = tokenizer.encode(source)  # [1, K, F]
-        roundtrip = tokenizer.decode(codes)[0, 0].numpy()  # [T]
-    done: list[tuple[int, list[np.ndarray]]] = []
-    records: list[dict[str, Any]] = []
-    for keep in settings.regenerate_levels:
-        if not 1 <= keep < levels:
-            records.append(
-                {
-                    "keep_levels": keep,
-                    "skipped": f"keeping {keep} of {levels} levels leaves nothing to generate"
-                    if keep >= levels
-                    else f"keep_levels must be at least 1, got {keep}",
-                }
-            )
-            continue
-        generator = torch.Generator(device=device).manual_seed(settings.seed + keep)
-        out = regenerate(
-            model,
-            codes.repeat(settings.num_samples, 1, 1).to(device),  # [B, K, F]
-            keep,
-            layout,
-            codebook_size,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            generator=generator,
-        ).cpu()  # [B, K, F]
-        with torch.inference_mode():
-            wavs = tokenizer.decode(out)  # [B, 1, T]
-        done.append((keep, [wavs[i, 0].numpy() for i in range(settings.num_samples)]))
-        records.append(
-            {
-                "keep_levels": keep,
-                "skipped": None,
-                "files": [f"regen/keep{keep}_{i}.wav" for i in range(settings.num_samples)],
-            }
-        )
-    return roundtrip, done, records
-
-
 def evaluate(
     checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
 ) -> ReportRecord:
@@ -368,7 +217,7 @@ def evaluate(
     device = resolve_device(settings.device)
     model, spec = load_checkpoint(checkpoint, device)
     info = read_dataset_info(dataset)
-    if info["tokenizer"] != spec:
+    if info.tokenizer != spec:
         raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
     tokenizer = load_tokenizer(spec["name"])
     # The prompts are read before `out` is claimed: a bad path creates no folder.
@@ -390,7 +239,7 @@ class _Inputs:
 
     model: GPT
     spec: dict[str, Any]
-    info: dict[str, Any]
+    info: DatasetInfo
     tokenizer: AudioTokenizer
     prompt_wav: torch.Tensor  # [1, 1, T]
     source_path: Path
@@ -399,88 +248,123 @@ class _Inputs:
     identity: dict[str, Any]  # what a committed report must match to be reused
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What an evaluation measured and generated, before it is written."""
+
+    validation: dict[str, Any]  # val_loss, per level, perplexities, bits per audio second
+    prompt_back: np.ndarray  # [T], the prompt through the tokenizer
+    prompt_roundtrip: dict[str, float]
+    samples: list[np.ndarray]  # one [T_new] continuation per sample
+    speed: dict[str, Any]
+    regen: regenerate.Regenerations
+    speech: dict[str, Any]
+
+
+def _measure(
+    inputs: _Inputs,
+    dataset: Path,
+    layout: TokenLayout,
+    train_settings: TrainLMSettings,
+    settings: EvaluateSettings,
+) -> _Measured:
+    """Validation loss, the prompt's round trip and continuations, regenerations, speech."""
+    model, tokenizer, device = inputs.model, inputs.tokenizer, inputs.device
+    validation = _validation(model, dataset, train_settings, device, layout, inputs.spec)
+    with torch.inference_mode():
+        prompt_codes = tokenizer.encode(inputs.prompt_wav)  # [1, K, F_p], for both uses below
+    prompt_back, prompt_roundtrip = continuation.roundtrip(
+        tokenizer, inputs.prompt_wav, prompt_codes
+    )
+    samples, speed = continuation.continue_prompt(
+        model, tokenizer, layout, prompt_codes, settings, device
+    )
+    regen = regenerate.regenerations(
+        model, tokenizer, layout, inputs.source_path, inputs.source_wav, settings, device
+    )
+    speech: dict[str, Any] = {"skipped": "turned off (speech_metrics: false)"}
+    if settings.speech_metrics:
+        rate = tokenizer.sample_rate
+        prompt_np = inputs.prompt_wav[0, 0].numpy()
+        speech = speech_metrics.speech_metrics(
+            prompt_np, samples, rate, prompt_text=settings.prompt_text
+        )
+        regen.add_speech_metrics(rate)
+    back = prompt_back[0, 0].numpy()
+    return _Measured(validation, back, prompt_roundtrip, samples, speed, regen, speech)
+
+
+def _summary(
+    inputs: _Inputs,
+    checkpoint: Path,
+    dataset: Path,
+    layout: TokenLayout,
+    train_settings: TrainLMSettings,
+    settings: EvaluateSettings,
+    measured: _Measured,
+) -> EvaluationSummary:
+    tokenizer, block_size = inputs.tokenizer, inputs.model.config.block_size
+    levels, rate, totals = tokenizer.num_levels, tokenizer.sample_rate, inputs.info.totals
+    return EvaluationSummary(
+        kind=SUMMARY_KIND,
+        tokenizer=inputs.spec["name"],
+        num_levels=levels,
+        codebook_size=tokenizer.codebook_size,
+        frame_rate=tokenizer.frame_rate,
+        layout=layout.name,
+        level_weights=train_settings.level_weights,
+        checkpoint=str(checkpoint),
+        **_training_summary(checkpoint),
+        dataset=str(dataset),
+        audio_hours=totals.audio_hours,
+        n_segments=totals.segments,
+        n_tokens=totals.tokens,
+        dataset_bytes=totals.bytes,
+        **measured.validation,
+        context_tokens=block_size,
+        # 2 048 tokens are 128 ms of mu-law at 16 kHz, 2 s of the 8-level 125 Hz codec and 20 s
+        # of 8-level Mimi at 12.5 Hz (the post): why mu-law babbles.
+        context_seconds=block_size / (tokenizer.frame_rate * levels),
+        prompt=str(settings.prompt),
+        prompt_seconds=inputs.prompt_wav.shape[-1] / rate,
+        prompt_roundtrip=PromptRoundtrip(**measured.prompt_roundtrip),
+        num_samples=settings.num_samples,
+        **measured.speed,
+        samples=[acoustic_stats(s, rate) for s in measured.samples],
+        speech=measured.speech,
+        regeneration=measured.regen.summary(rate),
+        settings=settings.model_dump(mode="json"),
+        identity=inputs.identity,
+    )
+
+
+def _write_report(
+    out: Path, inputs: _Inputs, measured: _Measured, summary: EvaluationSummary
+) -> None:
+    """The report folder, whole: audio, spectrograms, index.html, and summary.json last."""
+    rate = inputs.tokenizer.sample_rate
+    prompt_np = inputs.prompt_wav[0, 0].numpy()
+    with atomic_dir(out) as tmp:
+        _write_wav(tmp / "prompt.wav", prompt_np, rate)
+        _write_wav(tmp / "prompt_roundtrip.wav", measured.prompt_back, rate)
+        for i, sample in enumerate(measured.samples):
+            both = np.concatenate([prompt_np, sample])
+            _write_wav(tmp / f"continuation_{i}.wav", both, rate)
+            _plot_spectrogram(both, rate, prompt_np.size, tmp / f"spectrogram_{i}.png")
+        measured.regen.write(tmp, rate)
+        (tmp / "index.html").write_text(report.evaluation_html(summary))
+        outputs.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
+        (tmp / "summary.json").write_text(summary.dumps())  # written last
+
+
 def _evaluate_owned(
     inputs: _Inputs, checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
 ) -> ReportRecord:
     """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
-    model, spec, info, tokenizer = inputs.model, inputs.spec, inputs.info, inputs.tokenizer
-    prompt_wav, source_path, source_wav = inputs.prompt_wav, inputs.source_path, inputs.source_wav
-    device = inputs.device
-    levels, rate = tokenizer.num_levels, tokenizer.sample_rate
     config = json.loads((checkpoint / "config.json").read_text())
     layout = make_layout(config.get("layout", "flatten"))
     train_settings = _train_settings(checkpoint)
-
-    validation = _validation(model, dataset, train_settings, device, layout, spec)
-    with torch.inference_mode():
-        prompt_codes = tokenizer.encode(prompt_wav)  # [1, K, F_p], for both uses below
-    prompt_back, prompt_roundtrip = _roundtrip(tokenizer, prompt_wav, prompt_codes)
-    samples, speed = _continue_prompt(model, tokenizer, layout, prompt_codes, settings, device)
-    regen_roundtrip, regens, regen_records = _regenerations(
-        model, tokenizer, layout, source_wav, settings, device
-    )
-    prompt_np = prompt_wav[0, 0].numpy()
-    source_np = source_wav[0, 0].numpy()
-    speech: dict[str, Any] = {"skipped": "turned off (speech_metrics: false)"}
-    if settings.speech_metrics:
-        speech = speech_metrics.speech_metrics(
-            prompt_np, samples, rate, prompt_text=settings.prompt_text
-        )
-        for record, (_, wavs) in zip(
-            (r for r in regen_records if r["skipped"] is None), regens, strict=True
-        ):
-            record.update(speech_metrics.regeneration_metrics(source_np, wavs, rate))
-
-    dataset_totals = info["totals"]
-    summary: dict[str, Any] = {
-        "kind": SUMMARY_KIND,
-        "tokenizer": spec["name"],
-        "num_levels": levels,
-        "codebook_size": tokenizer.codebook_size,
-        "frame_rate": tokenizer.frame_rate,
-        "layout": layout.name,
-        "level_weights": train_settings.level_weights,
-        "checkpoint": str(checkpoint),
-        **_training_summary(checkpoint),
-        "dataset": str(dataset),
-        "audio_hours": dataset_totals["audio_hours"],
-        "n_segments": dataset_totals["segments"],
-        "n_tokens": dataset_totals["tokens"],
-        "dataset_bytes": dataset_totals["bytes"],
-        **validation,
-        "context_tokens": model.config.block_size,
-        # 2 048 tokens are 128 ms of mu-law at 16 kHz, 2 s of the 8-level 125 Hz codec and 20 s
-        # of 8-level Mimi at 12.5 Hz (the post): why mu-law babbles.
-        "context_seconds": model.config.block_size / (tokenizer.frame_rate * levels),
-        "prompt": str(settings.prompt),
-        "prompt_seconds": prompt_np.size / rate,
-        "prompt_roundtrip": prompt_roundtrip,
-        "num_samples": settings.num_samples,
-        **speed,
-        "samples": [acoustic_stats(s, rate) for s in samples],
-        "speech": speech,
-        "regeneration": {
-            "source": str(source_path),
-            "seconds": source_np.size / rate,
-            "runs": regen_records,
-        },
-        "settings": settings.model_dump(mode="json"),
-        "identity": inputs.identity,
-    }
-    with atomic_dir(out) as tmp:
-        _write_wav(tmp / "prompt.wav", prompt_np, rate)
-        _write_wav(tmp / "prompt_roundtrip.wav", prompt_back[0, 0].numpy(), rate)
-        for i, sample in enumerate(samples):
-            both = np.concatenate([prompt_np, sample])
-            _write_wav(tmp / f"continuation_{i}.wav", both, rate)
-            _plot_spectrogram(both, rate, prompt_np.size, tmp / f"spectrogram_{i}.png")
-        (tmp / "regen").mkdir()
-        _write_wav(tmp / "regen" / "original.wav", source_np, rate)
-        _write_wav(tmp / "regen" / "roundtrip.wav", regen_roundtrip, rate)
-        for keep, wavs in regens:
-            for i, wav in enumerate(wavs):
-                _write_wav(tmp / "regen" / f"keep{keep}_{i}.wav", wav, rate)
-        (tmp / "index.html").write_text(report.evaluation_html(summary))
-        outputs.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")  # written last
+    measured = _measure(inputs, dataset, layout, train_settings, settings)
+    summary = _summary(inputs, checkpoint, dataset, layout, train_settings, settings, measured)
+    _write_report(out, inputs, measured, summary)
     return _record_from_summary(out, summary)

@@ -1,7 +1,8 @@
 """Pages of evaluation reports: one run's `index.html`, the side-by-side runs index, and the
 markdown and tables the evaluate flow publishes as Prefect artifacts.
 
-Everything here reads the `summary.json` dictionary `tasks.evaluate.lm` writes; nothing computes.
+Everything here reads the `summary.json` record (`tasks.data.records.EvaluationSummary`) that
+`tasks.evaluate.lm` writes; nothing computes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from tasks.core.errors import CodecflowError
 from tasks.core.storage import atomic_file
+from tasks.data.records import SUMMARY_KIND, EvaluationSummary
 
 __all__ = [
     "RUNS_INDEX_COLUMNS",
@@ -62,51 +64,50 @@ def _skipped(reason: str | None) -> str:
     return f'<p class="skipped">skipped: {html.escape(reason)}</p>' if reason else ""
 
 
-def evaluation_html(summary: Mapping[str, Any]) -> str:
+def evaluation_html(summary: EvaluationSummary) -> str:
     """The report page of one evaluation (files referenced relative to the report folder)."""
-    levels = range(summary["num_levels"])
+    levels = range(summary.num_levels)
     overview = [
-        ("tokenizer", summary["tokenizer"]),
-        ("levels x codebook", f"{summary['num_levels']} x {summary['codebook_size']}"),
-        ("layout", summary["layout"]),
-        ("level weights", summary.get("level_weights")),
-        ("checkpoint", f"{summary['checkpoint']} (step {summary['checkpoint_step']})"),
+        ("tokenizer", summary.tokenizer),
+        ("levels x codebook", f"{summary.num_levels} x {summary.codebook_size}"),
+        ("layout", summary.layout),
+        ("level weights", summary.level_weights),
+        ("checkpoint", f"{summary.checkpoint} (step {summary.checkpoint_step})"),
         (
             "dataset",
-            f"{summary['dataset']}: {summary['audio_hours']:.4g} h, "
-            f"{summary['n_tokens']:,} tokens, {summary['dataset_bytes']:,} bytes",
+            f"{summary.dataset}: {summary.audio_hours:.4g} h, "
+            f"{summary.n_tokens:,} tokens, {summary.dataset_bytes:,} bytes",
         ),
         (
             "train loss first / last",
-            f"{_fmt(summary['train_loss_first'])} / {_fmt(summary['train_loss_last'])}",
+            f"{_fmt(summary.train_loss_first)} / {_fmt(summary.train_loss_last)}",
         ),
         (
             "context",
-            f"{summary['context_tokens']} tokens = "
-            f"{summary['context_seconds'] * 1000:.4g} ms of audio",
+            f"{summary.context_tokens} tokens = {summary.context_seconds * 1000:.4g} ms of audio",
         ),
         (
             "generation",
-            f"{summary['generated_tokens']:,} tokens in "
-            f"{summary['generation_seconds']:.3g} s: {summary['generation_tokens_per_s']:,.0f} "
-            f"tokens/s, real-time factor {summary['real_time_factor']:.3g}, "
-            f"{summary['n_prefills']} prefills",
+            f"{summary.generated_tokens:,} tokens in "
+            f"{summary.generation_seconds:.3g} s: {summary.generation_tokens_per_s:,.0f} "
+            f"tokens/s, real-time factor {summary.real_time_factor:.3g}, "
+            f"{summary.n_prefills} prefills",
         ),
     ]
     overview_rows = [(html.escape(k), _esc(v)) for k, v in overview]
     level_rows = [
         (
             str(k),
-            _esc(summary["val_loss_per_level"][k]),
-            _esc(summary["val_perplexity_per_level"][k]),
+            _esc(summary.val_loss_per_level[k]),
+            _esc(summary.val_perplexity_per_level[k]),
         )
         for k in levels
     ]
-    roundtrip = summary["prompt_roundtrip"]
-    speech = summary["speech"]
+    roundtrip = summary.prompt_roundtrip
+    speech = summary.speech
     voice, words = _speech_parts(speech)
     sample_rows = []
-    for i, stats in enumerate(summary["samples"]):
+    for i, stats in enumerate(summary.samples):
         flags = " ".join(stats["flags"])
         sample_rows.append(
             (
@@ -125,15 +126,15 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
     spectrograms = "\n".join(
         f'<p>sample {i}</p><img src="spectrogram_{i}.png" alt="spectrogram of the prompt and '
         f'continuation {i}" width="100%">'
-        for i in range(len(summary["samples"]))
+        for i in range(len(summary.samples))
     )
-    regen = summary["regeneration"]
+    regen = summary.regeneration
     regen_parts = [
-        f"<p>source: {_esc(regen['source'])} ({regen['seconds']:.3g} s) "
+        f"<p>source: {_esc(regen.source)} ({regen.seconds:.3g} s) "
         f"{_audio('regen/original.wav')} through the tokenizer: "
         f"{_audio('regen/roundtrip.wav')}</p>"
     ]
-    for run in regen["runs"]:
+    for run in regen.runs:
         k = run["keep_levels"]
         if run.get("skipped"):
             regen_parts.append(f"<h3>keep {k} level(s)</h3>" + _skipped(run["skipped"]))
@@ -149,7 +150,7 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
             for i, f in enumerate(run["files"])
         ]
         regen_parts.append(
-            f"<h3>keep {k} level(s), generate the other {summary['num_levels'] - k}</h3>"
+            f"<h3>keep {k} level(s), generate the other {summary.num_levels - k}</h3>"
             + _skipped(run.get("metrics_skipped"))
             + _table(
                 [
@@ -163,18 +164,18 @@ def evaluation_html(summary: Mapping[str, Any]) -> str:
             )
         )
     prompt_words = words.get("prompt_transcript")
-    settings_json = html.escape(json.dumps(summary["settings"], indent=2))
+    settings_json = html.escape(json.dumps(summary.settings, indent=2))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>codecflow evaluation: {html.escape(summary["tokenizer"])}</title>
+<title>codecflow evaluation: {html.escape(summary.tokenizer)}</title>
 <style>{_STYLE}</style></head>
 <body>
-<h1>codecflow evaluation: {html.escape(summary["tokenizer"])} LM</h1>
+<h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
 {_table(["", ""], overview_rows)}
 <h2>Prompt</h2>
-<p>{_esc(summary["prompt"])} ({summary["prompt_seconds"]:.3g} s): {_audio("prompt.wav")}
+<p>{_esc(summary.prompt)} ({summary.prompt_seconds:.3g} s): {_audio("prompt.wav")}
 through the tokenizer: {_audio("prompt_roundtrip.wav")}
-(SI-SDR {_fmt(roundtrip["si_sdr_db"])} dB, log-mel L1 {_fmt(roundtrip["mel_l1"])})</p>
+(SI-SDR {_fmt(roundtrip.si_sdr_db)} dB, log-mel L1 {_fmt(roundtrip.mel_l1)})</p>
 <p>recognised words in the prompt: {_esc(prompt_words)}; WER against the given text:
 {_esc(words.get("prompt_wer"))}</p>
 <h2>Continuations</h2>
@@ -198,8 +199,8 @@ through the tokenizer: {_audio("prompt_roundtrip.wav")}
     }
 {spectrograms}
 <h2>Validation loss per level (held-out split)</h2>
-<p>weighted loss {_fmt(summary["val_loss"])} nats/token;
-{_fmt(summary["val_bits_per_audio_second"])} bits per second of audio (unweighted)</p>
+<p>weighted loss {_fmt(summary.val_loss)} nats/token;
+{_fmt(summary.val_bits_per_audio_second)} bits per second of audio (unweighted)</p>
 {_table(["level", "loss (nats/token)", "perplexity"], level_rows)}
 <h2>Regeneration from the first levels</h2>
 {"".join(regen_parts)}
@@ -226,26 +227,26 @@ def _words(values: Sequence[Any] | None, i: int) -> str:
     return "(no words)" if text == "" else _esc(text)
 
 
-def summary_markdown(summary: Mapping[str, Any], report_uri: str) -> str:
+def summary_markdown(summary: EvaluationSummary, report_uri: str) -> str:
     """A short markdown digest of one evaluation, for a Prefect artifact."""
-    flagged = [i for i, s in enumerate(summary["samples"]) if s["flags"]]
-    per_level = " | ".join(f"{x:.3f}" for x in summary["val_loss_per_level"])
+    flagged = [i for i, s in enumerate(summary.samples) if s["flags"]]
+    per_level = " | ".join(f"{x:.3f}" for x in summary.val_loss_per_level)
     return (
-        f"### {summary['tokenizer']} LM, step {summary['checkpoint_step']}\n\n"
+        f"### {summary.tokenizer} LM, step {summary.checkpoint_step}\n\n"
         f"[open the report]({report_uri})\n\n"
         f"| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
         f"|---|---|---|---|---|---|\n"
-        f"| {summary['val_loss']:.4f} | {summary['val_bits_per_audio_second']:,.0f} "
-        f"| {summary['context_seconds'] * 1000:.4g} ms | "
-        f"{summary['generation_tokens_per_s']:,.0f} | {summary['real_time_factor']:.3g} "
-        f"| {len(flagged)} of {len(summary['samples'])} |\n\n"
+        f"| {summary.val_loss:.4f} | {summary.val_bits_per_audio_second:,.0f} "
+        f"| {summary.context_seconds * 1000:.4g} ms | "
+        f"{summary.generation_tokens_per_s:,.0f} | {summary.real_time_factor:.3g} "
+        f"| {len(flagged)} of {len(summary.samples)} |\n\n"
         f"Validation loss per level: {per_level}\n"
     )
 
 
-def samples_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def samples_table(summary: EvaluationSummary) -> list[dict[str, Any]]:
     """One row per continuation: acoustic numbers, flags and speech metrics."""
-    voice, words = _speech_parts(summary["speech"])
+    voice, words = _speech_parts(summary.speech)
     return [
         {
             "sample": i,
@@ -257,7 +258,7 @@ def samples_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             "voice_similarity_to_prompt": _at(voice.get("prompt_vs_sample"), i),
             "words": _at(words.get("transcripts"), i),
         }
-        for i, s in enumerate(summary["samples"])
+        for i, s in enumerate(summary.samples)
     ]
 
 
@@ -291,7 +292,7 @@ def find_reports(root: Path) -> list[Path]:
             kind = json.loads((Path(folder) / "summary.json").read_text()).get("kind")
         except (OSError, ValueError, AttributeError):
             continue
-        if kind == "codecflow-evaluation":
+        if kind == SUMMARY_KIND:
             found.append(Path(folder))
     return sorted(found)
 
@@ -319,32 +320,31 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
     """One row per evaluation report below `root`, with the columns of `RUNS_INDEX_COLUMNS`."""
     rows = []
     for folder in find_reports(root):
-        s = json.loads((folder / "summary.json").read_text())
-        voice, _ = _speech_parts(s["speech"])
+        s = EvaluationSummary.read(folder / "summary.json")
+        voice, _ = _speech_parts(s.speech)
         sims = [x for x in voice.get("prompt_vs_sample") or [] if x is not None]
-        keep1 = [r for r in s["regeneration"]["runs"] if r["keep_levels"] == 1]
+        keep1 = [r for r in s.regeneration.runs if r["keep_levels"] == 1]
         regen_sims = [
             x for r in keep1 for x in (r.get("voice_similarity_to_original") or []) if x is not None
         ]
         rows.append(
             {
                 "report": folder.relative_to(root).as_posix(),
-                "tokenizer": s["tokenizer"],
-                "levels": s["num_levels"],
-                "layout": s["layout"],
-                "level weights": s.get("level_weights"),
-                "step": s["checkpoint_step"],
-                "context": f"{s['context_seconds'] * 1000:.4g} ms",
-                "val loss": s["val_loss"],
-                "level 0 loss": s["val_loss_per_level"][0],
-                "bits / audio s": s["val_bits_per_audio_second"],
-                "flagged samples": f"{sum(1 for x in s['samples'] if x['flags'])} of "
-                f"{len(s['samples'])}",
+                "tokenizer": s.tokenizer,
+                "levels": s.num_levels,
+                "layout": s.layout,
+                "level weights": s.level_weights,
+                "step": s.checkpoint_step,
+                "context": f"{s.context_seconds * 1000:.4g} ms",
+                "val loss": s.val_loss,
+                "level 0 loss": s.val_loss_per_level[0],
+                "bits / audio s": s.val_bits_per_audio_second,
+                "flagged samples": f"{s.n_flagged_samples} of {len(s.samples)}",
                 "voice sim. to prompt": sum(sims) / len(sims) if sims else None,
                 "regen voice sim. (keep 1)": sum(regen_sims) / len(regen_sims)
                 if regen_sims
                 else None,
-                "tokens/s": s["generation_tokens_per_s"],
+                "tokens/s": s.generation_tokens_per_s,
             }
         )
     return rows

@@ -33,8 +33,8 @@ from tasks.acquire import marker as extraction
 from tasks.core import runtime, storage
 from tasks.core.errors import is_transient_chain
 from tasks.core.progress import TqdmProgress, combine
-from tasks.data import lm_windows, token_dataset
-from tasks.evaluate import acoustics, report, speech_metrics
+from tasks.data import lm_windows, records, token_dataset
+from tasks.evaluate import acoustics, regenerate, report, speech_metrics
 from tasks.evaluate import codec as eval_codec
 from tasks.evaluate import lm as evaluate
 from tasks.prefect.caching import content_key
@@ -182,13 +182,13 @@ def plan_tokens_task(
 
 @task(
     name="write-shards",
-    cache_key_fn=content_key(code=(shards, tokenization)),
+    cache_key_fn=content_key(code=(shards, tokenization, records)),
     **_RETRIED,
     **_CACHED,
 )
 def write_shards_task(
     plan: tokenization.DatasetPlan, names: tuple[str, ...]
-) -> list[dict[str, Any]]:
+) -> list[records.ShardMarker]:
     """Encode and commit a group of shards (committed ones are skipped), with a progress
     artifact in seconds of audio."""
     first = names[0] if names else "shards"
@@ -196,9 +196,13 @@ def write_shards_task(
         return shards.write_shard_group(plan, names, progress=artifact)
 
 
-@task(name="finalize-dataset", cache_key_fn=content_key(code=(finalize, token_dataset)), **_CACHED)
+@task(
+    name="finalize-dataset",
+    cache_key_fn=content_key(code=(finalize, token_dataset, records)),
+    **_CACHED,
+)
 def finalize_dataset_task(
-    plan: tokenization.DatasetPlan, markers: list[dict[str, Any]]
+    plan: tokenization.DatasetPlan, markers: list[records.ShardMarker]
 ) -> token_dataset.DatasetRecord:
     """Write rejects, the size report, and dataset.json last."""
     return finalize.finalize_dataset(plan, markers)
@@ -207,7 +211,7 @@ def finalize_dataset_task(
 @task(
     name="train-lm",
     cache_key_fn=content_key(
-        "dataset/dataset.json", code=(train_lm, lm_windows, torchrun, token_dataset)
+        "dataset/dataset.json", code=(train_lm, lm_windows, torchrun, token_dataset, records)
     ),
     **_CACHED,
 )
@@ -240,7 +244,7 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
         "dataset/dataset.json",
         "settings.prompt",
         "settings.regenerate_source",
-        code=(evaluate, acoustics, report, speech_metrics),
+        code=(evaluate, acoustics, regenerate, report, speech_metrics, records),
     ),
     **_CACHED,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from schemas.tables import (
 )
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
+from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry, ShardMarker
 from tasks.data.token_dataset import (
     DATASET_FORMAT_VERSION,
     DatasetRecord,
@@ -51,65 +52,43 @@ def _source_bytes(plan: DatasetPlan) -> int | None:
         return None
 
 
-def finalize_dataset(plan: DatasetPlan, markers: Sequence[Mapping[str, Any]]) -> DatasetRecord:
+def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> DatasetRecord:
     """Write rejects.parquet and size_report.json, then dataset.json (the commit)."""
     existing = check_existing(plan.out, plan.fingerprint)
     if existing is not None:
         return record_from_info(plan.out, existing)
-    shards = [
-        {
-            "name": m["name"],
-            "split": m["split"],
-            "file": f"shards/{m['name']}.arrow",
-            "rows": m["rows"],
-            "frames": m["frames"],
-            "tokens": m["tokens"],
-            "bytes": m["files"]["arrow"]["bytes"],
-            "sha256": m["files"]["arrow"]["sha256"],
-            "audio_seconds": m["audio_seconds"],
-            **(
-                {
-                    "webdataset_file": f"shards/{m['name']}.tar",
-                    "webdataset_bytes": m["files"]["webdataset"]["bytes"],
-                }
-                if "webdataset" in m["files"]
-                else {}
-            ),
-        }
-        for m in markers
-    ]
-    rejects = [r for m in markers for r in m["rejects"]]
+    shards = tuple(ShardEntry.from_marker(m) for m in markers)
+    rejects = [r.to_json() for m in markers for r in m.rejects]
     rejects_url = storage.join(plan.out, "rejects.parquet")
     _write_parquet(rejects_url, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
     _check_rejects(plan, markers, len(rejects), rejects_url)
-    report = size_report(shards, plan.spec, _source_bytes(plan))
+    report = size_report([s.to_json() for s in shards], plan.spec, _source_bytes(plan))
     storage.write_json(storage.join(plan.out, "size_report.json"), report)
-    info = {
-        "fingerprint": plan.fingerprint,
-        "format_version": DATASET_FORMAT_VERSION,
-        "manifest": plan.manifest
+    dtype = plan.spec["token_dtype"]
+    info = DatasetInfo(
+        fingerprint=plan.fingerprint,
+        format_version=DATASET_FORMAT_VERSION,
+        manifest=plan.manifest
         if storage.is_remote(plan.manifest)
         else str(Path(plan.manifest).resolve()),
-        "tokenizer": plan.spec,
-        "dtype": plan.spec["token_dtype"],
-        "formats": list(plan.formats),
-        "layout": "codes: [K, F] flattened level-major per row",
-        "schema": token_shard_schema(
-            pa.from_numpy_dtype(np.dtype(plan.spec["token_dtype"]))
-        ).to_string(),
-        "shards": shards,
-        "n_rejects": len(rejects),
-        "totals": report["total"],
-    }
-    storage.write_json(storage.join(plan.out, "dataset.json"), info)  # last: the commit
+        tokenizer=plan.spec,
+        dtype=dtype,
+        formats=plan.formats,
+        layout="codes: [K, F] flattened level-major per row",
+        arrow_schema=token_shard_schema(pa.from_numpy_dtype(np.dtype(dtype))).to_string(),
+        shards=shards,
+        n_rejects=len(rejects),
+        totals=DatasetTotals.model_validate(report["total"]),
+    )
+    storage.write_json(storage.join(plan.out, "dataset.json"), info.to_json())  # last: the commit
     return record_from_info(plan.out, info)
 
 
 def _check_rejects(
-    plan: DatasetPlan, markers: Sequence[Mapping[str, Any]], n_rejects: int, rejects_url: str
+    plan: DatasetPlan, markers: Sequence[ShardMarker], n_rejects: int, rejects_url: str
 ) -> None:
     """Refuse to commit a dataset without a segment; warn above the set fraction of rejects."""
-    total = n_rejects + sum(int(m["rows"]) for m in markers)
+    total = n_rejects + sum(m.rows for m in markers)
     if n_rejects and n_rejects == total:
         # The shard markers hold no row: removed (we wrote them), so that a run after the audio
         # is restored encodes the shards again instead of trusting empty ones.

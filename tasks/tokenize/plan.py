@@ -43,32 +43,17 @@ from schemas.tokenizers import parse_tokenizer_name
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
 from tasks.data.manifest import read_manifest_table
+from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import DATASET_COMMITTED, DATASET_FORMAT_VERSION, DATASET_KIND
 from tasks.loaders import load_tokenizer, tokenizer_spec
 
 __all__ = [
     "DatasetPlan",
     "PlannedShard",
-    "ShardPlan",
     "check_existing",
     "group_shards",
     "plan_dataset",
-    "plan_shards",
 ]
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """One shard to write: its name, split and the manifest rows (sorted by segment_id)."""
-
-    name: str
-    split: str
-    segment_ids: tuple[str, ...]
-    audio_seconds: float = 0.0
-
-    @property
-    def plan_hash(self) -> str:
-        return _plan_hash(self.name, self.segment_ids)
 
 
 @dataclass(frozen=True)
@@ -133,19 +118,6 @@ def _plan_hash(name: str, segment_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join((name, *segment_ids)).encode()).hexdigest()
 
 
-def plan_shards(
-    rows: Sequence[Mapping[str, Any]] | pa.Table, shard_hours: float
-) -> list[ShardPlan]:
-    """Cut the manifest into ordered shards of about `shard_hours` of audio each, per split."""
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
-    order, cuts = _cut_shards(table.select(["segment_id", "split", "duration_s"]), shard_hours)
-    ids = pc.take(table["segment_id"], order)
-    return [
-        ShardPlan(name, split, tuple(ids.slice(a, b - a).to_pylist()), seconds)
-        for name, split, a, b, seconds in cuts
-    ]
-
-
 def group_shards(names: Sequence[str], max_tasks: int) -> list[tuple[str, ...]]:
     """Consecutive shards grouped so that there are at most `max_tasks` groups (one task each):
     60 000 h in 1 h shards is 60 000 shards, far more task runs than Prefect should track."""
@@ -182,17 +154,21 @@ def _fingerprint(
     ).hexdigest()
 
 
-def check_existing(out: str, fingerprint: str) -> dict[str, Any] | None:
+def check_existing(out: str, fingerprint: str) -> DatasetInfo | None:
+    """The dataset.json committed in `out` when it is this plan's; None when there is none."""
     info_url = storage.join(out, "dataset.json")
     if not storage.exists(info_url):
         return None
-    info: dict[str, Any] = storage.read_json(info_url)
-    if info.get("fingerprint") != fingerprint:
+    data = storage.read_json(info_url)
+    # The fingerprint first: another dataset (or another program's dataset.json) is refused
+    # as such, whatever else it holds.
+    found = data.get("fingerprint") if isinstance(data, dict) else None
+    if found != fingerprint:
         raise CodecflowError(
-            f"{out} already holds another token dataset (fingerprint {info.get('fingerprint')}); "
+            f"{out} already holds another token dataset (fingerprint {found}); "
             "choose another output folder"
         )
-    return info
+    return DatasetInfo.from_json(data, info_url)
 
 
 def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettings) -> DatasetPlan:

@@ -25,6 +25,7 @@ from tasks.core.errors import CodecflowError
 from tasks.core.faults import kill_point
 from tasks.core.progress import ProgressCallback
 from tasks.data.manifest import read_segment_audio
+from tasks.data.records import Reject, ShardFile, ShardMarker
 from tasks.data.token_dataset import shard_marker_url
 from tasks.loaders import load_tokenizer
 from tasks.tokenize.plan import DatasetPlan, PlannedShard
@@ -222,24 +223,66 @@ def _put(url: str, data: bytes) -> None:
         f.write(data[half:])
 
 
-def _committed_marker(out: str, shard: PlannedShard) -> dict[str, Any] | None:
+def _committed_marker(out: str, shard: PlannedShard) -> ShardMarker | None:
+    """The shard's commit marker when it is this plan's (same rows), else None."""
     marker_url = shard_marker_url(out, shard.name)
     if not storage.exists(marker_url):
         return None
-    marker: dict[str, Any] = storage.read_json(marker_url)
-    return marker if marker.get("plan_hash") == shard.plan_hash else None
+    marker = ShardMarker.read(marker_url)
+    return marker if marker.plan_hash == shard.plan_hash else None
+
+
+def _put_file(url: str, data: bytes) -> ShardFile:
+    """Write one file of a shard; what its marker records of it."""
+    _put(url, data)
+    return ShardFile(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _write_shard(
+    plan: DatasetPlan,
+    shard: PlannedShard,
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    stats: EncodeStats,
+) -> None:
+    """Encode one shard's rows, write its files whole, then its commit marker."""
+    encoded = list(_encode_rows(rows, plan.audio_root, tokenizer, stats))
+    good = [(r, c) for r, c in encoded if not isinstance(c, str)]
+    rejects = tuple(
+        Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)
+    )
+    base = storage.join(plan.out, "shards", shard.name)
+    dtype = np.dtype(tokenizer.token_dtype)
+    files = {"arrow": _put_file(f"{base}.arrow", _arrow_bytes(good, dtype))}  # type: ignore[arg-type]
+    if "webdataset" in plan.formats:
+        tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
+        files["webdataset"] = _put_file(f"{base}.tar", tar)
+    kill_point("before-commit")  # crash tests: shard written, marker not yet
+    frames = sum(int(c.shape[1]) for _, c in good)  # type: ignore[union-attr]
+    marker = ShardMarker(
+        name=shard.name,
+        split=shard.split,
+        plan_hash=shard.plan_hash,
+        rows=len(good),
+        frames=frames,
+        tokens=frames * tokenizer.num_levels,
+        # A plain sum, as before: 0 (an int) for a shard without a good row, byte for byte.
+        audio_seconds=sum(float(r["duration_s"]) for r, _ in good),
+        files=files,
+        rejects=rejects,
+    )
+    storage.write_json(shard_marker_url(plan.out, shard.name), marker.to_json())
 
 
 def write_shard_group(
     plan: DatasetPlan, names: Sequence[str], progress: ProgressCallback | None = None
-) -> list[dict[str, Any]]:
+) -> list[ShardMarker]:
     """Write the shards `names` of the plan (skipping committed ones); return their markers.
 
     `progress` is called with (seconds of audio done, seconds in the group) after each shard
     (the Prefect task passes a progress artifact).
     """
     by_name = {s.name: s for s in plan.shards}
-    markers: list[dict[str, Any]] = []
     todo = [by_name[n] for n in names if _committed_marker(plan.out, by_name[n]) is None]
     if todo:
         fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
@@ -250,45 +293,17 @@ def write_shard_group(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers on the GPU
         tokenizer = load_tokenizer(plan.spec["name"], device=device)
-        dtype = np.dtype(tokenizer.token_dtype)
         stats = EncodeStats()
         meter = _Progress(sum(s.audio_seconds for s in todo), names[0], progress)
         for shard in todo:
             shard_rows = sorted(
                 (r for r in rows if r["shard"] == shard.name), key=lambda r: r["segment_id"]
             )
-            encoded = list(_encode_rows(shard_rows, plan.audio_root, tokenizer, stats))
-            good = [(r, c) for r, c in encoded if not isinstance(c, str)]
-            rejects = [
-                {"path": r["segment_id"], "reason": c} for r, c in encoded if isinstance(c, str)
-            ]
-            files: dict[str, Any] = {}
-            arrow = _arrow_bytes(good, dtype)  # type: ignore[arg-type]
-            _put(storage.join(plan.out, "shards", f"{shard.name}.arrow"), arrow)
-            files["arrow"] = {"bytes": len(arrow), "sha256": hashlib.sha256(arrow).hexdigest()}
-            if "webdataset" in plan.formats:
-                tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
-                _put(storage.join(plan.out, "shards", f"{shard.name}.tar"), tar)
-                files["webdataset"] = {"bytes": len(tar), "sha256": hashlib.sha256(tar).hexdigest()}
-            kill_point("before-commit")  # crash tests: shard written, marker not yet
-            frames = sum(int(c.shape[1]) for _, c in good)  # type: ignore[union-attr]
-            storage.write_json(
-                shard_marker_url(plan.out, shard.name),
-                {
-                    "name": shard.name,
-                    "split": shard.split,
-                    "plan_hash": shard.plan_hash,
-                    "rows": len(good),
-                    "frames": frames,
-                    "tokens": frames * tokenizer.num_levels,
-                    "audio_seconds": sum(float(r["duration_s"]) for r, _ in good),
-                    "files": files,
-                    "rejects": rejects,
-                },
-            )
+            _write_shard(plan, shard, shard_rows, tokenizer, stats)
             kill_point("after-commit")  # crash tests: between shards
             meter.update(stats)
         meter.close(stats)
+    markers = []
     for name in names:
         marker = _committed_marker(plan.out, by_name[name])
         assert marker is not None, f"shard {name} has no commit marker after writing"

@@ -30,6 +30,7 @@ from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import latest_checkpoint
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
+from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import TokenReader, read_dataset_info
 from tasks.train.distributed import Ranks, barrier, init_distributed, write_rank_fingerprint
 from tasks.train.scaffold import (
@@ -99,12 +100,12 @@ LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"
 
 
-def _identity(info: Mapping[str, Any], settings: TrainLMSettings) -> RunIdentity:
+def _identity(info: DatasetInfo, settings: TrainLMSettings) -> RunIdentity:
     settings_json = settings.model_dump(mode="json", exclude=_RUNTIME_ONLY)
-    return RunIdentity(LM_RUN_KIND, "checkpoint", "dataset", info["fingerprint"], settings_json)
+    return RunIdentity(LM_RUN_KIND, "checkpoint", "dataset", info.fingerprint, settings_json)
 
 
-def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, Any] | None:
+def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] | None:
     """The identity a resumable checkpoint records; for one written before identities were
     recorded, its settings (config.json) and, when its tokens match, the requested dataset
     (its fingerprint was not kept: the tokenizer is what can be compared)."""
@@ -119,9 +120,9 @@ def _resumable_identity(checkpoint: Path, info: Mapping[str, Any]) -> dict[str, 
         settings = TrainLMSettings.model_validate(config.get("settings"))
     except ValueError:  # pydantic's ValidationError: settings of an older schema, or none
         return None
-    same_tokens = config.get("tokenizer") == info["tokenizer"]
+    same_tokens = config.get("tokenizer") == info.tokenizer
     return {
-        "dataset": info["fingerprint"] if same_tokens else f"tokens of {config.get('tokenizer')}",
+        "dataset": info.fingerprint if same_tokens else f"tokens of {config.get('tokenizer')}",
         "settings": settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
     }
 
@@ -158,7 +159,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
 
 
 def _train_owned(
-    dataset: Path, out: Path, settings: TrainLMSettings, info: dict[str, Any]
+    dataset: Path, out: Path, settings: TrainLMSettings, info: DatasetInfo
 ) -> CheckpointRecord:
     """train_lm once `out` is ours and locked: the committed checkpoint, or resume, or start."""
     identity = _identity(info, settings)
@@ -246,13 +247,13 @@ def _wrapped(run: _Run, settings: TrainLMSettings) -> Any:
 def _train(
     out: Path,
     settings: TrainLMSettings,
-    info: dict[str, Any],
+    info: DatasetInfo,
     identity: RunIdentity,
     train_reader: TokenReader,
     val_reader: TokenReader,
 ) -> CheckpointRecord:
     """The training loop, the validation loss and the checkpoints (the readers stay open)."""
-    run = _build(settings, info["tokenizer"])
+    run = _build(settings, info.tokenizer)
     resumed = resume(out, run.model, run.optimizer, tied={"wte.weight"}, write_log=run.ranks.main)
     trained = _wrapped(run, settings)
     started = time.perf_counter()

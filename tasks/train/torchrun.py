@@ -13,6 +13,7 @@ from pathlib import Path
 from schemas.configs import TrainLMSettings
 from tasks.core import outputs
 from tasks.core.errors import CodecflowError
+from tasks.data.token_dataset import read_dataset_info
 from tasks.train import lm as train_lm
 
 __all__ = ["run_torchrun"]
@@ -25,7 +26,7 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
     `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
     """
     out = Path(out)
-    train_lm.read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
+    read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
     # This process holds the run's lock for as long as torchrun runs (the kernel drops it if
     # it is killed); the ranks are told so through the environment and take none. torchrun
     # itself inherits the lock's descriptor: were this process killed, the output stays locked

@@ -16,8 +16,9 @@ from models.mulaw import MuLawTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
 from tasks.core.errors import CodecflowError
 from tasks.data.checkpoints import newest_checkpoint
+from tasks.data.records import EvaluationSummary
 from tasks.evaluate.acoustics import acoustic_stats, load_prompt
-from tasks.evaluate.lm import SUMMARY_KEYS, checkpoint_id, evaluate
+from tasks.evaluate.lm import checkpoint_id, evaluate
 from tasks.evaluate.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
 from tasks.prefect.wrappers import evaluate_task
 from tasks.train.lm import train_lm
@@ -54,7 +55,9 @@ def test_report_has_audio_spectrograms_metrics_and_summary(
     ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert set(SUMMARY_KEYS) <= set(summary)
+    # summary.json is exactly the typed record, key for key, in the record's order.
+    record_summary = EvaluationSummary.read(out / "summary.json")
+    assert list(summary) == list(EvaluationSummary.model_fields) and record_summary.n_prefills >= 2
     assert summary["kind"] == "codecflow-evaluation" and summary["num_levels"] == 1
     assert summary["generated_tokens"] == 2 * 320  # 2 samples x 20 ms at 16 kHz
     assert summary["context_seconds"] == pytest.approx(64 / 16_000)
@@ -204,7 +207,7 @@ def test_a_finished_report_is_returned_without_recomputing(
     def fail(*_: object, **__: object) -> None:
         raise AssertionError("recomputed a finished report")
 
-    monkeypatch.setattr("tasks.evaluate.lm._continue_prompt", fail)
+    monkeypatch.setattr("tasks.evaluate.continuation.continue_prompt", fail)
     again = evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
     assert again == first and again.summary.stat().st_mtime_ns == written
     # Another seed is another report: computed (the patched sampler says so).

@@ -1,4 +1,4 @@
-"""Report pages (`tasks.evaluate.report`) from hand-made summary.json dictionaries: hostile strings are
+"""Report pages (`tasks.evaluate.report`) from hand-made summary.json records: hostile strings are
 escaped, the digests show the summary's numbers, and the runs index finds every report below a
 folder without crawling data folders or going too deep."""
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tasks.data.records import EvaluationSummary
 from tasks.evaluate.report import (
     RUNS_INDEX_COLUMNS,
     evaluation_html,
@@ -25,24 +26,29 @@ HOSTILE = '<script>alert("x")</script>'
 ESCAPED = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
 
 
-def _summary(**overrides: Any) -> dict[str, Any]:
+def _summary_dict(**overrides: Any) -> dict[str, Any]:
+    """A summary.json as a dictionary (what a file holds; tests change it before parsing)."""
     summary: dict[str, Any] = {
         "kind": "codecflow-evaluation",
         "tokenizer": "mu-law-256",
         "num_levels": 2,
         "codebook_size": 256,
+        "frame_rate": 16000.0,
         "layout": "flat",
         "level_weights": [1.0, 0.5],
         "checkpoint": "/runs/lm/checkpoint",
         "checkpoint_step": 40,
         "dataset": "/runs/tokens",
         "audio_hours": 0.25,
+        "n_segments": 180,
         "n_tokens": 1_234_567,
         "dataset_bytes": 2_469_134,
         "train_loss_first": 5.5,
         "train_loss_last": 3.25,
+        "n_parameters": 33_664,
         "context_tokens": 64,
         "context_seconds": 0.004,
+        "generated_seconds": 0.04,
         "generated_tokens": 640,
         "generation_seconds": 0.5,
         "generation_tokens_per_s": 1280.0,
@@ -55,6 +61,7 @@ def _summary(**overrides: Any) -> dict[str, Any]:
         "prompt": "/data/prompt.flac",
         "prompt_seconds": 4.0,
         "prompt_roundtrip": {"si_sdr_db": 35.5, "mel_l1": 0.01},
+        "num_samples": 2,
         "samples": [
             {
                 "rms_dbfs": -20.123,
@@ -101,9 +108,14 @@ def _summary(**overrides: Any) -> dict[str, Any]:
             ],
         },
         "settings": {"seed": 0, "prompt": "/data/prompt.flac"},
+        "identity": {"weights": "ab12"},
     }
     summary.update(overrides)
     return summary
+
+
+def _summary(**overrides: Any) -> EvaluationSummary:
+    return EvaluationSummary.from_json(_summary_dict(**overrides), "summary.json")
 
 
 def _write(folder: Path, summary: dict[str, Any]) -> Path:
@@ -118,7 +130,7 @@ def _write(folder: Path, summary: dict[str, Any]) -> Path:
 
 
 def test_hostile_strings_are_escaped_everywhere_in_the_report() -> None:
-    summary = _summary(
+    summary = _summary_dict(
         tokenizer=HOSTILE,
         layout=HOSTILE,
         checkpoint=HOSTILE,
@@ -134,7 +146,7 @@ def test_hostile_strings_are_escaped_everywhere_in_the_report() -> None:
     regen["runs"][0].update(files=['a.wav" onerror="alert(1)'], transcripts=[HOSTILE])
     regen["runs"][0]["metrics_skipped"] = HOSTILE
     regen["runs"][1]["skipped"] = HOSTILE
-    page = evaluation_html(summary)
+    page = evaluation_html(EvaluationSummary.from_json(summary, "summary.json"))
     assert "<script" not in page and "</script" not in page
     assert 'onerror="' not in page and 'src="a.wav&quot; onerror=&quot;alert(1)"' in page
     assert page.count(ESCAPED) >= 10
@@ -227,7 +239,7 @@ def test_samples_table_rows() -> None:
 
 
 def test_find_reports_skips_data_folders_other_kinds_and_bad_files(tmp_path: Path) -> None:
-    s = _summary()
+    s = _summary_dict()
     wanted = [
         _write(tmp_path / "b" / "report", s),
         _write(tmp_path / "a" / "evaluations" / "step-000010-abc", s),
@@ -250,7 +262,7 @@ def test_find_reports_skips_data_folders_other_kinds_and_bad_files(tmp_path: Pat
 def test_a_killed_evaluations_temporary_is_no_report(tmp_path: Path) -> None:
     """atomic_dir writes summary.json last inside `.report.<8>.tmp`: a kill -9 just before the
     rename (or during the swap, `.report.old`) leaves one that must not be listed."""
-    s = _summary()
+    s = _summary_dict()
     _write(tmp_path / "run" / "report", s)
     _write(tmp_path / "run" / ".report.ab12cd34.tmp", s)
     _write(tmp_path / "run" / ".report.old", s)
@@ -258,8 +270,8 @@ def test_a_killed_evaluations_temporary_is_no_report(tmp_path: Path) -> None:
 
 
 def test_runs_index_rows_average_what_was_measured(tmp_path: Path) -> None:
-    _write(tmp_path / "a" / "report", _summary())
-    off = _summary(speech={"skipped": "turned off"}, tokenizer="codec")
+    _write(tmp_path / "a" / "report", _summary_dict())
+    off = _summary_dict(speech={"skipped": "turned off"}, tokenizer="codec")
     off["regeneration"]["runs"] = [{"keep_levels": 1, "skipped": "nothing to generate"}]
     _write(tmp_path / "b" / "report", off)
     rows = runs_index_rows(tmp_path)
@@ -286,7 +298,7 @@ def test_runs_index_rows_average_what_was_measured(tmp_path: Path) -> None:
 
 
 def test_runs_index_page_escapes_folder_names_and_values(tmp_path: Path) -> None:
-    _write(tmp_path / '<b>"x' / "report", _summary(tokenizer=HOSTILE))
+    _write(tmp_path / '<b>"x' / "report", _summary_dict(tokenizer=HOSTILE))
     index = write_runs_index(tmp_path)
     assert index == tmp_path / "index.html"
     page = index.read_text()

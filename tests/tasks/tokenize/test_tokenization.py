@@ -23,7 +23,7 @@ from tasks.data.manifest import read_segment_audio
 from tasks.data.token_dataset import read_dataset_info
 from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
 from tasks.tokenize.finalize import tokenize_manifest
-from tasks.tokenize.plan import plan_shards
+from tasks.tokenize.plan import plan_dataset
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -43,14 +43,14 @@ def _manifest_rows(manifest: Path) -> tuple[list[dict], Path]:
 def test_shards_hold_uint8_codes_of_every_segment(tiny_manifest: Path, tiny_dataset: Path) -> None:
     rows, root = _manifest_rows(tiny_manifest)
     info = read_dataset_info(tiny_dataset)
-    assert info["dtype"] == "uint8"
-    assert info["tokenizer"]["codebook_size"] == 256
+    assert info.dtype == "uint8"
+    assert info.tokenizer["codebook_size"] == 256
     seen = {}
-    for shard in info["shards"]:
-        with pa.memory_map(str(tiny_dataset / shard["file"])) as source:
+    for shard in info.shards:
+        with pa.memory_map(str(tiny_dataset / shard.file)) as source:
             table = ipc.open_file(source).read_all()
         assert table.schema.equals(TOKEN_SHARD_SCHEMA)
-        assert table.num_rows == shard["rows"]
+        assert table.num_rows == shard.rows
         for row in table.to_pylist():
             seen[row["segment_id"]] = row
     assert sorted(seen) == sorted(r["segment_id"] for r in rows)
@@ -110,21 +110,31 @@ def test_rerun_skips_and_interrupted_run_resumes_byte_identically(
     assert resumed == before
 
 
-def test_plan_shards_orders_and_names_per_split() -> None:
-    rows = [
-        {"segment_id": f"s{i}", "split": "val" if i % 3 == 0 else "train", "duration_s": 1000.0}
-        for i in range(9)
+def test_the_plan_cuts_ordered_shards_per_split(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Shards of at most `shard_hours` of audio, per split, in segment-id order, named
+    <split>-<index>: through plan_dataset and the plan.parquet it writes."""
+    table = pq.read_table(tiny_manifest)
+    n = 9
+    rows = pa.Table.from_pylist([table.slice(0, 1).to_pylist()[0]] * n, schema=table.schema)
+    rows = rows.set_column(0, "segment_id", pa.array([f"s{i}" for i in reversed(range(n))]))
+    splits = ["val" if i % 3 == 0 else "train" for i in reversed(range(n))]
+    rows = rows.set_column(rows.schema.get_field_index("split"), "split", pa.array(splits))
+    durations = pa.array([1000.0] * n)
+    rows = rows.set_column(rows.schema.get_field_index("duration_s"), "duration_s", durations)
+    manifest = tmp_path / "manifest" / "segments.parquet"
+    manifest.parent.mkdir()
+    pq.write_table(rows, manifest)
+    settings = TokenizeSettings(shard_hours=2000 / 3600)
+    plan = plan_dataset(str(manifest), str(tmp_path / "out"), settings)
+    names = ["train-00000", "train-00001", "train-00002", "val-00000", "val-00001"]
+    assert [s.name for s in plan.shards] == names
+    assert [s.n_rows for s in plan.shards] == [2, 2, 2, 2, 1]
+    planned = pq.read_table(tmp_path / "out" / "plan.parquet").select(["segment_id", "shard"])
+    assert planned.to_pylist()[:2] == [
+        {"segment_id": "s1", "shard": "train-00000"},
+        {"segment_id": "s2", "shard": "train-00000"},
     ]
-    plans = plan_shards(rows, shard_hours=2000 / 3600)
-    assert [p.name for p in plans] == [
-        "train-00000",
-        "train-00001",
-        "train-00002",
-        "val-00000",
-        "val-00001",
-    ]
-    assert plans[0].segment_ids == ("s1", "s2")
-    assert all(len(p.segment_ids) <= 2 for p in plans)
+    assert planned["shard"].to_pylist()[-3:] == ["val-00000", "val-00000", "val-00001"]
 
 
 def test_the_reader_sees_every_train_token(tiny_dataset: Path) -> None:
@@ -132,7 +142,7 @@ def test_the_reader_sees_every_train_token(tiny_dataset: Path) -> None:
 
     info = read_dataset_info(tiny_dataset)
     with TokenReader(tiny_dataset, "train") as reader:
-        assert reader.n_tokens == sum(s["tokens"] for s in info["shards"] if s["split"] == "train")
+        assert reader.n_tokens == sum(s.tokens for s in info.shards if s.split == "train")
         assert reader.dtype == np.uint8
 
 
@@ -171,14 +181,14 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
             tiny_manifest, tmp_path / "mimi", TokenizeSettings(tokenizer="mimi_2_rvq_nosemantic")
         )
     info = read_dataset_info(record.path)
-    assert info["dtype"] == "uint16" and info["tokenizer"]["num_levels"] == 2  # levels 1..2
-    assert info["tokenizer"]["frame_rate"] == 12.5 and info["tokenizer"]["sample_rate"] == 24_000
-    shard = record.path / info["shards"][0]["file"]
+    assert info.dtype == "uint16" and info.num_levels == 2  # levels 1..2
+    assert info.tokenizer["frame_rate"] == 12.5 and info.tokenizer["sample_rate"] == 24_000
+    shard = record.path / info.shards[0].file
     with pa.memory_map(str(shard)) as source:
         table = ipc.open_file(source).read_all()
     assert table.schema.field("codes").type == pa.list_(pa.uint16())
     # 12.5 frames per second of audio x 2 levels, whole frames: ceil(duration x 12.5) per segment
-    assert info["totals"]["tokens_per_second"] == pytest.approx(2 * 12.5, rel=0.1)
+    assert info.totals.tokens_per_second == pytest.approx(2 * 12.5, rel=0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,13 +284,11 @@ def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -
     import webdataset as wds
 
     info = read_dataset_info(reference_dataset)
-    shard = info["shards"][0]
-    with pa.memory_map(str(reference_dataset / shard["file"])) as source:
+    shard = info.shards[0]
+    with pa.memory_map(str(reference_dataset / shard.file)) as source:
         arrow_rows = ipc.open_file(source).read_all().to_pylist()
     samples = list(
-        wds.WebDataset(
-            str(reference_dataset / shard["webdataset_file"]), shardshuffle=False
-        ).decode()
+        wds.WebDataset(str(reference_dataset / shard.webdataset_file), shardshuffle=False).decode()
     )
     assert [s["json"]["segment_id"] for s in samples] == [r["segment_id"] for r in arrow_rows]
     for sample, row in zip(samples, arrow_rows, strict=True):

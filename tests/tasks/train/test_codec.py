@@ -294,9 +294,9 @@ def test_codec_tokens_train_sample_and_regenerate(
 
     dataset = codec_dataset
     info = read_dataset_info(dataset)
-    assert info["tokenizer"]["num_levels"] == 4 and info["tokenizer"]["frame_rate"] == 2000
-    assert info["dtype"] == "uint8"  # a 64-entry codebook
-    assert info["totals"]["tokens"] == 4 * info["totals"]["frames"]
+    assert info.num_levels == 4 and info.tokenizer["frame_rate"] == 2000
+    assert info.dtype == "uint8"  # a 64-entry codebook
+    assert info.totals.tokens == 4 * info.totals.frames
     with TokenReader(dataset, "train") as reader:
         assert reader.num_levels == 4 and reader.n_tokens == 4 * reader.n_frames
     lm = TrainLMSettings(

@@ -153,7 +153,7 @@ def test_a_resume_with_another_dataset_or_settings_is_refused(
         "resume with the same ones or choose another out"
     )
     other = tokenize_manifest(tiny_manifest, tmp_path / "other", TokenizeSettings(shard_hours=0.5))
-    old, new = (read_dataset_info(d)["fingerprint"][:12] for d in (tiny_dataset, other.path))
+    old, new = (read_dataset_info(d).fingerprint[:12] for d in (tiny_dataset, other.path))
     with pytest.raises(
         CodecflowError,
         match=f"dataset fingerprint {old} in the checkpoint, fingerprint {new} asked for;",

@@ -1,0 +1,276 @@
+"""Typed records of the JSON files the stages hand each other: a shard's commit marker, a token
+dataset's `dataset.json` and an evaluation's `summary.json`.
+
+Each record is a frozen pydantic model: `to_json()` gives the object the file holds and
+`from_json(data, source)` (or `read(path)`) checks one, raising a one-line `CodecflowError` that
+names the file when it is not a valid record. The JSON is byte-for-byte what the dictionaries of
+earlier versions were (tests/tasks/data/test_records.py): field names and order are the file's
+keys, numbers keep their JSON type (`Number`: an int stays an int), optional keys a file may
+lack are left out again, so old datasets read as before and dataset fingerprints do not move.
+
+Parts whose keys are open-ended (the tokenizer spec, per-sample metrics, settings) are plain
+mappings, documented per field; "frozen" is shallow there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.core import storage
+from tasks.core.errors import CodecflowError
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetTotals",
+    "EvaluationSummary",
+    "Number",
+    "PromptRoundtrip",
+    "Regeneration",
+    "Reject",
+    "ShardEntry",
+    "ShardFile",
+    "SUMMARY_KIND",
+    "ShardMarker",
+]
+
+
+#: A JSON number that keeps its type: `float` alone would turn a marker's `0` into `0.0`.
+Number = int | float
+
+
+class _Record(BaseModel):
+    """Frozen, no unknown keys (a key this version does not know would be lost on rewrite)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    #: The file, in error messages: "not a valid <what>".
+    what: ClassVar[str] = "record"
+
+    def to_json(self) -> dict[str, Any]:
+        """The object the file holds (python mode: floats, NaN included, are left as they are)."""
+        return self.model_dump(by_alias=True, exclude_none=False)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | Path) -> Self:
+        """`data` (parsed JSON) as a record; a CodecflowError naming `source` when it is none."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "top level"
+            raise CodecflowError(
+                f"{source} is not a valid {cls.what}: {where}: {first['msg']}"
+                f" ({err.error_count()} problem(s))"
+            ) from None
+
+    @classmethod
+    def read(cls, url: str | Path) -> Self:
+        """The record in the JSON file `url` (local or remote)."""
+        try:
+            data = storage.read_json(url)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CodecflowError(f"{url} is not a valid {cls.what}: not JSON ({err})") from None
+        return cls.from_json(data, url)
+
+
+# -- shard commit markers: <out>/shards/<name>.commit.json --------------------------------------
+
+
+class ShardFile(_Record):
+    """One file of a shard as committed: its size and sha256."""
+
+    bytes: int
+    sha256: str
+
+
+class Reject(_Record):
+    """A segment that could not be encoded, and why (a row of rejects.parquet)."""
+
+    path: str
+    reason: str
+
+
+class ShardMarker(_Record):
+    """The commit marker of one shard: written after its files, trusted by re-runs and readers."""
+
+    what: ClassVar[str] = "shard commit marker"
+
+    name: str
+    split: str
+    plan_hash: str  # the shard's rows in the plan: a marker of another plan is not ours
+    rows: int
+    frames: int
+    tokens: int
+    audio_seconds: Number
+    files: dict[str, ShardFile]  # by format: "arrow", and "webdataset" when written
+    rejects: tuple[Reject, ...]
+
+
+# -- dataset.json -------------------------------------------------------------------------------
+
+
+def _absent_if_none(value: Any) -> bool:
+    return value is None
+
+
+class ShardEntry(_Record):
+    """A committed shard as `dataset.json` lists it (what `TokenReader` maps)."""
+
+    name: str
+    split: str
+    file: str  # relative to the dataset folder
+    rows: int
+    frames: int
+    tokens: int
+    bytes: int
+    sha256: str
+    audio_seconds: Number
+    webdataset_file: str | None = Field(default=None, exclude_if=_absent_if_none)
+    webdataset_bytes: int | None = Field(default=None, exclude_if=_absent_if_none)
+
+    @classmethod
+    def from_marker(cls, marker: ShardMarker) -> ShardEntry:
+        arrow, tar = marker.files["arrow"], marker.files.get("webdataset")
+        return cls(
+            name=marker.name,
+            split=marker.split,
+            file=f"shards/{marker.name}.arrow",
+            rows=marker.rows,
+            frames=marker.frames,
+            tokens=marker.tokens,
+            bytes=arrow.bytes,
+            sha256=arrow.sha256,
+            audio_seconds=marker.audio_seconds,
+            webdataset_file=f"shards/{marker.name}.tar" if tar else None,
+            webdataset_bytes=tar.bytes if tar else None,
+        )
+
+
+class DatasetTotals(_Record):
+    """The size report's `total` (`tasks.tokenize.sizes.size_report`): the counts the later stages
+    read are typed; the report's other figures (rates, projections, ...) are kept as
+    they are, so that the size report may grow without a change here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    segments: int
+    audio_hours: Number
+    frames: int
+    tokens: int
+    bytes: int
+
+
+class DatasetInfo(_Record):
+    """`<dataset>/dataset.json`, written last by tokenize: the dataset is complete when it exists.
+
+    `tokenizer` is the tokenizer's spec (`tasks.loaders.tokenizer_spec`: name, num_levels,
+    codebook_size, frame_rate, token_dtype, ... and `checkpoint_sha256` for a trained codec):
+    its keys follow the tokenizer kinds, so it stays a mapping; a checkpoint is trained on the
+    tokens of exactly this spec.
+    """
+
+    what: ClassVar[str] = "token dataset info (dataset.json)"
+
+    fingerprint: str
+    format_version: int
+    manifest: str
+    tokenizer: dict[str, Any]
+    dtype: str
+    formats: tuple[str, ...]
+    layout: str
+    arrow_schema: str = Field(alias="schema")  # `schema` is a BaseModel method name
+    shards: tuple[ShardEntry, ...]
+    n_rejects: int = 0  # absent from datasets written before rejects were counted
+    totals: DatasetTotals
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.tokenizer["num_levels"])
+
+
+# -- summary.json -------------------------------------------------------------------------------
+
+
+class PromptRoundtrip(_Record):
+    """How close the tokenizer's round trip of the prompt comes to it."""
+
+    si_sdr_db: Number
+    mel_l1: Number
+
+
+class Regeneration(_Record):
+    """The regeneration experiment: its source recording and one run per `keep_levels`.
+
+    A run is `{"keep_levels", "skipped"}` plus, when done, `files` and the speech metrics of
+    `tasks.evaluate.speech_metrics.regeneration_metrics`: open-ended, so plain mappings."""
+
+    source: str
+    seconds: Number
+    runs: list[dict[str, Any]]
+
+
+#: summary.json's `kind`: what tells an evaluation's summary from the other summary.json files.
+SUMMARY_KIND = "codecflow-evaluation"
+
+
+class EvaluationSummary(_Record):
+    """`<report>/summary.json`, written last by an evaluation (`tasks.evaluate.lm`); the report
+    pages, the runs index and the evaluate flow read it.
+
+    Open-ended parts: `samples` (per continuation, `tasks.evaluate.acoustics.acoustic_stats`),
+    `speech` (`tasks.evaluate.speech_metrics.speech_metrics`, or `{"skipped": why}`),
+    `settings` (the EvaluateSettings) and `identity` (what a reused report must match).
+    """
+
+    what: ClassVar[str] = "evaluation summary (summary.json)"
+
+    kind: str
+    tokenizer: str
+    num_levels: int
+    codebook_size: int
+    frame_rate: Number
+    layout: str
+    level_weights: list[Number] | None = None
+    checkpoint: str
+    checkpoint_step: int
+    train_loss_first: Number | None
+    train_loss_last: Number | None
+    n_parameters: int | None
+    dataset: str
+    audio_hours: Number
+    n_segments: int
+    n_tokens: int
+    dataset_bytes: int
+    val_loss: Number
+    val_loss_per_level: list[Number]
+    val_perplexity_per_level: list[Number]
+    val_bits_per_audio_second: Number
+    context_tokens: int
+    context_seconds: Number
+    prompt: str
+    prompt_seconds: Number
+    prompt_roundtrip: PromptRoundtrip
+    num_samples: int
+    generated_seconds: Number
+    generated_tokens: int
+    generation_seconds: Number
+    generation_tokens_per_s: Number
+    real_time_factor: Number
+    n_prefills: int
+    samples: list[dict[str, Any]]
+    speech: dict[str, Any]
+    regeneration: Regeneration
+    settings: dict[str, Any]
+    identity: dict[str, Any]
+
+    @property
+    def n_flagged_samples(self) -> int:
+        return sum(1 for s in self.samples if s["flags"])
+
+    def dumps(self) -> str:
+        """The file's text: indented, in field order (summary.json is not key-sorted)."""
+        return json.dumps(self.to_json(), indent=2) + "\n"

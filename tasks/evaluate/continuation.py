@@ -1,0 +1,85 @@
+"""The prompt-continuation experiment of an evaluation: the LM continues a spoken prompt
+(`num_samples` samples, with a KV cache), timed; and the tokenizer's round trip of the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.gpt import GPT
+from models.layouts import TokenLayout
+from models.losses import mel_l1, si_sdr
+from models.sampling import generate
+from models.tokenizer import AudioTokenizer
+from schemas.configs import EvaluateSettings
+
+__all__ = ["continue_prompt", "roundtrip"]
+
+
+def roundtrip(
+    tokenizer: AudioTokenizer, wav: torch.Tensor, codes: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The decoding of `codes` `[1, K, F]`, the tokenizer's encoding of `wav` `[1, 1, T]`, and
+    how close it comes to `wav`."""
+    with torch.inference_mode():
+        back = tokenizer.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
+    return back, {
+        "si_sdr_db": float(si_sdr(back, wav).mean()),
+        "mel_l1": float(mel_l1(back, wav, sample_rate=tokenizer.sample_rate)),
+    }
+
+
+def continue_prompt(
+    model: GPT,
+    tokenizer: AudioTokenizer,
+    layout: TokenLayout,
+    prompt_codes: torch.Tensor,
+    settings: EvaluateSettings,
+    device: torch.device,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Sample `num_samples` continuations of the prompt; their audio and the speed numbers."""
+    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
+    prompt_frames = prompt_codes.shape[-1]  # prompt_codes: [1, K, F_p]
+    # The prompt's sequence up to its last whole step: the delay pattern's trailing PAD steps
+    # would put PADs mid-stream, which training never shows the model.
+    prompt_tokens = layout.to_sequence(prompt_codes, codebook_size)[
+        :, : prompt_frames * levels
+    ]  # [1, P]
+    prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
+    new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    started = time.perf_counter()
+    result = generate(
+        model,
+        prompt_batch,
+        new_frames * levels,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        frame_size=layout.frame_size(levels),
+        generator=generator,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    new_tokens = result.tokens.cpu()  # [B, new_frames * K]
+    full = torch.cat([prompt_batch.cpu(), new_tokens], dim=1)  # [B, P + new_frames * K]
+    all_codes = layout.from_sequence(full, levels, codebook_size)  # [B, K, F]
+    # Sampling may put a PAD or another level's range where a code belongs: clamp to the codebook.
+    codes = all_codes[:, :, prompt_frames:].clamp(0, codebook_size - 1)  # [B, K, F_new]
+    with torch.inference_mode():
+        generated = tokenizer.decode(codes)  # [B, 1, F_new * samples_per_frame]
+    generated_seconds = codes.shape[-1] / tokenizer.frame_rate
+    speed = {
+        "generated_seconds": generated_seconds,
+        "generated_tokens": new_tokens.numel(),
+        "generation_seconds": elapsed,
+        "generation_tokens_per_s": new_tokens.numel() / elapsed,
+        "real_time_factor": generated_seconds * settings.num_samples / elapsed,
+        "n_prefills": result.n_prefills,
+    }
+    return [generated[i, 0].numpy() for i in range(settings.num_samples)], speed
