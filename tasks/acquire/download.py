@@ -39,7 +39,6 @@ __all__ = [
 # Suffix of the file that keeps downloaded bytes whose md5 is wrong: `<dest>.md5-mismatch`.
 MISMATCH_SUFFIX = ".md5-mismatch"
 
-
 _HASH_CHUNK = 1 << 20
 
 _CONTENT_RANGE_RE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")

@@ -37,7 +37,6 @@ __all__ = [
     "save_resumable",
 ]
 
-
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 

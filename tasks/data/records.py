@@ -37,7 +37,6 @@ __all__ = [
     "ShardMarker",
 ]
 
-
 #: A JSON number that keeps its type: `float` alone would turn a marker's `0` into `0.0`.
 Number = int | float
 

@@ -42,17 +42,14 @@ __all__ = [
     "shard_marker_url",
 ]
 
-
 #: Bumped whenever the bytes of a shard would change for the same inputs.
 DATASET_FORMAT_VERSION = 2
-
 
 #: The kind of folder a tokenize run owns (`outputs.claim_output`), and the files that show a
 #: dataset written before ownership markers existed: its shard commit markers (every dataset
 #: has one, and a run killed after its first shard too); a bare dataset.json is too common a
 #: name to make a folder ours.
 DATASET_KIND = "token dataset"
-
 
 DATASET_COMMITTED = ("shards/*.commit.json",)
 

@@ -55,11 +55,9 @@ __all__ = [
     "report_identity",
 ]
 
-
 #: The kind of folder an evaluation owns, and what shows one written before ownership markers:
 #: a file name only codecflow writes (a user's summary.json must not make a folder ours).
 REPORT_KIND = "evaluation report"
-
 
 REPORT_COMMITTED = ("prompt_roundtrip.wav",)
 

@@ -28,7 +28,6 @@ __all__ = [
     "write_runs_index",
 ]
 
-
 _STYLE = """body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left;vertical-align:top}
@@ -264,7 +263,6 @@ def samples_table(summary: EvaluationSummary) -> list[dict[str, Any]]:
 
 #: Folders a report never lies in, and which can be huge (the extracted corpus, token shards).
 _NOT_REPORTS = {"acquire", "tokens", "checkpoints", "checkpoint", "codec", "regen", "download"}
-
 
 #: How deep below the index folder reports are looked for: <run>/report, <run>/evaluations/<id>,
 #: <run>/lm/evaluations/<id>.

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -67,18 +69,27 @@ def _content_digest(url: str) -> bytes:
     return fingerprint(Path(url)).encode()
 
 
+def _source(module: ModuleType) -> bytes:
+    """A module's source, or every module's of a package (`tasks.train`: the trainers and the
+    scaffolding they share), in name order."""
+    if not hasattr(module, "__path__"):
+        return inspect.getsource(module).encode()
+    names = sorted(m.name for m in pkgutil.walk_packages(module.__path__, module.__name__ + "."))
+    return b"".join(inspect.getsource(importlib.import_module(n)).encode() for n in names)
+
+
 def content_key(
     *path_params: str, code: tuple[ModuleType, ...] = ()
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect `cache_key_fn` over the task's source, the source of the modules in `code` (the
-    plain functions it wraps: editing them invalidates the cache), all parameters, and the
-    content of the files named by `path_params`.
+    plain functions it wraps, or whole packages: editing them invalidates the cache), all
+    parameters, and the content of the files named by `path_params`.
 
     A path spec is a parameter name, optionally followed by attribute names and a sub-path:
     `"manifest"`, `"settings.prompt"`, `"dataset/dataset.json"` (a dataset is keyed by its
     `dataset.json`, which records every shard's sha256, rather than by rehashing the shards).
     """
-    code_digest = hashlib.sha256(b"".join(inspect.getsource(m).encode() for m in code)).hexdigest()
+    code_digest = hashlib.sha256(b"".join(_source(m) for m in code)).hexdigest()
 
     def key(context: Any, parameters: dict[str, Any]) -> str:
         digest = hashlib.sha256()

@@ -20,6 +20,9 @@ from typing import Any
 
 from prefect import task
 
+import tasks.data
+import tasks.evaluate
+import tasks.train
 from schemas.configs import (
     EvalCodecSettings,
     EvaluateSettings,
@@ -27,23 +30,22 @@ from schemas.configs import (
     TrainCodecSettings,
     TrainLMSettings,
 )
+from tasks import loaders
 from tasks.acquire import download, extract, members, probe, segments, sinks, stream
 from tasks.acquire import manifest as segment_manifest
 from tasks.acquire import marker as extraction
 from tasks.core import runtime, storage
 from tasks.core.errors import is_transient_chain
 from tasks.core.progress import TqdmProgress, combine
-from tasks.data import lm_windows, records, token_dataset
-from tasks.evaluate import acoustics, regenerate, report, speech_metrics
+from tasks.data import records, token_dataset
 from tasks.evaluate import codec as eval_codec
-from tasks.evaluate import lm as evaluate
+from tasks.evaluate import lm as evaluate_lm
 from tasks.prefect.caching import content_key
 from tasks.prefect.progress import PrefectProgress
 from tasks.tokenize import finalize, shards
-from tasks.tokenize import plan as tokenization
+from tasks.tokenize import plan as token_plan
 from tasks.train import codec as train_codec
 from tasks.train import lm as train_lm
-from tasks.train import torchrun
 from tasks.train.torchrun import run_torchrun
 
 __all__ = [
@@ -170,24 +172,22 @@ def write_manifest_task(
 
 @task(
     name="plan-tokens",
-    cache_key_fn=content_key("manifest", code=(tokenization, token_dataset)),
+    cache_key_fn=content_key("manifest", code=(token_plan, token_dataset)),
     **_CACHED,
 )
-def plan_tokens_task(
-    manifest: str, out: str, settings: TokenizeSettings
-) -> tokenization.DatasetPlan:
+def plan_tokens_task(manifest: str, out: str, settings: TokenizeSettings) -> token_plan.DatasetPlan:
     """Plan the shards of a token dataset and write plan.parquet."""
-    return tokenization.plan_dataset(manifest, out, settings)
+    return token_plan.plan_dataset(manifest, out, settings)
 
 
 @task(
     name="write-shards",
-    cache_key_fn=content_key(code=(shards, tokenization, records)),
+    cache_key_fn=content_key(code=(shards, token_plan, records, loaders)),
     **_RETRIED,
     **_CACHED,
 )
 def write_shards_task(
-    plan: tokenization.DatasetPlan, names: tuple[str, ...]
+    plan: token_plan.DatasetPlan, names: tuple[str, ...]
 ) -> list[records.ShardMarker]:
     """Encode and commit a group of shards (committed ones are skipped), with a progress
     artifact in seconds of audio."""
@@ -202,7 +202,7 @@ def write_shards_task(
     **_CACHED,
 )
 def finalize_dataset_task(
-    plan: tokenization.DatasetPlan, markers: list[records.ShardMarker]
+    plan: token_plan.DatasetPlan, markers: list[records.ShardMarker]
 ) -> token_dataset.DatasetRecord:
     """Write rejects, the size report, and dataset.json last."""
     return finalize.finalize_dataset(plan, markers)
@@ -210,9 +210,7 @@ def finalize_dataset_task(
 
 @task(
     name="train-lm",
-    cache_key_fn=content_key(
-        "dataset/dataset.json", code=(train_lm, lm_windows, torchrun, token_dataset, records)
-    ),
+    cache_key_fn=content_key("dataset/dataset.json", code=(tasks.train, tasks.data)),
     **_CACHED,
 )
 def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
@@ -244,18 +242,22 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
         "dataset/dataset.json",
         "settings.prompt",
         "settings.regenerate_source",
-        code=(evaluate, acoustics, regenerate, report, speech_metrics, records),
+        code=(tasks.evaluate, tasks.data, loaders),
     ),
     **_CACHED,
 )
 def evaluate_task(
     checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
-) -> evaluate.ReportRecord:
+) -> evaluate_lm.ReportRecord:
     """Sample continuations of the prompt and write the HTML report."""
-    return evaluate.evaluate(checkpoint, dataset, out, settings)
+    return evaluate_lm.evaluate(checkpoint, dataset, out, settings)
 
 
-@task(name="train-codec", cache_key_fn=content_key("manifest", code=(train_codec,)), **_CACHED)
+@task(
+    name="train-codec",
+    cache_key_fn=content_key("manifest", code=(tasks.train, tasks.data)),
+    **_CACHED,
+)
 def train_codec_task(
     manifest: str, out: Path, settings: TrainCodecSettings
 ) -> train_codec.CodecCheckpointRecord:
@@ -265,7 +267,9 @@ def train_codec_task(
 
 @task(
     name="eval-codec",
-    cache_key_fn=content_key("checkpoint/model.safetensors", "manifest", code=(eval_codec,)),
+    cache_key_fn=content_key(
+        "checkpoint/model.safetensors", "manifest", code=(tasks.evaluate, tasks.data, loaders)
+    ),
     **_CACHED,
 )
 def eval_codec_task(

@@ -28,7 +28,7 @@ from tasks.data.token_dataset import (
     record_from_info,
     shard_marker_url,
 )
-from tasks.tokenize.plan import DatasetPlan, _write_parquet, check_existing, plan_dataset
+from tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
 from tasks.tokenize.shards import write_shard_group
 from tasks.tokenize.sizes import format_size_report, size_report
 
@@ -60,7 +60,7 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> Datas
     shards = tuple(ShardEntry.from_marker(m) for m in markers)
     rejects = [r.to_json() for m in markers for r in m.rejects]
     rejects_url = storage.join(plan.out, "rejects.parquet")
-    _write_parquet(rejects_url, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+    storage.write_parquet(rejects_url, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
     _check_rejects(plan, markers, len(rejects), rejects_url)
     report = size_report([s.to_json() for s in shards], plan.spec, _source_bytes(plan))
     storage.write_json(storage.join(plan.out, "size_report.json"), report)

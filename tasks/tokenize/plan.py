@@ -244,8 +244,3 @@ def _same_plan(plan_url: str, fingerprint: str) -> bool:
     fs, path = storage.url_to_fs(plan_url)
     metadata = pq.read_schema(path, filesystem=fs).metadata or {}
     return metadata.get(b"codecflow.fingerprint") == fingerprint.encode()
-
-
-def _write_parquet(url: str, table: pa.Table) -> None:
-    with storage.open_atomic_write(url) as f:
-        pq.write_table(table, f)  # streamed: no second copy of a 3.6 M-row plan in memory

@@ -50,18 +50,14 @@ __all__ = [
     "smallest_token_bytes",
 ]
 
-
 #: 16-bit PCM at Libri-Light's 16 kHz: the source audio every compression ratio divides.
 PCM16_BYTES_PER_SECOND = 16_000 * 2
-
 
 #: The dataset sizes `size_report` projects to: the post's 1 000 h and 10 000 h, and 60 000 h
 #: (about all of Libri-Light).
 PROJECTION_HOURS: tuple[float, ...] = (1_000.0, 10_000.0, 60_000.0)
 
-
 _GIB = float(1 << 30)
-
 
 _SPLITS = ("train", "val")  # schemas.tables.SPLITS, without importing pyarrow
 

@@ -54,10 +54,8 @@ __all__ = [
     "train_codec",
 ]
 
-
 #: The kind of folder a train-codec run owns, and what shows one written before ownership markers.
 CODEC_RUN_KIND = "codec run"
-
 
 CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 

@@ -88,13 +88,10 @@ def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
 #: with another value is refused, since its result would match no uninterrupted run.
 _RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device", "compile"}
 
-
 #: The kind of folder a train-lm run owns, and what shows one written before ownership markers.
 LM_RUN_KIND = "LM run"
 
-
 LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
-
 
 #: Set by the task that launches torchrun (to `out`): it holds the run's lock, not its ranks.
 LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"

@@ -43,3 +43,16 @@ def test_missing_input_keys_as_missing(tmp_path: Path) -> None:
 
 def test_stable_json_is_canonical() -> None:
     assert stable_json({"b": Path("/x"), "a": (1, 2)}) == '{"a": [1, 2], "b": "/x"}'
+
+
+def test_a_package_in_code_keys_on_every_module_of_it() -> None:
+    """`code=(tasks.train,)`: an edit to the scaffolding the trainers share invalidates both."""
+    import inspect
+
+    import tasks.train
+    from tasks.prefect.caching import _source
+    from tasks.train import codec, lm, scaffold
+
+    source = _source(tasks.train)
+    for module in (codec, lm, scaffold):
+        assert inspect.getsource(module).encode() in source
