@@ -42,12 +42,12 @@ def continue_prompt(
     device: torch.device,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Sample `num_samples` continuations of the prompt; their audio and the speed numbers."""
-    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
+    num_levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
     prompt_frames = prompt_codes.shape[-1]  # prompt_codes: [1, K, F_p]
     # The prompt's sequence up to its last whole step: the delay pattern's trailing PAD steps
     # would put PADs mid-stream, which training never shows the model.
     prompt_tokens = layout.to_sequence(prompt_codes, codebook_size)[
-        :, : prompt_frames * levels
+        :, : prompt_frames * num_levels
     ]  # [1, P]
     prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
     new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
@@ -56,11 +56,11 @@ def continue_prompt(
     result = generate(
         model,
         prompt_batch,
-        new_frames * levels,
+        new_frames * num_levels,
         temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,
-        frame_size=layout.frame_size(levels),
+        frame_size=layout.frame_size(num_levels),
         generator=generator,
     )
     if device.type == "cuda":
@@ -68,7 +68,7 @@ def continue_prompt(
     elapsed = time.perf_counter() - started
     new_tokens = result.tokens.cpu()  # [B, new_frames * K]
     full = torch.cat([prompt_batch.cpu(), new_tokens], dim=1)  # [B, P + new_frames * K]
-    all_codes = layout.from_sequence(full, levels, codebook_size)  # [B, K, F]
+    all_codes = layout.from_sequence(full, num_levels, codebook_size)  # [B, K, F]
     # Sampling may put a PAD or another level's range where a code belongs: clamp to the codebook.
     codes = all_codes[:, :, prompt_frames:].clamp(0, codebook_size - 1)  # [B, K, F_new]
     with torch.inference_mode():

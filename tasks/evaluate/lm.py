@@ -173,8 +173,8 @@ def _validation(
     spec: dict[str, Any],
 ) -> dict[str, Any]:
     """Per-level loss on the held-out split, with the training's windows and weights."""
-    levels, codebook_size = int(spec["num_levels"]), int(spec["codebook_size"])
-    weights = settings.level_weights or [1.0] * levels
+    num_levels, codebook_size = int(spec["num_levels"]), int(spec["codebook_size"])
+    weights = settings.level_weights or [1.0] * num_levels
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with TokenReader(dataset, "val") as reader:
         total, per_level = validation_loss(
@@ -188,7 +188,7 @@ def _validation(
             model.config.block_size,
             weights,
         )
-    tokens_per_second = float(spec["frame_rate"]) * levels
+    tokens_per_second = float(spec["frame_rate"]) * num_levels
     unweighted = float(np.mean(per_level))
     return {
         "val_loss": total,
@@ -302,11 +302,11 @@ def _summary(
     measured: _Measured,
 ) -> EvaluationSummary:
     tokenizer, block_size = inputs.tokenizer, inputs.model.config.block_size
-    levels, rate, totals = tokenizer.num_levels, tokenizer.sample_rate, inputs.info.totals
+    num_levels, rate, totals = tokenizer.num_levels, tokenizer.sample_rate, inputs.info.totals
     return EvaluationSummary(
         kind=SUMMARY_KIND,
         tokenizer=inputs.spec["name"],
-        num_levels=levels,
+        num_levels=num_levels,
         codebook_size=tokenizer.codebook_size,
         frame_rate=tokenizer.frame_rate,
         layout=layout.name,
@@ -322,7 +322,7 @@ def _summary(
         context_tokens=block_size,
         # 2 048 tokens are 128 ms of mu-law at 16 kHz, 2 s of the 8-level 125 Hz codec and 20 s
         # of 8-level Mimi at 12.5 Hz (the post): why mu-law babbles.
-        context_seconds=block_size / (tokenizer.frame_rate * levels),
+        context_seconds=block_size / (tokenizer.frame_rate * num_levels),
         prompt=str(settings.prompt),
         prompt_seconds=inputs.prompt_wav.shape[-1] / rate,
         prompt_roundtrip=PromptRoundtrip(**measured.prompt_roundtrip),

@@ -58,9 +58,9 @@ class Regenerations:
                 _write_wav(folder / "regen" / f"keep{keep}_{i}.wav", wav, rate)
 
 
-def _skip_reason(keep: int, levels: int) -> str | None:
-    if keep >= levels:
-        return f"keeping {keep} of {levels} levels leaves nothing to generate"
+def _skip_reason(keep: int, num_levels: int) -> str | None:
+    if keep >= num_levels:
+        return f"keeping {keep} of {num_levels} levels leaves nothing to generate"
     if keep < 1:
         return f"keep_levels must be at least 1, got {keep}"
     return None
@@ -77,14 +77,14 @@ def regenerations(
 ) -> Regenerations:
     """The round trip of `source_wav` (`[1, 1, T]`) and, per k of `regenerate_levels`,
     `num_samples` regenerations keeping levels < k (seeded with `seed + k`)."""
-    levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
+    num_levels, codebook_size = tokenizer.num_levels, tokenizer.codebook_size
     with torch.inference_mode():
         codes = tokenizer.encode(source_wav)  # [1, K, F]
         roundtrip = tokenizer.decode(codes)[0, 0].numpy()  # [T]
     done: list[tuple[int, list[np.ndarray]]] = []
     runs: list[dict[str, Any]] = []
     for keep in settings.regenerate_levels:
-        reason = _skip_reason(keep, levels)
+        reason = _skip_reason(keep, num_levels)
         if reason is not None:
             runs.append({"keep_levels": keep, "skipped": reason})
             continue

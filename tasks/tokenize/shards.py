@@ -184,7 +184,7 @@ def _webdataset_key(segment_id: str) -> str:
 
 
 def _webdataset_bytes(
-    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], levels: int
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], num_levels: int
 ) -> bytes:
     """A tar that plain `webdataset` reads: `<key>.codes.npy` ([K, F]) and `<key>.json` per row.
 
@@ -202,7 +202,7 @@ def _webdataset_bytes(
                 "book_id": row["book_id"],
                 "split": row["split"],
                 "n_frames": int(codes.shape[1]),
-                "num_levels": levels,
+                "num_levels": num_levels,
             }
             for name, data in (
                 (f"{key}.codes.npy", npy.getvalue()),

@@ -99,7 +99,7 @@ def reference_token_bytes(name: str) -> int:
     return 1 if parse_tokenizer_name(name).kind == "mulaw" else 4
 
 
-def _codec_facts(name: str, checkpoint: str, levels: int | None) -> TokenizerFacts:
+def _codec_facts(name: str, checkpoint: str, num_levels: int | None) -> TokenizerFacts:
     config_path = Path(checkpoint) / "config.json"
     preset = codec_preset(checkpoint)
     if preset is None:
@@ -117,13 +117,13 @@ def _codec_facts(name: str, checkpoint: str, levels: int | None) -> TokenizerFac
     else:
         max_levels, codebook = int(preset["num_levels"]), int(preset["codebook_size"])
         n_blocks, rate = int(preset.get("n_blocks", 7)), int(preset.get("sample_rate", 16_000))
-    if levels is not None and not 1 <= levels <= max_levels:
-        raise CodecflowError(f"codec {checkpoint} has {max_levels} levels; asked for {levels}")
+    if num_levels is not None and not 1 <= num_levels <= max_levels:
+        raise CodecflowError(f"codec {checkpoint} has {max_levels} levels; asked for {num_levels}")
     return TokenizerFacts(
         name,
         rate,
         rate / 2**n_blocks,
-        levels or max_levels,
+        num_levels or max_levels,
         codebook,
         smallest_token_bytes(codebook),
     )
@@ -146,12 +146,12 @@ def describe_tokenizer(name: str) -> TokenizerFacts:
         assert parsed.checkpoint is not None
         return _codec_facts(name, parsed.checkpoint, parsed.num_levels)
     assert parsed.num_levels is not None
-    levels = parsed.num_levels  # K either way: levels 0..K-1, or 1..K without the semantic one
+    num_levels = parsed.num_levels  # K either way: levels 0..K-1, or 1..K without the semantic one
     return TokenizerFacts(
         name,
         MIMI_SAMPLE_RATE,
         MIMI_FRAME_RATE,
-        levels,
+        num_levels,
         MIMI_CODEBOOK_SIZE,
         smallest_token_bytes(MIMI_CODEBOOK_SIZE),
     )

@@ -203,13 +203,13 @@ def _build(settings: TrainLMSettings, spec: Mapping[str, Any]) -> _Run:
         torch.cuda.set_device(device)
     torch.manual_seed(settings.seed)
     layout = make_layout(settings.layout)
-    levels = int(spec["num_levels"])
+    num_levels = int(spec["num_levels"])
     codebook_size = int(spec["codebook_size"])
-    config = model_config(settings, layout.vocab_size(codebook_size, levels))
-    weights = settings.level_weights or [1.0] * levels
-    if len(weights) != levels:
+    config = model_config(settings, layout.vocab_size(codebook_size, num_levels))
+    weights = settings.level_weights or [1.0] * num_levels
+    if len(weights) != num_levels:
         raise CodecflowError(
-            f"level_weights has {len(weights)} values; the dataset has {levels} levels"
+            f"level_weights has {len(weights)} values; the dataset has {num_levels} levels"
         )
     model = GPT(config).to(device)
     config_json = {
