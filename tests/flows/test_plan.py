@@ -175,3 +175,15 @@ def test_bad_input_is_one_line_and_exit_2(
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
     assert re.search(message, captured.err.strip()), captured.err
+
+
+def test_a_pipeline_whose_dataset_exists_plans_from_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = tmp_path / "run" / "tokens" / "mu-law-256"  # the pipeline's folder for it
+    dataset.mkdir(parents=True)
+    shutil.copy(DATASET_JSON, dataset / "dataset.json")
+    path = str(REPO / "configs" / "post-mulaw-1000h.yaml")
+    plan = _plan(capsys, "--config", path, "--set", f"out={tmp_path / 'run'}")
+    assert plan["data"]["source"] == f"dataset {dataset}"
+    assert plan["data"]["train_tokens"] == 378_240 and plan["data"]["tokenize_tasks"] is None
