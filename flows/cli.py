@@ -9,6 +9,10 @@ exit status 2; nothing half-written is left behind.
 `codecflow sizes --tokenizer NAME --hours H [--json]` is not a flow: it projects a token dataset's
 bytes from the tokenizer's name (`tasks.tokenize.sizes`), beside the post's int32 layout, without
 Prefect.
+
+`codecflow plan --config FILE [--set ...] [--json]` is not a flow either: it validates a pipeline
+or train-lm config, builds its LM on the meta device and prints what the run will cost (memory
+per GPU, steps, wall time at an MFU, disk, tokenize task runs; `flows.plan`), without Prefect.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from tasks.core.errors import user_error
+from tasks.core.errors import CodecflowError, user_error
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -248,7 +252,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     sizes.add_argument("--hours", required=True, type=float, help="hours of audio")
     sizes.add_argument("--json", action="store_true", help="print one JSON object")
+    _plan_parser(commands)
     return parser
+
+
+#: The sections of a pipeline config: a file with one of them is planned as a pipeline.
+_PIPELINE_SECTIONS = {"acquire", "train_codec", "tokenize", "train_lm", "evaluate"}
+
+
+def _plan_parser(commands: Any) -> None:
+    # The defaults are flows.plan's (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS), not imported here: it
+    # imports PyTorch, which the other subcommands need not wait for.
+    plan = commands.add_parser(
+        "plan", help="what a pipeline or train-lm config will cost, without running it"
+    )
+    plan.add_argument("--config", help="YAML file of a pipeline or train-lm config")
+    plan.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY.PATH=VALUE", help="override one config value")  # fmt: skip
+    plan.add_argument("--kind", choices=["auto", "pipeline", "train-lm"], default="auto",
+                      help="auto: pipeline when the file has a stage section")  # fmt: skip
+    plan.add_argument("--mfu", type=float, help="model FLOPs utilization (default 0.4)")
+    plan.add_argument("--peak-tflops", type=float,
+                      help="dense bf16 peak per GPU (default an H100 SXM's 989)")  # fmt: skip
+    plan.add_argument("--nodes", type=int, default=1, help="machines of nproc_per_node GPUs")
+    plan.add_argument("--hours", type=float, help="audio hours instead of the config's")
+    plan.add_argument("--tokenizer", help="train-lm without a dataset yet: its tokenizer")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """`codecflow plan`: the table (or JSON) of `flows.plan`; `error: ...` and 2 on bad input."""
+    import json
+
+    from flows.plan import (
+        DEFAULT_MFU,
+        DEFAULT_PEAK_TFLOPS,
+        format_plan,
+        plan_pipeline,
+        plan_train_lm,
+    )
+
+    try:
+        data = _read_config_file(args.config) if args.config is not None else {}
+        keys = set(data) | {o.partition("=")[0].split(".")[0] for o in args.overrides}
+        kind = args.kind if args.kind != "auto" else (
+            "pipeline" if keys & _PIPELINE_SECTIONS else "train-lm"
+        )  # fmt: skip
+        model = PipelineConfig if kind == "pipeline" else TrainLMConfig
+        config = load_config(model, args.config, args.overrides)
+        mfu = DEFAULT_MFU if args.mfu is None else args.mfu
+        peak = DEFAULT_PEAK_TFLOPS if args.peak_tflops is None else args.peak_tflops
+        common = dict(hours=args.hours, nodes=args.nodes, mfu=mfu, peak_tflops=peak,
+                      source=args.config)  # fmt: skip
+        if isinstance(config, PipelineConfig):
+            plan = plan_pipeline(config, **common)
+        else:
+            assert isinstance(config, TrainLMConfig)
+            plan = plan_train_lm(config, tokenizer=args.tokenizer, **common)
+    except Exception as exc:
+        error = CodecflowError(str(exc)) if isinstance(exc, CliError) else user_error(exc)
+        if error is None:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(plan.to_json()) if args.json else format_plan(plan), flush=True)
+    return 0
 
 
 def _sizes(args: argparse.Namespace) -> int:
@@ -273,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sizes":
         return _sizes(args)
+    if args.command == "plan":
+        return _plan(args)
     command = COMMANDS[args.command]
     # The output lines are printed at exit, after Prefect has logged its shutdown (atexit runs
     # handlers in reverse order of registration, and Prefect registers its own during the run):

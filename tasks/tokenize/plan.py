@@ -50,8 +50,10 @@ from tasks.loaders import load_tokenizer, tokenizer_spec
 __all__ = [
     "DatasetPlan",
     "PlannedShard",
+    "PlannedTasks",
     "check_existing",
     "group_shards",
+    "planned_tasks",
     "plan_dataset",
 ]
 
@@ -123,6 +125,29 @@ def group_shards(names: Sequence[str], max_tasks: int) -> list[tuple[str, ...]]:
     60 000 h in 1 h shards is 60 000 shards, far more task runs than Prefect should track."""
     per_task = max(1, math.ceil(len(names) / max_tasks))
     return [tuple(names[i : i + per_task]) for i in range(0, len(names), per_task)]
+
+
+@dataclass(frozen=True)
+class PlannedTasks:
+    """The shards and shard-writing tasks a plan of given split durations will have."""
+
+    shards: int
+    groups: int  # write-shards tasks, one per group
+    shards_per_group: int
+
+
+def planned_tasks(
+    split_hours: Mapping[str, float], shard_hours: float, max_tasks: int
+) -> PlannedTasks:
+    """What `plan_dataset` will cut `split_hours` (hours of audio per split) into, before any
+    manifest exists: `_cut_shards`' greedy runs of `shard_hours` per split, at least
+    `ceil(hours / shard_hours)` each (a run closes before the segment that would pass the limit,
+    so a few more when segments are long beside a shard), then `group_shards`."""
+    # Rounded first: 10 000 h x 0.99 is 9 900.000000000002 in floats, 9 900 shards, not 9 901.
+    counts = [math.ceil(round(h / shard_hours, 6)) for h in split_hours.values() if h > 0]
+    names = [f"{i:06d}" for i in range(sum(counts))]
+    groups = group_shards(names, max_tasks)
+    return PlannedTasks(len(names), len(groups), len(groups[0]) if groups else 0)
 
 
 def _tokenizer_identity(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -329,6 +329,19 @@ def test_group_shards_bounds_the_task_count() -> None:
     assert group_shards(names[:10], 1000) == [(n,) for n in names[:10]]
 
 
+def test_planned_tasks_before_a_manifest_exists() -> None:
+    from tasks.tokenize.plan import planned_tasks
+
+    # The post's 10 000 h, 1 % val, 1 h shards: 9 900 + 100 shards (not 9 901: 10 000 x 0.99
+    # is not exact in floats), 10 per task, so the 1 000 tasks `max_tasks` allows.
+    tasks = planned_tasks({"train": 10_000 * 0.99, "val": 10_000 * 0.01}, 1.0, 1000)
+    assert (tasks.shards, tasks.groups, tasks.shards_per_group) == (10_000, 1000, 10)
+    # 0.25 h shards of 1.1 h and 0.1 h: ceil(4.4) + ceil(0.4) = 6 shards, 3 tasks of 2.
+    tasks = planned_tasks({"train": 1.1, "val": 0.1}, 0.25, 3)
+    assert (tasks.shards, tasks.groups, tasks.shards_per_group) == (6, 3, 2)
+    assert planned_tasks({"train": 0.0, "val": 0.0}, 1.0, 10).groups == 0
+
+
 def _speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
