@@ -31,7 +31,7 @@ from schemas.configs import (
 )
 from schemas.tokenizers import parse_tokenizer_name
 
-__all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer"]
+__all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer", "train_lm_config"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,16 @@ def resolve_tokenizer(tokenizer: str, codec_checkpoint: Path | None) -> str:
     return str(dataclasses.replace(parsed, checkpoint=str(codec_checkpoint)))
 
 
+def train_lm_config(cfg: PipelineConfig, dataset: Path) -> TrainLMConfig:
+    """The pipeline's train-lm stage: its `train_lm` section on `dataset`, into `<out>/lm`.
+
+    Only the fields the section sets are passed on (a `preset` must not meet the default model
+    shape), so the stage's settings are exactly the user's, whatever the number of ranks.
+    """
+    lm_settings = cfg.train_lm.model_dump(exclude_unset=True)
+    return TrainLMConfig(**lm_settings, dataset=str(dataset), out=str(Path(cfg.out) / "lm"))
+
+
 @flow(name="pipeline")
 def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # noqa: B008
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
@@ -77,11 +87,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
             out=str(out / "tokens" / dataset_folder_name(tokenizer)),
         )
     )
-    # Only the fields the config sets: a `preset` must not meet the default model shape.
-    lm_settings = cfg.train_lm.model_dump(exclude_unset=True)
-    checkpoint = train_lm_flow(
-        TrainLMConfig(**lm_settings, dataset=str(dataset.path), out=str(out / "lm"))
-    )
+    checkpoint = train_lm_flow(train_lm_config(cfg, dataset.path))
     report = evaluate_flow(
         EvaluateConfig(
             **cfg.evaluate.model_dump(),

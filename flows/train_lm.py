@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
-from schemas.configs import TrainLMConfig, TrainLMSettings
+from schemas.configs import TrainLMConfig
 from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.prefect.wrappers import train_lm_task
 from tasks.train.lm import CheckpointRecord
@@ -21,12 +21,8 @@ __all__ = ["train_lm_flow"]
 def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # noqa: B008
     """Train the nanoGPT-style LM on random windows of the flattened token stream."""
     out = Path(cfg.out)
-    # Only the fields the config sets: a `preset` must not meet the default model shape.
-    settings = TrainLMSettings(
-        **cfg.model_dump(include=set(TrainLMSettings.model_fields), exclude_unset=True)
-    )
     record = unless_committed(train_lm_task, is_checkpoint_committed(out))(
-        Path(cfg.dataset), out, settings
+        Path(cfg.dataset), out, cfg.settings()
     )
     create_markdown_artifact(
         key="train-lm",

@@ -353,6 +353,12 @@ class TrainLMConfig(TrainLMSettings):
     dataset: str = Field("runs/demo/tokens/mu-law-256", description="Token dataset folder.")
     out: str = Field("runs/demo/lm", description="Folder of the training run and its checkpoint.")
 
+    def settings(self) -> TrainLMSettings:
+        """The training settings of this config: the fields it sets, no default added (a
+        `preset` must not meet the default model shape, which would then count as set)."""
+        fields = set(TrainLMSettings.model_fields)
+        return TrainLMSettings(**self.model_dump(include=fields, exclude_unset=True))
+
 
 class EvaluateSettings(_Config):
     prompt: str = Field(

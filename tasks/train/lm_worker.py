@@ -4,31 +4,34 @@
     torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500 \
         --nproc_per_node=8 -m tasks.train.lm_worker --config run.yaml          # on each node
 
-`run.yaml` is a TrainLMConfig (dataset, out and the training settings). Every rank trains (DDP:
-NCCL on GPUs, gloo on the CPU); rank 0 writes checkpoints and prints `checkpoint: <path>`. A rank
-that fails on bad input (a `CodecflowError`, a full disk) prints `error: rank R: <reason>`, writes
-the reason to `--error-dir` when given, and exits 2: the launcher
-(`tasks.train.distributed.run_torchrun`)
-reports that line, not torchrun's traceback.
+`run.yaml` is a TrainLMConfig (dataset, out and the training settings): the fields it sets are
+the settings, as `codecflow train-lm` reads them (a `preset` with no shape fields). `train-lm`
+with `nproc_per_node > 1` writes `<out>/run.yaml` that way and passes every field apart with
+`--expect-settings`: a rank whose run.yaml does not read back as those settings refuses to train.
+Every rank trains (DDP: NCCL on GPUs, gloo on the CPU); rank 0 writes checkpoints and prints
+`checkpoint: <path>`. A rank that fails on bad input (a `CodecflowError`, an invalid run.yaml, a
+full disk) prints `error: rank R: <reason>`, writes the reason to `--error-dir` when given, and
+exits 2: the launcher (`tasks.train.torchrun.run_torchrun`) reports that line, not torchrun's
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from schemas.configs import TrainLMConfig, TrainLMSettings
-from tasks.core.errors import user_error
+from tasks.core.errors import CodecflowError, user_error
 from tasks.train.lm import train_lm
 
-__all__ = [
-    "main",
-]
+__all__ = ["check_settings", "main", "read_run_config"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,11 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder where a rank that fails writes its one-line reason (rank-<R>.txt), for "
         "the launcher to report instead of torchrun's traceback",
     )
+    parser.add_argument(
+        "--expect-settings",
+        help="JSON file of every training setting the launcher resolved: a rank whose --config "
+        "reads back as other settings refuses to train",
+    )
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = TrainLMConfig.model_validate(yaml.safe_load(Path(args.config).read_text()))
-        settings = TrainLMSettings(**cfg.model_dump(include=set(TrainLMSettings.model_fields)))
+        cfg = read_run_config(Path(args.config))
+        settings = cfg.settings()
+        if args.expect_settings:
+            check_settings(settings, Path(args.expect_settings), Path(args.config))
         record = train_lm(Path(cfg.dataset), Path(cfg.out), settings)
     except Exception as exc:
         error = user_error(exc)
@@ -60,6 +70,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def read_run_config(path: Path) -> TrainLMConfig:
+    """The TrainLMConfig in `path`; a CodecflowError of one line when it is not one."""
+    try:
+        return TrainLMConfig.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as err:
+        raise CodecflowError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        )
+        raise CodecflowError(f"invalid TrainLMConfig in {path}: {problems}") from None
+
+
+def check_settings(settings: TrainLMSettings, expected: Path, config: Path) -> None:
+    """Refuse settings that differ from the launcher's (`expected`: every field, as JSON).
+
+    run.yaml holds only the fields set; should a way of building settings leave a value out of
+    `model_fields_set`, the ranks would train with its default: refused here, naming the fields.
+    """
+    want = json.loads(expected.read_text())
+    got = settings.model_dump(mode="json")
+    differ = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    if differ:
+        fields = ", ".join(f"{k}: {got.get(k)!r} instead of {want.get(k)!r}" for k in differ)
+        raise CodecflowError(
+            f"{config} reads back as other settings than the launcher's ({fields}): the "
+            "settings it was written from did not mark those values as set"
+        )
 
 
 def _report(error_dir: str | None, rank: int, reason: str) -> None:

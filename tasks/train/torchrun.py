@@ -7,6 +7,7 @@ interrupt, and turns the first failing rank's one-line reason into a `CodecflowE
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,6 +22,9 @@ __all__ = ["run_torchrun"]
 
 def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
     """`torchrun --standalone --nproc_per_node=N -m tasks.train.lm_worker --config <out>/run.yaml`.
+
+    run.yaml holds `dataset`, `out` and the settings the user set (not every default), so it
+    validates in the ranks as it did here; each rank checks that it reads back as `settings`.
 
     A rank's one-line reason for failing (bad input, a full disk) becomes this task's
     `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
@@ -45,34 +49,49 @@ def _launch_torchrun(
     import sys
     import tempfile
 
-    import yaml
-
-    config = {**settings.model_dump(mode="json"), "dataset": str(dataset), "out": str(out)}
-    run_file = out / "run.yaml"
-    run_file.write_text(yaml.safe_dump(config, sort_keys=True))
+    run_file = _write_run_file(dataset, out, settings)
     with tempfile.TemporaryDirectory(prefix="codecflow-ranks-") as errors:
+        expected = Path(errors) / "settings.json"
+        expected.write_text(json.dumps(settings.model_dump(mode="json"), sort_keys=True))
         command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={settings.nproc_per_node}",
-            "-m",
-            "tasks.train.lm_worker",
-            "--config",
-            str(run_file),
-            "--error-dir",
-            errors,
-        ]
+            "-m", "tasks.train.lm_worker", "--config", str(run_file),
+            "--error-dir", errors, "--expect-settings", str(expected),
+        ]  # fmt: skip
         env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
         status = _stream_process(command, env, keep_fds)
         if status != 0:
-            reasons = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: int(p.stem[5:]))
-            if reasons:
-                rank = reasons[0].stem[5:]
-                reason = reasons[0].read_text().strip()
-                raise CodecflowError(f"train-lm rank {rank} failed: {reason}")
-            raise RuntimeError(f"torchrun exited with status {status}; see the log above")
+            _raise_rank_failure(Path(errors), status)
+
+
+def _write_run_file(dataset: Path, out: Path, settings: TrainLMSettings) -> Path:
+    """`<out>/run.yaml`: a TrainLMConfig of the fields the user set, as they gave them.
+
+    A full dump would add the default model shape beside a `preset`, and would validate no
+    more; every field goes to the ranks apart (`--expect-settings`), for them to check that
+    this file reads back as the same settings.
+    """
+    import yaml
+
+    config = {
+        **settings.model_dump(mode="json", exclude_unset=True),
+        "dataset": str(dataset),
+        "out": str(out),
+    }
+    run_file = out / "run.yaml"
+    run_file.write_text(yaml.safe_dump(config, sort_keys=True))
+    return run_file
+
+
+def _raise_rank_failure(errors: Path, status: int) -> None:
+    """The first failing rank's one-line reason as a CodecflowError; else torchrun's status."""
+    reasons = sorted(errors.glob("rank-*.txt"), key=lambda p: int(p.stem[5:]))
+    if reasons:
+        rank = reasons[0].stem[5:]
+        reason = reasons[0].read_text().strip()
+        raise CodecflowError(f"train-lm rank {rank} failed: {reason}")
+    raise RuntimeError(f"torchrun exited with status {status}; see the log above")
 
 
 def _stream_process(command: list[str], env: dict[str, str], keep_fds: tuple[int, ...]) -> int:

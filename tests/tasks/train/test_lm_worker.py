@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import REPO
 
@@ -95,3 +96,56 @@ def test_gradient_accumulation_consumes_micro_batches_in_order(
     assert [r["windows"] for r in log] == [[0, 8], [8, 16], [16, 24]]  # 2 micro-batches x 4
     metrics = json.loads((record.path / "metrics.json").read_text())
     assert metrics["mfu"] is None  # CPU: no known peak FLOPs
+
+
+# --- run.yaml: the fields the user set, read back as the launcher's settings ------------------
+
+
+def _run_yaml(path: Path, settings: TrainLMSettings, dataset: Path, out: Path) -> Path:
+    config = {**settings.model_dump(mode="json", exclude_unset=True), "dataset": str(dataset)}
+    path.write_text(yaml.safe_dump({**config, "out": str(out)}))
+    return path
+
+
+def test_a_preset_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    from tasks.train.lm_worker import check_settings, read_run_config
+
+    settings = TrainLMSettings(preset="tiny", steps=3, level_weights=[100, 1], nproc_per_node=2)
+    run_file = _run_yaml(tmp_path / "run.yaml", settings, tmp_path / "tokens", tmp_path / "lm")
+    expected = tmp_path / "settings.json"
+    expected.write_text(json.dumps(settings.model_dump(mode="json")))
+    read = read_run_config(run_file).settings()
+    assert read == settings and read.model_fields_set == settings.model_fields_set
+    check_settings(read, expected, run_file)  # no error
+
+
+def test_a_rank_refuses_settings_other_than_the_launchers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tasks.train.lm_worker import main
+
+    # Built without validation, steps=7 is not among the fields set: run.yaml would train 300.
+    settings = TrainLMSettings.model_construct({"preset"}, preset="tiny", steps=7)
+    run_file = _run_yaml(tmp_path / "run.yaml", settings, tmp_path / "tokens", tmp_path / "lm")
+    expected = tmp_path / "settings.json"
+    expected.write_text(json.dumps(settings.model_dump(mode="json")))
+    argv = ["--config", str(run_file), "--error-dir", str(tmp_path), "--expect-settings"]
+    assert main([*argv, str(expected)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: rank 0: {run_file} reads back as other settings")
+    assert "steps: 300 instead of 7" in line
+    assert (tmp_path / "rank-0.txt").read_text().strip() == line.removeprefix("error: rank 0: ")
+    assert not (tmp_path / "lm").exists()  # refused before training
+
+
+def test_an_invalid_run_yaml_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tasks.train.lm_worker import main
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"preset": "post", "n_layer": 2, "dataset": "x"}))
+    assert main(["--config", str(run_file)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: rank 0: invalid TrainLMConfig in {run_file}: ")
+    assert "preset 'post' sets the model shape; leave out ['n_layer']" in line
