@@ -128,16 +128,6 @@ def dataset_of(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Bytecode the ranks write and share: with none in the venv (PYTHONDONTWRITEBYTECODE),
-    each of the twelve ranks would compile torch's sources again (about 10 s each here)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-        patch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
-        yield
-
-
-@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """The tiny LM is faster on one intra-op thread, by far when the cores are shared."""
     threads = torch.get_num_threads()
