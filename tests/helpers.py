@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 __all__ = [
+    "FlowRunWindow",
     "PROMPT",
     "REPO",
     "TINY_TAR",
     "lock_held_by_another_process",
-    "task_run_states_since",
     "tiny_tar_md5",
 ]
 
@@ -49,24 +52,73 @@ def run_codecflow(api_url: str | None, *args: str) -> subprocess.CompletedProces
     )
 
 
-def task_run_states_since(since: datetime) -> list[tuple[str, str]]:
-    """(task name, state name) of every task run created since `since`, from the Prefect API.
+class FlowRunWindow:
+    """The task runs of the flow runs created after this window opened, from the Prefect API.
 
-    Run names are "<task name>-<3 random characters>". Sub-flows also appear as task runs,
-    named after the flow (the `evaluate` flow beside the `evaluate` task): those are left out.
+    Flow runs are created by a synchronous API call before they start, so the set of new flow
+    runs (a run and its sub-flows) is exact. Task runs are recorded from events, some time after
+    the flow returned, and their `created` time is when the server recorded them: a window by
+    time would catch an earlier run's late records, so task runs are matched by flow run.
     """
+
+    def __init__(self) -> None:
+        self.before = _flow_run_ids()
+
+    def task_run_states(self) -> list[tuple[str, str]]:
+        """(task name, state name) of each task run of the new flow runs, sorted.
+
+        Run names are "<task name>-<3 random characters>". Sub-flows also appear as task runs,
+        named after the flow (the `evaluate` flow beside the `evaluate` task): those are left out.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+        new = sorted(_flow_run_ids() - self.before)
+        if not new:
+            return []
+        where = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=new))
+        with get_client(sync_client=True) as client:
+            runs = _all_pages(
+                lambda offset: client.read_task_runs(
+                    task_run_filter=where, limit=200, offset=offset
+                )
+            )
+        return sorted(
+            (run.name.rsplit("-", 1)[0], run.state.name)
+            for run in runs
+            if run.state is not None and run.state.state_details.child_flow_run_id is None
+        )
+
+    def wait_for(
+        self, names: set[str], at_least: int = 1, timeout: float = 60.0
+    ) -> list[tuple[str, str]]:
+        """task_run_states once every task in `names` has `at_least` runs and none is still
+        pending (or `timeout` seconds passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.task_run_states()
+            final = all(state not in {"Pending", "Running", "Scheduled"} for _, state in states)
+            counts = Counter(name for name, _ in states)
+            if (all(counts[n] >= at_least for n in names) and final) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
+
+def _all_pages(read: Callable[[int], list[Any]]) -> list[Any]:
+    rows: list[Any] = []
+    while True:
+        page = read(len(rows))
+        rows.extend(page)
+        if len(page) < 200:
+            return rows
+
+
+def _flow_run_ids() -> set[UUID]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs()
-    return sorted(
-        (run.name.rsplit("-", 1)[0], run.state.name)
-        for run in runs
-        if run.created is not None
-        and run.created >= since
-        and run.state is not None
-        and run.state.state_details.child_flow_run_id is None
-    )
+        runs = _all_pages(lambda offset: client.read_flow_runs(limit=200, offset=offset))
+    return {run.id for run in runs}
 
 
 @contextmanager

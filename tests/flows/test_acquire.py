@@ -8,13 +8,11 @@ import io
 import json
 import posixpath
 import tarfile
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import task_run_states_since
+from helpers import FlowRunWindow
 from http_server import serve
 from librilight_fixture import BAD_FILES, GOOD_FILES, REFUSED_MEMBERS, make_librilight_tar
 
@@ -29,19 +27,6 @@ def generated_tar(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("tar") / "small.tar"
     make_librilight_tar(path)
     return path.read_bytes()
-
-
-def _recorded_states(since: datetime, task: str, count: int) -> list[str]:
-    """The states of the runs of `task` since `since`, once `count` are recorded in a final state
-    (or 60 s passed): the server records task runs from events, after the flow has returned."""
-    deadline = time.monotonic() + 60
-    while True:
-        states = [state for name, state in task_run_states_since(since) if name == task]
-        # A run's events may be recorded out of order: wait for final states, not only a count.
-        final = all(state not in {"Pending", "Running", "Scheduled"} for state in states)
-        if (len(states) >= count and final) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
 
 
 def _config(url: str, md5: str | None, root: Path | str, **overrides: object) -> AcquireConfig:
@@ -80,11 +65,15 @@ def test_download_resumes_extracts_safely_and_rejects_bad_files(
 
         # A second run downloads nothing and re-probes nothing.
         n_requests = len(server.requests)
-        started = datetime.now(UTC)
+        window = FlowRunWindow()
         again = run_acquire(_config(url, md5, tmp_path / "root"))
         assert len(server.requests) == n_requests
         assert again == record
-        probes = _recorded_states(started, "probe-book", 8)
+        probes = [
+            state
+            for name, state in window.wait_for({"probe-book"}, at_least=8)
+            if name == "probe-book"
+        ]
         assert len(probes) == 8 and set(probes) == {"Cached"}  # 8 book folders, none re-read
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers import PROMPT, TINY_TAR, task_run_states_since, tiny_tar_md5
+from helpers import PROMPT, TINY_TAR, FlowRunWindow, tiny_tar_md5
 
 from flows.pipeline import pipeline_flow
 from schemas.configs import AcquireSettings, EvaluateSettings, PipelineConfig, TrainLMSettings
@@ -30,8 +29,9 @@ STAGE_TASKS = {
 UNCACHED = {"list-books"}
 
 
-def _task_states_since(since: datetime) -> dict[str, str]:
-    return {name: state for name, state in task_run_states_since(since) if name in STAGE_TASKS}
+def _task_states(window: FlowRunWindow) -> dict[str, str]:
+    states = window.wait_for(STAGE_TASKS)
+    return {name: state for name, state in states if name in STAGE_TASKS}
 
 
 def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
@@ -57,16 +57,16 @@ def test_pipeline_then_cache_hits_then_recompute_of_deleted_output(
     assert summary["train_loss_last"] < summary["train_loss_first"]
     assert summary["n_segments"] > 0 and summary["dataset_bytes"] > 0
 
-    started = datetime.now(UTC)
+    window = FlowRunWindow()
     assert pipeline_flow(cfg) == first
-    states = _task_states_since(started)
+    states = _task_states(window)
     assert set(states) == STAGE_TASKS
     assert {states[t] for t in STAGE_TASKS - UNCACHED} == {"Cached"}, states
 
     shutil.rmtree(run / "report")
-    started = datetime.now(UTC)
+    window = FlowRunWindow()
     pipeline_flow(cfg)
-    states = _task_states_since(started)
+    states = _task_states(window)
     assert states["evaluate"] == "Completed"
     assert {states[t] for t in STAGE_TASKS - {"evaluate"} - UNCACHED} == {"Cached"}
     assert (run / "report" / "summary.json").is_file()

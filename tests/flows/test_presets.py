@@ -15,13 +15,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import REPO, TINY_TAR, task_run_states_since, tiny_tar_md5
+from helpers import REPO, TINY_TAR, FlowRunWindow, tiny_tar_md5
 from pydantic import ValidationError
 
 from flows.cli import CliError, apply_override, load_config
@@ -377,8 +376,8 @@ def test_tiny_twin_runs_end_to_end(
     _check_outputs(name, record)
     if EXPERIMENTS[name].codec_levels is not None:
         # Run again: the trained codec is a cache hit, and so is everything that reads it.
-        started = datetime.now(UTC)
+        window = FlowRunWindow()
         assert pipeline_flow(cfg) == record
-        states = dict(task_run_states_since(started))
+        states = dict(window.wait_for({"train-codec", "write-shards", "train-lm", "evaluate"}))
         assert states["train-codec"] == "Cached", states
         assert {states[t] for t in ("write-shards", "train-lm", "evaluate")} == {"Cached"}, states
