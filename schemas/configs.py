@@ -11,7 +11,7 @@ the stage's input and output paths (what the stage's own flow and CLI subcommand
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,6 +24,7 @@ __all__ = [
     "EvalCodecSettings",
     "EvaluateConfig",
     "EvaluateSettings",
+    "MODEL_SHAPE_FIELDS",
     "PipelineConfig",
     "TokenizeConfig",
     "TokenizeSettings",
@@ -274,6 +275,10 @@ class EvalCodecConfig(EvalCodecSettings):
     out: str = Field("runs/demo/codec-eval", description="Folder of the evaluation report.")
 
 
+#: The fields a `preset` sets (models/presets.py).
+MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
 class TrainLMSettings(_Config):
     preset: Literal["tiny", "demo", "post"] | None = Field(
         None,
@@ -339,14 +344,28 @@ class TrainLMSettings(_Config):
     seed: int = Field(0, description="Seed of initialisation and window sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
 
-    @model_validator(mode="after")
-    def _preset_or_shape(self) -> TrainLMSettings:
-        shape = {"n_layer", "n_head", "n_embd", "block_size"} & self.model_fields_set
-        if self.preset is not None and shape:
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_or_shape(cls, data: Any) -> Any:
+        """With a preset, the shape fields stay out or at their defaults, and count as unset.
+
+        The Prefect UI submits every field of the form, and a deployment run's parameters hold
+        every field, so a preset arrives beside the default shape (n_layer 4, ...): those values
+        say nothing, and are dropped. A shape value other than the default meets the preset's
+        and is refused.
+        """
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        defaults = {name: cls.model_fields[name].default for name in MODEL_SHAPE_FIELDS}
+        clash = sorted(
+            name for name in MODEL_SHAPE_FIELDS if name in data and data[name] != defaults[name]
+        )
+        if clash:
             raise ValueError(
-                f"preset {self.preset!r} sets the model shape; leave out {sorted(shape)}"
+                f"preset {data['preset']!r} sets the model shape; leave out {clash} (or leave "
+                "them at their defaults)"
             )
-        return self
+        return {key: value for key, value in data.items() if key not in MODEL_SHAPE_FIELDS}
 
 
 class TrainLMConfig(TrainLMSettings):

@@ -21,7 +21,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from schemas.configs import TrainLMSettings
+from schemas.configs import MODEL_SHAPE_FIELDS as SHAPE
+from schemas.configs import TrainLMConfig, TrainLMSettings
 
 
 def _expected_deployments() -> dict[str, dict[str, Any]]:
@@ -103,11 +104,12 @@ def test_trigger_evaluates_after_train_lm_completes(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "lm"
-    cfg = {
-        **tiny_lm_settings.model_dump(mode="json", exclude_unset=True),
-        "dataset": str(tiny_dataset),
-        "out": str(out),
-    }
+    # Every field, as the UI's form submits them: a preset beside the default model shape.
+    settings = tiny_lm_settings.model_dump(exclude_unset=True, exclude=set(SHAPE))
+    cfg = TrainLMConfig(
+        preset="tiny", dataset=str(tiny_dataset), out=str(out), **settings
+    ).model_dump(mode="json")
+    assert cfg["preset"] == "tiny" and set(SHAPE) <= set(cfg)
     trained = live_server.run_deployment("train-lm/train-lm", {"cfg": cfg}, timeout=240)
     assert trained.state is not None and trained.state.is_completed(), trained.state
     assert (out / "checkpoint" / "model.safetensors").is_file()

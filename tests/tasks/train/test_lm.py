@@ -106,6 +106,12 @@ def test_presets_set_the_shape(tiny_dataset: Path, tmp_path: Path) -> None:
         ValidationError, match="preset 'tiny' sets the model shape; leave out \\['n_layer'\\]"
     ):
         TrainLMSettings(preset="tiny", n_layer=3)
+    # The Prefect UI and a deployment run's parameters hold every field: the default shape
+    # beside a preset says nothing and counts as unset.
+    full = TrainLMSettings(preset="tiny").model_dump(mode="json")
+    assert full["n_layer"] == 4  # the field's default, sent with the preset
+    again = TrainLMSettings.model_validate(full)
+    assert again.preset == "tiny" and not {"n_layer", "block_size"} & again.model_fields_set
     record = train_lm(
         tiny_dataset, tmp_path, TrainLMSettings(preset="tiny", steps=2, batch_size=2, device="cpu")
     )
