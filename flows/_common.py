@@ -10,6 +10,7 @@ from typing import Any
 from prefect import Task
 
 from schemas.tokenizers import parse_tokenizer_name
+from tasks.core.threads import worker_thread_env
 
 __all__ = [
     "dataset_folder_name",
@@ -56,6 +57,9 @@ def task_runner_for(workers: int, dask_address: str | None) -> Any:
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": "127.0.0.1:0",
+            # Each worker process's share of the CPUs (tasks.core.threads): torch in every one
+            # would otherwise take them all.
+            "env": worker_thread_env(workers),
         },
     )
 

@@ -26,6 +26,7 @@ from tasks.acquire.marker import check_reuse, is_extracted
 from tasks.acquire.probe import BookProbe, refused_members_probe
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
+from tasks.core.threads import apply_thread_policy
 from tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
@@ -51,6 +52,7 @@ def _download_dir(cfg: AcquireConfig) -> Path:
 @flow(name="acquire")
 def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     # The whole run holds the root's lock and writes only into a root that is ours.
     with outputs.owned_output(cfg.root, _ROOT_KIND, "acquire", _ROOT_COMMITTED):
         return _acquire(cfg)

@@ -40,6 +40,7 @@ from schemas.configs import (
     TrainLMConfig,
 )
 from tasks.core.errors import CodecflowError, user_error
+from tasks.core.threads import apply_thread_policy
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -253,6 +254,13 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument("--hours", required=True, type=float, help="hours of audio")
     sizes.add_argument("--json", action="store_true", help="print one JSON object")
     _plan_parser(commands)
+    threads = commands.add_parser(
+        "threads",
+        help="the torch threads codecflow gives this process, and why (CODECFLOW_THREADS)",
+    )
+    threads.add_argument(
+        "--workers", type=int, default=1, help="processes sharing this machine's CPUs"
+    )
     return parser
 
 
@@ -339,6 +347,17 @@ def _sizes(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        # Before any torch work (tasks.core.threads); `threads` shows what it set.
+        policy = apply_thread_policy(getattr(args, "workers", None))
+    except CodecflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "threads":
+        import torch
+
+        print(f"threads: {torch.get_num_threads()} ({policy.reason()})", flush=True)
+        return 0
     if args.command == "sizes":
         return _sizes(args)
     if args.command == "plan":

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import EvalCodecConfig, EvalCodecSettings
+from tasks.core.threads import apply_thread_policy
 from tasks.evaluate.codec import CodecReportRecord, is_codec_report_committed
 from tasks.prefect.wrappers import eval_codec_task
 
@@ -20,6 +21,7 @@ __all__ = ["eval_codec_flow"]
 @flow(name="eval-codec")
 def eval_codec_flow(cfg: EvalCodecConfig = EvalCodecConfig()) -> CodecReportRecord:  # noqa: B008
     """Spectral loss, SI-SDR, mel L1 and bitrate at 1, 2, 4, 8, 16 levels on the val split."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = Path(cfg.out)
     settings = EvalCodecSettings(**cfg.model_dump(include=set(EvalCodecSettings.model_fields)))
     record = unless_committed(eval_codec_task, is_codec_report_committed(out))(

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
 from tasks.core.errors import CodecflowError
+from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import newest_checkpoint
 from tasks.data.records import EvaluationSummary
 from tasks.evaluate import report
@@ -32,6 +33,7 @@ __all__ = ["evaluate_flow"]
 @flow(name="evaluate")
 def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # noqa: B008
     """Continue the prompt with a KV cache, regenerate from fixed levels, write the report."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     logger = get_run_logger()
     if cfg.train_run:
         checkpoint = newest_checkpoint(Path(cfg.train_run))

@@ -30,6 +30,7 @@ from schemas.configs import (
     TrainLMConfig,
 )
 from schemas.tokenizers import parse_tokenizer_name
+from tasks.core.threads import apply_thread_policy
 
 __all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer", "train_lm_config"]
 
@@ -70,6 +71,7 @@ def train_lm_config(cfg: PipelineConfig, dataset: Path) -> TrainLMConfig:
 @flow(name="pipeline")
 def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # noqa: B008
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = Path(cfg.out)
     acquired = run_acquire(AcquireConfig(**cfg.acquire.model_dump(), root=str(out / "acquire")))
     codec: Path | None = None

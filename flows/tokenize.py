@@ -16,6 +16,7 @@ from flows._common import run_on_runner, unless_committed
 from schemas.configs import TokenizeConfig, TokenizeSettings
 from schemas.tables import SPLITS
 from tasks.core import outputs, storage
+from tasks.core.threads import apply_thread_policy
 from tasks.data.token_dataset import DatasetRecord, is_dataset_committed
 from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
 from tasks.tokenize.finalize import format_rejects
@@ -27,6 +28,7 @@ __all__ = ["run_tokenize", "tokenize_flow"]
 @flow(name="tokenize")
 def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # noqa: B008
     """Tokenize every segment; resumes after an interruption, skipping committed shards."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = cfg.out
     settings = TokenizeSettings(**cfg.model_dump(include=set(TokenizeSettings.model_fields)))
     committed = is_dataset_committed(out)

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._common import unless_committed
 from schemas.configs import TrainCodecConfig, TrainCodecSettings
+from tasks.core.threads import apply_thread_policy
 from tasks.prefect.wrappers import train_codec_task
 from tasks.train.codec import CodecCheckpointRecord, is_codec_committed
 
@@ -25,6 +26,7 @@ def png_markdown(path: Path, alt: str) -> str:
 @flow(name="train-codec")
 def train_codec_flow(cfg: TrainCodecConfig = TrainCodecConfig()) -> CodecCheckpointRecord:  # noqa: B008
     """Train the Jukebox-style encoder/decoder with the RVQ bottleneck on the train split."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = Path(cfg.out)
     settings = TrainCodecSettings(**cfg.model_dump(include=set(TrainCodecSettings.model_fields)))
     record = unless_committed(train_codec_task, is_codec_committed(out))(

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import TrainLMConfig
+from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.prefect.wrappers import train_lm_task
 from tasks.train.lm import CheckpointRecord
@@ -20,6 +21,7 @@ __all__ = ["train_lm_flow"]
 @flow(name="train-lm")
 def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # noqa: B008
     """Train the nanoGPT-style LM on random windows of the flattened token stream."""
+    apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = Path(cfg.out)
     record = unless_committed(train_lm_task, is_checkpoint_committed(out))(
         Path(cfg.dataset), out, cfg.settings()

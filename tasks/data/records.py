@@ -260,6 +260,8 @@ class EvaluationSummary(_Record):
     generation_tokens_per_s: Number
     real_time_factor: Number
     n_prefills: int
+    # The intra-op threads generation ran on (tasks.core.threads); absent before issue 17.
+    decode_threads: int | None = None
     samples: list[dict[str, Any]]
     speech: dict[str, Any]
     regeneration: Regeneration

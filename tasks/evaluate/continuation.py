@@ -16,6 +16,7 @@ from models.losses import mel_l1, si_sdr
 from models.sampling import generate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
+from tasks.core.threads import decode_threads
 
 __all__ = ["continue_prompt", "roundtrip"]
 
@@ -31,6 +32,10 @@ def roundtrip(
         "si_sdr_db": float(si_sdr(back, wav).mean()),
         "mel_l1": float(mel_l1(back, wav, sample_rate=tokenizer.sample_rate)),
     }
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def continue_prompt(
@@ -53,16 +58,17 @@ def continue_prompt(
     new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     started = time.perf_counter()
-    result = generate(
-        model,
-        prompt_batch,
-        new_frames * num_levels,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        frame_size=layout.frame_size(num_levels),
-        generator=generator,
-    )
+    with decode_threads(_parameters(model), device) as threads:
+        result = generate(
+            model,
+            prompt_batch,
+            new_frames * num_levels,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            frame_size=layout.frame_size(num_levels),
+            generator=generator,
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
@@ -81,5 +87,6 @@ def continue_prompt(
         "generation_tokens_per_s": new_tokens.numel() / elapsed,
         "real_time_factor": generated_seconds * settings.num_samples / elapsed,
         "n_prefills": result.n_prefills,
+        "decode_threads": threads,
     }
     return [generated[i, 0].numpy() for i in range(settings.num_samples)], speed

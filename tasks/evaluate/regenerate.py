@@ -19,6 +19,7 @@ from models.layouts import TokenLayout
 from models.sampling import regenerate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
+from tasks.core.threads import decode_threads
 from tasks.data.records import Regeneration
 from tasks.evaluate import speech_metrics
 from tasks.evaluate.acoustics import _write_wav
@@ -89,17 +90,18 @@ def regenerations(
             runs.append({"keep_levels": keep, "skipped": reason})
             continue
         generator = torch.Generator(device=device).manual_seed(settings.seed + keep)
-        out = regenerate(
-            model,
-            codes.repeat(settings.num_samples, 1, 1).to(device),  # [B, K, F]
-            keep,
-            layout,
-            codebook_size,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            generator=generator,
-        ).cpu()  # [B, K, F]
+        with decode_threads(sum(p.numel() for p in model.parameters()), device):
+            out = regenerate(
+                model,
+                codes.repeat(settings.num_samples, 1, 1).to(device),  # [B, K, F]
+                keep,
+                layout,
+                codebook_size,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                generator=generator,
+            ).cpu()  # [B, K, F]
         with torch.inference_mode():
             wavs = tokenizer.decode(out)  # [B, 1, T]
         done.append((keep, [wavs[i, 0].numpy() for i in range(settings.num_samples)]))

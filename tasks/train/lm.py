@@ -390,6 +390,7 @@ def _metrics(
         "resumed_from": resumed.step,
         "ranks": ranks.world,
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),  # per rank (tasks.core.threads)
     }
 
 

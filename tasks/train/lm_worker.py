@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from schemas.configs import TrainLMConfig, TrainLMSettings
 from tasks.core.errors import CodecflowError, user_error
+from tasks.core.threads import apply_thread_policy
 from tasks.train.lm import train_lm
 
 __all__ = ["check_settings", "main", "read_run_config"]
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
+        apply_thread_policy()  # OMP_NUM_THREADS from the launcher, or torchrun's 1
         cfg = read_run_config(Path(args.config))
         settings = cfg.settings()
         if args.expect_settings:

@@ -14,6 +14,7 @@ from pathlib import Path
 from schemas.configs import TrainLMSettings
 from tasks.core import outputs
 from tasks.core.errors import CodecflowError
+from tasks.core.threads import worker_thread_env
 from tasks.data.token_dataset import read_dataset_info
 from tasks.train import lm as train_lm
 
@@ -59,7 +60,9 @@ def _launch_torchrun(
             "-m", "tasks.train.lm_worker", "--config", str(run_file),
             "--error-dir", errors, "--expect-settings", str(expected),
         ]  # fmt: skip
-        env = {**os.environ, train_lm.LM_RUN_HELD_ENV: str(out)}
+        # Each rank's share of this machine's CPUs, unless an override is set (tasks.core.threads).
+        threads = worker_thread_env(settings.nproc_per_node)
+        env = {**os.environ, **threads, train_lm.LM_RUN_HELD_ENV: str(out)}
         status = _stream_process(command, env, keep_fds)
         if status != 0:
             _raise_rank_failure(Path(errors), status)

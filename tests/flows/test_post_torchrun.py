@@ -131,8 +131,10 @@ def dataset_of(
 def one_torch_thread() -> Iterator[None]:
     """The tiny LM is faster on one intra-op thread, by far when the cores are shared."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CODECFLOW_THREADS", "1")  # the flows apply the policy (tasks.core.threads)
+        torch.set_num_threads(1)
+        yield
     torch.set_num_threads(threads)
 
 

@@ -311,8 +311,10 @@ def one_torch_thread() -> Iterator[None]:
     """The twins' models are tiny: one intra-op thread is faster than two (no barrier waits), by
     far when another process shares the cores. Restored after this module."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CODECFLOW_THREADS", "1")  # the flows apply the policy (tasks.core.threads)
+        torch.set_num_threads(1)
+        yield
     torch.set_num_threads(threads)
 
 

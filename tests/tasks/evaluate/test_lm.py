@@ -62,6 +62,7 @@ def test_report_has_audio_spectrograms_metrics_and_summary(
     assert summary["generated_tokens"] == 2 * 320  # 2 samples x 20 ms at 16 kHz
     assert summary["context_seconds"] == pytest.approx(64 / 16_000)
     assert summary["n_prefills"] >= 2  # 320 tokens through a 64-token window must slide
+    assert summary["decode_threads"] == 1  # a tiny model decodes on one thread (tasks.core.threads)
     # The held-out loss repeats what training reported: the same windows and weights.
     metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
     assert summary["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-5)

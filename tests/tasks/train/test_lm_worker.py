@@ -16,6 +16,7 @@ import yaml
 from helpers import REPO
 
 from schemas.configs import TrainLMSettings
+from tasks.core.threads import usable_cpus
 from tasks.data.checkpoints import latest_checkpoint
 from tasks.train.torchrun import run_torchrun
 
@@ -47,7 +48,7 @@ def test_two_ranks_train_identical_replicas(tiny_dataset: Path, tmp_path: Path) 
 
 
 def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
-    tiny_dataset: Path, tmp_path: Path
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = TrainLMSettings(**TINY, steps=30, checkpoint_every=5)
     out = tmp_path / "run"  # run.yaml beside it: the output folder holds only the run's files
@@ -74,9 +75,13 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
     killed_at = int(latest_checkpoint(out).name.split("-")[1])  # type: ignore[union-attr]
     assert 10 <= killed_at < 30 and not (out / "checkpoint").exists()
 
+    # No override: the launcher gives each rank its share of the CPUs (tasks.core.threads).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CODECFLOW_THREADS", raising=False)
     record = run_torchrun(tiny_dataset, out, settings.model_copy(update={"nproc_per_node": 2}))
     metrics = json.loads((record.path / "metrics.json").read_text())
     assert metrics["resumed_from"] == killed_at and metrics["ranks"] == 2
+    assert metrics["torch_threads"] == max(1, usable_cpus() // 2)
     log = _log(out)
     assert [r["step"] for r in log] == list(range(1, 31))  # the step counter continues
     assert [r["ranks"] for r in log] == [1] * killed_at + [2] * (30 - killed_at)
