@@ -15,6 +15,7 @@ import torch
 
 from models.codec import CODEC_PRESETS, build_rvq_codec
 from models.losses import codec_loss
+from tasks.core.threads import apply_thread_policy
 
 __all__ = ["step_seconds"]
 
@@ -38,6 +39,7 @@ def step_seconds(preset: str, steps: int, batch: int, samples: int) -> tuple[int
 
 
 def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)

@@ -71,6 +71,7 @@ from torch import Tensor
 from models.gpt import GPT, GPTConfig
 from models.presets import GPT_PRESETS
 from models.sampling import generate, sample_next
+from tasks.core.threads import apply_thread_policy
 
 TOKENS_PER_AUDIO_SECOND = 16_000  # mu-law at 16 kHz: one token per sample
 # The default model (see the module docstring for why this size).
@@ -215,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = _parser()
     args = parser.parse_args()
     if args.gpu_10s_mulaw:

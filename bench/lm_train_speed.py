@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from models.flops import flops_per_token, model_flops_utilization, peak_flops_for
 from models.gpt import GPT, GPTConfig, GPTOutput
 from models.presets import GPT_PRESETS, gpt_config
+from tasks.core.threads import apply_thread_policy
 
 GOAL_RATIO = 1.0
 
@@ -164,6 +165,7 @@ def timed(step: Callable[[], None], steps: int, device: torch.device) -> float:
 
 
 def main() -> int:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="demo", choices=sorted(GPT_PRESETS))
     parser.add_argument("--vocab", type=int, help="vocabulary (default 1024 for post, else 256)")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
+from tasks.core.threads import apply_thread_policy
 from tasks.tokenize.plan import plan_dataset
 
 
@@ -51,6 +52,7 @@ def synthetic_manifest(path: Path, n: int, seed: int = 0) -> float:
 
 
 def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--segments", type=int, default=3_600_000)
     parser.add_argument("--plan-only", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)

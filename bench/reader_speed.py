@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from models.gpt import GPT, GPTConfig
+from tasks.core.threads import apply_thread_policy
 from tasks.data.token_dataset import TokenReader, read_dataset_info
 
 GOAL_RATIO = 10.0
@@ -132,6 +133,7 @@ def _line(name: str, reader_rate: float, lm_rate: float) -> float:
 
 
 def main() -> int:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, help="token dataset folder (default: tiny corpus)")
     parser.add_argument("--split", default="train")

@@ -47,6 +47,7 @@ from schemas.configs import TokenizeSettings
 from schemas.tables import MANIFEST_AUDIO_ROOT_KEY
 from tasks.acquire.extract import extract_tar_safely
 from tasks.acquire.manifest import build_segment_manifest
+from tasks.core.threads import apply_thread_policy
 from tasks.data.manifest import read_manifest, read_segment_audio
 from tasks.loaders import load_tokenizer
 from tasks.tokenize.finalize import tokenize_manifest
@@ -131,6 +132,7 @@ def _timed(fn: Any, *args: Any) -> tuple[float, dict]:
 
 
 def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", help="segment manifest (default: the tiny corpus)")
     parser.add_argument(

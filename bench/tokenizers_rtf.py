@@ -23,6 +23,7 @@ from models.codec_tokenizer import CodecTokenizer
 from models.mimi import MimiTokenizer
 from models.mulaw import MuLawTokenizer
 from models.tokenizer import AudioTokenizer
+from tasks.core.threads import apply_thread_policy
 
 
 def _tokenizers(device: torch.device) -> dict[str, AudioTokenizer]:
@@ -51,6 +52,7 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 
 
 def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=10.0)
