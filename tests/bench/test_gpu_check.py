@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from models.flops import flops_per_token
@@ -184,3 +185,25 @@ def test_peak_table(gpu_check: ModuleType, name: str, peak: float | None) -> Non
     assert found == peak
     assert source.startswith("table: " if peak else "no known peak")
     assert gpu_check.peak_tflops(name, 123.0) == (123.0, "--peak-tflops")
+
+
+def test_out_of_memory_halves_the_batch(gpu_check: ModuleType) -> None:
+    ctx = gpu_check.Context(gpu_check.TINY, torch.device("cpu"), deadline=0.0, args=None)
+    tried: list[int] = []
+
+    def run(batch: int) -> dict[str, Any]:
+        tried.append(batch)
+        if batch > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"batch": batch}
+
+    assert gpu_check._halving_on_oom(run, 64, ctx) == {"batch": 16, "oom_batches": [64, 32]}
+    assert tried == [64, 32, 16]
+
+    def broken(batch: int) -> dict[str, Any]:
+        raise ValueError("not a memory problem")
+
+    with pytest.raises(ValueError):  # other errors are the section's, not retried
+        gpu_check._halving_on_oom(broken, 64, ctx)
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+    assert gpu_check._reason(oom) == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
