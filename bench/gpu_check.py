@@ -39,7 +39,8 @@ and at the end; the table is printed last. `--tiny` runs every section on the CP
 twins of the configs (configs/tiny/), a 1 600-token generation, Mimi at batch 1, 2 and 4 on
 0.32 s, `torch.compile` with the `aot_eager` backend (Dynamo and AOTAutograd as on the GPU, no
 Inductor C++ build, which takes about 26 s for the tiny GPT on a 2-core CPU), one torch thread by
-default: about 30 s on an idle 2-core CPU (a minute or more when it is shared). Exit status 1 when a section was skipped (the JSON says why).
+default: about 30 s on an idle 2-core CPU (a minute or more when it is shared). Exit status 1
+when a section was skipped (the JSON says why).
 """
 
 from __future__ import annotations
