@@ -40,6 +40,7 @@ __all__ = [
     "is_remote",
     "join",
     "local_path",
+    "location",
     "open_atomic_write",
     "read_json",
     "sha256",
@@ -190,6 +191,12 @@ def is_remote(url: str | Path) -> bool:
 def local_path(url: str | Path) -> str:
     text = str(url)
     return text[len("file://") :] if text.startswith("file://") else text
+
+
+def location(url: str | Path) -> str | Path:
+    """A local path as a `Path` (`file://` dropped), a URL as the string it is: `Path("s3://b/x")`
+    would be `s3:/b/x`, another place."""
+    return str(url) if is_remote(url) else Path(local_path(url))
 
 
 def join(root: str | Path, *parts: str) -> str:
