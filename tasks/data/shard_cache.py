@@ -34,7 +34,14 @@ from tasks.core.errors import ChecksumMismatchError, CodecflowError
 from tasks.core.faults import kill_point
 from tasks.data.records import ShardEntry
 
-__all__ = ["CACHE_ENV", "CachedShard", "cache_root", "dataset_cache_dir", "fetch_shard"]
+__all__ = [
+    "CACHE_ENV",
+    "CachedShard",
+    "cache_root",
+    "dataset_cache_dir",
+    "entry_path",
+    "fetch_shard",
+]
 
 #: The environment variable that moves the cache (for a fast local disk, or a shared one).
 CACHE_ENV = "CODECFLOW_CACHE"
@@ -64,7 +71,8 @@ def dataset_cache_dir(dataset: str) -> Path:
     return cache_root() / "shards" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def _entry(dataset: str, shard: ShardEntry) -> Path:
+def entry_path(dataset: str, shard: ShardEntry) -> Path:
+    """Where the cached copy of `shard` of the remote dataset `dataset` is (or will be)."""
     name = Path(shard.file).name.removesuffix(".arrow")
     return dataset_cache_dir(dataset) / f"{name}.{shard.sha256[:16]}.arrow"
 
@@ -82,7 +90,7 @@ def fetch_shard(dataset: str, shard: ShardEntry) -> CachedShard:
     """The local copy of `shard` of the remote dataset `dataset`: downloaded and checked
     against its sha256 unless it is cached already; waits for another process fetching it."""
     url = storage.join(dataset, shard.file)
-    path = _entry(dataset, shard)
+    path = entry_path(dataset, shard)
     if _is_cached(path, shard):
         return CachedShard(path, downloaded=False)
     path.parent.mkdir(parents=True, exist_ok=True)
