@@ -45,7 +45,7 @@ def _download_dir(cfg: AcquireConfig) -> Path:
     if cfg.download_dir:
         return Path(cfg.download_dir)
     if storage.is_remote(cfg.root):
-        return Path(".cache/codecflow/download")
+        return storage.cache_root() / "download"  # not the working folder: a checkout, say
     return Path(storage.join(cfg.root, "download"))
 
 

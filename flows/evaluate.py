@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from flows._common import unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
 from tasks.core.errors import CodecflowError
+from tasks.core.storage import location
 from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import newest_checkpoint
 from tasks.data.records import EvaluationSummary
@@ -44,7 +45,7 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
         checkpoint, out = Path(cfg.checkpoint), Path(cfg.out)
     settings = EvaluateSettings(**cfg.model_dump(include=set(EvaluateSettings.model_fields)))
     record = unless_committed(evaluate_task, is_report_committed(out))(
-        checkpoint, Path(cfg.dataset), out, settings
+        checkpoint, location(cfg.dataset), out, settings
     )
     summary = EvaluationSummary.read(record.summary)
     report_uri = (record.path / "index.html").resolve().as_uri()

@@ -21,6 +21,7 @@ from models.layouts import make_layout
 from schemas.configs import PipelineConfig, TrainCodecSettings, TrainLMConfig, TrainLMSettings
 from schemas.sources import LIBRILIGHT_ARCHIVES, LIBRILIGHT_SPLITS
 from schemas.tokenizers import parse_tokenizer_name
+from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.data.lm_windows import model_config
 from tasks.data.records import DatasetInfo
@@ -152,12 +153,13 @@ def _trained_codec_facts(name: str, codec: TrainCodecSettings) -> TokenizerFacts
     )
 
 
-def _dataset_info(path: Path) -> DatasetInfo | None:
-    info = path / "dataset.json"
-    return DatasetInfo.read(info) if info.is_file() else None
+def _dataset_info(path: str | Path) -> DatasetInfo | None:
+    """The dataset.json of a dataset folder or URL (`s3://...`), or None when it has none."""
+    info = storage.join(path, "dataset.json")
+    return DatasetInfo.read(info) if storage.exists(info) else None
 
 
-def _from_dataset(path: Path, info: DatasetInfo) -> DataPlan:
+def _from_dataset(path: str | Path, info: DatasetInfo) -> DataPlan:
     facts = facts_from_spec(info.tokenizer)
     train = sum(s.tokens for s in info.shards if s.split == "train")
     reference = info.totals.tokens * facts.reference_token_bytes
@@ -219,9 +221,9 @@ def _pipeline_data(cfg: PipelineConfig, hours: float | None) -> DataPlan:
 
 
 def _train_lm_data(cfg: TrainLMConfig, tokenizer: str | None, hours: float | None) -> DataPlan:
-    info = _dataset_info(Path(cfg.dataset))
+    info = _dataset_info(cfg.dataset)
     if info is not None:
-        return _from_dataset(Path(cfg.dataset), info)
+        return _from_dataset(cfg.dataset, info)
     if tokenizer is None:
         raise CodecflowError(
             f"no token dataset at {cfg.dataset} (dataset.json is missing): name the tokenizer "

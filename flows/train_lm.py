@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import TrainLMConfig
+from tasks.core.storage import location
 from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.prefect.wrappers import train_lm_task
@@ -24,7 +25,7 @@ def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # 
     apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     out = Path(cfg.out)
     record = unless_committed(train_lm_task, is_checkpoint_committed(out))(
-        Path(cfg.dataset), out, cfg.settings()
+        location(cfg.dataset), out, cfg.settings()
     )
     create_markdown_artifact(
         key="train-lm",

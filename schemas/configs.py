@@ -37,6 +37,32 @@ __all__ = [
 Device = Literal["auto", "cpu", "cuda"]
 
 
+def _local_path(value: str | None, why: str) -> str | None:
+    """`value` as a local path (`file://` dropped), or a ValueError for any other URL: the field
+    is read or written as local files, and `Path("s3://b/x")` would name `s3:/b/x`."""
+    if value is None or "://" not in value:
+        return value
+    if value.startswith("file://"):
+        return value[len("file://") :]
+    scheme = value.split("://", 1)[0]
+    raise ValueError(f"must be a local path, {scheme}:// is not supported here: {why}")
+
+
+def _local_only(*fields: str, why: str) -> Any:
+    """A field validator that keeps `fields` local (`_local_path`), saying `why` when not."""
+
+    def check(cls: type, value: str | None) -> str | None:
+        return _local_path(value, why)
+
+    return field_validator(*fields)(check)
+
+
+#: Why each local-only field is: what reads or writes it.
+_CHECKPOINT_IN = "checkpoints are loaded from a local folder"
+_CHECKPOINT_OUT = "checkpoints are written with local locks and renames (the inputs may be on S3)"
+_REPORT_OUT = "reports are written as local folders (the inputs may be on S3)"
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -112,8 +138,10 @@ class AcquireConfig(AcquireSettings):
     download_dir: str | None = Field(
         None,
         description="Local folder for downloaded tars; empty means <root>/download for a local "
-        "root, .cache/codecflow/download for a remote one.",
+        "root, <cache>/download for a remote one ($CODECFLOW_CACHE, else ~/.cache/codecflow).",
     )
+
+    _local_download = _local_only("download_dir", why="a download resumes from a local .part file")
 
 
 ShardFormat = Literal["arrow", "webdataset"]
@@ -167,17 +195,27 @@ class TokenizeSettings(_Config):
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer_name(cls, tokenizer: str) -> str:
-        """The one grammar (schemas/tokenizers.py); the name is kept as written."""
-        parse_tokenizer_name(tokenizer)
+        """The one grammar (schemas/tokenizers.py); the name is kept as written. A codec's
+        checkpoint is loaded from a local folder."""
+        parsed = parse_tokenizer_name(tokenizer)
+        if parsed.kind == "codec" and parsed.checkpoint and "://" in parsed.checkpoint:
+            raise ValueError(
+                f"codec checkpoint {parsed.checkpoint!r} must be a local folder, not a URL: "
+                f"{_CHECKPOINT_IN}"
+            )
         return tokenizer
 
 
 class TokenizeConfig(TokenizeSettings):
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
-        description="Segment manifest (Parquet) written by the acquire flow.",
+        description="Segment manifest (Parquet) written by the acquire flow: a path or an "
+        "s3:// URL.",
     )
-    out: str = Field("runs/demo/tokens/mu-law-256", description="Folder of the token dataset.")
+    out: str = Field(
+        "runs/demo/tokens/mu-law-256",
+        description="Folder of the token dataset: a local folder or an s3:// URL.",
+    )
 
 
 class TrainCodecSettings(_Config):
@@ -247,7 +285,11 @@ class TrainCodecConfig(TrainCodecSettings):
         "runs/demo/acquire/manifest/segments.parquet",
         description="Segment manifest; the codec trains on its train split.",
     )
-    out: str = Field("runs/demo/codec", description="Folder of the codec run and checkpoints.")
+    out: str = Field(
+        "runs/demo/codec", description="Local folder of the codec run and checkpoints."
+    )
+
+    _local_out = _local_only("out", why=_CHECKPOINT_OUT)
 
 
 class EvalCodecSettings(_Config):
@@ -267,12 +309,17 @@ class EvalCodecSettings(_Config):
 
 
 class EvalCodecConfig(EvalCodecSettings):
-    checkpoint: str = Field("runs/demo/codec/checkpoint", description="Codec checkpoint folder.")
+    checkpoint: str = Field(
+        "runs/demo/codec/checkpoint", description="Codec checkpoint folder (local)."
+    )
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
         description="Segment manifest; the evaluation reads its val split.",
     )
-    out: str = Field("runs/demo/codec-eval", description="Folder of the evaluation report.")
+    out: str = Field("runs/demo/codec-eval", description="Local folder of the evaluation report.")
+
+    _local_checkpoint = _local_only("checkpoint", why=_CHECKPOINT_IN)
+    _local_out = _local_only("out", why=_REPORT_OUT)
 
 
 #: The fields a `preset` sets (models/presets.py).
@@ -369,8 +416,16 @@ class TrainLMSettings(_Config):
 
 
 class TrainLMConfig(TrainLMSettings):
-    dataset: str = Field("runs/demo/tokens/mu-law-256", description="Token dataset folder.")
-    out: str = Field("runs/demo/lm", description="Folder of the training run and its checkpoint.")
+    dataset: str = Field(
+        "runs/demo/tokens/mu-law-256",
+        description="Token dataset: a folder, or an s3:// URL whose shards are fetched once into "
+        "the local shard cache ($CODECFLOW_CACHE, else ~/.cache/codecflow).",
+    )
+    out: str = Field(
+        "runs/demo/lm", description="Local folder of the training run and its checkpoint."
+    )
+
+    _local_out = _local_only("out", why=_CHECKPOINT_OUT)
 
     def settings(self) -> TrainLMSettings:
         """The training settings of this config: the fields it sets, no default added (a
@@ -419,6 +474,8 @@ class EvaluateSettings(_Config):
     )
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
 
+    _local_audio = _local_only("prompt", "regenerate_source", why="audio is read from a local file")
+
 
 class EvaluateConfig(EvaluateSettings):
     checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
@@ -429,15 +486,20 @@ class EvaluateConfig(EvaluateSettings):
         "<out>/step-<N>-<hash>, and a checkpoint already evaluated is skipped. For schedules.",
     )
     dataset: str = Field(
-        "runs/demo/tokens/mu-law-256", description="Token dataset the LM was trained on."
+        "runs/demo/tokens/mu-law-256",
+        description="Token dataset the LM was trained on: a folder or an s3:// URL (fetched "
+        "into the local shard cache).",
     )
-    out: str = Field("runs/demo/report", description="Folder of the evaluation report.")
+    out: str = Field("runs/demo/report", description="Local folder of the evaluation report.")
     index: str | None = Field(
         None,
         description="Folder whose evaluation reports are compared side by side in "
         "<index>/index.html, rewritten after each evaluation (the pipeline uses the folder above "
         "its run folder); empty: no index.",
     )
+
+    _local_checkpoint = _local_only("checkpoint", "train_run", why=_CHECKPOINT_IN)
+    _local_out = _local_only("out", "index", why=_REPORT_OUT)
 
 
 #: The checkpoint name of `codec:trained[@<levels>]`: the codec a pipeline's train_codec trains.
@@ -453,7 +515,7 @@ class PipelineConfig(_Config):
     no derived path.
     """
 
-    out: str = Field("runs/demo", description="Run folder; every stage writes below it.")
+    out: str = Field("runs/demo", description="Local run folder; every stage writes below it.")
     acquire: AcquireSettings = Field(default_factory=AcquireSettings)
     train_codec: TrainCodecSettings | None = Field(
         None,
@@ -464,6 +526,12 @@ class PipelineConfig(_Config):
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
     train_lm: TrainLMSettings = Field(default_factory=TrainLMSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+
+    _local_out = _local_only(
+        "out",
+        why="the run folder holds local checkpoints and reports; for data on S3 run acquire and "
+        "tokenize with s3:// root and out, then train-lm with dataset=s3://...",
+    )
 
     @staticmethod
     def names_trained_codec(tokenizer: str) -> bool:

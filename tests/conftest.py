@@ -12,6 +12,8 @@ import pytest
 
 # Before anything imports prefect: nothing a test does may touch ~/.prefect or the demo's cache.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="codecflow-tests-prefect-")
+# Nor the user's shard cache (~/.cache/codecflow): remote datasets are fetched into a temporary one.
+os.environ["CODECFLOW_CACHE"] = tempfile.mkdtemp(prefix="codecflow-tests-cache-")
 
 from helpers import TINY_TAR, tiny_tar_md5  # noqa: E402
 

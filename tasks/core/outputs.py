@@ -39,8 +39,10 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def exclusive_lock(url: str | Path, what: str) -> Iterator[int | None]:
-    """Hold `<url>.lock` for the block, or refuse at once with a message naming the holder.
+def exclusive_lock(url: str | Path, what: str, wait: bool = False) -> Iterator[int | None]:
+    """Hold `<url>.lock` for the block, or refuse at once with a message naming the holder
+    (`wait=True`, local files only: block until the holder is done, as processes sharing a
+    cache entry do).
 
     Yields the lock's file descriptor (None on an object store): a child process given it
     (`pass_fds`) holds the same flock, so the output stays locked while a child that outlives
@@ -55,6 +57,8 @@ def exclusive_lock(url: str | Path, what: str) -> Iterator[int | None]:
     lock_url = str(url).rstrip("/") + ".lock"
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what}
     if is_remote(url):
+        if wait:
+            raise ValueError(f"cannot wait for a lock on an object store: {url}")
         if exists(lock_url):
             other = read_json(lock_url)
         else:
@@ -72,7 +76,7 @@ def exclusive_lock(url: str | Path, what: str) -> Iterator[int | None]:
             fs.rm(path)
         return
     lock_path = Path(local_path(lock_url))
-    fd = _flock(lock_path, url)
+    fd = _flock(lock_path, url, wait)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -85,8 +89,9 @@ def exclusive_lock(url: str | Path, what: str) -> Iterator[int | None]:
         os.close(fd)
 
 
-def _flock(lock_path: Path, url: str | Path) -> int:
-    """An fd of `lock_path` holding its exclusive flock, or a CodecflowError naming the holder.
+def _flock(lock_path: Path, url: str | Path, wait: bool = False) -> int:
+    """An fd of `lock_path` holding its exclusive flock, or a CodecflowError naming the holder
+    (with `wait`, the flock is waited for instead).
 
     Retries when the file it locked was unlinked (and maybe recreated) by the previous holder
     between our open and our flock: a lock on an unlinked inode excludes nobody."""
@@ -94,7 +99,7 @@ def _flock(lock_path: Path, url: str | Path) -> int:
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)

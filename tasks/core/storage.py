@@ -29,10 +29,12 @@ from typing import IO, Any
 import fsspec
 
 __all__ = [
+    "CACHE_ENV",
     "atomic_dir",
     "atomic_file",
     "atomic_write_bytes",
     "atomic_write_json",
+    "cache_root",
     "default_mode",
     "exists",
     "fingerprint",
@@ -40,6 +42,7 @@ __all__ = [
     "is_remote",
     "join",
     "local_path",
+    "location",
     "open_atomic_write",
     "read_json",
     "sha256",
@@ -181,6 +184,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+#: The environment variable that moves codecflow's machine-local cache (shards of remote
+#: datasets, tars downloaded for a remote root) to a fast local disk, or a shared one.
+CACHE_ENV = "CODECFLOW_CACHE"
+
+
+def cache_root() -> Path:
+    """`$CODECFLOW_CACHE`, else `$XDG_CACHE_HOME/codecflow`, else `~/.cache/codecflow`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "codecflow"
+
+
 def is_remote(url: str | Path) -> bool:
     """True for URLs of another file system than the local one (`s3://`, `memory://`, ...)."""
     text = str(url)
@@ -190,6 +206,12 @@ def is_remote(url: str | Path) -> bool:
 def local_path(url: str | Path) -> str:
     text = str(url)
     return text[len("file://") :] if text.startswith("file://") else text
+
+
+def location(url: str | Path) -> str | Path:
+    """A local path as a `Path` (`file://` dropped), a URL as the string it is: `Path("s3://b/x")`
+    would be `s3:/b/x`, another place."""
+    return str(url) if is_remote(url) else Path(local_path(url))
 
 
 def join(root: str | Path, *parts: str) -> str:

@@ -74,7 +74,7 @@ def lm_windows_batch(
     return window[:, :-1], window[:, 1:], target_levels
 
 
-def check_windows(dataset: Path, settings: TrainLMSettings) -> None:
+def check_windows(dataset: str | Path, settings: TrainLMSettings) -> None:
     """Both splits hold at least one training window (before `out` is claimed: bad input
     creates no folder)."""
     block_size = model_config(settings, 1).block_size

@@ -13,7 +13,9 @@ values buffer as numpy without a copy, so opening a split costs nothing but the 
 large it is. The post's flattened 1-D stream (time-major, levels interleaved: t0·l0, t0·l1, ...,
 t1·l0, ...) over the concatenation of all segments in shard order is never materialised:
 `tokens` and `random_windows` find the segments a window touches by binary search on the
-cumulative frame offsets and interleave only those slices.
+cumulative frame offsets and interleave only those slices. A remote dataset (`s3://...`) is read
+the same way from local copies of its shards, fetched once per machine and checked against their
+sha256 (`tasks.data.shard_cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pyarrow.ipc as ipc
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.data.records import DatasetInfo, ShardEntry
+from tasks.data.shard_cache import fetch_shard
 
 __all__ = [
     "DATASET_COMMITTED",
@@ -85,13 +88,14 @@ def record_from_info(out: str | Path, info: DatasetInfo) -> DatasetRecord:
     )
 
 
-def read_dataset_info(dataset: Path) -> DatasetInfo:
-    """The committed `dataset.json` of a token dataset; a clear error when there is none or it
-    is not a valid one."""
-    info_path = Path(dataset) / "dataset.json"
-    if not info_path.is_file():
+def read_dataset_info(dataset: str | Path) -> DatasetInfo:
+    """The committed `dataset.json` of a token dataset (a folder or a URL such as `s3://b/x`); a
+    clear error when there is none or it is not a valid one."""
+    info = storage.join(dataset, "dataset.json")
+    present = storage.exists(info) if storage.is_remote(info) else Path(info).is_file()
+    if not present:
         raise CodecflowError(f"no complete token dataset at {dataset} (dataset.json is missing)")
-    return DatasetInfo.read(info_path)
+    return DatasetInfo.read(info)
 
 
 def shard_marker_url(out: str, name: str) -> str:
@@ -106,13 +110,19 @@ class TokenReader:
     arrays returned by `segment_codes` are read-only views of the mapped files;
     `tokens` and `random_windows` return fresh arrays holding only the tokens asked for.
 
+    `dataset` is a folder, mapped in place (no copy), or a URL (`s3://bucket/tokens/x`) whose
+    shards are fetched once into the local shard cache, checked against their sha256, and
+    mapped from there (`tasks.data.shard_cache`); `downloaded` counts the shards this reader
+    fetched (0 when every one was cached).
+
     Raises CodecflowError when the dataset is incomplete, has no segment in `split`, or a shard
-    disagrees with `dataset.json` (rows, dtype, frame counts).
+    disagrees with `dataset.json` (rows, dtype, frame counts, sha256 of a fetched shard).
     """
 
-    def __init__(self, dataset: Path, split: str) -> None:
-        self.dataset = Path(dataset)
+    def __init__(self, dataset: str | Path, split: str) -> None:
+        self.dataset = storage.location(dataset)  # a Path, or a URL kept as text
         self.split = split
+        self.downloaded = 0
         info = read_dataset_info(self.dataset)
         self.num_levels = info.num_levels  # K
         self.dtype = np.dtype(info.dtype)
@@ -134,7 +144,7 @@ class TokenReader:
                 rows = self._map_shard(shard, batch_of, value_start, frames)
                 if rows != shard.rows:
                     raise CodecflowError(
-                        f"token shard {self.dataset / shard.file} has {rows} rows, "
+                        f"token shard {storage.join(self.dataset, shard.file)} has {rows} rows, "
                         f"dataset.json says {shard.rows}"
                     )
         except BaseException:
@@ -162,10 +172,8 @@ class TokenReader:
         frames: list[np.ndarray],
     ) -> int:
         """Map one shard; append its per-segment records; return its number of rows."""
-        path = self.dataset / shard.file
-        if not path.is_file():
-            raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
-        source = pa.memory_map(str(path), "r")
+        path = storage.join(self.dataset, shard.file)  # what errors name: the file or its URL
+        source = pa.memory_map(str(self._local_copy(shard, path)), "r")
         self._maps.append(source)
         try:
             reader = ipc.open_file(source)
@@ -192,6 +200,16 @@ class TokenReader:
             self._values.append(values)
             rows += len(n_frames)
         return rows
+
+    def _local_copy(self, shard: ShardEntry, path: str) -> Path:
+        """The file to map: the shard itself, or the cached copy of a remote dataset's shard."""
+        if isinstance(self.dataset, str):
+            cached = fetch_shard(self.dataset, shard)
+            self.downloaded += int(cached.downloaded)
+            return cached.path
+        if not Path(path).is_file():
+            raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
+        return Path(path)
 
     # -- lifetime -----------------------------------------------------------------------------
 

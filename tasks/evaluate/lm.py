@@ -33,7 +33,7 @@ from models.gpt import GPT
 from models.layouts import TokenLayout, make_layout
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings, TrainLMSettings
-from tasks.core import outputs
+from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.core.storage import atomic_dir, fingerprint
@@ -79,7 +79,9 @@ def is_report_committed(out: Path) -> bool:
     return (Path(out) / "summary.json").is_file()
 
 
-def report_identity(checkpoint: Path, dataset: Path, settings: EvaluateSettings) -> dict[str, Any]:
+def report_identity(
+    checkpoint: Path, dataset: str | Path, settings: EvaluateSettings
+) -> dict[str, Any]:
     """What a report was computed from: the weights, the dataset, the prompt files, the settings.
 
     Stored in summary.json (`identity`); a committed report with the same identity is the answer
@@ -90,7 +92,7 @@ def report_identity(checkpoint: Path, dataset: Path, settings: EvaluateSettings)
     return {
         "weights": fingerprint(checkpoint / "model.safetensors"),
         "config": fingerprint(checkpoint / "config.json"),
-        "dataset": fingerprint(Path(dataset) / "dataset.json"),
+        "dataset": storage.sha256(storage.join(dataset, "dataset.json")),
         **{k: fingerprint(Path(v)) if v and Path(v).is_file() else v for k, v in sources.items()},
         "settings": settings.model_dump(mode="json"),
     }
@@ -166,7 +168,7 @@ def _training_summary(checkpoint: Path) -> dict[str, Any]:
 
 def _validation(
     model: GPT,
-    dataset: Path,
+    dataset: str | Path,
     settings: TrainLMSettings,
     device: torch.device,
     layout: TokenLayout,
@@ -200,14 +202,15 @@ def _validation(
 
 
 def evaluate(
-    checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+    checkpoint: Path, dataset: str | Path, out: Path, settings: EvaluateSettings
 ) -> ReportRecord:
-    """Evaluate the LM checkpoint on `dataset`'s tokens; write the report folder `out`.
+    """Evaluate the LM checkpoint on `dataset`'s tokens (a folder or a URL such as `s3://...`);
+    write the report folder `out`.
 
     A report committed in `out` (summary.json) for the same weights, dataset, prompts and settings
     is returned as is: its commit marker, not the Prefect cache, says it is done.
     """
-    checkpoint, dataset, out = Path(checkpoint), Path(dataset), Path(out)
+    checkpoint, dataset, out = Path(checkpoint), storage.location(dataset), Path(out)
     identity = report_identity(checkpoint, dataset, settings)
     done = _committed_report(out, identity)
     if done is not None:
@@ -261,7 +264,7 @@ class _Measured:
 
 def _measure(
     inputs: _Inputs,
-    dataset: Path,
+    dataset: str | Path,
     layout: TokenLayout,
     train_settings: TrainLMSettings,
     settings: EvaluateSettings,
@@ -295,7 +298,7 @@ def _measure(
 def _summary(
     inputs: _Inputs,
     checkpoint: Path,
-    dataset: Path,
+    dataset: str | Path,
     layout: TokenLayout,
     train_settings: TrainLMSettings,
     settings: EvaluateSettings,
@@ -356,7 +359,11 @@ def _write_report(
 
 
 def _evaluate_owned(
-    inputs: _Inputs, checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+    inputs: _Inputs,
+    checkpoint: Path,
+    dataset: str | Path,
+    out: Path,
+    settings: EvaluateSettings,
 ) -> ReportRecord:
     """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
     config = json.loads((checkpoint / "config.json").read_text())

@@ -213,7 +213,9 @@ def finalize_dataset_task(
     cache_key_fn=content_key("dataset/dataset.json", code=(tasks.train, tasks.data)),
     **_CACHED,
 )
-def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
+def train_lm_task(
+    dataset: str | Path, out: Path, settings: TrainLMSettings
+) -> train_lm.CheckpointRecord:
     """Train the GPT on the dataset's tokens and checkpoint it.
 
     With `nproc_per_node > 1` it launches torchrun (one process per GPU or CPU rank) as a
@@ -247,7 +249,7 @@ def train_lm_task(dataset: Path, out: Path, settings: TrainLMSettings) -> train_
     **_CACHED,
 )
 def evaluate_task(
-    checkpoint: Path, dataset: Path, out: Path, settings: EvaluateSettings
+    checkpoint: Path, dataset: str | Path, out: Path, settings: EvaluateSettings
 ) -> evaluate_lm.ReportRecord:
     """Sample continuations of the prompt and write the HTML report."""
     return evaluate_lm.evaluate(checkpoint, dataset, out, settings)

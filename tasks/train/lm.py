@@ -25,7 +25,7 @@ from models.gpt import GPT, GPTConfig
 from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from schemas.configs import TrainLMSettings
-from tasks.core import outputs
+from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import latest_checkpoint
@@ -136,15 +136,16 @@ def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
     return outputs.owned_output(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED)
 
 
-def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
-    """Train a GPT on the token stream of `dataset`; checkpoint to `out/checkpoint`.
+def train_lm(dataset: str | Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
+    """Train a GPT on the token stream of `dataset` (a folder, or a URL such as `s3://b/tokens`:
+    see `TokenReader`); checkpoint to the local folder `out/checkpoint`.
 
     Resumes from the newest complete checkpoint in `out/checkpoints` (after a kill, the step,
     the optimizer, the RNG and the sampler position continue). Under torchrun (WORLD_SIZE > 1)
     every rank calls this: DDP with NCCL on GPUs, gloo on the CPU; rank 0 writes. A complete
     final checkpoint for the same dataset and settings is returned as is.
     """
-    dataset, out = Path(dataset), Path(out)
+    dataset, out = storage.location(dataset), Path(out)
     info = read_dataset_info(dataset)
     if settings.preset is None and settings.n_embd % settings.n_head:
         raise CodecflowError(
@@ -156,7 +157,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
 
 
 def _train_owned(
-    dataset: Path, out: Path, settings: TrainLMSettings, info: DatasetInfo
+    dataset: str | Path, out: Path, settings: TrainLMSettings, info: DatasetInfo
 ) -> CheckpointRecord:
     """train_lm once `out` is ours and locked: the committed checkpoint, or resume, or start."""
     identity = _identity(info, settings)

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from schemas.configs import TrainLMConfig, TrainLMSettings
 from tasks.core.errors import CodecflowError, user_error
+from tasks.core.storage import location
 from tasks.core.threads import apply_thread_policy
 from tasks.train.lm import train_lm
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = cfg.settings()
         if args.expect_settings:
             check_settings(settings, Path(args.expect_settings), Path(args.config))
-        record = train_lm(Path(cfg.dataset), Path(cfg.out), settings)
+        record = train_lm(location(cfg.dataset), Path(cfg.out), settings)
     except Exception as exc:
         error = user_error(exc)
         if error is None:

@@ -21,14 +21,18 @@ from tasks.train import lm as train_lm
 __all__ = ["run_torchrun"]
 
 
-def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_lm.CheckpointRecord:
+def run_torchrun(
+    dataset: str | Path, out: Path, settings: TrainLMSettings
+) -> train_lm.CheckpointRecord:
     """`torchrun --standalone --nproc_per_node=N -m tasks.train.lm_worker --config <out>/run.yaml`.
 
     run.yaml holds `dataset`, `out` and the settings the user set (not every default), so it
     validates in the ranks as it did here; each rank checks that it reads back as `settings`.
 
-    A rank's one-line reason for failing (bad input, a full disk) becomes this task's
-    `CodecflowError`; an interrupt or any error here stops torchrun and its ranks first.
+    The ranks inherit this process's environment: the `AWS_*` credentials and endpoint that a
+    dataset on S3 is read with. A rank's one-line reason for failing (bad input, a full disk)
+    becomes this task's `CodecflowError`; an interrupt or any error here stops torchrun and its
+    ranks first.
     """
     out = Path(out)
     read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
@@ -44,7 +48,7 @@ def run_torchrun(dataset: Path, out: Path, settings: TrainLMSettings) -> train_l
 
 
 def _launch_torchrun(
-    dataset: Path, out: Path, settings: TrainLMSettings, keep_fds: tuple[int, ...]
+    dataset: str | Path, out: Path, settings: TrainLMSettings, keep_fds: tuple[int, ...]
 ) -> None:
     import os
     import sys
@@ -68,7 +72,7 @@ def _launch_torchrun(
             _raise_rank_failure(Path(errors), status)
 
 
-def _write_run_file(dataset: Path, out: Path, settings: TrainLMSettings) -> Path:
+def _write_run_file(dataset: str | Path, out: Path, settings: TrainLMSettings) -> Path:
     """`<out>/run.yaml`: a TrainLMConfig of the fields the user set, as they gave them.
 
     A full dump would add the default model shape beside a `preset`, and would validate no

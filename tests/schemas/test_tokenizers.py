@@ -77,8 +77,18 @@ def test_every_accepted_form(name: str) -> None:
     assert parse_tokenizer_name(parsed.canonical) == parsed
     assert parse_tokenizer_name(parsed.canonical).canonical == parsed.canonical
     assert parsed.canonical == ("mu-law-256" if name == "mulaw" else name)
-    # The config field takes the same names, as written.
-    assert TokenizeSettings(tokenizer=name).tokenizer == name
+    # The config field takes the same names, as written (but a codec checkpoint URL: below).
+    if parsed.checkpoint is None or "://" not in parsed.checkpoint:
+        assert TokenizeSettings(tokenizer=name).tokenizer == name
+
+
+def test_the_config_field_refuses_a_codec_checkpoint_url() -> None:
+    """The grammar reads `codec:s3://...`, but checkpoints load from a local folder: refused in
+    one line naming it, rather than read from `s3:/...`."""
+    with pytest.raises(ValidationError) as info:
+        TokenizeSettings(tokenizer="codec:s3://bucket/codec/checkpoint@2")
+    message = str(info.value)
+    assert "codec checkpoint 's3://bucket/codec/checkpoint' must be a local folder" in message
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
