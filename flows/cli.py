@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from flows.help import format_fields, format_tokenizers
 from schemas.configs import (
     AcquireConfig,
     EvalCodecConfig,
@@ -234,7 +235,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codecflow", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help)
+        sub = commands.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            epilog=format_fields(command.config),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_argument("--config", help="YAML file holding the flow's config")
         sub.add_argument(
             "--set",
@@ -254,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument("--hours", required=True, type=float, help="hours of audio")
     sizes.add_argument("--json", action="store_true", help="print one JSON object")
     _plan_parser(commands)
+    commands.add_parser(
+        "tokenizers", help="the valid tokenizer names and patterns, with their token rates"
+    )
     threads = commands.add_parser(
         "threads",
         help="the torch threads codecflow gives this process, and why (CODECFLOW_THREADS)",
@@ -353,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CodecflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "tokenizers":
+        print(format_tokenizers(), flush=True)
+        return 0
     if args.command == "threads":
         import torch
 

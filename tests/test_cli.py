@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
-from flows.cli import CliError, apply_override, load_config
+from flows.cli import COMMANDS, CliError, apply_override, load_config, main
+from flows.help import field_help
 from schemas.configs import PipelineConfig, TrainLMConfig
 
 
@@ -154,3 +155,47 @@ def test_a_bad_tokenizer_name_is_one_error_line_in_sizes_and_tokenize(name: str)
         assert "mimi_<K>_rvq with K in 1..32" in line
     assert sizes.stderr.strip().startswith(f"error: invalid tokenizer name {name!r}: ")
     assert tokenize.stderr.strip().startswith("error: invalid TokenizeConfig: tokenizer: ")
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_lists_every_field_with_type_default_and_description(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([name, "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    model = COMMANDS[name].config
+    fields = list(field_help(model))
+    assert len(fields) >= len(model.model_fields)
+    for item in fields:
+        kind = item.default if item.type == "section" else f"{item.type}; default {item.default}"
+        assert f"{item.path} ({kind})" in text, item.path
+        assert " ".join(item.description.split()) in text, item.path
+
+
+def test_help_shows_default_factories_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = capsys.readouterr().out
+    assert "tokenize.formats  (list of one of: arrow, webdataset; default ['arrow'])" in text
+    assert "evaluate.regenerate_levels  (list of int; default [1])" in text
+    assert "train_codec  (a section, off unless set)" in text
+    assert "train_lm.preset  (one of: tiny, demo, post or null; default empty)" in text
+
+
+def test_tokenizers_lists_names_that_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.codec import CODEC_PRESETS
+    from schemas.tokenizers import parse_tokenizer_name
+
+    assert main(["tokenizers"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    patterns = [row.split()[0] for row in rows]
+    assert patterns[:2] == ["mu-law-256", "mu-law-256-post"]
+    examples = {"<checkpoint>": "runs/x/codec/checkpoint", "<preset>": "rvq-8", "<K>": "8"}
+    for pattern in patterns:
+        for placeholder, value in examples.items():
+            pattern = pattern.replace(placeholder, value)
+        parse_tokenizer_name(pattern.replace("[@N]", "@2"))  # a malformed one raises
+        parse_tokenizer_name(pattern.replace("[@N]", ""))
+    assert all(preset in "\n".join(rows) for preset in CODEC_PRESETS)
