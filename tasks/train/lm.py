@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,14 +24,19 @@ from models.gpt import GPT, GPTConfig
 from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from schemas.configs import TrainLMSettings
-from tasks.core import outputs
 from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import latest_checkpoint
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
 from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.train.distributed import Ranks, barrier, init_distributed, write_rank_fingerprint
+from tasks.train.distributed import (
+    Ranks,
+    barrier,
+    holding,
+    init_distributed,
+    write_rank_fingerprint,
+)
 from tasks.train.scaffold import (
     Resumed,
     RunIdentity,
@@ -124,18 +128,6 @@ def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] |
     }
 
 
-def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
-    """The lock and ownership of `out`, taken by the process that launched the run: a plain
-    call, or the task that starts torchrun (which tells its ranks through LM_RUN_HELD_ENV). A
-    torchrun started by hand has no launcher of ours: its rank 0 takes them."""
-    held = os.environ.get(LM_RUN_HELD_ENV)
-    if held and Path(held).resolve() == out.resolve():
-        return contextlib.nullcontext()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return contextlib.nullcontext()
-    return outputs.owned_output(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED)
-
-
 def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
     """Train a GPT on the token stream of `dataset`; checkpoint to `out/checkpoint`.
 
@@ -151,7 +143,7 @@ def train_lm(dataset: Path, out: Path, settings: TrainLMSettings) -> CheckpointR
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
     check_windows(dataset, settings)
-    with _holding(out):
+    with holding(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED, LM_RUN_HELD_ENV):
         return _train_owned(dataset, out, settings, info)
 
 
