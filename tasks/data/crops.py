@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tasks.core import storage
+from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
 from tasks.data.manifest import CODEC_RATE, read_manifest_table
 
@@ -130,6 +131,7 @@ def _read_frames(index: CropIndex, segment: int, start: int, count: int) -> np.n
                     break
     except (RuntimeError, OSError) as err:  # LibsndfileError is a RuntimeError
         where = storage.join(index.root, source)
+        where = where if storage.is_remote(where) else os.path.normpath(where)
         raise CodecflowError(f"unreadable audio {where}: {err}") from None
     if not pieces:
         return np.zeros(0, dtype=np.float32)
@@ -174,16 +176,24 @@ class CropDataset(Dataset[torch.Tensor]):
         return out
 
     def _resampled(self, segment: int, start: int, rate: int) -> torch.Tensor:
-        """The crop at 16 kHz from `rate`: its source frames and some context, resampled."""
-        src_start = start * rate // CODEC_RATE
-        before = min(_RESAMPLE_CONTEXT, src_start)
-        count = math.ceil(self.crop * rate / CODEC_RATE) + before + _RESAMPLE_CONTEXT
-        raw = _read_frames(self.index, segment, src_start - before, count)  # [<= count]
+        """The crop at 16 kHz from `rate`: its source frames and some context, resampled.
+
+        Read from a source frame that falls exactly on an output sample (rates reduced by their
+        gcd, `orig` source frames span `new` output samples), so that the crop's samples are
+        the whole segment's resampled ones, up to the filter's rounding.
+        """
+        g = math.gcd(rate, CODEC_RATE)
+        orig, new = rate // g, CODEC_RATE // g
+        aligned = start // new  # the block of `new` output samples the crop starts in
+        blocks_before = min(-(-_RESAMPLE_CONTEXT // orig), aligned)
+        first = (aligned - blocks_before) * orig  # source frame of output (aligned - b) * new
+        offset = start - (aligned - blocks_before) * new  # the crop's start in the output
+        count = math.ceil((offset + self.crop) * orig / new) + _RESAMPLE_CONTEXT
+        raw = _read_frames(self.index, segment, first, count)  # [<= count]
         if len(raw) == 0:
             return torch.zeros(0)
         audio = torchaudio.functional.resample(torch.from_numpy(raw), rate, CODEC_RATE)  # [T'']
-        skip = before * CODEC_RATE // rate
-        return audio[skip : skip + self.crop]  # [<= T]
+        return audio[offset : offset + self.crop]  # [<= T]
 
 
 class RankCrops(Sampler[int]):
@@ -226,7 +236,13 @@ def crop_loader(
         prefetch_factor=prefetch if workers > 0 else None,
         # Batches come back in sampler order whatever the worker that read them: deterministic.
         in_order=True,
+        worker_init_fn=_worker_init,
     )
+
+
+def _worker_init(_worker_id: int) -> None:
+    # A forked worker holds the parent's descriptors: not the output's lock (see outputs).
+    outputs.close_inherited_locks()
 
 
 def batches(loader: DataLoader[torch.Tensor]) -> Iterator[torch.Tensor]:
