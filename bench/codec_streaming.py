@@ -1,6 +1,6 @@
 """Streaming codec crops against the in-memory loader they replace: peak memory and samples/s.
 
-Run: uv run python bench/codec_streaming.py [--minutes 10] [--steps 12] [--workers 2]
+Run: uv run python bench/codec_streaming.py [--minutes 10] [--steps 16] [--rounds 4] [--workers 2]
 
 It writes a synthetic Libri-Light-like corpus (16 kHz mono FLAC, 60 s files cut into 10 s
 segments of two VAD chunks each) and its segment manifest at 1x and at 20x the length (20 times
@@ -9,11 +9,13 @@ the files), then measures, side by side in this one run:
 1. Peak RSS of `train_codec` (the real trainer: streaming crops, its loader workers) on the 1x
    and the 20x manifest, each in a fresh subprocess (ru_maxrss of the trainer; of its largest
    loader worker apart), and the same for the in-memory loader (`load_split_audio` + random
-   crops, what train-codec did before) for contrast. Goal: streaming 20x / 1x within 10 %.
+   crops, what train-codec did before) for contrast; the median of `--repeats` runs (the
+   allocator makes one run's peak vary by about 5 %). Goal: streaming 20x / 1x within 10 %.
 2. Training samples/s on the 1x manifest with streaming crops and with the in-memory loader: the
    same codec, optimizer and step (`tasks.train.codec._step`), only the batches' source differs;
    the two alternate in rounds so that a machine shared with other jobs slows both alike.
-   Goal: streaming >= 0.9x.
+   Goal: streaming >= 0.9x. The time a step waits for its batch is printed too: it does not
+   depend on what else the machine runs.
 
 Every process trains on one intra-op thread (the loader workers take the other cores).
 """
@@ -133,40 +135,39 @@ def _child_memory(manifest: str, loader: str, out: str, workers: int) -> dict[st
 
         train_codec(manifest, Path(out), settings)
     else:
-        _train_steps(settings, in_memory_batches(manifest, settings, settings.steps))
+        _train_steps(settings, in_memory_batches(manifest, settings, settings.steps + 1))
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"rss_mib": self_kb / 1024, "worker_rss_mib": children_kb / 1024}
 
 
-def _train_steps(settings: TrainCodecSettings, source: Any) -> float:
-    """train-codec's step on each batch of `source`; seconds from the first batch asked for
-    (after a warm-up step) to the last step's end."""
+def _train_steps(settings: TrainCodecSettings, source: Any) -> tuple[float, float]:
+    """train-codec's step on each batch of `source`: (seconds from the second batch asked for
+    to the last step's end, seconds of it spent waiting for batches). The first step, which
+    builds the codebooks while the loader workers start, is not timed."""
     from tasks.core.runtime import learning_rate_at
     from tasks.train.codec import _build, _levels_generator, _step
 
     run = _build(settings)
     run.codec.train()
-    started = 0.0
-    for step, batch in enumerate(source):
+    batches, started, waited = iter(source), 0.0, 0.0
+    for step in range(settings.steps + 1):
+        asked = time.perf_counter()
         if step == 1:
-            started = time.perf_counter()  # the first step builds the codebooks: not timed
-        _step(
-            run,
-            batch,
-            settings.grad_clip,
-            learning_rate_at(step, settings),
-            _levels_generator(0, step),
-        )
-    return time.perf_counter() - started
+            started = asked
+        batch = next(batches)
+        if step >= 1:
+            waited += time.perf_counter() - asked
+        lr, levels = learning_rate_at(step, settings), _levels_generator(settings.seed, step)
+        _step(run, batch, settings.grad_clip, lr, levels)
+    return time.perf_counter() - started, waited
 
 
 def _child_speed(manifest: str, loader: str, steps: int, workers: int) -> dict[str, Any]:
     settings = TrainCodecSettings(**{**SPEED, "steps": steps, "loader_workers": workers})
     make = _streaming_batches if loader == "streaming" else in_memory_batches
-    source = make(manifest, settings, steps + 1)
-    seconds = _train_steps(settings, source)
-    return {"samples_per_s": steps * settings.batch_size / seconds}
+    seconds, waited = _train_steps(settings, make(manifest, settings, steps + 1))
+    return {"samples_per_s": steps * settings.batch_size / seconds, "waiting": waited / seconds}
 
 
 def _in_subprocess(*args: str) -> dict[str, Any]:
@@ -186,8 +187,9 @@ def _in_subprocess(*args: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10, help="audio of the 1x corpus")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per speed round")
-    parser.add_argument("--rounds", type=int, default=2, help="speed rounds (each loader once)")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per speed round")
+    parser.add_argument("--rounds", type=int, default=4, help="speed rounds (each loader once)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per peak RSS measurement")
     parser.add_argument("--workers", type=int, default=2, help="streaming loader workers")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,17 +213,22 @@ def _bench(args: argparse.Namespace) -> None:
         print(f"corpus: {files} min (1x) and {20 * files} min (20x) of 16 kHz FLAC, written in "
               f"{time.perf_counter() - started:.0f} s; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}")  # fmt: skip
-        print("\n1. peak RSS of codec training (MiB: trainer / its largest loader worker)")
-        memory = {}
+        print(f"\n1. peak RSS of codec training, MiB: trainer (its largest loader worker); "
+              f"median of {args.repeats} runs")  # fmt: skip
         for loader in ("streaming", "in-memory"):
+            peaks = {}
             for name, manifest in (("1x", one), ("20x", twenty)):
-                out = str(Path(tmp) / f"run-{loader}-{name}")
-                memory[loader, name] = m = _in_subprocess(
-                    "memory", manifest, loader, out, str(args.workers)
-                )
-                print(f"   {loader:9s} {name:3s}  {m['rss_mib']:7.0f} / {m['worker_rss_mib']:5.0f}")
-            ratio = memory[loader, "20x"]["rss_mib"] / memory[loader, "1x"]["rss_mib"]
-            print(f"   {loader:9s} 20x / 1x = {ratio:.3f}")
+                runs = [
+                    _in_subprocess(
+                        "memory", manifest, loader, str(Path(tmp) / f"{loader}-{name}-{i}"),
+                        str(args.workers),
+                    )
+                    for i in range(args.repeats)
+                ]  # fmt: skip
+                peaks[name] = float(np.median([m["rss_mib"] for m in runs]))
+                each = ", ".join(f"{m['rss_mib']:.0f} ({m['worker_rss_mib']:.0f})" for m in runs)
+                print(f"   {loader:9s} {name:3s}  {peaks[name]:6.0f}   runs: {each}")
+            print(f"   {loader:9s} 20x / 1x = {peaks['20x'] / peaks['1x']:.3f}")
         shape = f"{args.rounds} rounds of {args.steps} steps, batch 8 x 1.024 s"
         print(f"\n2. training samples/s on the 1x manifest ({shape})")
         speeds: dict[str, list[float]] = {"streaming": [], "in-memory": []}
@@ -230,7 +237,10 @@ def _bench(args: argparse.Namespace) -> None:
             for loader in order:
                 s = _in_subprocess("speed", one, loader, str(args.steps), str(args.workers))
                 speeds[loader].append(s["samples_per_s"])
-                print(f"   round {r + 1} {loader:9s} {s['samples_per_s']:6.2f} samples/s")
+                waiting = f"{100 * s['waiting']:.1f} % of the time waiting for batches"
+                print(
+                    f"   round {r + 1} {loader:9s} {s['samples_per_s']:6.2f} samples/s, {waiting}"
+                )
         ratio = float(np.median(speeds["streaming"]) / np.median(speeds["in-memory"]))
         print(f"   streaming / in-memory = {ratio:.3f} (medians)")
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")

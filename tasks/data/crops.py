@@ -26,7 +26,7 @@ import contextlib
 import math
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,7 +245,7 @@ def _worker_init(_worker_id: int) -> None:
     outputs.close_inherited_locks()
 
 
-def batches(loader: DataLoader[torch.Tensor]) -> Iterator[torch.Tensor]:
+def batches(loader: DataLoader[torch.Tensor]) -> Generator[torch.Tensor, None, None]:
     """The loader's batches; a worker's CodecflowError (unreadable audio) as its own one line.
 
     `torch.utils.data` re-raises a worker's exception with the worker's traceback as its
