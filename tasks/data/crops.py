@@ -97,7 +97,8 @@ def read_crop_index(manifest: str, split: str) -> CropIndex:
     lengths = ends[offsets[1:]] - ends[offsets[:-1]]  # [S]
     # At 16 kHz: torchaudio's resample returns ceil(n * new / orig) samples.
     frames = -(-lengths * CODEC_RATE // rate.astype(np.int64))  # [S]
-    sources = table["source_path"].to_numpy(zero_copy_only=False).astype(bytes)  # [S]
+    # Fixed-width UTF-8 bytes: one array, no Python string per segment for the workers to copy.
+    sources = np.array([p.encode() for p in table["source_path"].to_pylist()], dtype=bytes)
     unique, path_of = np.unique(sources, return_inverse=True)  # [P], [S]
     return CropIndex(
         root=root,
@@ -223,10 +224,12 @@ def crop_loader(
     ranks: tuple[int, int] = (0, 1),
     workers: int = 2,
     prefetch: int = 4,
+    pin_memory: bool = False,
 ) -> DataLoader[torch.Tensor]:
     """Batches float32 `[B, 1, T]` of this rank (`ranks` = (rank, world)) for `steps` steps from
     global crop `first` on, read by `workers` processes, each `prefetch` batches ahead (0
-    workers: read in this process, when asked for)."""
+    workers: read in this process, when asked for); in page-locked memory with `pin_memory`
+    (for a copy to a GPU that does not block)."""
     rank, world = ranks
     return DataLoader(
         CropDataset(index, crop, seed),
@@ -234,6 +237,7 @@ def crop_loader(
         sampler=RankCrops(first, steps, batch_size, rank, world),
         num_workers=workers,
         prefetch_factor=prefetch if workers > 0 else None,
+        pin_memory=pin_memory,
         # Batches come back in sampler order whatever the worker that read them: deterministic.
         in_order=True,
         worker_init_fn=_worker_init,

@@ -46,7 +46,7 @@ from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import is_checkpoint_committed
-from tasks.data.crops import batches, crop_loader, read_crop_index
+from tasks.data.crops import CropIndex, batches, crop_loader, read_crop_index
 from tasks.data.manifest import CODEC_RATE
 from tasks.train.distributed import (
     DistributedCodebookSync,
@@ -253,7 +253,9 @@ def _levels_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def _loop(out: Path, settings: TrainCodecSettings, run: _Run, index: Any, resumed: Resumed) -> None:
+def _loop(
+    out: Path, settings: TrainCodecSettings, run: _Run, index: CropIndex, resumed: Resumed
+) -> None:
     """The steps from the resumed one to the last; rank 0 logs and checkpoints."""
     world, batch_size = run.ranks.world, settings.batch_size
     # A checkpoint of before the streaming loader kept a generator, not a count: one rank of
@@ -269,6 +271,7 @@ def _loop(out: Path, settings: TrainCodecSettings, run: _Run, index: Any, resume
         ranks=(run.ranks.rank, world),
         workers=settings.loader_workers,
         prefetch=settings.prefetch_batches,
+        pin_memory=run.device.type == "cuda",  # so that the copy below does not block
     )
     crops = batches(loader)
     run.codec.train()
