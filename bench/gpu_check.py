@@ -69,14 +69,15 @@ import yaml
 from models.flops import flops_per_token, model_flops_utilization
 from models.gpt import GPT
 from models.level_loss import level_weighted_loss
+from models.losses import codec_loss
 from models.mimi import MimiTokenizer
 from models.sampling import generate
 from schemas.configs import TrainCodecSettings, TrainLMSettings
 from tasks.core import storage
 from tasks.data.lm_windows import model_config
 from tasks.data.manifest import CODEC_RATE
-from tasks.train.codec import _codec_from_settings, _step
-from tasks.train.lm import _optimizer
+from tasks.train.codec import codec_from_settings
+from tasks.train.lm import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "codecflow.gpu_check/1"
@@ -315,7 +316,7 @@ def _lm_train_at(
     config = model_config(settings, MULAW_VOCAB)
     torch.manual_seed(settings.seed)
     model = GPT(config).to(ctx.device).train()
-    optimizer = _optimizer(model, settings)
+    optimizer = build_optimizer(model, settings)
     backend = ctx.mode.compile_backend
     trained = torch.compile(model, backend=backend) if compiled else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.cuda)
@@ -480,7 +481,7 @@ def _codec_train_at(ctx: Context, settings: TrainCodecSettings, batch: int) -> d
     hop = 2**settings.n_blocks
     crop = max(hop, int(settings.crop_seconds * CODEC_RATE) // hop * hop)  # as train_codec
     torch.manual_seed(settings.seed)
-    codec = _codec_from_settings(settings).to(ctx.device).train()
+    codec = codec_from_settings(settings).to(ctx.device).train()
     optimizer = torch.optim.AdamW(
         codec.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
@@ -489,7 +490,14 @@ def _codec_train_at(ctx: Context, settings: TrainCodecSettings, batch: int) -> d
     wav = (0.1 * torch.randn(batch, 1, crop, generator=gen)).to(ctx.device)  # [B, 1, T]
 
     def step() -> None:
-        _step(codec, optimizer, wav, autocast, settings.grad_clip, settings.learning_rate)
+        # train-codec's step (tasks/train/codec.py): the post's loss, clipping, AdamW.
+        with autocast:
+            result = codec(wav)
+        loss = codec_loss(result.reconstruction.float(), wav, result.commitment_loss.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), settings.grad_clip)
+        optimizer.step()
 
     warmup, _ = _warm_up(step, ctx, 2)
     steps, seconds = _timed_loop(step, ctx, ctx.mode.codec_steps, ctx.mode.codec_seconds)

@@ -23,25 +23,45 @@ is teleported to a random vector of the current batch (Jukebox `update_k`; encod
 (Jukebox `init_k`; no k-means++).
 
 Codebooks and their statistics are float32 buffers: AdamW never sees them, they change only in
-training mode, and they travel in `state_dict`. The updates are local to the process: under data
-parallelism each rank would drift its own codebooks (Jukebox all-reduces the batch statistics;
-this module does not). Gradients reach the input through the straight-through
-estimator (van den Oord et al., 2017, section 3.1) applied once to the sum of all levels, and
-through the commitment loss: per level, the MSE between the level's input (the residual) and its
-stop-gradient entry, averaged (not summed) over the levels used, as encodec and moshi do, so its
-scale and the post's weight of 0.02 do not depend on K'.
+training mode, and they travel in `state_dict`. Under data parallelism the replicas agree through
+an injected `CodebookSync` (`quantizer.sync`; None, the default, is one process: this module never
+imports torch.distributed). Each call's batch counts and sums are summed over the replicas before
+the EMA step, so W replicas of batch N update the codebooks as one process of batch W * N would;
+which codes are dead, and the batch vectors they restart from, are decided by one replica and
+broadcast, as is the initialisation from data. Jukebox's bottleneck.py `update_k` does both
+(`dist.all_reduce` of `_k_sum` and `_k_elem`, `dist.broadcast(_k_rand, 0)`); audiocraft's
+core_vq.py broadcasts its buffers after `init_embed_` and `expire_codes_`.
+
+Gradients reach the input through the straight-through estimator (van den Oord et al., 2017,
+section 3.1) applied once to the sum of all levels, and through the commitment loss: per level,
+the MSE between the level's input (the residual) and its stop-gradient entry, averaged (not
+summed) over the levels used, as encodec and moshi do, so its scale and the post's weight of
+0.02 do not depend on K'.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RVQMetrics", "RVQOutput", "ResidualVectorQuantizer"]
+__all__ = ["CodebookSync", "RVQMetrics", "RVQOutput", "ResidualVectorQuantizer"]
+
+
+class CodebookSync(Protocol):
+    """How the replicas of a data-parallel run keep identical codebooks (all of them call the
+    same methods in the same order, in place). `tasks.train.distributed` implements it with
+    torch.distributed; models/ only sees this protocol."""
+
+    def sum_(self, tensor: Tensor) -> None:
+        """Replace `tensor` by its sum over the replicas (an all-reduce)."""
+
+    def broadcast_(self, tensor: Tensor) -> None:
+        """Replace `tensor` by the deciding replica's (rank 0's) value."""
 
 
 @dataclass
@@ -118,6 +138,8 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("cluster_usage", torch.ones(num_levels, codebook_size))  # [L, C]
         self.register_buffer("embedding_sum", torch.zeros(shape))
         self.register_buffer("initialized", torch.zeros(num_levels, dtype=torch.bool))
+        #: The replicas' agreement under data parallelism; None: this process alone.
+        self.sync: CodebookSync | None = None
 
     @property
     def decay(self) -> float:
@@ -157,9 +179,16 @@ class ResidualVectorQuantizer(nn.Module):
             # Too few vectors: repeat them with a little noise so entries differ (Jukebox _tile).
             vectors = r[torch.randint(0, n, (c,), device=r.device)]  # [C, D]
             vectors = vectors + torch.randn_like(vectors) * 0.01 * r.std().clamp_min(1e-6)
+        total = float(n)
+        if self.sync is not None:
+            # One replica's vectors for all (audiocraft init_embed_), the count of all batches.
+            self.sync.broadcast_(vectors)
+            count = torch.tensor([total], device=r.device)
+            self.sync.sum_(count)
+            total = float(count.item())
         # Start each count at the uniform share N / C (Jukebox restore_k's expected usage), at
         # least the threshold so that no code starts dead.
-        usage = max(n / c, self.dead_code_threshold)
+        usage = max(total / c, self.dead_code_threshold)
         self.codebooks[level] = vectors
         self.cluster_usage[level] = usage
         self.embedding_sum[level] = vectors * usage
@@ -174,6 +203,11 @@ class ResidualVectorQuantizer(nn.Module):
         c = self.codebook_size
         counts = torch.bincount(codes, minlength=c).to(r.dtype)  # [C]
         sums = torch.zeros_like(self.embedding_sum[level]).index_add_(0, codes, r)  # [C, D]
+        if self.sync is not None:
+            # Every replica's statistics, in one all-reduce (Jukebox: all_reduce of both).
+            stats = torch.cat([counts[:, None], sums], dim=1)  # [C, 1 + D]
+            self.sync.sum_(stats)
+            counts, sums = stats[:, 0], stats[:, 1:]  # [C], [C, D]
         usage = self.cluster_usage[level]  # [C], a view: updated in place
         emb_sum = self.embedding_sum[level]  # [C, D], a view
         usage.mul_(self.decay).add_(counts, alpha=self.update_speed)
@@ -187,6 +221,12 @@ class ResidualVectorQuantizer(nn.Module):
         # (cheap) avoids a device sync on "are there any?".
         dead = usage < self.dead_code_threshold  # [C]
         candidates = r[torch.randint(0, r.shape[0], (c,), device=r.device)]  # [C, D]
+        if self.sync is not None:
+            # Decided by one replica, from its batch, and applied by all (audiocraft
+            # expire_codes_ broadcasts the same way): no replica restarts a code on its own.
+            decision = torch.cat([dead[:, None].to(r.dtype), candidates], dim=1)  # [C, 1 + D]
+            self.sync.broadcast_(decision)
+            dead, candidates = decision[:, 0] > 0.5, decision[:, 1:]  # [C], [C, D]
         self.codebooks[level] = torch.where(dead[:, None], candidates, book)
         emb_sum.copy_(torch.where(dead[:, None], candidates * self.dead_code_threshold, emb_sum))
         usage.copy_(torch.where(dead, torch.full_like(usage, self.dead_code_threshold), usage))

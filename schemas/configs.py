@@ -267,6 +267,23 @@ class TrainCodecSettings(_Config):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes (GPUs) on this machine: more than 1 launches torchrun with DDP "
+        "(NCCL on GPUs, gloo on the CPU); each rank trains on `batch_size` crops per step.",
+    )
+    loader_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="torch.utils.data worker processes per rank that read the crops from the "
+        "audio files (0: read in the training process, between steps).",
+    )
+    prefetch_batches: int = Field(
+        4, ge=1, le=64, description="Batches each loader worker reads ahead (prefetch_factor)."
+    )
     seed: int = Field(0, description="Seed of initialisation and crop sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present (bf16 autocast).")
 
@@ -290,6 +307,11 @@ class TrainCodecConfig(TrainCodecSettings):
     )
 
     _local_out = _local_only("out", why=_CHECKPOINT_OUT)
+
+    def settings(self) -> TrainCodecSettings:
+        """The training settings of this config: the fields it sets, no default added."""
+        fields = set(TrainCodecSettings.model_fields)
+        return TrainCodecSettings(**self.model_dump(include=fields, exclude_unset=True))
 
 
 class EvalCodecSettings(_Config):

@@ -33,6 +33,7 @@ __all__ = [
     "claim_output",
     "exclusive_lock",
     "owned_output",
+    "close_inherited_locks",
     "remove_stale_temporaries",
     "write_owner_marker",
 ]
@@ -77,6 +78,7 @@ def exclusive_lock(url: str | Path, what: str, wait: bool = False) -> Iterator[i
         return
     lock_path = Path(local_path(lock_url))
     fd = _flock(lock_path, url, wait)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -85,8 +87,24 @@ def exclusive_lock(url: str | Path, what: str, wait: bool = False) -> Iterator[i
         # Unlinked while the flock is still held: a run that opened the old file before this
         # unlink sees, once it gets the flock, that its inode is no longer the path's, and
         # retries on a fresh file (`_flock`). Closing releases the flock.
+        _HELD_LOCKS.discard(fd)
         lock_path.unlink(missing_ok=True)
         os.close(fd)
+
+
+#: The descriptors of the locks this process holds (`exclusive_lock`), for its forked children.
+_HELD_LOCKS: set[int] = set()
+
+
+def close_inherited_locks() -> None:
+    """In a forked child that does not write the output (a data-loader worker): close the lock
+    descriptors inherited from the parent. A flock lasts while any descriptor of it is open, so
+    a worker that outlives its killed parent for a few seconds (torch.utils.data's workers
+    notice a dead parent within 5 s) would otherwise keep the run locked, and refuse a resume."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
 
 
 def _flock(lock_path: Path, url: str | Path, wait: bool = False) -> int:

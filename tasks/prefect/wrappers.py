@@ -46,7 +46,7 @@ from tasks.tokenize import finalize, shards
 from tasks.tokenize import plan as token_plan
 from tasks.train import codec as train_codec
 from tasks.train import lm as train_lm
-from tasks.train.torchrun import run_torchrun
+from tasks.train.torchrun import run_codec_torchrun, run_torchrun
 
 __all__ = [
     "eval_codec_task",
@@ -263,8 +263,22 @@ def evaluate_task(
 def train_codec_task(
     manifest: str, out: Path, settings: TrainCodecSettings
 ) -> train_codec.CodecCheckpointRecord:
-    """Train the RVQ codec (resuming from the newest checkpoint in `out`)."""
-    return train_codec.train_codec(manifest, out, settings)
+    """Train the RVQ codec (resuming from the newest checkpoint in `out`).
+
+    With `nproc_per_node > 1` it launches torchrun (one process per GPU or CPU rank) as a
+    subprocess, streams its output into the Prefect log, and reads the checkpoint back.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    on_gpu = runtime.resolve_device(settings.device).type == "cuda"
+    with (
+        concurrency("gpu", occupy=settings.nproc_per_node, strict=False)
+        if on_gpu
+        else nullcontext()
+    ):
+        if settings.nproc_per_node == 1:
+            return train_codec.train_codec(manifest, out, settings)
+        return run_codec_torchrun(manifest, out, settings)
 
 
 @task(

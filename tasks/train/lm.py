@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,14 +24,20 @@ from models.gpt import GPT, GPTConfig
 from models.layouts import TokenLayout, make_layout
 from models.level_loss import level_weighted_loss
 from schemas.configs import TrainLMSettings
-from tasks.core import outputs, storage
+from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import latest_checkpoint
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
 from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.train.distributed import Ranks, barrier, init_distributed, write_rank_fingerprint
+from tasks.train.distributed import (
+    Ranks,
+    barrier,
+    holding,
+    init_distributed,
+    write_rank_fingerprint,
+)
 from tasks.train.scaffold import (
     Resumed,
     RunIdentity,
@@ -52,6 +57,7 @@ __all__ = [
     "LM_RUN_COMMITTED",
     "LM_RUN_HELD_ENV",
     "LM_RUN_KIND",
+    "build_optimizer",
     "train_lm",
 ]
 
@@ -70,7 +76,8 @@ class CheckpointRecord:
     tokens_per_s: float
 
 
-def _optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
+def build_optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
+    """train-lm's AdamW over `model` (bench/gpu_check.py times the same)."""
     # nanoGPT: decay matrices (>= 2-D), not biases or LayerNorm gains.
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -124,18 +131,6 @@ def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] |
     }
 
 
-def _holding(out: Path) -> contextlib.AbstractContextManager[Any]:
-    """The lock and ownership of `out`, taken by the process that launched the run: a plain
-    call, or the task that starts torchrun (which tells its ranks through LM_RUN_HELD_ENV). A
-    torchrun started by hand has no launcher of ours: its rank 0 takes them."""
-    held = os.environ.get(LM_RUN_HELD_ENV)
-    if held and Path(held).resolve() == out.resolve():
-        return contextlib.nullcontext()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return contextlib.nullcontext()
-    return outputs.owned_output(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED)
-
-
 def train_lm(dataset: str | Path, out: Path, settings: TrainLMSettings) -> CheckpointRecord:
     """Train a GPT on the token stream of `dataset` (a folder, or a URL such as `s3://b/tokens`:
     see `TokenReader`); checkpoint to the local folder `out/checkpoint`.
@@ -152,7 +147,7 @@ def train_lm(dataset: str | Path, out: Path, settings: TrainLMSettings) -> Check
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
     check_windows(dataset, settings)
-    with _holding(out):
+    with holding(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED, LM_RUN_HELD_ENV):
         return _train_owned(dataset, out, settings, info)
 
 
@@ -222,7 +217,7 @@ def _build(settings: TrainLMSettings, spec: Mapping[str, Any]) -> _Run:
         "settings": settings.model_dump(mode="json", exclude_unset=True),
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    optimizer = _optimizer(model, settings)
+    optimizer = build_optimizer(model, settings)
     return _Run(
         device, ranks, layout, codebook_size, weights, config, model, optimizer, autocast,
         config_json,

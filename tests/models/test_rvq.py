@@ -241,3 +241,41 @@ def test_bad_arguments_are_refused() -> None:
         rvq.decode(torch.zeros(8, 1, dtype=torch.int32))
     with pytest.raises(AssertionError, match="update_speed"):
         ResidualVectorQuantizer(2, 4, 2, update_speed=0.0)
+
+
+class _TwinReplicas:
+    """The `CodebookSync` of W replicas that all see this process's batch: sums are W times
+    the local value, and the deciding replica's decision is this one's."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.calls: list[str] = []
+
+    def sum_(self, tensor: Tensor) -> None:
+        self.calls.append("sum")
+        tensor.mul_(self.world)
+
+    def broadcast_(self, tensor: Tensor) -> None:
+        self.calls.append("broadcast")
+
+
+def test_synced_replicas_update_as_one_process_of_their_joint_batch() -> None:
+    """W = 2 replicas of batch N move their codebooks as one process of the 2N vectors: the
+    counts and sums are summed before the EMA step (Jukebox's all-reduce)."""
+    torch.manual_seed(0)
+    alone = ResidualVectorQuantizer(2, 8, 2, update_speed=0.3, dead_code_threshold=0.0).train()
+    alone(torch.cat([_points(256, seed=0)] * 2))  # initialised from the joint batch
+    synced = ResidualVectorQuantizer(2, 8, 2, update_speed=0.3, dead_code_threshold=0.0).train()
+    synced.load_state_dict(alone.state_dict())
+    synced.sync = sync = _TwinReplicas(2)
+    for step in range(1, 6):
+        x = _points(256, seed=step)
+        joint, replica = alone(torch.cat([x, x])), synced(x)
+        torch.testing.assert_close(replica.codes, joint.codes[:256], rtol=0, atol=0)
+    for name, buffer in alone.state_dict().items():
+        torch.testing.assert_close(synced.state_dict()[name], buffer, msg=name)
+    # Per level and call: one all-reduce of the statistics, one broadcast of the restarts.
+    assert sync.calls == ["sum", "broadcast"] * 2 * 5
+    assert "sync" not in synced.state_dict() and not any(
+        "sync" in n for n, _ in synced.named_buffers()
+    )

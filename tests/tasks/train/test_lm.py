@@ -13,7 +13,7 @@ from tasks.core.errors import CodecflowError
 from tasks.core.runtime import learning_rate_at
 from tasks.loaders import load_checkpoint
 from tasks.prefect.wrappers import train_lm_task
-from tasks.train.lm import _optimizer, train_lm
+from tasks.train.lm import build_optimizer, train_lm
 
 
 def test_training_lowers_the_loss_and_checkpoints(tiny_checkpoint: Path) -> None:
@@ -88,8 +88,8 @@ def test_optimizer_takes_beta2_from_the_settings() -> None:
     from models.gpt import GPT, GPTConfig
 
     model = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8))
-    assert _optimizer(model, TrainLMSettings(beta2=0.99)).defaults["betas"] == (0.9, 0.99)
-    assert _optimizer(model, TrainLMSettings()).defaults["betas"] == (0.9, 0.95)
+    assert build_optimizer(model, TrainLMSettings(beta2=0.99)).defaults["betas"] == (0.9, 0.99)
+    assert build_optimizer(model, TrainLMSettings()).defaults["betas"] == (0.9, 0.95)
 
 
 def test_task_wraps_the_plain_function(
