@@ -16,6 +16,7 @@ from the newest complete checkpoint and the loss curve continues where it stoppe
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from models.losses import codec_loss
 from schemas.configs import TrainCodecSettings
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
+from tasks.core.progress import StepProgress
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.data.manifest import CODEC_RATE, load_split_audio
@@ -58,6 +60,9 @@ __all__ = [
 CODEC_RUN_KIND = "codec run"
 
 CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
+
+#: Progress lines: inside a Prefect run they reach the run's log (`codecflow.*` loggers).
+_LOG = logging.getLogger("codecflow.train-codec")
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,15 @@ def _train(
         gen.set_state(resumed.state["crop_rng"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    meter = StepProgress(
+        _LOG, "train-codec", settings.steps, "samples", settings.batch_size, start=resumed.step
+    )
     codec.train()
     for step, lr in schedule(optimizer, resumed.step, settings):
         batch = _crops(audio, settings.batch_size, crop, gen).to(device)  # [B, 1, T]
         record = _step(codec, optimizer, batch, autocast, settings.grad_clip, lr)
         resumed.log.append({"step": step + 1, **record})  # "step" first, as before
+        meter.update(step + 1, loss=record["loss"])
         if checkpoint_due(step + 1, settings):
             state = {"crop_rng": gen.get_state()}
             save_checkpoint(out, step + 1, _weights(codec), optimizer, state)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    _log_to_stdout()
     try:
         apply_thread_policy()  # OMP_NUM_THREADS from the launcher, or torchrun's 1
         cfg = read_run_config(Path(args.config))
@@ -103,6 +105,17 @@ def check_settings(settings: TrainLMSettings, expected: Path, config: Path) -> N
             f"{config} reads back as other settings than the launcher's ({fields}): the "
             "settings it was written from did not mark those values as set"
         )
+
+
+def _log_to_stdout() -> None:
+    """The rank's `codecflow.*` INFO lines (rank 0's training progress) on stdout, which the
+    launcher streams into the run's log: a bare process would drop them (no handler)."""
+    logger = logging.getLogger("codecflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _report(error_dir: str | None, rank: int, reason: str) -> None:
