@@ -215,6 +215,7 @@ class StepProgress:
     """Progress lines of a loop of `total` steps at a fixed cadence, on `logger` at INFO:
 
         train-lm step 120/400 (30%): loss 3.4120, 12,345 tokens/s, ETA 1:23
+        evaluate: generating token 160/320 (50%): 2,345 tokens/s, ETA 0:04
 
     A line is logged at the first update, then when `every_s` seconds (default
     `progress_interval()`) have passed since the last line, and at the last step. The rate is
@@ -231,17 +232,25 @@ class StepProgress:
         unit: str,
         items_per_step: float = 1.0,
         *,
+        step_name: str = "step",
         start: int = 0,
         every_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger, self.what, self.total, self.unit = logger, what, total, unit
-        self.items_per_step = items_per_step
+        self.items_per_step, self.step_name = items_per_step, step_name
         self.every_s = progress_interval() if every_s is None else every_s
         self._clock = clock
         self._start, self._started_at = start, clock()
         self._last_done, self._last_at = start, self._started_at
         self._lines = 0
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        """A progress callback (`models.sampling.generate`'s): `total` replaces the one given
+        when the caller learns it only now."""
+        if total is not None:
+            self.total = total
+        self.update(done)
 
     def update(self, done: int, **values: float) -> bool:
         """`done` steps of `total` are finished (`values`: this step's loss, ...); True when a
@@ -255,8 +264,9 @@ class StepProgress:
         eta = format_duration(per_step * max(self.total - done, 0))
         shown = "".join(f"{name} {_format_value(v)}, " for name, v in values.items())
         self.logger.info(
-            "%s step %d/%d (%d%%): %s%s %s/s, ETA %s",
+            "%s %s %d/%d (%d%%): %s%s %s/s, ETA %s",
             self.what,
+            self.step_name,
             done,
             self.total,
             100 * done // max(self.total, 1),
