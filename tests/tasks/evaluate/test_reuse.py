@@ -126,6 +126,7 @@ def test_stale_entries_are_skipped_and_dropped(
     shutil.rmtree(a)  # gone
     # Changed: the same identity, but not the bytes that were committed.
     (b / "summary.json").write_text((b / "summary.json").read_text() + "\n")
+    caplog.clear()  # (a's computation is in it when the `codecflow` logger is at INFO already)
     with caplog.at_level(logging.INFO, logger=_LOGGER):
         record = evaluate(tiny_checkpoint, tiny_dataset, c, _settings())
     assert _computations(caplog) == 1 and record.reused_from is None
