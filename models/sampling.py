@@ -14,6 +14,7 @@ by whole frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -102,6 +103,7 @@ def generate(
     generator: torch.Generator | None = None,
     forced_tokens: Tensor | None = None,
     forced_mask: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` by `max_new_tokens` tokens, one forward step per token.
 
@@ -122,6 +124,8 @@ def generate(
         forced_tokens: int64 `[B, N]`, tokens imposed at the new positions where `forced_mask`
             is true instead of sampled ones (teacher forcing: the fixed levels of `regenerate`).
         forced_mask: bool `[N]`, which new positions take `forced_tokens`.
+        progress: called with (tokens done, N) after each new token (per sample; plain ints,
+            no device sync): the caller's progress line.
 
     Returns:
         `GenerationResult` with int64 `[B, N]` new tokens (an inference-mode tensor) and counts.
@@ -177,6 +181,8 @@ def generate(
                 )  # [B]
             end = p + i + 1  # stream length with this token
             stream[:, end - 1] = token
+            if progress is not None:
+                progress(i + 1, max_new_tokens)
             if i == max_new_tokens - 1:
                 break  # no need to feed the last token
             if cache.length < block_size:
@@ -210,6 +216,7 @@ def regenerate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Keep the first `keep_levels` levels of `codes` and let the model generate the others.
 
@@ -225,6 +232,7 @@ def regenerate(
         keep_levels: k in [1, K): the levels kept from the source.
         layout, codebook_size: how the model's sequences were made.
         temperature, top_k, top_p, generator: see `sample_next`.
+        progress: see `generate` (its N counts the positions after the first free one).
 
     Returns:
         int64 `[B, K, F]` codes: levels < k equal to the source's, the others sampled (clamped
@@ -249,6 +257,7 @@ def regenerate(
         generator=generator,
         forced_tokens=sequence[:, first_free:],  # [B, N - P]
         forced_mask=forced[first_free:],  # [N - P]
+        progress=progress,
     )
     full = torch.cat([sequence[:, :first_free], result.tokens.to(sequence.device)], 1)  # [B, N]
     out = layout.from_sequence(full, k, codebook_size)  # [B, K, F]

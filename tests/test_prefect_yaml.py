@@ -46,7 +46,15 @@ def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
     assert EvaluateConfig.model_validate(scheduled["parameters"]["cfg"]).train_run == "runs/demo/lm"
     (trigger,) = by_name["evaluate-on-train-lm"]["triggers"]
     assert trigger["expect"] == ["prefect.flow-run.Completed"]
-    assert trigger["match_related"]["prefect.resource.name"] == "train-lm"
+    # The train-lm flow and its deployment: a train-lm sub-flow of a pipeline (no deployment)
+    # does not trigger an evaluation; the pipeline evaluates by itself.
+    assert trigger["match_related"] == [
+        {"prefect.resource.role": "flow", "prefect.resource.name": "train-lm"},
+        {"prefect.resource.role": "deployment", "prefect.resource.name": "train-lm"},
+    ]
+    from prefect.events.schemas.automations import EventTrigger
+
+    assert len(EventTrigger(match_related=trigger["match_related"]).match_related) == 2  # type: ignore[arg-type]
     # The templates render to strings, so the rendered parameters validate as a config.
     rendered = {
         k: v.replace("{{ flow_run.parameters['cfg']['out'] }}", "runs/x/lm").replace(
@@ -58,3 +66,22 @@ def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
     }
     cfg = EvaluateConfig.model_validate(rendered)
     assert (cfg.train_run, cfg.out) == ("runs/x/lm", "runs/x/lm/evaluations")
+
+
+def test_scheduled_and_triggered_evaluations_ask_the_pipelines_question() -> None:
+    """The same settings as the demo pipeline's evaluation: a checkpoint the pipeline evaluated
+    has the same report identity, so its report is reused, not computed again."""
+    from schemas.configs import EvaluateSettings, PipelineConfig
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    pipeline = PipelineConfig.model_validate(by_name["pipeline"]["parameters"]["cfg"])
+    wanted = pipeline.evaluate.model_dump()
+    (trigger,) = by_name["evaluate-on-train-lm"]["triggers"]
+    for cfg in (
+        by_name["evaluate-scheduled"]["parameters"]["cfg"],
+        by_name["evaluate-on-train-lm"]["parameters"]["cfg"],
+        trigger["parameters"]["cfg"],
+    ):
+        settings = {k: v for k, v in cfg.items() if k in EvaluateSettings.model_fields}
+        assert EvaluateSettings.model_validate(settings).model_dump() == wanted

@@ -19,7 +19,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,16 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def exclusive_lock(url: str | Path, what: str, wait: bool = False) -> Iterator[int | None]:
+def exclusive_lock(
+    url: str | Path,
+    what: str,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[int | None]:
     """Hold `<url>.lock` for the block, or refuse at once with a message naming the holder
     (`wait=True`, local files only: block until the holder is done, as processes sharing a
-    cache entry do).
+    cache entry do; `on_wait` is then told the holder, "evaluate, pid 12 on host since ...",
+    before the wait begins, so that a run that waits says why).
 
     Yields the lock's file descriptor (None on an object store): a child process given it
     (`pass_fds`) holds the same flock, so the output stays locked while a child that outlives
@@ -77,7 +83,7 @@ def exclusive_lock(url: str | Path, what: str, wait: bool = False) -> Iterator[i
             fs.rm(path)
         return
     lock_path = Path(local_path(lock_url))
-    fd = _flock(lock_path, url, wait)
+    fd = _flock(lock_path, url, wait, on_wait)
     _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
@@ -107,9 +113,14 @@ def close_inherited_locks() -> None:
     _HELD_LOCKS.clear()
 
 
-def _flock(lock_path: Path, url: str | Path, wait: bool = False) -> int:
+def _flock(
+    lock_path: Path,
+    url: str | Path,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> int:
     """An fd of `lock_path` holding its exclusive flock, or a CodecflowError naming the holder
-    (with `wait`, the flock is waited for instead).
+    (with `wait`, the flock is waited for instead, after telling `on_wait` who holds it).
 
     Retries when the file it locked was unlinked (and maybe recreated) by the previous holder
     between our open and our flock: a lock on an unlinked inode excludes nobody."""
@@ -117,14 +128,21 @@ def _flock(lock_path: Path, url: str | Path, wait: bool = False) -> int:
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise CodecflowError(
-                f"{url} is being written by another run ({_describe_holder(text)}); "
-                f"wait for it to finish"
-            ) from None
+            holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace").strip())
+            if not wait:
+                os.close(fd)
+                raise CodecflowError(
+                    f"{url} is being written by another run ({holder}); wait for it to finish"
+                ) from None
+            try:
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:  # interrupted while waiting (Ctrl-C): no fd left behind
+                os.close(fd)
+                raise
         try:
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:

@@ -24,6 +24,8 @@ from tasks.core import storage
 from tasks.core.errors import CodecflowError
 
 __all__ = [
+    "CommittedReport",
+    "CommittedReports",
     "DatasetInfo",
     "DatasetTotals",
     "EvaluationSummary",
@@ -261,12 +263,15 @@ class EvaluationSummary(_Record):
     real_time_factor: Number
     n_prefills: int
     # The intra-op threads generation ran on (tasks.core.threads); absent before issue 17.
-    decode_threads: int | None = None
+    decode_threads: int | None = Field(default=None, exclude_if=_absent_if_none)
     samples: list[dict[str, Any]]
     speech: dict[str, Any]
     regeneration: Regeneration
     settings: dict[str, Any]
     identity: dict[str, Any]
+    # The folder whose committed report of the same identity this one copies (tasks.evaluate.
+    # reuse); absent in a report computed here.
+    reused_from: str | None = Field(default=None, exclude_if=_absent_if_none)
 
     @property
     def n_flagged_samples(self) -> int:
@@ -275,3 +280,25 @@ class EvaluationSummary(_Record):
     def dumps(self) -> str:
         """The file's text: indented, in field order (summary.json is not key-sorted)."""
         return json.dumps(self.to_json(), indent=2) + "\n"
+
+
+# -- the registry of committed evaluation reports: <cache>/evaluations/<identity hash>.json ----
+
+
+class CommittedReport(_Record):
+    """One folder holding a committed report, and the sha256 of its summary.json then: a
+    summary changed since (or gone) makes the entry stale."""
+
+    path: str  # absolute
+    summary_sha256: str
+
+
+class CommittedReports(_Record):
+    """The folders that hold a committed report of one identity (weights, dataset, prompts,
+    settings), oldest first (`tasks.evaluate.reuse`): where a second evaluation copies from."""
+
+    what: ClassVar[str] = "registry of committed evaluation reports"
+
+    format: int = 1
+    identity_sha256: str
+    reports: list[CommittedReport]

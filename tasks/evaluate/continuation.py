@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,9 +17,13 @@ from models.losses import mel_l1, si_sdr
 from models.sampling import generate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
+from tasks.core.progress import StepProgress
 from tasks.core.threads import decode_threads
 
 __all__ = ["continue_prompt", "roundtrip"]
+
+#: Generation progress: inside a Prefect run it reaches the run's log (`codecflow.*` loggers).
+_LOG = logging.getLogger("codecflow.evaluate")
 
 
 def roundtrip(
@@ -57,17 +62,23 @@ def continue_prompt(
     prompt_batch = prompt_tokens.repeat(settings.num_samples, 1).to(device)  # [B, P]
     new_frames = max(1, round(settings.seconds * tokenizer.frame_rate))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
+    n_new = new_frames * num_levels
+    # tokens/s over the batch: each step draws one token of every sample.
+    meter = StepProgress(
+        _LOG, "evaluate: generating", n_new, "tokens", settings.num_samples, step_name="token"
+    )
     started = time.perf_counter()
     with decode_threads(_parameters(model), device) as threads:
         result = generate(
             model,
             prompt_batch,
-            new_frames * num_levels,
+            n_new,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
             frame_size=layout.frame_size(num_levels),
             generator=generator,
+            progress=meter,
         )
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -20,6 +20,7 @@ recognised words (`tasks.evaluate.speech_metrics`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from tasks.data.checkpoints import read_log
 from tasks.data.lm_windows import validation_loss
 from tasks.data.records import SUMMARY_KIND, DatasetInfo, EvaluationSummary, PromptRoundtrip
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.evaluate import continuation, regenerate, report, speech_metrics
+from tasks.evaluate import continuation, regenerate, report, reuse, speech_metrics
 from tasks.evaluate.acoustics import _plot_spectrogram, _write_wav, acoustic_stats, load_prompt
 from tasks.loaders import load_checkpoint, load_tokenizer
 
@@ -61,6 +62,8 @@ REPORT_KIND = "evaluation report"
 
 REPORT_COMMITTED = ("prompt_roundtrip.wav",)
 
+_LOG = logging.getLogger("codecflow.evaluate")
+
 
 @dataclass(frozen=True)
 class ReportRecord:
@@ -72,6 +75,7 @@ class ReportRecord:
     generation_tokens_per_s: float
     val_loss: float
     n_flagged_samples: int
+    reused_from: Path | None = None  # the folder whose committed report this one copies
 
 
 def is_report_committed(out: Path) -> bool:
@@ -120,6 +124,7 @@ def _record_from_summary(out: Path, summary: EvaluationSummary) -> ReportRecord:
         generation_tokens_per_s=summary.generation_tokens_per_s,
         val_loss=summary.val_loss,
         n_flagged_samples=summary.n_flagged_samples,
+        reused_from=Path(summary.reused_from) if summary.reused_from else None,
     )
 
 
@@ -208,13 +213,56 @@ def evaluate(
     write the report folder `out`.
 
     A report committed in `out` (summary.json) for the same weights, dataset, prompts and settings
-    is returned as is: its commit marker, not the Prefect cache, says it is done.
+    is returned as is: its commit marker, not the Prefect cache, says it is done. Evaluations of
+    one identity run one at a time on this machine (`tasks.evaluate.reuse`): the second waits for
+    the first, then copies its committed report into its own `out` instead of computing it again.
     """
     checkpoint, dataset, out = Path(checkpoint), storage.location(dataset), Path(out)
     identity = report_identity(checkpoint, dataset, settings)
     done = _committed_report(out, identity)
     if done is not None:
         return done
+    key = reuse.identity_key(identity)
+    with reuse.one_at_a_time(key, out):
+        # The run waited for may have written this very folder.
+        record = _committed_report(out, identity) or _reused(key, identity, out)
+        if record is None:
+            record = _computed(checkpoint, dataset, out, settings, identity)
+        reuse.register(key, identity, out)
+    return record
+
+
+def _reused(key: str, identity: Mapping[str, Any], out: Path) -> ReportRecord | None:
+    """The report of `identity` committed in another folder, copied into `out` (summary.json
+    last, naming where it came from); None when the registry knows no such report."""
+    found = reuse.registered_report(key, identity)
+    if found is None:
+        return None
+    source, summary_bytes = found
+    summary = EvaluationSummary.from_json(json.loads(summary_bytes), source / "summary.json")
+    summary = summary.model_copy(update={"reused_from": str(source)})
+    with outputs.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
+        with atomic_dir(out) as tmp:
+            reuse.copy_report(source, tmp)
+            outputs.write_owner_marker(tmp, REPORT_KIND)
+            (tmp / "summary.json").write_text(summary.dumps())  # written last
+    _LOG.info(
+        "evaluate: reused the committed report of the same checkpoint, data, prompts and "
+        "settings in %s (copied into %s, not computed again)",
+        source,
+        out,
+    )
+    return _record_from_summary(out, summary)
+
+
+def _computed(
+    checkpoint: Path,
+    dataset: str | Path,
+    out: Path,
+    settings: EvaluateSettings,
+    identity: dict[str, Any],
+) -> ReportRecord:
+    """The evaluation itself: read the inputs, then measure and write `out`, which it owns."""
     device = resolve_device(settings.device)
     model, spec = load_checkpoint(checkpoint, device)
     info = read_dataset_info(dataset)

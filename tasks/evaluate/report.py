@@ -240,6 +240,12 @@ def summary_markdown(summary: EvaluationSummary, report_uri: str) -> str:
         f"{summary.generation_tokens_per_s:,.0f} | {summary.real_time_factor:.3g} "
         f"| {len(flagged)} of {len(summary.samples)} |\n\n"
         f"Validation loss per level: {per_level}\n"
+        + (
+            f"\nReused the committed report of the same checkpoint, data, prompts and settings "
+            f"in `{summary.reused_from}` (not computed again).\n"
+            if summary.reused_from
+            else ""
+        )
     )
 
 

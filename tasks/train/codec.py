@@ -30,6 +30,7 @@ rank holds the same codec, bit for bit; rank 0 writes the log and the checkpoint
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from models.losses import codec_loss
 from schemas.configs import TrainCodecSettings
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
+from tasks.core.progress import StepProgress
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import is_checkpoint_committed
 from tasks.data.crops import CropIndex, batches, crop_loader, read_crop_index
@@ -92,6 +94,9 @@ CODEC_RUN_HELD_ENV = "CODECFLOW_CODEC_RUN_HELD"
 #: and loader workers): left out of the run's identity, so that a run resumes with other values
 #: (on another number of ranks) and runs recorded before them still resume.
 _RUNTIME_ONLY = {"nproc_per_node", "loader_workers", "prefetch_batches"}
+
+#: Progress lines: inside a Prefect run they reach the run's log (`codecflow.*` loggers).
+_LOG = logging.getLogger("codecflow.train-codec")
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,9 @@ def _loop(
         pin_memory=run.device.type == "cuda",  # so that the copy below does not block
     )
     crops = batches(loader)
+    meter = StepProgress(
+        _LOG, "train-codec", settings.steps, "samples", world * batch_size, start=resumed.step
+    )
     run.codec.train()
     for step, lr in schedule(run.optimizer, resumed.step, settings):
         waited = time.perf_counter()
@@ -289,6 +297,7 @@ def _loop(
             continue
         extra = {"data_seconds": waited, "crops": step_crops, "ranks": world}
         resumed.log.append({"step": step + 1, **record, **extra})  # "step" first, as before
+        meter.update(step + 1, loss=record["loss"])
         if checkpoint_due(step + 1, settings):
             state = {"crops_consumed": consumed}
             save_checkpoint(out, step + 1, _weights(run.codec), run.optimizer, state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from models.level_loss import level_weighted_loss
 from schemas.configs import TrainLMSettings
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
+from tasks.core.progress import StepProgress
 from tasks.core.runtime import resolve_device
 from tasks.data.checkpoints import latest_checkpoint
 from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
@@ -102,6 +104,9 @@ LM_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 
 #: Set by the task that launches torchrun (to `out`): it holds the run's lock, not its ranks.
 LM_RUN_HELD_ENV = "CODECFLOW_LM_RUN_HELD"
+
+#: Progress lines (rank 0): inside a Prefect run they reach the run's log (`codecflow.*`).
+_LOG = logging.getLogger("codecflow.train-lm")
 
 
 def _identity(info: DatasetInfo, settings: TrainLMSettings) -> RunIdentity:
@@ -290,6 +295,11 @@ def _loop(
         # What the run is (dataset, settings): a resume compares it first.
         "identity.json": identity.text(),
     }
+    # Rank 0 speaks for all: tokens/s counts every rank's windows.
+    tokens_per_step = step_windows * run.config.block_size
+    meter = StepProgress(
+        _LOG, "train-lm", settings.steps, "tokens", tokens_per_step, start=resumed.step
+    )
     run.model.train()
     for step, lr in schedule(run.optimizer, resumed.step, settings):
         total, per_level, grad_norm = _step(settings, run, trained, reader, consumed)
@@ -305,6 +315,7 @@ def _loop(
         consumed += step_windows
         if run.ranks.main:
             resumed.log.append(record)
+            meter.update(step + 1, loss=total)
             if checkpoint_due(step + 1, settings):
                 state = {"windows_consumed": consumed}
                 weights = _weights(run.model)

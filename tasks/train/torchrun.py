@@ -254,6 +254,7 @@ def rank_main(
     )
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    _log_to_stdout()
     try:
         apply_thread_policy()  # OMP_NUM_THREADS from the launcher, or torchrun's 1
         cfg: Any = read_run_config(Path(args.config), model)
@@ -274,6 +275,17 @@ def rank_main(
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def _log_to_stdout() -> None:
+    """The rank's `codecflow.*` INFO lines (rank 0's training progress) on stdout, which the
+    launcher streams into the run's log: a bare process would drop them (no handler)."""
+    logger = logging.getLogger("codecflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _report(error_dir: str | None, rank: int, reason: str) -> None:

@@ -237,3 +237,19 @@ def test_regenerate_rejects_keeping_every_level() -> None:
     codes = torch.zeros(1, 2, 4, dtype=torch.long)
     with pytest.raises(AssertionError, match="keep_levels must be in"):
         regenerate(model, codes, 2, make_layout("flatten"), V)
+
+
+def test_progress_is_told_every_token_and_changes_nothing() -> None:
+    model, prompt = _model(), _prompt(2, 5)
+    seen: list[tuple[int, int]] = []
+    gen = torch.Generator().manual_seed(0)
+    told = generate(model, prompt, 30, generator=gen, progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(i, 30) for i in range(1, 31)]  # past the slides too (block 16)
+    plain = generate(model, prompt, 30, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(told.tokens, plain.tokens)
+    # regenerate passes it on, with its own count of the positions it fills
+    layout = make_layout("flatten")
+    codes = torch.randint(0, V // 2, (1, 2, 6), generator=torch.Generator().manual_seed(3))
+    seen.clear()
+    regenerate(model, codes, 1, layout, V // 2, progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(i, 11) for i in range(1, 12)]  # 12 positions, the first one is given

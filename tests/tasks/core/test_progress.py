@@ -301,3 +301,66 @@ def test_prefect_progress_in_an_async_flow_run(prefect_api_url: str) -> None:
     asyncio.run(transfer_flow(key))
     [artifact] = read_progress_artifacts(key)
     assert artifact.data == 100.0 and artifact.task_run_id is None
+
+
+# --- StepProgress: a line per cadence of a long loop ------------------------------------------
+
+
+class _Clock:
+    """Seconds that the test moves forward (the cadence without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_progress_logs_the_first_step_then_every_interval_and_the_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    logger = logging.getLogger("codecflow.test-progress")
+    meter = progress.StepProgress(logger, "train-lm", 100, "tokens", 512, every_s=30.0, clock=clock)
+    logged = []
+    with caplog.at_level(logging.INFO, logger="codecflow.test-progress"):
+        for step in range(1, 101):
+            clock.now += 1.0  # one step a second
+            if meter.update(step, loss=5.0 - step / 100):
+                logged.append(step)
+    assert logged == [1, 31, 61, 91, 100]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "train-lm step 1/100 (1%): loss 4.9900, 512 tokens/s, ETA 1:39"
+    # 30 steps of 512 tokens in 30 s; 69 steps left at the mean 1 s a step.
+    assert lines[1] == "train-lm step 31/100 (31%): loss 4.6900, 512 tokens/s, ETA 1:09"
+    assert lines[-1] == "train-lm step 100/100 (100%): loss 4.0000, 512 tokens/s, ETA 0:00"
+
+
+def test_step_progress_of_a_resumed_run_counts_from_its_first_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    logger = logging.getLogger("codecflow.test-progress")
+    meter = progress.StepProgress(
+        logger, "train-codec", 400, "samples", 4, start=300, every_s=30.0, clock=clock
+    )
+    with caplog.at_level(logging.INFO, logger="codecflow.test-progress"):
+        clock.now += 0.5
+        assert meter.update(301, loss=0.25)
+        clock.now += 0.5
+        assert not meter.update(302)  # within the interval: silent
+    # 8 samples/s over the first step; 99 steps left at 0.5 s each.
+    assert [r.getMessage() for r in caplog.records] == [
+        "train-codec step 301/400 (75%): loss 0.2500, 8 samples/s, ETA 0:50"
+    ]
+
+
+def test_progress_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    assert progress.progress_interval() == 30.0
+    monkeypatch.setenv(progress.PROGRESS_ENV, "5")
+    assert progress.progress_interval() == 5.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(progress.PROGRESS_ENV, bad)
+        with pytest.raises(ValueError, match="CODECFLOW_PROGRESS_SECONDS must be"):
+            progress.progress_interval()

@@ -57,7 +57,9 @@ def test_report_has_audio_spectrograms_metrics_and_summary(
     summary = json.loads((out / "summary.json").read_text())
     # summary.json is exactly the typed record, key for key, in the record's order.
     record_summary = EvaluationSummary.read(out / "summary.json")
-    assert list(summary) == list(EvaluationSummary.model_fields) and record_summary.n_prefills >= 2
+    # (`reused_from` only in a report copied from another folder: tests/tasks/evaluate/test_reuse.py)
+    fields = [f for f in EvaluationSummary.model_fields if f != "reused_from"]
+    assert list(summary) == fields and record_summary.n_prefills >= 2
     assert summary["kind"] == "codecflow-evaluation" and summary["num_levels"] == 1
     assert summary["generated_tokens"] == 2 * 320  # 2 samples x 20 ms at 16 kHz
     assert summary["context_seconds"] == pytest.approx(64 / 16_000)
@@ -258,3 +260,21 @@ def test_the_runs_index_never_replaces_someone_elses_page(tmp_path: Path) -> Non
     (tmp_path / "index.html").unlink()
     write_runs_index(tmp_path)
     write_runs_index(tmp_path)  # its own page: replaced
+
+
+def test_generation_progress_reaches_the_log_without_flooding(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import re
+
+    with caplog.at_level(logging.INFO, logger="codecflow.evaluate"):
+        evaluate(tiny_checkpoint, tiny_dataset, tmp_path / "report", _settings())
+    lines = [r.getMessage() for r in caplog.records if r.name == "codecflow.evaluate"]
+    generating = re.compile(
+        r"^evaluate: generating token (\d+)/320 \((\d+)%\): ([\d,.]+) tokens/s, ETA (\d+:\d\d)$"
+    )
+    found = [m for m in map(generating.match, lines) if m]
+    # 320 tokens in well under the 30 s cadence: the first token and the last, nothing between.
+    assert [(m.group(1), m.group(2)) for m in found] == [("1", "0"), ("320", "100")], lines
+    assert found[-1].group(4) == "0:00" and float(found[-1].group(3).replace(",", "")) > 0

@@ -467,3 +467,55 @@ def test_rejects_above_the_set_fraction_are_warned_about(
     assert (
         f"rejected: 1 segments that could not be decoded (see {rejects})" in capsys.readouterr().out
     )
+
+
+def _tokenize_in_a_child(manifest: Path, out: Path, on_a_terminal: bool) -> str:
+    """Tokenize in a child process whose stderr is a terminal (a pty) or a pipe; its stderr."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from helpers import REPO
+
+    code = (
+        "import sys; from schemas.configs import TokenizeSettings; "
+        "from tasks.tokenize.finalize import tokenize_manifest; "
+        "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings())"
+    )
+    command = [sys.executable, "-c", code, str(manifest), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not on_a_terminal:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+    leader, follower = pty.openpty()
+    # A terminal of 100 columns: a pty starts at 0, where tqdm draws nothing.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0, seen.decode(errors="replace")
+    return seen.decode(errors="replace")
+
+
+def test_tokenize_draws_a_bar_on_a_terminal_only(tiny_manifest: Path, tmp_path: Path) -> None:
+    shown = _tokenize_in_a_child(tiny_manifest, tmp_path / "tty", on_a_terminal=True)
+    # tqdm's bar: the group's first shard, audio seconds done of the total, rate.
+    assert "tokenize train-00000:" in shown and "s audio" in shown and "100%" in shown, shown
+    piped = _tokenize_in_a_child(tiny_manifest, tmp_path / "pipe", on_a_terminal=False)
+    assert "tokenize train-00000" not in piped and "s audio" not in piped, piped

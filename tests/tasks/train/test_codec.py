@@ -380,3 +380,25 @@ def test_users_folders_are_neither_trained_nor_evaluated_into(
         json.loads((report.path / outputs.OWNER_MARKER).read_text())["kind"] == "codec evaluation"
     )
     assert not (tmp_path / "eval.lock").exists()
+
+
+def test_codec_training_logs_progress_at_a_cadence(
+    tiny_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import re
+
+    line = re.compile(
+        r"^train-codec step (\d+)/6 \((\d+)%\): loss (\d+\.\d{4}), ([\d,.]+) samples/s, "
+        r"ETA (\d+:\d\d)$"
+    )
+    with caplog.at_level(logging.INFO, logger="codecflow.train-codec"):
+        train_codec(str(tiny_manifest), tmp_path / "codec", _settings(steps=6))
+    lines = [r.getMessage() for r in caplog.records if r.name == "codecflow.train-codec"]
+    # Seconds of training under the 30 s default: the first step and the last, nothing between.
+    matches = [line.match(text) for text in lines]
+    assert len(matches) == 2 and all(matches), lines
+    first, last = matches
+    assert first is not None and last is not None
+    assert (first.group(1), last.group(1), last.group(5)) == ("1", "6", "0:00")
+    assert float(last.group(4).replace(",", "")) > 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,38 @@ def test_a_users_folder_is_not_trained_into(tiny_dataset: Path, tmp_path: Path) 
         train_lm(tiny_dataset, out, TrainLMSettings(steps=1, device="cpu"))
     assert [p.name for p in out.iterdir()] == ["train_log.jsonl"]
     assert (out / "train_log.jsonl").read_text() == "my notes\n"
+
+
+#: A train-lm progress line: step, loss, tokens/s (all ranks), ETA.
+_PROGRESS = re.compile(
+    r"^train-lm step (\d+)/(\d+) \((\d+)%\): loss (\d+\.\d{4}), ([\d,.]+) tokens/s, ETA (\d+:\d\d)$"
+)
+
+
+def _progress_lines(caplog: pytest.LogCaptureFixture) -> list[re.Match[str]]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "codecflow.train-lm"]
+    matches = [_PROGRESS.match(line) for line in lines]
+    assert all(matches), lines
+    return [m for m in matches if m]
+
+
+def test_training_logs_progress_at_a_cadence(
+    tiny_dataset: Path,
+    tiny_lm_settings: TrainLMSettings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = tiny_lm_settings.model_copy(update={"steps": 12})
+    with caplog.at_level(logging.INFO, logger="codecflow.train-lm"):
+        train_lm(tiny_dataset, tmp_path / "short", settings)
+    # A run of a second or two: its first and last step, no more (the default is 30 s).
+    first, last = _progress_lines(caplog)
+    assert first.group(1, 2, 3) == ("1", "12", "8") and last.group(1, 3, 6) == ("12", "100", "0:00")
+    assert float(first.group(4)) == pytest.approx(5.545, abs=0.3)  # ~ln(256) at init
+    assert float(last.group(5).replace(",", "")) > 0
+    caplog.clear()
+    monkeypatch.setenv("CODECFLOW_PROGRESS_SECONDS", "0")  # a line every step
+    with caplog.at_level(logging.INFO, logger="codecflow.train-lm"):
+        train_lm(tiny_dataset, tmp_path / "every", settings)
+    assert [int(m.group(1)) for m in _progress_lines(caplog)] == list(range(1, 13))

@@ -4,6 +4,7 @@ killed with SIGKILL resumes, on another number of ranks, without repeating or sk
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,9 +36,19 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_train_identical_replicas(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_two_ranks_train_identical_replicas(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = TrainLMSettings(**TINY, steps=25, checkpoint_every=10, nproc_per_node=2)
-    record = run_torchrun(tiny_dataset, tmp_path, settings)
+    with caplog.at_level(logging.INFO, logger="codecflow.train-lm"):
+        record = run_torchrun(tiny_dataset, tmp_path, settings)
+    # Rank 0's progress lines, streamed by the launcher into its log (rank 1 says nothing):
+    # the first step and the last, with the tokens of both ranks (2 x 4 windows x 64 a step).
+    progress = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert [line.split(":")[0] for line in progress] == [
+        "train-lm step 1/25 (4%)",
+        "train-lm step 25/25 (100%)",
+    ], progress
     assert record.path == tmp_path / "checkpoint" and (record.path / "model.safetensors").is_file()
     assert record.train_loss_last < record.train_loss_first
     ranks = [json.loads((tmp_path / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
