@@ -225,11 +225,17 @@ def _arrow_bytes(
         pa.array([int(c.shape[1]) for _, c in records], pa.int64()),
         pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)),
     ]
-    sink = pa.BufferOutputStream()
-    # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
-    with ipc.new_file(sink, schema) as writer:
-        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-    return sink.getvalue()  # no copy: written and hashed from this buffer (`_put_file`)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    # Uncompressed IPC file: readers memory-map it and read the codes without a copy. Its size
+    # first (a mock stream copies nothing), then one buffer of that size: a growing stream
+    # copies the codes at each doubling (0.1-0.2 s of a 1 h mu-law shard, 57 MB, measured).
+    mock = pa.MockOutputStream()
+    with ipc.new_file(mock, schema) as writer:
+        writer.write_table(table)
+    buffer = pa.allocate_buffer(mock.size())
+    with ipc.new_file(pa.FixedSizeBufferWriter(buffer), schema) as writer:
+        writer.write_table(table)
+    return buffer  # no copy: written and hashed from this buffer (`_put_file`)
 
 
 def _webdataset_key(segment_id: str) -> str:
