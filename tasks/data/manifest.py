@@ -69,6 +69,8 @@ def _read_chunks(
                 pieces.append(f.read(max(0, last - first), dtype=dtype, always_2d=True))
     except (RuntimeError, FileNotFoundError) as err:  # LibsndfileError is a RuntimeError
         raise CodecflowError(f"unreadable audio {join(root, row['source_path'])}: {err}") from None
+    if len(pieces) == 1:
+        return pieces[0]  # [T, C]: a whole-file segment, no copy
     return np.concatenate(pieces) if pieces else np.zeros((0, 1), dtype=dtype)  # [T, C]
 
 

@@ -121,11 +121,17 @@ def _prefetched(
     """The rows with their audio, read `depth` segments ahead by up to two threads (soundfile
     and the resampler release the GIL), as many as the thread policy gives this process, so
     that the encoder does not wait on I/O; the time it still waits is added to
-    `stats.io_wait_seconds`."""
+    `stats.io_wait_seconds`. With one thread, read in turn here."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     readers = min(2, thread_policy(usable_cpus()).threads)
+    if readers == 1:
+        # One thread: nothing to overlap the reads with, and a pool's hand-overs cost 5 % of a
+        # mu-law run (measured on one CPU by bench/tokenize_throughput.py).
+        for row in rows:
+            yield row, _load_segment(row, audio_root, tokenizer)
+        return
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="codecflow-read") as pool:
         futures = [pool.submit(_load_segment, row, audio_root, tokenizer) for row in rows[:depth]]
         for i, row in enumerate(rows):
