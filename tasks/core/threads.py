@@ -30,11 +30,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from tasks.core.errors import CodecflowError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "OVERRIDE_ENV",
@@ -153,6 +154,8 @@ def worker_thread_env(workers: int) -> dict[str, str]:
 
 def apply_thread_policy(workers: int | None = None) -> ThreadPolicy:
     """Set torch's intra-op threads for this process by the policy; return it."""
+    import torch  # here: the policy itself (`thread_policy`) is read by torch-free code too
+
     env = os.environ
     policy = thread_policy(usable_cpus(), workers or _local_workers(env), env)
     if torch.get_num_threads() != policy.threads:
@@ -170,6 +173,8 @@ def decode_threads(n_parameters: int, device: torch.device | None = None) -> Ite
     (KV-cache sampling, batch 1): 0.9 M parameters 0.53 and 8.98, 4.9 M 1.93 and 2.87, 25.9 M
     8.9 and 8.8, 153 M 43.2 and 40.8. A pool pays for its wake-ups only on large models.
     """
+    import torch
+
     before = torch.get_num_threads()
     on_cpu = device is None or device.type == "cpu"
     small = n_parameters < SMALL_DECODE_PARAMETERS and on_cpu

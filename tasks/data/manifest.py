@@ -14,8 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
-import torch
-import torchaudio
 
 from schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
@@ -35,15 +33,18 @@ __all__ = [
     "read_manifest",
     "read_manifest_table",
     "read_segment_audio",
+    "read_segment_pcm16",
 ]
 
 #: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
 LIBRILIGHT_RATE = 16_000
 
 
-def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = True) -> np.ndarray:
-    """The audio of one manifest row at the file's own rate: float32 `[T]` (down-mixed to mono),
-    or `[T, C]` with `downmix=False`.
+def _read_chunks(
+    root: str, row: Mapping[str, Any], dtype: str, pcm16_mono: bool = False
+) -> np.ndarray | None:
+    """The chunks of one manifest row, `[T, C]` in `dtype` at the file's rate; None when
+    `pcm16_mono` asks for a mono 16-bit PCM file and this is another kind.
 
     Frame indices are int(start * sr) .. int(end * sr), as in Libri-Light's cut_by_vad.py; only
     the chunks are read (seek + read), never the whole file.
@@ -53,6 +54,8 @@ def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = Tru
     pieces: list[np.ndarray] = []
     try:
         with fs.open(path, "rb") as raw, sf.SoundFile(raw) as f:
+            if pcm16_mono and (f.subtype != "PCM_16" or f.channels != 1):
+                return None
             rate = f.samplerate
             for chunk in row["chunks"]:
                 start, end = (
@@ -63,13 +66,33 @@ def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = Tru
                 first = min(int(start * rate), f.frames)
                 last = f.frames if end >= f.frames / rate else min(int(end * rate), f.frames)
                 f.seek(first)
-                pieces.append(f.read(max(0, last - first), dtype="float32", always_2d=True))
+                pieces.append(f.read(max(0, last - first), dtype=dtype, always_2d=True))
     except (RuntimeError, FileNotFoundError) as err:  # LibsndfileError is a RuntimeError
         raise CodecflowError(f"unreadable audio {join(root, row['source_path'])}: {err}") from None
-    audio = np.concatenate(pieces) if pieces else np.zeros((0, 1), dtype=np.float32)  # [T, C]
+    if len(pieces) == 1:
+        return pieces[0]  # [T, C]: a whole-file segment, no copy
+    return np.concatenate(pieces) if pieces else np.zeros((0, 1), dtype=dtype)  # [T, C]
+
+
+def read_segment_audio(root: str, row: Mapping[str, Any], *, downmix: bool = True) -> np.ndarray:
+    """The audio of one manifest row at the file's own rate: float32 `[T]` (down-mixed to mono),
+    or `[T, C]` with `downmix=False`."""
+    audio = _read_chunks(root, row, "float32")
+    assert audio is not None
     if downmix:
         return audio.mean(axis=1).astype(np.float32)  # [T]
     return audio[:, 0] if audio.shape[1] == 1 else audio  # [T] or [T, C]
+
+
+def read_segment_pcm16(root: str, row: Mapping[str, Any]) -> np.ndarray | None:
+    """The samples of one manifest row as int16 `[T]` when its file is mono 16-bit PCM
+    (Libri-Light's FLAC), else None (read it with `read_segment_audio`).
+
+    libsndfile's float32 read of 16-bit PCM is the int16 value / 32768 exactly (tested), so this
+    is `read_segment_audio` before the division: half the bytes, no float conversion.
+    """
+    audio = _read_chunks(root, row, "int16", pcm16_mono=True)
+    return None if audio is None else audio[:, 0]
 
 
 def read_manifest_table(manifest: str) -> tuple[pa.Table, str]:
@@ -105,6 +128,8 @@ def load_split_audio(
     manifest: str, split: str, max_segments: int | None = None, max_seconds: float | None = None
 ) -> list[tuple[str, np.ndarray]]:
     """(segment_id, mono float32 audio at 16 kHz) for the segments of one split, by id order."""
+    import torch  # here: reading a manifest's audio needs no torch
+    import torchaudio
 
     rows, audio_root = read_manifest(manifest)
     rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["segment_id"])

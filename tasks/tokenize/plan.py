@@ -45,7 +45,7 @@ from tasks.core.errors import CodecflowError
 from tasks.data.manifest import read_manifest_table
 from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import DATASET_COMMITTED, DATASET_FORMAT_VERSION, DATASET_KIND
-from tasks.loaders import load_tokenizer, tokenizer_spec
+from tasks.tokenize.mulaw_table import is_mulaw, mulaw_spec
 
 __all__ = [
     "DatasetPlan",
@@ -179,6 +179,16 @@ def _fingerprint(
     ).hexdigest()
 
 
+def _tokenizer_spec(name: str) -> dict[str, Any]:
+    """The tokenizer's spec; mu-law's without building the model (no torch: a small run starts
+    in under a second, bench/tokenize_throughput.py), every other one from the loaded model."""
+    if is_mulaw(name):
+        return mulaw_spec(name)
+    from tasks.loaders import load_tokenizer, tokenizer_spec  # torch, moshi: seconds to import
+
+    return tokenizer_spec(name, load_tokenizer(name))
+
+
 def check_existing(out: str, fingerprint: str) -> DatasetInfo | None:
     """The dataset.json committed in `out` when it is this plan's; None when there is none."""
     info_url = storage.join(out, "dataset.json")
@@ -200,8 +210,7 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
     """Plan the shards and write `plan.parquet` (the manifest rows with their shard)."""
     manifest, out = str(manifest), str(out)
     table, audio_root = read_manifest_table(manifest)
-    tokenizer = load_tokenizer(settings.tokenizer)
-    spec = tokenizer_spec(settings.tokenizer, tokenizer)
+    spec = _tokenizer_spec(settings.tokenizer)
     identity = _tokenizer_identity(settings.tokenizer, spec)
     if spec.get("trained") is False:
         logging.getLogger("codecflow.tokenize").warning(

@@ -24,10 +24,11 @@ from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.core.faults import kill_point
 from tasks.core.progress import ProgressCallback
-from tasks.data.manifest import read_segment_audio
+from tasks.core.threads import thread_policy, usable_cpus
+from tasks.data.manifest import read_segment_audio, read_segment_pcm16
 from tasks.data.records import Reject, ShardFile, ShardMarker
 from tasks.data.token_dataset import shard_marker_url
-from tasks.loaders import load_tokenizer
+from tasks.tokenize.mulaw_table import encode_pcm16, is_mulaw, pcm16_table
 from tasks.tokenize.plan import DatasetPlan, PlannedShard
 
 __all__ = [
@@ -48,44 +49,94 @@ class EncodeStats:
     batches: int = 0
 
 
-def _load_segment(row: Mapping[str, Any], audio_root: str, sample_rate: int) -> np.ndarray | str:
-    """A segment's mono audio at `sample_rate` (float32 `[T]`), or why it cannot be read."""
-    import torch
-    import torchaudio
+@dataclass(frozen=True)
+class _Coded:
+    """A segment tokenized where it was read: mu-law through the 16-bit PCM table."""
 
+    codes: np.ndarray  # [K, F], the tokenizer's token dtype
+
+
+class _Tokenizer:
+    """The plan's tokenizer as the shard writer needs it: its facts from the plan's spec, and
+    the model built on first use only. mu-law on 16-bit PCM at its rate (Libri-Light) never
+    builds it: those segments go through `mulaw_table`, with the model's codes (tested)."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.name = str(spec["name"])
+        self.sample_rate = int(spec["sample_rate"])
+        self.num_levels = int(spec["num_levels"])
+        self.token_dtype = np.dtype(spec["token_dtype"])
+        self.table = pcm16_table(self.name) if is_mulaw(self.name) else None
+        self._model: Any = None
+
+    def model(self) -> Any:
+        if self._model is None:
+            import torch
+
+            from tasks.loaders import load_tokenizer  # torch, moshi: seconds to import
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers: GPU
+            self._model = load_tokenizer(self.name, device=device)
+        return self._model
+
+
+def _load_segment(
+    row: Mapping[str, Any], audio_root: str, tokenizer: _Tokenizer
+) -> np.ndarray | _Coded | str:
+    """A segment's mono audio at the tokenizer's rate (float32 `[T]`), its codes when the
+    table encodes it (`_Coded`), or why it cannot be read."""
+    rate = int(row["sample_rate"])
     try:
+        if tokenizer.table is not None and rate == tokenizer.sample_rate:
+            pcm = read_segment_pcm16(audio_root, row)  # [T] int16; None: not 16-bit mono
+            if pcm is not None:
+                if pcm.size == 0:
+                    return _EMPTY
+                return _Coded(encode_pcm16(pcm, tokenizer.table))  # [1, T]
         audio = read_segment_audio(audio_root, row)  # [T], mono at the file's rate
     except CodecflowError as err:
         return f"unreadable audio: {err}"
     if audio.size == 0:
-        return "empty audio: the segment has no samples"
-    if int(row["sample_rate"]) != sample_rate:
+        return _EMPTY
+    if rate != tokenizer.sample_rate:
+        import torch
+        import torchaudio
+
         # Flagged at acquisition (not Libri-Light's 16 kHz): resampled here, once.
-        wav = torchaudio.functional.resample(
-            torch.from_numpy(audio), int(row["sample_rate"]), sample_rate
-        )
+        wav = torchaudio.functional.resample(torch.from_numpy(audio), rate, tokenizer.sample_rate)
         audio = wav.numpy()  # [T']
     return audio
+
+
+_EMPTY = "empty audio: the segment has no samples"
 
 
 def _prefetched(
     rows: Sequence[Mapping[str, Any]],
     audio_root: str,
-    sample_rate: int,
+    tokenizer: _Tokenizer,
     stats: EncodeStats,
     depth: int = 8,
-) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
-    """The rows with their audio, read `depth` segments ahead by two threads (soundfile and the
-    resampler release the GIL), so that the encoder does not wait on I/O; the time it still
-    waits is added to `stats.io_wait_seconds`."""
+) -> Iterator[tuple[Mapping[str, Any], np.ndarray | _Coded | str]]:
+    """The rows with their audio, read `depth` segments ahead by up to two threads (soundfile
+    and the resampler release the GIL), as many as the thread policy gives this process, so
+    that the encoder does not wait on I/O; the time it still waits is added to
+    `stats.io_wait_seconds`. With one thread, read in turn here."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="codecflow-read") as pool:
-        futures = [pool.submit(_load_segment, row, audio_root, sample_rate) for row in rows[:depth]]
+    readers = min(2, thread_policy(usable_cpus()).threads)
+    if readers == 1:
+        # One thread: nothing to overlap the reads with, and a pool's hand-overs cost 5 % of a
+        # mu-law run (measured on one CPU by bench/tokenize_throughput.py).
+        for row in rows:
+            yield row, _load_segment(row, audio_root, tokenizer)
+        return
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="codecflow-read") as pool:
+        futures = [pool.submit(_load_segment, row, audio_root, tokenizer) for row in rows[:depth]]
         for i, row in enumerate(rows):
             if i + depth < len(rows):
-                futures.append(pool.submit(_load_segment, rows[i + depth], audio_root, sample_rate))
+                futures.append(pool.submit(_load_segment, rows[i + depth], audio_root, tokenizer))
             started = time.perf_counter()
             audio = futures[i].result()
             stats.io_wait_seconds += time.perf_counter() - started
@@ -133,7 +184,7 @@ def encode_segments(
 def _encode_rows(
     rows: Sequence[Mapping[str, Any]],
     audio_root: str,
-    tokenizer: Any,
+    tokenizer: _Tokenizer,
     stats: EncodeStats,
     pool: int = 64,
 ) -> Iterator[tuple[Mapping[str, Any], np.ndarray | str]]:
@@ -142,22 +193,31 @@ def _encode_rows(
     Audio is prefetched; `pool` segments at a time are batched by similar length."""
     import time
 
-    loaded = _prefetched(rows, audio_root, tokenizer.sample_rate, stats)
+    loaded = _prefetched(rows, audio_root, tokenizer, stats)
     while True:
         chunk = [item for _, item in zip(range(pool), loaded, strict=False)]
         if not chunk:
             return
-        good = [(r, a) for r, a in chunk if not isinstance(a, str)]
-        started = time.perf_counter()
-        codes = encode_segments([a for _, a in good], tokenizer)  # type: ignore[misc]
-        stats.encode_seconds += time.perf_counter() - started
-        stats.audio_seconds += sum(len(a) for _, a in good) / tokenizer.sample_rate  # type: ignore[arg-type]
-        by_id = {r["segment_id"]: c for (r, _), c in zip(good, codes, strict=True)}
-        for row, audio in chunk:
-            yield row, (audio if isinstance(audio, str) else by_id[row["segment_id"]])
+        audio = [(r, a) for r, a in chunk if isinstance(a, np.ndarray)]
+        by_id: dict[str, np.ndarray] = {}
+        if audio:
+            started = time.perf_counter()
+            codes = encode_segments([a for _, a in audio], tokenizer.model())
+            stats.encode_seconds += time.perf_counter() - started
+            by_id = {r["segment_id"]: c for (r, _), c in zip(audio, codes, strict=True)}
+        samples = sum(len(a) for _, a in audio)
+        samples += sum(a.codes.shape[1] for _, a in chunk if isinstance(a, _Coded))  # mu-law: F = T
+        stats.audio_seconds += samples / tokenizer.sample_rate
+        for row, item in chunk:
+            if isinstance(item, _Coded):
+                yield row, item.codes
+            else:
+                yield row, (item if isinstance(item, str) else by_id[row["segment_id"]])
 
 
-def _arrow_bytes(records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype) -> bytes:
+def _arrow_bytes(
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype
+) -> pa.Buffer:
     codes_type = pa.from_numpy_dtype(dtype)
     schema = token_shard_schema(codes_type)
     offsets = np.zeros(len(records) + 1, dtype=np.int32)
@@ -171,11 +231,17 @@ def _arrow_bytes(records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype:
         pa.array([int(c.shape[1]) for _, c in records], pa.int64()),
         pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)),
     ]
-    sink = pa.BufferOutputStream()
-    # Uncompressed IPC file: readers memory-map it and read the codes without a copy.
-    with ipc.new_file(sink, schema) as writer:
-        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-    return bytes(sink.getvalue())
+    table = pa.Table.from_arrays(columns, schema=schema)
+    # Uncompressed IPC file: readers memory-map it and read the codes without a copy. Its size
+    # first (a mock stream copies nothing), then one buffer of that size: a growing stream
+    # copies the codes at each doubling (0.1-0.2 s of a 1 h mu-law shard, 57 MB, measured).
+    mock = pa.MockOutputStream()
+    with ipc.new_file(mock, schema) as writer:
+        writer.write_table(table)
+    buffer = pa.allocate_buffer(mock.size())
+    with ipc.new_file(pa.FixedSizeBufferWriter(buffer), schema) as writer:
+        writer.write_table(table)
+    return buffer  # no copy: written and hashed from this buffer (`_put_file`)
 
 
 def _webdataset_key(segment_id: str) -> str:
@@ -214,13 +280,20 @@ def _webdataset_bytes(
     return buffer.getvalue()
 
 
-def _put(url: str, data: bytes) -> None:
-    """Write `data` at `url`: temporary name + rename locally, one PUT on an object store."""
+def _put_file(url: str, data: bytes | pa.Buffer) -> ShardFile:
+    """Write one file of a shard: temporary name + rename locally, one PUT on an object store;
+    hashed while it is written, from the same memory (no copy, no second read); what its
+    marker records of it."""
+    view = memoryview(data)  # slices of a memoryview copy nothing
+    half = len(view) // 2
+    digest = hashlib.sha256()
     with storage.open_atomic_write(url) as f:
-        half = len(data) // 2
-        f.write(data[:half])
+        f.write(view[:half])
+        digest.update(view[:half])
         kill_point("mid-write")  # crash tests: a shard half-written or half-uploaded
-        f.write(data[half:])
+        f.write(view[half:])
+        digest.update(view[half:])
+    return ShardFile(bytes=len(view), sha256=digest.hexdigest())
 
 
 def _committed_marker(out: str, shard: PlannedShard) -> ShardMarker | None:
@@ -232,17 +305,11 @@ def _committed_marker(out: str, shard: PlannedShard) -> ShardMarker | None:
     return marker if marker.plan_hash == shard.plan_hash else None
 
 
-def _put_file(url: str, data: bytes) -> ShardFile:
-    """Write one file of a shard; what its marker records of it."""
-    _put(url, data)
-    return ShardFile(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-
-
 def _write_shard(
     plan: DatasetPlan,
     shard: PlannedShard,
     rows: Sequence[Mapping[str, Any]],
-    tokenizer: Any,
+    tokenizer: _Tokenizer,
     stats: EncodeStats,
 ) -> None:
     """Encode one shard's rows, write its files whole, then its commit marker."""
@@ -252,7 +319,7 @@ def _write_shard(
         Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)
     )
     base = storage.join(plan.out, "shards", shard.name)
-    dtype = np.dtype(tokenizer.token_dtype)
+    dtype = tokenizer.token_dtype
     files = {"arrow": _put_file(f"{base}.arrow", _arrow_bytes(good, dtype))}  # type: ignore[arg-type]
     if "webdataset" in plan.formats:
         tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
@@ -289,10 +356,7 @@ def write_shard_group(
         rows = pq.read_table(
             path, filesystem=fs, filters=[("shard", "in", [s.name for s in todo])]
         ).to_pylist()
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers on the GPU
-        tokenizer = load_tokenizer(plan.spec["name"], device=device)
+        tokenizer = _Tokenizer(plan.spec)  # the model is built when a segment needs it
         stats = EncodeStats()
         meter = _Progress(sum(s.audio_seconds for s in todo), names[0], progress)
         for shard in todo:

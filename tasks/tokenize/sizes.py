@@ -34,7 +34,6 @@ from schemas.tokenizers import (
     parse_tokenizer_name,
 )
 from tasks.core.errors import CodecflowError
-from tasks.loaders import codec_preset
 
 __all__ = [
     "PCM16_BYTES_PER_SECOND",
@@ -100,6 +99,8 @@ def reference_token_bytes(name: str) -> int:
 
 
 def _codec_facts(name: str, checkpoint: str, num_levels: int | None) -> TokenizerFacts:
+    from tasks.loaders import codec_preset  # here: the loaders import torch, mu-law needs none
+
     config_path = Path(checkpoint) / "config.json"
     preset = codec_preset(checkpoint)
     if preset is None:
