@@ -347,6 +347,8 @@ class TokenReader:
     def __getitem__(self, i: int) -> Segment:
         """Segment `i` (negative counts from the end): its `[K, F]` codes view and metadata."""
         self._check_open()
+        if not isinstance(i, int | np.integer):
+            raise TypeError(f"a segment index is an integer, not {type(i).__name__}")
         if not -self.n_segments <= i < self.n_segments:
             raise IndexError(f"segment {i} out of range [0, {self.n_segments})")
         i = int(i) % self.n_segments

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -181,6 +182,8 @@ class WindowDataset(_ReaderDataset, Dataset[tuple[Tensor, Tensor]]):
 
     def window_start(self, i: int) -> int:
         """The frame window `i` starts at (before the layout's lead-in is cut)."""
+        if not isinstance(i, int | np.integer):
+            raise TypeError(f"a window index is an integer, not {type(i).__name__}")
         if not -self.length <= i < self.length:
             raise IndexError(f"window {i} out of range [0, {self.length})")
         i = int(i) % self.length

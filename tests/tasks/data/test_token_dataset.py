@@ -198,6 +198,9 @@ def test_reader_is_the_sequence_of_its_segments_with_their_metadata(
         for bad in (7, -8):
             with pytest.raises(IndexError, match=r"out of range \[0, 7\)"):
                 reader[bad]
+        assert reader[np.int64(2)].index == 2
+        with pytest.raises(TypeError, match="a segment index is an integer, not slice"):
+            reader[1:3]  # type: ignore[index]
     with TokenReader(tiny_dataset, "val") as reader:
         ids = [s.segment_id for s in reader]  # a sequence: iterable through __getitem__
         assert len(ids) == len(reader) == reader.n_segments and len(set(ids)) == len(ids)

@@ -94,6 +94,8 @@ def test_sequential_windows_tile_the_stream_in_order(
         assert torch.equal(ds[-1][0], inputs[-1])
         with pytest.raises(IndexError, match=r"window 15 out of range \[0, 15\)"):
             ds[15]
+        with pytest.raises(TypeError, match="a window index is an integer, not float"):
+            ds[1.0]  # type: ignore[index]
     with open_dataset(root).windows("train", block_size=7) as ds:  # not a multiple of K
         assert (ds.stride, len(ds)) == (3, 10)  # frames 0, 3, ..., 27 (+ 6 read: 34 frames)
         assert [ds.window_start(i) for i in range(len(ds))] == list(range(0, 30, 3))
