@@ -131,8 +131,8 @@ class WindowDataset(_ReaderDataset, Dataset[tuple[Tensor, Tensor]]):
 
     Item i is `(inputs, targets)`, int64 `[L]` each (L = `block_size`; targets are the inputs
     shifted by one token), in `layout`'s vocabulary (`vocab_size` ids): the same tensors
-    `train-lm` builds. `target_levels` (int64 `[L]`) is the level of each target position, the
-    same for every window. Window i starts at frame `window_start(i)`:
+    `train-lm` builds; `target_levels` is the level of each target position. Window i starts at
+    frame `window_start(i)`:
 
     - `starts="sequential"` (the default): frame i * ceil(L / K), so the windows tile the split
       once, in order (with `flatten` and L a multiple of K, window i's inputs are tokens
@@ -175,7 +175,20 @@ class WindowDataset(_ReaderDataset, Dataset[tuple[Tensor, Tensor]]):
             raise CodecflowError(f"{length} sequential windows asked for; {fit} fit the split")
         self.length = length or fit
         self.vocab_size = self.layout.vocab_size(codebook_size, k)
-        self.target_levels = lm_windows_at(reader, [0], block_size, self.layout, codebook_size)[2]
+        self._target_levels: Tensor | None = None
+
+    @property
+    def target_levels(self) -> Tensor:
+        """int64 `[L]`: the RVQ level of each target position (-1 on a layout's PAD), the same
+        for every window."""
+        if self._target_levels is None:
+            self._target_levels = lm_windows_at(
+                self.reader, [0], self.block_size, self.layout, self.codebook_size
+            )[2]
+        return self._target_levels
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_target_levels": None}  # recomputed: L values, not pickled
 
     def __len__(self) -> int:
         return self.length
