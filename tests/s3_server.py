@@ -7,8 +7,9 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["S3_ENV", "moto_s3"]
+__all__ = ["S3_ENV", "moto_s3", "upload_folder"]
 
 #: Dummy credentials and region: moto accepts any; s3fs reads them from the usual variables.
 S3_ENV = {
@@ -45,3 +46,12 @@ def moto_s3() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def upload_folder(folder: Path, url: str) -> None:
+    """Copy every file under `folder` to the S3 prefix `url` (`s3://bucket/prefix`)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        fs.put_file(str(path), f"{url[5:]}/{path.relative_to(folder).as_posix()}")

@@ -8,6 +8,7 @@ draws the same validation windows and repeats the numbers training reported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +24,30 @@ from tasks.data.token_dataset import TokenReader
 
 __all__ = [
     "check_windows",
+    "lm_windows_at",
     "lm_windows_batch",
     "model_config",
     "validation_loss",
+    "window_frames",
+    "window_starts",
 ]
 
 
-def _window_frames(block_size: int, levels: int) -> int:
+def window_frames(block_size: int, levels: int) -> int:
     """Whole frames read per window: block_size + 1 tokens plus any layout's lead-in."""
     return -(-(block_size + 1) // levels) + levels
 
 
-def _window_starts(indices: np.ndarray, n_frames: int, window_frames: int, seed: int) -> list[int]:
+def window_starts(
+    indices: np.ndarray | Sequence[int], n_frames: int, frames: int, seed: int
+) -> list[int]:
     """The start frame of each global window index: a pure function of (seed, index).
 
     Rank r of W takes the indices consumed + r*B .. consumed + (r+1)*B - 1 at every step, and
     the checkpoint stores `consumed`: so a run resumed on another number of ranks neither
     repeats nor skips a window.
     """
-    high = n_frames - window_frames + 1
+    high = n_frames - frames + 1
     return [int(np.random.default_rng([seed, int(i)]).integers(0, high)) for i in indices]
 
 
@@ -55,13 +61,30 @@ def lm_windows_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The windows `indices` in `layout`: inputs `[B, L]`, targets `[B, L]`, target levels `[L]`.
 
-    Whole frames are read from the stream, laid out, and the window is cut after the layout's
-    lead-in (the delay pattern's first K - 1 steps hold PADs), so that training sees the same
-    steady state as a long sequence does.
+    Window i starts at frame `window_starts([i], ...)`, drawn from (seed, i) alone (see
+    `lm_windows_at`).
+    """
+    n_frames = window_frames(block_size, reader.num_levels)
+    starts = window_starts(indices, reader.n_frames, n_frames, seed)
+    return lm_windows_at(reader, starts, block_size, layout, codebook_size)
+
+
+def lm_windows_at(
+    reader: TokenReader,
+    starts: list[int],
+    block_size: int,
+    layout: TokenLayout,
+    codebook_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The windows that start at the frames `starts`, in `layout`: inputs `[B, L]`, targets
+    `[B, L]` (int64), target levels `[L]`.
+
+    `window_frames(block_size, K)` whole frames are read from the stream, laid out, and the
+    window is cut after the layout's lead-in (the delay pattern's first K - 1 steps hold PADs),
+    so that training sees the same steady state as a long sequence does.
     """
     k = reader.num_levels
-    n_frames = _window_frames(block_size, k)
-    starts = _window_starts(indices, reader.n_frames, n_frames, seed)
+    n_frames = window_frames(block_size, k)
     flat = np.stack([reader.tokens(start, n_frames) for start in starts]).astype(np.int64)
     codes = torch.from_numpy(flat).view(len(starts), n_frames, k).transpose(1, 2)  # [B, K, W]
     sequence = layout.to_sequence(codes, codebook_size)  # [B, N]
@@ -80,7 +103,7 @@ def check_windows(dataset: str | Path, settings: TrainLMSettings) -> None:
     block_size = model_config(settings, 1).block_size
     for split in ("train", "val"):
         with TokenReader(dataset, split) as reader:
-            if reader.n_frames < _window_frames(block_size, reader.num_levels):
+            if reader.n_frames < window_frames(block_size, reader.num_levels):
                 raise CodecflowError(
                     f"the {split} split of {dataset} has {reader.n_tokens} tokens, fewer than one "
                     f"window of block_size={block_size}"

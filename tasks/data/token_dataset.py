@@ -15,14 +15,17 @@ t1·l0, ...) over the concatenation of all segments in shard order is never mate
 `tokens` and `random_windows` find the segments a window touches by binary search on the
 cumulative frame offsets and interleave only those slices. A remote dataset (`s3://...`) is read
 the same way from local copies of its shards, fetched once per machine and checked against their
-sha256 (`tasks.data.shard_cache`).
+sha256 (`tasks.data.shard_cache`). A reader is also the sequence of its split's segments
+(`len`, `reader[i]`), and pickles without its maps, which the unpickled copy opens again when
+first used (`tasks.data.torch_datasets` builds torch datasets on it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +41,8 @@ __all__ = [
     "DATASET_FORMAT_VERSION",
     "DATASET_KIND",
     "DatasetRecord",
+    "SEGMENT_METADATA",
+    "Segment",
     "TokenReader",
     "is_dataset_committed",
     "read_dataset_info",
@@ -102,6 +107,47 @@ def shard_marker_url(out: str, name: str) -> str:
     return storage.join(out, "shards", f"{name}.commit.json")
 
 
+#: The string columns of a token shard that describe its segments (`schemas.tables`).
+SEGMENT_METADATA = ("segment_id", "speaker", "book_id", "split")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a split as `TokenReader[i]` returns it: its codes and its shard row."""
+
+    index: int  # its position in the split (shard order, then row order)
+    segment_id: str
+    speaker: str
+    book_id: str
+    split: str
+    codes: np.ndarray  # [K, F] in the dataset's dtype: a read-only view of the mapped shard
+
+    @property
+    def n_frames(self) -> int:
+        """F, the segment's number of frames."""
+        return int(self.codes.shape[1])
+
+
+@dataclass
+class _SegmentIndex:
+    """What `TokenReader._map_shard` collects per record batch, concatenated once mapped."""
+
+    batch_of: list[np.ndarray] = field(default_factory=list)  # per segment: index into _values
+    row_of: list[np.ndarray] = field(default_factory=list)  # per segment: row in its batch
+    value_start: list[np.ndarray] = field(default_factory=list)  # first value in the buffer
+    frames: list[np.ndarray] = field(default_factory=list)  # per segment: F
+
+
+#: The attributes `TokenReader._map` sets: an unpickled reader maps its split when one of them
+#: is first read.
+_MAPPED = frozenset(
+    {
+        "num_levels", "dtype", "segment_frames", "n_segments", "n_frames", "n_tokens", "_maps",
+        "_values", "_metadata", "_batch_of", "_row_of", "_value_start", "_frame_starts",
+    }
+)  # fmt: skip
+
+
 class TokenReader:
     """One split of a token dataset, memory-mapped, read as codes or as the post's flat stream.
 
@@ -115,6 +161,14 @@ class TokenReader:
     mapped from there (`tasks.data.shard_cache`); `downloaded` counts the shards this reader
     fetched (0 when every one was cached).
 
+    A reader is a sequence of segments: `len(reader)` is the split's number of segments and
+    `reader[i]` a `Segment` (the `[K, F]` codes view, segment id, speaker, book, split).
+
+    A reader pickles to its dataset's location, split and fingerprint only, never its maps: the
+    copy in another process (a `DataLoader` worker) maps the split there when first used, a
+    remote dataset's shards through that machine's shard cache, and refuses a dataset whose
+    fingerprint has changed since.
+
     Raises CodecflowError when the dataset is incomplete, has no segment in `split`, or a shard
     disagrees with `dataset.json` (rows, dtype, frame counts, sha256 of a fetched shard).
     """
@@ -123,25 +177,28 @@ class TokenReader:
         self.dataset = storage.location(dataset)  # a Path, or a URL kept as text
         self.split = split
         self.downloaded = 0
-        info = read_dataset_info(self.dataset)
+        self._closed = False
+        self._map(read_dataset_info(self.dataset))
+
+    def _map(self, info: DatasetInfo) -> None:
+        """Map every committed shard of the split and build the per-segment index."""
+        self.fingerprint = info.fingerprint
         self.num_levels = info.num_levels  # K
         self.dtype = np.dtype(info.dtype)
-        shards = [s for s in info.shards if s.split == split]
+        shards = [s for s in info.shards if s.split == self.split]
         if not shards:
             present = sorted({s.split for s in info.shards})
             raise CodecflowError(
-                f"token dataset {self.dataset} has no '{split}' split "
+                f"token dataset {self.dataset} has no '{self.split}' split "
                 f"(splits with segments: {', '.join(present) or 'none'})"
             )
-        self._closed = False
         self._maps: list[pa.MemoryMappedFile] = []
         self._values: list[np.ndarray] = []  # per record batch: its codes values, [sum K * F]
-        batch_of: list[np.ndarray] = []  # per segment: index into _values
-        value_start: list[np.ndarray] = []  # per segment: first value in its batch's buffer
-        frames: list[np.ndarray] = []  # per segment: F
+        self._metadata: list[dict[str, pa.Array]] = []  # per record batch: its string columns
+        index = _SegmentIndex()
         try:
             for shard in shards:
-                rows = self._map_shard(shard, batch_of, value_start, frames)
+                rows = self._map_shard(shard, index)
                 if rows != shard.rows:
                     raise CodecflowError(
                         f"token shard {storage.join(self.dataset, shard.file)} has {rows} rows, "
@@ -150,12 +207,13 @@ class TokenReader:
         except BaseException:
             self.close()
             raise
-        if not frames or not sum(len(f) for f in frames):
+        if not index.frames or not sum(len(f) for f in index.frames):
             self.close()
-            raise CodecflowError(f"token dataset {self.dataset} has no '{split}' segments")
-        self._batch_of = np.concatenate(batch_of)  # [n_segments] int64
-        self._value_start = np.concatenate(value_start)  # [n_segments] int64
-        self.segment_frames = np.concatenate(frames)  # [n_segments] int64
+            raise CodecflowError(f"token dataset {self.dataset} has no '{self.split}' segments")
+        self._batch_of = np.concatenate(index.batch_of)  # [n_segments] int64
+        self._row_of = np.concatenate(index.row_of)  # [n_segments] int64
+        self._value_start = np.concatenate(index.value_start)  # [n_segments] int64
+        self.segment_frames = np.concatenate(index.frames)  # [n_segments] int64
         self.segment_frames.flags.writeable = False
         # Cumulative frame offsets: segment i covers frames [_frame_starts[i], _frame_starts[i+1]).
         self._frame_starts = np.zeros(len(self.segment_frames) + 1, dtype=np.int64)
@@ -164,14 +222,8 @@ class TokenReader:
         self.n_frames = int(self._frame_starts[-1])  # F_total
         self.n_tokens = self.n_frames * self.num_levels  # F_total * K
 
-    def _map_shard(
-        self,
-        shard: ShardEntry,
-        batch_of: list[np.ndarray],
-        value_start: list[np.ndarray],
-        frames: list[np.ndarray],
-    ) -> int:
-        """Map one shard; append its per-segment records; return its number of rows."""
+    def _map_shard(self, shard: ShardEntry, index: _SegmentIndex) -> int:
+        """Map one shard; append its per-segment records to `index`; return its number of rows."""
         path = storage.join(self.dataset, shard.file)  # what errors name: the file or its URL
         source = pa.memory_map(str(self._local_copy(shard, path)), "r")
         self._maps.append(source)
@@ -194,10 +246,13 @@ class TokenReader:
                 raise CodecflowError(
                     f"token shard {path}: codes lengths are not n_frames * {self.num_levels}"
                 )
-            batch_of.append(np.full(len(n_frames), len(self._values), dtype=np.int64))
-            value_start.append(offsets[:-1])
-            frames.append(n_frames)
+            index.batch_of.append(np.full(len(n_frames), len(self._values), dtype=np.int64))
+            index.row_of.append(np.arange(len(n_frames), dtype=np.int64))
+            index.value_start.append(offsets[:-1])
+            index.frames.append(n_frames)
             self._values.append(values)
+            # Arrow arrays over the mapped file: a segment's strings are read when asked for.
+            self._metadata.append({name: batch.column(name) for name in SEGMENT_METADATA})
             rows += len(n_frames)
         return rows
 
@@ -216,10 +271,47 @@ class TokenReader:
     def close(self) -> None:
         """Drop the views and close the maps (views handed out before keep their pages alive)."""
         self._closed = True
-        self._values = []
-        for source in self._maps:
+        # An unpickled reader that never mapped its split has no maps yet: nothing to close.
+        maps = self.__dict__.get("_maps", [])
+        self._values, self._metadata, self._maps = [], [], []
+        for source in maps:
             source.close()
-        self._maps = []
+
+    # -- pickling: a DataLoader worker maps the split itself ------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Where the split is and which dataset it was: no maps, no arrays (a few hundred bytes,
+        however large the split)."""
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "fingerprint": self.fingerprint,
+            "closed": self._closed,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.dataset = state["dataset"]
+        self.split = state["split"]
+        self.fingerprint = state["fingerprint"]
+        self.downloaded = 0
+        self._closed = state["closed"]
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for an attribute that is not set: in an unpickled reader, those `_map`
+        # sets. The first one read maps the split in this process (a remote dataset's shards
+        # through this machine's shard cache), after checking that it is the same dataset.
+        if name not in _MAPPED or "fingerprint" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self._check_open()
+        info = read_dataset_info(self.dataset)
+        if info.fingerprint != self.fingerprint:
+            raise CodecflowError(
+                f"token dataset {self.dataset} changed since this '{self.split}' reader was "
+                f"pickled (fingerprint {self.fingerprint[:12]} then, {info.fingerprint[:12]} "
+                "now): open it again"
+            )
+        self._map(info)
+        return self.__dict__[name]
 
     def __enter__(self) -> TokenReader:
         return self
@@ -247,6 +339,23 @@ class TokenReader:
         n = int(self.segment_frames[i]) * self.num_levels
         values = self._values[int(self._batch_of[i])]  # [sum K * F] of one record batch
         return values[start : start + n].reshape(self.num_levels, -1)  # [K, F_i]
+
+    def __len__(self) -> int:
+        """The number of segments of the split."""
+        return self.n_segments
+
+    def __getitem__(self, i: int) -> Segment:
+        """Segment `i` (negative counts from the end): its `[K, F]` codes view and metadata."""
+        self._check_open()
+        if not isinstance(i, int | np.integer):
+            raise TypeError(f"a segment index is an integer, not {type(i).__name__}")
+        if not -self.n_segments <= i < self.n_segments:
+            raise IndexError(f"segment {i} out of range [0, {self.n_segments})")
+        i = int(i) % self.n_segments
+        columns = self._metadata[int(self._batch_of[i])]
+        row = int(self._row_of[i])
+        text = {name: str(columns[name][row].as_py()) for name in SEGMENT_METADATA}
+        return Segment(index=i, codes=self.segment_codes(i), **text)
 
     # -- the flat stream ----------------------------------------------------------------------
 

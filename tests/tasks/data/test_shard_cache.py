@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import s3fs
 from helpers import REPO
+from s3_server import upload_folder
 
 from tasks.core import outputs
 from tasks.core.errors import CodecflowError
@@ -42,17 +43,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def _upload(dataset: Path, url: str) -> None:
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    for path in sorted(p for p in dataset.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{url[5:]}/{path.relative_to(dataset).as_posix()}")
-
-
 @pytest.fixture
 def remote(tiny_dataset: Path, s3_bucket: str) -> str:
     """The tiny mu-law dataset, copied to a fresh bucket: its s3:// URL."""
     url = f"{s3_bucket}/tokens/mulaw"
-    _upload(tiny_dataset, url)
+    upload_folder(tiny_dataset, url)
     return url
 
 

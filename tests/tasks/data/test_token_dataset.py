@@ -1,104 +1,26 @@
 """TokenReader: zero-copy segment views, the post's interleaved stream across segment and shard
-boundaries, seeded random windows on frame boundaries, clear errors."""
+boundaries, seeded random windows on frame boundaries, a sequence of segments with their
+metadata, pickled without its maps, clear errors."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
 import pytest
+from handmade_tokens import LAYOUT, K, flat_stream, write_dataset
 
-from schemas.tables import token_shard_schema
 from tasks.core.errors import CodecflowError
-from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-
-K = 3  # levels of the hand-made dataset
-#: Frames per segment, per record batch, per shard: the train split has 3 shards, one of them
-#: written as two record batches, and a one-frame segment.
-LAYOUT = {
-    "train-00000": [[5, 1, 7]],
-    "train-00001": [[4], [6, 2]],
-    "train-00002": [[9]],
-    "val-00000": [[3, 8]],
-}
-
-
-def _write_dataset(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """A K=3 uint16 dataset in tokenization's layout; returns each split's segments' [K, F]."""
-    rng = np.random.default_rng(seed)
-    schema = token_shard_schema(pa.uint16())
-    (root / "shards").mkdir(parents=True)
-    segments: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    shards = []
-    for name, batches in LAYOUT.items():
-        split = name.split("-")[0]
-        path = root / "shards" / f"{name}.arrow"
-        frames = 0
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
-            for batch_frames in batches:
-                codes = [rng.integers(0, 1024, size=(K, f), dtype=np.uint16) for f in batch_frames]
-                segments[split].extend(codes)
-                frames += sum(batch_frames)
-                offsets = np.cumsum([0] + [c.size for c in codes]).astype(np.int32)
-                n = len(codes)
-                writer.write_batch(
-                    pa.record_batch(
-                        [
-                            pa.array([f"{name}_{j}" for j in range(n)]),
-                            pa.array(["spk"] * n),
-                            pa.array(["book"] * n),
-                            pa.array([split] * n),
-                            pa.array(batch_frames, type=pa.int64()),
-                            pa.ListArray.from_arrays(
-                                pa.array(offsets),
-                                pa.array(np.concatenate([c.reshape(-1) for c in codes])),
-                            ),
-                        ],
-                        schema=schema,
-                    )
-                )
-        shards.append(
-            {
-                "name": name,
-                "split": split,
-                "file": f"shards/{name}.arrow",
-                "rows": sum(len(b) for b in batches),
-                "frames": frames,
-                "tokens": frames * K,
-                "bytes": path.stat().st_size,
-                "sha256": "",
-                "audio_seconds": frames / 125,
-            }
-        )
-    info = DatasetInfo(
-        fingerprint="test",
-        format_version=2,
-        manifest="segments.parquet",
-        tokenizer={"name": "test", "num_levels": K, "codebook_size": 1024, "frame_rate": 125},
-        dtype="uint16",
-        formats=("arrow",),
-        layout="codes: [K, F] flattened level-major per row",
-        arrow_schema=schema.to_string(),
-        shards=tuple(ShardEntry(**s) for s in shards),
-        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
-    )
-    (root / "dataset.json").write_text(json.dumps(info.to_json()))
-    return segments
-
-
-def _flat(segments: list[np.ndarray]) -> np.ndarray:
-    """The post's stream computed independently: concatenate in time, then interleave levels."""
-    return np.concatenate(segments, axis=1).T.reshape(-1)  # [F_total, K] -> [F_total * K]
 
 
 @pytest.fixture(scope="module")
 def k3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[np.ndarray]]]:
     root = tmp_path_factory.mktemp("k3")
-    return root, _write_dataset(root)
+    return root, write_dataset(root)
 
 
 def test_sizes_and_segments_match_the_shards(k3: tuple[Path, dict[str, list[np.ndarray]]]) -> None:
@@ -137,7 +59,7 @@ def test_tokens_interleave_levels_across_segment_and_shard_boundaries(
 ) -> None:
     root, segments = k3
     with TokenReader(root, "train") as train, TokenReader(root, "val") as val:
-        expected = _flat(segments["train"])  # [34 * K]
+        expected = flat_stream(segments["train"])  # [34 * K]
         assert expected[:K].tolist() == segments["train"][0][:, 0].tolist()  # frame 0, all K
         np.testing.assert_array_equal(train.tokens(0, train.n_frames), expected)
         starts = np.concatenate([[0], np.cumsum(train.segment_frames)])
@@ -150,14 +72,14 @@ def test_tokens_interleave_levels_across_segment_and_shard_boundaries(
                 assert got.dtype == np.uint16 and got.shape == (n * K,)
                 np.testing.assert_array_equal(got, expected[start * K : (start + n) * K])
         assert starts.tolist() == [0, 5, 6, 13, 17, 23, 25, 34]
-        np.testing.assert_array_equal(val.tokens(0, val.n_frames), _flat(segments["val"]))
+        np.testing.assert_array_equal(val.tokens(0, val.n_frames), flat_stream(segments["val"]))
 
 
 def test_random_windows_start_on_frames_and_are_seeded(
     k3: tuple[Path, dict[str, list[np.ndarray]]],
 ) -> None:
     root, segments = k3
-    expected = _flat(segments["train"])
+    expected = flat_stream(segments["train"])
     with TokenReader(root, "train") as reader:
         for n_tokens in (1, 2, 3, 7, 30, 34 * K - 1, 34 * K):
             windows = reader.random_windows(64, n_tokens, np.random.default_rng(5))
@@ -190,7 +112,7 @@ def test_tiny_dataset_matches_the_copied_stream(tiny_dataset: Path) -> None:
         assert reader.num_levels == 1 and reader.dtype == np.uint8
         assert reader.n_tokens == sum(s.tokens for s in info.shards if s.split == "train")
         codes = [reader.segment_codes(i) for i in range(reader.n_segments)]
-        flat = _flat(codes)
+        flat = flat_stream(codes)
         np.testing.assert_array_equal(reader.tokens(0, reader.n_frames), flat)
         boundary = int(reader.segment_frames[0])
         np.testing.assert_array_equal(
@@ -240,3 +162,83 @@ def test_errors_name_the_problem(
     with pytest.raises(CodecflowError, match=r"broken/dataset.json is not a valid .*totals") as err:
         TokenReader(broken, "val")
     assert "\n" not in str(err.value)
+
+
+def test_reader_is_the_sequence_of_its_segments_with_their_metadata(
+    k3: tuple[Path, dict[str, list[np.ndarray]]], tiny_dataset: Path
+) -> None:
+    root, segments = k3
+    # segment ids restart in each record batch (write_dataset): rows are found per batch
+    names = [
+        f"{name}_{j}" for name, batches in LAYOUT.items() for b in batches for j in range(len(b))
+    ]
+    with TokenReader(root, "train") as reader:
+        assert len(reader) == 7
+        for i, codes in enumerate(segments["train"]):
+            segment = reader[i]
+            assert (segment.index, segment.split, segment.speaker, segment.book_id) == (
+                i,
+                "train",
+                "spk",
+                "book",
+            )
+            assert segment.n_frames == codes.shape[1]
+            np.testing.assert_array_equal(segment.codes, codes)  # [K, F]
+            assert not segment.codes.flags.writeable  # the mapped view, as segment_codes
+        assert [reader[i].segment_id for i in range(7)] == [
+            n for n in names if n.startswith("train")
+        ]
+        assert [reader[i].segment_id for i in range(7)][3:6] == [
+            "train-00001_0",
+            "train-00001_0",
+            "train-00001_1",
+        ]
+        assert reader[-1].index == 6 and reader[-7].index == 0
+        np.testing.assert_array_equal(reader[-1].codes, segments["train"][-1])
+        for bad in (7, -8):
+            with pytest.raises(IndexError, match=r"out of range \[0, 7\)"):
+                reader[bad]
+        assert reader[np.int64(2)].index == 2
+        with pytest.raises(TypeError, match="a segment index is an integer, not slice"):
+            reader[1:3]  # type: ignore[index]
+    with TokenReader(tiny_dataset, "val") as reader:
+        ids = [s.segment_id for s in reader]  # a sequence: iterable through __getitem__
+        assert len(ids) == len(reader) == reader.n_segments and len(set(ids)) == len(ids)
+        assert {s.split for s in reader} == {"val"}
+
+
+def test_reader_pickles_without_its_maps_and_maps_its_split_when_first_used(
+    k3: tuple[Path, dict[str, list[np.ndarray]]], tmp_path: Path
+) -> None:
+    root, segments = k3
+    with TokenReader(root, "train") as reader:
+        data = pickle.dumps(reader)
+        assert len(data) < 500  # the location, split and fingerprint: no arrays, no maps
+        copy = pickle.loads(data)
+        assert "_maps" not in vars(copy) and "segment_frames" not in vars(copy)
+        assert len(copy) == 7  # maps the split here
+        assert "_maps" in vars(copy) and copy._maps is not reader._maps
+        np.testing.assert_array_equal(copy.tokens(0, copy.n_frames), flat_stream(segments["train"]))
+        np.testing.assert_array_equal(copy[5].codes, segments["train"][5])
+        assert pickle.loads(pickle.dumps(copy)).n_frames == 34  # a used copy pickles as small
+        copy.close()
+    closed = pickle.loads(pickle.dumps(reader))
+    with pytest.raises(CodecflowError, match="is closed"):
+        closed.tokens(0, 1)
+    with pytest.raises(CodecflowError, match="is closed"):
+        len(closed)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pickle.loads(data).nope  # noqa: B018
+    # A dataset tokenized again at the same place is not read through an old pickle.
+    moved = tmp_path / "k3"
+    shutil.copytree(root, moved)
+    with TokenReader(moved, "val") as reader:
+        data = pickle.dumps(reader)
+    info = json.loads((moved / "dataset.json").read_text())
+    (moved / "dataset.json").write_text(json.dumps({**info, "fingerprint": "other"}))
+    stale = pickle.loads(data)
+    with pytest.raises(
+        CodecflowError,
+        match=r"changed since this 'val' reader was pickled \(fingerprint test then, other now\)",
+    ):
+        stale.n_segments  # noqa: B018

@@ -1,0 +1,102 @@
+"""A hand-made K=3 uint16 token dataset in tokenization's layout (several shards, one of them
+written as two record batches, and a one-frame segment), and the post's stream computed
+independently of `TokenReader`: for the reader's tests and the torch datasets' (importable:
+pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from schemas.tables import token_shard_schema
+from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
+
+__all__ = ["FRAME_RATE", "K", "LAYOUT", "flat_stream", "write_dataset"]
+
+K = 3  # levels of the hand-made dataset
+FRAME_RATE = 125  # frames per second it claims
+#: Frames per segment, per record batch, per shard: the train split has 3 shards, one of them
+#: written as two record batches, and a one-frame segment.
+LAYOUT = {
+    "train-00000": [[5, 1, 7]],
+    "train-00001": [[4], [6, 2]],
+    "train-00002": [[9]],
+    "val-00000": [[3, 8]],
+}
+
+
+def write_dataset(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """A K=3 uint16 dataset in tokenization's layout; returns each split's segments' [K, F]."""
+    rng = np.random.default_rng(seed)
+    schema = token_shard_schema(pa.uint16())
+    (root / "shards").mkdir(parents=True)
+    segments: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    shards = []
+    for name, batches in LAYOUT.items():
+        split = name.split("-")[0]
+        path = root / "shards" / f"{name}.arrow"
+        frames = 0
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            for batch_frames in batches:
+                codes = [rng.integers(0, 1024, size=(K, f), dtype=np.uint16) for f in batch_frames]
+                segments[split].extend(codes)
+                frames += sum(batch_frames)
+                offsets = np.cumsum([0] + [c.size for c in codes]).astype(np.int32)
+                n = len(codes)
+                writer.write_batch(
+                    pa.record_batch(
+                        [
+                            pa.array([f"{name}_{j}" for j in range(n)]),
+                            pa.array(["spk"] * n),
+                            pa.array(["book"] * n),
+                            pa.array([split] * n),
+                            pa.array(batch_frames, type=pa.int64()),
+                            pa.ListArray.from_arrays(
+                                pa.array(offsets),
+                                pa.array(np.concatenate([c.reshape(-1) for c in codes])),
+                            ),
+                        ],
+                        schema=schema,
+                    )
+                )
+        shards.append(
+            {
+                "name": name,
+                "split": split,
+                "file": f"shards/{name}.arrow",
+                "rows": sum(len(b) for b in batches),
+                "frames": frames,
+                "tokens": frames * K,
+                "bytes": path.stat().st_size,
+                "sha256": "",
+                "audio_seconds": frames / FRAME_RATE,
+            }
+        )
+    info = DatasetInfo(
+        fingerprint="test",
+        format_version=2,
+        manifest="segments.parquet",
+        tokenizer={
+            "name": "test",
+            "num_levels": K,
+            "codebook_size": 1024,
+            "frame_rate": FRAME_RATE,
+        },
+        dtype="uint16",
+        formats=("arrow",),
+        layout="codes: [K, F] flattened level-major per row",
+        arrow_schema=schema.to_string(),
+        shards=tuple(ShardEntry(**s) for s in shards),
+        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
+    )
+    (root / "dataset.json").write_text(json.dumps(info.to_json()))
+    return segments
+
+
+def flat_stream(segments: list[np.ndarray]) -> np.ndarray:
+    """The post's stream computed independently: concatenate in time, then interleave levels."""
+    return np.concatenate(segments, axis=1).T.reshape(-1)  # [F_total, K] -> [F_total * K]
