@@ -1,8 +1,8 @@
 """A real Prefect server set up like `make server`, for the tests of tests/ops.
 
 It runs scripts/server.py's own functions with a temporary home (the server's database, its logs
-and pids.json) and a free port, so a test session never touches runs/server or port 4200. It
-deploys a copy of prefect.yaml in which the two evaluation deployments write into the temporary
+and pids.json), a free port, and a file server of a temporary runs folder on another free port, so
+a test session never touches runs/server or ports 4200 and 4201. It deploys a copy of prefect.yaml in which the two evaluation deployments write into the temporary
 folder instead of the repository's runs/ (their `index`, and the scheduled deployment's paths),
 and the triggered evaluation samples a few milliseconds of audio without speech metrics (about
 5 s instead of 80 s on a 2-core CPU); everything else is deployed as committed, including the
@@ -100,6 +100,8 @@ class LiveServer:
     home: Path
     prefect_file: Path
     index: Path  # where the triggered evaluations write their runs index
+    files_url: str  # the file server of `files_root`, as `make server` serves runs/
+    files_root: Path
 
     @contextmanager
     def client(self) -> Iterator[Any]:
@@ -129,16 +131,26 @@ def live_server(folder: Path) -> Iterator[LiveServer]:
     home = folder / "home"
     prefect_file = isolated_prefect_yaml(folder)
     try:
-        pids = server.start(home, "127.0.0.1", free_port(), REPO, prefect_file=prefect_file)
+        pids = server.start(
+            home,
+            "127.0.0.1",
+            free_port(),
+            REPO,
+            prefect_file=prefect_file,
+            files_root=folder / "runs",
+            files_port=free_port(),
+        )
         yield LiveServer(
             api_url=pids["api_url"],
             ui_url=pids["ui_url"],
             home=home,
             prefect_file=prefect_file,
             index=folder / "index",
+            files_url=pids["files_url"],
+            files_root=Path(pids["files_root"]),
         )
     finally:
-        recorded = [server.read_pids(home).get(name) for name in ("server", "worker")]
+        recorded = [server.read_pids(home).get(name) for name in ("server", "worker", "files")]
         server.stop(home)
     left = [pid for pid in recorded if isinstance(pid, int) and server._group_alive(pid)]
     assert not left, f"process groups still running after stop: {left}"
