@@ -11,7 +11,7 @@ help:
 	@echo "make test   lint, type-check and the full test suite"
 	@echo "make lint   ruff, mypy and the import contract (lint-imports)"
 	@echo "make clean  remove runs/ and .prefect/"
-	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200"
+	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200 (runs/ on :4201)"
 	@echo "make server-stop  stop what make server started (logs and database stay in runs/server)"
 
 bootstrap:

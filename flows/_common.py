@@ -5,15 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from prefect import Task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from schemas.tokenizers import parse_tokenizer_name
+from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, where
 from tasks.core.threads import worker_thread_env
 
 __all__ = [
     "dataset_folder_name",
+    "not_served_note",
+    "publish_link",
     "result_storage_for",
     "run_on_runner",
     "task_runner_for",
@@ -28,6 +33,26 @@ def unless_committed(task: Task[Any, Any], committed: bool) -> Task[Any, Any]:
     commit marker is gone (a deleted run folder), the task must run again, not return stale paths.
     """
     return task if committed else task.with_options(refresh_cache=True)
+
+
+def not_served_note() -> str:
+    """Why an output is named as a path rather than linked, and how to get links."""
+    root = os.environ.get(FILES_ROOT_ENV)
+    if os.environ.get(FILES_URL_ENV) and root:
+        return f"(outside {root}, the folder the file server serves: open it on this machine)"
+    return "(a local file: open it on this machine; `make server` serves runs/ over HTTP)"
+
+
+def publish_link(key: str, path: str | Path, text: str, description: str) -> None:
+    """A link artifact to `path` when the runs folder's file server serves it (tasks.core.links),
+    else a markdown artifact that names the path: a `file://` link opens nowhere in the UI."""
+    url = file_url(path)
+    if url is not None:
+        create_link_artifact(key=key, link=url, link_text=text, description=description)
+        return
+    create_markdown_artifact(
+        key=key, markdown=f"{text}: `{where(path)}` {not_served_note()}", description=description
+    )
 
 
 def dataset_folder_name(tokenizer: str) -> str:

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
-from flows._common import run_on_runner, unless_committed
+from flows._common import publish_link, run_on_runner, unless_committed
 from schemas.configs import AcquireConfig
 from schemas.sources import SourceSpecError, resolve_sources
 from tasks.acquire.manifest import ManifestRecord, format_summary
@@ -120,6 +120,12 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
     print(summary, flush=True)
     create_markdown_artifact(
         key="acquire-summary", markdown=f"```\n{summary}\n```", description=record.path
+    )
+    publish_link(
+        "segment-manifest",
+        manifest_dir,
+        "open the manifest folder",
+        "segments.parquet, rejects.parquet, summary.json",
     )
     return record
 

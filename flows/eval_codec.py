@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import EvalCodecConfig, EvalCodecSettings
+from tasks.core.links import markdown_link
 from tasks.core.threads import apply_thread_policy
 from tasks.evaluate.codec import CodecReportRecord, is_codec_report_committed
 from tasks.prefect.wrappers import eval_codec_task
@@ -31,6 +32,8 @@ def eval_codec_flow(cfg: EvalCodecConfig = EvalCodecConfig()) -> CodecReportReco
     create_table_artifact(key="codec-levels", table=rows, description=str(record.table))
     create_markdown_artifact(
         key="codec-loss-vs-levels",
-        markdown=png_markdown(record.path / "loss_vs_levels.png", "spectral loss against levels"),
+        markdown=markdown_link(record.path, "codec evaluation (WAVs, levels.json)")
+        + "\n\n"
+        + png_markdown(record.path / "loss_vs_levels.png", "spectral loss against levels"),
     )
     return record

@@ -11,15 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_table_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows._common import unless_committed
+from flows._common import publish_link, unless_committed
 from schemas.configs import EvaluateConfig, EvaluateSettings
 from tasks.core.errors import CodecflowError
+from tasks.core.links import markdown_link
 from tasks.core.storage import location
 from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import newest_checkpoint
@@ -48,14 +45,16 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
         checkpoint, location(cfg.dataset), out, settings
     )
     summary = EvaluationSummary.read(record.summary)
-    report_uri = (record.path / "index.html").resolve().as_uri()
-    create_link_artifact(
-        key="evaluation-report",
-        link=report_uri,
-        description="Evaluation report: audio players, spectrograms, metrics",
+    page = record.path / "index.html"
+    publish_link(
+        "evaluation-report",
+        page,
+        "open the report",
+        "Evaluation report: audio players, spectrograms, metrics",
     )
     create_markdown_artifact(
-        key="evaluation-summary", markdown=report.summary_markdown(summary, report_uri)
+        key="evaluation-summary",
+        markdown=report.summary_markdown(summary, markdown_link(page, "open the report")),
     )
     create_table_artifact(
         key="evaluation-samples",
@@ -68,9 +67,7 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
         except CodecflowError as err:  # someone's index.html there: the report stands alone
             logger.warning("runs index not written: %s", err)
             return record
-        create_link_artifact(
-            key="evaluation-runs-index",
-            link=index.resolve().as_uri(),
-            description="Every evaluation side by side",
+        publish_link(
+            "evaluation-runs-index", index, "open the runs index", "Every evaluation side by side"
         )
     return record

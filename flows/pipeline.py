@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
-from flows._common import dataset_folder_name
+from flows._common import dataset_folder_name, not_served_note
 from flows.acquire import run_acquire
 from flows.evaluate import evaluate_flow
 from flows.tokenize import run_tokenize
@@ -30,9 +31,16 @@ from schemas.configs import (
     TrainLMConfig,
 )
 from schemas.tokenizers import parse_tokenizer_name
+from tasks.core.links import file_url, markdown_link
 from tasks.core.threads import apply_thread_policy
 
-__all__ = ["PipelineRecord", "pipeline_flow", "resolve_tokenizer", "train_lm_config"]
+__all__ = [
+    "PipelineRecord",
+    "outputs_markdown",
+    "pipeline_flow",
+    "resolve_tokenizer",
+    "train_lm_config",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,24 @@ def train_lm_config(cfg: PipelineConfig, dataset: Path) -> TrainLMConfig:
     return TrainLMConfig(**lm_settings, dataset=str(dataset), out=str(Path(cfg.out) / "lm"))
 
 
+def outputs_markdown(record: PipelineRecord, index: Path) -> str:
+    """Every output of a pipeline run as links (or paths where no file server serves them): what
+    the run's Artifacts tab in the Prefect UI leads to, so that one click opens the report."""
+    outputs = [
+        (record.report / "index.html", "report"),
+        (index, "runs index"),
+        (record.checkpoint, "LM checkpoint"),
+        (record.dataset, "token dataset"),
+        (Path(record.manifest).parent, "segment manifest"),
+    ]
+    if record.codec is not None:
+        outputs.append((record.codec, "codec checkpoint"))
+    lines = [f"- {markdown_link(path, text)}" for path, text in outputs if path.exists()]
+    served = all(file_url(path) is not None for path, _ in outputs if path.exists())
+    note = "" if served else f"\n\n{not_served_note()}"
+    return "### pipeline outputs\n\n" + "\n".join(lines) + note
+
+
 @flow(name="pipeline")
 def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # noqa: B008
     """The whole DAG; each stage is its own sub-flow and writes below `cfg.out`."""
@@ -101,10 +127,17 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
             index=str(out.resolve().parent),
         )
     )
-    return PipelineRecord(
+    record = PipelineRecord(
         manifest=Path(acquired.path),
         dataset=dataset.path,
         checkpoint=checkpoint.path,
         report=report.path,
         codec=codec,
     )
+    index = out.resolve().parent / "index.html"
+    create_markdown_artifact(
+        key="pipeline-outputs",
+        markdown=outputs_markdown(record, index),
+        description="Links to the report, the runs index, the checkpoint and the data",
+    )
+    return record

@@ -12,7 +12,7 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
-from flows._common import run_on_runner, unless_committed
+from flows._common import publish_link, run_on_runner, unless_committed
 from schemas.configs import TokenizeConfig, TokenizeSettings
 from schemas.tables import SPLITS
 from tasks.core import outputs, storage
@@ -61,6 +61,9 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
         ],
         description=f"Size of the token dataset {out} ({settings.tokenizer})"
         + (f"; {format_rejects(record)}" if record.n_rejects else ""),
+    )
+    publish_link(
+        "token-dataset", out, "open the token dataset", "Arrow shards, dataset.json, size report"
     )
     return record
 

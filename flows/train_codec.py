@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._common import unless_committed
 from schemas.configs import TrainCodecConfig, TrainCodecSettings
+from tasks.core.links import markdown_link
 from tasks.core.threads import apply_thread_policy
 from tasks.prefect.wrappers import train_codec_task
 from tasks.train.codec import CodecCheckpointRecord, is_codec_committed
@@ -35,8 +36,9 @@ def train_codec_flow(cfg: TrainCodecConfig = TrainCodecConfig()) -> CodecCheckpo
     create_markdown_artifact(
         key="codec-loss",
         markdown=(
-            f"**codec** `{record.path}`: {record.levels} levels, {record.n_parameters:,} "
-            f"parameters, {record.steps} steps (resumed from step {record.resumed_from}); "
+            f"**{markdown_link(record.path, 'codec checkpoint')}**: {record.levels} levels, "
+            f"{record.n_parameters:,} parameters, {record.steps} steps "
+            f"(resumed from step {record.resumed_from}); "
             f"loss {record.loss_first:.4f} -> {record.loss_last:.4f}\n\n"
             + png_markdown(record.path / "loss.png", "codec loss curve")
         ),

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows._common import unless_committed
 from flows.train_codec import png_markdown
 from schemas.configs import TrainLMConfig
+from tasks.core.links import markdown_link
 from tasks.core.storage import location
 from tasks.core.threads import apply_thread_policy
 from tasks.data.checkpoints import is_checkpoint_committed
@@ -30,7 +31,7 @@ def train_lm_flow(cfg: TrainLMConfig = TrainLMConfig()) -> CheckpointRecord:  # 
     create_markdown_artifact(
         key="train-lm",
         markdown=(
-            f"**checkpoint** `{record.path}`\n\n"
+            f"**{markdown_link(record.path, 'checkpoint')}**\n\n"
             f"| steps | parameters | first loss | last loss | val loss | tokens/s |\n"
             f"|---|---|---|---|---|---|\n"
             f"| {record.steps} | {record.n_parameters:,} | {record.train_loss_first:.4f} "

@@ -11,11 +11,12 @@ the stage's input and output paths (what the stage's own flow and CLI subcommand
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.tokenizers import TokenizerNameError, parse_tokenizer_name
+from schemas.tokenizers import TokenizerNameError, parse_tokenizer_name, tokenizer_json_schema
 
 __all__ = [
     "AcquireConfig",
@@ -65,6 +66,21 @@ _REPORT_OUT = "reports are written as local folders (the inputs may be on S3)"
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _inputs_first(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A model's `json_schema_extra` that lists `names` (a stage's inputs and outputs) first.
+
+    Pydantic orders a subclass's fields after its base's, so a stage's own paths would come last
+    in the Prefect UI's form, which follows the schema's order. Only the schema is reordered: the
+    fields themselves, and so YAML configs, `--set` and `--help`, are unchanged."""
+
+    def reorder(schema: dict[str, Any]) -> None:
+        properties = schema.get("properties", {})
+        first = {name: properties[name] for name in names if name in properties}
+        schema["properties"] = {**first, **properties}
+
+    return reorder
 
 
 class AcquireSettings(_Config):
@@ -130,6 +146,10 @@ class AcquireSettings(_Config):
 
 
 class AcquireConfig(AcquireSettings):
+    """acquire: fetch, verify, extract and segment a Libri-Light-format tar under `root`."""
+
+    model_config = ConfigDict(json_schema_extra=_inputs_first("source", "md5", "root"))
+
     root: str = Field(
         "runs/demo/acquire",
         description="Storage root (local folder or s3:// URL) for the extracted audio, the "
@@ -147,13 +167,11 @@ class AcquireConfig(AcquireSettings):
 ShardFormat = Literal["arrow", "webdataset"]
 
 
-def _arrow_only() -> list[ShardFormat]:
-    return ["arrow"]
-
-
 class TokenizeSettings(_Config):
     tokenizer: str = Field(
         "mu-law-256",
+        # A drop-down of the known names, or any valid name typed (schemas/tokenizers.py).
+        json_schema_extra=tokenizer_json_schema,
         description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample, torchaudio's "
         "rounding), 'mu-law-256-post' (the post's librosa quantiser: its exact tokens), "
         "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec, or an untrained "
@@ -164,8 +182,10 @@ class TokenizeSettings(_Config):
     shard_hours: float = Field(
         1.0, gt=0, description="Audio duration per Arrow shard, in hours (about 1 h by default)."
     )
+    # A default, not a default_factory: the UI shows only a JSON schema `default` (pydantic
+    # copies a mutable default for each instance, so no instance shares this list).
     formats: list[ShardFormat] = Field(
-        default_factory=_arrow_only,
+        ["arrow"],
         min_length=1,
         description="Shard formats: 'arrow' (memory-mapped training format, always written) and "
         "'webdataset' (.tar of <key>.codes.npy + <key>.json, for streaming readers).",
@@ -207,6 +227,10 @@ class TokenizeSettings(_Config):
 
 
 class TokenizeConfig(TokenizeSettings):
+    """tokenize: a segment manifest -> Arrow token shards, a size report and dataset.json."""
+
+    model_config = ConfigDict(json_schema_extra=_inputs_first("manifest", "out", "tokenizer"))
+
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
         description="Segment manifest (Parquet) written by the acquire flow: a path or an "
@@ -298,6 +322,10 @@ class TrainCodecSettings(_Config):
 
 
 class TrainCodecConfig(TrainCodecSettings):
+    """train-codec: the post's RVQ codec on the train split of a segment manifest."""
+
+    model_config = ConfigDict(json_schema_extra=_inputs_first("manifest", "out"))
+
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
         description="Segment manifest; the codec trains on its train split.",
@@ -331,6 +359,10 @@ class EvalCodecSettings(_Config):
 
 
 class EvalCodecConfig(EvalCodecSettings):
+    """eval-codec: a codec's reconstruction losses by number of levels, on the val split."""
+
+    model_config = ConfigDict(json_schema_extra=_inputs_first("checkpoint", "manifest", "out"))
+
     checkpoint: str = Field(
         "runs/demo/codec/checkpoint", description="Codec checkpoint folder (local)."
     )
@@ -438,6 +470,10 @@ class TrainLMSettings(_Config):
 
 
 class TrainLMConfig(TrainLMSettings):
+    """train-lm: the nanoGPT-style LM on a token dataset, with resumable checkpoints."""
+
+    model_config = ConfigDict(json_schema_extra=_inputs_first("dataset", "out"))
+
     dataset: str = Field(
         "runs/demo/tokens/mu-law-256",
         description="Token dataset: a folder, or an s3:// URL whose shards are fetched once into "
@@ -477,7 +513,7 @@ class EvaluateSettings(_Config):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
     seed: int = Field(0, description="Sampling seed.")
     regenerate_levels: list[int] = Field(
-        default_factory=lambda: [1],
+        [1],  # a default, not a factory: the UI shows it (see `formats`)
         description="The post's semantic experiment: keep the first k levels of a recording's "
         "codes (k=1 is Mimi's semantic token) and let the model generate the other levels; one "
         "set of regenerations per k. Values not below the tokenizer's level count are reported "
@@ -500,6 +536,12 @@ class EvaluateSettings(_Config):
 
 
 class EvaluateConfig(EvaluateSettings):
+    """evaluate: continue a spoken prompt with an LM checkpoint, measure, write the report."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_inputs_first("checkpoint", "train_run", "dataset", "out", "index")
+    )
+
     checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
     train_run: str | None = Field(
         None,
@@ -524,6 +566,17 @@ class EvaluateConfig(EvaluateSettings):
     _local_out = _local_only("out", "index", why=_REPORT_OUT)
 
 
+def _choice_titles(*titles: str) -> Callable[[dict[str, Any]], None]:
+    """A field's `json_schema_extra` naming the branches of its `anyOf`: the UI's tabs for
+    `X | None` would read the class name and "None"."""
+
+    def name(schema: dict[str, Any]) -> None:
+        for branch, title in zip(schema.get("anyOf", []), titles, strict=False):
+            branch["title"] = title
+
+    return name
+
+
 #: The checkpoint name of `codec:trained[@<levels>]`: the codec a pipeline's train_codec trains.
 TRAINED_CODEC = "trained"
 
@@ -537,17 +590,38 @@ class PipelineConfig(_Config):
     no derived path.
     """
 
+    # Each section is titled by its key (what YAML configs and `--set` name): the UI would title
+    # it by its class ("AcquireSettings"), or "Field" for an optional one.
     out: str = Field("runs/demo", description="Local run folder; every stage writes below it.")
-    acquire: AcquireSettings = Field(default_factory=AcquireSettings)
+    acquire: AcquireSettings = Field(
+        default_factory=AcquireSettings,
+        title="acquire",
+        description="Stage 1: fetch, verify, extract and segment the corpus under <out>/acquire.",
+    )
     train_codec: TrainCodecSettings | None = Field(
         None,
-        description="Train the post's RVQ codec on the acquired manifest (under <out>/codec) "
-        "before tokenizing; the tokenizer must then be 'codec:trained' or "
+        title="train_codec",
+        json_schema_extra=_choice_titles("train a codec", "no codec stage"),
+        description="Optional stage 2: train the post's RVQ codec on the acquired manifest "
+        "(under <out>/codec) before tokenizing; the tokenizer must then be 'codec:trained' or "
         "'codec:trained@<levels>' (the codec this pipeline trains). Empty: no codec stage.",
     )
-    tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
-    train_lm: TrainLMSettings = Field(default_factory=TrainLMSettings)
-    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    tokenize: TokenizeSettings = Field(
+        default_factory=TokenizeSettings,
+        title="tokenize",
+        description="Stage 3: the segments into token shards under <out>/tokens/<tokenizer>.",
+    )
+    train_lm: TrainLMSettings = Field(
+        default_factory=TrainLMSettings,
+        title="train_lm",
+        description="Stage 4: the LM on the tokens; its checkpoint in <out>/lm/checkpoint.",
+    )
+    evaluate: EvaluateSettings = Field(
+        default_factory=EvaluateSettings,
+        title="evaluate",
+        description="Stage 5: continuations of the prompt, metrics and the report in "
+        "<out>/report, and the runs index beside <out>.",
+    )
 
     _local_out = _local_only(
         "out",

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "KNOWN_NAMES",
+    "NAME_PATTERN",
     "MIMI_CODEBOOK_SIZE",
     "MIMI_FRAME_RATE",
     "MIMI_MAX_LEVELS",
@@ -39,6 +41,7 @@ __all__ = [
     "TokenizerName",
     "TokenizerNameError",
     "parse_tokenizer_name",
+    "tokenizer_json_schema",
 ]
 
 #: Mimi's RVQ depth: `_quantizer_kwargs["n_q"]` in moshi/models/loaders.py (moshi 0.2).
@@ -58,6 +61,32 @@ ACCEPTED_FORMS = (
     "codec:<checkpoint>[@<levels>] with levels >= 1 (a train-codec checkpoint folder or a codec "
     f"preset), mimi_<K>_rvq with K in 1..{MIMI_MAX_LEVELS}, "
     f"mimi_<K>_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
+)
+
+#: The names a form offers as choices: those that need no checkpoint of one's own (mu-law, and
+#: the Mimi depths of the post's experiments). Any other valid name is typed.
+KNOWN_NAMES: tuple[str, ...] = (
+    "mu-law-256",
+    "mu-law-256-post",
+    "mimi_1_rvq",
+    "mimi_2_rvq",
+    "mimi_4_rvq",
+    "mimi_8_rvq",
+    "mimi_16_rvq",
+    "mimi_32_rvq",
+    "mimi_8_rvq_nosemantic",
+    "mimi_31_rvq_nosemantic",
+)
+
+#: Every valid name as one regular expression, for a JSON schema (the Prefect server validates a
+#: run's parameters with it before any flow code runs): `parse_tokenizer_name`'s grammar,
+#: including the ranges of K (1..32, 1..31 without the semantic level); a test holds the two
+#: to the same answers.
+NAME_PATTERN = (
+    r"^(mu-law-256|mulaw|mu-law-256-post"
+    r"|codec:[^@]*[^@\s][^@]*(@[1-9][0-9]*)?"
+    r"|mimi_([1-9]|[12][0-9]|3[0-2])_rvq"
+    r"|mimi_([1-9]|[12][0-9]|3[01])_rvq_nosemantic)$"
 )
 
 TokenizerKind = Literal["mulaw", "codec", "mimi"]
@@ -128,3 +157,14 @@ def parse_tokenizer_name(name: str) -> TokenizerName:
             raise _invalid(name, f"K must be in 1..{top}, got {k}")
         return TokenizerName("mimi", k, semantic=semantic)
     raise TokenizerNameError(f"unknown tokenizer {name!r}; {ACCEPTED_FORMS}")
+
+
+def tokenizer_json_schema(schema: dict[str, Any]) -> None:
+    """A tokenizer field's JSON schema as a choice of known names or a typed one (pydantic's
+    `json_schema_extra`): the Prefect UI renders `anyOf` as two tabs, a drop-down of
+    `KNOWN_NAMES` and a text box, and opens the tab that the current value matches."""
+    schema.pop("type", None)
+    schema["anyOf"] = [
+        {"type": "string", "enum": list(KNOWN_NAMES), "title": "known name"},
+        {"type": "string", "pattern": NAME_PATTERN, "title": "codec:<checkpoint>[@N] or other"},
+    ]

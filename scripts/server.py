@@ -1,19 +1,22 @@
 """Run codecflow as a Prefect project on this machine: a server, a work pool, a worker, deployments.
 
     uv run python scripts/server.py start [--host 127.0.0.1] [--port 4200] [--home runs/server]
+                                          [--files-root runs] [--files-port 4201]
     uv run python scripts/server.py stop  [--home runs/server]
 
 `start` launches `prefect server start` in the background with its own database under
 `<home>/prefect`, waits for its health check, creates the process work pool `codecflow-local` and
-the global concurrency limit `gpu` (1 slot; the train-lm task takes it on a GPU), starts a worker
-on the pool and deploys every deployment of prefect.yaml (`prefect deploy --all`), then prints the
-UI address and the log files. Each background process runs in its own process group, recorded in
-`<home>/pids.json`; `stop` ends exactly those groups. Every step is idempotent: a second `start`
-while the server runs says so and does nothing.
+the global concurrency limit `gpu` (1 slot; the train-lm task takes it on a GPU), serves the runs
+folder read-only over HTTP (scripts/files_server.py, so that the artifacts' links open reports,
+datasets and checkpoints: the UI cannot open a local file), starts a worker on the pool that
+knows that server's address, and deploys every deployment of prefect.yaml (`prefect deploy
+--all`), then prints the UI and file server addresses and the log files. Each background process
+runs in its own process group, recorded in `<home>/pids.json`; `stop` ends exactly those groups.
+Every step is idempotent: a second `start` while the server runs says so and does nothing.
 
 The pieces are plain functions (`start_server`, `create_work_pool`, `create_gpu_limit`,
-`deploy_all`, `start_worker`, `wait_for_worker`, `stop`) so that tests can run the same set-up
-with a temporary home and a free port.
+`start_files`, `deploy_all`, `start_worker`, `wait_for_worker`, `stop`) so that tests can run the
+same set-up with a temporary home and free ports.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "FILES_PORT",
+    "FILES_ROOT_ENV",
+    "FILES_URL_ENV",
     "GPU_LIMIT",
     "POOL",
     "REPO",
@@ -43,6 +49,7 @@ __all__ = [
     "deploy_all",
     "read_pids",
     "start",
+    "start_files",
     "start_server",
     "start_worker",
     "stop",
@@ -53,6 +60,15 @@ REPO = Path(__file__).resolve().parents[1]
 POOL = "codecflow-local"
 GPU_LIMIT = "gpu"
 PIDS = "pids.json"
+#: The file server's default port, beside the UI's 4200.
+FILES_PORT = 4201
+#: What tells a flow run where the file server is (read by tasks/core/links.py; this script
+#: imports nothing of codecflow, so the names are repeated, and a test checks they agree).
+FILES_URL_ENV = "CODECFLOW_FILES_URL"
+FILES_ROOT_ENV = "CODECFLOW_FILES_ROOT"
+#: The processes `start` records, in the order `stop` ends them: the worker first (it reports
+#: to the server), the file server last (nothing depends on it).
+_PROCESSES = ("worker", "server", "files")
 
 #: Popen objects of the processes this interpreter started, so `stop` can reap them (tests).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -414,14 +430,66 @@ def deploy_all(
     )
 
 
+def start_files(
+    home: Path,
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = FILES_PORT,
+    repo: Path = REPO,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Serve `root` read-only over HTTP in the background (scripts/files_server.py) and wait
+    until it answers; records {"files": pid, "files_url", "files_root", "files_log"}."""
+    home, root = Path(home).resolve(), Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if not _port_free(host, port):
+        raise ServerError(
+            f"port {port} on {host} is taken by another process; stop it or pass --files-port"
+        )
+    url, log = f"http://{host}:{port}", home / "files.log"
+    command = [sys.executable, str(Path(repo) / "scripts" / "files_server.py")]
+    command += ["--root", str(root), "--host", host, "--port", str(port)]
+    pid = _spawn(command, log, child_env(home, None, repo), Path(repo))
+    pids = _record(
+        home,
+        files=pid,
+        files_started=_start_ticks(pid),
+        files_url=url,
+        files_root=str(root),
+        files_log=str(log),
+    )
+    deadline = time.monotonic() + timeout
+    while not _answers(f"{url}/"):
+        if not _alive(pid):
+            raise ServerError(f"the file server exited before answering on {url}; see {log}")
+        if time.monotonic() > deadline:
+            raise ServerError(f"the file server did not answer on {url} within {timeout:.0f} s")
+        time.sleep(0.2)
+    return pids
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def start_worker(home: Path, api_url: str, repo: Path = REPO) -> dict[str, Any]:
-    """Start a process worker on `codecflow-local` in the background; records it in pids.json."""
+    """Start a process worker on `codecflow-local` in the background; records it in pids.json.
+
+    When the file server recorded in pids.json runs, the worker (and so every flow run it
+    starts) gets its address: the artifacts then link `http://` URLs (tasks/core/links.py)."""
     home = Path(home).resolve()
     log = home / "worker.log"
     command = _prefect(
         "worker", "start", "--pool", POOL, "--name", f"{POOL}-{socket.gethostname()}"
     )
-    pid = _spawn(command, log, child_env(home, api_url, repo), Path(repo))
+    env = child_env(home, api_url, repo)
+    pids = read_pids(home)
+    if _recorded(pids, "files") is not None:
+        env[FILES_URL_ENV], env[FILES_ROOT_ENV] = pids["files_url"], pids["files_root"]
+    pid = _spawn(command, log, env, Path(repo))
     return _record(home, worker=pid, worker_started=_start_ticks(pid), worker_log=str(log))
 
 
@@ -456,9 +524,7 @@ def stop(home: Path) -> list[str]:
     # The worker first: it reports to the server. A pid that now names another process (after a
     # reboot) is left alone.
     recorded = {
-        name: pid
-        for name in ("worker", "server")
-        if (pid := _recorded(pids, name, group=True)) is not None
+        name: pid for name in _PROCESSES if (pid := _recorded(pids, name, group=True)) is not None
     }
     # Found before the kill: once the worker is gone its flow runs have a new parent.
     descendants = _descendant_groups(list(recorded.values()))
@@ -480,8 +546,11 @@ def start(
     repo: Path = REPO,
     prefect_file: Path | None = None,
     timeout: float = 120.0,
+    files_root: Path | None = None,
+    files_port: int = FILES_PORT,
 ) -> dict[str, Any]:
-    """The whole set-up: server, work pool, `gpu` limit, worker, deployments.
+    """The whole set-up: server, work pool, `gpu` limit, file server of `files_root` (default
+    `<repo>/runs`), worker, deployments.
 
     On a failure, what was started is stopped again and ServerError says which step failed.
     """
@@ -491,6 +560,8 @@ def start(
         api_url = pids["api_url"]
         create_work_pool(home, api_url, repo)
         create_gpu_limit(home, api_url, repo)
+        # Before the worker: the worker hands its address to every flow run.
+        start_files(home, files_root or Path(repo) / "runs", host, files_port, repo)
         start_worker(home, api_url, repo)  # starts up while the deployments are created
         deploy_all(home, api_url, repo, prefect_file)
         wait_for_worker(home, api_url)
@@ -520,6 +591,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     start_parser.add_argument("--host", default="127.0.0.1")
     start_parser.add_argument("--port", type=int, default=4200)
     start_parser.add_argument("--home", type=Path, default=Path("runs/server"))
+    start_parser.add_argument(
+        "--files-root", type=Path, default=Path("runs"), help="folder served over HTTP"
+    )
+    start_parser.add_argument("--files-port", type=int, default=FILES_PORT)
     stop_parser = commands.add_parser("stop", help="stop what `start` started")
     stop_parser.add_argument("--home", type=Path, default=Path("runs/server"))
     args = parser.parse_args(argv)
@@ -545,9 +620,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
             stop(home)
         if not _port_free(args.host, args.port):
             raise ServerError(_port_taken(args.host, args.port))
+        if not _port_free(args.host, args.files_port):
+            raise ServerError(
+                f"port {args.files_port} on {args.host} is taken by another process; stop it "
+                "or pass --files-port"
+            )
         started = time.monotonic()
         print(f"starting prefect server on http://{args.host}:{args.port} ...", flush=True)
-        pids = start(home, args.host, args.port)
+        pids = start(
+            home, args.host, args.port, files_root=args.files_root, files_port=args.files_port
+        )
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -557,9 +639,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     print(f"ready in {time.monotonic() - started:.0f} s")
     print(f"UI:         {pids['ui_url']}")
     print(f"API:        {pids['api_url']}")
+    print(f"files:      {pids['files_url']} (serves {pids['files_root']} read-only)")
     print(f"work pool:  {POOL} (worker pid {pids['worker']})")
     print(f"server log: {pids['server_log']}")
     print(f"worker log: {pids['worker_log']}")
+    print(f"files log:  {pids['files_log']}")
     print(f"deploy log: {home / 'deploy.log'}")
     print(f"stop with:  {_stop_hint(home)}")
     return 0

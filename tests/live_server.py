@@ -1,8 +1,8 @@
 """A real Prefect server set up like `make server`, for the tests of tests/ops.
 
 It runs scripts/server.py's own functions with a temporary home (the server's database, its logs
-and pids.json) and a free port, so a test session never touches runs/server or port 4200. It
-deploys a copy of prefect.yaml in which the two evaluation deployments write into the temporary
+and pids.json), a free port, and a file server of a temporary runs folder on another free port, so
+a test session never touches runs/server or ports 4200 and 4201. It deploys a copy of prefect.yaml in which the two evaluation deployments write into the temporary
 folder instead of the repository's runs/ (their `index`, and the scheduled deployment's paths),
 and the triggered evaluation samples a few milliseconds of audio without speech metrics (about
 5 s instead of 80 s on a 2-core CPU); everything else is deployed as committed, including the
@@ -100,6 +100,8 @@ class LiveServer:
     home: Path
     prefect_file: Path
     index: Path  # where the triggered evaluations write their runs index
+    files_url: str  # the file server of `files_root`, as `make server` serves runs/
+    files_root: Path
 
     @contextmanager
     def client(self) -> Iterator[Any]:
@@ -129,16 +131,26 @@ def live_server(folder: Path) -> Iterator[LiveServer]:
     home = folder / "home"
     prefect_file = isolated_prefect_yaml(folder)
     try:
-        pids = server.start(home, "127.0.0.1", free_port(), REPO, prefect_file=prefect_file)
+        pids = server.start(
+            home,
+            "127.0.0.1",
+            free_port(),
+            REPO,
+            prefect_file=prefect_file,
+            files_root=folder / "runs",
+            files_port=free_port(),
+        )
         yield LiveServer(
             api_url=pids["api_url"],
             ui_url=pids["ui_url"],
             home=home,
             prefect_file=prefect_file,
             index=folder / "index",
+            files_url=pids["files_url"],
+            files_root=Path(pids["files_root"]),
         )
     finally:
-        recorded = [server.read_pids(home).get(name) for name in ("server", "worker")]
+        recorded = [server.read_pids(home).get(name) for name in ("server", "worker", "files")]
         server.stop(home)
     left = [pid for pid in recorded if isinstance(pid, int) and server._group_alive(pid)]
     assert not left, f"process groups still running after stop: {left}"
@@ -357,6 +369,26 @@ def form_field(page: Any, label: str) -> Any:
     return page.get_by_label(f"{label} (Optional)", exact=True)
 
 
+def form_group(page: Any, label: str) -> Any:
+    """The whole field of the form labelled "<label> (Optional)": its label, description and
+    controls (also for fields whose control has no label of its own: a list, an `anyOf`)."""
+    title = page.get_by_text(f"{label} (Optional)", exact=True)
+    return title.locator("xpath=ancestor::div[contains(concat(' ', @class, ' '), ' group ')][1]")
+
+
+def open_artifact(page: Any, live: LiveServer, flow_run_id: str, key: str) -> None:
+    """The flow run's page -> its Artifacts tab -> the artifact `key`."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto(f"{live.ui_url}/v2/runs/flow-run/{flow_run_id}")  # the new UI, as `/` leads to
+    expect(page).to_have_url(re.compile(rf"/runs/flow-run/{flow_run_id}"))
+    page.get_by_role("tab", name="Artifacts", exact=True).click()
+    page.get_by_text(key, exact=True).click()
+    expect(page).to_have_url(re.compile(r"/artifacts/artifact/"))
+
+
 def open_custom_run(page: Any, live: LiveServer, deployment: str) -> None:
     """From the UI's home page: Deployments -> (search) `deployment` -> Run -> Custom run."""
     import re
@@ -392,9 +424,15 @@ def submit_run(page: Any, run_name: str, timeout_ms: float = 60_000) -> str:
     def creates_run(response: Any) -> bool:
         return response.request.method == "POST" and response.url.endswith("/create_flow_run")
 
-    with page.expect_response(creates_run, timeout=timeout_ms) as created:
-        page.get_by_role("button", name="Submit", exact=True).click()
-    response = created.value
+    for _ in range(3):
+        with page.expect_response(creates_run, timeout=timeout_ms) as created:
+            page.get_by_role("button", name="Submit", exact=True).click()
+        response = created.value
+        # 503 is the server's "retry": SQLite was locked by another writer on a loaded machine
+        # (nothing was created; Prefect's own client retries it too). A user clicks again.
+        if response.status != 503:
+            break
+        time.sleep(2.0)
     assert response.ok, f"create_flow_run answered {response.status}: {response.text()}"
     expect(page.get_by_text(f"{run_name} scheduled to start")).to_be_visible()
     flow_run_id: str = response.json()["id"]
@@ -424,7 +462,9 @@ __all__ += [
     "flow_run_named",
     "flow_run_when_final",
     "form_field",
+    "form_group",
     "kill_worker",
+    "open_artifact",
     "open_custom_run",
     "restart_worker",
     "submit_run",

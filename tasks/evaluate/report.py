@@ -226,13 +226,14 @@ def _words(values: Sequence[Any] | None, i: int) -> str:
     return "(no words)" if text == "" else _esc(text)
 
 
-def summary_markdown(summary: EvaluationSummary, report_uri: str) -> str:
-    """A short markdown digest of one evaluation, for a Prefect artifact."""
+def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:
+    """A short markdown digest of one evaluation, for a Prefect artifact; `report_link` is the
+    markdown that leads to the report (a link, or its path where no server serves it)."""
     flagged = [i for i, s in enumerate(summary.samples) if s["flags"]]
     per_level = " | ".join(f"{x:.3f}" for x in summary.val_loss_per_level)
     return (
         f"### {summary.tokenizer} LM, step {summary.checkpoint_step}\n\n"
-        f"[open the report]({report_uri})\n\n"
+        f"{report_link}\n\n"
         f"| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
         f"|---|---|---|---|---|---|\n"
         f"| {summary.val_loss:.4f} | {summary.val_bits_per_audio_second:,.0f} "

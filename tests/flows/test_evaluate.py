@@ -7,16 +7,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers import PROMPT
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.evaluate import evaluate_flow
 from schemas.configs import EvaluateConfig
+from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
 from tasks.evaluate.lm import checkpoint_id
 
 
-def _artifact_keys() -> set[str]:
+def _artifacts() -> dict[str, str]:
+    """The evaluation artifacts of the session's server: key -> data (the newest of each)."""
     keys = [
         "evaluation-report",
         "evaluation-summary",
@@ -27,12 +30,18 @@ def _artifact_keys() -> set[str]:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
         )
-    return {a.key for a in found if a.key}
+    return {a.key: str(a.data) for a in sorted(found, key=lambda a: a.created) if a.key}
 
 
 def test_scheduled_evaluation_of_the_newest_checkpoint_skips_what_it_evaluated(
-    prefect_api_url: str, tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+    prefect_api_url: str,
+    tiny_checkpoint: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name in (FILES_URL_ENV, FILES_ROOT_ENV):  # as without `make server`
+        monkeypatch.delenv(name, raising=False)
     run = tmp_path / "lm"
     shutil.copytree(tiny_checkpoint, run / "checkpoint")  # a finished train-lm run folder
     cfg = EvaluateConfig(
@@ -56,9 +65,19 @@ def test_scheduled_evaluation_of_the_newest_checkpoint_skips_what_it_evaluated(
 
     index = (tmp_path / "index.html").read_text()
     assert f"evaluations/{first.path.name}/index.html" in index
-    assert _artifact_keys() == {
+    artifacts = _artifacts()
+    assert set(artifacts) == {
         "evaluation-report",
         "evaluation-summary",
         "evaluation-samples",
         "evaluation-runs-index",
     }
+    # No file server here (`make server` runs one): the report is named by its path, not by a
+    # file:// link, which the Prefect UI cannot open.
+    page = first.path / "index.html"
+    assert artifacts["evaluation-report"].startswith(f"open the report: `{page}` (a local file")
+    assert f"open the report: `{page}`" in artifacts["evaluation-summary"]
+    assert artifacts["evaluation-runs-index"].startswith(
+        f"open the runs index: `{tmp_path / 'index.html'}`"
+    )
+    assert "file://" not in "".join(artifacts.values())

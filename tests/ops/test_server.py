@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from helpers import REPO
@@ -72,6 +73,12 @@ def test_make_server_deploys_everything(live_server: LiveServer) -> None:
     assert Path(pids["server_log"]).is_file() and Path(pids["worker_log"]).is_file()
     # The server keeps its database in its own PREFECT_HOME.
     assert (live_server.home / "prefect" / "prefect.db").is_file()
+    # The runs folder's file server, and the worker (so every flow run) knows where it is.
+    assert pids["files_url"] == live_server.files_url and Path(pids["files_log"]).is_file()
+    assert httpx.get(f"{live_server.files_url}/", timeout=10).status_code == 200
+    environ = Path(f"/proc/{pids['worker']}/environ").read_bytes().split(b"\0")
+    assert f"CODECFLOW_FILES_URL={live_server.files_url}".encode() in environ
+    assert f"CODECFLOW_FILES_ROOT={live_server.files_root}".encode() in environ
 
 
 def test_start_again_says_it_runs_and_starts_nothing(

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from schemas.configs import PipelineConfig, TokenizeConfig, TokenizeSettings
 from schemas.tokenizers import (
     ACCEPTED_FORMS,
+    KNOWN_NAMES,
     MIMI_MAX_LEVELS,
     MULAW_NAMES,
+    NAME_PATTERN,
     TokenizerName,
     TokenizerNameError,
     parse_tokenizer_name,
@@ -117,11 +119,14 @@ def test_the_config_field_refuses_what_the_grammar_refuses(name: str) -> None:
 
 def test_the_config_field_keeps_its_form() -> None:
     """The Prefect UI renders the field from its JSON schema: the default and the description
-    stay; the pattern is gone (the validator is the one grammar)."""
+    stay, and the value is a known name or one typed (tests/flows/test_forms.py: the typed
+    form's pattern accepts exactly what the grammar does, the validator still decides)."""
     field = TokenizeSettings.model_json_schema()["properties"]["tokenizer"]
-    assert field["default"] == "mu-law-256" and field["type"] == "string"
+    assert field["default"] == "mu-law-256" and "type" not in field
     assert "codec:<checkpoint>[@<levels>]" in field["description"]
-    assert "pattern" not in field
+    known, typed = field["anyOf"]
+    assert known == {"type": "string", "enum": list(KNOWN_NAMES), "title": "known name"}
+    assert typed["type"] == "string" and typed["pattern"] == NAME_PATTERN
 
 
 def test_constants() -> None:

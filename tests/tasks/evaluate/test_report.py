@@ -197,10 +197,11 @@ def test_speech_metrics_turned_off_leave_dashes() -> None:
 
 
 def test_summary_markdown_digest() -> None:
-    text = summary_markdown(_summary(), "file:///runs/report/index.html")
+    link = "[open the report](http://127.0.0.1:4201/demo/report/index.html)"
+    text = summary_markdown(_summary(), link)
     assert text == (
         "### mu-law-256 LM, step 40\n\n"
-        "[open the report](file:///runs/report/index.html)\n\n"
+        f"{link}\n\n"
         "| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
         "|---|---|---|---|---|---|\n"
         "| 2.5000 | 46,166 | 4 ms | 1,280 | 0.125 | 1 of 2 |\n\n"

@@ -1,0 +1,104 @@
+"""The runs folder's file server (scripts/files_server.py), started as `make server` starts it
+(scripts/server.py's start_files): it serves files and folder listings, refuses every write and
+every path that resolves outside its folder, and `stop` ends it."""
+
+from __future__ import annotations
+
+import importlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import free_port, server_module
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A file server of `tmp_path/runs` on a free port: (its URL, the folder)."""
+    server = server_module()
+    home, root = tmp_path / "home", tmp_path / "runs"
+    (root / "demo" / "report").mkdir(parents=True)
+    (root / "demo" / "report" / "index.html").write_text("<h1>codecflow evaluation</h1>")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+    try:
+        pids = server.start_files(home, root, "127.0.0.1", free_port())
+        assert pids["files_root"] == str(root.resolve())
+        yield pids["files_url"], root
+    finally:
+        server.stop(home)
+
+
+def _raw_get(url: str, path: str) -> int:
+    """The status of GET `path` sent as written (httpx would normalise `..` away)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        return int(conn.recv(64).split()[1])
+
+
+def test_it_serves_files_and_listings(files: tuple[str, Path]) -> None:
+    url, root = files
+    page = httpx.get(f"{url}/demo/report/index.html", timeout=10)
+    assert page.status_code == 200 and page.text == "<h1>codecflow evaluation</h1>"
+    assert page.headers["content-type"] == "text/html"
+    assert page.headers["cache-control"] == "no-cache"  # reports are rewritten in place
+    listing = httpx.get(f"{url}/demo/", timeout=10)
+    assert listing.status_code == 200 and 'href="report/"' in listing.text
+    assert httpx.get(f"{url}/demo/missing.html", timeout=10).status_code == 404
+
+
+def test_it_refuses_writes(files: tuple[str, Path]) -> None:
+    url, root = files
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        answer = httpx.request(method, f"{url}/demo/report/index.html", content=b"x", timeout=10)
+        assert answer.status_code == 405, method
+        assert answer.headers["allow"] == "GET, HEAD"
+    assert (root / "demo" / "report" / "index.html").read_text() == (
+        "<h1>codecflow evaluation</h1>"
+    )
+    assert sorted(p.name for p in (root / "demo" / "report").iterdir()) == ["index.html"]
+
+
+def test_it_serves_nothing_outside_its_folder(files: tuple[str, Path]) -> None:
+    url, root = files
+    # `..`, plain or percent-encoded, is dropped: the path stays inside (and is not there).
+    assert _raw_get(url, "/../secret.txt") == 404
+    assert _raw_get(url, "/%2e%2e/secret.txt") == 404
+    assert _raw_get(url, "/demo/%2e%2e/%2e%2e/secret.txt") == 404
+    # A symlink inside the folder that points out of it is refused.
+    (root / "out").symlink_to(root.parent)
+    assert httpx.get(f"{url}/out/secret.txt", timeout=10).status_code == 403
+    assert httpx.get(f"{url}/out/", timeout=10).status_code == 403
+
+
+def test_stop_ends_it(tmp_path: Path) -> None:
+    server = server_module()
+    home = tmp_path / "home"
+    pids = server.start_files(home, tmp_path / "runs", "127.0.0.1", free_port())
+    assert server.read_pids(home)["files"] == pids["files"]
+    assert server.stop(home) == [f"files (pid {pids['files']})"]
+    assert not server._group_alive(pids["files"])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(pids["files_url"], timeout=5)
+
+
+def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    server = server_module()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(server.ServerError, match=f"^port {port} on 127.0.0.1 is taken"):
+            server.start_files(tmp_path / "home", tmp_path / "runs", "127.0.0.1", port)
+    assert "files" not in server.read_pids(tmp_path / "home")
+
+
+def test_the_worker_and_the_flows_read_the_same_variables() -> None:
+    links = importlib.import_module("tasks.core.links")
+    server = server_module()
+    assert (server.FILES_URL_ENV, server.FILES_ROOT_ENV) == (
+        links.FILES_URL_ENV,
+        links.FILES_ROOT_ENV,
+    )
