@@ -371,7 +371,9 @@ def write_heldout_prompt(tree: Path, speech_dir: Path, prompts_dir: Path) -> Non
         sf.write(f"{tmp}/{name}.flac", audio[: HELDOUT_SECONDS * rate], rate, subtype="PCM_16")
         write_public(prompts_dir / f"{name}.flac", Path(f"{tmp}/{name}.flac").read_bytes())
     change = f"Changes: the first {HELDOUT_SECONDS} s of {HELDOUT_CLIP} (resampled to 16 kHz, FLAC)"
-    text = (speech_dir / f"{HELDOUT_CLIP}.txt").read_text().rstrip() + f"\n{change}, by codecflow.\n"
+    text = (
+        speech_dir / f"{HELDOUT_CLIP}.txt"
+    ).read_text().rstrip() + f"\n{change}, by codecflow.\n"
     write_public(prompts_dir / f"{name}.txt", text.encode())
 
 
