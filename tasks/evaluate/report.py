@@ -71,33 +71,7 @@ def _skipped(reason: str | None) -> str:
 def evaluation_html(summary: EvaluationSummary) -> str:
     """The report page of one evaluation (files referenced relative to the report folder)."""
     levels = range(summary.num_levels)
-    overview = [
-        ("tokenizer", summary.tokenizer),
-        ("levels x codebook", f"{summary.num_levels} x {summary.codebook_size}"),
-        ("layout", summary.layout),
-        ("level weights", summary.level_weights),
-        ("checkpoint", f"{summary.checkpoint} (step {summary.checkpoint_step})"),
-        (
-            "dataset",
-            f"{summary.dataset}: {summary.audio_hours:.4g} h, "
-            f"{summary.n_tokens:,} tokens, {summary.dataset_bytes:,} bytes",
-        ),
-        (
-            "train loss first / last",
-            f"{_fmt(summary.train_loss_first)} / {_fmt(summary.train_loss_last)}",
-        ),
-        (
-            "context",
-            f"{summary.context_tokens} tokens = {summary.context_seconds * 1000:.4g} ms of audio",
-        ),
-        (
-            "generation",
-            f"{summary.generated_tokens:,} tokens in "
-            f"{summary.generation_seconds:.3g} s: {summary.generation_tokens_per_s:,.0f} "
-            f"tokens/s, real-time factor {_fmt(summary.rtf)} (compute s per audio s; "
-            f"below 1 is faster than real time), {summary.n_prefills} prefills",
-        ),
-    ]
+    overview = _overview(summary)
     overview_rows = [(html.escape(k), _esc(v)) for k, v in overview]
     level_rows = [
         (
@@ -122,41 +96,7 @@ def evaluation_html(summary: EvaluationSummary) -> str:
         f'continuation {i}" width="100%">'
         for i in range(len(summary.samples))
     )
-    regen = summary.regeneration
-    regen_parts = [
-        f"<p>source: {_esc(regen.source)} ({regen.seconds:.3g} s) "
-        f"{_audio('regen/original.wav')} through the tokenizer: "
-        f"{_audio('regen/roundtrip.wav')}</p>"
-    ]
-    for run in regen.runs:
-        k = run["keep_levels"]
-        if run.get("skipped"):
-            regen_parts.append(f"<h3>keep {k} level(s)</h3>" + _skipped(run["skipped"]))
-            continue
-        rows = [
-            (
-                str(i),
-                _audio(f),
-                _esc(_at(run.get("voice_similarity_to_original"), i)),
-                _esc(_at(run.get("word_error_rate_to_original"), i)),
-                _words(run.get("transcripts"), i),
-            )
-            for i, f in enumerate(run["files"])
-        ]
-        regen_parts.append(
-            f"<h3>keep {k} level(s), generate the other {summary.num_levels - k}</h3>"
-            + _skipped(run.get("metrics_skipped"))
-            + _table(
-                [
-                    "#",
-                    "audio",
-                    "voice similarity to original",
-                    "WER to original's words",
-                    "recognised words",
-                ],
-                rows,
-            )
-        )
+    regen_parts = _regeneration_parts(summary)
     prompt_words = words.get("prompt_transcript")
     settings_json = html.escape(json.dumps(summary.settings, indent=2))
     return f"""<!doctype html>
@@ -197,7 +137,7 @@ PESQ-WB {_fmt(roundtrip.pesq_wb)}, STOI {_fmt(roundtrip.stoi)})</p>
 {spectrograms}
 <h2>Validation loss per level (held-out split)</h2>
 <p>weighted loss {_fmt(summary.val_loss)} nats/token;
-{_fmt(summary.val_bits_per_audio_second)} bits per second of audio (unweighted)</p>
+{_plain(summary.val_bits_per_audio_second)} bits per second of audio (unweighted)</p>
 {_table(["level", "loss (nats/token)", "perplexity"], level_rows)}
 {_curves_html(summary.loss_curves)}
 <h2>Regeneration from the first levels</h2>
@@ -206,6 +146,78 @@ PESQ-WB {_fmt(roundtrip.pesq_wb)}, STOI {_fmt(roundtrip.stoi)})</p>
 <pre>{settings_json}</pre>
 </body></html>
 """
+
+
+def _overview(summary: EvaluationSummary) -> list[tuple[str, Any]]:
+    """The first table: what was evaluated, on what, and how fast it generated."""
+    overview = [
+        ("tokenizer", summary.tokenizer),
+        ("levels x codebook", f"{summary.num_levels} x {summary.codebook_size}"),
+        ("layout", summary.layout),
+        ("level weights", summary.level_weights),
+        ("checkpoint", f"{summary.checkpoint} (step {summary.checkpoint_step})"),
+        (
+            "dataset",
+            f"{summary.dataset}: {summary.audio_hours:.4g} h, "
+            f"{summary.n_tokens:,} tokens, {summary.dataset_bytes:,} bytes",
+        ),
+        (
+            "train loss first / last",
+            f"{_fmt(summary.train_loss_first)} / {_fmt(summary.train_loss_last)}",
+        ),
+        (
+            "context",
+            f"{summary.context_tokens} tokens = {summary.context_seconds * 1000:.4g} ms of audio",
+        ),
+        (
+            "generation",
+            f"{summary.generated_tokens:,} tokens in "
+            f"{summary.generation_seconds:.3g} s: {summary.generation_tokens_per_s:,.0f} "
+            f"tokens/s, real-time factor {_fmt(summary.rtf)} (compute s per audio s; "
+            f"below 1 is faster than real time), {summary.n_prefills} prefills",
+        ),
+    ]
+    return overview
+
+
+def _regeneration_parts(summary: EvaluationSummary) -> list[str]:
+    """The regeneration section: the source, its round trip, and one table per `keep_levels`."""
+    regen = summary.regeneration
+    regen_parts = [
+        f"<p>source: {_esc(regen.source)} ({regen.seconds:.3g} s) "
+        f"{_audio('regen/original.wav')} through the tokenizer: "
+        f"{_audio('regen/roundtrip.wav')}</p>"
+    ]
+    for run in regen.runs:
+        k = run["keep_levels"]
+        if run.get("skipped"):
+            regen_parts.append(f"<h3>keep {k} level(s)</h3>" + _skipped(run["skipped"]))
+            continue
+        rows = [
+            (
+                str(i),
+                _audio(f),
+                _esc(_at(run.get("voice_similarity_to_original"), i)),
+                _esc(_at(run.get("word_error_rate_to_original"), i)),
+                _words(run.get("transcripts"), i),
+            )
+            for i, f in enumerate(run["files"])
+        ]
+        regen_parts.append(
+            f"<h3>keep {k} level(s), generate the other {summary.num_levels - k}</h3>"
+            + _skipped(run.get("metrics_skipped"))
+            + _table(
+                [
+                    "#",
+                    "audio",
+                    "voice similarity to original",
+                    "WER to original's words",
+                    "recognised words",
+                ],
+                rows,
+            )
+        )
+    return regen_parts
 
 
 def _sample_row(
@@ -499,7 +511,8 @@ def _plot_bits(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
     with figure(path, size=(max(5.0, 0.6 * len(rows) + 2), 3.5)) as ax:
         names = [r["report"] for r in rows]
-        ax.bar(range(len(rows)), [r["bits / audio s"] for r in rows], color="tab:blue")
+        bars = ax.bar(range(len(rows)), [r["bits / audio s"] for r in rows], color="tab:blue")
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize="x-small")
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize="small")
         ax.set_ylabel("validation bits / audio second")
         ax.set_yscale("log")

@@ -183,6 +183,7 @@ def test_the_report_shows_the_summarys_numbers_and_files() -> None:
         "<td>0.0456</td><td>2.71</td>",  # band flatness and crest factor of sample 0
         "recognised words in the prompt: when grass is; WER against the given text:\n0.25",
         "<td>1</td><td>3</td><td>20.09</td>",  # level 1's loss and perplexity
+        "46,166 bits per second of audio",  # not 4.617e+04
         "keep 1 level(s), generate the other 1",
         "<h3>keep 2 level(s)</h3>",
         "skipped: keeping 2 of 2 levels leaves nothing to generate",
