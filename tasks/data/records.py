@@ -282,7 +282,8 @@ class EvaluationSummary(_Record):
     decode_threads: int | None = Field(default=None, exclude_if=_absent_if_none)
     samples: list[dict[str, Any]]
     # The recording's own continuation of the prompt when the prompt is cut from a longer file
-    # (`prompt_seconds`): {"file", "seconds", "stats"} (stats: `acoustic_stats`); else absent.
+    # (`prompt_seconds`): {"file", "seconds", "stats"} (stats: `acoustic_stats`), and "speech"
+    # (its voice similarity to the prompt and transcript) with speech metrics on; else absent.
     true_continuation: dict[str, Any] | None = Field(default=None, exclude_if=_absent_if_none)
     speech: dict[str, Any]
     regeneration: Regeneration

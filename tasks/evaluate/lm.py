@@ -332,6 +332,7 @@ class _Measured:
     regen: regenerate.Regenerations
     speech: dict[str, Any]
     train_log: list[dict[str, Any]]  # the training's log lines up to the checkpoint's step
+    truth_speech: dict[str, Any] | None  # the true continuation's voice similarity and words
 
 
 def _measure(
@@ -357,16 +358,43 @@ def _measure(
         model, tokenizer, layout, inputs.source_path, inputs.source_wav, settings, device
     )
     speech: dict[str, Any] = {"skipped": "turned off (speech_metrics: false)"}
+    truth_speech: dict[str, Any] | None = None
     if settings.speech_metrics:
         rate = tokenizer.sample_rate
         prompt_np = inputs.prompt_wav[0, 0].numpy()
+        truth = [] if inputs.truth_wav is None else [inputs.truth_wav[0, 0].numpy()]
         speech = speech_metrics.speech_metrics(
-            prompt_np, samples, rate, prompt_text=settings.prompt_text
+            prompt_np, [*samples, *truth], rate, prompt_text=settings.prompt_text
         )
+        speech, truth_speech = _split_truth(speech, len(samples)) if truth else (speech, None)
         regen.add_speech_metrics(rate)
     back = prompt_back[0, 0].numpy()
     log = curves.training_log(checkpoint, _checkpoint_step(checkpoint))
-    return _Measured(validation, back, prompt_roundtrip, samples, speed, regen, speech, log)
+    return _Measured(
+        validation, back, prompt_roundtrip, samples, speed, regen, speech, log, truth_speech
+    )
+
+
+def _split_truth(speech: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`speech_metrics` of n samples and then the true continuation: the samples' part (every
+    per-sample list cut to n), and the truth's voice similarity and transcript, the reference
+    the samples' numbers are read against."""
+    parts: dict[str, Any] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for section in ("voice", "words"):
+        kept, last[section] = {}, {}
+        for key, value in speech[section].items():
+            per_sample = isinstance(value, list) and len(value) == n + 1
+            kept[key] = value[:n] if per_sample else value
+            if per_sample:
+                last[section][key] = value[n]
+        parts[section] = kept
+    truth = {
+        "voice_similarity_to_prompt": last["voice"].get("prompt_vs_sample"),
+        "voice_similarity_first_vs_second_half": last["voice"].get("sample_first_vs_second_half"),
+        "transcript": last["words"].get("transcripts"),
+    }
+    return {**speech, **parts}, truth
 
 
 def _summary(
@@ -406,7 +434,7 @@ def _summary(
         num_samples=settings.num_samples,
         **measured.speed,
         samples=[acoustic_stats(s, rate) for s in measured.samples],
-        true_continuation=_true_continuation(inputs.truth_wav, rate),
+        true_continuation=_true_continuation(inputs.truth_wav, rate, measured.truth_speech),
         speech=measured.speech,
         regeneration=measured.regen.summary(rate),
         loss_curves=curves.curve_names(measured.train_log, tokenizer.num_levels) or None,
@@ -419,12 +447,15 @@ def _summary(
 TRUE_CONTINUATION_WAV = "true_continuation.wav"
 
 
-def _true_continuation(truth: torch.Tensor | None, rate: int) -> dict[str, Any] | None:
+def _true_continuation(
+    truth: torch.Tensor | None, rate: int, speech: dict[str, Any] | None
+) -> dict[str, Any] | None:
     if truth is None:
         return None
     wav = truth[0, 0].numpy()
     stats = acoustic_stats(wav, rate)
-    return {"file": TRUE_CONTINUATION_WAV, "seconds": wav.size / rate, "stats": stats}
+    found = {"file": TRUE_CONTINUATION_WAV, "seconds": wav.size / rate, "stats": stats}
+    return found if speech is None else {**found, "speech": speech}
 
 
 def _write_report(

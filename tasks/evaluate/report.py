@@ -90,7 +90,15 @@ def evaluation_html(summary: EvaluationSummary) -> str:
     ]
     truth = summary.true_continuation
     if truth is not None:
-        sample_rows.insert(0, _sample_row("true", truth["file"], truth["stats"], {}, {}, 0))
+        heard = truth.get("speech") or {}
+        truth_voice = {
+            "prompt_vs_sample": [heard.get("voice_similarity_to_prompt")],
+            "sample_first_vs_second_half": [heard.get("voice_similarity_first_vs_second_half")],
+        }
+        truth_words = {"transcripts": [heard.get("transcript")]}
+        sample_rows.insert(
+            0, _sample_row("true", truth["file"], truth["stats"], truth_voice, truth_words, 0)
+        )
     spectrograms = _true_spectrogram(truth) + "\n".join(
         f'<p>sample {i}</p><img src="spectrogram_{i}.png" alt="spectrogram of the prompt and '
         f'continuation {i}" width="100%">'

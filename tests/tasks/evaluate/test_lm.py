@@ -323,3 +323,29 @@ def test_generation_progress_reaches_the_log_without_flooding(
     # 320 tokens in well under the 30 s cadence: the first token and the last, nothing between.
     assert [(m.group(1), m.group(2)) for m in found] == [("1", "0"), ("320", "100")], lines
     assert found[-1].group(4) == "0:00" and float(found[-1].group(3).replace(",", "")) > 0
+
+
+def test_the_true_continuations_speech_metrics_are_split_from_the_samples() -> None:
+    """speech_metrics runs on the samples and then the truth (one batch of models): the summary's
+    per-sample lists keep the samples only, the truth gets its own voice similarity and words."""
+    from tasks.evaluate.lm import _split_truth
+
+    speech = {
+        "voice": {
+            "metric": "voice_similarity",
+            "skipped": None,
+            "prompt_vs_sample": [0.1, 0.2, 0.9],
+            "sample_first_vs_second_half": [0.3, 0.4, 0.8],
+            "prompt_vs_sample_skipped": [None, None, None],
+        },
+        "words": {"prompt_transcript": "a b", "transcripts": ["x", "", "the truth"]},
+    }
+    samples, truth = _split_truth(speech, 2)
+    assert samples["voice"]["prompt_vs_sample"] == [0.1, 0.2]
+    assert samples["voice"]["metric"] == "voice_similarity"
+    assert samples["words"] == {"prompt_transcript": "a b", "transcripts": ["x", ""]}
+    assert truth == {
+        "voice_similarity_to_prompt": 0.9,
+        "voice_similarity_first_vs_second_half": 0.8,
+        "transcript": "the truth",
+    }

@@ -357,12 +357,14 @@ def test_the_true_continuation_and_the_loss_curves_are_on_the_page() -> None:
         "file": "true_continuation.wav",
         "seconds": 1.0,
         "stats": {**_summary_dict()["samples"][0], "rms_dbfs": -17.5},
+        "speech": {"voice_similarity_to_prompt": 0.91, "transcript": "the real words"},
     }
     curves = {"total": "loss.png", "per_level": "loss_per_level.png"}
     page = evaluation_html(_summary(true_continuation=truth, loss_curves=curves))
     assert "the recording's own next 1 s" in page
     assert page.count('src="true_continuation.wav"') == 2  # under the prompt, first table row
     assert "<td>true</td>" in page and "<td>-17.5</td>" in page
+    assert "<td>0.91</td>" in page and "<td>the real words</td>" in page
     assert 'src="spectrogram_true.png"' in page
     assert '<img src="loss.png"' in page and '<img src="loss_per_level.png"' in page
     plain = evaluation_html(_summary())
