@@ -6,15 +6,19 @@ folder (`tasks.evaluate.report` renders its pages):
 
     prompt.wav, prompt_roundtrip.wav          the prompt, and the prompt through the tokenizer
     continuation_<i>.wav, spectrogram_<i>.png  prompt followed by sample i, and its spectrogram
+    true_continuation.wav, spectrogram_true.png  prompt followed by the recording's own next
+                                               seconds (with `prompt_seconds`)
+    loss.png, loss_per_level.png               the training's loss curves (`tasks.evaluate.curves`)
     regen/...                                  the regeneration (`tasks.evaluate.regenerate`)
     index.html                                 every number, audio player and picture
     summary.json                               written last: the report is complete
 
 Metrics: the per-level validation loss on the held-out split with the training's own windows
 (so the numbers equal what training reported), perplexities and bits per second of audio, the
-tokenizer's round trip on the prompt, generation speed, acoustic sanity of every sample (with
-the post's "crackling" and screeching failure modes flagged), and, offline, voice similarity and
-recognised words (`tasks.evaluate.speech_metrics`).
+tokenizer's round trip on the prompt (`tasks.evaluate.quality`: SI-SDR, mel L1, PESQ-WB, STOI),
+generation speed (tokens/s, compute seconds per audio second), acoustic sanity of every sample
+(the post's "crackling", clicks and screeching flagged, `tasks.evaluate.acoustics`), and,
+offline, voice similarity and recognised words (`tasks.evaluate.speech_metrics`).
 """
 
 from __future__ import annotations
