@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from flows.help import format_fields, format_tokenizers
 from schemas.configs import (
     AcquireConfig,
+    CompareCodecsConfig,
     EvalCodecConfig,
     EvaluateConfig,
     PipelineConfig,
@@ -85,6 +86,13 @@ def _eval_codec(cfg: EvalCodecConfig) -> dict[str, Path]:
     return {"report": record.path / "index.html", "table": record.table}
 
 
+def _compare_codecs(cfg: CompareCodecsConfig) -> dict[str, Path]:
+    from flows.compare_codecs import compare_codecs_flow
+
+    record = compare_codecs_flow(cfg)
+    return {"report": record.path / "index.html", "table": record.table}
+
+
 def _evaluate(cfg: EvaluateConfig) -> dict[str, Path]:
     from flows.evaluate import evaluate_flow
 
@@ -111,6 +119,9 @@ COMMANDS: dict[str, _Command] = {
     "acquire": _Command(AcquireConfig, _acquire, "fetch, extract and segment Libri-Light"),
     "train-codec": _Command(TrainCodecConfig, _train_codec, "train the post's RVQ codec"),
     "eval-codec": _Command(EvalCodecConfig, _eval_codec, "codec losses by number of levels"),
+    "compare-codecs": _Command(
+        CompareCodecsConfig, _compare_codecs, "tokenizers side by side on held-out segments"
+    ),
     "tokenize": _Command(TokenizeConfig, _tokenize, "segments -> Arrow token shards"),
     "train-lm": _Command(TrainLMConfig, _train_lm, "train the GPT on a token dataset"),
     "evaluate": _Command(EvaluateConfig, _evaluate, "sample continuations of a prompt"),
@@ -149,7 +160,9 @@ def _is_text(annotation: Any) -> bool:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return all(isinstance(a, str) for a in args)
-    return bool(args) and all(a is str or a is type(None) for a in args)
+    # `str | None` only: `list[str]` has the args (str,) too, but its value is YAML (a list).
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and all(a is str or a is type(None) for a in args)
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -21,10 +21,13 @@ from schemas.tokenizers import TokenizerNameError, parse_tokenizer_name, tokeniz
 __all__ = [
     "AcquireConfig",
     "AcquireSettings",
+    "CompareCodecsConfig",
+    "CompareCodecsSettings",
     "EvalCodecConfig",
     "EvalCodecSettings",
     "EvaluateConfig",
     "EvaluateSettings",
+    "HELDOUT_PROMPT",
     "MODEL_SHAPE_FIELDS",
     "PipelineConfig",
     "TokenizeConfig",
@@ -376,6 +379,50 @@ class EvalCodecConfig(EvalCodecSettings):
     _local_out = _local_only("out", why=_REPORT_OUT)
 
 
+def _compared_tokenizers() -> list[str]:
+    return ["mu-law-256", "mimi_8_rvq", "mimi_32_rvq"]
+
+
+class CompareCodecsSettings(_Config):
+    tokenizers: list[str] = Field(
+        default_factory=_compared_tokenizers,
+        min_length=1,
+        description="Tokenizers compared on the same segments, one row each: 'mu-law-256', "
+        "'codec:<checkpoint>@<levels>' (list one per number of levels: @1, @2, ... @N), "
+        "'mimi_<K>_rvq' (Mimi's weights from the Hub cache), as `tokenize` names them.",
+    )
+    max_segments: int = Field(
+        8, ge=1, description="Validation segments compared (the first ones by id)."
+    )
+    max_seconds: float = Field(
+        5.0, gt=0, le=600, description="Each segment is cut to at most this many seconds."
+    )
+    device: Device = Field("auto", description="'auto' takes CUDA when present.")
+
+    @field_validator("tokenizers")
+    @classmethod
+    def _tokenizer_names(cls, names: list[str]) -> list[str]:
+        """Each name in the one grammar (schemas/tokenizers.py), a codec from a local folder;
+        no name twice (a row per tokenizer)."""
+        for name in names:
+            TokenizeSettings._tokenizer_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"a tokenizer is listed twice: {names}")
+        return names
+
+
+class CompareCodecsConfig(CompareCodecsSettings):
+    manifest: str = Field(
+        "runs/demo/acquire/manifest/segments.parquet",
+        description="Segment manifest; the comparison reads its val split (held out).",
+    )
+    out: str = Field(
+        "runs/demo/codec-comparison", description="Local folder of the comparison report."
+    )
+
+    _local_out = _local_only("out", why=_REPORT_OUT)
+
+
 #: The fields a `preset` sets (models/presets.py).
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
@@ -492,6 +539,10 @@ class TrainLMConfig(TrainLMSettings):
         return TrainLMSettings(**self.model_dump(include=fields, exclude_unset=True))
 
 
+#: A prompt with its true continuation: 6 s of the demo's validation speaker (data/prompts/).
+HELDOUT_PROMPT = "data/prompts/heldout_3436-172162-0000_6s.flac"
+
+
 class EvaluateSettings(_Config):
     prompt: str = Field(
         "data/prompts/prompt_librilight_uk_4s.wav",
@@ -503,6 +554,15 @@ class EvaluateSettings(_Config):
         None,
         description="What the prompt says, if known: the recogniser's word error rate on the "
         "prompt is then reported, which tells how far its word counts can be trusted.",
+    )
+    prompt_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="Cut the prompt to its first N seconds; the recording's next `seconds` (as "
+        "far as the file goes) are its true continuation, played beside the generated ones. "
+        f"With {HELDOUT_PROMPT} (6 s, a speaker held out of the demo's training) use 4. "
+        "Empty: the whole file prompts.",
     )
     seconds: float = Field(
         0.5, gt=0, le=600, description="Length of each continuation, in seconds of audio."

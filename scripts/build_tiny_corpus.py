@@ -341,7 +341,40 @@ PROMPTS_README = """\
   of the training corpus (`data/librilight-tiny/`).
 - Licence: public domain (LibriVox recordings are in the public domain; Libri-Light).
 - Copied byte for byte from the shared speech clips by `scripts/build_tiny_corpus.py`.
+
+## `heldout_3436-172162-0000_6s.flac`
+
+- What: the first 6 s of `3436-172162-0000` ("The Age of Chivalry", chapter 18: Perceval, read
+  by Anders Lankford for LibriVox), as the embedded corpus holds it (16 kHz mono, 16-bit FLAC,
+  cut with soundfile, no other change).
+- Why: a prompt that has its true continuation. With `prompt_seconds: 4` the first 4 s prompt the
+  LM and the report plays the next `seconds` of the recording (up to 2 s) beside the generated
+  continuations. Speaker 3436 is the demo's validation speaker (`configs/demo.yaml`:
+  `val_fraction: 0.2`, seed 0), so the LM never trains on this audio.
+- Licence: CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/), from LibriSpeech SLR12
+  (https://www.openslr.org/12/; Panayotov et al., ICASSP 2015); the recording is a LibriVox
+  reading. Attribution: `heldout_3436-172162-0000_6s.txt`, keep it with the audio. Changes: cut
+  to 6 s (the corpus's copy is resampled to 16 kHz and re-encoded as FLAC).
 """
+
+
+#: The prompt with a true continuation: the first 6 s of the demo's validation speaker's clip.
+HELDOUT_CLIP, HELDOUT_SECONDS = "3436-172162-0000", 6
+
+
+def write_heldout_prompt(tree: Path, speech_dir: Path, prompts_dir: Path) -> None:
+    """`data/prompts/heldout_<clip>_6s.flac` (+ .txt): the corpus's 16 kHz copy of the clip, cut."""
+    (flac,) = tree.glob(f"small/*/*/{HELDOUT_CLIP}.flac")
+    audio, rate = sf.read(str(flac), dtype="int16")
+    name = f"heldout_{HELDOUT_CLIP}_{HELDOUT_SECONDS}s"
+    with tempfile.TemporaryDirectory() as tmp:
+        sf.write(f"{tmp}/{name}.flac", audio[: HELDOUT_SECONDS * rate], rate, subtype="PCM_16")
+        write_public(prompts_dir / f"{name}.flac", Path(f"{tmp}/{name}.flac").read_bytes())
+    change = f"Changes: the first {HELDOUT_SECONDS} s of {HELDOUT_CLIP} (resampled to 16 kHz, FLAC)"
+    text = (
+        speech_dir / f"{HELDOUT_CLIP}.txt"
+    ).read_text().rstrip() + f"\n{change}, by codecflow.\n"
+    write_public(prompts_dir / f"{name}.txt", text.encode())
 
 
 def write_readmes(out_dir: Path, prompts_dir: Path, speech_dir: Path, stats: list[dict]) -> None:
@@ -383,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="librilight-tiny-") as tmp:
         stats = build_tree(args.speech_dir, Path(tmp))
         pack_tar(Path(tmp), args.out / TAR_NAME)
+        write_heldout_prompt(Path(tmp), args.speech_dir, args.prompts)
     md5 = md5_file(args.out / TAR_NAME)
     (args.out / TAR_NAME).chmod(0o644)
     write_public(args.out / f"{TAR_NAME}.md5", f"{md5}  {TAR_NAME}\n".encode())

@@ -11,7 +11,7 @@ from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
 from flows.cli import COMMANDS, CliError, apply_override, load_config, main
 from flows.help import field_help
-from schemas.configs import PipelineConfig, TrainLMConfig
+from schemas.configs import CompareCodecsConfig, PipelineConfig, TrainLMConfig
 
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path: Path) -> None:
@@ -37,6 +37,12 @@ def test_text_fields_keep_the_characters_as_typed() -> None:
     assert cfg.acquire.md5 == digits and cfg.acquire.source == "123" and cfg.out == "007"
     cleared = load_config(PipelineConfig, None, [f"acquire.md5={digits}", "acquire.md5=null"])
     assert isinstance(cleared, PipelineConfig) and cleared.acquire.md5 is None
+
+
+def test_a_list_of_text_is_read_as_a_yaml_list() -> None:
+    cfg = load_config(CompareCodecsConfig, None, ['tokenizers=[mu-law-256, "codec:rvq-8@2"]'])
+    assert isinstance(cfg, CompareCodecsConfig)
+    assert cfg.tokenizers == ["mu-law-256", "codec:rvq-8@2"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_config_parameter() -> None
         "acquire",
         "train-codec",
         "eval-codec",
+        "compare-codecs",
         "tokenize",
         "train-lm",
         "evaluate",

@@ -27,6 +27,6 @@ def figure(path: Path, size: tuple[float, float] = (6, 3.5)) -> Iterator[Any]:
     try:
         yield ax
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, format="png")  # PNG whatever the name (a temporary)
     finally:
         plt.close(fig)

@@ -24,6 +24,9 @@ from tasks.core import storage
 from tasks.core.errors import CodecflowError
 
 __all__ = [
+    "COMPARISON_KIND",
+    "CodecComparison",
+    "CodecComparisonRow",
     "CommittedReport",
     "CommittedReports",
     "DatasetInfo",
@@ -197,10 +200,16 @@ class DatasetInfo(_Record):
 
 
 class PromptRoundtrip(_Record):
-    """How close the tokenizer's round trip of the prompt comes to it."""
+    """How close the tokenizer's round trip of the prompt comes to it (`tasks.evaluate.quality`).
+
+    PESQ-WB, STOI and the spectral loss are absent from reports written before issue 15, and
+    absent (None) when the prompt is too short or silent for them."""
 
     si_sdr_db: Number
     mel_l1: Number
+    spectral_loss: Number | None = Field(default=None, exclude_if=_absent_if_none)
+    pesq_wb: Number | None = Field(default=None, exclude_if=_absent_if_none)
+    stoi: Number | None = Field(default=None, exclude_if=_absent_if_none)
 
 
 class Regeneration(_Record):
@@ -260,13 +269,27 @@ class EvaluationSummary(_Record):
     generated_tokens: int
     generation_seconds: Number
     generation_tokens_per_s: Number
-    real_time_factor: Number
+    # Written before issue 15 only: audio seconds generated per compute second (over the batch),
+    # the inverse of the usual real-time factor. Read it through `rtf`.
+    real_time_factor: Number | None = Field(default=None, exclude_if=_absent_if_none)
+    # The usual real-time factor: compute seconds per second of audio generated (over the
+    # batch); below 1 is faster than real time. Absent before issue 15.
+    compute_seconds_per_audio_second: Number | None = Field(
+        default=None, exclude_if=_absent_if_none
+    )
     n_prefills: int
     # The intra-op threads generation ran on (tasks.core.threads); absent before issue 17.
     decode_threads: int | None = Field(default=None, exclude_if=_absent_if_none)
     samples: list[dict[str, Any]]
+    # The recording's own continuation of the prompt when the prompt is cut from a longer file
+    # (`prompt_seconds`): {"file", "seconds", "stats"} (stats: `acoustic_stats`), and "speech"
+    # (its voice similarity to the prompt and transcript) with speech metrics on; else absent.
+    true_continuation: dict[str, Any] | None = Field(default=None, exclude_if=_absent_if_none)
     speech: dict[str, Any]
     regeneration: Regeneration
+    # The loss-curve pictures in the report folder: {"total": "loss.png", "per_level": ...};
+    # absent before issue 15.
+    loss_curves: dict[str, str] | None = Field(default=None, exclude_if=_absent_if_none)
     settings: dict[str, Any]
     identity: dict[str, Any]
     # The folder whose committed report of the same identity this one copies (tasks.evaluate.
@@ -274,11 +297,68 @@ class EvaluationSummary(_Record):
     reused_from: str | None = Field(default=None, exclude_if=_absent_if_none)
 
     @property
+    def rtf(self) -> float | None:
+        """Compute seconds per second of audio generated, from either version's field."""
+        if self.compute_seconds_per_audio_second is not None:
+            return float(self.compute_seconds_per_audio_second)
+        if self.real_time_factor:
+            return 1.0 / float(self.real_time_factor)
+        return None
+
+    @property
     def n_flagged_samples(self) -> int:
         return sum(1 for s in self.samples if s["flags"])
 
     def dumps(self) -> str:
         """The file's text: indented, in field order (summary.json is not key-sorted)."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+
+# -- comparison.json: compare-codecs' table, written last ---------------------------------------
+
+
+class CodecComparisonRow(_Record):
+    """One tokenizer of a codec comparison: its rates, and the means over the segments of how
+    close its round trip comes (`tasks.evaluate.quality`; a metric no segment allowed is None),
+    and how fast it encodes and decodes (x real time: audio seconds per compute second)."""
+
+    tokenizer: str
+    num_levels: int
+    codebook_size: int
+    sample_rate: int
+    frame_rate: Number
+    bitrate_kbps: Number  # levels x log2(codebook) bits per frame x frames per second / 1000
+    tokens_per_second: Number  # frames per second x levels
+    si_sdr_db: Number
+    pesq_wb: Number | None
+    stoi: Number | None
+    mel_l1: Number
+    spectral_loss: Number
+    encode_x_realtime: Number
+    decode_x_realtime: Number
+    trained: bool  # False for an untrained codec preset (its codes carry no information)
+    audio: str  # the first segment through the tokenizer, relative to the report folder
+
+
+#: comparison.json's `kind`.
+COMPARISON_KIND = "codecflow-codec-comparison"
+
+
+class CodecComparison(_Record):
+    """`<report>/comparison.json`, written last by compare-codecs (`tasks.evaluate.compare`):
+    the report is complete when it exists, and answers the same `identity` again."""
+
+    what: ClassVar[str] = "codec comparison (comparison.json)"
+
+    kind: str
+    manifest: str
+    segments: list[str]  # the held-out segment ids, the same for every row
+    audio_seconds: Number  # their total duration
+    original: str  # the first segment as it is, relative to the report folder
+    rows: list[CodecComparisonRow]
+    identity: dict[str, Any]  # the manifest, settings and codec weights compared
+
+    def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
 

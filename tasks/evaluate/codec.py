@@ -1,7 +1,8 @@
 """Evaluate a trained codec on the validation split at each number of levels.
 
 For 1, 2, 4, 8, 16 levels (up to the codec's maximum, and the maximum itself): multi-scale
-spectral loss, SI-SDR, log-mel L1 and the bitrate. Writes `levels.json` (the table),
+spectral loss, SI-SDR, log-mel L1, PESQ-WB, STOI (`tasks.evaluate.quality`; a metric no segment
+allowed is None) and the bitrate. Writes `levels.json` (the table),
 `loss_vs_levels.png`, reconstruction WAVs of a few segments, and `index.html` last.
 """
 
@@ -20,7 +21,6 @@ import soundfile as sf
 import torch
 
 from models.codec import RVQCodec
-from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 from schemas.configs import EvalCodecSettings
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
@@ -28,6 +28,7 @@ from tasks.core.plots import figure
 from tasks.core.runtime import resolve_device
 from tasks.core.storage import atomic_dir, fingerprint
 from tasks.data.manifest import CODEC_RATE, load_split_audio
+from tasks.evaluate.quality import quality
 from tasks.loaders import load_codec
 
 __all__ = [
@@ -45,6 +46,10 @@ __all__ = [
 CODEC_REPORT_KIND = "codec evaluation"
 
 CODEC_REPORT_COMMITTED = ("loss_vs_levels.png",)
+
+
+#: levels.json's metrics per row, in this order (spectral_loss first: what the plot shows).
+_METRICS = ("spectral_loss", "si_sdr_db", "mel_l1", "pesq_wb", "stoi")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ def codec_report_identity(
         "weights": fingerprint(Path(checkpoint) / "model.safetensors"),
         "manifest": storage.sha256(manifest),
         "settings": settings.model_dump(mode="json"),
+        # The columns measured: a report of fewer (before PESQ and STOI) is measured again.
+        "metrics": list(_METRICS),
     }
 
 
@@ -135,22 +142,22 @@ def _eval_codec_owned(
     rows: list[dict[str, Any]] = []
     reconstructions: dict[int, list[np.ndarray]] = {k: [] for k in levels}
     for k in levels:
-        spectral, sdr, mel = [], [], []
+        scores: dict[str, list[float]] = {m: [] for m in _METRICS}
         for index, (_, clip) in enumerate(segments):
             wav = torch.from_numpy(clip).view(1, 1, -1).to(device)  # [1, 1, T]
             codes = codec.encode(wav, k)  # [1, k, F]
             rebuilt = codec.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
-            spectral.append(float(multi_scale_spectral_loss(rebuilt, wav)))
-            sdr.append(float(si_sdr(rebuilt, wav).mean()))
-            mel.append(float(mel_l1(rebuilt, wav, CODEC_RATE)))
+            rebuilt_np = rebuilt[0, 0].float().cpu().numpy()
+            for metric, value in quality(clip, rebuilt_np, CODEC_RATE).items():
+                if value is not None:
+                    scores[metric].append(value)
             if index < settings.n_wavs:
-                reconstructions[k].append(rebuilt[0, 0].cpu().numpy())
+                reconstructions[k].append(rebuilt_np)
+        means = {m: float(np.mean(v)) if v else None for m, v in scores.items()}
         rows.append(
             {
                 "levels": k,
-                "spectral_loss": float(np.mean(spectral)),
-                "si_sdr_db": float(np.mean(sdr)),
-                "mel_l1": float(np.mean(mel)),
+                **means,
                 # levels x log2(codebook) bits per frame, frame_rate frames per second.
                 "bitrate_bps": k * codebook_bits * frame_rate,
                 "segments": len(segments),
@@ -191,7 +198,12 @@ def _html(
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in r.values()
+            f"<td>{v:.4g}</td>"
+            if isinstance(v, float)
+            else "<td>–</td>"
+            if v is None
+            else f"<td>{v}</td>"
+            for v in r.values()
         )
         + "</tr>"
         for r in rows

@@ -13,12 +13,12 @@ import torch
 
 from models.gpt import GPT
 from models.layouts import TokenLayout
-from models.losses import mel_l1, si_sdr
 from models.sampling import generate
 from models.tokenizer import AudioTokenizer
 from schemas.configs import EvaluateSettings
 from tasks.core.progress import StepProgress
 from tasks.core.threads import decode_threads
+from tasks.evaluate.quality import quality
 
 __all__ = ["continue_prompt", "roundtrip"]
 
@@ -30,13 +30,10 @@ def roundtrip(
     tokenizer: AudioTokenizer, wav: torch.Tensor, codes: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The decoding of `codes` `[1, K, F]`, the tokenizer's encoding of `wav` `[1, 1, T]`, and
-    how close it comes to `wav`."""
+    how close it comes to `wav` (SI-SDR, mel L1, spectral loss, PESQ-WB, STOI)."""
     with torch.inference_mode():
         back = tokenizer.decode(codes)[..., : wav.shape[-1]]  # [1, 1, T]
-    return back, {
-        "si_sdr_db": float(si_sdr(back, wav).mean()),
-        "mel_l1": float(mel_l1(back, wav, sample_rate=tokenizer.sample_rate)),
-    }
+    return back, quality(wav[0, 0].numpy(), back[0, 0].numpy(), tokenizer.sample_rate)
 
 
 def _parameters(model: torch.nn.Module) -> int:
@@ -96,7 +93,8 @@ def continue_prompt(
         "generated_tokens": new_tokens.numel(),
         "generation_seconds": elapsed,
         "generation_tokens_per_s": new_tokens.numel() / elapsed,
-        "real_time_factor": generated_seconds * settings.num_samples / elapsed,
+        # The usual real-time factor: compute time over the audio generated (all samples).
+        "compute_seconds_per_audio_second": elapsed / (generated_seconds * settings.num_samples),
         "n_prefills": result.n_prefills,
         "decode_threads": threads,
     }

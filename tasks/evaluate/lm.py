@@ -6,15 +6,19 @@ folder (`tasks.evaluate.report` renders its pages):
 
     prompt.wav, prompt_roundtrip.wav          the prompt, and the prompt through the tokenizer
     continuation_<i>.wav, spectrogram_<i>.png  prompt followed by sample i, and its spectrogram
+    true_continuation.wav, spectrogram_true.png  prompt followed by the recording's own next
+                                               seconds (with `prompt_seconds`)
+    loss.png, loss_per_level.png               the training's loss curves (`tasks.evaluate.curves`)
     regen/...                                  the regeneration (`tasks.evaluate.regenerate`)
     index.html                                 every number, audio player and picture
     summary.json                               written last: the report is complete
 
 Metrics: the per-level validation loss on the held-out split with the training's own windows
 (so the numbers equal what training reported), perplexities and bits per second of audio, the
-tokenizer's round trip on the prompt, generation speed, acoustic sanity of every sample (with
-the post's "crackling" and screeching failure modes flagged), and, offline, voice similarity and
-recognised words (`tasks.evaluate.speech_metrics`).
+tokenizer's round trip on the prompt (`tasks.evaluate.quality`: SI-SDR, mel L1, PESQ-WB, STOI),
+generation speed (tokens/s, compute seconds per audio second), acoustic sanity of every sample
+(the post's "crackling", clicks and screeching flagged, `tasks.evaluate.acoustics`), and,
+offline, voice similarity and recognised words (`tasks.evaluate.speech_metrics`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from tasks.data.checkpoints import read_log
 from tasks.data.lm_windows import validation_loss
 from tasks.data.records import SUMMARY_KIND, DatasetInfo, EvaluationSummary, PromptRoundtrip
 from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.evaluate import continuation, regenerate, report, reuse, speech_metrics
+from tasks.evaluate import continuation, curves, regenerate, report, reuse, speech_metrics
 from tasks.evaluate.acoustics import _plot_spectrogram, _write_wav, acoustic_stats, load_prompt
 from tasks.loaders import load_checkpoint, load_tokenizer
 
@@ -270,16 +274,38 @@ def _computed(
         raise CodecflowError(f"checkpoint {checkpoint} was not trained on the tokens of {dataset}")
     tokenizer = load_tokenizer(spec["name"])
     # The prompts are read before `out` is claimed: a bad path creates no folder.
-    prompt_wav = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
+    whole_prompt = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
+    prompt_wav, truth_wav = _cut_prompt(whole_prompt, tokenizer, settings)
     source_path = Path(settings.regenerate_source or settings.prompt)
     source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
     whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
     source_wav = source_wav[..., : max(whole, tokenizer.samples_per_frame)]  # [1, 1, T']
     inputs = _Inputs(
-        model, spec, info, tokenizer, prompt_wav, source_path, source_wav, device, identity
-    )
+        model, spec, info, tokenizer, prompt_wav, truth_wav, source_path, source_wav, device,
+        identity,
+    )  # fmt: skip
     with outputs.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
         return _evaluate_owned(inputs, checkpoint, dataset, out, settings)
+
+
+def _cut_prompt(
+    whole: torch.Tensor, tokenizer: AudioTokenizer, settings: EvaluateSettings
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt `[1, 1, T]` (the first `prompt_seconds` of `whole`, in whole frames) and the
+    recording's next `seconds` `[1, 1, T_true]` (as far as the file goes; None when nothing
+    follows, or `prompt_seconds` is not set)."""
+    if settings.prompt_seconds is None:
+        return whole, None
+    spf = tokenizer.samples_per_frame
+    cut = max(1, int(settings.prompt_seconds * tokenizer.frame_rate)) * spf
+    if cut > whole.shape[-1]:
+        raise CodecflowError(
+            f"prompt {settings.prompt} is {whole.shape[-1] / tokenizer.sample_rate:.3g} s long: "
+            f"shorter than prompt_seconds ({settings.prompt_seconds:g})"
+        )
+    new_samples = max(1, round(settings.seconds * tokenizer.frame_rate)) * spf  # as generated
+    truth = whole[..., cut : cut + new_samples]
+    return whole[..., :cut], truth if truth.shape[-1] else None
 
 
 @dataclass(frozen=True)
@@ -291,6 +317,7 @@ class _Inputs:
     info: DatasetInfo
     tokenizer: AudioTokenizer
     prompt_wav: torch.Tensor  # [1, 1, T]
+    truth_wav: torch.Tensor | None  # [1, 1, T_true]: the recording's own continuation, if cut
     source_path: Path
     source_wav: torch.Tensor  # [1, 1, T']
     device: torch.device
@@ -308,10 +335,13 @@ class _Measured:
     speed: dict[str, Any]
     regen: regenerate.Regenerations
     speech: dict[str, Any]
+    train_log: list[dict[str, Any]]  # the training's log lines up to the checkpoint's step
+    truth_speech: dict[str, Any] | None  # the true continuation's voice similarity and words
 
 
 def _measure(
     inputs: _Inputs,
+    checkpoint: Path,
     dataset: str | Path,
     layout: TokenLayout,
     train_settings: TrainLMSettings,
@@ -332,15 +362,43 @@ def _measure(
         model, tokenizer, layout, inputs.source_path, inputs.source_wav, settings, device
     )
     speech: dict[str, Any] = {"skipped": "turned off (speech_metrics: false)"}
+    truth_speech: dict[str, Any] | None = None
     if settings.speech_metrics:
         rate = tokenizer.sample_rate
         prompt_np = inputs.prompt_wav[0, 0].numpy()
+        truth = [] if inputs.truth_wav is None else [inputs.truth_wav[0, 0].numpy()]
         speech = speech_metrics.speech_metrics(
-            prompt_np, samples, rate, prompt_text=settings.prompt_text
+            prompt_np, [*samples, *truth], rate, prompt_text=settings.prompt_text
         )
+        speech, truth_speech = _split_truth(speech, len(samples)) if truth else (speech, None)
         regen.add_speech_metrics(rate)
     back = prompt_back[0, 0].numpy()
-    return _Measured(validation, back, prompt_roundtrip, samples, speed, regen, speech)
+    log = curves.training_log(checkpoint, _checkpoint_step(checkpoint))
+    return _Measured(
+        validation, back, prompt_roundtrip, samples, speed, regen, speech, log, truth_speech
+    )
+
+
+def _split_truth(speech: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`speech_metrics` of n samples and then the true continuation: the samples' part (every
+    per-sample list cut to n), and the truth's voice similarity and transcript, the reference
+    the samples' numbers are read against."""
+    parts: dict[str, Any] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for section in ("voice", "words"):
+        kept, last[section] = {}, {}
+        for key, value in speech[section].items():
+            per_sample = isinstance(value, list) and len(value) == n + 1
+            kept[key] = value[:n] if per_sample else value
+            if per_sample:
+                last[section][key] = value[n]
+        parts[section] = kept
+    truth = {
+        "voice_similarity_to_prompt": last["voice"].get("prompt_vs_sample"),
+        "voice_similarity_first_vs_second_half": last["voice"].get("sample_first_vs_second_half"),
+        "transcript": last["words"].get("transcripts"),
+    }
+    return {**speech, **parts}, truth
 
 
 def _summary(
@@ -380,11 +438,28 @@ def _summary(
         num_samples=settings.num_samples,
         **measured.speed,
         samples=[acoustic_stats(s, rate) for s in measured.samples],
+        true_continuation=_true_continuation(inputs.truth_wav, rate, measured.truth_speech),
         speech=measured.speech,
         regeneration=measured.regen.summary(rate),
+        loss_curves=curves.curve_names(measured.train_log, tokenizer.num_levels) or None,
         settings=settings.model_dump(mode="json"),
         identity=inputs.identity,
     )
+
+
+#: The prompt followed by its true continuation, in the report folder.
+TRUE_CONTINUATION_WAV = "true_continuation.wav"
+
+
+def _true_continuation(
+    truth: torch.Tensor | None, rate: int, speech: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if truth is None:
+        return None
+    wav = truth[0, 0].numpy()
+    stats = acoustic_stats(wav, rate)
+    found = {"file": TRUE_CONTINUATION_WAV, "seconds": wav.size / rate, "stats": stats}
+    return found if speech is None else {**found, "speech": speech}
 
 
 def _write_report(
@@ -400,6 +475,12 @@ def _write_report(
             both = np.concatenate([prompt_np, sample])
             _write_wav(tmp / f"continuation_{i}.wav", both, rate)
             _plot_spectrogram(both, rate, prompt_np.size, tmp / f"spectrogram_{i}.png")
+        if inputs.truth_wav is not None:
+            both = np.concatenate([prompt_np, inputs.truth_wav[0, 0].numpy()])
+            _write_wav(tmp / TRUE_CONTINUATION_WAV, both, rate)
+            _plot_spectrogram(both, rate, prompt_np.size, tmp / "spectrogram_true.png")
+        step, levels = summary.checkpoint_step, summary.num_levels
+        curves.write_loss_curves(measured.train_log, step, measured.validation, tmp, levels)
         measured.regen.write(tmp, rate)
         (tmp / "index.html").write_text(report.evaluation_html(summary))
         outputs.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
@@ -417,7 +498,7 @@ def _evaluate_owned(
     config = json.loads((checkpoint / "config.json").read_text())
     layout = make_layout(config.get("layout", "flatten"))
     train_settings = _train_settings(checkpoint)
-    measured = _measure(inputs, dataset, layout, train_settings, settings)
+    measured = _measure(inputs, checkpoint, dataset, layout, train_settings, settings)
     summary = _summary(inputs, checkpoint, dataset, layout, train_settings, settings, measured)
     _write_report(out, inputs, measured, summary)
     return _record_from_summary(out, summary)

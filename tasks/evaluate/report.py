@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import CodecflowError
 from tasks.core.storage import atomic_file
-from tasks.data.records import SUMMARY_KIND, EvaluationSummary
+from tasks.data.records import SUMMARY_KIND, CodecComparison, EvaluationSummary
 
 __all__ = [
+    "COMPARISON_COLUMNS",
+    "comparison_html",
+    "RUNS_BITS_PNG",
     "RUNS_INDEX_COLUMNS",
     "evaluation_html",
     "find_reports",
@@ -66,6 +71,93 @@ def _skipped(reason: str | None) -> str:
 def evaluation_html(summary: EvaluationSummary) -> str:
     """The report page of one evaluation (files referenced relative to the report folder)."""
     levels = range(summary.num_levels)
+    overview = _overview(summary)
+    overview_rows = [(html.escape(k), _esc(v)) for k, v in overview]
+    level_rows = [
+        (
+            str(k),
+            _esc(summary.val_loss_per_level[k]),
+            _esc(summary.val_perplexity_per_level[k]),
+        )
+        for k in levels
+    ]
+    roundtrip = summary.prompt_roundtrip
+    speech = summary.speech
+    voice, words = _speech_parts(speech)
+    sample_rows = [
+        _sample_row(str(i), f"continuation_{i}.wav", stats, voice, words, i)
+        for i, stats in enumerate(summary.samples)
+    ]
+    truth = summary.true_continuation
+    if truth is not None:
+        heard = truth.get("speech") or {}
+        truth_voice = {
+            "prompt_vs_sample": [heard.get("voice_similarity_to_prompt")],
+            "sample_first_vs_second_half": [heard.get("voice_similarity_first_vs_second_half")],
+        }
+        truth_words = {"transcripts": [heard.get("transcript")]}
+        sample_rows.insert(
+            0, _sample_row("true", truth["file"], truth["stats"], truth_voice, truth_words, 0)
+        )
+    spectrograms = _true_spectrogram(truth) + "\n".join(
+        f'<p>sample {i}</p><img src="spectrogram_{i}.png" alt="spectrogram of the prompt and '
+        f'continuation {i}" width="100%">'
+        for i in range(len(summary.samples))
+    )
+    regen_parts = _regeneration_parts(summary)
+    prompt_words = words.get("prompt_transcript")
+    settings_json = html.escape(json.dumps(summary.settings, indent=2))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>codecflow evaluation: {html.escape(summary.tokenizer)}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
+{_table(["", ""], overview_rows)}
+<h2>Prompt</h2>
+<p>{_esc(summary.prompt)} ({summary.prompt_seconds:.3g} s): {_audio("prompt.wav")}
+through the tokenizer: {_audio("prompt_roundtrip.wav")}
+(SI-SDR {_fmt(roundtrip.si_sdr_db)} dB, log-mel L1 {_fmt(roundtrip.mel_l1)},
+PESQ-WB {_fmt(roundtrip.pesq_wb)}, STOI {_fmt(roundtrip.stoi)})</p>
+{_truth_line(truth)}
+<p>recognised words in the prompt: {_esc(prompt_words)}; WER against the given text:
+{_esc(words.get("prompt_wer"))}</p>
+<h2>Continuations</h2>
+{_skipped(speech.get("skipped"))}{_skipped(voice.get("skipped"))}{_skipped(words.get("skipped"))}
+{
+        _table(
+            [
+                "#",
+                "prompt + continuation",
+                "RMS dBFS",
+                "clipping",
+                "silence",
+                "band flatness",
+                "crest factor",
+                "flags",
+                "voice sim. to prompt",
+                "voice sim. 1st/2nd half",
+                "recognised words",
+            ],
+            sample_rows,
+        )
+    }
+{spectrograms}
+<h2>Validation loss per level (held-out split)</h2>
+<p>weighted loss {_fmt(summary.val_loss)} nats/token;
+{_plain(summary.val_bits_per_audio_second)} bits per second of audio (unweighted)</p>
+{_table(["level", "loss (nats/token)", "perplexity"], level_rows)}
+{_curves_html(summary.loss_curves)}
+<h2>Regeneration from the first levels</h2>
+{"".join(regen_parts)}
+<h2>Settings</h2>
+<pre>{settings_json}</pre>
+</body></html>
+"""
+
+
+def _overview(summary: EvaluationSummary) -> list[tuple[str, Any]]:
+    """The first table: what was evaluated, on what, and how fast it generated."""
     overview = [
         ("tokenizer", summary.tokenizer),
         ("levels x codebook", f"{summary.num_levels} x {summary.codebook_size}"),
@@ -89,44 +181,15 @@ def evaluation_html(summary: EvaluationSummary) -> str:
             "generation",
             f"{summary.generated_tokens:,} tokens in "
             f"{summary.generation_seconds:.3g} s: {summary.generation_tokens_per_s:,.0f} "
-            f"tokens/s, real-time factor {summary.real_time_factor:.3g}, "
-            f"{summary.n_prefills} prefills",
+            f"tokens/s, real-time factor {_fmt(summary.rtf)} (compute s per audio s; "
+            f"below 1 is faster than real time), {summary.n_prefills} prefills",
         ),
     ]
-    overview_rows = [(html.escape(k), _esc(v)) for k, v in overview]
-    level_rows = [
-        (
-            str(k),
-            _esc(summary.val_loss_per_level[k]),
-            _esc(summary.val_perplexity_per_level[k]),
-        )
-        for k in levels
-    ]
-    roundtrip = summary.prompt_roundtrip
-    speech = summary.speech
-    voice, words = _speech_parts(speech)
-    sample_rows = []
-    for i, stats in enumerate(summary.samples):
-        flags = " ".join(stats["flags"])
-        sample_rows.append(
-            (
-                str(i),
-                _audio(f"continuation_{i}.wav"),
-                _esc(stats["rms_dbfs"]),
-                _esc(stats["clipping_fraction"]),
-                _esc(stats["silence_fraction"]),
-                _esc(stats["voiced_flatness"]),
-                f'<span class="flag">{html.escape(flags)}</span>' if flags else "ok",
-                _esc(_at(voice.get("prompt_vs_sample"), i)),
-                _esc(_at(voice.get("sample_first_vs_second_half"), i)),
-                _words(words.get("transcripts"), i),
-            )
-        )
-    spectrograms = "\n".join(
-        f'<p>sample {i}</p><img src="spectrogram_{i}.png" alt="spectrogram of the prompt and '
-        f'continuation {i}" width="100%">'
-        for i in range(len(summary.samples))
-    )
+    return overview
+
+
+def _regeneration_parts(summary: EvaluationSummary) -> list[str]:
+    """The regeneration section: the source, its round trip, and one table per `keep_levels`."""
     regen = summary.regeneration
     regen_parts = [
         f"<p>source: {_esc(regen.source)} ({regen.seconds:.3g} s) "
@@ -162,51 +225,62 @@ def evaluation_html(summary: EvaluationSummary) -> str:
                 rows,
             )
         )
-    prompt_words = words.get("prompt_transcript")
-    settings_json = html.escape(json.dumps(summary.settings, indent=2))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>codecflow evaluation: {html.escape(summary.tokenizer)}</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
-{_table(["", ""], overview_rows)}
-<h2>Prompt</h2>
-<p>{_esc(summary.prompt)} ({summary.prompt_seconds:.3g} s): {_audio("prompt.wav")}
-through the tokenizer: {_audio("prompt_roundtrip.wav")}
-(SI-SDR {_fmt(roundtrip.si_sdr_db)} dB, log-mel L1 {_fmt(roundtrip.mel_l1)})</p>
-<p>recognised words in the prompt: {_esc(prompt_words)}; WER against the given text:
-{_esc(words.get("prompt_wer"))}</p>
-<h2>Continuations</h2>
-{_skipped(speech.get("skipped"))}{_skipped(voice.get("skipped"))}{_skipped(words.get("skipped"))}
-{
-        _table(
-            [
-                "#",
-                "prompt + continuation",
-                "RMS dBFS",
-                "clipping",
-                "silence",
-                "voiced flatness",
-                "flags",
-                "voice sim. to prompt",
-                "voice sim. 1st/2nd half",
-                "recognised words",
-            ],
-            sample_rows,
-        )
-    }
-{spectrograms}
-<h2>Validation loss per level (held-out split)</h2>
-<p>weighted loss {_fmt(summary.val_loss)} nats/token;
-{_fmt(summary.val_bits_per_audio_second)} bits per second of audio (unweighted)</p>
-{_table(["level", "loss (nats/token)", "perplexity"], level_rows)}
-<h2>Regeneration from the first levels</h2>
-{"".join(regen_parts)}
-<h2>Settings</h2>
-<pre>{settings_json}</pre>
-</body></html>
-"""
+    return regen_parts
+
+
+def _sample_row(
+    name: str,
+    file: str,
+    stats: Mapping[str, Any],
+    voice: Mapping[str, Any],
+    words: Mapping[str, Any],
+    i: int,
+) -> tuple[str, ...]:
+    """A row of the continuations table: the audio, its acoustic numbers, flags and speech."""
+    flags = " ".join(stats["flags"])
+    return (
+        html.escape(name),
+        _audio(file),
+        _esc(stats["rms_dbfs"]),
+        _esc(stats["clipping_fraction"]),
+        _esc(stats["silence_fraction"]),
+        _esc(stats.get("band_flatness")),  # absent from reports before issue 15
+        _esc(stats.get("crest_factor")),
+        f'<span class="flag">{html.escape(flags)}</span>' if flags else "ok",
+        _esc(_at(voice.get("prompt_vs_sample"), i)),
+        _esc(_at(voice.get("sample_first_vs_second_half"), i)),
+        _words(words.get("transcripts"), i),
+    )
+
+
+def _truth_line(truth: Mapping[str, Any] | None) -> str:
+    if truth is None:
+        return ""
+    return (
+        f"<p>the prompt and the recording's own next {truth['seconds']:.3g} s (the true "
+        f"continuation, first row below): {_audio(truth['file'])}</p>"
+    )
+
+
+def _true_spectrogram(truth: Mapping[str, Any] | None) -> str:
+    if truth is None:
+        return ""
+    return (
+        '<p>true continuation</p><img src="spectrogram_true.png" alt="spectrogram of the '
+        'prompt and its true continuation" width="100%">\n'
+    )
+
+
+def _curves_html(curves: Mapping[str, str] | None) -> str:
+    """The training's loss curves (train per step, validation at checkpoints), when drawn."""
+    if not curves:
+        return _skipped("no training log beside the checkpoint")
+    alts = {"total": "train and validation loss", "per_level": "loss per level"}
+    return "\n".join(
+        f'<p>{alts.get(kind, kind)}</p><img src="{html.escape(name)}" alt="{alts.get(kind, kind)}'
+        f' against training steps">'
+        for kind, name in curves.items()
+    )
 
 
 def _speech_parts(speech: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
@@ -234,11 +308,12 @@ def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:
     return (
         f"### {summary.tokenizer} LM, step {summary.checkpoint_step}\n\n"
         f"{report_link}\n\n"
-        f"| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
+        f"| val loss | bits / audio s | context | tokens/s | RTF (compute s / audio s) "
+        f"| flagged samples |\n"
         f"|---|---|---|---|---|---|\n"
         f"| {summary.val_loss:.4f} | {summary.val_bits_per_audio_second:,.0f} "
         f"| {summary.context_seconds * 1000:.4g} ms | "
-        f"{summary.generation_tokens_per_s:,.0f} | {summary.real_time_factor:.3g} "
+        f"{summary.generation_tokens_per_s:,.0f} | {_fmt(summary.rtf)} "
         f"| {len(flagged)} of {len(summary.samples)} |\n\n"
         f"Validation loss per level: {per_level}\n"
         + (
@@ -248,6 +323,10 @@ def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:
             else ""
         )
     )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def samples_table(summary: EvaluationSummary) -> list[dict[str, Any]]:
@@ -260,6 +339,8 @@ def samples_table(summary: EvaluationSummary) -> list[dict[str, Any]]:
             "clipping_fraction": round(s["clipping_fraction"], 4),
             "silence_fraction": round(s["silence_fraction"], 3),
             "voiced_flatness": round(s["voiced_flatness"], 3),
+            "band_flatness": _rounded(s.get("band_flatness"), 3),
+            "crest_factor": _rounded(s.get("crest_factor"), 2),
             "flags": " ".join(s["flags"]) or "ok",
             "voice_similarity_to_prompt": _at(voice.get("prompt_vs_sample"), i),
             "words": _at(words.get("transcripts"), i),
@@ -302,9 +383,11 @@ def find_reports(root: Path) -> list[Path]:
     return sorted(found)
 
 
-#: The runs index's columns: what tells the post's experiments apart, then what they scored.
+#: The runs index's columns: what tells the post's experiments apart, then what they scored,
+#: then where the report's inputs are.
 RUNS_INDEX_COLUMNS = (
     "report",
+    "date",
     "tokenizer",
     "levels",
     "layout",
@@ -318,7 +401,24 @@ RUNS_INDEX_COLUMNS = (
     "voice sim. to prompt",
     "regen voice sim. (keep 1)",
     "tokens/s",
+    "RTF",
+    "checkpoint",
+    "dataset",
 )
+
+#: The index's plot of each run's validation bits per second of audio, beside index.html.
+RUNS_BITS_PNG = "runs_bits_per_audio_second.png"
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    present = [x for x in values if x is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _report_date(folder: Path) -> str:
+    """When the report was committed: its summary.json's modification time, UTC to the minute."""
+    stamp = (folder / "summary.json").stat().st_mtime
+    return datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def runs_index_rows(root: Path) -> list[dict[str, Any]]:
@@ -327,14 +427,12 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
     for folder in find_reports(root):
         s = EvaluationSummary.read(folder / "summary.json")
         voice, _ = _speech_parts(s.speech)
-        sims = [x for x in voice.get("prompt_vs_sample") or [] if x is not None]
         keep1 = [r for r in s.regeneration.runs if r["keep_levels"] == 1]
-        regen_sims = [
-            x for r in keep1 for x in (r.get("voice_similarity_to_original") or []) if x is not None
-        ]
+        regen_sims = [x for r in keep1 for x in (r.get("voice_similarity_to_original") or [])]
         rows.append(
             {
                 "report": folder.relative_to(root).as_posix(),
+                "date": _report_date(folder),
                 "tokenizer": s.tokenizer,
                 "levels": s.num_levels,
                 "layout": s.layout,
@@ -345,11 +443,12 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
                 "level 0 loss": s.val_loss_per_level[0],
                 "bits / audio s": s.val_bits_per_audio_second,
                 "flagged samples": f"{s.n_flagged_samples} of {len(s.samples)}",
-                "voice sim. to prompt": sum(sims) / len(sims) if sims else None,
-                "regen voice sim. (keep 1)": sum(regen_sims) / len(regen_sims)
-                if regen_sims
-                else None,
+                "voice sim. to prompt": _mean(voice.get("prompt_vs_sample") or []),
+                "regen voice sim. (keep 1)": _mean(regen_sims),
                 "tokens/s": s.generation_tokens_per_s,
+                "RTF": s.rtf,
+                "checkpoint": s.checkpoint,
+                "dataset": s.dataset,
             }
         )
     return rows
@@ -357,32 +456,166 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
 
 _RUNS_INDEX_TITLE = "<title>codecflow evaluations</title>"
 
+#: Click a column's header to sort by it (again: the other way). Plain JS, no library: a cell's
+#: `data-v` holds its raw value (numbers compare as numbers, the rest as text, blanks last).
+_SORT_JS = """<script>
+document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+  th.style.cursor = "pointer";
+  th.title = "sort by " + th.textContent;
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0];
+    var up = th.dataset.dir !== "asc";
+    th.closest("tr").querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
+    th.dataset.dir = up ? "asc" : "desc";
+    var key = function (tr) {
+      var v = tr.cells[col].dataset.v;
+      return v === "" || v === undefined ? null : (isNaN(Number(v)) ? v : Number(v));
+    };
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === null || y === null) { return (x === null) - (y === null); }
+      var c = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : String(x) < String(y) ? -1 : 1;
+      return up ? c : -c;
+    });
+    rows.forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+</script>"""
+
+
+def _plain(value: Any) -> str:
+    """A number as people read it in a table: 78,810 rather than 7.881e+04."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return _fmt(value)
+
+
+def _href(target: str, root: Path) -> str:
+    """A link to `target` from `root/index.html`: relative below `root`, a file:// URI for
+    another local folder, the URL itself for a remote dataset."""
+    if "://" in target:
+        return target
+    path = Path(target).resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_uri()
+
+
+def _index_cell(column: str, value: Any, root: Path) -> str:
+    raw = "" if value is None else value if isinstance(value, int | float) else _fmt(value)
+    if column == "report":
+        text = f'<a href="{html.escape(value)}/index.html">{html.escape(value)}</a>'
+    elif column in ("checkpoint", "dataset"):
+        text = f'<a href="{html.escape(_href(value, root))}">{html.escape(Path(value).name)}</a>'
+    else:
+        text = html.escape(_plain(value))
+    return f'<td data-v="{html.escape(str(raw))}">{text}</td>'
+
+
+def _plot_bits(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Validation bits per second of audio, one bar per run (lower is better)."""
+    from tasks.core.plots import figure
+
+    with figure(path, size=(max(5.0, 0.6 * len(rows) + 2), 3.5)) as ax:
+        names = [r["report"] for r in rows]
+        bars = ax.bar(range(len(rows)), [r["bits / audio s"] for r in rows], color="tab:blue")
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize="x-small")
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize="small")
+        ax.set_ylabel("validation bits / audio second")
+        ax.set_yscale("log")
+
 
 def write_runs_index(root: Path) -> Path:
     """Write `root/index.html`: every evaluation below `root` side by side (mu-law vs codec vs
-    Mimi, 8 vs 32 levels, with and without the semantic level). Returns its path."""
+    Mimi, 8 vs 32 levels, with and without the semantic level), sortable by any column, with a
+    plot of each run's validation bits per second of audio. Returns its path."""
     root = Path(root)
+    target = root / "index.html"
+    # The index sits in a folder codecflow does not own (the runs' parent): it replaces only a
+    # page it wrote itself, never someone's index.html.
+    if target.is_file() and _RUNS_INDEX_TITLE not in target.read_text(errors="replace"):
+        raise CodecflowError(f"{target} is not a codecflow runs index: left as it is")
     rows = runs_index_rows(root)
-    cells = []
-    for row in rows:
-        link = f'<a href="{html.escape(row["report"])}/index.html">{html.escape(row["report"])}</a>'
-        cells.append([link] + [_esc(row[c]) for c in RUNS_INDEX_COLUMNS[1:]])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in RUNS_INDEX_COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(_index_cell(c, row[c], root) for c in RUNS_INDEX_COLUMNS) + "</tr>"
+        for row in rows
+    )
+    plot = ""
+    if rows:
+        with atomic_file(root / RUNS_BITS_PNG) as tmp:
+            _plot_bits(rows, tmp)
+        plot = f'<img src="{RUNS_BITS_PNG}" alt="validation bits per audio second, per run">'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{_RUNS_INDEX_TITLE}
 <style>{_STYLE}</style></head>
 <body>
 <h1>codecflow evaluations under {html.escape(os.fspath(root))}</h1>
 <p>{len(rows)} evaluation report(s). Loss is nats per token (weighted as trained); bits per second
-of audio compare tokenizers; a sample is flagged for crackling (broadband noise) or screeching
-(clipping).</p>
-{_table(list(RUNS_INDEX_COLUMNS), cells)}
+of audio compare tokenizers; a sample is flagged for crackling (broadband noise), clicking or
+screeching (clipping); RTF is compute seconds per second of audio generated. Click a column's
+header to sort by it.</p>
+<table class="sortable"><thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody></table>
+{plot}
+{_SORT_JS}
 </body></html>
 """
-    target = root / "index.html"
-    # The index sits in a folder codecflow does not own (the runs' parent): it replaces only a
-    # page it wrote itself, never someone's index.html.
-    if target.is_file() and _RUNS_INDEX_TITLE not in target.read_text(errors="replace"):
-        raise CodecflowError(f"{target} is not a codecflow runs index: left as it is")
     with atomic_file(target) as tmp:
         tmp.write_text(page)
     return target
+
+
+#: The codec comparison's columns: (header, CodecComparisonRow field); `tasks.evaluate.compare`.
+COMPARISON_COLUMNS = (
+    ("tokenizer", "tokenizer"),
+    ("levels", "num_levels"),
+    ("codebook", "codebook_size"),
+    ("kbit/s", "bitrate_kbps"),
+    ("tokens/s", "tokens_per_second"),
+    ("SI-SDR (dB)", "si_sdr_db"),
+    ("PESQ-WB", "pesq_wb"),
+    ("STOI", "stoi"),
+    ("mel L1", "mel_l1"),
+    ("spectral loss", "spectral_loss"),
+    ("encode x real time", "encode_x_realtime"),
+    ("decode x real time", "decode_x_realtime"),
+)
+
+
+def comparison_html(table: CodecComparison, plot: str) -> str:
+    """The codec comparison page: one row per tokenizer, the plot, and the first segment through
+    each (files relative to the report folder)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COMPARISON_COLUMNS) + "<th>audio</th>"
+    rows = []
+    for row in table.rows:
+        values = row.to_json()
+        cells = [
+            f'<td data-v="{html.escape(str(values[key]))}">{html.escape(_plain(values[key]))}'
+            + (" (untrained)" if key == "tokenizer" and not row.trained else "")
+            + "</td>"
+            for _, key in COMPARISON_COLUMNS
+        ]
+        rows.append("<tr>" + "".join(cells) + f"<td>{_audio(row.audio)}</td></tr>")
+    body = "\n".join(rows)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>codecflow codec comparison</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Tokenizers compared on the same held-out segments</h1>
+<p>{len(table.segments)} validation segment(s) of {html.escape(table.manifest)},
+{table.audio_seconds:.3g} s of audio in all; each metric is the mean over the segments, scored
+at 16 kHz against the original (PESQ-WB: ITU-T P.862.2, 1.04-4.64; STOI: 0-1; x real time:
+audio seconds per compute second). The first segment as it is: {_audio(table.original)}</p>
+<table class="sortable"><thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody></table>
+<img src="{html.escape(plot)}" alt="PESQ-WB and STOI against bitrate, one point per tokenizer">
+{_SORT_JS}
+</body></html>
+"""

@@ -24,6 +24,7 @@ import tasks.data
 import tasks.evaluate
 import tasks.train
 from schemas.configs import (
+    CompareCodecsSettings,
     EvalCodecSettings,
     EvaluateSettings,
     TokenizeSettings,
@@ -39,6 +40,7 @@ from tasks.core.errors import is_transient_chain
 from tasks.core.progress import TqdmProgress, combine
 from tasks.data import records, token_dataset
 from tasks.evaluate import codec as eval_codec
+from tasks.evaluate import compare as compare_codecs
 from tasks.evaluate import lm as evaluate_lm
 from tasks.prefect.caching import content_key
 from tasks.prefect.progress import PrefectProgress
@@ -49,6 +51,7 @@ from tasks.train import lm as train_lm
 from tasks.train.torchrun import run_codec_torchrun, run_torchrun
 
 __all__ = [
+    "compare_codecs_task",
     "eval_codec_task",
     "evaluate_task",
     "extract_task",
@@ -293,3 +296,14 @@ def eval_codec_task(
 ) -> eval_codec.CodecReportRecord:
     """Tabulate reconstruction losses by number of levels on the validation split."""
     return eval_codec.eval_codec(checkpoint, manifest, out, settings)
+
+
+# Not cached by Prefect: the tokenizers' codec weights are named inside `settings`, which the
+# content key cannot hash; the committed comparison.json (its identity holds the weights'
+# fingerprints) is what a second run returns without computing.
+@task(name="compare-codecs")
+def compare_codecs_task(
+    manifest: str, out: Path, settings: CompareCodecsSettings
+) -> compare_codecs.ComparisonRecord:
+    """Every tokenizer on the same held-out segments: one table, one plot, one player each."""
+    return compare_codecs.compare_codecs(manifest, out, settings)

@@ -255,7 +255,7 @@ def _train(
     resumed = resume(out, run.model, run.optimizer, tied={"wte.weight"}, write_log=run.ranks.main)
     trained = _wrapped(run, settings)
     started = time.perf_counter()
-    _loop(out, settings, identity, run, trained, train_reader, resumed)
+    _loop(out, settings, identity, run, trained, train_reader, resumed, val_reader)
     elapsed = time.perf_counter() - started
     if run.ranks.world > 1:
         write_rank_fingerprint(out / "ranks", run.ranks, run.model)
@@ -286,8 +286,10 @@ def _loop(
     trained: Any,
     reader: TokenReader,
     resumed: Resumed,
+    val_reader: TokenReader,
 ) -> None:
-    """The steps from the resumed one to the last; rank 0 logs and checkpoints."""
+    """The steps from the resumed one to the last; rank 0 logs and checkpoints, and at each
+    checkpoint logs the validation loss too (the evaluation report's validation curve)."""
     consumed = int(resumed.state.get("windows_consumed", 0))
     step_windows = run.ranks.world * settings.batch_size * settings.grad_accum_steps
     files = {
@@ -314,6 +316,8 @@ def _loop(
         }
         consumed += step_windows
         if run.ranks.main:
+            if checkpoint_due(step + 1, settings):
+                record.update(_validate(settings, run, val_reader))
             resumed.log.append(record)
             meter.update(step + 1, loss=total)
             if checkpoint_due(step + 1, settings):
@@ -321,6 +325,24 @@ def _loop(
                 weights = _weights(run.model)
                 save_checkpoint(out, step + 1, weights, run.optimizer, state, files)
         barrier(run.ranks)
+
+
+def _validate(settings: TrainLMSettings, run: _Run, val_reader: TokenReader) -> dict[str, Any]:
+    """`val_loss` and `val_loss_per_level` on the fixed validation windows (rank 0's model; the
+    windows draw no random numbers, so training goes on exactly as without it)."""
+    with torch.no_grad():
+        total, per_level = validation_loss(
+            run.model,
+            val_reader,
+            settings,
+            run.device,
+            run.autocast,
+            run.layout,
+            run.codebook_size,
+            run.config.block_size,
+            run.level_weights,
+        )
+    return {"val_loss": total, "val_loss_per_level": per_level}
 
 
 def _step(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 
@@ -76,8 +77,38 @@ def test_train_then_evaluate_the_codec(
         f"report: {tmp_path / 'eval' / 'index.html'}",
         f"table: {tmp_path / 'eval' / 'levels.json'}",
     ]
-    assert [r["levels"] for r in json.loads((tmp_path / "eval" / "levels.json").read_text())] == [
-        1,
-        2,
-        4,
+    rows = json.loads((tmp_path / "eval" / "levels.json").read_text())
+    assert [r["levels"] for r in rows] == [1, 2, 4]
+    for row in rows:  # PESQ-WB within P.862.2's range, STOI within 0-1, beside SI-SDR and mel
+        assert 1.0 <= row["pesq_wb"] <= 4.65 and 0.0 <= row["stoi"] <= 1.0, row
+        assert {"si_sdr_db", "mel_l1", "spectral_loss"} <= set(row)
+    # The trained codec beside mu-law on the same held-out segments, through the CLI.
+    checkpoint = out / "checkpoint"
+    lines = codecflow(
+        "compare-codecs",
+        "--set",
+        f"manifest={tiny_manifest}",
+        "--set",
+        f"out={tmp_path / 'compare'}",
+        "--set",
+        f'tokenizers=["mu-law-256", "codec:{checkpoint}@1", "codec:{checkpoint}@4"]',
+        "--set",
+        "max_segments=2",
+        "--set",
+        "max_seconds=1",
+        "--set",
+        "device=cpu",
+    )
+    assert lines[-2:] == [
+        f"report: {tmp_path / 'compare' / 'index.html'}",
+        f"table: {tmp_path / 'compare' / 'comparison.json'}",
     ]
+    table = json.loads((tmp_path / "compare" / "comparison.json").read_text())
+    assert [r["tokenizer"] for r in table["rows"]][1:] == [
+        f"codec:{checkpoint}@1",
+        f"codec:{checkpoint}@4",
+    ]
+    for row, levels in zip(table["rows"][1:], (1, 4), strict=True):  # codebook 32: 5 bits
+        assert row["num_levels"] == levels
+        assert row["bitrate_kbps"] == pytest.approx(levels * 5 * row["frame_rate"] / 1000)
+    assert all(r["trained"] for r in table["rows"])

@@ -10,7 +10,14 @@ import yaml
 from helpers import REPO
 from pydantic import BaseModel
 
-GPU_DEPLOYMENTS = {"train-codec", "eval-codec", "train-lm", "evaluate", "pipeline"}
+GPU_DEPLOYMENTS = {
+    "train-codec",
+    "eval-codec",
+    "compare-codecs",
+    "train-lm",
+    "evaluate",
+    "pipeline",
+}
 
 
 def _deployments() -> list[dict[str, Any]]:

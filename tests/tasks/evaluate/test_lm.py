@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import PROMPT
+from helpers import PROMPT, REPO
 
 from models.mulaw import MuLawTokenizer
-from schemas.configs import EvaluateSettings, TrainLMSettings
+from schemas.configs import HELDOUT_PROMPT, EvaluateSettings, TrainLMSettings
 from tasks.core.errors import CodecflowError
 from tasks.data.checkpoints import newest_checkpoint
 from tasks.data.records import EvaluationSummary
@@ -52,13 +52,18 @@ def test_report_has_audio_spectrograms_metrics_and_summary(
         "continuation_1.wav",
         "regen/original.wav",
         "regen/roundtrip.wav",
+        "loss.png",
     ):
         assert (out / name).is_file(), name
+    assert not (out / "true_continuation.wav").exists()  # the whole file prompts
     summary = json.loads((out / "summary.json").read_text())
     # summary.json is exactly the typed record, key for key, in the record's order.
     record_summary = EvaluationSummary.read(out / "summary.json")
-    # (`reused_from` only in a report copied from another folder: tests/tasks/evaluate/test_reuse.py)
-    fields = [f for f in EvaluationSummary.model_fields if f != "reused_from"]
+    # (`reused_from` only in a report copied from another folder: tests/tasks/evaluate/test_reuse.py;
+    # `real_time_factor` only in reports written before issue 15; `true_continuation` only with
+    # `prompt_seconds`)
+    absent = {"reused_from", "real_time_factor", "true_continuation"}
+    fields = [f for f in EvaluationSummary.model_fields if f not in absent]
     assert list(summary) == fields and record_summary.n_prefills >= 2
     assert summary["kind"] == "codecflow-evaluation" and summary["num_levels"] == 1
     assert summary["generated_tokens"] == 2 * 320  # 2 samples x 20 ms at 16 kHz
@@ -76,8 +81,16 @@ def test_report_has_audio_spectrograms_metrics_and_summary(
     assert summary["val_bits_per_audio_second"] == pytest.approx(
         summary["val_loss_per_level"][0] / math.log(2) * 16_000
     )
-    # mu-law 256 round trip: 8-bit companding keeps the waveform (well above 20 dB).
-    assert summary["prompt_roundtrip"]["si_sdr_db"] > 20
+    # mu-law 256 round trip: 8-bit companding keeps the waveform (well above 20 dB), and its
+    # quantisation noise is audible but leaves the words intelligible.
+    roundtrip = summary["prompt_roundtrip"]
+    assert roundtrip["si_sdr_db"] > 20 and 0.95 < roundtrip["stoi"] <= 1.0
+    assert 1.0 < roundtrip["pesq_wb"] < 4.65  # P.862.2's MOS-LQO range
+    # The usual real-time factor: compute seconds over audio seconds (2 samples x 20 ms).
+    assert summary["compute_seconds_per_audio_second"] == pytest.approx(
+        summary["generation_seconds"] / 0.04
+    )
+    assert summary["loss_curves"] == {"total": "loss.png"}  # one level: no per-level picture
     assert summary["regeneration"]["runs"] == [
         {"keep_levels": 1, "skipped": "keeping 1 of 1 levels leaves nothing to generate"}
     ]
@@ -127,8 +140,40 @@ def test_newest_checkpoint_mid_training_is_evaluated(
     log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert summary["checkpoint_step"] == 10
     assert summary["train_loss_last"] == log[9]["loss"]
+    # Training validates at each resumable checkpoint (steps 5 and 10): the report's curve has
+    # them, and the evaluation's own held-out loss at step 10 repeats training's.
+    assert [r["step"] for r in log if "val_loss" in r] == [5, 10]
+    assert summary["val_loss"] == pytest.approx(log[9]["val_loss"], rel=1e-5)
+    assert summary["loss_curves"] == {"total": "loss.png"}
+    assert (tmp_path / "report" / "loss.png").stat().st_size > 1000
     with pytest.raises(CodecflowError, match="has no checkpoint yet"):
         newest_checkpoint(tmp_path / "nothing")
+
+
+def test_a_prompt_cut_from_a_longer_file_has_its_true_continuation(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    settings = _settings(prompt=str(REPO / HELDOUT_PROMPT), prompt_seconds=4.0, seconds=0.05)
+    evaluate(tiny_checkpoint, tiny_dataset, out, settings)
+    summary = EvaluationSummary.read(out / "summary.json")
+    assert summary.prompt_seconds == 4.0
+    truth = summary.true_continuation
+    assert truth is not None and truth["seconds"] == pytest.approx(0.05)
+    assert truth["stats"]["flags"] == []  # real speech is not flagged
+    whole, rate = sf.read(REPO / HELDOUT_PROMPT, dtype="float32")
+    both, _ = sf.read(out / "true_continuation.wav", dtype="float32")
+    # prompt + the recording's next 50 ms, as PCM16 (1 / 32768 apart at most)
+    np.testing.assert_allclose(both, whole[: int(4.05 * rate)], atol=1 / 32_000)
+    assert (out / "spectrogram_true.png").is_file()
+    assert 'src="true_continuation.wav"' in (out / "index.html").read_text()
+    with pytest.raises(CodecflowError, match="shorter than prompt_seconds"):
+        evaluate(
+            tiny_checkpoint,
+            tiny_dataset,
+            tmp_path / "r2",
+            _settings(prompt=str(REPO / HELDOUT_PROMPT), prompt_seconds=7.0),
+        )
 
 
 def test_runs_index_puts_evaluations_side_by_side(
@@ -278,3 +323,29 @@ def test_generation_progress_reaches_the_log_without_flooding(
     # 320 tokens in well under the 30 s cadence: the first token and the last, nothing between.
     assert [(m.group(1), m.group(2)) for m in found] == [("1", "0"), ("320", "100")], lines
     assert found[-1].group(4) == "0:00" and float(found[-1].group(3).replace(",", "")) > 0
+
+
+def test_the_true_continuations_speech_metrics_are_split_from_the_samples() -> None:
+    """speech_metrics runs on the samples and then the truth (one batch of models): the summary's
+    per-sample lists keep the samples only, the truth gets its own voice similarity and words."""
+    from tasks.evaluate.lm import _split_truth
+
+    speech = {
+        "voice": {
+            "metric": "voice_similarity",
+            "skipped": None,
+            "prompt_vs_sample": [0.1, 0.2, 0.9],
+            "sample_first_vs_second_half": [0.3, 0.4, 0.8],
+            "prompt_vs_sample_skipped": [None, None, None],
+        },
+        "words": {"prompt_transcript": "a b", "transcripts": ["x", "", "the truth"]},
+    }
+    samples, truth = _split_truth(speech, 2)
+    assert samples["voice"]["prompt_vs_sample"] == [0.1, 0.2]
+    assert samples["voice"]["metric"] == "voice_similarity"
+    assert samples["words"] == {"prompt_transcript": "a b", "transcripts": ["x", ""]}
+    assert truth == {
+        "voice_similarity_to_prompt": 0.9,
+        "voice_similarity_first_vs_second_half": 0.8,
+        "transcript": "the truth",
+    }

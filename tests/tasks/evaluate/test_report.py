@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def _summary_dict(**overrides: Any) -> dict[str, Any]:
         "generated_tokens": 640,
         "generation_seconds": 0.5,
         "generation_tokens_per_s": 1280.0,
-        "real_time_factor": 0.125,
+        "compute_seconds_per_audio_second": 8.0,
         "n_prefills": 3,
         "val_loss_per_level": [2.0, 3.0],
         "val_perplexity_per_level": [7.389, 20.09],
@@ -60,7 +61,7 @@ def _summary_dict(**overrides: Any) -> dict[str, Any]:
         "val_bits_per_audio_second": 46_166.0,
         "prompt": "/data/prompt.flac",
         "prompt_seconds": 4.0,
-        "prompt_roundtrip": {"si_sdr_db": 35.5, "mel_l1": 0.01},
+        "prompt_roundtrip": {"si_sdr_db": 35.5, "mel_l1": 0.01, "pesq_wb": 4.25, "stoi": 0.987},
         "num_samples": 2,
         "samples": [
             {
@@ -68,6 +69,8 @@ def _summary_dict(**overrides: Any) -> dict[str, Any]:
                 "clipping_fraction": 0.00012345,
                 "silence_fraction": 0.1234,
                 "voiced_flatness": 0.4567,
+                "band_flatness": 0.0456,
+                "crest_factor": 2.71,
                 "flags": [],
             },
             {
@@ -75,6 +78,8 @@ def _summary_dict(**overrides: Any) -> dict[str, Any]:
                 "clipping_fraction": 0.25,
                 "silence_fraction": 0.0,
                 "voiced_flatness": 0.9,
+                "band_flatness": 0.9,
+                "crest_factor": 1.2,
                 "flags": ["screeching", "crackling"],
             },
         ],
@@ -165,7 +170,8 @@ def test_the_report_shows_the_summarys_numbers_and_files() -> None:
         "/runs/tokens: 0.25 h, 1,234,567 tokens, 2,469,134 bytes",
         "<td>5.5 / 3.25</td>",
         "64 tokens = 4 ms of audio",
-        "640 tokens in 0.5 s: 1,280 tokens/s, real-time factor 0.125, 3 prefills",
+        "640 tokens in 0.5 s: 1,280 tokens/s, real-time factor 8 (compute s per audio s; below 1"
+        " is faster than real time), 3 prefills",
         'src="continuation_0.wav"',
         'src="continuation_1.wav"',
         'src="spectrogram_1.png"',
@@ -173,9 +179,11 @@ def test_the_report_shows_the_summarys_numbers_and_files() -> None:
         '<span class="flag">screeching crackling</span>',
         "<td>hello world</td>",
         "<td>(no words)</td>",  # an empty transcript
-        "(SI-SDR 35.5 dB, log-mel L1 0.01)",
+        "(SI-SDR 35.5 dB, log-mel L1 0.01,\nPESQ-WB 4.25, STOI 0.987)",
+        "<td>0.0456</td><td>2.71</td>",  # band flatness and crest factor of sample 0
         "recognised words in the prompt: when grass is; WER against the given text:\n0.25",
         "<td>1</td><td>3</td><td>20.09</td>",  # level 1's loss and perplexity
+        "46,166 bits per second of audio",  # not 4.617e+04
         "keep 1 level(s), generate the other 1",
         "<h3>keep 2 level(s)</h3>",
         "skipped: keeping 2 of 2 levels leaves nothing to generate",
@@ -202,9 +210,10 @@ def test_summary_markdown_digest() -> None:
     assert text == (
         "### mu-law-256 LM, step 40\n\n"
         f"{link}\n\n"
-        "| val loss | bits / audio s | context | tokens/s | RTF | flagged samples |\n"
+        "| val loss | bits / audio s | context | tokens/s | RTF (compute s / audio s) "
+        "| flagged samples |\n"
         "|---|---|---|---|---|---|\n"
-        "| 2.5000 | 46,166 | 4 ms | 1,280 | 0.125 | 1 of 2 |\n\n"
+        "| 2.5000 | 46,166 | 4 ms | 1,280 | 8 | 1 of 2 |\n\n"
         "Validation loss per level: 2.000 | 3.000\n"
     )
 
@@ -217,6 +226,8 @@ def test_samples_table_rows() -> None:
             "clipping_fraction": 0.0001,
             "silence_fraction": 0.123,
             "voiced_flatness": 0.457,
+            "band_flatness": 0.046,
+            "crest_factor": 2.71,
             "flags": "ok",
             "voice_similarity_to_prompt": 0.8,
             "words": "hello world",
@@ -227,6 +238,8 @@ def test_samples_table_rows() -> None:
             "clipping_fraction": 0.25,
             "silence_fraction": 0.0,
             "voiced_flatness": 0.9,
+            "band_flatness": 0.9,
+            "crest_factor": 1.2,
             "flags": "screeching crackling",
             "voice_similarity_to_prompt": None,
             "words": "",
@@ -275,10 +288,12 @@ def test_runs_index_rows_average_what_was_measured(tmp_path: Path) -> None:
     off = _summary_dict(speech={"skipped": "turned off"}, tokenizer="codec")
     off["regeneration"]["runs"] = [{"keep_levels": 1, "skipped": "nothing to generate"}]
     _write(tmp_path / "b" / "report", off)
+    os.utime(tmp_path / "a" / "report" / "summary.json", (0, 1_764_660_000))  # 2025-12-02 07:20
     rows = runs_index_rows(tmp_path)
     assert [list(r) for r in rows] == [list(RUNS_INDEX_COLUMNS)] * 2
     assert rows[0] == {
         "report": "a/report",
+        "date": "2025-12-02 07:20",
         "tokenizer": "mu-law-256",
         "levels": 2,
         "layout": "flat",
@@ -292,6 +307,9 @@ def test_runs_index_rows_average_what_was_measured(tmp_path: Path) -> None:
         "voice sim. to prompt": 0.8,  # the None left out of the mean
         "regen voice sim. (keep 1)": pytest.approx(0.6),
         "tokens/s": 1280.0,
+        "RTF": 8.0,
+        "checkpoint": "/runs/lm/checkpoint",
+        "dataset": "/runs/tokens",
     }
     assert rows[1]["report"] == "b/report" and rows[1]["tokenizer"] == "codec"
     assert rows[1]["voice sim. to prompt"] is None
@@ -303,13 +321,14 @@ def test_runs_index_page_escapes_folder_names_and_values(tmp_path: Path) -> None
     index = write_runs_index(tmp_path)
     assert index == tmp_path / "index.html"
     page = index.read_text()
-    assert "<script" not in page and "<b>" not in page
+    assert page.count("<script") == 1 and "<b>" not in page  # the one script: the sorting
     assert 'href="&lt;b&gt;&quot;x/report/index.html"' in page
     assert ESCAPED in page and "1 evaluation report(s)" in page
     before = page
     write_runs_index(tmp_path)  # idempotent: the same page, no temporaries beside it
     assert index.read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['<b>"x', "index.html"]
+    names = ['<b>"x', "index.html", "runs_bits_per_audio_second.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 def test_a_report_summary_is_not_changed_by_rendering() -> None:
@@ -319,3 +338,55 @@ def test_a_report_summary_is_not_changed_by_rendering() -> None:
     summary_markdown(summary, "x")
     samples_table(summary)
     assert summary == before
+
+
+def test_a_summary_written_before_issue_15_reads_its_inverted_rtf_the_usual_way() -> None:
+    """Its `real_time_factor` was audio seconds per compute second: the page shows the usual
+    convention (compute seconds per audio second), and a new summary writes only that."""
+    fixture = Path(__file__).parents[2] / "fixtures" / "records" / "summary.json"
+    old = EvaluationSummary.read(fixture)
+    assert old.compute_seconds_per_audio_second is None
+    assert old.rtf == pytest.approx(1 / 0.013578041098787278)  # 73.6: far slower than real time
+    assert "real-time factor 73.65 (compute s per audio s" in evaluation_html(old)
+    assert old.prompt_roundtrip.pesq_wb is None and "PESQ-WB –, STOI –" in evaluation_html(old)
+    new = _summary().to_json()
+    assert "real_time_factor" not in new and new["compute_seconds_per_audio_second"] == 8.0
+
+
+def test_the_true_continuation_and_the_loss_curves_are_on_the_page() -> None:
+    truth = {
+        "file": "true_continuation.wav",
+        "seconds": 1.0,
+        "stats": {**_summary_dict()["samples"][0], "rms_dbfs": -17.5},
+        "speech": {"voice_similarity_to_prompt": 0.91, "transcript": "the real words"},
+    }
+    curves = {"total": "loss.png", "per_level": "loss_per_level.png"}
+    page = evaluation_html(_summary(true_continuation=truth, loss_curves=curves))
+    assert "the recording's own next 1 s" in page
+    assert page.count('src="true_continuation.wav"') == 2  # under the prompt, first table row
+    assert "<td>true</td>" in page and "<td>-17.5</td>" in page
+    assert "<td>0.91</td>" in page and "<td>the real words</td>" in page
+    assert 'src="spectrogram_true.png"' in page
+    assert '<img src="loss.png"' in page and '<img src="loss_per_level.png"' in page
+    plain = evaluation_html(_summary())
+    assert "true_continuation" not in plain and "no training log beside the checkpoint" in plain
+
+
+def test_the_runs_index_sorts_links_and_plots(tmp_path: Path) -> None:
+    _write(tmp_path / "a" / "report", _summary_dict(val_bits_per_audio_second=78_810.0))
+    _write(tmp_path / "b" / "report", _summary_dict(val_bits_per_audio_second=900.5))
+    (tmp_path / "tokens").mkdir()
+    _write(
+        tmp_path / "c" / "report",
+        _summary_dict(dataset=str(tmp_path / "tokens"), checkpoint="s3://bucket/ckpt"),
+    )
+    page = write_runs_index(tmp_path).read_text()
+    assert '<table class="sortable">' in page and "addEventListener" in page
+    assert "<script src" not in page  # no CDN: the sorting script is inline
+    assert '<td data-v="78810.0">78,810</td>' in page and "e+04" not in page
+    assert '<td data-v="900.5">900.5</td>' in page
+    assert '<a href="tokens">tokens</a>' in page  # a dataset below the index: relative
+    assert '<a href="file:///runs/lm/checkpoint">checkpoint</a>' in page
+    assert '<a href="s3://bucket/ckpt">ckpt</a>' in page
+    png = tmp_path / "runs_bits_per_audio_second.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'src="' + png.name in page

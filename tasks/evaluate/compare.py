@@ -1,0 +1,257 @@
+"""Compare tokenizers on the same held-out segments: the post's story in one page.
+
+For every tokenizer given (mu-law, `codec:<checkpoint>@<levels>`, `mimi_<K>_rvq`), each
+validation segment goes through `encode` and `decode` (timed), back to 16 kHz, and is scored
+against the original (`tasks.evaluate.quality`: SI-SDR, PESQ-WB, STOI, mel L1, multi-scale
+spectral loss). The report folder:
+
+    comparison.json         the table (`tasks.data.records.CodecComparison`), written last
+    bitrate_quality.png     PESQ-WB and STOI against bitrate, one point per tokenizer
+    audio/original.wav      the first segment; audio/<row>_<name>.wav through each tokenizer
+    index.html              the table, the plot and one audio player per row
+
+A report committed in `out` for the same manifest, settings and codec weights is returned as is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio
+
+from models.tokenizer import AudioTokenizer
+from schemas.configs import CompareCodecsSettings
+from schemas.tokenizers import parse_tokenizer_name
+from tasks.core import outputs, storage
+from tasks.core.errors import CodecflowError
+from tasks.core.plots import figure
+from tasks.core.runtime import resolve_device
+from tasks.core.storage import atomic_dir, fingerprint
+from tasks.data.manifest import CODEC_RATE, load_split_audio
+from tasks.data.records import COMPARISON_KIND, CodecComparison, CodecComparisonRow
+from tasks.evaluate.acoustics import _write_wav
+from tasks.evaluate.quality import quality
+from tasks.evaluate.report import comparison_html
+from tasks.loaders import codec_preset, load_tokenizer
+
+__all__ = [
+    "COMPARISON_COMMITTED",
+    "COMPARISON_KIND_OF_FOLDER",
+    "ComparisonRecord",
+    "compare_codecs",
+    "comparison_identity",
+    "is_comparison_committed",
+]
+
+#: The kind of folder a comparison owns, and the file only a comparison writes.
+COMPARISON_KIND_OF_FOLDER = "codec comparison"
+
+COMPARISON_COMMITTED = ("bitrate_quality.png",)
+
+_PLOT = "bitrate_quality.png"
+
+_METRICS = ("si_sdr_db", "pesq_wb", "stoi", "mel_l1", "spectral_loss")
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    """What a comparison produced: small, picklable, cacheable."""
+
+    path: Path
+    table: Path  # comparison.json
+    tokenizers: tuple[str, ...]
+
+
+def is_comparison_committed(out: Path) -> bool:
+    """True when `out` holds a complete comparison (comparison.json, written last)."""
+    return (Path(out) / "comparison.json").is_file()
+
+
+def _weights(name: str) -> str | None:
+    """The fingerprint of a trained codec's weights (a retrained codec is another row)."""
+    parsed = parse_tokenizer_name(name)
+    if parsed.kind != "codec" or parsed.checkpoint is None:
+        return None
+    if codec_preset(parsed.checkpoint) is not None:
+        return "untrained preset"
+    return fingerprint(Path(parsed.checkpoint) / "model.safetensors")
+
+
+def comparison_identity(manifest: str, settings: CompareCodecsSettings) -> dict[str, Any]:
+    """What a comparison was computed from: the manifest, the settings and the codec weights."""
+    return {
+        "manifest": storage.sha256(manifest),
+        "settings": settings.model_dump(mode="json"),
+        "weights": {name: _weights(name) for name in settings.tokenizers},
+    }
+
+
+def _record(out: Path, table: CodecComparison) -> ComparisonRecord:
+    names = tuple(r.tokenizer for r in table.rows)
+    return ComparisonRecord(path=out, table=out / "comparison.json", tokenizers=names)
+
+
+def _committed(out: Path, identity: Mapping[str, Any]) -> ComparisonRecord | None:
+    if not is_comparison_committed(out):
+        return None
+    try:
+        table = CodecComparison.read(out / "comparison.json")
+    except CodecflowError:
+        return None  # another version's (or a broken) table: compared again
+    return _record(out, table) if table.identity == identity else None
+
+
+def compare_codecs(manifest: str, out: Path, settings: CompareCodecsSettings) -> ComparisonRecord:
+    """Every tokenizer of `settings` on the first validation segments of `manifest`; the report
+    folder `out` (comparison.json last). A committed one of the same identity is returned."""
+    out = Path(out)
+    identity = comparison_identity(manifest, settings)
+    done = _committed(out, identity)
+    if done is not None:
+        return done
+    device = resolve_device(settings.device)
+    segments = load_split_audio(manifest, "val", settings.max_segments, settings.max_seconds)
+    tokenizers = [load_tokenizer(name, device) for name in settings.tokenizers]  # fail early
+    with outputs.owned_output(
+        out, COMPARISON_KIND_OF_FOLDER, "compare-codecs", COMPARISON_COMMITTED
+    ):
+        rows, first = [], []
+        for index, (name, tokenizer) in enumerate(
+            zip(settings.tokenizers, tokenizers, strict=True)
+        ):
+            row, audio = _measure(index, name, tokenizer, segments, device)
+            rows.append(row)
+            first.append((audio, tokenizer.sample_rate))
+        table = CodecComparison(
+            kind=COMPARISON_KIND,
+            manifest=str(manifest),
+            segments=[segment_id for segment_id, _ in segments],
+            audio_seconds=sum(clip.size for _, clip in segments) / CODEC_RATE,
+            original="audio/original.wav",
+            rows=rows,
+            identity=identity,
+        )
+        _write(out, table, segments[0][1], first)
+    return _record(out, table)
+
+
+def _to_rate(wav: np.ndarray, rate: int, target: int) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    return tensor if rate == target else torchaudio.functional.resample(tensor, rate, target)
+
+
+def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - started
+
+
+def _measure(
+    index: int,
+    name: str,
+    tokenizer: AudioTokenizer,
+    segments: Sequence[tuple[str, np.ndarray]],
+    device: torch.device,
+) -> tuple[CodecComparisonRow, np.ndarray]:
+    """One tokenizer's row, and the first segment through it (at the tokenizer's rate)."""
+    rate, spf = tokenizer.sample_rate, tokenizer.samples_per_frame
+    # One untimed round trip first: the first call pays for allocations and lazy set-up.
+    with torch.inference_mode():
+        tokenizer.decode(tokenizer.encode(torch.zeros(1, 1, spf * 2, device=device)))
+    scores: dict[str, list[float]] = {m: [] for m in _METRICS}
+    encode_s = decode_s = 0.0
+    first = np.zeros(0, dtype=np.float32)
+    for i, (_, clip) in enumerate(segments):
+        wav = _to_rate(clip, CODEC_RATE, rate)
+        wav = wav[: max(spf, wav.numel() // spf * spf)].view(1, 1, -1).to(device)  # whole frames
+        codes, seconds = _timed(lambda w=wav: tokenizer.encode(w), device)  # [1, K, F]
+        encode_s += seconds
+        back, seconds = _timed(lambda c=codes: tokenizer.decode(c), device)  # [1, 1, F * spf]
+        decode_s += seconds
+        back_np = back[0, 0, : wav.shape[-1]].float().cpu().numpy()
+        first = back_np if i == 0 else first
+        for metric, value in quality(
+            clip, _to_rate(back_np, rate, CODEC_RATE).numpy(), CODEC_RATE
+        ).items():
+            if value is not None and math.isfinite(value):
+                scores[metric].append(value)
+    audio_s = sum(clip.size for _, clip in segments) / CODEC_RATE
+    means = {m: float(np.mean(v)) if v else None for m, v in scores.items()}
+    parsed = parse_tokenizer_name(name)
+    trained = not (parsed.kind == "codec" and _weights(name) == "untrained preset")
+    row = CodecComparisonRow(
+        tokenizer=name,
+        num_levels=tokenizer.num_levels,
+        codebook_size=tokenizer.codebook_size,
+        sample_rate=rate,
+        frame_rate=tokenizer.frame_rate,
+        bitrate_kbps=tokenizer.num_levels
+        * math.log2(tokenizer.codebook_size)
+        * tokenizer.frame_rate
+        / 1000,
+        tokens_per_second=tokenizer.frame_rate * tokenizer.num_levels,
+        **means,  # type: ignore[arg-type]
+        encode_x_realtime=audio_s / encode_s,
+        decode_x_realtime=audio_s / decode_s,
+        trained=trained,
+        audio=f"audio/{index:02d}_{_slug(name)}.wav",
+    )
+    return row, first
+
+
+def _slug(name: str) -> str:
+    return "-".join(p for p in re.split(r"[^A-Za-z0-9]+", name.split("/")[-1]) if p) or "tokenizer"
+
+
+def _write(
+    out: Path,
+    table: CodecComparison,
+    original: np.ndarray,
+    first: Sequence[tuple[np.ndarray, int]],
+) -> None:
+    """The report folder, whole: audio, the plot, index.html, comparison.json last."""
+    with atomic_dir(out) as tmp:
+        (tmp / "audio").mkdir()
+        _write_wav(tmp / table.original, original, CODEC_RATE)
+        for row, (audio, rate) in zip(table.rows, first, strict=True):
+            _write_wav(tmp / row.audio, audio, rate)
+        _plot(table.rows, tmp / _PLOT)
+        (tmp / "index.html").write_text(comparison_html(table, _PLOT))
+        outputs.write_owner_marker(tmp, COMPARISON_KIND_OF_FOLDER)
+        (tmp / "comparison.json").write_text(table.dumps())  # last: the commit marker
+
+
+def _plot(rows: Sequence[CodecComparisonRow], path: Path) -> None:
+    """PESQ-WB (left axis) and STOI (right axis) against bitrate, labelled by tokenizer."""
+    with figure(path, size=(8, 4.5)) as ax:
+        rates = [r.bitrate_kbps for r in rows]
+        pesq = [r.pesq_wb if r.pesq_wb is not None else math.nan for r in rows]
+        stoi = [r.stoi if r.stoi is not None else math.nan for r in rows]
+        ax.plot(rates, pesq, "o", color="tab:blue", label="PESQ-WB")
+        for rate, value, row in zip(rates, pesq, rows, strict=True):
+            ax.annotate(
+                row.tokenizer.split("/")[-1],
+                (rate, 1.0 if math.isnan(value) else value),
+                fontsize="x-small",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("bitrate (kbit/s)")
+        ax.set_ylabel("PESQ-WB (MOS-LQO)", color="tab:blue")
+        ax.set_ylim(1.0, 4.7)
+        right = ax.twinx()
+        right.plot(rates, stoi, "s", color="tab:orange", label="STOI")
+        right.set_ylabel("STOI", color="tab:orange")
+        right.set_ylim(0.0, 1.05)
