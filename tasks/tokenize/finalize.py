@@ -28,6 +28,7 @@ from tasks.data.token_dataset import (
     record_from_info,
     shard_marker_url,
 )
+from tasks.data.token_shards import CODES_LAYOUT
 from tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
 from tasks.tokenize.shards import write_shard_group
 from tasks.tokenize.sizes import format_size_report, size_report
@@ -74,7 +75,7 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> Datas
         tokenizer=plan.spec,
         dtype=dtype,
         formats=plan.formats,
-        layout="codes: [K, F] flattened level-major per row",
+        layout=CODES_LAYOUT,
         arrow_schema=token_shard_schema(pa.from_numpy_dtype(np.dtype(dtype))).to_string(),
         shards=shards,
         n_rejects=len(rejects),
