@@ -9,6 +9,7 @@ local folder or an `s3://` prefix):
     <out>/shards/train-00000.commit.json    commit marker: plan hash, rows, bytes, sha256, rejects
     <out>/rejects.parquet                   segments that failed to decode, with the reason
     <out>/size_report.json                  size accounting (tasks.tokenize.sizes)
+    <out>/README.md                         the dataset card (tasks.tokenize.card)
     <out>/dataset.json                      written last: the dataset is complete when it exists
 
 The plan is a pure function of the manifest and the settings: shards of about `shard_hours` of

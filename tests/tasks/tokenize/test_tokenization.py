@@ -242,6 +242,7 @@ def reference_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFact
         "after-commit:2",
         "mid-write:6",
         "before-commit:4",
+        "before-dataset-commit:1",
     ],
     ids=[
         "first-write",
@@ -249,6 +250,7 @@ def reference_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFact
         "between-shards",
         "mid-write-later",
         "before-later-commit",
+        "card-before-dataset-commit",
     ],
 )
 def test_kill_9_then_resume_is_byte_identical(
@@ -259,6 +261,8 @@ def test_kill_9_then_resume_is_byte_identical(
     out = tmp_path / "ds"
     assert _tokenize_in_subprocess(tiny_manifest, str(out), kill_at) == -signal.SIGKILL
     assert not (out / "dataset.json").exists()
+    # The card is written whole before the commit, never after it.
+    assert (out / "README.md").exists() == kill_at.startswith("before-dataset-commit")
     assert _tokenize_in_subprocess(tiny_manifest, str(out), None) == 0
     assert _files(out) == _files(reference_dataset)  # no temporary left, every byte the same
 
