@@ -55,6 +55,24 @@ def _codes_column(codes: list[np.ndarray], format_version: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, len(codes) * K + 1, K, np.int32)), levels)
 
 
+def _info(schema: pa.Schema, shards: list[dict], format_version: int) -> DatasetInfo:
+    """The dataset.json of the hand-made shards."""
+    return DatasetInfo(
+        fingerprint="test",
+        format_version=format_version,
+        manifest="segments.parquet",
+        tokenizer=dict(TOKENIZER),
+        dtype="uint16",
+        formats=("arrow",),
+        layout=CODES_LAYOUT
+        if format_version == 3
+        else "codes: [K, F] flattened level-major per row",
+        arrow_schema=schema.remove_metadata().to_string(),
+        shards=tuple(ShardEntry(**s) for s in shards),
+        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
+    )
+
+
 def write_dataset(
     root: Path, seed: int = 0, format_version: int = 3
 ) -> dict[str, list[np.ndarray]]:
@@ -101,20 +119,7 @@ def write_dataset(
                 "audio_seconds": frames / FRAME_RATE,
             }
         )
-    info = DatasetInfo(
-        fingerprint="test",
-        format_version=format_version,
-        manifest="segments.parquet",
-        tokenizer=dict(TOKENIZER),
-        dtype="uint16",
-        formats=("arrow",),
-        layout=CODES_LAYOUT
-        if format_version == 3
-        else "codes: [K, F] flattened level-major per row",
-        arrow_schema=schema.remove_metadata().to_string(),
-        shards=tuple(ShardEntry(**s) for s in shards),
-        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
-    )
+    info = _info(schema, shards, format_version)
     (root / "dataset.json").write_text(json.dumps(info.to_json()))
     return segments
 

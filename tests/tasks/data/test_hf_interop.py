@@ -72,3 +72,23 @@ def test_load_dataset_follows_the_card_and_copies_into_its_cache(
     with TokenReader(tiny_dataset, "train") as reader:
         np.testing.assert_array_equal(scope["codes"], reader[0].codes)
         assert scope["train"].num_rows == scope["copied"].num_rows == len(reader)
+
+
+@pytest.mark.parametrize("marker", ["arrow-example", "datasets-example"])
+def test_the_readmes_arrow_and_datasets_examples_run(marker: str, tiny_dataset: Path) -> None:
+    from helpers import REPO
+
+    text = (REPO / "README.md").read_text()
+    tag = f"<!-- {marker}: run by tests/tasks/data/test_hf_interop.py -->"
+    source = text.split(tag, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    demo = "runs/demo/tokens/mu-law-256"
+    assert source.count(demo) == 1
+    scope: dict = {}
+    exec(compile(source.replace(demo, str(tiny_dataset)), "README.md", "exec"), scope)
+    with TokenReader(tiny_dataset, "train") as reader:
+        if marker == "arrow-example":
+            assert scope["k"] == reader.num_levels == len(scope["codes"])
+            assert scope["codes"] == reader[0].codes.tolist()
+        else:
+            np.testing.assert_array_equal(scope["codes"], reader[0].codes)
+            assert scope["train"].num_rows == len(reader)
