@@ -15,6 +15,7 @@ __all__ = [
     "SEGMENT_MANIFEST_SCHEMA",
     "TOKEN_SHARD_SCHEMA",
     "token_shard_schema",
+    "token_shard_schema_v2",
     "SPLITS",
 ]
 
@@ -57,11 +58,34 @@ SEGMENT_MANIFEST_SCHEMA = pa.schema(
 REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
 
-def token_shard_schema(codes_type: pa.DataType) -> pa.Schema:
-    """One row per segment in an Arrow IPC token shard. `codes` holds the segment's `[K, F]` code
-    matrix flattened level-major (K levels, F frames), in the smallest unsigned integer type that
-    holds the tokenizer's vocabulary (uint8 for mu-law's 256 values, uint16 for codebooks of
-    1 024 or Mimi's 2 048)."""
+def token_shard_schema(
+    codes_type: pa.DataType, metadata: dict[bytes, bytes] | None = None
+) -> pa.Schema:
+    """One row per segment in an Arrow IPC token shard (format version 3). `codes` holds the
+    segment's `[K, F]` code matrix as K lists of F codes, level-major (`codes[k][f]` is level k's
+    code at frame f: plain pyarrow's `as_py()` gives K lists of F ints), in the smallest unsigned
+    integer type that holds the tokenizer's vocabulary (uint8 for mu-law's 256 values, uint16
+    for codebooks of 1 024 or Mimi's 2 048). A record batch's codes values stay one contiguous
+    buffer (the inner list's), so a reader views a segment's `[K, F]` without a copy.
+
+    `metadata` is the schema's key-value metadata: the tokenizer's facts
+    (`tasks.data.token_shards.shard_metadata`)."""
+    return pa.schema(
+        [
+            ("segment_id", pa.string()),
+            ("speaker", pa.string()),
+            ("book_id", pa.string()),
+            ("split", pa.string()),
+            ("n_frames", pa.int64()),
+            ("codes", pa.list_(pa.list_(codes_type))),
+        ],
+        metadata=metadata,
+    )
+
+
+def token_shard_schema_v2(codes_type: pa.DataType) -> pa.Schema:
+    """A token shard of format version 2 and before (read, never written): `codes` the `[K, F]`
+    codes flattened level-major into one list, and no schema metadata."""
     return pa.schema(
         [
             ("segment_id", pa.string()),
@@ -74,5 +98,5 @@ def token_shard_schema(codes_type: pa.DataType) -> pa.Schema:
     )
 
 
-#: The mu-law shard schema (uint8 codes).
+#: The mu-law shard schema (uint8 codes), without metadata.
 TOKEN_SHARD_SCHEMA = token_shard_schema(pa.uint8())

@@ -14,6 +14,10 @@ import pytest
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="codecflow-tests-prefect-")
 # Nor the user's shard cache (~/.cache/codecflow): remote datasets are fetched into a temporary one.
 os.environ["CODECFLOW_CACHE"] = tempfile.mkdtemp(prefix="codecflow-tests-cache-")
+# Nor Hugging Face datasets' cache (tests/tasks/data/test_hf_interop.py; read when `datasets` is
+# imported), which never goes online here.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="codecflow-tests-hf-datasets-")
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from helpers import TINY_TAR, tiny_tar_md5  # noqa: E402
 

@@ -1,7 +1,8 @@
 """A hand-made K=3 uint16 token dataset in tokenization's layout (several shards, one of them
-written as two record batches, and a one-frame segment), and the post's stream computed
-independently of `TokenReader`: for the reader's tests and the torch datasets' (importable:
-pytest's pythonpath)."""
+written as two record batches, and a one-frame segment), in the format of today (version 3: IPC
+streams, nested `[K][F]` codes, schema metadata) or of version 2 (IPC files, flat codes), and
+the post's stream computed independently of `TokenReader`: for the reader's tests and the torch
+datasets' (importable: pytest's pythonpath)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from schemas.tables import token_shard_schema
+from schemas.tables import token_shard_schema, token_shard_schema_v2
 from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
+from tasks.data.token_shards import CODES_LAYOUT, shard_metadata
 
-__all__ = ["FRAME_RATE", "K", "LAYOUT", "flat_stream", "write_dataset"]
+__all__ = ["FRAME_RATE", "K", "LAYOUT", "TOKENIZER", "flat_stream", "write_dataset"]
 
 K = 3  # levels of the hand-made dataset
 FRAME_RATE = 125  # frames per second it claims
@@ -29,10 +31,59 @@ LAYOUT = {
 }
 
 
-def write_dataset(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
+TOKENIZER = {
+    "name": "test",
+    "num_levels": K,
+    "codebook_size": 1024,
+    "frame_rate": FRAME_RATE,
+    "sample_rate": 16_000,
+    "token_dtype": "uint16",
+}
+
+
+def _codes_column(codes: list[np.ndarray], format_version: int) -> pa.Array:
+    """The `codes` of one record batch, built by hand (not by the shard writer): nested
+    `[K][F]` lists (3), or the flat level-major list (2)."""
+    values = pa.array(np.concatenate([c.reshape(-1) for c in codes]))
+    if format_version == 2:
+        offsets = np.cumsum([0] + [c.size for c in codes]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), values)
+    level_lengths = [c.shape[1] for c in codes for _ in range(K)]
+    levels = pa.ListArray.from_arrays(
+        pa.array(np.cumsum([0, *level_lengths]).astype(np.int32)), values
+    )
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, len(codes) * K + 1, K, np.int32)), levels)
+
+
+def _info(schema: pa.Schema, shards: list[dict], format_version: int) -> DatasetInfo:
+    """The dataset.json of the hand-made shards."""
+    return DatasetInfo(
+        fingerprint="test",
+        format_version=format_version,
+        manifest="segments.parquet",
+        tokenizer=dict(TOKENIZER),
+        dtype="uint16",
+        formats=("arrow",),
+        layout=CODES_LAYOUT
+        if format_version == 3
+        else "codes: [K, F] flattened level-major per row",
+        arrow_schema=schema.remove_metadata().to_string(),
+        shards=tuple(ShardEntry(**s) for s in shards),
+        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
+    )
+
+
+def write_dataset(
+    root: Path, seed: int = 0, format_version: int = 3
+) -> dict[str, list[np.ndarray]]:
     """A K=3 uint16 dataset in tokenization's layout; returns each split's segments' [K, F]."""
+    assert format_version in (2, 3)
     rng = np.random.default_rng(seed)
-    schema = token_shard_schema(pa.uint16())
+    if format_version == 2:
+        schema, new_writer = token_shard_schema_v2(pa.uint16()), ipc.new_file
+    else:
+        schema = token_shard_schema(pa.uint16(), shard_metadata(TOKENIZER, "test"))
+        new_writer = ipc.new_stream
     (root / "shards").mkdir(parents=True)
     segments: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     shards = []
@@ -40,29 +91,21 @@ def write_dataset(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
         split = name.split("-")[0]
         path = root / "shards" / f"{name}.arrow"
         frames = 0
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        with pa.OSFile(str(path), "wb") as sink, new_writer(sink, schema) as writer:
             for batch_frames in batches:
                 codes = [rng.integers(0, 1024, size=(K, f), dtype=np.uint16) for f in batch_frames]
                 segments[split].extend(codes)
                 frames += sum(batch_frames)
-                offsets = np.cumsum([0] + [c.size for c in codes]).astype(np.int32)
                 n = len(codes)
-                writer.write_batch(
-                    pa.record_batch(
-                        [
-                            pa.array([f"{name}_{j}" for j in range(n)]),
-                            pa.array(["spk"] * n),
-                            pa.array(["book"] * n),
-                            pa.array([split] * n),
-                            pa.array(batch_frames, type=pa.int64()),
-                            pa.ListArray.from_arrays(
-                                pa.array(offsets),
-                                pa.array(np.concatenate([c.reshape(-1) for c in codes])),
-                            ),
-                        ],
-                        schema=schema,
-                    )
-                )
+                columns = [
+                    pa.array([f"{name}_{j}" for j in range(n)]),
+                    pa.array(["spk"] * n),
+                    pa.array(["book"] * n),
+                    pa.array([split] * n),
+                    pa.array(batch_frames, type=pa.int64()),
+                    _codes_column(codes, format_version),
+                ]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
         shards.append(
             {
                 "name": name,
@@ -76,23 +119,7 @@ def write_dataset(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
                 "audio_seconds": frames / FRAME_RATE,
             }
         )
-    info = DatasetInfo(
-        fingerprint="test",
-        format_version=2,
-        manifest="segments.parquet",
-        tokenizer={
-            "name": "test",
-            "num_levels": K,
-            "codebook_size": 1024,
-            "frame_rate": FRAME_RATE,
-        },
-        dtype="uint16",
-        formats=("arrow",),
-        layout="codes: [K, F] flattened level-major per row",
-        arrow_schema=schema.to_string(),
-        shards=tuple(ShardEntry(**s) for s in shards),
-        totals=DatasetTotals(segments=0, audio_hours=0.0, frames=0, tokens=0, bytes=0),
-    )
+    info = _info(schema, shards, format_version)
     (root / "dataset.json").write_text(json.dumps(info.to_json()))
     return segments
 

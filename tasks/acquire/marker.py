@@ -18,9 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from tasks.core.errors import CodecflowError
-
-#: Written last by a completed extraction (a tar member of that name is refused).
-EXTRACTED_MARKER = ".extracted.json"
+from tasks.data.manifest import EXTRACTED_MARKER  # read by later stages too (the dataset card)
 
 #: An md5 as Libri-Light publishes it: 32 lowercase hex digits.
 MD5_RE = re.compile(r"[0-9a-f]{32}")

@@ -7,7 +7,8 @@ trainer and its evaluation): its Arrow schema is `schemas.tables.SEGMENT_MANIFES
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,12 @@ from tasks.core.storage import (
 )
 
 __all__ = [
+    "Acquisition",
     "CODEC_RATE",
+    "EXTRACTED_MARKER",
     "LIBRILIGHT_RATE",
+    "archive_of",
+    "read_acquisition",
     "load_split_audio",
     "read_manifest",
     "read_manifest_table",
@@ -38,6 +43,10 @@ __all__ = [
 
 #: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
 LIBRILIGHT_RATE = 16_000
+
+#: Written last by a completed extraction into `<root>/librilight/<archive>/` (acquire; a tar
+#: member of that name is refused): the archive's name, source URL, md5, size and file count.
+EXTRACTED_MARKER = ".extracted.json"
 
 
 def _read_chunks(
@@ -146,3 +155,39 @@ def load_split_audio(
             audio = audio[: int(max_seconds * CODEC_RATE)]
         out.append((row["segment_id"], audio.numpy().astype(np.float32)))
     return out
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What acquire recorded of a manifest's audio, as later stages (the dataset card) tell it:
+    `summary` is the manifest's `summary.json` (counts, segmentation settings; {} when absent),
+    `archives` the `.extracted.json` of each archive its segments come from, by archive folder
+    (None for one without a marker: extracted by hand)."""
+
+    summary: dict[str, Any]
+    archives: dict[str, dict[str, Any] | None]
+
+
+def archive_of(source_path: str) -> str | None:
+    """The archive folder a manifest row's `source_path` lies in (`librilight/<archive>/...`
+    relative to the audio root), or None when it is not under one."""
+    parts = source_path.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "librilight" else None
+
+
+def _read_json_if_any(url: str) -> Any:
+    try:
+        return storage.read_json(url) if storage.exists(url) else None
+    except (OSError, ValueError):
+        return None  # unreadable: told as unknown, never fatal to a later stage
+
+
+def read_acquisition(manifest: str, audio_root: str, archives: Iterable[str]) -> Acquisition:
+    """The manifest's `summary.json` and the extraction markers of `archives` (folders under
+    `<audio_root>/librilight/`, see `archive_of`)."""
+    summary = _read_json_if_any(join(posixpath.dirname(str(manifest)) or ".", "summary.json"))
+    markers = {
+        name: _read_json_if_any(join(audio_root, "librilight", name, EXTRACTED_MARKER))
+        for name in sorted(set(archives))
+    }
+    return Acquisition(summary if isinstance(summary, dict) else {}, markers)

@@ -6,18 +6,20 @@ Zero-copy reads of one split of a token dataset: memory-mapped Arrow shards, the
 Shape symbols: K levels (codebooks) per frame, F frames of one segment, F_total frames of the
 split, N tokens of a window, B windows in a batch.
 
-A token dataset (written by `tasks.tokenize`) stores one row per segment in uncompressed Arrow IPC
-shards; a row's `codes` are the segment's `[K, F]` codes flattened level-major. `TokenReader`
-memory-maps every committed shard of one split (as listed in `dataset.json`) and views the codes
-values buffer as numpy without a copy, so opening a split costs nothing but the maps, however
-large it is. The post's flattened 1-D stream (time-major, levels interleaved: t0·l0, t0·l1, ...,
-t1·l0, ...) over the concatenation of all segments in shard order is never materialised:
-`tokens` and `random_windows` find the segments a window touches by binary search on the
-cumulative frame offsets and interleave only those slices. A remote dataset (`s3://...`) is read
-the same way from local copies of its shards, fetched once per machine and checked against their
-sha256 (`tasks.data.shard_cache`). A reader is also the sequence of its split's segments
-(`len`, `reader[i]`), and pickles without its maps, which the unpickled copy opens again when
-first used (`tasks.data.torch_datasets` builds torch datasets on it).
+A token dataset (written by `tasks.tokenize`) stores one row per segment in uncompressed Arrow
+IPC shards; a row's `codes` are the segment's `[K, F]` codes, level-major
+(`tasks.data.token_shards`: K lists of F codes since format version 3, one flat list before).
+`TokenReader` memory-maps every committed shard of one split (as listed in `dataset.json`) and
+views the codes values buffer as numpy without a copy, in every format version, so opening a
+split costs nothing but the maps, however large it is. The post's flattened 1-D stream
+(time-major, levels interleaved: t0·l0, t0·l1, ..., t1·l0, ...) over the concatenation of all
+segments in shard order is never materialised: `tokens` and `random_windows` find the segments a
+window touches by binary search on the cumulative frame offsets and interleave only those
+slices. A remote dataset (`s3://...`) is read the same way from local copies of its shards,
+fetched once per machine and checked against their sha256 (`tasks.data.shard_cache`). A reader
+is also the sequence of its split's segments (`len`, `reader[i]`), and pickles without its maps,
+which the unpickled copy opens again when first used (`tasks.data.torch_datasets` builds torch
+datasets on it).
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
 from tasks.data.records import DatasetInfo, ShardEntry
 from tasks.data.shard_cache import fetch_shard
+from tasks.data.token_shards import (
+    DATASET_FORMAT_VERSION,
+    batch_codes,
+    is_stream_format,
+    read_shard_batches,
+    read_shard_metadata,
+)
 
 __all__ = [
     "DATASET_COMMITTED",
@@ -49,9 +57,6 @@ __all__ = [
     "record_from_info",
     "shard_marker_url",
 ]
-
-#: Bumped whenever the bytes of a shard would change for the same inputs.
-DATASET_FORMAT_VERSION = 2
 
 #: The kind of folder a tokenize run owns (`outputs.claim_output`), and the files that show a
 #: dataset written before ownership markers existed: its shard commit markers (every dataset
@@ -144,6 +149,7 @@ _MAPPED = frozenset(
     {
         "num_levels", "dtype", "segment_frames", "n_segments", "n_frames", "n_tokens", "_maps",
         "_values", "_metadata", "_batch_of", "_row_of", "_value_start", "_frame_starts",
+        "_format_version",
     }
 )  # fmt: skip
 
@@ -185,6 +191,12 @@ class TokenReader:
         self.fingerprint = info.fingerprint
         self.num_levels = info.num_levels  # K
         self.dtype = np.dtype(info.dtype)
+        if info.format_version > DATASET_FORMAT_VERSION:
+            raise CodecflowError(
+                f"token dataset {self.dataset} is of format version {info.format_version}, "
+                f"newer than this codecflow reads ({DATASET_FORMAT_VERSION}): update codecflow"
+            )
+        self._format_version = info.format_version
         shards = [s for s in info.shards if s.split == self.split]
         if not shards:
             present = sorted({s.split for s in info.shards})
@@ -227,34 +239,45 @@ class TokenReader:
         path = storage.join(self.dataset, shard.file)  # what errors name: the file or its URL
         source = pa.memory_map(str(self._local_copy(shard, path)), "r")
         self._maps.append(source)
+        kind = "stream" if is_stream_format(self._format_version) else "file"
         try:
-            reader = ipc.open_file(source)
+            schema, batches = read_shard_batches(source, self._format_version)
+            self._check_shard_metadata(schema, path)
+            rows = 0
+            for batch in batches:
+                try:
+                    codes = batch_codes(batch, self.num_levels, self._format_version)
+                except ValueError as exc:
+                    raise CodecflowError(f"token shard {path}: {exc}") from None
+                if codes.values.dtype != self.dtype:
+                    raise CodecflowError(
+                        f"token shard {path} holds {codes.values.dtype} codes, dataset.json "
+                        f"says {self.dtype}"
+                    )
+                n = len(codes.n_frames)
+                index.batch_of.append(np.full(n, len(self._values), dtype=np.int64))
+                index.row_of.append(np.arange(n, dtype=np.int64))
+                index.value_start.append(codes.starts)
+                index.frames.append(codes.n_frames)
+                self._values.append(codes.values)  # a view of the mapped file
+                # Arrow arrays over the mapped file: a segment's strings are read when asked for.
+                self._metadata.append({name: batch.column(name) for name in SEGMENT_METADATA})
+                rows += n
         except pa.ArrowInvalid as exc:
-            raise CodecflowError(f"token shard {path} is not an Arrow IPC file: {exc}") from exc
-        rows = 0
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            codes = batch.column("codes")  # list<uint8|uint16>, one row per segment
-            offsets = codes.offsets.to_numpy().astype(np.int64)  # [rows + 1], into codes.values
-            values = codes.values.to_numpy(zero_copy_only=True)  # a view of the mapped file
-            if values.dtype != self.dtype:
-                raise CodecflowError(
-                    f"token shard {path} holds {values.dtype} codes, dataset.json says {self.dtype}"
-                )
-            n_frames = batch.column("n_frames").to_numpy().astype(np.int64)  # [rows]
-            if not np.array_equal(np.diff(offsets), n_frames * self.num_levels):
-                raise CodecflowError(
-                    f"token shard {path}: codes lengths are not n_frames * {self.num_levels}"
-                )
-            index.batch_of.append(np.full(len(n_frames), len(self._values), dtype=np.int64))
-            index.row_of.append(np.arange(len(n_frames), dtype=np.int64))
-            index.value_start.append(offsets[:-1])
-            index.frames.append(n_frames)
-            self._values.append(values)
-            # Arrow arrays over the mapped file: a segment's strings are read when asked for.
-            self._metadata.append({name: batch.column(name) for name in SEGMENT_METADATA})
-            rows += len(n_frames)
+            raise CodecflowError(
+                f"token shard {path} is not an Arrow IPC {kind} (format version "
+                f"{self._format_version}): {exc}"
+            ) from exc
         return rows
+
+    def _check_shard_metadata(self, schema: pa.Schema, path: str) -> None:
+        """A shard of format 3 names its dataset: one copied from another dataset is refused."""
+        found = read_shard_metadata(schema).get("dataset_fingerprint")
+        if found is not None and found != self.fingerprint:
+            raise CodecflowError(
+                f"token shard {path} belongs to another token dataset (fingerprint "
+                f"{found[:12]}; dataset.json says {self.fingerprint[:12]})"
+            )
 
     def _local_copy(self, shard: ShardEntry, path: str) -> Path:
         """The file to map: the shard itself, or the cached copy of a remote dataset's shard."""

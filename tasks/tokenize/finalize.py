@@ -1,4 +1,5 @@
-"""Finishing a token dataset: rejects, the size report, then `dataset.json` (the commit); and
+"""Finishing a token dataset: rejects, the size report, the dataset card, then `dataset.json`
+(the commit); and
 `tokenize_manifest`, the whole stage without Prefect.
 """
 
@@ -21,6 +22,7 @@ from schemas.tables import (
 )
 from tasks.core import outputs, storage
 from tasks.core.errors import CodecflowError
+from tasks.core.faults import kill_point
 from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry, ShardMarker
 from tasks.data.token_dataset import (
     DATASET_FORMAT_VERSION,
@@ -28,6 +30,8 @@ from tasks.data.token_dataset import (
     record_from_info,
     shard_marker_url,
 )
+from tasks.data.token_shards import CODES_LAYOUT
+from tasks.tokenize.card import write_dataset_card
 from tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
 from tasks.tokenize.shards import write_shard_group
 from tasks.tokenize.sizes import format_size_report, size_report
@@ -53,7 +57,8 @@ def _source_bytes(plan: DatasetPlan) -> int | None:
 
 
 def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> DatasetRecord:
-    """Write rejects.parquet and size_report.json, then dataset.json (the commit)."""
+    """Write rejects.parquet, size_report.json and the card (README.md), then dataset.json (the
+    commit)."""
     existing = check_existing(plan.out, plan.fingerprint)
     if existing is not None:
         return record_from_info(plan.out, existing)
@@ -74,12 +79,14 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> Datas
         tokenizer=plan.spec,
         dtype=dtype,
         formats=plan.formats,
-        layout="codes: [K, F] flattened level-major per row",
+        layout=CODES_LAYOUT,
         arrow_schema=token_shard_schema(pa.from_numpy_dtype(np.dtype(dtype))).to_string(),
         shards=shards,
         n_rejects=len(rejects),
         totals=DatasetTotals.model_validate(report["total"]),
     )
+    write_dataset_card(plan, info, report)
+    kill_point("before-dataset-commit")  # crash tests: the card written, dataset.json not yet
     storage.write_json(storage.join(plan.out, "dataset.json"), info.to_json())  # last: the commit
     return record_from_info(plan.out, info)
 

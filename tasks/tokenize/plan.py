@@ -4,11 +4,12 @@ Plain functions, no Prefect: `tasks.wrappers` makes them tasks. Layout of a toke
 local folder or an `s3://` prefix):
 
     <out>/plan.parquet                      the manifest rows with their shard, sorted
-    <out>/shards/train-00000.arrow          Arrow IPC, one row per segment (token_shard_schema)
+    <out>/shards/train-00000.arrow          Arrow IPC stream, a row per segment (token_shard_schema)
     <out>/shards/train-00000.tar            the same as WebDataset (<key>.codes.npy + <key>.json)
     <out>/shards/train-00000.commit.json    commit marker: plan hash, rows, bytes, sha256, rejects
     <out>/rejects.parquet                   segments that failed to decode, with the reason
     <out>/size_report.json                  size accounting (tasks.tokenize.sizes)
+    <out>/README.md                         the dataset card (tasks.tokenize.card)
     <out>/dataset.json                      written last: the dataset is complete when it exists
 
 The plan is a pure function of the manifest and the settings: shards of about `shard_hours` of
@@ -45,6 +46,7 @@ from tasks.core.errors import CodecflowError
 from tasks.data.manifest import read_manifest_table
 from tasks.data.records import DatasetInfo
 from tasks.data.token_dataset import DATASET_COMMITTED, DATASET_FORMAT_VERSION, DATASET_KIND
+from tasks.data.token_shards import shard_metadata
 from tasks.tokenize.mulaw_table import is_mulaw, mulaw_spec
 
 __all__ = [
@@ -82,6 +84,12 @@ class DatasetPlan:
     shards: tuple[PlannedShard, ...]
     groups: tuple[tuple[str, ...], ...]
     warn_reject_fraction: float = 0.05
+    manifest_sha256: str = ""
+
+    @property
+    def shard_metadata(self) -> dict[bytes, bytes]:
+        """The schema metadata of every shard: the tokenizer's facts and this fingerprint."""
+        return shard_metadata(self.spec, self.fingerprint)
 
 
 def _cut_shards(
@@ -116,8 +124,11 @@ def _cut_shards(
     return order, cuts
 
 
-def _plan_hash(name: str, segment_ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join((name, *segment_ids)).encode()).hexdigest()
+def _plan_hash(fingerprint: str, name: str, segment_ids: Sequence[str]) -> str:
+    """A shard's identity: its rows, and the dataset's fingerprint, which its bytes hold
+    (`codecflow.dataset_fingerprint`): a shard committed by a run of other settings into the
+    same folder is not this plan's, and is written again."""
+    return hashlib.sha256("\n".join((fingerprint, name, *segment_ids)).encode()).hexdigest()
 
 
 def group_shards(names: Sequence[str], max_tasks: int) -> list[tuple[str, ...]]:
@@ -218,7 +229,8 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
             "with `codecflow train-codec`",
             parse_tokenizer_name(settings.tokenizer).checkpoint,
         )
-    fingerprint = _fingerprint(storage.sha256(manifest), identity, settings)
+    manifest_sha256 = storage.sha256(manifest)
+    fingerprint = _fingerprint(manifest_sha256, identity, settings)
     check_existing(out, fingerprint)
     if table.num_rows == 0:
         raise CodecflowError(f"segment manifest {manifest} has no segments")
@@ -236,7 +248,13 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
         _write_plan(plan_url, table, order, cuts, metadata)
     ids = pc.take(table["segment_id"], order)  # Arrow strings in plan order, not Python ones
     planned = tuple(
-        PlannedShard(name, split, b - a, _plan_hash(name, ids.slice(a, b - a).to_pylist()), seconds)
+        PlannedShard(
+            name,
+            split,
+            b - a,
+            _plan_hash(fingerprint, name, ids.slice(a, b - a).to_pylist()),
+            seconds,
+        )
         for name, split, a, b, seconds in cuts
     )
     del ids
@@ -250,6 +268,7 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
         shards=planned,
         groups=tuple(group_shards([s.name for s in planned], settings.max_tasks)),
         warn_reject_fraction=settings.warn_reject_fraction,
+        manifest_sha256=manifest_sha256,
     )
 
 

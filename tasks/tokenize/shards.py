@@ -1,4 +1,4 @@
-"""Encoding segments and writing one group of shards (Arrow IPC and WebDataset) with their
+"""Encoding segments and writing one group of shards (Arrow IPC streams and WebDataset) with their
 commit markers. A committed shard is skipped; a shard is renamed or uploaded whole, then marked.
 """
 
@@ -216,30 +216,41 @@ def _encode_rows(
 
 
 def _arrow_bytes(
-    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], dtype: np.dtype
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]],
+    dtype: np.dtype,
+    metadata: dict[bytes, bytes],
 ) -> pa.Buffer:
+    """One shard as an uncompressed Arrow IPC stream (format version 3,
+    `tasks.data.token_shards`): `codes` K lists of F codes per row over one values buffer,
+    the tokenizer's facts in the schema `metadata`."""
     codes_type = pa.from_numpy_dtype(dtype)
-    schema = token_shard_schema(codes_type)
-    offsets = np.zeros(len(records) + 1, dtype=np.int32)
-    np.cumsum([c.size for _, c in records], out=offsets[1:])
+    schema = token_shard_schema(codes_type, metadata)
+    k = records[0][1].shape[0] if records else 1
+    frames = np.array([c.shape[1] for _, c in records], dtype=np.int64)  # [rows]
+    # Level lists: row i's K lists of F_i codes, one after another over the flat values.
+    level_offsets = np.zeros(len(records) * k + 1, dtype=np.int32)  # [rows * K + 1]
+    np.cumsum(np.repeat(frames, k), out=level_offsets[1:])
+    row_offsets = np.arange(0, len(records) * k + 1, k, dtype=np.int32)  # [rows + 1]
     values = np.concatenate([c.reshape(-1) for _, c in records]) if records else np.zeros(0, dtype)
+    levels = pa.ListArray.from_arrays(pa.array(level_offsets), pa.array(values, type=codes_type))
     columns = [
         pa.array([r["segment_id"] for r, _ in records], pa.string()),
         pa.array([r["speaker"] for r, _ in records], pa.string()),
         pa.array([r["book_id"] for r, _ in records], pa.string()),
         pa.array([r["split"] for r, _ in records], pa.string()),
-        pa.array([int(c.shape[1]) for _, c in records], pa.int64()),
-        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=codes_type)),
+        pa.array(frames, pa.int64()),
+        pa.ListArray.from_arrays(pa.array(row_offsets), levels),
     ]
     table = pa.Table.from_arrays(columns, schema=schema)
-    # Uncompressed IPC file: readers memory-map it and read the codes without a copy. Its size
-    # first (a mock stream copies nothing), then one buffer of that size: a growing stream
-    # copies the codes at each doubling (0.1-0.2 s of a 1 h mu-law shard, 57 MB, measured).
+    # Uncompressed: readers memory-map it and read the codes without a copy (a stream, which
+    # `datasets.Dataset.from_file` maps as it is). Its size first (a mock stream copies
+    # nothing), then one buffer of that size: a growing stream copies the codes at each
+    # doubling (0.1-0.2 s of a 1 h mu-law shard, 57 MB, measured).
     mock = pa.MockOutputStream()
-    with ipc.new_file(mock, schema) as writer:
+    with ipc.new_stream(mock, schema) as writer:
         writer.write_table(table)
     buffer = pa.allocate_buffer(mock.size())
-    with ipc.new_file(pa.FixedSizeBufferWriter(buffer), schema) as writer:
+    with ipc.new_stream(pa.FixedSizeBufferWriter(buffer), schema) as writer:
         writer.write_table(table)
     return buffer  # no copy: written and hashed from this buffer (`_put_file`)
 
@@ -319,8 +330,8 @@ def _write_shard(
         Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)
     )
     base = storage.join(plan.out, "shards", shard.name)
-    dtype = tokenizer.token_dtype
-    files = {"arrow": _put_file(f"{base}.arrow", _arrow_bytes(good, dtype))}  # type: ignore[arg-type]
+    arrow = _arrow_bytes(good, tokenizer.token_dtype, plan.shard_metadata)  # type: ignore[arg-type]
+    files = {"arrow": _put_file(f"{base}.arrow", arrow)}
     if "webdataset" in plan.formats:
         tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
         files["webdataset"] = _put_file(f"{base}.tar", tar)

@@ -1,7 +1,8 @@
 """The typed records of the on-disk contracts (`tasks.data.records`): files written before the
-records existed (tests/fixtures/records/, written by the dictionary code) read and write back to
-the same bytes, a tokenize run today writes those bytes again, and a file that is no record is
-refused in one line that names it."""
+records existed (tests/fixtures/records/, written by the dictionary code, format version 2) read
+and write back to the same bytes, a tokenize run today writes the bytes of the version 3
+fixtures (`*_v3*`: written when the format changed), its fingerprint moved by the format
+version alone, and a file that is no record is refused in one line that names it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import tasks.tokenize.plan
 from schemas.configs import TokenizeSettings
 from tasks.core import storage
 from tasks.core.errors import CodecflowError
@@ -31,7 +33,7 @@ def _sorted_json(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
-@pytest.mark.parametrize("name", ["dataset.json", "dataset_arrow_only.json"])
+@pytest.mark.parametrize("name", ["dataset.json", "dataset_arrow_only.json", "dataset_v3.json"])
 def test_dataset_info_written_before_round_trips_to_identical_bytes(name: str) -> None:
     text = (FIXTURES / name).read_text()
     info = DatasetInfo.read(FIXTURES / name)
@@ -78,19 +80,25 @@ def test_evaluation_summary_written_before_round_trips_to_identical_bytes() -> N
 
 
 def test_a_tokenize_run_writes_the_bytes_the_code_before_wrote(
-    tiny_manifest: Path, tmp_path: Path
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same corpus and settings as the fixtures: same markers, same dataset.json (but for
-    the manifest's path), so the fingerprints and shard hashes did not move."""
+    """The same corpus and settings as the fixtures: the version 3 fixtures' markers and
+    dataset.json (but for the manifest's path), so fingerprints and shard hashes do not move;
+    and the version 2 fixture's fingerprint when planned as version 2: the format version is
+    all that moved it."""
     out = tmp_path / "wds"
-    tokenize_manifest(tiny_manifest, out, TokenizeSettings(formats=["arrow", "webdataset"]))
+    settings = TokenizeSettings(formats=["arrow", "webdataset"])
+    tokenize_manifest(tiny_manifest, out, settings)
     marker = (out / "shards" / "train-00000.commit.json").read_text()
-    assert marker == (FIXTURES / "shard.commit.json").read_text()
-    before = storage.read_json(FIXTURES / "dataset.json")
+    assert marker == (FIXTURES / "shard_v3.commit.json").read_text()
+    before = storage.read_json(FIXTURES / "dataset_v3.json")
     now = storage.read_json(out / "dataset.json")
     assert now["fingerprint"] == before["fingerprint"]
     before["manifest"] = now["manifest"]
     assert (out / "dataset.json").read_text() == _sorted_json(before)
+    monkeypatch.setattr(tasks.tokenize.plan, "DATASET_FORMAT_VERSION", 2)
+    v2 = tasks.tokenize.plan.plan_dataset(tiny_manifest, tmp_path / "v2", settings)
+    assert v2.fingerprint == storage.read_json(FIXTURES / "dataset.json")["fingerprint"]
 
 
 def test_a_file_that_is_no_record_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """TokenReader: zero-copy segment views, the post's interleaved stream across segment and shard
 boundaries, seeded random windows on frame boundaries, a sequence of segments with their
-metadata, pickled without its maps, clear errors."""
+metadata, pickled without its maps, clear errors; each on a dataset of today's format (3: IPC
+streams, nested codes) and of version 2 (IPC files, flat codes)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from handmade_tokens import LAYOUT, K, flat_stream, write_dataset
 
@@ -17,10 +19,12 @@ from tasks.core.errors import CodecflowError
 from tasks.data.token_dataset import TokenReader, read_dataset_info
 
 
-@pytest.fixture(scope="module")
-def k3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[np.ndarray]]]:
-    root = tmp_path_factory.mktemp("k3")
-    return root, write_dataset(root)
+@pytest.fixture(scope="module", params=[3, 2], ids=["v3", "v2"])
+def k3(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    root = tmp_path_factory.mktemp(f"k3-v{request.param}")
+    return root, write_dataset(root, format_version=request.param)
 
 
 def test_sizes_and_segments_match_the_shards(k3: tuple[Path, dict[str, list[np.ndarray]]]) -> None:
@@ -52,6 +56,27 @@ def test_segment_codes_are_views_of_the_mapped_file(
             if reader.n_segments > 1 and reader._batch_of[0] == reader._batch_of[1]:
                 first, second = reader.segment_codes(0), reader.segment_codes(1)
                 assert first.base is second.base or np.shares_memory(first.base, second.base)
+
+
+def test_codes_lie_inside_the_memory_map_of_their_shard(
+    k3: tuple[Path, dict[str, list[np.ndarray]]], tiny_dataset: Path
+) -> None:
+    """Zero copy by address: every segment's codes are bytes of its shard's map (an IPC stream
+    as much as an IPC file), and opening the split allocates no Arrow memory."""
+    root, _ = k3
+    for dataset, split in ((root, "train"), (tiny_dataset, "train")):
+        allocated = pa.total_allocated_bytes()
+        with TokenReader(dataset, split) as reader:
+            assert pa.total_allocated_bytes() == allocated
+            maps = []
+            for source in reader._maps:
+                source.seek(0)
+                whole = source.read_buffer(source.size())  # a slice of the map: its address
+                maps.append((whole.address, whole.address + whole.size))
+            for i in range(reader.n_segments):
+                start = reader.segment_codes(i).ctypes.data
+                end = start + reader.segment_codes(i).nbytes
+                assert any(lo <= start and end <= hi for lo, hi in maps), i
 
 
 def test_tokens_interleave_levels_across_segment_and_shard_boundaries(
@@ -242,3 +267,49 @@ def test_reader_pickles_without_its_maps_and_maps_its_split_when_first_used(
         match=r"changed since this 'val' reader was pickled \(fingerprint test then, other now\)",
     ):
         stale.n_segments  # noqa: B018
+
+
+def test_a_shard_of_another_format_or_dataset_is_refused_naming_it(tmp_path: Path) -> None:
+    v3, v2 = tmp_path / "v3", tmp_path / "v2"
+    write_dataset(v3, format_version=3)
+    write_dataset(v2, format_version=2)
+    info = json.loads((v3 / "dataset.json").read_text())
+    # A version 2 file where dataset.json says 3 (an IPC file is no IPC stream), and back.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v3, mixed)
+    shutil.copy(v2 / "shards" / "val-00000.arrow", mixed / "shards" / "val-00000.arrow")
+    with pytest.raises(
+        CodecflowError, match=r"val-00000.arrow is not an Arrow IPC stream \(format version 3\)"
+    ):
+        TokenReader(mixed, "val")
+    (mixed / "dataset.json").write_text(json.dumps({**info, "format_version": 2}))
+    with pytest.raises(
+        CodecflowError, match=r"train-00000.arrow is not an Arrow IPC file \(format version 2\)"
+    ):
+        TokenReader(mixed, "train")
+    # A dataset of a format this reader does not know yet.
+    (mixed / "dataset.json").write_text(json.dumps({**info, "format_version": 4}))
+    with pytest.raises(CodecflowError, match="format version 4, newer than this codecflow reads"):
+        TokenReader(mixed, "train")
+    # A shard copied from another dataset: its metadata names that dataset's fingerprint.
+    (v3 / "dataset.json").write_text(json.dumps({**info, "fingerprint": "another"}))
+    with pytest.raises(
+        CodecflowError,
+        match=r"train-00000.arrow belongs to another token dataset \(fingerprint test; dataset.json says another\)",
+    ):
+        TokenReader(v3, "train")
+
+
+def test_plain_pyarrow_reads_the_codes_shape_and_the_tokenizer(tmp_path: Path) -> None:
+    """Without codecflow's code: the stream's rows are K lists of F ints, and the schema
+    metadata says what they are."""
+    segments = write_dataset(tmp_path, format_version=3)
+    table = pa.ipc.open_stream(str(tmp_path / "shards" / "train-00000.arrow")).read_all()
+    for i, codes in enumerate(segments["train"][:3]):
+        row = table.column("codes")[i].as_py()
+        assert len(row) == K and all(len(level) == codes.shape[1] for level in row)
+        assert row == codes.tolist()  # codes[k][f]
+    meta = table.schema.metadata
+    assert meta[b"codecflow.num_levels"] == b"3" and meta[b"codecflow.dtype"] == b"uint16"
+    assert meta[b"codecflow.format_version"] == b"3"
+    assert json.loads(meta[b"codecflow.tokenizer_spec"])["codebook_size"] == 1024

@@ -85,9 +85,9 @@ def test_dataset_codes_equal_the_models_codes_on_real_audio(
     seen = 0
     for shard in info.shards:
         with pa.memory_map(str(tiny_dataset / shard.file)) as source:
-            for stored in ipc.open_file(source).read_all().to_pylist():
+            for stored in ipc.open_stream(source).read_all().to_pylist():
                 audio = torch.from_numpy(read_segment_audio(root, rows[stored["segment_id"]]))
-                expected = tokenizer.encode(audio.view(1, 1, -1))[0, 0].numpy()
+                expected = tokenizer.encode(audio.view(1, 1, -1))[0].numpy()  # [K=1, F]
                 np.testing.assert_array_equal(np.asarray(stored["codes"]), expected)
                 seen += 1
     assert seen == len(rows)
@@ -111,10 +111,10 @@ def test_a_24_bit_file_takes_the_models_path(tmp_path: Path, tiny_manifest: Path
     record = tokenize_manifest(tmp_path / "m.parquet", tmp_path / "ds", TokenizeSettings())
     info = read_dataset_info(record.path)
     with pa.memory_map(str(tmp_path / "ds" / info.shards[0].file)) as source:
-        stored = ipc.open_file(source).read_all().to_pylist()[0]["codes"]
+        stored = ipc.open_stream(source).read_all().to_pylist()[0]["codes"]  # [K=1][F]
     wav = torch.from_numpy(read_segment_audio(str(tmp_path / "audio"), row)).view(1, 1, -1)
     expected = MuLawTokenizer(16_000).encode(wav)[0, 0].numpy()
-    np.testing.assert_array_equal(np.asarray(stored), expected)
+    np.testing.assert_array_equal(np.asarray(stored[0]), expected)
     table16 = encode_pcm16((wav[0, 0].numpy() * PCM16_SCALE).astype(np.int16), pcm16_table("mulaw"))
     assert not np.array_equal(table16[0], expected)  # the 24-bit detail matters: the test bites
 

@@ -48,8 +48,8 @@ def test_shards_hold_uint8_codes_of_every_segment(tiny_manifest: Path, tiny_data
     seen = {}
     for shard in info.shards:
         with pa.memory_map(str(tiny_dataset / shard.file)) as source:
-            table = ipc.open_file(source).read_all()
-        assert table.schema.equals(TOKEN_SHARD_SCHEMA)
+            table = ipc.open_stream(source).read_all()
+        assert table.schema.equals(TOKEN_SHARD_SCHEMA)  # the fields (metadata apart)
         assert table.num_rows == shard.rows
         for row in table.to_pylist():
             seen[row["segment_id"]] = row
@@ -59,7 +59,8 @@ def test_shards_hold_uint8_codes_of_every_segment(tiny_manifest: Path, tiny_data
     row = rows[0]
     audio = read_segment_audio(root, row)
     stored = seen[row["segment_id"]]
-    assert stored["n_frames"] == len(audio) == len(stored["codes"])
+    assert len(stored["codes"]) == 1  # K = 1 level of F codes
+    assert stored["n_frames"] == len(audio) == len(stored["codes"][0])
     assert stored["split"] == row["split"] and stored["speaker"] == row["speaker"]
     codes = torch.tensor(stored["codes"], dtype=torch.int64).view(1, 1, -1)
     decoded = MuLawTokenizer(16_000).decode(codes)[0, 0].numpy()
@@ -185,8 +186,12 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
     assert info.tokenizer["frame_rate"] == 12.5 and info.tokenizer["sample_rate"] == 24_000
     shard = record.path / info.shards[0].file
     with pa.memory_map(str(shard)) as source:
-        table = ipc.open_file(source).read_all()
-    assert table.schema.field("codes").type == pa.list_(pa.uint16())
+        table = ipc.open_stream(source).read_all()
+    assert table.schema.field("codes").type == pa.list_(pa.list_(pa.uint16()))
+    first = table.column("codes")[0].as_py()  # [K][F]
+    assert len(first) == 2 and len(first[0]) == len(first[1]) == table.column("n_frames")[0].as_py()
+    assert table.schema.metadata[b"codecflow.num_levels"] == b"2"
+    assert table.schema.metadata[b"codecflow.frame_rate"] == b"12.5"
     # 12.5 frames per second of audio x 2 levels, whole frames: ceil(duration x 12.5) per segment
     assert info.totals.tokens_per_second == pytest.approx(2 * 12.5, rel=0.1)
 
@@ -231,13 +236,21 @@ def reference_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.parametrize(
     "kill_at",
-    ["mid-write:1", "before-commit:1", "after-commit:2", "mid-write:6", "before-commit:4"],
+    [
+        "mid-write:1",
+        "before-commit:1",
+        "after-commit:2",
+        "mid-write:6",
+        "before-commit:4",
+        "before-dataset-commit:1",
+    ],
     ids=[
         "first-write",
         "before-first-commit",
         "between-shards",
         "mid-write-later",
         "before-later-commit",
+        "card-before-dataset-commit",
     ],
 )
 def test_kill_9_then_resume_is_byte_identical(
@@ -248,6 +261,8 @@ def test_kill_9_then_resume_is_byte_identical(
     out = tmp_path / "ds"
     assert _tokenize_in_subprocess(tiny_manifest, str(out), kill_at) == -signal.SIGKILL
     assert not (out / "dataset.json").exists()
+    # The card is written whole before the commit, never after it.
+    assert (out / "README.md").exists() == kill_at.startswith("before-dataset-commit")
     assert _tokenize_in_subprocess(tiny_manifest, str(out), None) == 0
     assert _files(out) == _files(reference_dataset)  # no temporary left, every byte the same
 
@@ -286,7 +301,7 @@ def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -
     info = read_dataset_info(reference_dataset)
     shard = info.shards[0]
     with pa.memory_map(str(reference_dataset / shard.file)) as source:
-        arrow_rows = ipc.open_file(source).read_all().to_pylist()
+        arrow_rows = ipc.open_stream(source).read_all().to_pylist()
     samples = list(
         wds.WebDataset(str(reference_dataset / shard.webdataset_file), shardshuffle=False).decode()
     )
@@ -294,13 +309,30 @@ def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -
     for sample, row in zip(samples, arrow_rows, strict=True):
         codes = sample["codes.npy"]
         assert codes.shape == (1, row["n_frames"]) and codes.dtype == np.uint8
-        assert codes.reshape(-1).tolist() == row["codes"]
+        assert codes.tolist() == row["codes"]  # [K][F] both
 
 
 def test_arrow_shards_open_with_plain_pyarrow(reference_dataset: Path) -> None:
-    for path in (reference_dataset / "shards").glob("*.arrow"):
-        table = pa.ipc.open_file(str(path)).read_all()
-        assert table.schema.field("codes").type == pa.list_(pa.uint8())
+    """pyarrow alone (and the JSON of dataset.json) knows the shape and the tokenizer."""
+    info = json.loads((reference_dataset / "dataset.json").read_text())
+    paths = sorted((reference_dataset / "shards").glob("*.arrow"))
+    assert len(paths) == len(info["shards"]) >= 2
+    for path in paths:
+        table = pa.ipc.open_stream(str(path)).read_all()
+        assert table.schema.field("codes").type == pa.list_(pa.list_(pa.uint8()))
+        for i in range(table.num_rows):
+            codes = table.column("codes")[i].as_py()  # K lists of F ints
+            assert len(codes) == 1 and len(codes[0]) == table.column("n_frames")[i].as_py()
+            assert all(0 <= c < 256 for c in codes[0][:1000])
+        meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+        assert meta["codecflow.dataset_fingerprint"] == info["fingerprint"]
+        assert json.loads(meta["codecflow.tokenizer_spec"]) == info["tokenizer"]
+        assert (meta["codecflow.tokenizer"], meta["codecflow.num_levels"]) == ("mu-law-256", "1")
+        assert (meta["codecflow.codebook_size"], meta["codecflow.dtype"]) == ("256", "uint8")
+        assert (meta["codecflow.sample_rate"], meta["codecflow.frame_rate"]) == ("16000", "16000.0")
+        assert meta["codecflow.format_version"] == str(info["format_version"]) == "3"
+        with pytest.raises(pa.ArrowInvalid):
+            pa.ipc.open_file(str(path))  # a stream, not an IPC file (format version 2)
 
 
 def test_s3_output_then_resume(
