@@ -237,3 +237,15 @@ def test_regenerate_rejects_keeping_every_level() -> None:
     codes = torch.zeros(1, 2, 4, dtype=torch.long)
     with pytest.raises(AssertionError, match="keep_levels must be in"):
         regenerate(model, codes, 2, make_layout("flatten"), V)
+
+
+@pytest.mark.parametrize("b", [1, 5])
+def test_sample_next_draws_what_torch_multinomial_draws(b: int) -> None:
+    # The same generator state gives the same samples as torch.multinomial (which sample_next
+    # reimplements without its validation syncs), so seeded runs stay reproducible.
+    ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i in range(200):
+        logits = 3 * torch.randn(b, V, generator=torch.Generator().manual_seed(i))  # [B, V]
+        expected = torch.multinomial(torch.softmax(logits, -1), 1, generator=theirs)  # [B, 1]
+        got = sample_next(logits, temperature=1.0, generator=ours)  # [B]
+        assert torch.equal(got, expected.squeeze(-1)), f"draw {i}"
