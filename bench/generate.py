@@ -44,14 +44,28 @@ either way). Every KV run draws the same tokens (same seed), which is checked. E
 ratio (its slice's baseline rate extrapolated to all tokens, over its KV run) is printed too, with
 their median, which a burst in one round does not move much.
 
-Prints the machine, the rounds, then per path: seconds, tokens/s, real-time factor (wall seconds
-per second of audio, 16 000 mu-law tokens per second; below 1 is faster than real time) and
-forward calls, then `tokens_match_before_first_slide: true/false`. Random weights make greedy
-output nearly constant (3 distinct tokens in the default run), so that check compares argmaxes of
-near-uniform logits; `--temperature 1` samples with equally seeded generators and gives a stronger
-one (164 distinct tokens in 400, all equal up to the first slide). The last line is
-`kv_speedup: <ratio>` (baseline seconds / kv seconds), or `kv_speedup_estimate: <ratio>` when the
-baseline was skipped.
+Both paths run on the same intra-op threads: `--threads N`, else those codecflow decodes the
+model with (`tasks.core.threads.decode_threads`, as the evaluation does: one thread for a model
+under 20 M parameters on the CPU, else the thread policy's). One thread is the KV path's faster
+setting on the 2-core development machine (a single-token step is hundreds of tiny kernels; two
+threads made it 19 ms instead of 2.3 ms there while other jobs ran) and the baseline's slower one
+when the machine is idle (its full-window forward is compute-bound), so `--threads 2` there
+measures the other corner.
+
+Prints the machine (with its load average), the threads, the rounds, then per path: seconds,
+tokens/s, real-time factor (wall seconds per second of audio, 16 000 mu-law tokens per second;
+below 1 is faster than real time) and forward calls, then
+`tokens_match_before_first_slide: true/false`. Random weights make greedy output nearly constant
+(3 distinct tokens in the default run), so that check compares argmaxes of near-uniform logits;
+`--temperature 1` samples with equally seeded generators and gives a stronger one (164 distinct
+tokens in 400, all equal up to the first slide). Then `kv_speedup: <ratio>` (baseline seconds /
+kv seconds), or `kv_speedup_estimate: <ratio>` when the baseline was skipped.
+
+Last, the KV path's throughput on the demo model (`models.presets` "demo", configs/demo.yaml's
+shape: 4 layers x 4 heads x 128, block 256, vocab 256) at each `--demo-batches` size (1 and 8):
+`--new-tokens` per sequence after a `--prompt-tokens` prompt, best of `--demo-repeats` seeded
+runs (which must draw the same tokens), ending with `demo_tokens_per_s_batch<B>: <tokens/s>`
+(all B sequences together).
 """
 
 from __future__ import annotations
