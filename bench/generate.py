@@ -44,14 +44,28 @@ either way). Every KV run draws the same tokens (same seed), which is checked. E
 ratio (its slice's baseline rate extrapolated to all tokens, over its KV run) is printed too, with
 their median, which a burst in one round does not move much.
 
-Prints the machine, the rounds, then per path: seconds, tokens/s, real-time factor (wall seconds
-per second of audio, 16 000 mu-law tokens per second; below 1 is faster than real time) and
-forward calls, then `tokens_match_before_first_slide: true/false`. Random weights make greedy
-output nearly constant (3 distinct tokens in the default run), so that check compares argmaxes of
-near-uniform logits; `--temperature 1` samples with equally seeded generators and gives a stronger
-one (164 distinct tokens in 400, all equal up to the first slide). The last line is
-`kv_speedup: <ratio>` (baseline seconds / kv seconds), or `kv_speedup_estimate: <ratio>` when the
-baseline was skipped.
+Both paths run on the same intra-op threads: `--threads N`, else those codecflow decodes the
+model with (`tasks.core.threads.decode_threads`, as the evaluation does: one thread for a model
+under 20 M parameters on the CPU, else the thread policy's). One thread is the KV path's faster
+setting on the 2-core development machine (a single-token step is hundreds of tiny kernels; two
+threads made it 19 ms instead of 2.3 ms there while other jobs ran) and the baseline's slower one
+when the machine is idle (its full-window forward is compute-bound), so `--threads 2` there
+measures the other corner.
+
+Prints the machine (with its load average), the threads, the rounds, then per path: seconds,
+tokens/s, real-time factor (wall seconds per second of audio, 16 000 mu-law tokens per second;
+below 1 is faster than real time) and forward calls, then
+`tokens_match_before_first_slide: true/false`. Random weights make greedy output nearly constant
+(3 distinct tokens in the default run), so that check compares argmaxes of near-uniform logits;
+`--temperature 1` samples with equally seeded generators and gives a stronger one (164 distinct
+tokens in 400, all equal up to the first slide). Then `kv_speedup: <ratio>` (baseline seconds /
+kv seconds), or `kv_speedup_estimate: <ratio>` when the baseline was skipped.
+
+Last, the KV path's throughput on the demo model (`models.presets` "demo", configs/demo.yaml's
+shape: 4 layers x 4 heads x 128, block 256, vocab 256) at each `--demo-batches` size (1 and 8):
+`--new-tokens` per sequence after a `--prompt-tokens` prompt, best of `--demo-repeats` seeded
+runs (which must draw the same tokens), ending with `demo_tokens_per_s_batch<B>: <tokens/s>`
+(all B sequences together).
 """
 
 from __future__ import annotations
@@ -61,7 +75,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +86,7 @@ from torch import Tensor
 from models.gpt import GPT, GPTConfig
 from models.presets import GPT_PRESETS
 from models.sampling import generate, sample_next
-from tasks.core.threads import apply_thread_policy
+from tasks.core.threads import apply_thread_policy, decode_threads
 
 TOKENS_PER_AUDIO_SECOND = 16_000  # mu-law at 16 kHz: one token per sample
 # The default model (see the module docstring for why this size).
@@ -192,7 +207,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0, help="weights, prompt and sampling")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of both paths (default: codecflow's decode_threads for the model)",
+    )
     parser.add_argument("--warmup", type=int, default=8, help="untimed tokens per path first")
     parser.add_argument(
         "--rounds",
@@ -208,6 +227,14 @@ def _parser() -> argparse.ArgumentParser:
         help="with --skip-baseline: full-window baseline steps timed to estimate it (0: none)",
     )
     parser.add_argument(
+        "--demo-batches",
+        type=int,
+        nargs="*",
+        default=[1, 8],
+        help="then KV tokens/s of the demo model at these batch sizes (none: skip)",
+    )
+    parser.add_argument("--demo-repeats", type=int, default=3, help="demo runs per batch size")
+    parser.add_argument(
         "--gpu-10s-mulaw",
         action="store_true",
         help="the post's GPU run: preset post on cuda, 160 000 tokens, bfloat16, no baseline",
@@ -215,162 +242,135 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
-    parser = _parser()
-    args = parser.parse_args()
-    if args.gpu_10s_mulaw:
-        parser.set_defaults(**GPU_10S_MULAW)
-        args = parser.parse_args()  # flags given explicitly still win
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype_name = args.dtype
-    if dtype_name == "auto":
-        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
-    dtype = getattr(torch, dtype_name)
-
+def _sizes(args: argparse.Namespace) -> GPTConfig:
     sizes: dict[str, Any] = dict(GPT_PRESETS[args.preset] if args.preset else BENCH_MODEL)
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
-    config = GPTConfig(vocab_size=args.vocab, **sizes)
-    n, block = args.new_tokens, config.block_size
-    assert n >= 1, f"--new-tokens must be >= 1, got {n}"
-    assert 1 <= args.prompt_tokens, f"--prompt-tokens must be >= 1, got {args.prompt_tokens}"
+    return GPTConfig(vocab_size=args.vocab, **sizes)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(
-        f"machine: {platform.machine()} processor {platform.processor() or '?'!r}, "
-        f"cpu {_cpu_model()!r}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
-        f"device {device_name}, torch {torch.__version__}"
-    )
 
-    torch.manual_seed(args.seed)
-    model = GPT(config).to(device=device, dtype=dtype).eval()
-    print(
-        f"model: {args.preset or 'bench default'} {config.n_layer} layers x {config.n_head} heads "
-        f"x {config.n_embd}, block {block}, vocab {config.vocab_size}, "
-        f"{model.num_parameters():,} parameters, {dtype_name}"
-    )
-    prompt_gen = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), generator=prompt_gen)
-    prompt = prompt.to(device)  # [1, P]
-    audio = n / TOKENS_PER_AUDIO_SECOND
-    sampling = (
-        "greedy"
-        if args.temperature == 0.0
-        else f"temperature {args.temperature:g}, top_k {args.top_k}, top_p {args.top_p}"
-    )
-    print(
-        f"run: {n:,} new tokens ({audio:g} s of 16 kHz mu-law) after a {args.prompt_tokens}-token "
-        f"prompt, {sampling}, seed {args.seed}"
-    )
+@contextmanager
+def _threads(args: argparse.Namespace, model: GPT, device: torch.device) -> Iterator[int]:
+    """Both paths' intra-op threads: `--threads`, else what codecflow decodes `model` with
+    (`decode_threads`: one thread for a small model on the CPU, else the thread policy's)."""
+    if args.threads is None:
+        with decode_threads(sum(p.numel() for p in model.parameters()), device) as threads:
+            yield threads
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        yield args.threads
+    finally:
+        torch.set_num_threads(before)
 
-    def kv_run(tokens: int) -> PathResult:
-        def run() -> tuple[Tensor, int, int]:
-            gen = torch.Generator(device).manual_seed(args.seed)
-            result = generate(
-                model,
-                prompt,
-                tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                frame_size=1,
-                generator=gen,
-            )
-            return result.tokens, result.n_forward_calls, result.n_prefills
 
-        return timed_path(run, device)
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
-    def baseline_run(context: Tensor, tokens: int, gen: torch.Generator) -> PathResult:
-        def run() -> tuple[Tensor, int, int]:
-            new, calls = generate_full_recompute(
-                model,
-                context,
-                tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                generator=gen,
-            )
-            return new, calls, calls
 
-        return timed_path(run, device)
+def _kv_run(
+    args: argparse.Namespace, model: GPT, prompt: Tensor, tokens: int, device: torch.device
+) -> PathResult:
+    """One whole KV-cache generation of `tokens` new tokens, seeded by `--seed`."""
 
+    def run() -> tuple[Tensor, int, int]:
+        gen = torch.Generator(device).manual_seed(args.seed)
+        result = generate(model, prompt, tokens, frame_size=1, generator=gen, **_sampling(args))
+        return result.tokens, result.n_forward_calls, result.n_prefills
+
+    return timed_path(run, device)
+
+
+def _baseline_run(
+    args: argparse.Namespace,
+    model: GPT,
+    context: Tensor,
+    tokens: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> PathResult:
+    """`tokens` more baseline tokens after `context`, drawing from `gen` (carried across calls)."""
+
+    def run() -> tuple[Tensor, int, int]:
+        new, calls = generate_full_recompute(
+            model, context, tokens, generator=gen, **_sampling(args)
+        )
+        return new, calls, calls
+
+    return timed_path(run, device)
+
+
+def _check_baseline_forward(model: GPT, prompt: Tensor, dtype: torch.dtype) -> None:
+    """The baseline's forward is GPT.forward's, logits of the last position only."""
     with torch.inference_mode():
-        # The baseline's forward is GPT.forward's, logits of the last position only.
-        window = prompt[:, -block:]
+        window = prompt[:, -model.config.block_size :]  # [1, <= block]
         ref = model(window).logits[:, -1].float()  # [1, V]
         ours = last_logits(model, window).float()  # [1, V]
-        tol = 1e-4 if dtype == torch.float32 else 5e-2
-        assert torch.allclose(ref, ours, atol=tol, rtol=tol), "baseline forward != GPT.forward"
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(ref, ours, atol=tol, rtol=tol), "baseline forward != GPT.forward"
 
-    if args.warmup > 0:
-        kv_run(args.warmup)
-        if not args.skip_baseline:
-            baseline_run(prompt, args.warmup, torch.Generator(device).manual_seed(args.seed))
 
-    if args.skip_baseline:
-        kv = kv_run(n)
-        _report("kv", kv, n)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"peak CUDA memory allocated: {peak:.2f} GiB")
-        if args.estimate_tokens <= 0:
-            return
-        # Steady state of the baseline: every window a full block (as for almost all of a long
-        # run), so this slightly overestimates the first block's steps.
-        full = torch.randint(0, config.vocab_size, (1, block), generator=prompt_gen).to(device)
-        gen = torch.Generator(device).manual_seed(args.seed)
-        baseline_run(full, min(args.warmup, args.estimate_tokens), gen)
-        probe = baseline_run(full, args.estimate_tokens, gen)
-        per_token = probe.seconds / args.estimate_tokens
-        estimate = PathResult(probe.tokens, per_token * n, forward_calls=n, window_calls=n)
-        _report(
-            "baseline*",
-            estimate,
-            n,
-            f"  (* ESTIMATE, not measured: {args.estimate_tokens} full-window steps timed, "
-            f"{per_token * 1e3:.2f} ms each, times {n:,})",
-        )
-        print(f"kv_speedup_estimate: {estimate.seconds / kv.seconds:.1f}")
+def _estimate(
+    args: argparse.Namespace, model: GPT, kv: PathResult, device: torch.device, n: int
+) -> None:
+    """--skip-baseline: the baseline estimated from `--estimate-tokens` full-window steps."""
+    if args.estimate_tokens <= 0:
         return
+    # Steady state of the baseline: every window a full block (as for almost all of a long
+    # run), so this slightly overestimates the first block's steps.
+    block, vocab = model.config.block_size, model.config.vocab_size
+    prompt_gen = torch.Generator().manual_seed(args.seed + 1)
+    full = torch.randint(0, vocab, (1, block), generator=prompt_gen).to(device)  # [1, block]
+    gen = torch.Generator(device).manual_seed(args.seed)
+    _baseline_run(args, model, full, min(args.warmup, args.estimate_tokens), gen, device)
+    probe = _baseline_run(args, model, full, args.estimate_tokens, gen, device)
+    per_token = probe.seconds / args.estimate_tokens
+    estimate = PathResult(probe.tokens, per_token * n, forward_calls=n, window_calls=n)
+    _report(
+        "baseline*",
+        estimate,
+        n,
+        f"  (* ESTIMATE, not measured: {args.estimate_tokens} full-window steps timed, "
+        f"{per_token * 1e3:.2f} ms each, times {n:,})",
+    )
+    print(f"kv_speedup_estimate: {estimate.seconds / kv.seconds:.1f}")
 
-    # Interleaved rounds: a whole KV generation, then the next slice of the baseline's one
-    # generation, and so on, so that both paths meet the same load on a shared machine.
+
+def _interleaved(
+    args: argparse.Namespace, model: GPT, prompt: Tensor, device: torch.device, n: int
+) -> tuple[PathResult, PathResult, list[float]]:
+    """`--rounds` rounds of a whole KV generation and the next slice of the baseline's one
+    generation, so that both paths meet the same load on a shared machine. Returns the KV path
+    (mean of its runs, which must all draw the same tokens), the baseline (sum of its slices)
+    and each round's own ratio."""
     rounds = max(1, min(args.rounds, n))
     slices = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
     base_gen = torch.Generator(device).manual_seed(args.seed)  # one stream over all slices
     kv_runs: list[PathResult] = []
     base_parts: list[PathResult] = []
-    round_ratios: list[float] = []
+    ratios: list[float] = []
     context, done = prompt, 0
     for r, count in enumerate(slices):
-        kv_runs.append(kv_run(n))
-        part = baseline_run(context, count, base_gen)
+        kv_runs.append(_kv_run(args, model, prompt, n, device))
+        part = _baseline_run(args, model, context, count, base_gen, device)
         base_parts.append(part)
         context = torch.cat([context, part.tokens], dim=1)  # [1, P + done + count]
         # This round's own ratio: its baseline slice's rate extrapolated to n tokens, over its KV
         # run (the first slice's windows are shorter, so its ratio is low).
-        round_ratios.append(part.seconds / count * n / kv_runs[-1].seconds)
+        ratios.append(part.seconds / count * n / kv_runs[-1].seconds)
         print(
             f"round {r + 1}/{rounds}: kv {n:,} tokens in {kv_runs[-1].seconds:.2f} s; baseline "
             f"tokens {done:,}..{done + count - 1:,} in {part.seconds:.2f} s "
-            f"({part.seconds / count * 1e3:.1f} ms/token); ratio {round_ratios[-1]:.1f}x"
+            f"({part.seconds / count * 1e3:.1f} ms/token); ratio {ratios[-1]:.1f}x",
+            flush=True,
         )
         done += count
-
+    first = kv_runs[0]
+    assert all(torch.equal(k.tokens, first.tokens) for k in kv_runs), "KV runs differ (seeded)"
     kv_seconds = [k.seconds for k in kv_runs]
-    kv = PathResult(
-        kv_runs[0].tokens,
-        sum(kv_seconds) / rounds,
-        forward_calls=kv_runs[0].forward_calls,
-        window_calls=kv_runs[0].window_calls,
-    )
-    assert all(torch.equal(k.tokens, kv.tokens) for k in kv_runs), "KV runs differ (seeded)"
+    kv = PathResult(first.tokens, sum(kv_seconds) / rounds, first.forward_calls, first.window_calls)
     base = PathResult(
         torch.cat([b.tokens for b in base_parts], dim=1),  # [1, N]
         sum(b.seconds for b in base_parts),
@@ -380,7 +380,12 @@ def main() -> None:
     kv_note = f"  (mean of {rounds} runs, {min(kv_seconds):.2f}-{max(kv_seconds):.2f} s)"
     _report("kv", kv, n, kv_note if rounds > 1 else "")
     _report("baseline", base, n, f"  (sum of {rounds} slices)" if rounds > 1 else "")
+    return kv, base, ratios
 
+
+def _agreement(args: argparse.Namespace, kv: PathResult, base: PathResult, block: int) -> bool:
+    """Whether the paths drew the same tokens up to the KV window's first slide (printed)."""
+    n = kv.tokens.shape[1]
     # The KV path prefills min(P, block) prompt tokens; it first slides (re-prefills) when the
     # cache is full, which makes its token block - min(P, block) + 1 the first that may differ.
     # Up to there both paths see exactly the same context.
@@ -393,8 +398,112 @@ def main() -> None:
         f"checked the first {n_check:,} tokens (before the KV window first slides; "
         f"{distinct} distinct tokens there); the paths agree on the first {first_diff:,} of {n:,}"
     )
+    return same
+
+
+def _demo_throughput(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, batches: list[int]
+) -> None:
+    """KV-cache tokens/s of the demo model (`models.presets` "demo", configs/demo.yaml's shape)
+    at each batch size: best of `--demo-repeats` seeded runs of `--new-tokens`, which must all
+    draw the same tokens, on the threads codecflow decodes it with (or `--threads`)."""
+    config = GPTConfig(vocab_size=args.vocab, **GPT_PRESETS["demo"])
+    torch.manual_seed(args.seed)
+    model = GPT(config).to(device=device, dtype=dtype).eval()
+    n = args.new_tokens
     print(
-        f"median of the rounds' ratios: {statistics.median(round_ratios):.1f}x "
+        f"demo model: {config.n_layer} layers x {config.n_head} heads x {config.n_embd}, block "
+        f"{config.block_size}, vocab {config.vocab_size}, {model.num_parameters():,} parameters"
+    )
+    with _threads(args, model, device) as threads:
+        for b in batches:
+            gen = torch.Generator().manual_seed(args.seed)
+            prompt = torch.randint(0, config.vocab_size, (b, args.prompt_tokens), generator=gen)
+            prompt = prompt.to(device)  # [B, P]
+            _kv_run(args, model, prompt, min(args.warmup, n), device)
+            runs = [_kv_run(args, model, prompt, n, device) for _ in range(args.demo_repeats)]
+            assert all(torch.equal(r.tokens, runs[0].tokens) for r in runs), "seeded runs differ"
+            best = min(r.seconds for r in runs)
+            print(
+                f"demo batch {b}: {n:,} new tokens per sequence in {best:.2f} s (best of "
+                f"{len(runs)}, {threads} thread(s)): {n / best:,.0f} tokens/s per sequence, "
+                f"{b * n / best:,.0f} tokens/s in all"
+            )
+            print(f"demo_tokens_per_s_batch{b}: {b * n / best:.0f}")
+
+
+def main() -> None:
+    apply_thread_policy()  # the one thread policy (tasks/core/threads.py)
+    parser = _parser()
+    args = parser.parse_args()
+    if args.gpu_10s_mulaw:
+        parser.set_defaults(**GPU_10S_MULAW)
+        args = parser.parse_args()  # flags given explicitly still win
+    device = torch.device(args.device)
+    dtype_name = args.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = getattr(torch, dtype_name)
+    config = _sizes(args)
+    n, block = args.new_tokens, config.block_size
+    assert n >= 1, f"--new-tokens must be >= 1, got {n}"
+    assert 1 <= args.prompt_tokens, f"--prompt-tokens must be >= 1, got {args.prompt_tokens}"
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(
+        f"machine: {platform.machine()} processor {platform.processor() or '?'!r}, "
+        f"cpu {_cpu_model()!r}, {os.cpu_count()} cpus, load average {load[0]:.2f} "
+        f"{load[1]:.2f} {load[2]:.2f}, device {device_name}, torch {torch.__version__}"
+    )
+    torch.manual_seed(args.seed)
+    model = GPT(config).to(device=device, dtype=dtype).eval()
+    print(
+        f"model: {args.preset or 'bench default'} {config.n_layer} layers x {config.n_head} heads "
+        f"x {config.n_embd}, block {block}, vocab {config.vocab_size}, "
+        f"{model.num_parameters():,} parameters, {dtype_name}"
+    )
+    prompt_gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), generator=prompt_gen)
+    prompt = prompt.to(device)  # [1, P]
+    sampling = (
+        "greedy"
+        if args.temperature == 0.0
+        else f"temperature {args.temperature:g}, top_k {args.top_k}, top_p {args.top_p}"
+    )
+    print(
+        f"run: {n:,} new tokens ({n / TOKENS_PER_AUDIO_SECOND:g} s of 16 kHz mu-law) after a "
+        f"{args.prompt_tokens}-token prompt, {sampling}, seed {args.seed}"
+    )
+    _check_baseline_forward(model, prompt, dtype)
+    with _threads(args, model, device) as threads:
+        print(f"threads: {threads} for both paths (--threads, else codecflow's decode_threads)")
+        _compare(args, model, prompt, device, n)
+    if args.demo_batches:
+        _demo_throughput(args, device, dtype, args.demo_batches)
+
+
+def _compare(
+    args: argparse.Namespace, model: GPT, prompt: Tensor, device: torch.device, n: int
+) -> None:
+    """The two paths (or the KV path and the estimate), warmed up, then measured and reported."""
+    if args.warmup > 0:
+        _kv_run(args, model, prompt, args.warmup, device)
+        if not args.skip_baseline:
+            gen = torch.Generator(device).manual_seed(args.seed)
+            _baseline_run(args, model, prompt, args.warmup, gen, device)
+    if args.skip_baseline:
+        kv = _kv_run(args, model, prompt, n, device)
+        _report("kv", kv, n)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"peak CUDA memory allocated: {peak:.2f} GiB")
+        _estimate(args, model, kv, device, n)
+        return
+    kv, base, ratios = _interleaved(args, model, prompt, device, n)
+    same = _agreement(args, kv, base, model.config.block_size)
+    print(
+        f"median of the rounds' ratios: {statistics.median(ratios):.1f}x "
         "(robust to a burst of load in one round; the ratio below is over the whole run)"
     )
     print(f"tokens_match_before_first_slide: {str(same).lower()}")

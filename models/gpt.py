@@ -6,19 +6,30 @@ including the new ones), H heads, D head dim, C embedding width (n_embd), V voca
 Architecture as GPT-2 (Radford et al., 2019) and nanoGPT: learned token and position embeddings,
 pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, a final LayerNorm and an lm_head tied
 to the token embedding. The KV cache is not in nanoGPT; it follows the usual preallocated layout
-(one `[B, H, block_size, D]` buffer per layer for keys and one for values).
+(one `[B, 2, H, block_size, D]` buffer per layer, keys then values, written in place).
+
+Inference over a cache (`GPT.forward` with `cache`) runs the same layers on the same weights
+through plain functional calls (`_cached_block`) instead of the modules: a single-token step of a
+small model is a few hundred tiny kernels, so `nn.Module.__call__`, the identity dropouts, the
+position `arange` and ~150 `nn.Module.__getattr__` look-ups of the weights per step were a
+measurable share of it (profiled with torch.profiler and cProfile, bench/generate.py). The cache
+holds references to the weight tensors, taken once when `GPT.new_cache` makes it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GPTConfig", "GPTOutput", "KVCache", "GPT"]
+__all__ = ["LAYER_NORM_EPS", "GPTConfig", "GPTOutput", "KVCache", "LayerWeights", "GPT"]
+
+#: nn.LayerNorm's default epsilon, as GPT-2 and nanoGPT; the cached path uses the same.
+LAYER_NORM_EPS = 1e-5
 
 
 @dataclass
@@ -52,12 +63,31 @@ class GPTOutput:
     loss: Tensor | None  # scalar mean cross-entropy when targets were given
 
 
+class LayerWeights(NamedTuple):
+    """One block's parameter tensors (references, not copies), for `_cached_block`."""
+
+    ln_1_weight: Tensor  # [C]
+    ln_1_bias: Tensor | None  # [C]
+    attn_weight: Tensor  # [3C, C]
+    attn_bias: Tensor | None  # [3C]
+    attn_proj_weight: Tensor  # [C, C]
+    attn_proj_bias: Tensor | None  # [C]
+    ln_2_weight: Tensor  # [C]
+    ln_2_bias: Tensor | None  # [C]
+    fc_weight: Tensor  # [4C, C]
+    fc_bias: Tensor | None  # [4C]
+    mlp_proj_weight: Tensor  # [C, 4C]
+    mlp_proj_bias: Tensor | None  # [C]
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    Each layer has a key and a value buffer of shape `[B, H, block_size, D]`, allocated once;
-    `length` is the number of positions filled (the same for every layer between calls). The cache
-    is meant for inference (no autograd): `GPT.forward` writes into it in place.
+    Each layer has one buffer of shape `[B, 2, H, block_size, D]` (index 0 of dim 1 the keys,
+    1 the values), allocated once; `length` is the number of positions filled (the same for every
+    layer between calls). The cache is meant for inference (no autograd): `GPT.forward` writes
+    into it in place, one copy per layer and call. `weights`, set by `GPT.new_cache`, are the
+    model's per-block parameter tensors, looked up once instead of at every step.
     """
 
     def __init__(
@@ -69,36 +99,40 @@ class KVCache:
         head_dim: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        weights: list[LayerWeights] | None = None,
     ) -> None:
-        shape = (batch_size, n_head, capacity, head_dim)  # [B, H, block_size, D]
-        self.keys: list[Tensor] = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)
-        ]
-        self.values: list[Tensor] = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)
+        shape = (batch_size, 2, n_head, capacity, head_dim)  # [B, 2, H, block_size, D]
+        # Never cleared: only the first `length` positions are ever read.
+        self.kv: list[Tensor] = [
+            torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)
         ]
         self.batch_size = batch_size
         self.capacity = capacity
         self.length = 0
+        assert weights is None or len(weights) == n_layer, (
+            f"{n_layer} layers but weights for {len(weights or [])}"
+        )
+        self.weights = weights
 
     def reset(self) -> None:
         """Forget every cached position (the buffers are reused, not cleared)."""
         self.length = 0
 
-    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store new keys/values `[B, H, T, D]` of `layer` after the cached ones.
+    def write(self, layer: int, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys and values `[B, 2, H, T, D]` of `layer` after the cached ones.
 
-        Returns views of all keys and values of the layer, `[B, H, S, D]` with S = length + T.
-        `length` itself is advanced once per forward, by `advance`, after all layers wrote.
+        Returns views of all keys and of all values of the layer, each `[B, H, S, D]` with
+        S = length + T. `length` itself is advanced once per forward, by `advance`, after all
+        layers wrote.
         """
-        t = k.shape[2]
+        t = kv.shape[3]
         end = self.length + t
         assert end <= self.capacity, (
             f"KV cache overflow: {self.length} cached + {t} new = {end} > capacity {self.capacity}"
         )
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]  # [B, H, S, D]
+        buffer = self.kv[layer]  # [B, 2, H, block_size, D]
+        buffer[:, :, :, self.length : end] = kv
+        return buffer[:, 0, :, :end], buffer[:, 1, :, :end]  # 2 x [B, H, S, D]
 
     def advance(self, n: int) -> None:
         """Mark `n` more positions as filled."""
@@ -106,6 +140,43 @@ class KVCache:
             f"KV cache overflow: {self.length} cached + {n} new > capacity {self.capacity}"
         )
         self.length += n
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, dropout_p: float = 0.0) -> Tensor:
+    """Causal attention of T new queries `[B, H, T, D]` over S = past + T keys and values
+    `[B, H, S, D]` (the first `past` of them cached); returns `[B, H, T, D]`."""
+    t = q.shape[2]
+    if past == 0:
+        # Square case: is_causal's mask is exactly "query i sees keys 0..i".
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if t == 1:
+        # One new token may see every cached key and itself: no mask needed.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    # A chunk after a non-empty cache: is_causal would align the mask to the top-left (query i
+    # sees keys 0..i), hiding most of the cache. New query i is at absolute position past + i and
+    # may see keys 0..past + i, so build that mask explicitly.
+    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)  # [T, S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _cached_block(
+    x: Tensor, w: LayerWeights, cache: KVCache, layer: int, shape: tuple[int, int, int]
+) -> Tensor:
+    """`Block.forward` for inference over `cache`, by functional calls on the block's weights:
+    float `[B*T, C]` -> float `[B*T, C]`, with `shape` = (B, T, H); the cache's keys and values
+    of `layer` grow by T (its `length` is advanced by the caller)."""
+    b, t, h = shape
+    c = x.shape[1]
+    y = F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, LAYER_NORM_EPS)  # [B*T, C]
+    qkv = F.linear(y, w.attn_weight, w.attn_bias).view(b, t, 3, h, c // h)  # [B, T, 3, H, D]
+    past = cache.length
+    k, v = cache.write(layer, qkv[:, :, 1:].permute(0, 2, 3, 1, 4))  # 2 x [B, H, S, D]
+    q = qkv[:, :, 0].transpose(1, 2)  # [B, H, T, D]
+    y = _attend(q, k, v, past).transpose(1, 2).reshape(b * t, c)  # [B*T, C]; a view if T = 1
+    x = x + F.linear(y, w.attn_proj_weight, w.attn_proj_bias)  # [B*T, C]
+    y = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, LAYER_NORM_EPS)  # [B*T, C]
+    y = F.gelu(F.linear(y, w.fc_weight, w.fc_bias))  # [B*T, 4C]
+    return x + F.linear(y, w.mlp_proj_weight, w.mlp_proj_bias)  # [B*T, C]
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,33 +192,15 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        """float `[B, T, C]` -> float `[B, T, C]`; with `cache`, attends over cached positions."""
+    def forward(self, x: Tensor) -> Tensor:
+        """float `[B, T, C]` -> float `[B, T, C]`, causal over these T positions."""
         b, t, c = x.shape
         h, d = self.n_head, c // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x [B, T, C]
         q = q.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
         k = k.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
         v = v.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
-        dropout_p = self.dropout if self.training else 0.0
-
-        past = 0 if cache is None else cache.length
-        if cache is not None:
-            k, v = cache.write(layer, k, v)  # [B, H, S, D], S = past + T
-        if past == 0:
-            # Square case: is_causal's mask is exactly "query i sees keys 0..i".
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif t == 1:
-            # One new token may see every cached key and itself: no mask needed.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            # A chunk after a non-empty cache: is_causal would align the mask to the top-left
-            # (query i sees keys 0..i), hiding most of the cache. New query i is at absolute
-            # position past + i and may see keys 0..past + i, so build that mask explicitly.
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(
-                diagonal=past
-            )  # [T, S]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = _attend(q, k, v, 0, self.dropout if self.training else 0.0)  # [B, H, T, D]
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # [B, T, C]
         return self.resid_dropout(self.c_proj(y))
 
@@ -173,15 +226,33 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """float `[B, T, C]` -> float `[B, T, C]`."""
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def weights(self) -> LayerWeights:
+        """References to this block's parameter tensors, for `_cached_block`."""
+        a, m = self.attn, self.mlp
+        return LayerWeights(
+            self.ln_1.weight,
+            self.ln_1.bias,
+            a.c_attn.weight,
+            a.c_attn.bias,
+            a.c_proj.weight,
+            a.c_proj.bias,
+            self.ln_2.weight,
+            self.ln_2.bias,
+            m.c_fc.weight,
+            m.c_fc.bias,
+            m.c_proj.weight,
+            m.c_proj.bias,
+        )
 
 
 class GPT(nn.Module):
@@ -194,7 +265,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf, 2017), as GPT-2 and nanoGPT: one [V, C] matrix both embeds
         # tokens and scores them.
@@ -234,7 +305,8 @@ class GPT(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> KVCache:
         """An empty KV cache for `batch_size` sequences, on the model's device and dtype by
-        default."""
+        default, holding references to the blocks' weights (`KVCache.weights`): made for this
+        model as it is now (`load_state_dict` and `.to` update those tensors in place)."""
         param = self.lm_head.weight
         c = self.config
         return KVCache(
@@ -245,6 +317,7 @@ class GPT(nn.Module):
             head_dim=c.n_embd // c.n_head,
             device=param.device if device is None else device,
             dtype=param.dtype if dtype is None else dtype,
+            weights=self._layer_weights(),
         )
 
     def forward(
@@ -279,16 +352,15 @@ class GPT(nn.Module):
             f"sequence too long: {past} cached + {t} new = {past + t} tokens "
             f"> block_size {self.config.block_size}"
         )
-        # Positions continue after the cached ones, so a step sees the same position embedding
-        # as in a full forward over the whole sequence.
-        pos = torch.arange(past, past + t, dtype=torch.long, device=idx.device)  # [T]
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
-        for layer, block in enumerate(self.h):
-            x = block(x, cache, layer)  # [B, T, C]
-        x = self.ln_f(x)
-        logits = self.lm_head(x)  # [B, T, V]
         if cache is not None:
-            cache.advance(t)
+            assert not self.training, "the KV cache is for inference: call model.eval() first"
+            logits = self._cached_logits(idx, cache)  # [B, T, V]
+        else:
+            pos = torch.arange(t, dtype=torch.long, device=idx.device)  # [T]
+            x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
+            for block in self.h:
+                x = block(x)  # [B, T, C]
+            logits = self.lm_head(self.ln_f(x))  # [B, T, V]
 
         loss = None
         if targets is not None:
@@ -301,3 +373,25 @@ class GPT(nn.Module):
                 ignore_index=-1,
             )
         return GPTOutput(logits=logits, loss=loss)
+
+    def _layer_weights(self) -> list[LayerWeights]:
+        return [cast(Block, block).weights() for block in self.h]
+
+    def _cached_logits(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """int64 `[B, T]` tokens after the `cache.length` cached ones -> float `[B, T, V]`
+        logits, by `_cached_block` (see the module docstring); the cache grows by T."""
+        b, t = idx.shape
+        past = cache.length
+        weights = cache.weights
+        if weights is None:  # a cache made by hand, not by new_cache
+            weights = self._layer_weights()
+        # Positions continue after the cached ones, so a step sees the same position embedding
+        # as in a full forward over the whole sequence; a slice of the table, not a gather.
+        x = F.embedding(idx, self.wte.weight) + self.wpe.weight[past : past + t]  # [B, T, C]
+        x = x.view(b * t, -1)  # [B*T, C]
+        shape = (b, t, self.config.n_head)
+        for layer, w in enumerate(weights):
+            x = _cached_block(x, w, cache, layer, shape)  # [B*T, C]
+        cache.advance(t)
+        x = F.layer_norm(x, x.shape[1:], self.ln_f.weight, self.ln_f.bias, LAYER_NORM_EPS)
+        return F.linear(x, self.lm_head.weight).view(b, t, -1)  # [B, T, V]

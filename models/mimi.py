@@ -104,7 +104,8 @@ class MimiTokenizer(AudioTokenizer):
         param = next(self.model.parameters())
         if f == 0:
             return torch.zeros(b, self.num_levels, 0, dtype=torch.int64, device=param.device)
-        wav = F.pad(wav, (0, f * spf - t))  # [B, 1, F * spf], whole frames
+        if t % spf:
+            wav = F.pad(wav, (0, f * spf - t))  # [B, 1, F * spf], whole frames (a copy)
         wav = wav.to(device=param.device, dtype=param.dtype)
         # Set again at each call: another wrapper of the same model may have changed it.
         self.model.set_num_codebooks(self.encode_depth)

@@ -67,7 +67,9 @@ def sample_next(
         return logits.argmax(dim=-1)  # [B]
 
     # Softmax in float32 even for half-precision models: small probabilities matter here.
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1 == x: skip the division
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -81,7 +83,13 @@ def sample_next(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # [B, V]
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)  # [B, V]
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # [B]
+    # torch.multinomial(probs, 1)'s own draw, the same samples from the same generator state:
+    # argmax(probs / q) with q ~ Exp(1), a Gumbel-max trick (aten/src/ATen/native/
+    # Distributions.cpp, `multinomial`), without the checks of `probs` it runs first (max, min
+    # and sum reductions, read back with two `.item()` host syncs per call); softmax's
+    # probabilities need no checking.
+    q = torch.empty_like(probs).exponential_(generator=generator)  # [B, V]
+    return probs.div_(q).argmax(dim=-1)  # [B]
 
 
 def _window_start(stream_len: int, max_len: int, frame_size: int) -> int:

@@ -11,15 +11,21 @@ from itertools import pairwise
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig, GPTOutput
+from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
 
 V = 64
 
 
-def _model(block_size: int = 32, dropout: float = 0.0, seed: int = 0) -> GPT:
+def _model(block_size: int = 32, dropout: float = 0.0, seed: int = 0, bias: bool = True) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig(
-        vocab_size=V, block_size=block_size, n_layer=2, n_head=2, n_embd=32, dropout=dropout
+        vocab_size=V,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=dropout,
+        bias=bias,
     )
     return GPT(config).eval()
 
@@ -72,13 +78,22 @@ def test_residual_projection_init_is_scaled() -> None:
     assert abs(std - expected) < 0.2 * expected
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("by_hand", [False, True])
 @torch.no_grad()
-def test_cached_steps_equal_full_recompute() -> None:
-    model = _model()
+def test_cached_steps_equal_full_recompute(bias: bool, by_hand: bool) -> None:
+    model = _model(bias=bias)
     seq = torch.randint(0, V, (2, 20))  # [B, T]
     full = model(seq).logits  # [B, T, V]
 
-    cache = model.new_cache(batch_size=2)
+    c = model.config
+    # A cache made by hand holds no weights: the model looks them up at each call.
+    cache = (
+        KVCache(c.n_layer, 2, c.n_head, c.block_size, c.n_embd // c.n_head)
+        if by_hand
+        else model.new_cache(batch_size=2)
+    )
+    assert (cache.weights is None) == by_hand
     p = 7
     pieces = [model(seq[:, :p], cache=cache).logits]  # prefill
     for t in range(p, seq.shape[1]):
@@ -110,6 +125,22 @@ def test_exceeding_block_size_raises() -> None:
     assert cache.length == 12  # the failed call changed nothing
     with pytest.raises(AssertionError, match="block_size 16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@torch.no_grad()
+def test_cache_needs_eval_mode() -> None:
+    model = _model().train()
+    with pytest.raises(AssertionError, match="eval"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=model.new_cache(batch_size=1))
+
+
+@torch.no_grad()
+def test_cache_follows_weights_loaded_after_it_was_made() -> None:
+    model, other = _model(seed=0), _model(seed=1)
+    seq = torch.randint(0, V, (1, 6))
+    cache = model.new_cache(batch_size=1)
+    model.load_state_dict(other.state_dict())  # in place: the cache's references see it
+    torch.testing.assert_close(model(seq, cache=cache).logits, other(seq).logits)
 
 
 def test_idx_must_be_2d() -> None:

@@ -79,6 +79,22 @@ def test_encode_shape_dtype_range_and_variety(mimi: MimiModel) -> None:
     assert torch.equal(tok.encode(padded), codes)
 
 
+@pytest.mark.parametrize("b", [1, 2])
+def test_codes_equal_moshis_own_encode(mimi: MimiModel, b: int) -> None:
+    # codecflow's wrapper adds nothing to the codes: they are moshi's `MimiModel.encode` of the
+    # same audio (whole frames: moshi pads a partial one itself, with the same zeros).
+    wav = _audio(b, 20 * SPF)  # [B, 1, T]
+    with torch.inference_mode():
+        mimi.set_num_codebooks(K)
+        theirs = mimi.encode(wav)  # [B, K, F]
+        mimi.set_num_codebooks(K + 1)
+        theirs_deeper = mimi.encode(wav)  # [B, K + 1, F]
+    assert theirs.unique().numel() > K  # varied codes: the comparison means something
+    assert torch.equal(MimiTokenizer(mimi, K).encode(wav), theirs.to(torch.int64))
+    nosem = MimiTokenizer(mimi, K, semantic=False).encode(wav)
+    assert torch.equal(nosem, theirs_deeper[:, 1:].to(torch.int64))
+
+
 def test_decode_shape(mimi: MimiModel) -> None:
     tok = MimiTokenizer(mimi, K)
     codes = tok.encode(_audio(2, 24_000))  # [B, K, F]

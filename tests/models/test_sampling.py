@@ -253,3 +253,15 @@ def test_progress_is_told_every_token_and_changes_nothing() -> None:
     seen.clear()
     regenerate(model, codes, 1, layout, V // 2, progress=lambda d, n: seen.append((d, n)))
     assert seen == [(i, 11) for i in range(1, 12)]  # 12 positions, the first one is given
+
+
+@pytest.mark.parametrize("b", [1, 5])
+def test_sample_next_draws_what_torch_multinomial_draws(b: int) -> None:
+    # The same generator state gives the same samples as torch.multinomial (which sample_next
+    # reimplements without its validation syncs), so seeded runs stay reproducible.
+    ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i in range(200):
+        logits = 3 * torch.randn(b, V, generator=torch.Generator().manual_seed(i))  # [B, V]
+        expected = torch.multinomial(torch.softmax(logits, -1), 1, generator=theirs)  # [B, 1]
+        got = sample_next(logits, temperature=1.0, generator=ours)  # [B]
+        assert torch.equal(got, expected.squeeze(-1)), f"draw {i}"
