@@ -91,8 +91,7 @@ class _StandInMimi(AudioTokenizer):
 
 def _tokenize(manifest: Path, out: Path, tokenizer: str) -> Path:
     """`tokenizer`'s dataset of the tiny corpus; Mimi names get the stand-in."""
-    import tasks.tokenize.plan
-    import tasks.tokenize.shards
+    import tasks.loaders
     from tasks.loaders import load_tokenizer
     from tasks.tokenize.finalize import tokenize_manifest
 
@@ -103,9 +102,10 @@ def _tokenize(manifest: Path, out: Path, tokenizer: str) -> Path:
         assert parsed.num_levels is not None
         return _StandInMimi(parsed.num_levels)
 
+    # plan and shards import `load_tokenizer` lazily (torch and moshi take seconds to import),
+    # so the stand-in goes where they look it up: the loaders module itself.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.tokenize.plan, "load_tokenizer", stand_in)
-        patch.setattr(tasks.tokenize.shards, "load_tokenizer", stand_in)
+        patch.setattr(tasks.loaders, "load_tokenizer", stand_in)
         return tokenize_manifest(manifest, out, TokenizeSettings(tokenizer=tokenizer)).path
 
 
