@@ -83,6 +83,7 @@ def _worker(checkpoint: str, dataset: str, out: str, seconds: float) -> None:
                 "generation_seconds": summary.generation_seconds,
                 "process_seconds": time.perf_counter() - started,
                 "decode_threads": summary.decode_threads,
+                "reused": summary.reused_from is not None,
             }
         ),
         flush=True,
@@ -92,6 +93,10 @@ def _worker(checkpoint: str, dataset: str, out: str, seconds: float) -> None:
 def _start(env: dict[str, str], checkpoint: Path, dataset: Path, out: Path, seconds: float) -> Any:
     command = [sys.executable, __file__, "--worker", str(checkpoint), str(dataset), str(out)]
     command += ["--seconds", str(seconds)]
+    # A cache of its own per evaluation: with the shared one, every evaluation of this
+    # checkpoint after the first would wait for the identity's lock and then reuse its
+    # committed report (tasks/evaluate/reuse.py), and nothing would be measured.
+    env = {**env, "CODECFLOW_CACHE": str(out.parent / "cache")}
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 
@@ -100,6 +105,8 @@ def _finish(process: Any) -> dict[str, Any]:
     if process.returncode != 0:
         raise SystemExit(f"an evaluation failed with status {process.returncode}")
     result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    if result["reused"]:
+        raise SystemExit("an evaluation reused a committed report: nothing was measured")
     return result
 
 
