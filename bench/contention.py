@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core.storage import CACHE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 SCENARIOS = ("alone", "two at once", "beside a busy process")
@@ -96,7 +98,7 @@ def _start(env: dict[str, str], checkpoint: Path, dataset: Path, out: Path, seco
     # A cache of its own per evaluation: with the shared one, every evaluation of this
     # checkpoint after the first would wait for the identity's lock and then reuse its
     # committed report (tasks/evaluate/reuse.py), and nothing would be measured.
-    env = {**env, "CODECFLOW_CACHE": str(out.parent / "cache")}
+    env = {**env, CACHE_ENV: str(out.parent / "cache")}
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 

@@ -69,13 +69,24 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _stat(pid: int) -> list[str] | None:
+    """`/proc/<pid>/stat`'s fields after the command name (state, ppid, pgrp, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _gone(pid: int) -> bool:
     """True once `pid` has exited (a zombie has closed its files too)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` (a rank and its loader workers)."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    return [pid for pid in pids if (fields := _stat(pid)) is not None and int(fields[2]) == pgid]
 
 
 def _kill_9_all(process: subprocess.Popen[bytes]) -> None:
@@ -91,16 +102,10 @@ def _kill_9_all(process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     # The whole groups, not only the ranks: a rank's loader workers inherit its lock's fd, and
     # the flock is free only when the last of them has died (CI once resumed too early).
-    while not all(_group_gone(pid) for pid in ranks) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if all(_gone(pid) for rank in ranks for pid in [rank, *_group(rank)]):
+            break
         time.sleep(0.05)
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_kill_9_on_two_ranks_then_resume_on_one(tiny_manifest: Path, tmp_path: Path) -> None:
