@@ -29,7 +29,7 @@ demo: bootstrap
 lint: bootstrap
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy models schemas codecflow tasks/data/torch_datasets.py tasks/data/token_dataset.py tasks/data/token_shards.py
+	$(RUN) mypy codecflow/api.py codecflow/__init__.py codecflow/cli codecflow/models codecflow/schemas codecflow/tasks/data/torch_datasets.py codecflow/tasks/data/token_dataset.py codecflow/tasks/data/token_shards.py
 	$(RUN) lint-imports
 
 # The browser test (tests/ops/test_browser.py) drives Debian's chromium through Playwright, without

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from models.codec import CODEC_PRESETS, build_rvq_codec
-from models.losses import codec_loss
-from tasks.core.threads import apply_thread_policy
+from codecflow.models.codec import CODEC_PRESETS, build_rvq_codec
+from codecflow.models.losses import codec_loss
+from codecflow.tasks.core.threads import apply_thread_policy
 
 __all__ = ["step_seconds"]
 

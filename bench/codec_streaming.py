@@ -42,8 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from schemas.configs import TrainCodecSettings  # noqa: E402
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA  # noqa: E402
+from codecflow.schemas.configs import TrainCodecSettings  # noqa: E402
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA  # noqa: E402
 
 __all__ = ["in_memory_batches", "write_corpus"]
 
@@ -94,8 +94,8 @@ def _row(segment_id: str, name: str, chunks: list[tuple[float, float]]) -> dict[
 
 def in_memory_batches(manifest: str, settings: TrainCodecSettings, steps: int) -> Any:
     """The loader train-codec had before streaming: the whole split in memory, random crops."""
-    from tasks.data.manifest import load_split_audio
-    from tasks.train.codec import _crop_samples
+    from codecflow.tasks.data.manifest import load_split_audio
+    from codecflow.tasks.train.codec import _crop_samples
 
     audio = [clip for _, clip in load_split_audio(manifest, "train")]
     crop, gen = _crop_samples(settings), torch.Generator().manual_seed(settings.seed)
@@ -111,8 +111,8 @@ def in_memory_batches(manifest: str, settings: TrainCodecSettings, steps: int) -
 
 
 def _streaming_batches(manifest: str, settings: TrainCodecSettings, steps: int) -> Any:
-    from tasks.data.crops import batches, crop_loader, read_crop_index
-    from tasks.train.codec import _crop_samples
+    from codecflow.tasks.data.crops import batches, crop_loader, read_crop_index
+    from codecflow.tasks.train.codec import _crop_samples
 
     loader = crop_loader(
         read_crop_index(manifest, "train"),
@@ -131,7 +131,7 @@ def _child_memory(manifest: str, loader: str, out: str, workers: int) -> dict[st
     """In a fresh process: train, then this process's peak RSS and its workers' largest."""
     settings = TrainCodecSettings(**{**MEMORY, "loader_workers": workers})
     if loader == "streaming":
-        from tasks.train.codec import train_codec
+        from codecflow.tasks.train.codec import train_codec
 
         train_codec(manifest, Path(out), settings)
     else:
@@ -145,8 +145,8 @@ def _train_steps(settings: TrainCodecSettings, source: Any) -> tuple[float, floa
     """train-codec's step on each batch of `source`: (seconds from the second batch asked for
     to the last step's end, seconds of it spent waiting for batches). The first step, which
     builds the codebooks while the loader workers start, is not timed."""
-    from tasks.core.runtime import learning_rate_at
-    from tasks.train.codec import _build, _levels_generator, _step
+    from codecflow.tasks.core.runtime import learning_rate_at
+    from codecflow.tasks.train.codec import _build, _levels_generator, _step
 
     run = _build(settings)
     run.codec.train()

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.core.storage import CACHE_ENV
+from codecflow.tasks.core.storage import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -50,11 +50,11 @@ BUSY = "import time\nwhile True:\n    sum(i * i for i in range(10_000))\n"
 def _prepare(root: Path) -> tuple[Path, Path]:
     """A demo-shaped checkpoint trained for a few steps on a mu-law token dataset of the
     embedded corpus, and that dataset (kept under `root`: a second run reuses them)."""
-    from schemas.configs import TokenizeSettings, TrainLMSettings
-    from tasks.acquire.extract import extract_tar_safely
-    from tasks.acquire.manifest import build_segment_manifest
-    from tasks.tokenize.finalize import tokenize_manifest
-    from tasks.train.lm import train_lm
+    from codecflow.schemas.configs import TokenizeSettings, TrainLMSettings
+    from codecflow.tasks.acquire.extract import extract_tar_safely
+    from codecflow.tasks.acquire.manifest import build_segment_manifest
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.tasks.train.lm import train_lm
 
     audio = root / "acquire"
     if not (audio / "manifest").exists():
@@ -68,10 +68,10 @@ def _prepare(root: Path) -> tuple[Path, Path]:
 def _worker(checkpoint: str, dataset: str, out: str, seconds: float) -> None:
     """One evaluation in this process; prints its generation and process seconds as JSON."""
     started = time.perf_counter()
-    from schemas.configs import EvaluateSettings
-    from tasks.core.threads import apply_thread_policy
-    from tasks.data.records import EvaluationSummary
-    from tasks.evaluate.lm import evaluate
+    from codecflow.schemas.configs import EvaluateSettings
+    from codecflow.tasks.core.threads import apply_thread_policy
+    from codecflow.tasks.data.records import EvaluationSummary
+    from codecflow.tasks.evaluate.lm import evaluate
 
     apply_thread_policy()  # as every flow run does
     settings = EvaluateSettings(

@@ -83,10 +83,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.gpt import GPT, GPTConfig
-from models.presets import GPT_PRESETS
-from models.sampling import generate, sample_next
-from tasks.core.threads import apply_thread_policy, decode_threads
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.presets import GPT_PRESETS
+from codecflow.models.sampling import generate, sample_next
+from codecflow.tasks.core.threads import apply_thread_policy, decode_threads
 
 TOKENS_PER_AUDIO_SECOND = 16_000  # mu-law at 16 kHz: one token per sample
 # The default model (see the module docstring for why this size).

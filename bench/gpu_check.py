@@ -66,18 +66,18 @@ from typing import Any
 import torch
 import yaml
 
-from models.flops import flops_per_token, model_flops_utilization
-from models.gpt import GPT
-from models.level_loss import level_weighted_loss
-from models.losses import codec_loss
-from models.mimi import MimiTokenizer
-from models.sampling import generate
-from schemas.configs import TrainCodecSettings, TrainLMSettings
-from tasks.core import storage
-from tasks.data.lm_windows import model_config
-from tasks.data.manifest import CODEC_RATE
-from tasks.train.codec import codec_from_settings
-from tasks.train.lm import build_optimizer
+from codecflow.models.flops import flops_per_token, model_flops_utilization
+from codecflow.models.gpt import GPT
+from codecflow.models.level_loss import level_weighted_loss
+from codecflow.models.losses import codec_loss
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.sampling import generate
+from codecflow.schemas.configs import TrainCodecSettings, TrainLMSettings
+from codecflow.tasks.core import storage
+from codecflow.tasks.data.lm_windows import model_config
+from codecflow.tasks.data.manifest import CODEC_RATE
+from codecflow.tasks.train.codec import codec_from_settings
+from codecflow.tasks.train.lm import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "codecflow.gpu_check/1"

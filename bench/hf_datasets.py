@@ -67,7 +67,7 @@ def _measure(open_side: Callable[[], Any], read_side: Callable[[Any], int], cach
 def _sides(dataset: Path, cache: Path) -> dict[str, tuple[Callable[[], Any], Callable[[Any], int]]]:
     import datasets
 
-    from tasks.data.token_dataset import TokenReader, read_dataset_info
+    from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
     shards = [
         str(dataset / s.file) for s in read_dataset_info(dataset).shards if s.split == "train"
@@ -113,8 +113,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-cache")  # before datasets is imported
         os.environ["HF_DATASETS_OFFLINE"] = "1"
-        from schemas.configs import TokenizeSettings
-        from tasks.tokenize.finalize import tokenize_manifest
+        from codecflow.schemas.configs import TokenizeSettings
+        from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
         audio = _speech_corpus(tmp / "audio", args.minutes)
         manifest, _ = _manifest(audio, tmp / "segments.parquet")
@@ -135,7 +135,7 @@ def main() -> None:
 
 
 def _print(results: dict[str, dict], dataset: Path) -> None:
-    from tasks.data.token_dataset import read_dataset_info
+    from codecflow.tasks.data.token_dataset import read_dataset_info
 
     train = [s for s in read_dataset_info(dataset).shards if s.split == "train"]
     print(

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.flops import flops_per_token, model_flops_utilization, peak_flops_for
-from models.gpt import GPT, GPTConfig, GPTOutput
-from models.presets import GPT_PRESETS, gpt_config
-from tasks.core.threads import apply_thread_policy
+from codecflow.models.flops import flops_per_token, model_flops_utilization, peak_flops_for
+from codecflow.models.gpt import GPT, GPTConfig, GPTOutput
+from codecflow.models.presets import GPT_PRESETS, gpt_config
+from codecflow.tasks.core.threads import apply_thread_policy
 
 GOAL_RATIO = 1.0
 

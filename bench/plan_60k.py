@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.configs import TokenizeSettings
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
-from tasks.core.threads import apply_thread_policy
-from tasks.tokenize.plan import plan_dataset
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.tokenize.plan import plan_dataset
 
 
 def synthetic_manifest(path: Path, n: int, seed: int = 0) -> float:

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.gpt import GPT, GPTConfig
-from tasks.core.threads import apply_thread_policy
-from tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 GOAL_RATIO = 10.0
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +44,11 @@ TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 
 def _tiny_dataset(root: Path) -> Path:
     """The embedded corpus acquired and tokenized with mu-law (the plain functions, no Prefect)."""
-    from schemas.configs import TokenizeSettings
-    from tasks.acquire.download import fetch
-    from tasks.acquire.extract import extract_tar_safely
-    from tasks.acquire.manifest import build_segment_manifest
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.acquire.download import fetch
+    from codecflow.tasks.acquire.extract import extract_tar_safely
+    from codecflow.tasks.acquire.manifest import build_segment_manifest
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     md5 = TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, md5)

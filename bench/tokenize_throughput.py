@@ -31,7 +31,7 @@ does, the floors write nothing.
 
 Every side gets one untimed warm-up call first (librosa's first call alone takes seconds);
 `--repeats` rounds then alternate the order; the best (least disturbed) time counts. **Start-up**
-is measured apart, in fresh processes: ours `import tasks.tokenize.finalize` then
+is measured apart, in fresh processes: ours `import codecflow.tasks.tokenize.finalize` then
 `plan_dataset`, the post `import librosa` then its first call on a one-second file.
 
 `--codec-minutes N` adds the RVQ codec (`rvq-8` preset, random weights: speed and bytes do not
@@ -63,10 +63,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from schemas.configs import TokenizeSettings
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
-from tasks.tokenize.finalize import tokenize_manifest
-from tasks.tokenize.mulaw_table import encode_pcm16, pcm16_table
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
+from codecflow.tasks.tokenize.mulaw_table import encode_pcm16, pcm16_table
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -216,7 +216,7 @@ def _emulated_mulaw(chunk: np.ndarray) -> Any:
     """The previous emulation's tokens: our `MuLawTokenizer` (`mu-law-256`), uint8."""
     import torch
 
-    from models.mulaw import MuLawTokenizer
+    from codecflow.models.mulaw import MuLawTokenizer
 
     with torch.inference_mode():
         codes = MuLawTokenizer(RATE).encode(torch.from_numpy(chunk).view(1, 1, -1))
@@ -301,7 +301,7 @@ def _codec_sides(
     `.bin` (the post's `CodecTokenizer`), beside ours (uint16 Arrow)."""
     import torch
 
-    from tasks.loaders import load_tokenizer
+    from codecflow.tasks.loaders import load_tokenizer
 
     name = f"codec:{checkpoint}"
     tokenizer = load_tokenizer(name)
@@ -322,7 +322,7 @@ def _codec_checkpoint(folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
+    from codecflow.models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
 
     torch.manual_seed(0)
     codec = build_rvq_codec(**CODEC_PRESETS["rvq-8"])
@@ -338,9 +338,9 @@ def _codec_checkpoint(folder: Path) -> Path:
 _OURS_STARTUP = """
 import sys, time
 started = time.perf_counter()
-from schemas.configs import TokenizeSettings
-from tasks.tokenize.finalize import tokenize_manifest
-from tasks.tokenize.plan import plan_dataset
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
+from codecflow.tasks.tokenize.plan import plan_dataset
 imported = time.perf_counter()
 plan_dataset(sys.argv[1], sys.argv[2], TokenizeSettings(tokenizer="mu-law-256"))
 print(imported - started, time.perf_counter() - imported)
@@ -424,7 +424,7 @@ def _ratios(rates: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 def _pin(cpu: int | None, threads: int) -> str:
     """One CPU for this process and its children, one thread by the policy."""
     os.environ["CODECFLOW_THREADS"] = str(threads)
-    from tasks.core.threads import apply_thread_policy
+    from codecflow.tasks.core.threads import apply_thread_policy
 
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})

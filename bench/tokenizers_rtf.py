@@ -28,12 +28,12 @@ from collections.abc import Callable
 import torch
 from moshi.models.compression import MimiModel
 
-from models.codec import CODEC_PRESETS, build_rvq_codec
-from models.codec_tokenizer import CodecTokenizer
-from models.mimi import MimiTokenizer
-from models.mulaw import MuLawTokenizer
-from models.tokenizer import AudioTokenizer
-from tasks.core.threads import apply_thread_policy
+from codecflow.models.codec import CODEC_PRESETS, build_rvq_codec
+from codecflow.models.codec_tokenizer import CodecTokenizer
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.tasks.core.threads import apply_thread_policy
 
 
 def _random_codebooks(model: MimiModel) -> MimiModel:

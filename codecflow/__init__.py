@@ -1,4 +1,4 @@
-"""codecflow's Python API: token datasets and tokenizers in a researcher's own code.
+"""codecflow: audio into language models. The Python API, for a researcher's own code:
 
     import codecflow
     ds = codecflow.open_dataset("runs/demo/tokens/mu-law-256")  # or "s3://bucket/tokens/x"
@@ -6,27 +6,23 @@
     windows = ds.windows("train", block_size=256)  # item: (inputs, targets), int64 [L] each
     tokenizer = codecflow.load_tokenizer(ds.tokenizer_name)  # encode_audio / decode
 
-A facade, nothing else: every name is defined in `tasks` or `models` and re-exported here, so
-that user code imports one stable module while the stages keep their own layout. It imports
-no Prefect (the import contract in pyproject.toml forbids it), so a training script that
-imports it starts no server and reads no Prefect settings.
+The names are defined in `codecflow.api` and loaded on first use (PEP 562), so `import
+codecflow` imports neither torch nor Prefect: the CLI (`codecflow.cli`), which every
+`codecflow --help` imports through this package, answers at once. `codecflow.api` imports no
+Prefect, moshi, torchaudio or huggingface_hub (the import contract in pyproject.toml), so a
+training script that uses it needs only the core install.
+
+The stages live in `codecflow.flows`, `codecflow.tasks`, `codecflow.models` and
+`codecflow.schemas` (the repository's flows/, tasks/, models/ and schemas/).
 """
 
 from __future__ import annotations
 
-from models.layouts import LAYOUT_NAMES, TokenLayout, make_layout
-from models.tokenizer import AudioTokenizer
-from tasks.core.errors import CodecflowError
-from tasks.data.token_dataset import Segment, TokenReader
-from tasks.data.torch_datasets import (
-    PAD_CODE,
-    SegmentDataset,
-    TokenDataset,
-    WindowDataset,
-    collate_segments,
-    open_dataset,
-)
-from tasks.loaders import load_tokenizer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: The release (`pyproject.toml`'s version; tests/test_packaging.py checks they agree).
+__version__ = "0.2.0"
 
 __all__ = [
     "LAYOUT_NAMES",
@@ -39,8 +35,39 @@ __all__ = [
     "TokenLayout",
     "TokenReader",
     "WindowDataset",
+    "__version__",
     "collate_segments",
     "load_tokenizer",
     "make_layout",
     "open_dataset",
 ]
+
+if TYPE_CHECKING:
+    from codecflow.api import (
+        LAYOUT_NAMES,
+        PAD_CODE,
+        AudioTokenizer,
+        CodecflowError,
+        Segment,
+        SegmentDataset,
+        TokenDataset,
+        TokenLayout,
+        TokenReader,
+        WindowDataset,
+        collate_segments,
+        load_tokenizer,
+        make_layout,
+        open_dataset,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'codecflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module("codecflow.api"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

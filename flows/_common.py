@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from prefect import Task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from schemas.tokenizers import parse_tokenizer_name
-from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, where
-from tasks.core.threads import worker_thread_env
+from codecflow.schemas.tokenizers import dataset_folder_name
+from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, where
+from codecflow.tasks.core.threads import worker_thread_env
 
 __all__ = [
     "dataset_folder_name",
@@ -53,17 +52,6 @@ def publish_link(key: str, path: str | Path, text: str, description: str) -> Non
     create_markdown_artifact(
         key=key, markdown=f"{text}: `{where(path)}` {not_served_note()}", description=description
     )
-
-
-def dataset_folder_name(tokenizer: str) -> str:
-    """A folder name for a tokenizer's dataset: the name itself when it is one already
-    (`mu-law-256`, `mimi_8_rvq`), else a readable slug plus a short hash of the full name
-    (`codec:runs/x/codec/checkpoint@4` -> `codec-checkpoint-4-<hash>`)."""
-    if re.fullmatch(r"[A-Za-z0-9_.-]+", tokenizer):
-        return tokenizer
-    slug = "-".join(p for p in re.split(r"[^A-Za-z0-9]+", tokenizer.split("/")[-1]) if p)
-    digest = hashlib.sha256(tokenizer.encode()).hexdigest()[:8]
-    return f"{parse_tokenizer_name(tokenizer).kind}-{slug}-{digest}"
 
 
 def task_runner_for(workers: int, dask_address: str | None) -> Any:

@@ -18,16 +18,16 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
-from flows._common import publish_link, run_on_runner, unless_committed
-from schemas.configs import AcquireConfig
-from schemas.sources import SourceSpecError, resolve_sources
-from tasks.acquire.manifest import ManifestRecord, format_summary
-from tasks.acquire.marker import check_reuse, is_extracted
-from tasks.acquire.probe import BookProbe, refused_members_probe
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.core.threads import apply_thread_policy
-from tasks.prefect.wrappers import (
+from codecflow.flows._common import publish_link, run_on_runner, unless_committed
+from codecflow.schemas.configs import AcquireConfig
+from codecflow.schemas.sources import SourceSpecError, resolve_sources
+from codecflow.tasks.acquire.manifest import ManifestRecord, format_summary
+from codecflow.tasks.acquire.marker import check_reuse, is_extracted
+from codecflow.tasks.acquire.probe import BookProbe, refused_members_probe
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
     list_books_task,

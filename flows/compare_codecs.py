@@ -8,12 +8,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.train_codec import png_markdown
-from schemas.configs import CompareCodecsConfig, CompareCodecsSettings
-from tasks.core.threads import apply_thread_policy
-from tasks.data.records import CodecComparison
-from tasks.evaluate.compare import ComparisonRecord
-from tasks.prefect.wrappers import compare_codecs_task
+from codecflow.flows.train_codec import png_markdown
+from codecflow.schemas.configs import CompareCodecsConfig, CompareCodecsSettings
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.records import CodecComparison
+from codecflow.tasks.evaluate.compare import ComparisonRecord
+from codecflow.tasks.prefect.wrappers import compare_codecs_task
 
 __all__ = ["compare_codecs_flow"]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows._common import unless_committed
-from flows.train_codec import png_markdown
-from schemas.configs import EvalCodecConfig, EvalCodecSettings
-from tasks.core.links import markdown_link
-from tasks.core.threads import apply_thread_policy
-from tasks.evaluate.codec import CodecReportRecord, is_codec_report_committed
-from tasks.prefect.wrappers import eval_codec_task
+from codecflow.flows._common import unless_committed
+from codecflow.flows.train_codec import png_markdown
+from codecflow.schemas.configs import EvalCodecConfig, EvalCodecSettings
+from codecflow.tasks.core.links import markdown_link
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.evaluate.codec import CodecReportRecord, is_codec_report_committed
+from codecflow.tasks.prefect.wrappers import eval_codec_task
 
 __all__ = ["eval_codec_flow"]
 

@@ -13,17 +13,17 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows._common import publish_link, unless_committed
-from schemas.configs import EvaluateConfig, EvaluateSettings
-from tasks.core.errors import CodecflowError
-from tasks.core.links import markdown_link
-from tasks.core.storage import location
-from tasks.core.threads import apply_thread_policy
-from tasks.data.checkpoints import newest_checkpoint
-from tasks.data.records import EvaluationSummary
-from tasks.evaluate import report
-from tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
-from tasks.prefect.wrappers import evaluate_task
+from codecflow.flows._common import publish_link, unless_committed
+from codecflow.schemas.configs import EvaluateConfig, EvaluateSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.links import markdown_link
+from codecflow.tasks.core.storage import location
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.checkpoints import newest_checkpoint
+from codecflow.tasks.data.records import EvaluationSummary
+from codecflow.tasks.evaluate import report
+from codecflow.tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
+from codecflow.tasks.prefect.wrappers import evaluate_task
 
 __all__ = ["evaluate_flow"]
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import dataset_folder_name, not_served_note
-from flows.acquire import run_acquire
-from flows.evaluate import evaluate_flow
-from flows.tokenize import run_tokenize
-from flows.train_codec import train_codec_flow
-from flows.train_lm import train_lm_flow
-from schemas.configs import (
+from codecflow.flows._common import dataset_folder_name, not_served_note
+from codecflow.flows.acquire import run_acquire
+from codecflow.flows.evaluate import evaluate_flow
+from codecflow.flows.tokenize import run_tokenize
+from codecflow.flows.train_codec import train_codec_flow
+from codecflow.flows.train_lm import train_lm_flow
+from codecflow.schemas.configs import (
     AcquireConfig,
     EvaluateConfig,
     PipelineConfig,
@@ -30,9 +30,9 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from schemas.tokenizers import parse_tokenizer_name
-from tasks.core.links import file_url, markdown_link
-from tasks.core.threads import apply_thread_policy
+from codecflow.schemas.tokenizers import parse_tokenizer_name
+from codecflow.tasks.core.links import file_url, markdown_link
+from codecflow.tasks.core.threads import apply_thread_policy
 
 __all__ = [
     "PipelineRecord",

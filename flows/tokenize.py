@@ -12,15 +12,19 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
-from flows._common import publish_link, run_on_runner, unless_committed
-from schemas.configs import TokenizeConfig, TokenizeSettings
-from schemas.tables import SPLITS
-from tasks.core import outputs, storage
-from tasks.core.threads import apply_thread_policy
-from tasks.data.token_dataset import DatasetRecord, is_dataset_committed
-from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
-from tasks.tokenize.finalize import format_rejects
-from tasks.tokenize.sizes import format_size_report
+from codecflow.flows._common import publish_link, run_on_runner, unless_committed
+from codecflow.schemas.configs import TokenizeConfig, TokenizeSettings
+from codecflow.schemas.tables import SPLITS
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.token_dataset import DatasetRecord, is_dataset_committed
+from codecflow.tasks.prefect.wrappers import (
+    finalize_dataset_task,
+    plan_tokens_task,
+    write_shards_task,
+)
+from codecflow.tasks.tokenize.finalize import format_rejects
+from codecflow.tasks.tokenize.sizes import format_size_report
 
 __all__ = ["run_tokenize", "tokenize_flow"]
 

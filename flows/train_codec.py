@@ -8,12 +8,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import unless_committed
-from schemas.configs import TrainCodecConfig, TrainCodecSettings
-from tasks.core.links import markdown_link
-from tasks.core.threads import apply_thread_policy
-from tasks.prefect.wrappers import train_codec_task
-from tasks.train.codec import CodecCheckpointRecord, is_codec_committed
+from codecflow.flows._common import unless_committed
+from codecflow.schemas.configs import TrainCodecConfig, TrainCodecSettings
+from codecflow.tasks.core.links import markdown_link
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.prefect.wrappers import train_codec_task
+from codecflow.tasks.train.codec import CodecCheckpointRecord, is_codec_committed
 
 __all__ = ["png_markdown", "train_codec_flow"]
 

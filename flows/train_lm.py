@@ -7,15 +7,15 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import unless_committed
-from flows.train_codec import png_markdown
-from schemas.configs import TrainLMConfig
-from tasks.core.links import markdown_link
-from tasks.core.storage import location
-from tasks.core.threads import apply_thread_policy
-from tasks.data.checkpoints import is_checkpoint_committed
-from tasks.prefect.wrappers import train_lm_task
-from tasks.train.lm import CheckpointRecord
+from codecflow.flows._common import unless_committed
+from codecflow.flows.train_codec import png_markdown
+from codecflow.schemas.configs import TrainLMConfig
+from codecflow.tasks.core.links import markdown_link
+from codecflow.tasks.core.storage import location
+from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.checkpoints import is_checkpoint_committed
+from codecflow.tasks.prefect.wrappers import train_lm_task
+from codecflow.tasks.train.lm import CheckpointRecord
 
 __all__ = ["train_lm_flow"]
 

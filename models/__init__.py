@@ -17,7 +17,7 @@ F frames, L sequence positions, V vocabulary. Loading (checkpoints, the Hub) is 
 - `flops`: training FLOPs per token and model FLOPs utilization.
 """
 
-from models.codec import (
+from codecflow.models.codec import (
     CODEC_PRESETS,
     CodecOutput,
     ConvDecoder,
@@ -26,23 +26,29 @@ from models.codec import (
     build_rvq_codec,
     codec_config_dict,
 )
-from models.codec_tokenizer import CodecTokenizer
-from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
-from models.layouts import LAYOUT_NAMES, DelayLayout, FlattenLayout, TokenLayout, make_layout
-from models.level_loss import LevelLoss, level_weighted_loss, post_tiled_weights
-from models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
-from models.mimi import MimiTokenizer
-from models.mulaw import (
+from codecflow.models.codec_tokenizer import CodecTokenizer
+from codecflow.models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from codecflow.models.layouts import (
+    LAYOUT_NAMES,
+    DelayLayout,
+    FlattenLayout,
+    TokenLayout,
+    make_layout,
+)
+from codecflow.models.level_loss import LevelLoss, level_weighted_loss, post_tiled_weights
+from codecflow.models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.mulaw import (
     MuLawTokenizer,
     mulaw_decode,
     mulaw_decode_post,
     mulaw_encode,
     mulaw_encode_post,
 )
-from models.presets import GPT_PRESETS, gpt_config
-from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
-from models.sampling import GenerationResult, generate, sample_next
-from models.tokenizer import AudioTokenizer
+from codecflow.models.presets import GPT_PRESETS, gpt_config
+from codecflow.models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
+from codecflow.models.sampling import GenerationResult, generate, sample_next
+from codecflow.models.tokenizer import AudioTokenizer
 
 __all__ = [
     "AudioTokenizer",

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.flops import flops_per_token
-from models.gpt import GPT, GPTConfig
+from codecflow.models.flops import flops_per_token
+from codecflow.models.gpt import GPT, GPTConfig
 
 __all__ = [
     "LMBudget",

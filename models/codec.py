@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.rvq import ResidualVectorQuantizer, RVQMetrics
-from schemas.post import POST_CODEC
+from codecflow.models.rvq import ResidualVectorQuantizer, RVQMetrics
+from codecflow.schemas.post import POST_CODEC
 
 __all__ = [
     "CODEC_ARCHS",

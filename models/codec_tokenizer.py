@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from models.codec import RVQCodec
-from models.tokenizer import AudioTokenizer
+from codecflow.models.codec import RVQCodec
+from codecflow.models.tokenizer import AudioTokenizer
 
 __all__ = ["CodecTokenizer"]
 

@@ -14,7 +14,7 @@ MFU is achieved FLOP/s over the device's peak: tokens/s * FLOPs per token / peak
 
 from __future__ import annotations
 
-from models.gpt import GPTConfig
+from codecflow.models.gpt import GPTConfig
 
 __all__ = [
     "PEAK_BF16_FLOPS",

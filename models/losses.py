@@ -22,8 +22,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import Tensor
+
+from codecflow.models.extras import require
 
 __all__ = [
     "STFT_SETTINGS",
@@ -130,11 +131,11 @@ def si_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 @lru_cache(maxsize=8)
-def _mel_transform(
-    sample_rate: int, n_fft: int, hop_length: int, n_mels: int
-) -> torchaudio.transforms.MelSpectrogram:
+def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> torch.nn.Module:
     # Magnitude (power 1) mel spectrogram, as DAC's mel loss; zero padding for short inputs.
-    return torchaudio.transforms.MelSpectrogram(
+    # torchaudio comes with the pipeline extra: imported when a mel loss is first computed.
+    transforms = require("torchaudio.transforms", "the mel loss", "pipeline")
+    return transforms.MelSpectrogram(
         sample_rate=sample_rate,
         n_fft=n_fft,
         hop_length=hop_length,

@@ -20,13 +20,16 @@ it: no hub, no files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from moshi.models.compression import MimiModel
 from torch import Tensor
 
-from models.tokenizer import AudioTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
+
+if TYPE_CHECKING:  # moshi comes with the mimi extra; this module only wraps a built model
+    from moshi.models.compression import MimiModel
 
 __all__ = ["MimiTokenizer"]
 

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from models.tokenizer import AudioTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
 
 __all__ = [
     "MULAW_QUANTIZERS",

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.gpt import GPTConfig
-from schemas.post import POST_LM_SHAPE
+from codecflow.models.gpt import GPTConfig
+from codecflow.schemas.post import POST_LM_SHAPE
 
 __all__ = ["GPT_PRESETS", "gpt_config"]
 

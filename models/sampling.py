@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.gpt import GPT
-from models.layouts import TokenLayout
+from codecflow.models.gpt import GPT
+from codecflow.models.layouts import TokenLayout
 
 __all__ = ["GenerationResult", "sample_next", "generate", "regenerate"]
 

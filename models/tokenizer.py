@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchaudio
 from torch import Tensor, nn
+
+from codecflow.models.extras import require
 
 __all__ = ["AudioTokenizer"]
 
@@ -108,7 +109,9 @@ class AudioTokenizer(nn.Module, abc.ABC):
             wav = wav.unsqueeze(1)  # [B, 1, T]
         wav = wav.to(torch.float32).mean(dim=1, keepdim=True)  # [B, 1, T], mono
         if sample_rate != self.sample_rate:
-            wav = torchaudio.functional.resample(wav, sample_rate, self.sample_rate)  # [B, 1, T']
+            # torchaudio comes with the pipeline and mimi extras: imported when resampling.
+            resample = require("torchaudio.functional", "resampling", "pipeline").resample
+            wav = resample(wav, sample_rate, self.sample_rate)  # [B, 1, T']
         return self.encode(wav)  # [B, K, F]
 
     @abc.abstractmethod

@@ -1,6 +1,6 @@
 """codecflow schemas: pydantic configs (flow parameters) and Arrow schemas (records)."""
 
-from schemas.configs import (
+from codecflow.schemas.configs import (
     AcquireConfig,
     AcquireSettings,
     EvaluateConfig,
@@ -11,7 +11,7 @@ from schemas.configs import (
     TrainLMConfig,
     TrainLMSettings,
 )
-from schemas.tables import SEGMENT_MANIFEST_SCHEMA, SPLITS, TOKEN_SHARD_SCHEMA
+from codecflow.schemas.tables import SEGMENT_MANIFEST_SCHEMA, SPLITS, TOKEN_SHARD_SCHEMA
 
 __all__ = [
     "SEGMENT_MANIFEST_SCHEMA",

@@ -16,7 +16,11 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.tokenizers import TokenizerNameError, parse_tokenizer_name, tokenizer_json_schema
+from codecflow.schemas.tokenizers import (
+    TokenizerNameError,
+    parse_tokenizer_name,
+    tokenizer_json_schema,
+)
 
 __all__ = [
     "AcquireConfig",

@@ -22,11 +22,13 @@ name and listing the accepted forms; `tasks.core.errors.user_error` makes it a `
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "dataset_folder_name",
     "ACCEPTED_FORMS",
     "KNOWN_NAMES",
     "NAME_PATTERN",
@@ -168,3 +170,14 @@ def tokenizer_json_schema(schema: dict[str, Any]) -> None:
         {"type": "string", "enum": list(KNOWN_NAMES), "title": "known name"},
         {"type": "string", "pattern": NAME_PATTERN, "title": "codec:<checkpoint>[@N] or other"},
     ]
+
+
+def dataset_folder_name(tokenizer: str) -> str:
+    """A folder name for a tokenizer's dataset: the name itself when it is one already
+    (`mu-law-256`, `mimi_8_rvq`), else a readable slug plus a short hash of the full name
+    (`codec:runs/x/codec/checkpoint@4` -> `codec-checkpoint-4-<hash>`)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", tokenizer):
+        return tokenizer
+    slug = "-".join(p for p in re.split(r"[^A-Za-z0-9]+", tokenizer.split("/")[-1]) if p)
+    digest = hashlib.sha256(tokenizer.encode()).hexdigest()[:8]
+    return f"{parse_tokenizer_name(tokenizer).kind}-{slug}-{digest}"

@@ -45,7 +45,7 @@ import torchaudio.functional as AF
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `tasks` imports when the package is not installed
 
-from tasks.core.storage import atomic_file, atomic_write_bytes  # noqa: E402
+from codecflow.tasks.core.storage import atomic_file, atomic_write_bytes  # noqa: E402
 
 SPEECH_DIR = Path("/work/shared/data/speech")
 PROMPT_NAME = "prompt_librilight_uk_4s.wav"

@@ -27,26 +27,27 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from huggingface_hub import hf_hub_download
-from moshi.models.compression import MimiModel
-from moshi.models.loaders import get_mimi
 
-from models.codec import CODEC_PRESETS, RVQCodec, build_rvq_codec
-from models.codec_tokenizer import CodecTokenizer
-from models.gpt import GPT, GPTConfig
-from models.mimi import MimiTokenizer
-from models.mulaw import MuLawTokenizer
-from models.tokenizer import AudioTokenizer
-from schemas.tokenizers import MIMI_MAX_LEVELS, parse_tokenizer_name
-from tasks.core.errors import CodecflowError
-from tasks.data.checkpoints import (
+from codecflow.models.codec import CODEC_PRESETS, RVQCodec, build_rvq_codec
+from codecflow.models.codec_tokenizer import CodecTokenizer
+from codecflow.models.extras import require
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.tokenizers import MIMI_MAX_LEVELS, parse_tokenizer_name
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.checkpoints import (
     load_weights,
     read_checkpoint_json,
 )
+
+if TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
 
 __all__ = [
     "MIMI_FILE",
@@ -133,6 +134,9 @@ def load_mimi(
     assert 1 <= num_codebooks <= MIMI_MAX_LEVELS, (
         f"num_codebooks must be in [1, {MIMI_MAX_LEVELS}], got {num_codebooks}"
     )
+    # moshi and huggingface_hub come with the mimi extra: imported here, not with the module.
+    get_mimi = require("moshi.models.loaders", "Mimi", "mimi").get_mimi
+    hf_hub_download = require("huggingface_hub", "Mimi", "mimi").hf_hub_download
     repo = repo or os.environ.get(MIMI_REPO_ENV) or MIMI_REPO
     filename = filename or os.environ.get(MIMI_FILE_ENV) or MIMI_FILE
     try:

@@ -36,9 +36,9 @@ def prefect_api_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded corpus fetched, extracted and cut into 5 s segments (plain functions)."""
-    from tasks.acquire.download import fetch
-    from tasks.acquire.extract import extract_tar_safely
-    from tasks.acquire.manifest import build_segment_manifest
+    from codecflow.tasks.acquire.download import fetch
+    from codecflow.tasks.acquire.extract import extract_tar_safely
+    from codecflow.tasks.acquire.manifest import build_segment_manifest
 
     root = tmp_path_factory.mktemp("acquire")
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, tiny_tar_md5())
@@ -52,8 +52,8 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny corpus as a mu-law token dataset."""
-    from schemas.configs import TokenizeSettings
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     out = tmp_path_factory.mktemp("tokens") / "mulaw"
     return tokenize_manifest(tiny_manifest, out, TokenizeSettings()).path
@@ -61,7 +61,7 @@ def tiny_dataset(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def tiny_lm_settings() -> object:
-    from schemas.configs import TrainLMSettings
+    from codecflow.schemas.configs import TrainLMSettings
 
     return TrainLMSettings(
         n_layer=2,
@@ -81,7 +81,7 @@ def tiny_checkpoint(
     tiny_dataset: Path, tiny_lm_settings: object, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A tiny GPT trained for a few steps on the tiny dataset."""
-    from tasks.train.lm import train_lm
+    from codecflow.tasks.train.lm import train_lm
 
     out = tmp_path_factory.mktemp("lm")
     return train_lm(tiny_dataset, out, tiny_lm_settings).path  # type: ignore[arg-type]

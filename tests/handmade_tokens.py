@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from schemas.tables import token_shard_schema, token_shard_schema_v2
-from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
-from tasks.data.token_shards import CODES_LAYOUT, shard_metadata
+from codecflow.schemas.tables import token_shard_schema, token_shard_schema_v2
+from codecflow.tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
+from codecflow.tasks.data.token_shards import CODES_LAYOUT, shard_metadata
 
 __all__ = ["FRAME_RATE", "K", "LAYOUT", "TOKENIZER", "flat_stream", "write_dataset"]
 

@@ -43,7 +43,7 @@ def run_codecflow(api_url: str | None, *args: str) -> subprocess.CompletedProces
     if api_url is not None:
         env["PREFECT_API_URL"] = api_url
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "codecflow", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -125,7 +125,7 @@ def _flow_run_ids() -> set[UUID]:
 def lock_held_by_another_process(out: Path, what: str = "holder test") -> Iterator[int]:
     """A real python process holding `out`'s lock until killed; yields its pid."""
     code = (
-        "import sys, time; from tasks.core import outputs\n"
+        "import sys, time; from codecflow.tasks.core import outputs\n"
         "with outputs.exclusive_lock(sys.argv[1], sys.argv[2]):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )

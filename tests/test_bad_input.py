@@ -17,11 +17,11 @@ import pytest
 import torch
 from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
-from flows.cli import CliError, load_config
-from schemas.configs import EvaluateConfig, PipelineConfig, TrainLMConfig
-from tasks.core.errors import CodecflowError
-from tasks.data.checkpoints import load_training_state
-from tasks.loaders import load_checkpoint
+from codecflow.cli.main import CliError, load_config
+from codecflow.schemas.configs import EvaluateConfig, PipelineConfig, TrainLMConfig
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.checkpoints import load_training_state
+from codecflow.tasks.loaders import load_checkpoint
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root (CI runs as root)")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
-from flows.cli import COMMANDS, CliError, apply_override, load_config, main
-from flows.help import field_help
-from schemas.configs import CompareCodecsConfig, PipelineConfig, TrainLMConfig
+from codecflow.cli.help import field_help
+from codecflow.cli.main import COMMANDS, CliError, apply_override, load_config, main
+from codecflow.schemas.configs import CompareCodecsConfig, PipelineConfig, TrainLMConfig
 
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path: Path) -> None:
@@ -194,8 +194,8 @@ def test_help_shows_default_factories_and_choices(capsys: pytest.CaptureFixture[
 
 
 def test_tokenizers_lists_names_that_validate(capsys: pytest.CaptureFixture[str]) -> None:
-    from models.codec import CODEC_PRESETS
-    from schemas.tokenizers import parse_tokenizer_name
+    from codecflow.models.codec import CODEC_PRESETS
+    from codecflow.schemas.tokenizers import parse_tokenizer_name
 
     assert main(["tokenizers"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]

@@ -28,7 +28,8 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_config_parameter() -> None
     for deployment in spec["deployments"]:
         path, function = deployment["entrypoint"].split(":")
         flow = getattr(
-            importlib.import_module(path.removesuffix(".py").replace("/", ".")), function
+            importlib.import_module("codecflow." + path.removesuffix(".py").replace("/", ".")),
+            function,
         )
         assert deployment["name"].startswith(flow.name)
         (parameter,) = flow.parameters.properties
@@ -38,7 +39,7 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_config_parameter() -> None
 
 
 def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
-    from schemas.configs import EvaluateConfig
+    from codecflow.schemas.configs import EvaluateConfig
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
@@ -72,7 +73,7 @@ def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
 def test_scheduled_and_triggered_evaluations_ask_the_pipelines_question() -> None:
     """The same settings as the demo pipeline's evaluation: a checkpoint the pipeline evaluated
     has the same report identity, so its report is reused, not computed again."""
-    from schemas.configs import EvaluateSettings, PipelineConfig
+    from codecflow.schemas.configs import EvaluateSettings, PipelineConfig
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}

@@ -18,8 +18,8 @@ from s3_server import upload_folder
 from torch.utils.data import DataLoader
 
 import codecflow
-from tasks.core.storage import CACHE_ENV
-from tasks.data.shard_cache import entry_path
+from codecflow.tasks.core.storage import CACHE_ENV
+from codecflow.tasks.data.shard_cache import entry_path
 
 MARKER = "<!-- python-api-example: run by tests/test_python_api.py -->"
 DEMO_DATASET = "runs/demo/tokens/mu-law-256"
@@ -122,7 +122,7 @@ def test_loader_workers_started_afresh_fetch_s3_shards_through_the_cache(
         for entry in entries:
             entry.unlink()
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "tasks.data.torch_datasets"])
+        context.set_forkserver_preload(["torch", "codecflow.tasks.data.torch_datasets"])
         _check_loaders(segments, windows, context)
     for shard, entry in zip(ds.info.shards, entries, strict=True):
         assert entry.is_file(), f"{shard.name} was not fetched again by the workers"

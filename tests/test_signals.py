@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.data.checkpoints import latest_checkpoint
 
 # Long enough that the signal, sent at the first checkpoint (step 100), finds it training; short
 # enough for the resumed run to finish in seconds. A resume must ask for the same steps.
@@ -44,7 +44,7 @@ def _start(dataset: Path, out: Path, steps: int, home: Path) -> subprocess.Popen
     env.update({"PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"})
     args = [f"dataset={dataset}", f"out={out}", f"steps={steps}", *_TINY]
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "train-lm", *(a for s in args for a in ("--set", s))],
+        [sys.executable, "-m", "codecflow", "train-lm", *(a for s in args for a in ("--set", s))],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -21,10 +21,10 @@ from typing import Any
 import fsspec
 import httpx
 
-from tasks.acquire.marker import MD5_RE
-from tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
-from tasks.core.progress import ProgressCallback
-from tasks.core.storage import fsync_dir
+from codecflow.tasks.acquire.marker import MD5_RE
+from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
+from codecflow.tasks.core.progress import ProgressCallback
+from codecflow.tasks.core.storage import fsync_dir
 
 __all__ = [
     "FetchRecord",

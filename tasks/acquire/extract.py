@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from tasks.acquire.marker import (
+from codecflow.tasks.acquire.marker import (
     MD5_RE,
     Dest,
     ExtractRecord,
     resolve_dest,
     reusable,
 )
-from tasks.acquire.members import (
+from codecflow.tasks.acquire.members import (
     CHUNK,
     EXTRACTED_MARKER,
     HashingReader,
@@ -42,9 +42,9 @@ from tasks.acquire.members import (
     end_problem,
     refusal,
 )
-from tasks.acquire.sinks import LocalSink, RemoteSink, Sink
-from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
-from tasks.core.storage import atomic_dir, atomic_write_json
+from codecflow.tasks.acquire.sinks import LocalSink, RemoteSink, Sink
+from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
+from codecflow.tasks.core.storage import atomic_dir, atomic_write_json
 
 __all__ = ["extract_tar_safely"]
 

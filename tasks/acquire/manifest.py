@@ -20,17 +20,23 @@ import fsspec
 import pyarrow as pa
 import soundfile as sf
 
-from schemas.tables import (
+from codecflow.schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     REJECTS_SCHEMA,
     SEGMENT_MANIFEST_SCHEMA,
     SPLITS,
 )
-from tasks.acquire.probe import SUMMARY_REFUSED_SHOWN, list_books, probe_book
-from tasks.acquire.segments import SegmentPlan, plan_segments
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import is_remote, join, open_atomic_write, url_to_fs, write_parquet
-from tasks.data.manifest import read_segment_audio
+from codecflow.tasks.acquire.probe import SUMMARY_REFUSED_SHOWN, list_books, probe_book
+from codecflow.tasks.acquire.segments import SegmentPlan, plan_segments
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import (
+    is_remote,
+    join,
+    open_atomic_write,
+    url_to_fs,
+    write_parquet,
+)
+from codecflow.tasks.data.manifest import read_segment_audio
 
 __all__ = [
     "ManifestRecord",

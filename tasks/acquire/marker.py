@@ -17,8 +17,10 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
-from tasks.core.errors import CodecflowError
-from tasks.data.manifest import EXTRACTED_MARKER  # read by later stages too (the dataset card)
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.manifest import (
+    EXTRACTED_MARKER,  # read by later stages too (the dataset card)
+)
 
 #: An md5 as Libri-Light publishes it: 32 lowercase hex digits.
 MD5_RE = re.compile(r"[0-9a-f]{32}")

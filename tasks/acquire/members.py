@@ -13,8 +13,8 @@ import tarfile
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, cast
 
-from tasks.acquire.marker import EXTRACTED_MARKER
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.acquire.marker import EXTRACTED_MARKER
+from codecflow.tasks.core.errors import CodecflowError
 
 __all__ = [
     "CHUNK",

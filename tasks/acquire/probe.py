@@ -16,8 +16,8 @@ from typing import Any
 
 import soundfile as sf
 
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import join, url_to_fs
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import join, url_to_fs
 
 __all__ = [
     "BookListing",

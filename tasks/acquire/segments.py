@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.tables import (
+from codecflow.schemas.tables import (
     SPLITS,
 )
-from tasks.acquire.probe import REFUSED_MEMBER, BookProbe, ProbedFile, Reject
-from tasks.core.errors import CodecflowError
-from tasks.data.manifest import LIBRILIGHT_RATE
+from codecflow.tasks.acquire.probe import REFUSED_MEMBER, BookProbe, ProbedFile, Reject
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.manifest import LIBRILIGHT_RATE
 
 __all__ = [
     "SegmentPlan",

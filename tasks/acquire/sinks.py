@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from tasks.acquire.members import (
+from codecflow.tasks.acquire.members import (
     CHUNK,
     CREATE_FLAGS,
     FILE_MODE,
@@ -25,7 +25,7 @@ from tasks.acquire.members import (
     SYMLINK_REMOTE,
     member_key,
 )
-from tasks.core.errors import CorruptArchiveError
+from codecflow.tasks.core.errors import CorruptArchiveError
 
 __all__ = [
     "LocalSink",

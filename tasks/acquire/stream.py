@@ -15,9 +15,14 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from tasks.acquire.download import RECONNECT_DELAYS_S, is_http, open_fsspec, parse_content_range
-from tasks.core.errors import CodecflowError, SourceNotFoundError
-from tasks.core.progress import ProgressCallback
+from codecflow.tasks.acquire.download import (
+    RECONNECT_DELAYS_S,
+    is_http,
+    open_fsspec,
+    parse_content_range,
+)
+from codecflow.tasks.core.errors import CodecflowError, SourceNotFoundError
+from codecflow.tasks.core.progress import ProgressCallback
 
 __all__ = [
     "open_source_stream",

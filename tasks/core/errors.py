@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
-from schemas.tokenizers import TokenizerNameError
+from codecflow.schemas.tokenizers import TokenizerNameError
 
 __all__ = [
     "ChecksumMismatchError",
@@ -153,9 +154,8 @@ def _is_named_transient(exc: BaseException) -> bool:
 
 def _is_retryable_status(exc: BaseException) -> bool:
     """An HTTP answer a retry may cure: 5xx and 429 (too many requests)."""
-    import httpx
-
-    if not isinstance(exc, httpx.HTTPStatusError):
+    httpx = sys.modules.get("httpx")  # not imported (or installed): no httpx error to meet
+    if httpx is None or not isinstance(exc, httpx.HTTPStatusError):
         return False
     status = exc.response.status_code
     return status >= 500 or status == 429
@@ -164,12 +164,15 @@ def _is_retryable_status(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """True for network errors a retry may cure: connection resets and refusals, timeouts,
     DNS failures, httpx transport errors, 5xx/429 answers, botocore/aiohttp connection errors.
+    httpx (the pipeline extra) is looked up, not imported: an exception of its can only exist
+    once something imported it.
     """
-    import httpx
-
     if isinstance(exc, CodecflowError):
         return False
-    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError | socket.gaierror):
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return True
     return _is_retryable_status(exc) or _is_named_transient(exc)
 

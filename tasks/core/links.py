@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from tasks.core.storage import is_remote, local_path
+from codecflow.tasks.core.storage import is_remote, local_path
 
 __all__ = ["FILES_ROOT_ENV", "FILES_URL_ENV", "file_url", "markdown_link", "where"]
 

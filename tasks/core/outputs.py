@@ -24,8 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import exists, is_remote, join, local_path, read_json, url_to_fs, write_json
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import (
+    exists,
+    is_remote,
+    join,
+    local_path,
+    read_json,
+    url_to_fs,
+    write_json,
+)
 
 __all__ = [
     "OWNER_MARKER",

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.core.errors import CodecflowError
 
 __all__ = [
     "Schedule",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.core.errors import CodecflowError
 
 if TYPE_CHECKING:
     import torch

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import atomic_dir
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import atomic_dir
 
 __all__ = [
     "is_checkpoint_committed",

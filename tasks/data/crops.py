@@ -37,9 +37,9 @@ import torch
 import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.data.manifest import CODEC_RATE, read_manifest_table
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.manifest import CODEC_RATE, read_manifest_table
 
 __all__ = [
     "CropDataset",

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.gpt import GPT, GPTConfig
-from models.layouts import TokenLayout
-from models.level_loss import level_weighted_loss
-from models.presets import gpt_config
-from schemas.configs import TrainLMSettings
-from tasks.core.errors import CodecflowError
-from tasks.data.token_dataset import TokenReader
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.layouts import TokenLayout
+from codecflow.models.level_loss import level_weighted_loss
+from codecflow.models.presets import gpt_config
+from codecflow.schemas.configs import TrainLMSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.token_dataset import TokenReader
 
 __all__ = [
     "check_windows",

@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from schemas.tables import (
+from codecflow.schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     SEGMENT_MANIFEST_SCHEMA,
 )
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import (
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import (
     join,
     url_to_fs,
 )

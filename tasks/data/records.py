@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
 
 __all__ = [
     "COMPARISON_KIND",

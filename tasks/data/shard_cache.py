@@ -28,10 +28,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core import outputs, storage
-from tasks.core.errors import ChecksumMismatchError, CodecflowError
-from tasks.core.faults import kill_point
-from tasks.data.records import ShardEntry
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError
+from codecflow.tasks.core.faults import kill_point
+from codecflow.tasks.data.records import ShardEntry
 
 __all__ = [
     "CachedShard",

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.data.records import DatasetInfo, ShardEntry
-from tasks.data.shard_cache import fetch_shard
-from tasks.data.token_shards import (
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.records import DatasetInfo, ShardEntry
+from codecflow.tasks.data.shard_cache import fetch_shard
+from codecflow.tasks.data.token_shards import (
     DATASET_FORMAT_VERSION,
     batch_codes,
     is_stream_format,

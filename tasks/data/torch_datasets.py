@@ -31,12 +31,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.layouts import TokenLayout, make_layout
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.data.lm_windows import lm_windows_at, window_frames, window_starts
-from tasks.data.records import DatasetInfo
-from tasks.data.token_dataset import SEGMENT_METADATA, TokenReader, read_dataset_info
+from codecflow.models.layouts import TokenLayout, make_layout
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.lm_windows import lm_windows_at, window_frames, window_starts
+from codecflow.tasks.data.records import DatasetInfo
+from codecflow.tasks.data.token_dataset import SEGMENT_METADATA, TokenReader, read_dataset_info
 
 __all__ = [
     "PAD_CODE",

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from models.tokenizer import AudioTokenizer
-from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.plots import figure
 
 __all__ = [
     "CLICKING_CREST",

@@ -20,16 +20,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from models.codec import RVQCodec
-from schemas.configs import EvalCodecSettings
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
-from tasks.core.runtime import resolve_device
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.manifest import CODEC_RATE, load_split_audio
-from tasks.evaluate.quality import quality
-from tasks.loaders import load_codec
+from codecflow.models.codec import RVQCodec
+from codecflow.schemas.configs import EvalCodecSettings
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.core.storage import atomic_dir, fingerprint
+from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
+from codecflow.tasks.evaluate.quality import quality
+from codecflow.tasks.loaders import load_codec
 
 __all__ = [
     "CODEC_REPORT_COMMITTED",

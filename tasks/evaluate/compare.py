@@ -27,20 +27,20 @@ import numpy as np
 import torch
 import torchaudio
 
-from models.tokenizer import AudioTokenizer
-from schemas.configs import CompareCodecsSettings
-from schemas.tokenizers import parse_tokenizer_name
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
-from tasks.core.runtime import resolve_device
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.manifest import CODEC_RATE, load_split_audio
-from tasks.data.records import COMPARISON_KIND, CodecComparison, CodecComparisonRow
-from tasks.evaluate.acoustics import _write_wav
-from tasks.evaluate.quality import quality
-from tasks.evaluate.report import comparison_html
-from tasks.loaders import codec_preset, load_tokenizer
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import CompareCodecsSettings
+from codecflow.schemas.tokenizers import parse_tokenizer_name
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.core.storage import atomic_dir, fingerprint
+from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
+from codecflow.tasks.data.records import COMPARISON_KIND, CodecComparison, CodecComparisonRow
+from codecflow.tasks.evaluate.acoustics import _write_wav
+from codecflow.tasks.evaluate.quality import quality
+from codecflow.tasks.evaluate.report import comparison_html
+from codecflow.tasks.loaders import codec_preset, load_tokenizer
 
 __all__ = [
     "COMPARISON_COMMITTED",

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.gpt import GPT
-from models.layouts import TokenLayout
-from models.sampling import generate
-from models.tokenizer import AudioTokenizer
-from schemas.configs import EvaluateSettings
-from tasks.core.progress import StepProgress
-from tasks.core.threads import decode_threads
-from tasks.evaluate.quality import quality
+from codecflow.models.gpt import GPT
+from codecflow.models.layouts import TokenLayout
+from codecflow.models.sampling import generate
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import EvaluateSettings
+from codecflow.tasks.core.progress import StepProgress
+from codecflow.tasks.core.threads import decode_threads
+from codecflow.tasks.evaluate.quality import quality
 
 __all__ = ["continue_prompt", "roundtrip"]
 

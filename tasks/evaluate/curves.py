@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.core.plots import figure
-from tasks.data.checkpoints import read_log
+from codecflow.tasks.core.plots import figure
+from codecflow.tasks.data.checkpoints import read_log
 
 __all__ = ["LOSS_PNG", "LOSS_PER_LEVEL_PNG", "curve_names", "training_log", "write_loss_curves"]
 

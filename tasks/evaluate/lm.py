@@ -34,21 +34,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.gpt import GPT
-from models.layouts import TokenLayout, make_layout
-from models.tokenizer import AudioTokenizer
-from schemas.configs import EvaluateSettings, TrainLMSettings
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.core.runtime import resolve_device
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.checkpoints import read_log
-from tasks.data.lm_windows import validation_loss
-from tasks.data.records import SUMMARY_KIND, DatasetInfo, EvaluationSummary, PromptRoundtrip
-from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.evaluate import continuation, curves, regenerate, report, reuse, speech_metrics
-from tasks.evaluate.acoustics import _plot_spectrogram, _write_wav, acoustic_stats, load_prompt
-from tasks.loaders import load_checkpoint, load_tokenizer
+from codecflow.models.gpt import GPT
+from codecflow.models.layouts import TokenLayout, make_layout
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import EvaluateSettings, TrainLMSettings
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.core.storage import atomic_dir, fingerprint
+from codecflow.tasks.data.checkpoints import read_log
+from codecflow.tasks.data.lm_windows import validation_loss
+from codecflow.tasks.data.records import (
+    SUMMARY_KIND,
+    DatasetInfo,
+    EvaluationSummary,
+    PromptRoundtrip,
+)
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.tasks.evaluate import continuation, curves, regenerate, report, reuse, speech_metrics
+from codecflow.tasks.evaluate.acoustics import (
+    _plot_spectrogram,
+    _write_wav,
+    acoustic_stats,
+    load_prompt,
+)
+from codecflow.tasks.loaders import load_checkpoint, load_tokenizer
 
 __all__ = [
     "REPORT_COMMITTED",

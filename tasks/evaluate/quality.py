@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
+from codecflow.models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
 
 __all__ = ["PESQ_RATE", "pesq_wb", "quality", "stoi"]
 

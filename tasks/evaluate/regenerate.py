@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.gpt import GPT
-from models.layouts import TokenLayout
-from models.sampling import regenerate
-from models.tokenizer import AudioTokenizer
-from schemas.configs import EvaluateSettings
-from tasks.core.progress import StepProgress
-from tasks.core.threads import decode_threads
-from tasks.data.records import Regeneration
-from tasks.evaluate import speech_metrics
-from tasks.evaluate.acoustics import _write_wav
+from codecflow.models.gpt import GPT
+from codecflow.models.layouts import TokenLayout
+from codecflow.models.sampling import regenerate
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import EvaluateSettings
+from codecflow.tasks.core.progress import StepProgress
+from codecflow.tasks.core.threads import decode_threads
+from codecflow.tasks.data.records import Regeneration
+from codecflow.tasks.evaluate import speech_metrics
+from codecflow.tasks.evaluate.acoustics import _write_wav
 
 __all__ = ["Regenerations", "regenerations"]
 

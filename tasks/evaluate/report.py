@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import atomic_file
-from tasks.data.records import SUMMARY_KIND, CodecComparison, EvaluationSummary
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import atomic_file
+from codecflow.tasks.data.records import SUMMARY_KIND, CodecComparison, EvaluationSummary
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -516,7 +516,7 @@ def _index_cell(column: str, value: Any, root: Path) -> str:
 
 def _plot_bits(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Validation bits per second of audio, one bar per run (lower is better)."""
-    from tasks.core.plots import figure
+    from codecflow.tasks.core.plots import figure
 
     with figure(path, size=(max(5.0, 0.6 * len(rows) + 2), 3.5)) as ax:
         names = [r["report"] for r in rows]

@@ -29,9 +29,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.data.records import CommittedReport, CommittedReports, EvaluationSummary
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.records import CommittedReport, CommittedReports, EvaluationSummary
 
 __all__ = [
     "copy_report",

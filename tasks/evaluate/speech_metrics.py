@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.errors import CodecflowError
-from tasks.loaders import (
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.loaders import (
     SPEECH_MODEL_RATE,
     Skipped,
     import_reason,

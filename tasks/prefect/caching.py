@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.core import storage
-from tasks.core.storage import fingerprint
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.storage import fingerprint
 
 __all__ = [
     "content_key",

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from tasks.core.progress import Closing, format_rate, sanitize_artifact_key
+from codecflow.tasks.core.progress import Closing, format_rate, sanitize_artifact_key
 
 _log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from prefect import task
 
-import tasks.data
-import tasks.evaluate
-import tasks.train
-from schemas.configs import (
+import codecflow.tasks.data
+import codecflow.tasks.evaluate
+import codecflow.tasks.train
+from codecflow.schemas.configs import (
     CompareCodecsSettings,
     EvalCodecSettings,
     EvaluateSettings,
@@ -31,24 +31,24 @@ from schemas.configs import (
     TrainCodecSettings,
     TrainLMSettings,
 )
-from tasks import loaders
-from tasks.acquire import download, extract, members, probe, segments, sinks, stream
-from tasks.acquire import manifest as segment_manifest
-from tasks.acquire import marker as extraction
-from tasks.core import runtime, storage
-from tasks.core.errors import is_transient_chain
-from tasks.core.progress import TqdmProgress, combine
-from tasks.data import records, token_dataset
-from tasks.evaluate import codec as eval_codec
-from tasks.evaluate import compare as compare_codecs
-from tasks.evaluate import lm as evaluate_lm
-from tasks.prefect.caching import content_key
-from tasks.prefect.progress import PrefectProgress
-from tasks.tokenize import finalize, shards
-from tasks.tokenize import plan as token_plan
-from tasks.train import codec as train_codec
-from tasks.train import lm as train_lm
-from tasks.train.torchrun import run_codec_torchrun, run_torchrun
+from codecflow.tasks import loaders
+from codecflow.tasks.acquire import download, extract, members, probe, segments, sinks, stream
+from codecflow.tasks.acquire import manifest as segment_manifest
+from codecflow.tasks.acquire import marker as extraction
+from codecflow.tasks.core import runtime, storage
+from codecflow.tasks.core.errors import is_transient_chain
+from codecflow.tasks.core.progress import TqdmProgress, combine
+from codecflow.tasks.data import records, token_dataset
+from codecflow.tasks.evaluate import codec as eval_codec
+from codecflow.tasks.evaluate import compare as compare_codecs
+from codecflow.tasks.evaluate import lm as evaluate_lm
+from codecflow.tasks.prefect.caching import content_key
+from codecflow.tasks.prefect.progress import PrefectProgress
+from codecflow.tasks.tokenize import finalize, shards
+from codecflow.tasks.tokenize import plan as token_plan
+from codecflow.tasks.train import codec as train_codec
+from codecflow.tasks.train import lm as train_lm
+from codecflow.tasks.train.torchrun import run_codec_torchrun, run_torchrun
 
 __all__ = [
     "compare_codecs_task",
@@ -213,7 +213,9 @@ def finalize_dataset_task(
 
 @task(
     name="train-lm",
-    cache_key_fn=content_key("dataset/dataset.json", code=(tasks.train, tasks.data)),
+    cache_key_fn=content_key(
+        "dataset/dataset.json", code=(codecflow.tasks.train, codecflow.tasks.data)
+    ),
     **_CACHED,
 )
 def train_lm_task(
@@ -247,7 +249,7 @@ def train_lm_task(
         "dataset/dataset.json",
         "settings.prompt",
         "settings.regenerate_source",
-        code=(tasks.evaluate, tasks.data, loaders),
+        code=(codecflow.tasks.evaluate, codecflow.tasks.data, loaders),
     ),
     **_CACHED,
 )
@@ -260,7 +262,7 @@ def evaluate_task(
 
 @task(
     name="train-codec",
-    cache_key_fn=content_key("manifest", code=(tasks.train, tasks.data)),
+    cache_key_fn=content_key("manifest", code=(codecflow.tasks.train, codecflow.tasks.data)),
     **_CACHED,
 )
 def train_codec_task(
@@ -287,7 +289,9 @@ def train_codec_task(
 @task(
     name="eval-codec",
     cache_key_fn=content_key(
-        "checkpoint/model.safetensors", "manifest", code=(tasks.evaluate, tasks.data, loaders)
+        "checkpoint/model.safetensors",
+        "manifest",
+        code=(codecflow.tasks.evaluate, codecflow.tasks.data, loaders),
     ),
     **_CACHED,
 )

@@ -20,11 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.core import storage
-from tasks.data.manifest import Acquisition, archive_of, read_acquisition
-from tasks.data.records import DatasetInfo
-from tasks.data.token_shards import CODES_LAYOUT, METADATA_PREFIX
-from tasks.tokenize.plan import DatasetPlan
+from codecflow.tasks.core import storage
+from codecflow.tasks.data.manifest import Acquisition, archive_of, read_acquisition
+from codecflow.tasks.data.records import DatasetInfo
+from codecflow.tasks.data.token_shards import CODES_LAYOUT, METADATA_PREFIX
+from codecflow.tasks.tokenize.plan import DatasetPlan
 
 __all__ = [
     "CARD_NAME",

@@ -15,26 +15,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.configs import TokenizeSettings
-from schemas.tables import (
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import (
     REJECTS_SCHEMA,
     token_shard_schema,
 )
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.core.faults import kill_point
-from tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry, ShardMarker
-from tasks.data.token_dataset import (
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.faults import kill_point
+from codecflow.tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry, ShardMarker
+from codecflow.tasks.data.token_dataset import (
     DATASET_FORMAT_VERSION,
     DatasetRecord,
     record_from_info,
     shard_marker_url,
 )
-from tasks.data.token_shards import CODES_LAYOUT
-from tasks.tokenize.card import write_dataset_card
-from tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
-from tasks.tokenize.shards import write_shard_group
-from tasks.tokenize.sizes import format_size_report, size_report
+from codecflow.tasks.data.token_shards import CODES_LAYOUT
+from codecflow.tasks.tokenize.card import write_dataset_card
+from codecflow.tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
+from codecflow.tasks.tokenize.shards import write_shard_group
+from codecflow.tasks.tokenize.sizes import format_size_report, size_report
 
 __all__ = [
     "finalize_dataset",

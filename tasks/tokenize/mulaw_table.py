@@ -26,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tokenizers import MULAW_CODEBOOK_SIZE, MULAW_SAMPLE_RATE, parse_tokenizer_name
+from codecflow.schemas.tokenizers import (
+    MULAW_CODEBOOK_SIZE,
+    MULAW_SAMPLE_RATE,
+    parse_tokenizer_name,
+)
 
 __all__ = [
     "PCM16_SCALE",

@@ -35,19 +35,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.configs import TokenizeSettings
-from schemas.tables import (
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     SPLITS,
 )
-from schemas.tokenizers import parse_tokenizer_name
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
-from tasks.data.manifest import read_manifest_table
-from tasks.data.records import DatasetInfo
-from tasks.data.token_dataset import DATASET_COMMITTED, DATASET_FORMAT_VERSION, DATASET_KIND
-from tasks.data.token_shards import shard_metadata
-from tasks.tokenize.mulaw_table import is_mulaw, mulaw_spec
+from codecflow.schemas.tokenizers import parse_tokenizer_name
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.manifest import read_manifest_table
+from codecflow.tasks.data.records import DatasetInfo
+from codecflow.tasks.data.token_dataset import (
+    DATASET_COMMITTED,
+    DATASET_FORMAT_VERSION,
+    DATASET_KIND,
+)
+from codecflow.tasks.data.token_shards import shard_metadata
+from codecflow.tasks.tokenize.mulaw_table import is_mulaw, mulaw_spec
 
 __all__ = [
     "DatasetPlan",
@@ -195,7 +199,10 @@ def _tokenizer_spec(name: str) -> dict[str, Any]:
     in under a second, bench/tokenize_throughput.py), every other one from the loaded model."""
     if is_mulaw(name):
         return mulaw_spec(name)
-    from tasks.loaders import load_tokenizer, tokenizer_spec  # torch, moshi: seconds to import
+    from codecflow.tasks.loaders import (  # torch, moshi: seconds to import
+        load_tokenizer,
+        tokenizer_spec,
+    )
 
     return tokenizer_spec(name, load_tokenizer(name))
 

@@ -17,19 +17,19 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from schemas.tables import (
+from codecflow.schemas.tables import (
     token_shard_schema,
 )
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.core.faults import kill_point
-from tasks.core.progress import ProgressCallback
-from tasks.core.threads import thread_policy, usable_cpus
-from tasks.data.manifest import read_segment_audio, read_segment_pcm16
-from tasks.data.records import Reject, ShardFile, ShardMarker
-from tasks.data.token_dataset import shard_marker_url
-from tasks.tokenize.mulaw_table import encode_pcm16, is_mulaw, pcm16_table
-from tasks.tokenize.plan import DatasetPlan, PlannedShard
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.faults import kill_point
+from codecflow.tasks.core.progress import ProgressCallback
+from codecflow.tasks.core.threads import thread_policy, usable_cpus
+from codecflow.tasks.data.manifest import read_segment_audio, read_segment_pcm16
+from codecflow.tasks.data.records import Reject, ShardFile, ShardMarker
+from codecflow.tasks.data.token_dataset import shard_marker_url
+from codecflow.tasks.tokenize.mulaw_table import encode_pcm16, is_mulaw, pcm16_table
+from codecflow.tasks.tokenize.plan import DatasetPlan, PlannedShard
 
 __all__ = [
     "EncodeStats",
@@ -73,7 +73,7 @@ class _Tokenizer:
         if self._model is None:
             import torch
 
-            from tasks.loaders import load_tokenizer  # torch, moshi: seconds to import
+            from codecflow.tasks.loaders import load_tokenizer  # torch, moshi: seconds to import
 
             device = "cuda" if torch.cuda.is_available() else "cpu"  # neural tokenizers: GPU
             self._model = load_tokenizer(self.name, device=device)

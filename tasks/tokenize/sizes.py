@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.tokenizers import (
+from codecflow.schemas.tokenizers import (
     MIMI_CODEBOOK_SIZE,
     MIMI_FRAME_RATE,
     MIMI_SAMPLE_RATE,
@@ -33,7 +33,7 @@ from schemas.tokenizers import (
     MULAW_SAMPLE_RATE,
     parse_tokenizer_name,
 )
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.core.errors import CodecflowError
 
 __all__ = [
     "PCM16_BYTES_PER_SECOND",
@@ -99,7 +99,9 @@ def reference_token_bytes(name: str) -> int:
 
 
 def _codec_facts(name: str, checkpoint: str, num_levels: int | None) -> TokenizerFacts:
-    from tasks.loaders import codec_preset  # here: the loaders import torch, mu-law needs none
+    from codecflow.tasks.loaders import (
+        codec_preset,  # here: the loaders import torch, mu-law needs none
+    )
 
     config_path = Path(checkpoint) / "config.json"
     preset = codec_preset(checkpoint)

@@ -40,17 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.codec import RVQCodec, build_rvq_codec, codec_config_dict
-from models.losses import codec_loss
-from schemas.configs import TrainCodecSettings
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.core.progress import StepProgress
-from tasks.core.runtime import resolve_device
-from tasks.data.checkpoints import is_checkpoint_committed
-from tasks.data.crops import CropIndex, batches, crop_loader, read_crop_index
-from tasks.data.manifest import CODEC_RATE
-from tasks.train.distributed import (
+from codecflow.models.codec import RVQCodec, build_rvq_codec, codec_config_dict
+from codecflow.models.losses import codec_loss
+from codecflow.schemas.configs import TrainCodecSettings
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.progress import StepProgress
+from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.data.checkpoints import is_checkpoint_committed
+from codecflow.tasks.data.crops import CropIndex, batches, crop_loader, read_crop_index
+from codecflow.tasks.data.manifest import CODEC_RATE
+from codecflow.tasks.train.distributed import (
     DistributedCodebookSync,
     Ranks,
     barrier,
@@ -58,7 +58,7 @@ from tasks.train.distributed import (
     init_distributed,
     write_rank_fingerprint,
 )
-from tasks.train.scaffold import (
+from codecflow.tasks.train.scaffold import (
     Resumed,
     RunIdentity,
     RunLog,

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from schemas.configs import TrainCodecConfig, TrainCodecSettings
-from tasks.train import torchrun
-from tasks.train.codec import CodecCheckpointRecord, train_codec
+from codecflow.schemas.configs import TrainCodecConfig, TrainCodecSettings
+from codecflow.tasks.train import torchrun
+from codecflow.tasks.train.codec import CodecCheckpointRecord, train_codec
 
 __all__ = ["main"]
 
@@ -30,7 +30,7 @@ def _train(cfg: TrainCodecConfig, settings: TrainCodecSettings) -> CodecCheckpoi
 def main(argv: Sequence[str] | None = None) -> int:
     description = __doc__.split("\n")[0]
     return torchrun.rank_main(
-        argv, "tasks.train.codec_worker", description, TrainCodecConfig, _train
+        argv, "codecflow.tasks.train.codec_worker", description, TrainCodecConfig, _train
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tasks.core import outputs
+from codecflow.tasks.core import outputs
 
 __all__ = [
     "DistributedCodebookSync",

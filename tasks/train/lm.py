@@ -20,27 +20,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.flops import model_flops_utilization, peak_flops_for
-from models.gpt import GPT, GPTConfig
-from models.layouts import TokenLayout, make_layout
-from models.level_loss import level_weighted_loss
-from schemas.configs import TrainLMSettings
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.core.progress import StepProgress
-from tasks.core.runtime import resolve_device
-from tasks.data.checkpoints import latest_checkpoint
-from tasks.data.lm_windows import check_windows, lm_windows_batch, model_config, validation_loss
-from tasks.data.records import DatasetInfo
-from tasks.data.token_dataset import TokenReader, read_dataset_info
-from tasks.train.distributed import (
+from codecflow.models.flops import model_flops_utilization, peak_flops_for
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.layouts import TokenLayout, make_layout
+from codecflow.models.level_loss import level_weighted_loss
+from codecflow.schemas.configs import TrainLMSettings
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.progress import StepProgress
+from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.data.lm_windows import (
+    check_windows,
+    lm_windows_batch,
+    model_config,
+    validation_loss,
+)
+from codecflow.tasks.data.records import DatasetInfo
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.tasks.train.distributed import (
     Ranks,
     barrier,
     holding,
     init_distributed,
     write_rank_fingerprint,
 )
-from tasks.train.scaffold import (
+from codecflow.tasks.train.scaffold import (
     Resumed,
     RunIdentity,
     checkpoint_due,

@@ -21,10 +21,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from schemas.configs import TrainLMConfig, TrainLMSettings
-from tasks.core.storage import location
-from tasks.train import torchrun
-from tasks.train.lm import CheckpointRecord, train_lm
+from codecflow.schemas.configs import TrainLMConfig, TrainLMSettings
+from codecflow.tasks.core.storage import location
+from codecflow.tasks.train import torchrun
+from codecflow.tasks.train.lm import CheckpointRecord, train_lm
 
 __all__ = ["check_settings", "main", "read_run_config"]
 
@@ -42,7 +42,9 @@ def _train(cfg: TrainLMConfig, settings: TrainLMSettings) -> CheckpointRecord:
 
 def main(argv: Sequence[str] | None = None) -> int:
     description = __doc__.split("\n")[0]
-    return torchrun.rank_main(argv, "tasks.train.lm_worker", description, TrainLMConfig, _train)
+    return torchrun.rank_main(
+        argv, "codecflow.tasks.train.lm_worker", description, TrainLMConfig, _train
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ from typing import Any, Protocol, TypeVar
 import torch
 from safetensors.torch import save_file
 
-from tasks.core.errors import CodecflowError
-from tasks.core.plots import figure
-from tasks.core.runtime import Schedule, learning_rate_at
-from tasks.core.storage import atomic_dir, fingerprint
-from tasks.data.checkpoints import (
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.runtime import Schedule, learning_rate_at
+from codecflow.tasks.core.storage import atomic_dir, fingerprint
+from codecflow.tasks.data.checkpoints import (
     is_checkpoint_committed,
     latest_checkpoint,
     load_training_state,

@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from schemas.configs import TrainCodecSettings, TrainLMSettings
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError, user_error
-from tasks.core.threads import apply_thread_policy, worker_thread_env
-from tasks.data.token_dataset import read_dataset_info
-from tasks.train import codec as train_codec
-from tasks.train import lm as train_lm
+from codecflow.schemas.configs import TrainCodecSettings, TrainLMSettings
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError, user_error
+from codecflow.tasks.core.threads import apply_thread_policy, worker_thread_env
+from codecflow.tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.train import codec as train_codec
+from codecflow.tasks.train import lm as train_lm
 
 __all__ = [
     "check_settings",
@@ -58,7 +58,7 @@ class _Job:
 
 _LM = _Job(
     "train-lm",
-    "tasks.train.lm_worker",
+    "codecflow.tasks.train.lm_worker",
     "dataset",
     train_lm.LM_RUN_KIND,
     train_lm.LM_RUN_COMMITTED,
@@ -66,7 +66,7 @@ _LM = _Job(
 )
 _CODEC = _Job(
     "train-codec",
-    "tasks.train.codec_worker",
+    "codecflow.tasks.train.codec_worker",
     "manifest",
     train_codec.CODEC_RUN_KIND,
     train_codec.CODEC_RUN_COMMITTED,

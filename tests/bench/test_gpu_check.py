@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from models.flops import flops_per_token
-from schemas.configs import TrainLMSettings
-from tasks.data.lm_windows import model_config
+from codecflow.models.flops import flops_per_token
+from codecflow.schemas.configs import TrainLMSettings
+from codecflow.tasks.data.lm_windows import model_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_check.py"

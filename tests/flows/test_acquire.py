@@ -16,10 +16,10 @@ from helpers import FlowRunWindow
 from http_server import serve
 from librilight_fixture import BAD_FILES, GOOD_FILES, REFUSED_MEMBERS, make_librilight_tar
 
-from flows.acquire import run_acquire
-from schemas.configs import AcquireConfig
-from tasks.acquire.marker import ExtractionIdentityError
-from tasks.core.errors import ChecksumMismatchError
+from codecflow.flows.acquire import run_acquire
+from codecflow.schemas.configs import AcquireConfig
+from codecflow.tasks.acquire.marker import ExtractionIdentityError
+from codecflow.tasks.core.errors import ChecksumMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_s3_root_and_streaming_extraction(
 ) -> None:
     import s3fs
 
-    from schemas.configs import TokenizeSettings
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     md5 = hashlib.md5(generated_tar).hexdigest()
     root = f"{s3_bucket}/librilight-run"
@@ -263,9 +263,9 @@ def test_another_archive_under_the_same_name_is_refused_not_reused(
 def test_fetch_and_extract_tasks_never_pass_off_another_archives_extraction(
     generated_tar: bytes, tmp_path: Path
 ) -> None:
-    from tasks.acquire.download import FetchRecord
-    from tasks.acquire.extract import extract_tar_safely
-    from tasks.prefect.wrappers import extract_task, fetch_task
+    from codecflow.tasks.acquire.download import FetchRecord
+    from codecflow.tasks.acquire.extract import extract_tar_safely
+    from codecflow.tasks.prefect.wrappers import extract_task, fetch_task
 
     tar = tmp_path / "small.tar"
     tar.write_bytes(generated_tar)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import PipelineRecord, outputs_markdown
-from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
+from codecflow.flows.pipeline import PipelineRecord, outputs_markdown
+from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
 
 
 def _run(root: Path) -> PipelineRecord:

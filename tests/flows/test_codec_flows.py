@@ -19,7 +19,7 @@ def test_train_then_evaluate_the_codec(
 
     def codecflow(*args: str) -> list[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args],
+            [sys.executable, "-m", "codecflow", *args],
             cwd=REPO,
             env=env,
             capture_output=True,

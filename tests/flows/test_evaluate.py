@@ -12,10 +12,10 @@ from helpers import PROMPT
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.evaluate import evaluate_flow
-from schemas.configs import EvaluateConfig
-from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
-from tasks.evaluate.lm import checkpoint_id
+from codecflow.flows.evaluate import evaluate_flow
+from codecflow.schemas.configs import EvaluateConfig
+from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
+from codecflow.tasks.evaluate.lm import checkpoint_id
 
 
 def _artifacts() -> dict[str, str]:

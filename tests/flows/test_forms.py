@@ -16,8 +16,8 @@ from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 from pydantic import BaseModel
 
-from schemas import configs
-from schemas.tokenizers import KNOWN_NAMES, TokenizerNameError, parse_tokenizer_name
+from codecflow.schemas import configs
+from codecflow.schemas.tokenizers import KNOWN_NAMES, TokenizerNameError, parse_tokenizer_name
 
 #: Flow entrypoint -> the fields its form lists first.
 INPUTS_FIRST = {
@@ -40,7 +40,9 @@ INPUTS_FIRST = {
 
 def _flow(entrypoint: str) -> Any:
     path, name = entrypoint.split(":")
-    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    return getattr(
+        importlib.import_module("codecflow." + path.removesuffix(".py").replace("/", ".")), name
+    )
 
 
 def _schema(entrypoint: str) -> dict[str, Any]:

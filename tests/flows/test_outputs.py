@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, lock_held_by_another_process
 
-from flows.acquire import acquire_flow
-from flows.train_lm import train_lm_flow
-from schemas.configs import AcquireConfig, TrainLMConfig
-from tasks.core.errors import CodecflowError
+from codecflow.flows.acquire import acquire_flow
+from codecflow.flows.train_lm import train_lm_flow
+from codecflow.schemas.configs import AcquireConfig, TrainLMConfig
+from codecflow.tasks.core.errors import CodecflowError
 
 
 def test_the_cli_refuses_a_users_folder_in_one_line(
@@ -24,7 +24,7 @@ def test_the_cli_refuses_a_users_folder_in_one_line(
     out.mkdir()
     (out / "plan.parquet").write_bytes(b"my own plan")  # today: an ArrowInvalid traceback
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "tokenize"]
+        [sys.executable, "-m", "codecflow", "tokenize"]
         + ["--set", f"manifest={tiny_manifest}", "--set", f"out={out}"],
         cwd=REPO,
         env={**os.environ, "PREFECT_API_URL": prefect_api_url},

@@ -9,8 +9,13 @@ from pathlib import Path
 
 from helpers import PROMPT, TINY_TAR, FlowRunWindow, tiny_tar_md5
 
-from flows.pipeline import pipeline_flow
-from schemas.configs import AcquireSettings, EvaluateSettings, PipelineConfig, TrainLMSettings
+from codecflow.flows.pipeline import pipeline_flow
+from codecflow.schemas.configs import (
+    AcquireSettings,
+    EvaluateSettings,
+    PipelineConfig,
+    TrainLMSettings,
+)
 
 STAGE_TASKS = {
     "fetch",

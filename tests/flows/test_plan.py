@@ -14,8 +14,8 @@ import pytest
 import yaml
 from helpers import REPO
 
-from flows.cli import main
-from schemas.post import POST_LM_PARAMETERS
+from codecflow.cli.main import main
+from codecflow.schemas.post import POST_LM_PARAMETERS
 
 POST_CONFIGS = sorted((REPO / "configs").glob("post-*.yaml"))
 DATASET_JSON = REPO / "tests" / "fixtures" / "records" / "dataset_arrow_only.json"

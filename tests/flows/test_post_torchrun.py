@@ -27,13 +27,13 @@ import torch
 import yaml
 from helpers import REPO, TINY_TAR, run_codecflow, tiny_tar_md5
 
-from flows.cli import load_config
-from flows.pipeline import train_lm_config
-from flows.train_lm import train_lm_flow
-from models.presets import GPT_PRESETS
-from models.tokenizer import AudioTokenizer
-from schemas.configs import PipelineConfig, TokenizeSettings, TrainLMSettings
-from schemas.tokenizers import parse_tokenizer_name
+from codecflow.cli.main import load_config
+from codecflow.flows.pipeline import train_lm_config
+from codecflow.flows.train_lm import train_lm_flow
+from codecflow.models.presets import GPT_PRESETS
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import PipelineConfig, TokenizeSettings, TrainLMSettings
+from codecflow.schemas.tokenizers import parse_tokenizer_name
 
 CONFIGS = sorted((REPO / "configs").glob("post-*.yaml"))
 VIA_CLI = "post-mulaw-1000h"  # the cheapest to acquire and tokenize: the whole pipeline
@@ -91,9 +91,9 @@ class _StandInMimi(AudioTokenizer):
 
 def _tokenize(manifest: Path, out: Path, tokenizer: str) -> Path:
     """`tokenizer`'s dataset of the tiny corpus; Mimi names get the stand-in."""
-    import tasks.loaders
-    from tasks.loaders import load_tokenizer
-    from tasks.tokenize.finalize import tokenize_manifest
+    import codecflow.tasks.loaders
+    from codecflow.tasks.loaders import load_tokenizer
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     def stand_in(name: str, device: str | torch.device = "cpu") -> AudioTokenizer:
         parsed = parse_tokenizer_name(name)
@@ -105,7 +105,7 @@ def _tokenize(manifest: Path, out: Path, tokenizer: str) -> Path:
     # plan and shards import `load_tokenizer` lazily (torch and moshi take seconds to import),
     # so the stand-in goes where they look it up: the loaders module itself.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.loaders, "load_tokenizer", stand_in)
+        patch.setattr(codecflow.tasks.loaders, "load_tokenizer", stand_in)
         return tokenize_manifest(manifest, out, TokenizeSettings(tokenizer=tokenizer)).path
 
 
@@ -132,7 +132,9 @@ def one_torch_thread() -> Iterator[None]:
     """The tiny LM is faster on one intra-op thread, by far when the cores are shared."""
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("CODECFLOW_THREADS", "1")  # the flows apply the policy (tasks.core.threads)
+        env.setenv(
+            "CODECFLOW_THREADS", "1"
+        )  # the flows apply the policy (codecflow.tasks.core.threads)
         torch.set_num_threads(1)
         yield
     torch.set_num_threads(threads)

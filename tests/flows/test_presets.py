@@ -23,16 +23,16 @@ import torch
 from helpers import REPO, TINY_TAR, FlowRunWindow, tiny_tar_md5
 from pydantic import ValidationError
 
-from flows.cli import CliError, apply_override, load_config
-from flows.pipeline import PipelineRecord, pipeline_flow, resolve_tokenizer
-from models.presets import GPT_PRESETS
-from schemas.configs import (
+from codecflow.cli.main import CliError, apply_override, load_config
+from codecflow.flows.pipeline import PipelineRecord, pipeline_flow, resolve_tokenizer
+from codecflow.models.presets import GPT_PRESETS
+from codecflow.schemas.configs import (
     PipelineConfig,
     TrainCodecSettings,
     TrainLMSettings,
 )
-from schemas.post import POST_CODEC, POST_LM_RECIPES
-from schemas.tokenizers import TokenizerName, parse_tokenizer_name
+from codecflow.schemas.post import POST_CODEC, POST_LM_RECIPES
+from codecflow.schemas.tokenizers import TokenizerName, parse_tokenizer_name
 
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "tiny"
@@ -253,7 +253,7 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from moshi.models.loaders import get_mimi
     from safetensors.torch import save_file
 
-    from tasks.loaders import MIMI_FILE, MIMI_REPO
+    from codecflow.tasks.loaders import MIMI_FILE, MIMI_REPO
 
     with torch.random.fork_rng():
         torch.manual_seed(1)
@@ -343,7 +343,7 @@ def test_tiny_twin_runs_end_to_end(
             [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "codecflow",
                 "pipeline",
                 "--config",
                 str(config.relative_to(REPO)),

@@ -15,10 +15,10 @@ import s3fs
 import yaml
 from helpers import REPO, run_codecflow
 
-from tasks.core.storage import CACHE_ENV, sha256_file
-from tasks.data.records import EvaluationSummary
-from tasks.data.shard_cache import dataset_cache_dir, entry_path
-from tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.core.storage import CACHE_ENV, sha256_file
+from codecflow.tasks.data.records import EvaluationSummary
+from codecflow.tasks.data.shard_cache import dataset_cache_dir, entry_path
+from codecflow.tasks.data.token_dataset import read_dataset_info
 
 MARKER = "<!-- s3-example: run by tests/flows/test_s3_datasets.py -->"
 BUCKET, RUNS = "s3://my-bucket", "runs/s3"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from prefect import flow, task
 
-from flows._common import task_runner_for
-from tasks.core.threads import usable_cpus
+from codecflow.flows._common import task_runner_for
+from codecflow.tasks.core.threads import usable_cpus
 
 
 @task

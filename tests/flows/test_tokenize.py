@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.tokenize import run_tokenize
-from schemas.configs import TokenizeConfig
+from codecflow.flows.tokenize import run_tokenize
+from codecflow.schemas.configs import TokenizeConfig
 
 
 def _files(folder: Path) -> dict[str, str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.budget import activation_bytes, lm_budget, meta_parameter_counts
-from models.flops import flops_per_token, non_embedding_params
-from models.gpt import GPT, GPTConfig
+from codecflow.models.budget import activation_bytes, lm_budget, meta_parameter_counts
+from codecflow.models.flops import flops_per_token, non_embedding_params
+from codecflow.models.gpt import GPT, GPTConfig
 
 # V 10, T 8, L 1, H 2, C 4: small enough to count by hand.
 TINY = GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=4, dropout=0.1)

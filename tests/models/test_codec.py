@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.codec import (
+from codecflow.models.codec import (
     CODEC_PRESETS,
     CodecOutput,
     ConvDecoder,
@@ -23,9 +23,9 @@ from models.codec import (
     build_rvq_codec,
     codec_config_dict,
 )
-from models.losses import codec_loss
-from models.rvq import ResidualVectorQuantizer
-from schemas.post import POST_CODEC
+from codecflow.models.losses import codec_loss
+from codecflow.models.rvq import ResidualVectorQuantizer
+from codecflow.schemas.post import POST_CODEC
 
 SR = 16_000
 

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from models.codec import CODEC_PRESETS, RVQCodec, build_rvq_codec
-from models.codec_tokenizer import CodecTokenizer
-from models.tokenizer import AudioTokenizer
+from codecflow.models.codec import CODEC_PRESETS, RVQCodec, build_rvq_codec
+from codecflow.models.codec_tokenizer import CodecTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
 
 
 def _codec() -> RVQCodec:

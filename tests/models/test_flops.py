@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.flops import (
+from codecflow.models.flops import (
     PEAK_BF16_FLOPS,
     flops_per_token,
     model_flops_utilization,
     non_embedding_params,
     peak_flops_for,
 )
-from models.gpt import GPT, GPTConfig
-from models.presets import gpt_config
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.presets import gpt_config
 
 # V 10, T 8, L 1, H 2, C 4 (Q 2).
 TINY = GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=4)

@@ -11,7 +11,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from codecflow.models.gpt import GPT, GPTConfig, GPTOutput, KVCache
 
 V = 64
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.layouts import LAYOUT_NAMES, DelayLayout, FlattenLayout, make_layout
+from codecflow.models.layouts import LAYOUT_NAMES, DelayLayout, FlattenLayout, make_layout
 
 B, K, F, Q = 2, 4, 7, 16
 

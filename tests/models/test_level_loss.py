@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layouts import FlattenLayout
-from models.level_loss import level_weighted_loss, post_tiled_weights
+from codecflow.models.layouts import FlattenLayout
+from codecflow.models.level_loss import level_weighted_loss, post_tiled_weights
 
 B, K, FR, Q = 2, 4, 5, 8
 

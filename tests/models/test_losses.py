@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.losses import (
+from codecflow.models.losses import (
     STFT_SETTINGS,
     CodecLoss,
     codec_loss,

@@ -20,8 +20,8 @@ from moshi.models.compression import MimiModel
 from moshi.models.loaders import get_mimi
 from moshi.quantization.core_vq import EuclideanCodebook
 
-from models.mimi import MimiTokenizer
-from models.tokenizer import AudioTokenizer
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
 
 K = 8
 SPF = 1920  # samples per frame: 24000 Hz / 12.5 Hz

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.mulaw import (
+from codecflow.models.mulaw import (
     MuLawTokenizer,
     mulaw_decode,
     mulaw_decode_post,

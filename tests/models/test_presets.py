@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
-from models.presets import GPT_PRESETS, gpt_config
+from codecflow.models.gpt import GPT, GPTConfig
+from codecflow.models.presets import GPT_PRESETS, gpt_config
 
 
 def test_post_preset_parameter_count() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
+from codecflow.models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
 
 # Eight well separated 2-D Gaussians, as the post's figures of k-means and RVQ on points.
 CENTERS = torch.tensor(

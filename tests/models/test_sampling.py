@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.gpt import GPT, GPTConfig, GPTOutput, KVCache
-from models.layouts import LAYOUT_NAMES, make_layout
-from models.sampling import generate, regenerate, sample_next
+from codecflow.models.gpt import GPT, GPTConfig, GPTOutput, KVCache
+from codecflow.models.layouts import LAYOUT_NAMES, make_layout
+from codecflow.models.sampling import generate, regenerate, sample_next
 
 V = 48
 

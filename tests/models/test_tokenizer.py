@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.mulaw import MuLawTokenizer
-from models.tokenizer import AudioTokenizer
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
 
 
 class HalfFrameMeans(AudioTokenizer):

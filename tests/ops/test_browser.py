@@ -42,8 +42,8 @@ from live_server import (
     ui_page,
 )
 
-from schemas.tokenizers import KNOWN_NAMES
-from tasks.core.storage import default_mode
+from codecflow.schemas.tokenizers import KNOWN_NAMES
+from codecflow.tasks.core.storage import default_mode
 
 #: The form fields changed for the run: label -> value typed ("Out" is set to the run folder).
 #: The rest make the run take seconds instead of minutes on a 2-core CPU.

@@ -29,7 +29,9 @@ def _deployments() -> list[dict[str, Any]]:
 
 def _config_model(entrypoint: str) -> type[BaseModel]:
     path, function = entrypoint.split(":")
-    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
+    flow = getattr(
+        importlib.import_module("codecflow." + path.removesuffix(".py").replace("/", ".")), function
+    )
     (parameter,) = flow.parameters.properties
     model = getattr(importlib.import_module(flow.fn.__module__), flow.fn.__annotations__[parameter])
     assert issubclass(model, BaseModel)
@@ -48,7 +50,7 @@ def test_every_deployment_has_default_parameters_that_validate() -> None:
 
 
 def test_the_demo_deployments_mirror_configs_demo_yaml() -> None:
-    from schemas.configs import PipelineConfig
+    from codecflow.schemas.configs import PipelineConfig
 
     demo = PipelineConfig.model_validate(yaml.safe_load((REPO / "configs/demo.yaml").read_text()))
     by_name = {d["name"]: d["parameters"]["cfg"] for d in _deployments()}

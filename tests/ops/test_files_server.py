@@ -96,7 +96,7 @@ def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_the_worker_and_the_flows_read_the_same_variables() -> None:
-    links = importlib.import_module("tasks.core.links")
+    links = importlib.import_module("codecflow.tasks.core.links")
     server = server_module()
     assert (server.FILES_URL_ENV, server.FILES_ROOT_ENV) == (
         links.FILES_URL_ENV,

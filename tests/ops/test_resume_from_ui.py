@@ -6,7 +6,7 @@ are written: the committed ones are left untouched, and the dataset ends byte-id
 uninterrupted tokenization of the same manifest.
 
 To kill at a known moment, the first run gets (as job variables, so only its flow-run process)
-a `sitecustomize` that wraps tasks.core.faults.kill_point: after the N-th shard commit every shard
+a `sitecustomize` that wraps codecflow.tasks.core.faults.kill_point: after the N-th shard commit every shard
 writer blocks at its next fault point and the process writes a flag file; the test kills when
 the flag appears. The worker and the re-run have no such hook.
 """
@@ -37,8 +37,8 @@ from live_server import (
     ui_page,
 )
 
-from schemas.configs import TokenizeConfig, TokenizeSettings
-from tasks.tokenize.finalize import tokenize_manifest
+from codecflow.schemas.configs import TokenizeConfig, TokenizeSettings
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
 #: One shard per 5 s segment of the tiny corpus: 10 shards, 6 train + 4 val.
 SHARD_HOURS = 0.0005
@@ -55,11 +55,11 @@ if os.environ.get("CODECFLOW_TEST_PAUSE_AFTER_COMMIT"):
     import threading
     import time
 
-    import tasks.core.faults
+    import codecflow.tasks.core.faults
 
     _wanted = int(os.environ["CODECFLOW_TEST_PAUSE_AFTER_COMMIT"])
     _flag = os.environ["CODECFLOW_TEST_PAUSE_FLAG"]
-    _original = tasks.core.faults.kill_point
+    _original = codecflow.tasks.core.faults.kill_point
     _lock = threading.Lock()
     _commits = [0]
 
@@ -76,7 +76,7 @@ if os.environ.get("CODECFLOW_TEST_PAUSE_AFTER_COMMIT"):
             time.sleep(1.0)
         _original(name)
 
-    tasks.core.faults.kill_point = kill_point
+    codecflow.tasks.core.faults.kill_point = kill_point
 '''
 
 

@@ -22,8 +22,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from schemas.configs import MODEL_SHAPE_FIELDS as SHAPE
-from schemas.configs import TrainLMConfig, TrainLMSettings
+from codecflow.schemas.configs import MODEL_SHAPE_FIELDS as SHAPE
+from codecflow.schemas.configs import TrainLMConfig, TrainLMSettings
 
 
 def _expected_deployments() -> dict[str, dict[str, Any]]:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.gpt import GPT
-from models.losses import codec_loss
-from models.presets import GPT_PRESETS, gpt_config
-from schemas.post import (
+from codecflow.models.gpt import GPT
+from codecflow.models.losses import codec_loss
+from codecflow.models.presets import GPT_PRESETS, gpt_config
+from codecflow.schemas.post import (
     POST_CODEC,
     POST_LM_PARAMETERS,
     POST_LM_RECIPES,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas import sources
-from schemas.sources import (
+from codecflow.schemas import sources
+from codecflow.schemas.sources import (
     LIBRILIGHT_ARCHIVES,
     LIBRILIGHT_BASE_URL,
     LIBRILIGHT_SPLITS,

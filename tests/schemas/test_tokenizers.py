@@ -10,8 +10,8 @@ import pytest
 from helpers import REPO
 from pydantic import ValidationError
 
-from schemas.configs import PipelineConfig, TokenizeConfig, TokenizeSettings
-from schemas.tokenizers import (
+from codecflow.schemas.configs import PipelineConfig, TokenizeConfig, TokenizeSettings
+from codecflow.schemas.tokenizers import (
     ACCEPTED_FORMS,
     KNOWN_NAMES,
     MIMI_MAX_LEVELS,
@@ -147,11 +147,12 @@ def test_the_grammar_is_pure() -> None:
         "module = sys.modules['grammar'] = importlib.util.module_from_spec(spec); "
         "spec.loader.exec_module(module); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'torch', 'numpy', 'pydantic', 'models', 'tasks', 'schemas'}))"
+        "{'torch', 'numpy', 'pydantic', 'codecflow'}))"
     )
     configs = (
-        "import sys; import schemas.configs; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'models', 'tasks'}))"
+        "import sys; import codecflow.schemas.configs; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
+        "or m.startswith(('codecflow.models', 'codecflow.tasks'))))"
     )
     for code in (alone, configs):
         done = subprocess.run(
@@ -165,7 +166,7 @@ def test_mimi_facts_are_moshis() -> None:
     must stay moshi's own."""
     from moshi.models import loaders
 
-    from schemas.tokenizers import (
+    from codecflow.schemas.tokenizers import (
         MIMI_CODEBOOK_SIZE,
         MIMI_FRAME_RATE,
         MIMI_MAX_LEVELS,

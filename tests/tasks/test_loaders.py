@@ -17,22 +17,22 @@ from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 from torch import Tensor
 
-from models.codec_tokenizer import CodecTokenizer
-from models.mimi import MimiTokenizer
-from models.mulaw import MuLawTokenizer
-from models.tokenizer import AudioTokenizer
-from schemas.configs import TokenizeSettings
-from schemas.tokenizers import TokenizerNameError
-from tasks import loaders
-from tasks.core.errors import CodecflowError, user_error
-from tasks.loaders import (
+from codecflow.models.codec_tokenizer import CodecTokenizer
+from codecflow.models.mimi import MimiTokenizer
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.models.tokenizer import AudioTokenizer
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tokenizers import TokenizerNameError
+from codecflow.tasks import loaders
+from codecflow.tasks.core.errors import CodecflowError, user_error
+from codecflow.tasks.loaders import (
     MIMI_FILE,
     MIMI_REPO,
     load_mimi,
     load_tokenizer,
     tokenizer_spec,
 )
-from tasks.tokenize.sizes import describe_tokenizer, facts_from_spec
+from codecflow.tasks.tokenize.sizes import describe_tokenizer, facts_from_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -146,7 +146,7 @@ def test_codec_rvq8_tokenizes_and_sizes_agree(
     dataset's spec saying so; what it measured is what `describe_tokenizer` projects."""
     import json
 
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     with caplog.at_level(logging.WARNING, logger="codecflow.tokenize"):
         record = tokenize_manifest(

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from http_server import ServerState, serve
 
-from tasks.acquire import download
-from tasks.acquire.download import FetchRecord, fetch
-from tasks.acquire.stream import open_source_stream
-from tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
+from codecflow.tasks.acquire import download
+from codecflow.tasks.acquire.download import FetchRecord, fetch
+from codecflow.tasks.acquire.stream import open_source_stream
+from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, SourceNotFoundError
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"

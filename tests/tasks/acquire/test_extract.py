@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.acquire.extract import extract_tar_safely
-from tasks.acquire.marker import (
+from codecflow.tasks.acquire.extract import extract_tar_safely
+from codecflow.tasks.acquire.marker import (
     EXTRACTED_MARKER,
     ExtractionIdentityError,
     ExtractRecord,
     check_reuse,
     is_extracted,
 )
-from tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
+from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
@@ -641,7 +641,7 @@ def test_extract_big_member_to_s3_multipart(
 # Temporaries of a killed extraction
 # --------------------------------------------------------------------------------------------
 
-_CHILD = "import sys; from tasks.acquire.extract import extract_tar_safely as x; x(sys.stdin.buffer.raw, sys.argv[1])"
+_CHILD = "import sys; from codecflow.tasks.acquire.extract import extract_tar_safely as x; x(sys.stdin.buffer.raw, sys.argv[1])"
 
 
 def _killed_extraction(dest: Path) -> Path:

@@ -17,18 +17,23 @@ import soundfile as sf
 from helpers import TINY_TAR
 from librilight_fixture import BAD_FILES, GOOD_FILES, flac_bytes, make_librilight_tar
 
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, REJECTS_SCHEMA, SEGMENT_MANIFEST_SCHEMA, SPLITS
-from tasks.acquire.manifest import build_segment_manifest, format_summary, write_manifest
-from tasks.acquire.probe import ProbedFile, list_books, probe_book, refused_members_probe
-from tasks.acquire.segments import (
+from codecflow.schemas.tables import (
+    MANIFEST_AUDIO_ROOT_KEY,
+    REJECTS_SCHEMA,
+    SEGMENT_MANIFEST_SCHEMA,
+    SPLITS,
+)
+from codecflow.tasks.acquire.manifest import build_segment_manifest, format_summary, write_manifest
+from codecflow.tasks.acquire.probe import ProbedFile, list_books, probe_book, refused_members_probe
+from codecflow.tasks.acquire.segments import (
     clip_pieces,
     cut_by_vad,
     plan_segments,
     select_by_hours,
     split_by_speaker,
 )
-from tasks.core.errors import CodecflowError
-from tasks.data.manifest import read_segment_audio
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.manifest import read_segment_audio
 
 # --------------------------------------------------------------------------------------------
 # cut_by_vad

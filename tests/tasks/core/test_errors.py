@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.core import errors
-from tasks.core.errors import (
+from codecflow.tasks.core import errors
+from codecflow.tasks.core.errors import (
     ChecksumMismatchError,
     CodecflowError,
     CorruptArchiveError,
@@ -22,7 +22,7 @@ from tasks.core.errors import (
     is_transient_chain,
     user_error,
 )
-from tasks.core.storage import atomic_dir, atomic_write_bytes
+from codecflow.tasks.core.storage import atomic_dir, atomic_write_bytes
 
 
 def _status_error(status: int) -> httpx.HTTPStatusError:

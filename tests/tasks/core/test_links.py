@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, markdown_link, where
+from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, markdown_link, where
 
 
 @pytest.fixture

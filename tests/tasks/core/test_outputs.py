@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import lock_held_by_another_process
 
-from tasks.core import outputs
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import atomic_dir, atomic_file
+from codecflow.tasks.core import outputs
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import atomic_dir, atomic_file
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -187,7 +187,7 @@ def test_a_child_given_the_lock_keeps_it_after_its_launcher_is_killed(tmp_path: 
 
     out = tmp_path / "run"
     code = (
-        "import subprocess, sys, time; from tasks.core import outputs\n"
+        "import subprocess, sys, time; from codecflow.tasks.core import outputs\n"
         "with outputs.exclusive_lock(sys.argv[1], 'launcher') as fd:\n"
         "    child = subprocess.Popen(['sleep', '600'], pass_fds=(fd,))\n"
         "    print(child.pid, flush=True); time.sleep(600)\n"
@@ -220,9 +220,9 @@ def test_train_codec_and_evaluate_refuse_a_locked_out(
 ) -> None:
     from helpers import PROMPT
 
-    from schemas.configs import EvaluateSettings, TrainCodecSettings
-    from tasks.evaluate.lm import evaluate
-    from tasks.train.codec import train_codec
+    from codecflow.schemas.configs import EvaluateSettings, TrainCodecSettings
+    from codecflow.tasks.evaluate.lm import evaluate
+    from codecflow.tasks.train.codec import train_codec
 
     codec, report = tmp_path / "codec", tmp_path / "report"
     with lock_held_by_another_process(codec, "train-codec") as pid:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tasks.acquire.download import fetch
-from tasks.core import progress
-from tasks.core.progress import (
+from codecflow.tasks.acquire.download import fetch
+from codecflow.tasks.core import progress
+from codecflow.tasks.core.progress import (
     TqdmProgress,
     combine,
     format_bytes,
@@ -25,14 +25,14 @@ from tasks.core.progress import (
     format_rate,
     sanitize_artifact_key,
 )
-from tasks.prefect import progress as prefect_progress
-from tasks.prefect.progress import PrefectProgress
+from codecflow.tasks.prefect import progress as prefect_progress
+from codecflow.tasks.prefect.progress import PrefectProgress
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def test_module_is_cheap_to_import() -> None:
-    code = "import sys, tasks.core.progress; print(sorted({'prefect', 'tqdm'} & set(sys.modules)))"
+    code = "import sys, codecflow.tasks.core.progress; print(sorted({'prefect', 'tqdm'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
@@ -233,7 +233,7 @@ def test_prefect_progress_api_failure_is_logged_once_and_ignored(
 
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", broken)
     reporter = PrefectProgress("k", "x", min_interval_s=0)
-    with caplog.at_level(logging.WARNING, logger="tasks.prefect.progress"):
+    with caplog.at_level(logging.WARNING, logger="codecflow.tasks.prefect.progress"):
         reporter(1, 2)
         reporter(2, 2)
     assert [r.getMessage() for r in caplog.records] == [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from tasks.core import outputs, storage
-from tasks.core.errors import CodecflowError
+from codecflow.tasks.core import outputs, storage
+from codecflow.tasks.core.errors import CodecflowError
 
 
 def _names(folder: Path) -> list[str]:
@@ -176,7 +176,7 @@ def test_s3_a_failed_multipart_write_leaves_no_object_and_no_upload(s3_bucket: s
 # --------------------------------------------------------------------------------------------
 
 _TRY_LOCK = (
-    "import sys; from tasks.core import outputs; from tasks.core.errors import CodecflowError\n"
+    "import sys; from codecflow.tasks.core import outputs; from codecflow.tasks.core.errors import CodecflowError\n"
     "try:\n"
     "    with outputs.exclusive_lock(sys.argv[1], 'child'):\n"
     "        print('got it')\n"
@@ -296,7 +296,7 @@ def test_s3_lock_of_a_dead_local_process_is_taken_over(s3_bucket: str) -> None:
 def test_s3_lock_held_by_a_live_subprocess_refuses(s3_bucket: str, tmp_path: Path) -> None:
     out = f"{s3_bucket}/runs/live"
     code = (
-        "import sys, time; from tasks.core import outputs\n"
+        "import sys, time; from codecflow.tasks.core import outputs\n"
         "with outputs.exclusive_lock(sys.argv[1], 'holder'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import REPO
 
-from tasks.core.errors import CodecflowError
-from tasks.core.threads import (
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.threads import (
     SMALL_DECODE_PARAMETERS,
     apply_thread_policy,
     cgroup_cpu_limit,
@@ -144,7 +144,7 @@ def _cli_threads(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     overrides = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CODECFLOW_THREADS"}
     clean = {k: v for k, v in os.environ.items() if k not in overrides}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "threads", *args],
+        [sys.executable, "-m", "codecflow", "threads", *args],
         cwd=REPO,
         env={**clean, **env},
         capture_output=True,

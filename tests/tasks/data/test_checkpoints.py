@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.core.errors import CodecflowError
-from tasks.data.checkpoints import (
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.checkpoints import (
     latest_checkpoint,
     load_training_state,
     load_weights,

@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
-from tasks.core.errors import CodecflowError
-from tasks.data.crops import CropDataset, batches, crop_loader, read_crop_index
-from tasks.data.manifest import load_split_audio
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.crops import CropDataset, batches, crop_loader, read_crop_index
+from codecflow.tasks.data.manifest import load_split_audio
 
 
 def _manifest(folder: Path, files: list[tuple[str, int, list[tuple[float, float]]]]) -> str:

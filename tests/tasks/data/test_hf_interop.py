@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 
 def _cache_bytes() -> int:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import tasks.tokenize.plan
-from schemas.configs import TokenizeSettings
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.data.records import (
+import codecflow.tasks.tokenize.plan
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.records import (
     DatasetInfo,
     EvaluationSummary,
     Reject,
@@ -23,7 +23,7 @@ from tasks.data.records import (
     ShardFile,
     ShardMarker,
 )
-from tasks.tokenize.finalize import tokenize_manifest
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "records"
 
@@ -96,8 +96,8 @@ def test_a_tokenize_run_writes_the_bytes_the_code_before_wrote(
     assert now["fingerprint"] == before["fingerprint"]
     before["manifest"] = now["manifest"]
     assert (out / "dataset.json").read_text() == _sorted_json(before)
-    monkeypatch.setattr(tasks.tokenize.plan, "DATASET_FORMAT_VERSION", 2)
-    v2 = tasks.tokenize.plan.plan_dataset(tiny_manifest, tmp_path / "v2", settings)
+    monkeypatch.setattr(codecflow.tasks.tokenize.plan, "DATASET_FORMAT_VERSION", 2)
+    v2 = codecflow.tasks.tokenize.plan.plan_dataset(tiny_manifest, tmp_path / "v2", settings)
     assert v2.fingerprint == storage.read_json(FIXTURES / "dataset.json")["fingerprint"]
 
 

@@ -16,18 +16,18 @@ import s3fs
 from helpers import REPO
 from s3_server import upload_folder
 
-from tasks.core import outputs
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import CACHE_ENV, sha256_file
-from tasks.data.records import ShardEntry
-from tasks.data.shard_cache import dataset_cache_dir, entry_path, fetch_shard
-from tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.tasks.core import outputs
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import CACHE_ENV, sha256_file
+from codecflow.tasks.data.records import ShardEntry
+from codecflow.tasks.data.shard_cache import dataset_cache_dir, entry_path, fetch_shard
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 #: A child process that fetches one shard of a remote dataset and prints what it did.
 FETCH = """
 import json, sys
-from tasks.data.shard_cache import fetch_shard
-from tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.data.shard_cache import fetch_shard
+from codecflow.tasks.data.token_dataset import read_dataset_info
 url, index = sys.argv[1], int(sys.argv[2])
 print("ready", flush=True)
 fetched = fetch_shard(url, read_dataset_info(url).shards[index])

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from handmade_tokens import LAYOUT, K, flat_stream, write_dataset
 
-from tasks.core.errors import CodecflowError
-from tasks.data.token_dataset import TokenReader, read_dataset_info
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 
 @pytest.fixture(scope="module", params=[3, 2], ids=["v3", "v2"])

@@ -12,11 +12,11 @@ import pytest
 import torch
 from handmade_tokens import FRAME_RATE, K, flat_stream, write_dataset
 
-from models.layouts import make_layout
-from tasks.core.errors import CodecflowError
-from tasks.data.lm_windows import lm_windows_batch
-from tasks.data.token_dataset import TokenReader
-from tasks.data.torch_datasets import PAD_CODE, collate_segments, open_dataset
+from codecflow.models.layouts import make_layout
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.lm_windows import lm_windows_batch
+from codecflow.tasks.data.token_dataset import TokenReader
+from codecflow.tasks.data.torch_datasets import PAD_CODE, collate_segments, open_dataset
 
 CODEBOOK = 1024  # the hand-made dataset's
 

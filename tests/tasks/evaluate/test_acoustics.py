@@ -14,7 +14,11 @@ import pytest
 import soundfile as sf
 from helpers import PROMPT, TINY_TAR
 
-from tasks.evaluate.acoustics import CLICKING_CREST, CRACKLING_BAND_FLATNESS, acoustic_stats
+from codecflow.tasks.evaluate.acoustics import (
+    CLICKING_CREST,
+    CRACKLING_BAND_FLATNESS,
+    acoustic_stats,
+)
 
 RATE = 16_000
 DEMO = Path(__file__).parents[2] / "fixtures" / "audio"

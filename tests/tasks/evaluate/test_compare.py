@@ -14,10 +14,10 @@ import torch
 from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
-from schemas.configs import CompareCodecsSettings
-from tasks.data.records import CodecComparison
-from tasks.evaluate.compare import compare_codecs
-from tasks.loaders import MIMI_FILE, MIMI_REPO
+from codecflow.schemas.configs import CompareCodecsSettings
+from codecflow.tasks.data.records import CodecComparison
+from codecflow.tasks.evaluate.compare import compare_codecs
+from codecflow.tasks.loaders import MIMI_FILE, MIMI_REPO
 
 NAMES = ["mu-law-256", "codec:rvq-8@2", "mimi_8_rvq"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.evaluate.curves import curve_names, training_log, write_loss_curves
+from codecflow.tasks.evaluate.curves import curve_names, training_log, write_loss_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

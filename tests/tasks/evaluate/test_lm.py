@@ -12,16 +12,16 @@ import pytest
 import soundfile as sf
 from helpers import PROMPT, REPO
 
-from models.mulaw import MuLawTokenizer
-from schemas.configs import HELDOUT_PROMPT, EvaluateSettings, TrainLMSettings
-from tasks.core.errors import CodecflowError
-from tasks.data.checkpoints import newest_checkpoint
-from tasks.data.records import EvaluationSummary
-from tasks.evaluate.acoustics import acoustic_stats, load_prompt
-from tasks.evaluate.lm import checkpoint_id, evaluate
-from tasks.evaluate.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
-from tasks.prefect.wrappers import evaluate_task
-from tasks.train.lm import train_lm
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.schemas.configs import HELDOUT_PROMPT, EvaluateSettings, TrainLMSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.checkpoints import newest_checkpoint
+from codecflow.tasks.data.records import EvaluationSummary
+from codecflow.tasks.evaluate.acoustics import acoustic_stats, load_prompt
+from codecflow.tasks.evaluate.lm import checkpoint_id, evaluate
+from codecflow.tasks.evaluate.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
+from codecflow.tasks.prefect.wrappers import evaluate_task
+from codecflow.tasks.train.lm import train_lm
 
 
 def _settings(**overrides: object) -> EvaluateSettings:
@@ -255,7 +255,7 @@ def test_a_finished_report_is_returned_without_recomputing(
     def fail(*_: object, **__: object) -> None:
         raise AssertionError("recomputed a finished report")
 
-    monkeypatch.setattr("tasks.evaluate.continuation.continue_prompt", fail)
+    monkeypatch.setattr("codecflow.tasks.evaluate.continuation.continue_prompt", fail)
     again = evaluate(tiny_checkpoint, tiny_dataset, out, _settings())
     assert again == first and again.summary.stat().st_mtime_ns == written
     # Another seed is another report: computed (the patched sampler says so).
@@ -277,7 +277,7 @@ def test_task_wraps_the_plain_function(
 def test_a_users_folder_is_refused_and_a_report_is_ours_again(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from tasks.core import outputs
+    from codecflow.tasks.core import outputs
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -328,7 +328,7 @@ def test_generation_progress_reaches_the_log_without_flooding(
 def test_the_true_continuations_speech_metrics_are_split_from_the_samples() -> None:
     """speech_metrics runs on the samples and then the truth (one batch of models): the summary's
     per-sample lists keep the samples only, the truth gets its own voice similarity and words."""
-    from tasks.evaluate.lm import _split_truth
+    from codecflow.tasks.evaluate.lm import _split_truth
 
     speech = {
         "voice": {

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tasks.data.records import EvaluationSummary
-from tasks.evaluate.report import (
+from codecflow.tasks.data.records import EvaluationSummary
+from codecflow.tasks.evaluate.report import (
     RUNS_INDEX_COLUMNS,
     evaluation_html,
     find_reports,

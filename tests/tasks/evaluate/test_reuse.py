@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import PROMPT
 
-from schemas.configs import EvaluateSettings
-from tasks.core import outputs
-from tasks.evaluate import reuse
-from tasks.evaluate.lm import evaluate, report_identity
+from codecflow.schemas.configs import EvaluateSettings
+from codecflow.tasks.core import outputs
+from codecflow.tasks.evaluate import reuse
+from codecflow.tasks.evaluate.lm import evaluate, report_identity
 
 _LOGGER = "codecflow.evaluate"
 
@@ -146,7 +146,7 @@ def test_stale_entries_are_skipped_and_dropped(
 def test_a_reuse_into_a_users_folder_is_refused(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from tasks.core.errors import CodecflowError
+    from codecflow.tasks.core.errors import CodecflowError
 
     evaluate(tiny_checkpoint, tiny_dataset, tmp_path / "a", _settings())
     mine = tmp_path / "mine"

@@ -16,7 +16,7 @@ import torch
 import torchaudio.functional as AF
 from helpers import PROMPT, TINY_TAR
 
-from tasks.evaluate.speech_metrics import (
+from codecflow.tasks.evaluate.speech_metrics import (
     MIN_VOICED_SECONDS,
     SpeechInputError,
     regeneration_metrics,
@@ -25,7 +25,7 @@ from tasks.evaluate.speech_metrics import (
     voice_similarity,
     word_error_rate,
 )
-from tasks.loaders import load_recognizer, load_voice_encoder
+from codecflow.tasks.loaders import load_recognizer, load_voice_encoder
 
 RATE = 16_000
 # The prompt's two lines, as far as its 4 s go ("...and corn still grassy" in the poem; the clip

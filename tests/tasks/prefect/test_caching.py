@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from schemas.configs import EvaluateSettings
-from tasks.evaluate import lm as evaluate_module
-from tasks.prefect.caching import content_key, stable_json
-from tasks.prefect.wrappers import evaluate_task
+from codecflow.schemas.configs import EvaluateSettings
+from codecflow.tasks.evaluate import lm as evaluate_module
+from codecflow.tasks.prefect.caching import content_key, stable_json
+from codecflow.tasks.prefect.wrappers import evaluate_task
 
 
 def _key(params: dict) -> str:
@@ -46,13 +46,13 @@ def test_stable_json_is_canonical() -> None:
 
 
 def test_a_package_in_code_keys_on_every_module_of_it() -> None:
-    """`code=(tasks.train,)`: an edit to the scaffolding the trainers share invalidates both."""
+    """`code=(codecflow.tasks.train,)`: an edit to the scaffolding the trainers share invalidates both."""
     import inspect
 
-    import tasks.train
-    from tasks.prefect.caching import _source
-    from tasks.train import codec, lm, scaffold
+    import codecflow.tasks.train
+    from codecflow.tasks.prefect.caching import _source
+    from codecflow.tasks.train import codec, lm, scaffold
 
-    source = _source(tasks.train)
+    source = _source(codecflow.tasks.train)
     for module in (codec, lm, scaffold):
         assert inspect.getsource(module).encode() in source

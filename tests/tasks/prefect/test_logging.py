@@ -1,5 +1,5 @@
 """The plain code's `codecflow.*` loggers reach the Prefect run's log (pyproject.toml's
-`[tool.prefect.logging] extra_loggers`), so tasks/ below tasks.prefect never imports Prefect and
+`[tool.prefect.logging] extra_loggers`), so tasks/ below codecflow.tasks.prefect never imports Prefect and
 its warnings (a high reject fraction, torchrun's output) still show in the UI."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-import tasks.prefect  # noqa: F401  (sets the `codecflow` loggers to INFO, as the wrappers do)
+import codecflow.tasks.prefect  # noqa: F401  (sets the `codecflow` loggers to INFO, as the wrappers do)
 
 
 @task

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from helpers import REPO, tiny_tar_md5
 
-from schemas.configs import TokenizeSettings
-from tasks.core import storage
-from tasks.data.manifest import EXTRACTED_MARKER
-from tasks.data.token_dataset import read_dataset_info
-from tasks.tokenize.card import CARD_NAME, LIBRILIGHT_LICENSE, LICENSES_BY_MD5
-from tasks.tokenize.finalize import tokenize_manifest
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.tasks.core import storage
+from codecflow.tasks.data.manifest import EXTRACTED_MARKER
+from codecflow.tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.tokenize.card import CARD_NAME, LIBRILIGHT_LICENSE, LICENSES_BY_MD5
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
 
 def _front_matter(text: str) -> dict:

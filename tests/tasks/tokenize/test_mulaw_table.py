@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.mulaw import MuLawTokenizer, mulaw_encode, mulaw_encode_post
-from schemas.configs import TokenizeSettings
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY
-from tasks.data.manifest import read_segment_audio, read_segment_pcm16
-from tasks.data.token_dataset import read_dataset_info
-from tasks.loaders import load_tokenizer, tokenizer_spec
-from tasks.tokenize.finalize import tokenize_manifest
-from tasks.tokenize.mulaw_table import PCM16_SCALE, encode_pcm16, mulaw_spec, pcm16_table
+from codecflow.models.mulaw import MuLawTokenizer, mulaw_encode, mulaw_encode_post
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY
+from codecflow.tasks.data.manifest import read_segment_audio, read_segment_pcm16
+from codecflow.tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.loaders import load_tokenizer, tokenizer_spec
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
+from codecflow.tasks.tokenize.mulaw_table import PCM16_SCALE, encode_pcm16, mulaw_spec, pcm16_table
 
 ALL_INT16 = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)  # [65536]
 
@@ -123,8 +123,8 @@ def test_a_mulaw_run_imports_no_torch(tiny_manifest: Path, tmp_path: Path) -> No
     """Start-up: a mu-law tokenize of 16-bit PCM never imports torch (seconds on a busy
     machine)."""
     code = (
-        "import sys; from schemas.configs import TokenizeSettings; "
-        "from tasks.tokenize.finalize import tokenize_manifest; "
+        "import sys; from codecflow.schemas.configs import TokenizeSettings; "
+        "from codecflow.tasks.tokenize.finalize import tokenize_manifest; "
         "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings()); "
         "print(sorted(m for m in ('torch', 'torchaudio', 'moshi') if m in sys.modules))"
     )

@@ -14,11 +14,11 @@ import torch
 from helpers import REPO
 from safetensors.torch import save_file
 
-from models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
-from schemas.tokenizers import TokenizerNameError
-from tasks.core.errors import CodecflowError, user_error
-from tasks.loaders import load_tokenizer, tokenizer_spec
-from tasks.tokenize.sizes import (
+from codecflow.models.codec import CODEC_PRESETS, build_rvq_codec, codec_config_dict
+from codecflow.schemas.tokenizers import TokenizerNameError
+from codecflow.tasks.core.errors import CodecflowError, user_error
+from codecflow.tasks.loaders import load_tokenizer, tokenizer_spec
+from codecflow.tasks.tokenize.sizes import (
     TokenizerFacts,
     describe_tokenizer,
     facts_from_spec,
@@ -266,7 +266,7 @@ def test_format_size_report_is_one_screen() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "sizes", *args],
+        [sys.executable, "-m", "codecflow", "sizes", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -14,16 +14,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.mulaw import MuLawTokenizer
-from schemas.configs import TokenizeSettings
-from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
-from tasks.core.errors import CodecflowError
-from tasks.core.storage import sha256_file
-from tasks.data.manifest import read_segment_audio
-from tasks.data.token_dataset import read_dataset_info
-from tasks.prefect.wrappers import finalize_dataset_task, plan_tokens_task, write_shards_task
-from tasks.tokenize.finalize import tokenize_manifest
-from tasks.tokenize.plan import plan_dataset
+from codecflow.models.mulaw import MuLawTokenizer
+from codecflow.schemas.configs import TokenizeSettings
+from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import sha256_file
+from codecflow.tasks.data.manifest import read_segment_audio
+from codecflow.tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.prefect.wrappers import (
+    finalize_dataset_task,
+    plan_tokens_task,
+    write_shards_task,
+)
+from codecflow.tasks.tokenize.finalize import tokenize_manifest
+from codecflow.tasks.tokenize.plan import plan_dataset
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -139,7 +143,7 @@ def test_the_plan_cuts_ordered_shards_per_split(tiny_manifest: Path, tmp_path: P
 
 
 def test_the_reader_sees_every_train_token(tiny_dataset: Path) -> None:
-    from tasks.data.token_dataset import TokenReader
+    from codecflow.tasks.data.token_dataset import TokenReader
 
     info = read_dataset_info(tiny_dataset)
     with TokenReader(tiny_dataset, "train") as reader:
@@ -176,7 +180,8 @@ def test_mimi_tokens_are_uint16(tiny_manifest: Path, tmp_path: Path) -> None:
     from moshi.models.loaders import get_mimi
 
     with mock.patch(
-        "tasks.loaders.load_mimi", lambda k, **_: get_mimi(None, device="cpu", num_codebooks=k)
+        "codecflow.tasks.loaders.load_mimi",
+        lambda k, **_: get_mimi(None, device="cpu", num_codebooks=k),
     ):
         record = tokenize_manifest(
             tiny_manifest, tmp_path / "mimi", TokenizeSettings(tokenizer="mimi_2_rvq_nosemantic")
@@ -211,8 +216,8 @@ def _tokenize_in_subprocess(manifest: Path, out: str, kill_at: str | None) -> in
     from helpers import REPO
 
     code = (
-        "import sys; from schemas.configs import TokenizeSettings; "
-        "from tasks.tokenize.finalize import tokenize_manifest; "
+        "import sys; from codecflow.schemas.configs import TokenizeSettings; "
+        "from codecflow.tasks.tokenize.finalize import tokenize_manifest; "
         "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings.model_validate_json(sys.argv[3]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "CODECFLOW_KILL_AT"}
@@ -270,7 +275,7 @@ def test_kill_9_then_resume_is_byte_identical(
 def test_a_second_run_is_refused_while_one_holds_the_dataset(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
-    from tasks.core import outputs
+    from codecflow.tasks.core import outputs
 
     out = tmp_path / "ds"
     with outputs.exclusive_lock(str(out), "another tokenize"):
@@ -353,7 +358,7 @@ def test_s3_output_then_resume(
 
 
 def test_group_shards_bounds_the_task_count() -> None:
-    from tasks.tokenize.plan import group_shards
+    from codecflow.tasks.tokenize.plan import group_shards
 
     names = [f"train-{i:05d}" for i in range(60_000)]
     groups = group_shards(names, 1000)
@@ -362,7 +367,7 @@ def test_group_shards_bounds_the_task_count() -> None:
 
 
 def test_planned_tasks_before_a_manifest_exists() -> None:
-    from tasks.tokenize.plan import planned_tasks
+    from codecflow.tasks.tokenize.plan import planned_tasks
 
     # The post's 10 000 h, 1 % val, 1 h shards: 9 900 + 100 shards (not 9 901: 10 000 x 0.99
     # is not exact in floats), 10 per task, so the 1 000 tasks `max_tasks` allows.
@@ -389,11 +394,11 @@ def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Pa
     from moshi.models.loaders import get_mimi
     from moshi.quantization.core_vq import EuclideanCodebook
 
-    from models.codec import build_rvq_codec
-    from models.codec_tokenizer import CodecTokenizer
-    from models.mimi import MimiTokenizer
-    from models.mulaw import MuLawTokenizer
-    from tasks.tokenize.shards import encode_segments
+    from codecflow.models.codec import build_rvq_codec
+    from codecflow.models.codec_tokenizer import CodecTokenizer
+    from codecflow.models.mimi import MimiTokenizer
+    from codecflow.models.mulaw import MuLawTokenizer
+    from codecflow.tasks.tokenize.shards import encode_segments
 
     torch.manual_seed(0)
     mimi = get_mimi(None, device="cpu", num_codebooks=4)
@@ -514,8 +519,8 @@ def _tokenize_in_a_child(manifest: Path, out: Path, on_a_terminal: bool) -> str:
     from helpers import REPO
 
     code = (
-        "import sys; from schemas.configs import TokenizeSettings; "
-        "from tasks.tokenize.finalize import tokenize_manifest; "
+        "import sys; from codecflow.schemas.configs import TokenizeSettings; "
+        "from codecflow.tasks.tokenize.finalize import tokenize_manifest; "
         "tokenize_manifest(sys.argv[1], sys.argv[2], TokenizeSettings())"
     )
     command = [sys.executable, "-c", code, str(manifest), str(out)]

@@ -18,14 +18,14 @@ import torch
 from helpers import REPO
 from safetensors.torch import load_file
 
-from models.codec import PostEncoder
-from models.layouts import LAYOUT_NAMES
-from schemas.configs import EvalCodecSettings, TrainCodecSettings
-from tasks.core.errors import CodecflowError
-from tasks.data.checkpoints import latest_checkpoint
-from tasks.evaluate.codec import default_levels, eval_codec
-from tasks.loaders import load_codec, load_codec_tokenizer, load_tokenizer
-from tasks.train.codec import train_codec
+from codecflow.models.codec import PostEncoder
+from codecflow.models.layouts import LAYOUT_NAMES
+from codecflow.schemas.configs import EvalCodecSettings, TrainCodecSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.evaluate.codec import default_levels, eval_codec
+from codecflow.tasks.loaders import load_codec, load_codec_tokenizer, load_tokenizer
+from codecflow.tasks.train.codec import train_codec
 
 TINY = {
     "arch": "jukebox",  # latent_dim 8 < channels 16; the post's codec has its own test below
@@ -108,7 +108,7 @@ def test_eval_codec_returns_a_committed_report_without_recomputing(
     def fail(*_: object, **__: object) -> None:
         raise AssertionError("recomputed a finished codec report")
 
-    monkeypatch.setattr("tasks.evaluate.codec.load_split_audio", fail)
+    monkeypatch.setattr("codecflow.tasks.evaluate.codec.load_split_audio", fail)
     again = eval_codec(trained / "checkpoint", str(tiny_manifest), out, settings)
     assert again == first and (out / "index.html").stat().st_mtime_ns == written
     # Other settings are another report: computed (and here the patched loader says so).
@@ -149,8 +149,8 @@ def _train_in_subprocess(
     manifest: Path, out: Path, settings: TrainCodecSettings
 ) -> subprocess.Popen[bytes]:
     code = (
-        "import sys; from schemas.configs import TrainCodecSettings; "
-        "from tasks.train.codec import train_codec; "
+        "import sys; from codecflow.schemas.configs import TrainCodecSettings; "
+        "from codecflow.tasks.train.codec import train_codec; "
         "train_codec(sys.argv[1], sys.argv[2], TrainCodecSettings.model_validate_json(sys.argv[3]))"
     )
     return subprocess.Popen(
@@ -270,8 +270,8 @@ def codec_dataset(
     trained: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """The tiny corpus tokenized with the first 4 levels of the trained codec."""
-    from schemas.configs import TokenizeSettings
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     name = f"codec:{trained / 'checkpoint'}@4"
     out = tmp_path_factory.mktemp("codec-tokens") / "tokens"
@@ -287,10 +287,10 @@ def test_codec_tokens_train_sample_and_regenerate(
     regeneration of the prompt from its first 1 and 3 levels (keeping 4 of 4 is skipped)."""
     from helpers import PROMPT
 
-    from schemas.configs import EvaluateSettings, TrainLMSettings
-    from tasks.data.token_dataset import TokenReader, read_dataset_info
-    from tasks.evaluate.lm import evaluate
-    from tasks.train.lm import train_lm
+    from codecflow.schemas.configs import EvaluateSettings, TrainLMSettings
+    from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
+    from codecflow.tasks.evaluate.lm import evaluate
+    from codecflow.tasks.train.lm import train_lm
 
     dataset = codec_dataset
     info = read_dataset_info(dataset)
@@ -356,7 +356,7 @@ def test_codec_tokens_train_sample_and_regenerate(
 def test_users_folders_are_neither_trained_nor_evaluated_into(
     trained: Path, tiny_manifest: Path, tmp_path: Path
 ) -> None:
-    from tasks.core import outputs
+    from codecflow.tasks.core import outputs
 
     mine = tmp_path / "mine"
     mine.mkdir()

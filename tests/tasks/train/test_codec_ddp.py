@@ -16,10 +16,10 @@ import pytest
 import yaml
 from helpers import REPO
 
-from schemas.configs import TrainCodecSettings
-from tasks.data.checkpoints import latest_checkpoint
-from tasks.train.codec import train_codec
-from tasks.train.torchrun import run_codec_torchrun
+from codecflow.schemas.configs import TrainCodecSettings
+from codecflow.tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.train.codec import train_codec
+from codecflow.tasks.train.torchrun import run_codec_torchrun
 
 TINY = {
     "arch": "jukebox",
@@ -119,7 +119,7 @@ def test_kill_9_on_two_ranks_then_resume_on_one(tiny_manifest: Path, tmp_path: P
     run_file.write_text(yaml.safe_dump(config))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "tasks.train.codec_worker", "--config", str(run_file),
+        "-m", "codecflow.tasks.train.codec_worker", "--config", str(run_file),
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
@@ -148,13 +148,13 @@ def test_kill_9_on_two_ranks_then_resume_on_one(tiny_manifest: Path, tmp_path: P
 def test_a_ranks_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The codec's worker on a manifest whose audio is gone: a loader worker's error, through
     the rank's main, one line and exit status 2."""
-    from tasks.train.codec_worker import main
+    from codecflow.tasks.train.codec_worker import main
 
     manifest = tmp_path / "segments.parquet"
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
+    from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, SEGMENT_MANIFEST_SCHEMA
 
     row = {
         "segment_id": "s0", "subset": "small", "speaker": "1", "book_id": "1",

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from schemas.configs import TrainLMSettings
-from tasks.core.errors import CodecflowError
-from tasks.core.runtime import learning_rate_at
-from tasks.loaders import load_checkpoint
-from tasks.prefect.wrappers import train_lm_task
-from tasks.train.lm import build_optimizer, train_lm
+from codecflow.schemas.configs import TrainLMSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.runtime import learning_rate_at
+from codecflow.tasks.loaders import load_checkpoint
+from codecflow.tasks.prefect.wrappers import train_lm_task
+from codecflow.tasks.train.lm import build_optimizer, train_lm
 
 
 def test_training_lowers_the_loss_and_checkpoints(tiny_checkpoint: Path) -> None:
@@ -87,7 +87,7 @@ def test_lr_decay_steps_ends_the_cosine_early_as_nanogpt() -> None:
 
 
 def test_optimizer_takes_beta2_from_the_settings() -> None:
-    from models.gpt import GPT, GPTConfig
+    from codecflow.models.gpt import GPT, GPTConfig
 
     model = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8))
     assert build_optimizer(model, TrainLMSettings(beta2=0.99)).defaults["betas"] == (0.9, 0.99)
@@ -142,9 +142,9 @@ def _killed_run(dataset: Path, out: Path, settings: TrainLMSettings) -> None:
 def test_a_resume_with_another_dataset_or_settings_is_refused(
     tiny_manifest: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from schemas.configs import TokenizeSettings
-    from tasks.data.token_dataset import read_dataset_info
-    from tasks.tokenize.finalize import tokenize_manifest
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.data.token_dataset import read_dataset_info
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     settings = TrainLMSettings(
         n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=2, steps=4, warmup_steps=1,

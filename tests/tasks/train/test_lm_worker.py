@@ -16,10 +16,10 @@ import pytest
 import yaml
 from helpers import REPO
 
-from schemas.configs import TrainLMSettings
-from tasks.core.threads import usable_cpus
-from tasks.data.checkpoints import latest_checkpoint
-from tasks.train.torchrun import run_torchrun
+from codecflow.schemas.configs import TrainLMSettings
+from codecflow.tasks.core.threads import usable_cpus
+from codecflow.tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.train.torchrun import run_torchrun
 
 TINY = {
     "n_layer": 1,
@@ -70,7 +70,7 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
         )
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "tasks.train.lm_worker", "--config", str(run_file)],
+        [sys.executable, "-m", "codecflow.tasks.train.lm_worker", "--config", str(run_file)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -104,7 +104,7 @@ def test_kill_9_then_resume_on_two_ranks_continues_the_sampler(
 def test_gradient_accumulation_consumes_micro_batches_in_order(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from tasks.train.lm import train_lm
+    from codecflow.tasks.train.lm import train_lm
 
     settings = TrainLMSettings(**TINY, steps=3, grad_accum_steps=2)
     record = train_lm(tiny_dataset, tmp_path, settings)
@@ -124,7 +124,7 @@ def _run_yaml(path: Path, settings: TrainLMSettings, dataset: Path, out: Path) -
 
 
 def test_a_preset_reads_back_as_the_same_settings(tmp_path: Path) -> None:
-    from tasks.train.lm_worker import check_settings, read_run_config
+    from codecflow.tasks.train.lm_worker import check_settings, read_run_config
 
     settings = TrainLMSettings(preset="tiny", steps=3, level_weights=[100, 1], nproc_per_node=2)
     run_file = _run_yaml(tmp_path / "run.yaml", settings, tmp_path / "tokens", tmp_path / "lm")
@@ -138,7 +138,7 @@ def test_a_preset_reads_back_as_the_same_settings(tmp_path: Path) -> None:
 def test_a_rank_refuses_settings_other_than_the_launchers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tasks.train.lm_worker import main
+    from codecflow.tasks.train.lm_worker import main
 
     # Built without validation, steps=7 is not among the fields set: run.yaml would train 300.
     settings = TrainLMSettings.model_construct({"preset"}, preset="tiny", steps=7)
@@ -157,7 +157,7 @@ def test_a_rank_refuses_settings_other_than_the_launchers(
 def test_an_invalid_run_yaml_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tasks.train.lm_worker import main
+    from codecflow.tasks.train.lm_worker import main
 
     run_file = tmp_path / "run.yaml"
     run_file.write_text(yaml.safe_dump({"preset": "post", "n_layer": 2, "dataset": "x"}))

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from schemas.configs import TrainCodecSettings
-from tasks.core.errors import CodecflowError
-from tasks.core.runtime import learning_rate_at
-from tasks.core.storage import fingerprint
-from tasks.data.checkpoints import latest_checkpoint
-from tasks.train.scaffold import (
+from codecflow.schemas.configs import TrainCodecSettings
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.runtime import learning_rate_at
+from codecflow.tasks.core.storage import fingerprint
+from codecflow.tasks.data.checkpoints import latest_checkpoint
+from codecflow.tasks.train.scaffold import (
     RunIdentity,
     RunLog,
     checkpoint_due,

@@ -15,18 +15,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from models.budget import LMBudget, lm_budget
-from models.flops import PEAK_BF16_FLOPS
-from models.layouts import make_layout
-from schemas.configs import PipelineConfig, TrainCodecSettings, TrainLMConfig, TrainLMSettings
-from schemas.sources import LIBRILIGHT_ARCHIVES, LIBRILIGHT_SPLITS
-from schemas.tokenizers import parse_tokenizer_name
-from tasks.core import storage
-from tasks.core.errors import CodecflowError
-from tasks.data.lm_windows import model_config
-from tasks.data.records import DatasetInfo
-from tasks.tokenize.plan import PlannedTasks, planned_tasks
-from tasks.tokenize.sizes import (
+from codecflow.models.budget import LMBudget, lm_budget
+from codecflow.models.flops import PEAK_BF16_FLOPS
+from codecflow.models.layouts import make_layout
+from codecflow.schemas.configs import (
+    PipelineConfig,
+    TrainCodecSettings,
+    TrainLMConfig,
+    TrainLMSettings,
+)
+from codecflow.schemas.sources import LIBRILIGHT_ARCHIVES, LIBRILIGHT_SPLITS
+from codecflow.schemas.tokenizers import dataset_folder_name, parse_tokenizer_name
+from codecflow.tasks.core import storage
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.data.lm_windows import model_config
+from codecflow.tasks.data.records import DatasetInfo
+from codecflow.tasks.tokenize.plan import PlannedTasks, planned_tasks
+from codecflow.tasks.tokenize.sizes import (
     TokenizerFacts,
     describe_tokenizer,
     facts_from_spec,
@@ -197,8 +202,6 @@ def _pipeline_data(cfg: PipelineConfig, hours: float | None) -> DataPlan:
     else:
         facts = describe_tokenizer(name)
     if (Path(cfg.out) / "tokens").is_dir():
-        from flows._common import dataset_folder_name  # imports Prefect: only when needed
-
         path = Path(cfg.out) / "tokens" / dataset_folder_name(name)
         info = _dataset_info(path)
         if info is not None:

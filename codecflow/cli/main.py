@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from flows.help import format_fields, format_tokenizers
-from schemas.configs import (
+from codecflow.cli.help import format_fields, format_tokenizers
+from codecflow.schemas.configs import (
     AcquireConfig,
     CompareCodecsConfig,
     EvalCodecConfig,
@@ -41,8 +41,8 @@ from schemas.configs import (
     TrainCodecConfig,
     TrainLMConfig,
 )
-from tasks.core.errors import CodecflowError, user_error
-from tasks.core.threads import apply_thread_policy
+from codecflow.tasks.core.errors import CodecflowError, user_error
+from codecflow.tasks.core.threads import apply_thread_policy
 
 __all__ = ["apply_override", "load_config", "main"]
 
@@ -55,52 +55,52 @@ class _Command:
 
 
 def _acquire(cfg: AcquireConfig) -> dict[str, Any]:
-    from flows.acquire import run_acquire
+    from codecflow.flows.acquire import run_acquire
 
     record = run_acquire(cfg)
     return {"manifest": record.path, "rejects": record.rejects_path}
 
 
 def _tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
-    from flows.tokenize import run_tokenize
+    from codecflow.flows.tokenize import run_tokenize
 
     return {"dataset": run_tokenize(cfg).path}
 
 
 def _train_lm(cfg: TrainLMConfig) -> dict[str, Path]:
-    from flows.train_lm import train_lm_flow
+    from codecflow.flows.train_lm import train_lm_flow
 
     return {"checkpoint": train_lm_flow(cfg).path}
 
 
 def _train_codec(cfg: TrainCodecConfig) -> dict[str, Path]:
-    from flows.train_codec import train_codec_flow
+    from codecflow.flows.train_codec import train_codec_flow
 
     return {"checkpoint": train_codec_flow(cfg).path}
 
 
 def _eval_codec(cfg: EvalCodecConfig) -> dict[str, Path]:
-    from flows.eval_codec import eval_codec_flow
+    from codecflow.flows.eval_codec import eval_codec_flow
 
     record = eval_codec_flow(cfg)
     return {"report": record.path / "index.html", "table": record.table}
 
 
 def _compare_codecs(cfg: CompareCodecsConfig) -> dict[str, Path]:
-    from flows.compare_codecs import compare_codecs_flow
+    from codecflow.flows.compare_codecs import compare_codecs_flow
 
     record = compare_codecs_flow(cfg)
     return {"report": record.path / "index.html", "table": record.table}
 
 
 def _evaluate(cfg: EvaluateConfig) -> dict[str, Path]:
-    from flows.evaluate import evaluate_flow
+    from codecflow.flows.evaluate import evaluate_flow
 
     return {"report": evaluate_flow(cfg).path}
 
 
 def _pipeline(cfg: PipelineConfig) -> dict[str, Path]:
-    from flows.pipeline import pipeline_flow
+    from codecflow.flows.pipeline import pipeline_flow
 
     record = pipeline_flow(cfg)
     outputs = {"manifest": record.manifest}
@@ -315,7 +315,7 @@ def _plan(args: argparse.Namespace) -> int:
     """`codecflow plan`: the table (or JSON) of `flows.plan`; `error: ...` and 2 on bad input."""
     import json
 
-    from flows.plan import (
+    from codecflow.cli.costs import (
         DEFAULT_MFU,
         DEFAULT_PEAK_TFLOPS,
         format_plan,
@@ -354,7 +354,7 @@ def _sizes(args: argparse.Namespace) -> int:
     """`codecflow sizes`: print the projection (table or JSON); `error: ...` and 2 on bad input."""
     import json
 
-    from tasks.tokenize.sizes import describe_tokenizer, format_sizes, project_sizes
+    from codecflow.tasks.tokenize.sizes import describe_tokenizer, format_sizes, project_sizes
 
     try:
         projection = project_sizes(describe_tokenizer(args.tokenizer), args.hours)
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         final_lines.append((f"error: {exc}", sys.stderr))
         return 2
-    from flows._session import ephemeral_server, interrupts
+    from codecflow.cli.session import ephemeral_server, interrupts
 
     with interrupts() as interrupt:
         try:

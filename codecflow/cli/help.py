@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from models.codec import CODEC_PRESETS
-from schemas.tokenizers import (
+from codecflow.models.codec import CODEC_PRESETS
+from codecflow.schemas.tokenizers import (
     MIMI_CODEBOOK_SIZE,
     MIMI_FRAME_RATE,
     MIMI_MAX_LEVELS,
