@@ -1,36 +1,44 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both install uv when it is
-# missing (from PyPI, into the user's Python) and sync the locked environment first.
+# missing (from PyPI, into the user's Python) and sync the locked environment first: `make demo`
+# everything the pipeline needs (every extra), `make test` that plus the dev tools (pytest, mypy,
+# moto, playwright). Commands run from .venv/bin, so nothing needs uv (or ~/.local/bin) on PATH.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-RUN := $(UV) run --frozen
+BIN := .venv/bin
 
-.PHONY: help bootstrap demo test lint format clean chromium server server-stop
+.PHONY: help uv bootstrap bootstrap-dev demo test test-fast lint format clean chromium server server-stop
 
 help:
-	@echo "make demo   the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
-	@echo "make test   lint, type-check and the full test suite"
-	@echo "make lint   ruff, mypy and the import contract (lint-imports)"
-	@echo "make clean  remove runs/ and .prefect/"
+	@echo "make demo       the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
+	@echo "make test       lint, type-check and the full test suite"
+	@echo "make test-fast  lint and the tests not marked slow (the inner loop)"
+	@echo "make lint       ruff, mypy and the import contract (lint-imports)"
+	@echo "make clean      remove runs/"
 	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200 (runs/ on :4201)"
 	@echo "make server-stop  stop what make server started (logs and database stay in runs/server)"
 
-bootstrap:
+# Bytecode compiled once at install: where PYTHONDONTWRITEBYTECODE is set (as on the CI machines),
+# every Python process would otherwise recompile torch's sources: a 2-rank torchrun launch took
+# 30 s without compiled bytecode and 18 s with it on a 2-core machine.
+uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet --user uv \
 		|| python3 -m pip install --quiet --break-system-packages --user uv
-	@# Bytecode compiled once at install: where PYTHONDONTWRITEBYTECODE is set (as on the CI
-	@# machines), every Python process would otherwise recompile torch's sources: a 2-rank torchrun
-	@# launch took 30 s without compiled bytecode and 18 s with it on a 2-core machine.
-	$(UV) sync --frozen --compile-bytecode
+
+bootstrap: uv
+	$(UV) sync --frozen --all-extras --no-dev --compile-bytecode
+
+bootstrap-dev: uv
+	$(UV) sync --frozen --all-extras --compile-bytecode
 
 demo: bootstrap
-	$(RUN) codecflow pipeline --config configs/demo.yaml
+	$(BIN)/codecflow demo
 
-lint: bootstrap
-	$(RUN) ruff check .
-	$(RUN) ruff format --check .
-	$(RUN) mypy codecflow/api.py codecflow/__init__.py codecflow/cli codecflow/models codecflow/schemas codecflow/tasks/data/torch_datasets.py codecflow/tasks/data/token_dataset.py codecflow/tasks/data/token_shards.py
-	$(RUN) lint-imports
+lint: bootstrap-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy codecflow/api.py codecflow/__init__.py codecflow/cli codecflow/models codecflow/schemas codecflow/tasks/data/torch_datasets.py codecflow/tasks/data/token_dataset.py codecflow/tasks/data/token_shards.py
+	$(BIN)/lint-imports
 
 # The browser test (tests/ops/test_browser.py) drives Debian's chromium through Playwright, without
 # `playwright install`: installed with apt-get when missing (as root, or through sudo).
@@ -40,22 +48,26 @@ chromium:
 		$$sudo apt-get update -q && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# UV is passed on: the packaging tests build the wheel and install it into fresh venvs with it.
 test: lint chromium
-	$(RUN) pytest
+	CODECFLOW_UV="$(UV)" $(BIN)/pytest
 
-format: bootstrap
-	$(RUN) ruff check --fix .
-	$(RUN) ruff format .
+test-fast: lint
+	CODECFLOW_UV="$(UV)" $(BIN)/pytest -m "not slow" -x
+
+format: bootstrap-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # A Prefect server (its own database under runs/server/prefect), the work pool codecflow-local, the
-# `gpu` concurrency limit, a worker and every deployment of prefect.yaml: see scripts/server.py.
+# `gpu` concurrency limit, a worker and every deployment of prefect.yaml: see codecflow/cli/server.py.
 server: bootstrap
-	$(RUN) python scripts/server.py start
+	$(BIN)/codecflow server start
 
 server-stop:
-	$(RUN) python scripts/server.py stop
+	$(BIN)/codecflow server stop
 
 clean:
 	@# A server started by `make server` keeps its database and PIDs in runs/server: stop it first.
-	@[ ! -f runs/server/pids.json ] || $(RUN) python scripts/server.py stop
+	@[ ! -f runs/server/pids.json ] || $(BIN)/codecflow server stop
 	rm -rf runs .prefect

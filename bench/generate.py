@@ -277,7 +277,9 @@ def _kv_run(
 
     def run() -> tuple[Tensor, int, int]:
         gen = torch.Generator(device).manual_seed(args.seed)
-        result = generate(model, prompt, tokens, frame_size=1, generator=gen, **_sampling(args))
+        result = generate(
+            model, prompt, tokens, tokens_per_frame=1, generator=gen, **_sampling(args)
+        )
         return result.tokens, result.n_forward_calls, result.n_prefills
 
     return timed_path(run, device)

@@ -10,7 +10,6 @@ Probing fans out as mapped tasks on Prefect's default runner, or on a Dask clust
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,13 @@ from prefect.futures import wait
 from codecflow.flows._common import publish_link, run_on_runner, unless_committed
 from codecflow.schemas.configs import AcquireConfig
 from codecflow.schemas.sources import SourceSpecError, resolve_sources
+from codecflow.tasks.acquire.layout import (
+    ROOT_COMMITTED,
+    ROOT_KIND,
+    archive_folder,
+    download_dir,
+    rows_by_book,
+)
 from codecflow.tasks.acquire.manifest import ManifestRecord, format_summary
 from codecflow.tasks.acquire.marker import check_reuse, is_extracted
 from codecflow.tasks.acquire.probe import BookProbe, refused_members_probe
@@ -41,26 +47,13 @@ from codecflow.tasks.prefect.wrappers import (
 __all__ = ["acquire_flow", "run_acquire"]
 
 
-def _download_dir(cfg: AcquireConfig) -> Path:
-    if cfg.download_dir:
-        return Path(cfg.download_dir)
-    if storage.is_remote(cfg.root):
-        return storage.cache_root() / "download"  # not the working folder: a checkout, say
-    return Path(storage.join(cfg.root, "download"))
-
-
 @flow(name="acquire")
 def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noqa: B008
     """Fetch, verify, extract, probe, segment, select hours, split speakers, write the manifest."""
     apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     # The whole run holds the root's lock and writes only into a root that is ours.
-    with outputs.owned_output(cfg.root, _ROOT_KIND, "acquire", _ROOT_COMMITTED):
+    with outputs.owned_output(cfg.root, ROOT_KIND, "acquire", ROOT_COMMITTED):
         return _acquire(cfg)
-
-
-#: The kind of folder an acquire run owns, and what shows one written before ownership markers.
-_ROOT_KIND = "acquire root"
-_ROOT_COMMITTED = ("manifest/segments.parquet", "librilight/*/.extracted.json")
 
 
 def _acquire(cfg: AcquireConfig) -> ManifestRecord:
@@ -72,15 +65,13 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
     archives: list[str] = []
     refused: list[BookProbe] = []  # the tar members each extraction refused, as rejects
     for source in sources:
-        archive = Path(source.url.rstrip("/")).name.split(".")[0] or source.name
+        archive = archive_folder(source)
         dest = storage.join(cfg.root, "librilight", archive)
-        # The folder is named after the URL's basename: an extraction of another archive there
-        # (another md5, or another URL when no md5 is given) is refused before anything is
-        # fetched, never reused as this one nor replaced.
+        # Another archive's extraction there is refused before anything is fetched.
         check_reuse(dest, source.url, source.md5)
         extracted = is_extracted(dest)
         if cfg.keep_archive:
-            download = _download_dir(cfg) / Path(source.url).name
+            download = download_dir(cfg.root, cfg.download_dir) / Path(source.url).name
             # An archive already extracted is not fetched again, even if its tar was deleted.
             fetched = unless_committed(fetch_task, download.is_file() or extracted)(
                 source.url, download, source.md5, dest
@@ -106,10 +97,7 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
     )
     rows: list[dict[str, Any]] = list(plan.rows)
     if cfg.segments_as == "flac":
-        by_book: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_book.setdefault(os.path.dirname(row["source_path"]), []).append(row)
-        written = write_flacs_task.map(unmapped(cfg.root), list(by_book.values()))
+        written = write_flacs_task.map(unmapped(cfg.root), rows_by_book(rows))
         rows = sorted((r for f in written for r in f.result()), key=lambda r: r["segment_id"])
     manifest_dir = storage.join(cfg.root, "manifest")
     record: ManifestRecord = unless_committed(

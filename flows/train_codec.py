@@ -36,10 +36,10 @@ def train_codec_flow(cfg: TrainCodecConfig = TrainCodecConfig()) -> CodecCheckpo
     create_markdown_artifact(
         key="codec-loss",
         markdown=(
-            f"**{markdown_link(record.path, 'codec checkpoint')}**: {record.levels} levels, "
+            f"**{markdown_link(record.path, 'codec checkpoint')}**: {record.num_levels} levels, "
             f"{record.n_parameters:,} parameters, {record.steps} steps "
             f"(resumed from step {record.resumed_from}); "
-            f"loss {record.loss_first:.4f} -> {record.loss_last:.4f}\n\n"
+            f"loss {record.train_loss_first:.4f} -> {record.train_loss_last:.4f}\n\n"
             + png_markdown(record.path / "loss.png", "codec loss curve")
         ),
     )

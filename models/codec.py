@@ -503,7 +503,7 @@ def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
 CODEC_PRESETS: dict[str, dict[str, Any]] = {
     "post": {
         "arch": "post",
-        "num_levels": POST_CODEC.levels,  # 8
+        "num_levels": POST_CODEC.num_levels,  # 8
         "channels": POST_CODEC.channels,  # 32
         "latent_dim": POST_CODEC.channels,  # no latent conv
         "n_blocks": POST_CODEC.n_blocks,  # 7

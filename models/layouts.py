@@ -53,7 +53,7 @@ class TokenLayout(ABC):
     def vocab_size(self, codebook_size: int, num_levels: int) -> int:
         """The number of token ids the LM needs for K levels of Q codes."""
 
-    def frame_size(self, num_levels: int) -> int:
+    def tokens_per_frame(self, num_levels: int) -> int:
         """Tokens per sequence step (one per level for both layouts here)."""
         return num_levels
 

@@ -1,7 +1,7 @@
 """Autoregressive sampling from a `GPT` with a KV cache and a frame-aligned sliding window.
 
 Shape symbols: B batch, P prompt length, N new tokens, V vocabulary, K levels per frame
-(`frame_size`), S cached length.
+(`tokens_per_frame`), S cached length.
 
 The token stream interleaves the K codebook levels of each audio frame (K = 1 for mu-law), and
 training windows start on frame boundaries, so position p of a window always holds level p % K.
@@ -34,7 +34,7 @@ class GenerationResult:
     n_forward_calls: int  # model forward calls, prefills included
     n_prefills: int  # the initial prefill plus one per slide of the window
     # Start of each prefill window, as a position in the prompt + generated stream; every one is a
-    # multiple of frame_size.
+    # multiple of tokens_per_frame.
     prefill_starts: list[int] = field(default_factory=list)
 
 
@@ -92,10 +92,12 @@ def sample_next(
     return probs.div_(q).argmax(dim=-1)  # [B]
 
 
-def _window_start(stream_len: int, max_len: int, frame_size: int) -> int:
+def _window_start(stream_len: int, max_len: int, tokens_per_frame: int) -> int:
     """The earliest frame boundary s with stream_len - s <= max_len (and s >= 0)."""
     first = max(0, stream_len - max_len)
-    return -(-first // frame_size) * frame_size  # round up to a multiple of frame_size
+    return (
+        -(-first // tokens_per_frame) * tokens_per_frame
+    )  # round up to a multiple of tokens_per_frame
 
 
 @torch.inference_mode()
@@ -107,7 +109,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    frame_size: int = 1,
+    tokens_per_frame: int = 1,
     generator: torch.Generator | None = None,
     forced_tokens: Tensor | None = None,
     forced_mask: Tensor | None = None,
@@ -128,7 +130,7 @@ def generate(
             of a frame.
         max_new_tokens: N, the number of tokens to generate.
         temperature, top_k, top_p, generator: see `sample_next`.
-        frame_size: K, tokens per audio frame (interleaved codebook levels; 1 for mu-law).
+        tokens_per_frame: K, tokens per audio frame (interleaved codebook levels; 1 for mu-law).
         forced_tokens: int64 `[B, N]`, tokens imposed at the new positions where `forced_mask`
             is true instead of sampled ones (teacher forcing: the fixed levels of `regenerate`).
         forced_mask: bool `[N]`, which new positions take `forced_tokens`.
@@ -143,8 +145,8 @@ def generate(
     assert max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {max_new_tokens}"
     block_size = model.config.block_size
     # keep must hold at least one whole frame.
-    assert 1 <= frame_size <= block_size // 2, (
-        f"frame_size {frame_size} must be in [1, block_size // 2 = {block_size // 2}]"
+    assert 1 <= tokens_per_frame <= block_size // 2, (
+        f"tokens_per_frame {tokens_per_frame} must be in [1, block_size // 2 = {block_size // 2}]"
     )
     b, p = prompt.shape
     assert (forced_tokens is None) == (forced_mask is None), (
@@ -164,7 +166,7 @@ def generate(
     if max_new_tokens == 0:
         return GenerationResult(prompt.new_empty((b, 0)), 0, 0, [])  # [B, 0]
 
-    keep_max = (block_size // 2) // frame_size * frame_size
+    keep_max = (block_size // 2) // tokens_per_frame * tokens_per_frame
     was_training = model.training
     model.eval()
     try:
@@ -175,7 +177,7 @@ def generate(
         )  # [B, P + N]
         stream[:, :p] = prompt
 
-        start = _window_start(p, block_size, frame_size)
+        start = _window_start(p, block_size, tokens_per_frame)
         logits = model(stream[:, start:p], cache=cache).logits[:, -1]  # [B, V]
         n_forward, prefill_starts = 1, [start]
 
@@ -196,7 +198,7 @@ def generate(
             if cache.length < block_size:
                 logits = model(token[:, None], cache=cache).logits[:, -1]  # [B, V]
             else:
-                start = _window_start(end, keep_max, frame_size)
+                start = _window_start(end, keep_max, tokens_per_frame)
                 cache.reset()
                 logits = model(stream[:, start:end], cache=cache).logits[:, -1]  # [B, V]
                 prefill_starts.append(start)
@@ -261,7 +263,7 @@ def regenerate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        frame_size=layout.frame_size(k),
+        tokens_per_frame=layout.tokens_per_frame(k),
         generator=generator,
         forced_tokens=sequence[:, first_free:],  # [B, N - P]
         forced_mask=forced[first_free:],  # [N - P]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from codecflow.schemas.resources import packaged_path
 from codecflow.schemas.tokenizers import (
     TokenizerNameError,
     parse_tokenizer_name,
@@ -93,6 +94,7 @@ def _inputs_first(*names: str) -> Callable[[dict[str, Any]], None]:
 class AcquireSettings(_Config):
     source: str = Field(
         "data/librilight-tiny/librilight-tiny.tar",
+        validate_default=True,  # the shipped corpus, from any folder (`packaged_path`)
         description="What to acquire: a Libri-Light archive name (small, medium, large, duplicate, "
         "librispeech_finetuning), a split (unlab-600, unlab-6k, unlab-60k), or the URL or path "
         "of any Libri-Light-format tar (local path, file://, http(s)://, s3://).",
@@ -150,6 +152,8 @@ class AcquireSettings(_Config):
         None,
         description="Address of an existing Dask scheduler (tcp://host:8786); wins over workers.",
     )
+
+    _shipped_source = field_validator("source")(lambda cls, value: packaged_path(value))
 
 
 class AcquireConfig(AcquireSettings):
@@ -550,6 +554,7 @@ HELDOUT_PROMPT = "data/prompts/heldout_3436-172162-0000_6s.flac"
 class EvaluateSettings(_Config):
     prompt: str = Field(
         "data/prompts/prompt_librilight_uk_4s.wav",
+        validate_default=True,  # the shipped prompt, from any folder (`packaged_path`)
         description="Spoken prompt (any audio file; resampled and down-mixed to the tokenizer's "
         "rate, trimmed to whole frames). The default is the post's own: two lines of a poem from "
         "Libri-Light.",
@@ -597,6 +602,7 @@ class EvaluateSettings(_Config):
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
 
     _local_audio = _local_only("prompt", "regenerate_source", why="audio is read from a local file")
+    _shipped_prompt = field_validator("prompt")(lambda cls, value: packaged_path(value))
 
 
 class EvaluateConfig(EvaluateSettings):

@@ -100,7 +100,7 @@ class PostCodecRecipe(_Record):
     dilations: tuple[int, ...] = Field(description="Dilations of a stage's residual blocks.")
     second_kernel: int = Field(description="Kernel of a residual block's second conv.")
     codebook_size: int = Field(description="Codes per RVQ level.")
-    levels: int = Field(description="RVQ levels (n_codebooks).")
+    num_levels: int = Field(description="RVQ levels (n_codebooks).")
     update_speed: float = Field(description="EMA speed of the codebooks.")
     restart_threshold: float = Field(description="EMA usage under which a code is restarted.")
     batch_size: int = Field(description="Crops per step.")
@@ -240,7 +240,7 @@ POST_CODEC = PostCodecRecipe(
     dilations=(3, 9, 27, 81),  # codec.py dilation=3 ** (1 + i)
     second_kernel=3,  # codec.py ResidualBlock second Conv1d kernel_size=3
     codebook_size=1024,  # train_codec.py codebook_size
-    levels=8,  # train_codec.py n_codebooks
+    num_levels=8,  # train_codec.py n_codebooks
     update_speed=0.01,  # codec.py VectorQuantizer codebook_update_speed
     restart_threshold=0.1,  # codec.py restart_unused_codes: usage < 0.1
     batch_size=128,  # train_codec.py batch_size

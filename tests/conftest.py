@@ -107,3 +107,15 @@ def s3_bucket(s3_endpoint: str) -> str:
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+#: The folders and files whose tests start servers, run whole flows or build the wheel: marked
+#: `slow`, which `make test-fast` leaves out (`make test` runs everything).
+_SLOW = ("tests/ops/", "tests/flows/", "tests/bench/", "tests/test_signals.py",
+         "tests/test_packaging.py", "tests/test_readme.py", "tests/test_cli.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(item.path).relative_to(Path(__file__).parent.parent).as_posix().startswith(_SLOW):
+            item.add_marker(pytest.mark.slow)

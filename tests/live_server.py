@@ -1,6 +1,6 @@
 """A real Prefect server set up like `make server`, for the tests of tests/ops.
 
-It runs scripts/server.py's own functions with a temporary home (the server's database, its logs
+It runs codecflow/cli/server.py's own functions with a temporary home (the server's database, its logs
 and pids.json), a free port, and a file server of a temporary runs folder on another free port, so
 a test session never touches runs/server or ports 4200 and 4201. It deploys a copy of prefect.yaml in which the two evaluation deployments write into the temporary
 folder instead of the repository's runs/ (their `index`, and the scheduled deployment's paths),
@@ -11,9 +11,7 @@ trigger's templated `train_run`, `dataset` and `out`, which the tests check are 
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,16 +44,10 @@ CHEAP_EVALUATION = {
 
 
 def server_module() -> ModuleType:
-    """scripts/server.py as a module (scripts/ is not a package)."""
-    name = "codecflow_scripts_server"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """`codecflow.cli.server`: the set-up steps `codecflow server start` runs."""
+    import codecflow.cli.server
+
+    return codecflow.cli.server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -152,7 +144,7 @@ def live_server(folder: Path) -> Iterator[LiveServer]:
     finally:
         recorded = [server.read_pids(home).get(name) for name in ("server", "worker", "files")]
         server.stop(home)
-    left = [pid for pid in recorded if isinstance(pid, int) and server._group_alive(pid)]
+    left = [pid for pid in recorded if isinstance(pid, int) and server.group_alive(pid)]
     assert not left, f"process groups still running after stop: {left}"
 
 
@@ -196,7 +188,7 @@ def chromium_executable() -> str | None:
 
 
 def ui_api_url(live: LiveServer) -> str | None:
-    """The API address the server's /ui-settings give the UI (scripts/server.py sets
+    """The API address the server's /ui-settings give the UI (codecflow/cli/server.py sets
     PREFECT_UI_API_URL: `prefect server start --port N` alone would name port 4200)."""
     import httpx
 
@@ -327,26 +319,26 @@ def crash_orphaned_runs(live: LiveServer, message: str) -> list[Any]:
 
 def kill_worker(live: LiveServer, timeout: float = 20.0) -> list[int]:
     """SIGKILL the recorded worker's process group and the groups of the flow runs it started
-    (found before the kill, as scripts/server.py's `stop` does); wait until none of them runs.
+    (found before the kill, as codecflow/cli/server.py's `stop` does); wait until none of them runs.
     Returns the process groups killed: the worker's first."""
     import os
     import signal
 
     server = server_module()
     worker = server.read_pids(live.home).get("worker")
-    assert isinstance(worker, int) and server._alive(worker), f"no running worker: {worker}"
-    groups = [worker, *server._descendant_groups([worker])]
+    assert isinstance(worker, int) and server.alive(worker), f"no running worker: {worker}"
+    groups = [worker, *server.descendant_groups([worker])]
     for group in groups:
         try:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    child = server._CHILDREN.pop(worker, None)
+    child = server.CHILDREN.pop(worker, None)
     if child is not None:
         child.wait(timeout=timeout)
     poll(
         f"killed process groups {groups} to end",
-        lambda: True if not any(server._group_alive(g) for g in groups) else None,
+        lambda: True if not any(server.group_alive(g) for g in groups) else None,
         timeout,
         every=0.2,
     )
@@ -354,7 +346,7 @@ def kill_worker(live: LiveServer, timeout: float = 20.0) -> list[int]:
 
 
 def restart_worker(live: LiveServer) -> int:
-    """Start a new worker with scripts/server.py's start_worker; it is recorded in pids.json, so
+    """Start a new worker with codecflow/cli/server.py's start_worker; it is recorded in pids.json, so
     the live server's teardown stops it. Returns its pid."""
     server = server_module()
     pids = server.start_worker(live.home, live.api_url)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
-from codecflow.cli.main import CliError, load_config
+from codecflow.cli.config import CliError, load_config
 from codecflow.schemas.configs import EvaluateConfig, PipelineConfig, TrainLMConfig
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.checkpoints import load_training_state

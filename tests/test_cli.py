@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import TINY_TAR, run_codecflow, tiny_tar_md5
 
+from codecflow.cli.config import CliError, apply_override, load_config
 from codecflow.cli.help import field_help
-from codecflow.cli.main import COMMANDS, CliError, apply_override, load_config, main
+from codecflow.cli.main import COMMANDS, main
 from codecflow.schemas.configs import CompareCodecsConfig, PipelineConfig, TrainLMConfig
 
 
@@ -52,7 +53,9 @@ def test_a_list_of_text_is_read_as_a_yaml_list() -> None:
             ["steps=0"],
             r"invalid TrainLMConfig: steps: Input should be greater than or equal to 1 \(got 0\)",
         ),
-        (["stpes=3"], r"stpes: Extra inputs are not permitted"),
+        (["stpes=3"], r"unknown field 'stpes'; did you mean 'steps'\?"),
+        (["zzz=3"], r"unknown field 'zzz'$"),
+        (["lr=1", "warmup_stps=3"], r"unknown field 'warmup_stps'; did you mean 'warmup_steps'\?"),
         (["device=tpu"], r"device: Input should be 'auto', 'cpu' or 'cuda'"),
         (["steps"], r"--set 'steps': expected key.path=value"),
     ],

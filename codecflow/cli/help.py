@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from codecflow.models.codec import CODEC_PRESETS
 from codecflow.schemas.tokenizers import (
     MIMI_CODEBOOK_SIZE,
     MIMI_FRAME_RATE,
@@ -111,6 +110,8 @@ def format_fields(model: type[BaseModel], width: int = 100) -> str:
 
 def format_tokenizers() -> str:
     """`codecflow tokenizers`: every valid tokenizer name and pattern, with its rates."""
+    from codecflow.models.codec import CODEC_PRESETS  # torch: only for `codecflow tokenizers`
+
     presets = ", ".join(sorted(CODEC_PRESETS))
     # The post's codec halves the rate n_blocks times (models/codec.py): 16 000 / 2**7 = 125 Hz.
     post_rate = MULAW_SAMPLE_RATE / 2 ** int(CODEC_PRESETS["post"]["n_blocks"])

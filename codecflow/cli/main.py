@@ -1,6 +1,7 @@
 """`codecflow`: one subcommand per flow, configured by YAML plus `--set key.path=value`.
 
     codecflow pipeline --config configs/demo.yaml --set train_lm.steps=50
+    codecflow demo                      # the same, from any folder: the shipped demo config
 
 Each run ends with one `name: path` line per output (`manifest:`, `dataset:`, `checkpoint:`,
 `report:`) so that scripts can chain the steps. Bad input ends with one `error: ...` line and
@@ -12,25 +13,32 @@ Prefect.
 
 `codecflow plan --config FILE [--set ...] [--json]` is not a flow either: it validates a pipeline
 or train-lm config, builds its LM on the meta device and prints what the run will cost (memory
-per GPU, steps, wall time at an MFU, disk, tokenize task runs; `flows.plan`), without Prefect.
+per GPU, steps, wall time at an MFU, disk, tokenize task runs; `codecflow.cli.costs`), without
+Prefect.
+
+A run's config and its paths, URLs and credentials are checked before Prefect is imported
+(`codecflow.cli.preflight`), and Prefect's settings are codecflow's own unless the user set them
+(`codecflow.cli.prefect_env`): the CLI works the same from any folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import importlib.util
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from codecflow import __version__
+from codecflow.cli.config import CliError, load_config, read_config_file
 from codecflow.cli.help import format_fields, format_tokenizers
+from codecflow.cli.prefect_env import apply_prefect_defaults
+from codecflow.cli.preflight import check_config
 from codecflow.schemas.configs import (
     AcquireConfig,
     CompareCodecsConfig,
@@ -42,9 +50,12 @@ from codecflow.schemas.configs import (
     TrainLMConfig,
 )
 from codecflow.tasks.core.errors import CodecflowError, user_error
-from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.core.threads import apply_thread_policy, thread_policy, usable_cpus
 
-__all__ = ["apply_override", "load_config", "main"]
+__all__ = ["COMMANDS", "CliError", "main"]
+
+
+_PIPELINE_EXTRA = "the flows need the pipeline extra: pip install 'codecflow[pipeline]'"
 
 
 @dataclass(frozen=True)
@@ -129,123 +140,9 @@ COMMANDS: dict[str, _Command] = {
 }
 
 
-class CliError(Exception):
-    """A bad command line or config file: printed as one line."""
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    """`X | None` -> `X`; anything else unchanged (a nested section may be optional)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return annotation
-
-
-def _annotation_at(model: type[BaseModel] | None, keys: Sequence[str]) -> Any:
-    """The type annotation of the field at `keys` in `model`, or None when unknown."""
-    annotation: Any = None
-    for key in keys:
-        if model is None or key not in model.model_fields:
-            return None
-        annotation = model.model_fields[key].annotation
-        section = _unwrap_optional(annotation)
-        model = section if isinstance(section, type) and issubclass(section, BaseModel) else None
-    return annotation
-
-
-def _is_text(annotation: Any) -> bool:
-    """True for `str`, `str | None` and string `Literal`s: fields whose value stays as typed."""
-    if annotation is str:
-        return True
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return all(isinstance(a, str) for a in args)
-    # `str | None` only: `list[str]` has the args (str,) too, but its value is YAML (a list).
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    return union and all(a is str or a is type(None) for a in args)
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML error in one line: what and where, without PyYAML's multi-line excerpt."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"{where}{problem}".replace("\n", " ")
-
-
-def apply_override(
-    config: dict[str, Any], assignment: str, model: type[BaseModel] | None = None
-) -> None:
-    """Apply `key.path=value` to a nested dict.
-
-    The value is parsed as YAML (`1e-3`, `true`, `null`), except for text fields of `model`,
-    which keep the characters as typed (`Note: this` stays a sentence, an md5 of all digits a
-    string); `null` still clears them.
-    """
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise CliError(f"--set {assignment!r}: expected key.path=value")
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise CliError(f"--set {assignment!r}: {part!r} is not a section")
-        node = child
-    if _is_text(_annotation_at(model, key.split("."))):
-        node[leaf] = None if raw in ("null", "~") else raw
-        return
-    try:
-        node[leaf] = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as err:
-        raise CliError(
-            f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(err)})"
-        ) from None
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    """The mapping in a YAML config file; one-line errors for a missing, binary, non-UTF-8 or
-    invalid file, and for tags that would build Python objects (`!!python/...`: refused by
-    the safe loader, never run)."""
-    file = Path(path)
-    if not file.is_file():
-        raise CliError(f"config file not found: {file}")
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise CliError(f"config file {file} cannot be read: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"config file {file} is not UTF-8 text (a binary file?)") from None
-    if "\x00" in text:
-        raise CliError(f"config file {file} is not text: it holds NUL bytes")
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CliError(f"config file {file} is not valid YAML: {_yaml_problem(err)}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise CliError(f"config file {file} must hold a mapping, not {type(loaded).__name__}")
-    return loaded or {}
-
-
-def load_config(model: type[BaseModel], path: str | None, overrides: Sequence[str]) -> BaseModel:
-    """Read the YAML file (if any), apply the overrides, validate against `model`."""
-    data: dict[str, Any] = _read_config_file(path) if path is not None else {}
-    for assignment in overrides:
-        apply_override(data, assignment, model)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-            + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
-            for e in exc.errors()
-        )
-        where = f" in {path}" if path else ""
-        raise CliError(f"invalid {model.__name__}{where}: {problems}") from None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codecflow", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"codecflow {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         sub = commands.add_parser(
@@ -255,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
             epilog=format_fields(command.config),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("--config", help="YAML file holding the flow's config")
+        sub.add_argument(
+            "--config", help="YAML file holding the flow's config, or a shipped one's name (demo)"
+        )
         sub.add_argument(
             "--set",
             dest="overrides",
@@ -264,6 +163,19 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override one config value (repeatable)",
         )
+    commands.add_parser(
+        "demo",
+        help="the whole pipeline on the shipped corpus, from any folder (= pipeline --config demo)",
+        description="The pipeline of the shipped demo config on the embedded corpus (three "
+        "LibriSpeech clips), into ./runs/demo: about 5 minutes on 2 CPU cores.",
+    ).add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY.PATH=VALUE", help="override one config value")  # fmt: skip
+    server = commands.add_parser(
+        "server",
+        help="start|stop a local Prefect server, worker and every deployment (make server)",
+        add_help=False,
+    )
+    server.add_argument("server_args", nargs=argparse.REMAINDER, help="start|stop [options]")
     # Not a flow: a projection from the tokenizer's name, no Prefect, no config file.
     sizes = commands.add_parser(
         "sizes", help="project a token dataset's bytes for N hours, beside the post's layout"
@@ -324,7 +236,7 @@ def _plan(args: argparse.Namespace) -> int:
     )
 
     try:
-        data = _read_config_file(args.config) if args.config is not None else {}
+        data = read_config_file(args.config) if args.config is not None else {}
         keys = set(data) | {o.partition("=")[0].split(".")[0] for o in args.overrides}
         kind = args.kind if args.kind != "auto" else (
             "pipeline" if keys & _PIPELINE_SECTIONS else "train-lm"
@@ -371,14 +283,21 @@ def _sizes(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        # Before any torch work (tasks.core.threads); `threads` shows what it set.
-        policy = apply_thread_policy(getattr(args, "workers", None))
+        # The policy is read first, without torch (a bad CODECFLOW_THREADS is one line at once);
+        # torch's threads are set before any torch work (tasks.core.threads).
+        thread_policy(usable_cpus(), getattr(args, "workers", None) or 1)
+        if args.command in ("threads", "sizes", "plan"):  # the flows apply it after the checks
+            policy = apply_thread_policy(getattr(args, "workers", None))
     except CodecflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "tokenizers":
         print(format_tokenizers(), flush=True)
         return 0
+    if args.command == "server":
+        from codecflow.cli.server_command import main as server_main
+
+        return server_main(args.server_args)
     if args.command == "threads":
         import torch
 
@@ -388,17 +307,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sizes(args)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "demo":
+        args.command, args.config = "pipeline", "demo"
     command = COMMANDS[args.command]
     # The output lines are printed at exit, after Prefect has logged its shutdown (atexit runs
     # handlers in reverse order of registration, and Prefect registers its own during the run):
     # so the last line of a run is ours, a result or a one-line error.
     final_lines: list[tuple[str, Any]] = []
     atexit.register(_print_lines, final_lines)
+    if importlib.util.find_spec("prefect") is None:  # found, not imported: that takes seconds
+        final_lines.append((f"error: {_PIPELINE_EXTRA}", sys.stderr))
+        return 2
     try:
         config = load_config(command.config, args.config, args.overrides)
+        check_config(config)  # paths, URLs and credentials, before any server starts
     except CliError as exc:
-        final_lines.append((f"error: {exc}", sys.stderr))
+        final_lines.append((f"error: {_one_line(exc)}", sys.stderr))
         return 2
+    apply_thread_policy()
+    apply_prefect_defaults()  # before Prefect is imported: it reads them when it loads
     from codecflow.cli.session import ephemeral_server, interrupts
 
     with interrupts() as interrupt:

@@ -21,6 +21,7 @@ import socket
 import sys
 from typing import Any
 
+from codecflow.models.extras import MissingExtraError
 from codecflow.schemas.tokenizers import TokenizerNameError
 
 __all__ = [
@@ -103,7 +104,8 @@ def user_error(exc: BaseException) -> CodecflowError | None:
     """The one-line error `exc` means for the user, or None when it is not the user's doing.
 
     A `CodecflowError` anywhere in the chain wins, or a malformed tokenizer name (schemas/ raises
-    `TokenizerNameError`, a ValueError: it may not import tasks/); then an `OSError` of the
+    `TokenizerNameError`, a ValueError: it may not import tasks/), or a missing extra
+    (`MissingExtraError`: "Mimi needs the mimi extra: ..."); then an `OSError` of the
     user's storage (ENOSPC, EROFS, EACCES, ENOTDIR, ...), named by its path. A network error is
     not the user's input but still deserves one line once the retries are spent.
     """
@@ -111,7 +113,7 @@ def user_error(exc: BaseException) -> CodecflowError | None:
     for item in chain:
         if isinstance(item, CodecflowError):
             return item
-        if isinstance(item, TokenizerNameError):
+        if isinstance(item, TokenizerNameError | MissingExtraError):
             return CodecflowError(str(item))
     for item in chain:
         if isinstance(item, OSError) and not is_transient(item):

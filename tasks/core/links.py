@@ -2,7 +2,7 @@
 the path as text.
 
 The Prefect UI cannot open a local file: the new UI renders a `file://` link without an `href`
-and the old one refuses it. `make server` (scripts/server.py) therefore serves the runs folder
+and the old one refuses it. `make server` (codecflow/cli/server.py) therefore serves the runs folder
 read-only over HTTP and tells its worker, and so every flow run, where: `CODECFLOW_FILES_URL`
 (`http://127.0.0.1:4201`) serves the folder `CODECFLOW_FILES_ROOT`. An output below that folder
 gets an `http://` URL; any other one (no file server, a folder outside it, an `s3://` URL) is
@@ -19,7 +19,7 @@ from codecflow.tasks.core.storage import is_remote, local_path
 
 __all__ = ["FILES_ROOT_ENV", "FILES_URL_ENV", "file_url", "markdown_link", "where"]
 
-#: The base URL of the file server (scripts/files_server.py), e.g. http://127.0.0.1:4201.
+#: The base URL of the file server (codecflow/cli/files_server.py), e.g. http://127.0.0.1:4201.
 FILES_URL_ENV = "CODECFLOW_FILES_URL"
 #: The local folder that URL serves (the runs folder).
 FILES_ROOT_ENV = "CODECFLOW_FILES_ROOT"

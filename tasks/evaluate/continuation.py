@@ -73,7 +73,7 @@ def continue_prompt(
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
-            frame_size=layout.frame_size(num_levels),
+            tokens_per_frame=layout.tokens_per_frame(num_levels),
             generator=generator,
             progress=meter,
         )

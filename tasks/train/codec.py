@@ -99,6 +99,15 @@ _RUNTIME_ONLY = {"nproc_per_node", "loader_workers", "prefetch_batches"}
 _LOG = logging.getLogger("codecflow.train-codec")
 
 
+#: The metrics.json names 0.1 wrote (`levels`, `loss_first`, `loss_last`): its checkpoints are
+#: read as they are, under the names the LM trainer uses.
+_METRICS_0_1 = {
+    "levels": "num_levels",
+    "loss_first": "train_loss_first",
+    "loss_last": "train_loss_last",
+}
+
+
 @dataclass(frozen=True)
 class CodecCheckpointRecord:
     """What a codec training run produced: small, picklable, cacheable."""
@@ -106,10 +115,10 @@ class CodecCheckpointRecord:
     path: Path
     fingerprint: str
     steps: int
-    levels: int
+    num_levels: int
     n_parameters: int
-    loss_first: float
-    loss_last: float
+    train_loss_first: float
+    train_loss_last: float
     resumed_from: int
 
 
@@ -166,7 +175,7 @@ def _train_codec_owned(
     )
     metrics = identity.committed(out)
     if metrics is not None:
-        return read_record(CodecCheckpointRecord, out / "checkpoint", metrics)
+        return read_record(CodecCheckpointRecord, out / "checkpoint", metrics, _METRICS_0_1)
     # The run's identity is recorded once, before its first step (not per checkpoint).
     run_identity = out / "identity.json"
     identity.check_resumable(out, read_identity(run_identity))
@@ -234,10 +243,10 @@ def _train(
     metrics = {
         "identity": identity.to_json(),
         "steps": settings.steps,
-        "levels": settings.num_levels,
+        "num_levels": settings.num_levels,
         "n_parameters": sum(p.numel() for p in run.codec.parameters()),
-        "loss_first": log.rows[0]["loss"],
-        "loss_last": float(np.mean([r["loss"] for r in log.rows[-10:]])),
+        "train_loss_first": log.rows[0]["loss"],
+        "train_loss_last": float(np.mean([r["loss"] for r in log.rows[-10:]])),
         "resumed_from": resumed.step,
         "ranks": run.ranks.world,
         "crops_per_s": crops / max(elapsed, 1e-9),  # all ranks together
@@ -245,7 +254,7 @@ def _train(
     config = {"codec": codec_config_dict(run.codec), "sample_rate": CODEC_RATE}
     final = write_final(out, _weights(run.codec), config, metrics, log, lambda p: _plot(log, p))
     barrier(run.ranks)
-    return read_record(CodecCheckpointRecord, final, metrics)
+    return read_record(CodecCheckpointRecord, final, metrics, _METRICS_0_1)
 
 
 def _crop_samples(settings: TrainCodecSettings) -> int:

@@ -308,9 +308,14 @@ def plot_log(
 R = TypeVar("R")
 
 
-def read_record(cls: type[R], final: Path, metrics: Mapping[str, Any]) -> R:
+def read_record(
+    cls: type[R], final: Path, metrics: Mapping[str, Any], renamed: Mapping[str, str] = {}
+) -> R:
     """The trainer's typed record of a final checkpoint: `path`, `fingerprint` (of its
-    weights) and every other field of the dataclass `cls` from `metrics`, cast to its type."""
+    weights) and every other field of the dataclass `cls` from `metrics`, cast to its type.
+    `renamed` maps a field to the name an older release wrote it under (read when the current
+    name is missing)."""
+    metrics = {**{renamed[k]: v for k, v in metrics.items() if k in renamed}, **metrics}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {
         f.name: hints[f.name](metrics[f.name])

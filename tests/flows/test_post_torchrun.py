@@ -27,7 +27,7 @@ import torch
 import yaml
 from helpers import REPO, TINY_TAR, run_codecflow, tiny_tar_md5
 
-from codecflow.cli.main import load_config
+from codecflow.cli.config import load_config
 from codecflow.flows.pipeline import train_lm_config
 from codecflow.flows.train_lm import train_lm_flow
 from codecflow.models.presets import GPT_PRESETS

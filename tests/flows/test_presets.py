@@ -23,7 +23,7 @@ import torch
 from helpers import REPO, TINY_TAR, FlowRunWindow, tiny_tar_md5
 from pydantic import ValidationError
 
-from codecflow.cli.main import CliError, apply_override, load_config
+from codecflow.cli.config import CliError, apply_override, load_config
 from codecflow.flows.pipeline import PipelineRecord, pipeline_flow, resolve_tokenizer
 from codecflow.models.presets import GPT_PRESETS
 from codecflow.schemas.configs import (
@@ -45,7 +45,7 @@ class Experiment:
     source: str
     target_hours: float
     tokenizer: str
-    levels: int  # levels of the token dataset
+    num_levels: int  # levels of the token dataset
     level_weights: list[float] | None = None
     codec_levels: int | None = None  # train_codec.num_levels (None: no codec stage)
     recipe: str = "mimi"  # schemas/post.py POST_LM_RECIPES key: the reference config it follows
@@ -154,7 +154,7 @@ def _assert_codec_follows_the_table(codec: TrainCodecSettings) -> None:
     got = {
         "channels": codec.channels,
         "n_blocks": codec.n_blocks,
-        "levels": codec.num_levels,  # POST_CODEC.levels
+        "num_levels": codec.num_levels,  # POST_CODEC.num_levels
         "codebook_size": codec.codebook_size,
         "update_speed": codec.update_speed,
         "batch_size": codec.batch_size,
@@ -295,13 +295,13 @@ def _check_outputs(name: str, record: PipelineRecord) -> None:
         assert (record.codec / "metrics.json").is_file()
     dataset = json.loads((record.dataset / "dataset.json").read_text())
     assert dataset["tokenizer"]["name"] == tokenizer
-    assert dataset["tokenizer"]["num_levels"] == want.levels
+    assert dataset["tokenizer"]["num_levels"] == want.num_levels
     assert (record.checkpoint / "model.safetensors").is_file()
     summary = json.loads((record.report / "summary.json").read_text())
     assert summary["kind"] == "codecflow-evaluation"
-    assert (summary["tokenizer"], summary["num_levels"]) == (tokenizer, want.levels)
+    assert (summary["tokenizer"], summary["num_levels"]) == (tokenizer, want.num_levels)
     assert summary["layout"] == "flatten"
-    assert len(summary["val_loss_per_level"]) == want.levels
+    assert len(summary["val_loss_per_level"]) == want.num_levels
     assert (record.report / "index.html").is_file()
     assert (record.report / "continuation_0.wav").is_file()
 

@@ -25,7 +25,7 @@ def test_round_trip_and_vocab(name: str) -> None:
     codes = _codes()
     seq = layout.to_sequence(codes, Q)  # [B, N]
     assert seq.dtype == torch.long and seq.shape[0] == B
-    assert seq.shape[1] % layout.frame_size(K) == 0
+    assert seq.shape[1] % layout.tokens_per_frame(K) == 0
     assert torch.equal(layout.from_sequence(seq, K, Q), codes)
     vocab = layout.vocab_size(Q, K)
     assert 0 <= int(seq.min()) and int(seq.max()) < vocab

@@ -64,7 +64,7 @@ def test_long_generation_slides_on_frame_boundaries(
     prompt = _prompt(2, p)
     n, frame = 50, 3
     gen = torch.Generator().manual_seed(0)
-    result = generate(model, prompt, n, frame_size=frame, generator=gen)
+    result = generate(model, prompt, n, tokens_per_frame=frame, generator=gen)
 
     assert result.tokens.shape == (2, n) and result.tokens.dtype == torch.int64
     assert int(result.tokens.min()) >= 0 and int(result.tokens.max()) < V
@@ -111,7 +111,7 @@ def test_greedy_with_sliding_equals_recompute_on_each_window(
     model = _model(block_size=16)
     calls = _spy(model, monkeypatch)
     prompt, p = _prompt(1, 9), 9
-    result = generate(model, prompt, 30, temperature=0.0, frame_size=2)
+    result = generate(model, prompt, 30, temperature=0.0, tokens_per_frame=2)
     monkeypatch.undo()
     stream = torch.cat([prompt, result.tokens], dim=1)  # [B, P + N]
     start = 0
@@ -169,8 +169,8 @@ def test_edge_cases() -> None:
     prompt = _prompt(2, 3)
     empty = generate(model, prompt, 0)
     assert empty.tokens.shape == (2, 0) and empty.n_forward_calls == 0
-    with pytest.raises(AssertionError, match="frame_size 9"):
-        generate(model, prompt, 4, frame_size=9)
+    with pytest.raises(AssertionError, match="tokens_per_frame 9"):
+        generate(model, prompt, 4, tokens_per_frame=9)
     with pytest.raises(AssertionError, match=r"\(3,\)"):
         generate(model, torch.zeros(3, dtype=torch.long), 4)
     model.train()

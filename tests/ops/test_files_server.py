@@ -1,5 +1,5 @@
-"""The runs folder's file server (scripts/files_server.py), started as `make server` starts it
-(scripts/server.py's start_files): it serves files and folder listings, refuses every write and
+"""The runs folder's file server (codecflow/cli/files_server.py), started as `make server` starts it
+(codecflow/cli/server.py's start_files): it serves files and folder listings, refuses every write and
 every path that resolves outside its folder, and `stop` ends it."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_stop_ends_it(tmp_path: Path) -> None:
     pids = server.start_files(home, tmp_path / "runs", "127.0.0.1", free_port())
     assert server.read_pids(home)["files"] == pids["files"]
     assert server.stop(home) == [f"files (pid {pids['files']})"]
-    assert not server._group_alive(pids["files"])
+    assert not server.group_alive(pids["files"])
     with pytest.raises(httpx.ConnectError):
         httpx.get(pids["files_url"], timeout=5)
 

@@ -1,5 +1,5 @@
 """Resume after the worker dies: a tokenize deployment run is stopped by SIGKILL of the worker's
-process group and of its flow run's (as scripts/server.py's `stop` ends them) after some shards
+process group and of its flow run's (as codecflow/cli/server.py's `stop` ends them) after some shards
 are committed and before all are; a new worker starts, the deployment runs again with the same
 parameters (through the API, or through the UI's custom-run form), and only the missing shards
 are written: the committed ones are left untouched, and the dataset ends byte-identical to an
@@ -184,12 +184,12 @@ def test_tokenize_resumes_after_the_worker_is_killed(
         flow_group = os.getpgid(flow_pid)
         killed = kill_worker(live_server)
     finally:
-        if not server._alive(server.read_pids(live_server.home).get("worker", -1)):
+        if not server.alive(server.read_pids(live_server.home).get("worker", -1)):
             restart_worker(live_server)  # the other tests of the session need a worker
     # The worker and the flow run it was running are gone, nothing of them is left.
     assert flow_group in killed, (flow_group, killed)
-    assert not server._alive(flow_pid)
-    assert not any(server._group_alive(group) for group in killed)
+    assert not server.alive(flow_pid)
+    assert not any(server.group_alive(group) for group in killed)
     with live_server.client() as client:
         # Nobody is left to report it: the server still has the run as Running.
         assert client.read_flow_run(first.id).state.is_running()

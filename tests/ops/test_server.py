@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
+from codecflow.cli import server_command
 from codecflow.schemas.configs import MODEL_SHAPE_FIELDS as SHAPE
 from codecflow.schemas.configs import TrainLMConfig, TrainLMSettings
 
@@ -87,7 +88,7 @@ def test_start_again_says_it_runs_and_starts_nothing(
     server = server_module()
     before = server.read_pids(live_server.home)
     port = live_server.ui_url.rsplit(":", 1)[1]
-    assert server._main(["start", "--home", str(live_server.home), "--port", port]) == 0
+    assert server_command.main(["start", "--home", str(live_server.home), "--port", port]) == 0
     assert "already running" in capsys.readouterr().out
     assert server.read_pids(live_server.home) == before
 

@@ -1,4 +1,4 @@
-"""scripts/server.py without a server: a taken port, nothing to stop, and a stop that ends only
+"""codecflow/cli/server.py without a server: a taken port, nothing to stop, and a stop that ends only
 the processes it started."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 from live_server import server_module
 
+from codecflow.cli import server_command
+
 
 def test_start_refuses_a_taken_port_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = server_module()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        status = server._main(["start", "--home", str(tmp_path), "--port", str(port)])
+        status = server_command.main(["start", "--home", str(tmp_path), "--port", str(port)])
     captured = capsys.readouterr()
     assert status == 2
     assert captured.err == (
@@ -30,7 +31,7 @@ def test_start_refuses_a_taken_port_in_one_line(
 
 
 def test_stop_with_nothing_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert server_module()._main(["stop", "--home", str(tmp_path)]) == 0
+    assert server_command.main(["stop", "--home", str(tmp_path)]) == 0
     assert "nothing to stop" in capsys.readouterr().out
 
 
@@ -41,7 +42,7 @@ def test_stop_ends_the_recorded_group_and_nothing_else(tmp_path: Path) -> None:
     try:
         pids = {
             "server": ours.pid,
-            "server_started": server._start_ticks(ours.pid),
+            "server_started": server.start_ticks(ours.pid),
             # A pid that was reused by another process since (it started at another time).
             "worker": other.pid,
             "worker_started": 1,

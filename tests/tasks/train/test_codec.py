@@ -56,7 +56,7 @@ def trained(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_loss_falls_and_the_checkpoint_loads(trained: Path) -> None:
     metrics = json.loads((trained / "checkpoint" / "metrics.json").read_text())
-    assert metrics["loss_last"] < 0.7 * metrics["loss_first"]
+    assert metrics["train_loss_last"] < 0.7 * metrics["train_loss_first"]
     log = [
         json.loads(x) for x in (trained / "checkpoint" / "train_log.jsonl").read_text().splitlines()
     ]

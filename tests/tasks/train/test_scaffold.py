@@ -115,6 +115,9 @@ def test_a_finished_run_is_returned_and_another_refused(tmp_path: Path) -> None:
     record = read_record(_Record, final, metrics)
     assert record == _Record(final, fingerprint(final / "model.safetensors"), 4, 1.0)
     assert type(record.steps) is int and type(record.loss_last) is float
+    # A checkpoint of an older release, which wrote the field under another name, reads the same.
+    older = {"identity": metrics["identity"], "steps": 4, "loss_at_end": 1}
+    assert read_record(_Record, final, older, {"loss_at_end": "loss_last"}) == record
     with pytest.raises(CodecflowError) as refused:
         _identity(steps=5).committed(tmp_path)
     assert str(refused.value) == (

@@ -1,9 +1,9 @@
 """Serve one folder read-only over HTTP: the runs folder, so that the links of codecflow's Prefect
 artifacts open reports, datasets and checkpoints in the browser.
 
-    uv run python scripts/files_server.py --root runs [--host 127.0.0.1] [--port 4201]
+    python -m codecflow.cli.files_server --root runs [--host 127.0.0.1] [--port 4201]
 
-`make server` starts it beside the Prefect server (scripts/server.py) and records it in
+`make server` starts it beside the Prefect server (codecflow/cli/server.py) and records it in
 `runs/server/pids.json`. Why a server at all: the Prefect UI cannot open a local file. The new UI
 renders a `file://` link without an `href`, the old one refuses it, and a browser blocks
 `file://` pages opened from an `http://` one.
@@ -80,7 +80,8 @@ def make_server(root: Path, host: str, port: int) -> ThreadingHTTPServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="scripts/files_server.py", description="Serve a folder read-only over HTTP."
+        prog="python -m codecflow.cli.files_server",
+        description="Serve a folder read-only over HTTP.",
     )
     parser.add_argument("--root", type=Path, default=Path("runs"))
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,17 +1,20 @@
 """Run codecflow as a Prefect project on this machine: a server, a work pool, a worker, deployments.
 
-    uv run python scripts/server.py start [--host 127.0.0.1] [--port 4200] [--home runs/server]
-                                          [--files-root runs] [--files-port 4201]
-    uv run python scripts/server.py stop  [--home runs/server]
+    codecflow server start [--host 127.0.0.1] [--port 4200] [--home runs/server]
+                           [--files-root runs] [--files-port 4201]
+    codecflow server stop  [--home runs/server]
+
+Run from the checkout (`make server`): the deployments are those of its prefect.yaml.
 
 `start` launches `prefect server start` in the background with its own database under
 `<home>/prefect`, waits for its health check, creates the process work pool `codecflow-local` and
 the global concurrency limit `gpu` (1 slot; the train-lm task takes it on a GPU), serves the runs
-folder read-only over HTTP (scripts/files_server.py, so that the artifacts' links open reports,
+folder read-only over HTTP (`codecflow.cli.files_server`, so that the artifacts' links open reports,
 datasets and checkpoints: the UI cannot open a local file), starts a worker on the pool that
 knows that server's address, and deploys every deployment of prefect.yaml (`prefect deploy
 --all`), then prints the UI and file server addresses and the log files. Each background process
-runs in its own process group, recorded in `<home>/pids.json`; `stop` ends exactly those groups.
+runs in its own process group, recorded in `<home>/pids.json` (`codecflow.cli.processes`); `stop`
+ends exactly those groups.
 Every step is idempotent: a second `start` while the server runs says so and does nothing.
 
 The pieces are plain functions (`start_server`, `create_work_pool`, `create_gpu_limit`,
@@ -21,10 +24,7 @@ same set-up with a temporary home and free ports.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from codecflow.cli.processes import (
+    PIDS,
+    ServerError,
+    alive,
+    descendant_groups,
+    kill_group,
+    read_pids,
+    record,
+    recorded,
+    spawn,
+    start_ticks,
+)
 
 __all__ = [
     "FILES_PORT",
@@ -47,7 +60,10 @@ __all__ = [
     "create_gpu_limit",
     "create_work_pool",
     "deploy_all",
+    "port_free",
+    "port_taken",
     "read_pids",
+    "running_server",
     "start",
     "start_files",
     "start_server",
@@ -56,202 +72,22 @@ __all__ = [
     "wait_for_worker",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+#: The checkout whose prefect.yaml is deployed: the current folder.
+REPO = Path.cwd()
 POOL = "codecflow-local"
 GPU_LIMIT = "gpu"
-PIDS = "pids.json"
 #: The file server's default port, beside the UI's 4200.
 FILES_PORT = 4201
-#: What tells a flow run where the file server is (read by tasks/core/links.py; this script
-#: imports nothing of codecflow, so the names are repeated, and a test checks they agree).
+#: What tells a flow run where the file server is (read by tasks/core/links.py; repeated here so
+#: that the CLI imports no task code, and a test checks they agree).
 FILES_URL_ENV = "CODECFLOW_FILES_URL"
 FILES_ROOT_ENV = "CODECFLOW_FILES_ROOT"
 #: The processes `start` records, in the order `stop` ends them: the worker first (it reports
 #: to the server), the file server last (nothing depends on it).
 _PROCESSES = ("worker", "server", "files")
 
-#: Popen objects of the processes this interpreter started, so `stop` can reap them (tests).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class ServerError(Exception):
-    """A step of the set-up failed; the message is one line naming the thing."""
-
 
 # --- processes and pids.json ---------------------------------------------------------------
-
-
-def read_pids(home: Path) -> dict[str, Any]:
-    """What `<home>/pids.json` records ({} when there is none)."""
-    path = Path(home) / PIDS
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise ServerError(f"{path} is not valid JSON: {exc}") from exc
-    return data if isinstance(data, dict) else {}
-
-
-def _write_pids(home: Path, pids: Mapping[str, Any]) -> None:
-    """Write pids.json atomically (a temporary file renamed over it)."""
-    path = Path(home) / PIDS
-    tmp = path.with_name(f".{PIDS}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(pids), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _record(home: Path, **entries: Any) -> dict[str, Any]:
-    pids = {**read_pids(home), **entries}
-    _write_pids(home, pids)
-    return pids
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status of a child of this interpreter, so it leaves no zombie."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        child.poll()
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group is still running (zombies do not count)."""
-    _reap(pgid)
-    if not Path("/proc").is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return any(group == pgid and state != "Z" for _, group, state in _processes().values())
-
-
-def _alive(pid: int) -> bool:
-    """Whether the recorded process (the leader of its group) still runs."""
-    _reap(pid)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return state != "Z"
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When the process started (clock ticks since boot), to tell it from a later one that got
-    the same pid; None where /proc cannot say."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _recorded(pids: Mapping[str, Any], name: str, group: bool = False) -> int | None:
-    """The pid recorded as `name` if that very process still runs (not a reused pid); with
-    `group`, also when only other processes of its group are left (Linux reuses no pid that
-    is still a process group's id)."""
-    pid = pids.get(name)
-    if not isinstance(pid, int):
-        return None
-    if not _alive(pid):
-        return pid if group and _group_alive(pid) else None
-    started = pids.get(f"{name}_started")
-    if isinstance(started, int) and _start_ticks(pid) not in (started, None):
-        return None
-    return pid
-
-
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state) of every process, from /proc ({} without it)."""
-    table: dict[int, tuple[int, int, str]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return table
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 2:
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def _descendant_groups(pids: Sequence[int]) -> list[int]:
-    """Process groups of the descendants of `pids` outside their groups: the flow runs a worker
-    starts in sessions of their own, which outlive a worker that is killed."""
-    table = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    seen, todo = set(), list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return sorted({table[pid][1] for pid in seen} - set(pids))
-
-
-def _kill_group(pgid: int, timeout: float = 10.0) -> bool:
-    """SIGTERM the process group, wait up to `timeout` s, then SIGKILL; True if it was running."""
-    if not _group_alive(pgid):
-        return False
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 5.0
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    child = _CHILDREN.pop(pgid, None)
-    if child is not None:
-        try:
-            child.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
-    return True
-
-
-def _spawn(command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path) -> int:
-    """Start `command` in a new process group (session), output to `log`; its pid."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        child = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    _CHILDREN[child.pid] = child
-    return child.pid
 
 
 def _prefect(*args: str) -> list[str]:
@@ -309,7 +145,7 @@ def child_env(home: Path, api_url: str | None = None, repo: Path = REPO) -> dict
     return env
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -319,7 +155,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _port_taken(host: str, port: int) -> str:
+def port_taken(host: str, port: int) -> str:
     return f"port {port} on {host} is taken by another process; stop it or pass --port"
 
 
@@ -333,7 +169,7 @@ def _healthy(api_url: str) -> bool:
 def running_server(home: Path) -> dict[str, Any] | None:
     """The server recorded in `<home>/pids.json` if it still runs, else None."""
     pids = read_pids(home)
-    return pids if _recorded(pids, "server") is not None else None
+    return pids if recorded(pids, "server") is not None else None
 
 
 def start_server(
@@ -350,8 +186,8 @@ def start_server(
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "prefect").mkdir(exist_ok=True)
-    if not _port_free(host, port):
-        raise ServerError(_port_taken(host, port))
+    if not port_free(host, port):
+        raise ServerError(port_taken(host, port))
     addresses = urls(host, port)
     log = home / "server.log"
     command = _prefect("server", "start", "--host", host, "--port", str(port), "--analytics-off")
@@ -359,14 +195,14 @@ def start_server(
     # `prefect server start --port N` does not tell the UI: without this the UI's settings name
     # port 4200 and the UI cannot reach a server on any other port.
     env["PREFECT_UI_API_URL"] = addresses["api_url"]
-    pid = _spawn(command, log, env, Path(repo))
-    pids = _record(
-        home, server=pid, server_started=_start_ticks(pid), server_log=str(log), **addresses
+    pid = spawn(command, log, env, Path(repo))
+    pids = record(
+        home, server=pid, server_started=start_ticks(pid), server_log=str(log), **addresses
     )
     health = f"{addresses['api_url']}/health"
     deadline = time.monotonic() + timeout
     while not _healthy(addresses["api_url"]):
-        if not _alive(pid):
+        if not alive(pid):
             raise ServerError(f"prefect server exited before answering on {health}; see {log}")
         if time.monotonic() > deadline:
             raise ServerError(
@@ -438,29 +274,29 @@ def start_files(
     repo: Path = REPO,
     timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """Serve `root` read-only over HTTP in the background (scripts/files_server.py) and wait
+    """Serve `root` read-only over HTTP in the background (`codecflow.cli.files_server`); wait
     until it answers; records {"files": pid, "files_url", "files_root", "files_log"}."""
     home, root = Path(home).resolve(), Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    if not _port_free(host, port):
+    if not port_free(host, port):
         raise ServerError(
             f"port {port} on {host} is taken by another process; stop it or pass --files-port"
         )
     url, log = f"http://{host}:{port}", home / "files.log"
-    command = [sys.executable, str(Path(repo) / "scripts" / "files_server.py")]
+    command = [sys.executable, "-m", "codecflow.cli.files_server"]
     command += ["--root", str(root), "--host", host, "--port", str(port)]
-    pid = _spawn(command, log, child_env(home, None, repo), Path(repo))
-    pids = _record(
+    pid = spawn(command, log, child_env(home, None, repo), Path(repo))
+    pids = record(
         home,
         files=pid,
-        files_started=_start_ticks(pid),
+        files_started=start_ticks(pid),
         files_url=url,
         files_root=str(root),
         files_log=str(log),
     )
     deadline = time.monotonic() + timeout
     while not _answers(f"{url}/"):
-        if not _alive(pid):
+        if not alive(pid):
             raise ServerError(f"the file server exited before answering on {url}; see {log}")
         if time.monotonic() > deadline:
             raise ServerError(f"the file server did not answer on {url} within {timeout:.0f} s")
@@ -487,10 +323,10 @@ def start_worker(home: Path, api_url: str, repo: Path = REPO) -> dict[str, Any]:
     )
     env = child_env(home, api_url, repo)
     pids = read_pids(home)
-    if _recorded(pids, "files") is not None:
+    if recorded(pids, "files") is not None:
         env[FILES_URL_ENV], env[FILES_ROOT_ENV] = pids["files_url"], pids["files_root"]
-    pid = _spawn(command, log, env, Path(repo))
-    return _record(home, worker=pid, worker_started=_start_ticks(pid), worker_log=str(log))
+    pid = spawn(command, log, env, Path(repo))
+    return record(home, worker=pid, worker_started=start_ticks(pid), worker_log=str(log))
 
 
 def wait_for_worker(home: Path, api_url: str, timeout: float = 90.0) -> None:
@@ -501,7 +337,7 @@ def wait_for_worker(home: Path, api_url: str, timeout: float = 90.0) -> None:
     log = pids.get("worker_log", home / "worker.log")
     deadline = time.monotonic() + timeout
     while True:
-        if isinstance(worker, int) and not _alive(worker):
+        if isinstance(worker, int) and not alive(worker):
             raise ServerError(f"the prefect worker on {POOL} exited; see {log}")
         try:
             response = httpx.post(f"{api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5)
@@ -524,16 +360,16 @@ def stop(home: Path) -> list[str]:
     # The worker first: it reports to the server. A pid that now names another process (after a
     # reboot) is left alone.
     recorded = {
-        name: pid for name in _PROCESSES if (pid := _recorded(pids, name, group=True)) is not None
+        name: pid for name in _PROCESSES if (pid := recorded(pids, name, group=True)) is not None
     }
     # Found before the kill: once the worker is gone its flow runs have a new parent.
-    descendants = _descendant_groups(list(recorded.values()))
+    descendants = descendant_groups(list(recorded.values()))
     stopped = []
     for name, pid in recorded.items():
-        if _kill_group(pid):
+        if kill_group(pid):
             stopped.append(f"{name} (pid {pid})")
     for pgid in descendants:  # a worker ends its flow runs itself; this is the fallback
-        if _kill_group(pgid):
+        if kill_group(pgid):
             stopped.append(f"flow run process group {pgid}")
     (home / PIDS).unlink(missing_ok=True)
     return stopped
@@ -569,85 +405,3 @@ def start(
         stop(home)
         raise
     return read_pids(home)
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def _stop_hint(home: Path) -> str:
-    if home == (REPO / "runs" / "server").resolve():
-        return "make server-stop"
-    return f"uv run python scripts/server.py stop --home {home}"
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="scripts/server.py", description="A local Prefect server running codecflow."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    start_parser = commands.add_parser(
-        "start", help="start the server, work pool, worker and deployments"
-    )
-    start_parser.add_argument("--host", default="127.0.0.1")
-    start_parser.add_argument("--port", type=int, default=4200)
-    start_parser.add_argument("--home", type=Path, default=Path("runs/server"))
-    start_parser.add_argument(
-        "--files-root", type=Path, default=Path("runs"), help="folder served over HTTP"
-    )
-    start_parser.add_argument("--files-port", type=int, default=FILES_PORT)
-    stop_parser = commands.add_parser("stop", help="stop what `start` started")
-    stop_parser.add_argument("--home", type=Path, default=Path("runs/server"))
-    args = parser.parse_args(argv)
-    home: Path = args.home.resolve()
-
-    try:
-        if args.command == "stop":
-            stopped = stop(home)
-            if stopped:
-                print(f"stopped {', '.join(stopped)}")
-            else:
-                print(f"nothing to stop: no running server recorded in {home / PIDS}")
-            return 0
-
-        running = running_server(home)
-        if running is not None:
-            print(
-                f"prefect server already running (pid {running['server']}): "
-                f"{running.get('ui_url', '?')}; stop it with: {_stop_hint(home)}"
-            )
-            return 0
-        if read_pids(home):  # stale records of processes that have ended
-            stop(home)
-        if not _port_free(args.host, args.port):
-            raise ServerError(_port_taken(args.host, args.port))
-        if not _port_free(args.host, args.files_port):
-            raise ServerError(
-                f"port {args.files_port} on {args.host} is taken by another process; stop it "
-                "or pass --files-port"
-            )
-        started = time.monotonic()
-        print(f"starting prefect server on http://{args.host}:{args.port} ...", flush=True)
-        pids = start(
-            home, args.host, args.port, files_root=args.files_root, files_port=args.files_port
-        )
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    print(f"ready in {time.monotonic() - started:.0f} s")
-    print(f"UI:         {pids['ui_url']}")
-    print(f"API:        {pids['api_url']}")
-    print(f"files:      {pids['files_url']} (serves {pids['files_root']} read-only)")
-    print(f"work pool:  {POOL} (worker pid {pids['worker']})")
-    print(f"server log: {pids['server_log']}")
-    print(f"worker log: {pids['worker_log']}")
-    print(f"files log:  {pids['files_log']}")
-    print(f"deploy log: {home / 'deploy.log'}")
-    print(f"stop with:  {_stop_hint(home)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
