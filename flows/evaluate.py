@@ -21,7 +21,7 @@ from codecflow.tasks.core.storage import location
 from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.data.checkpoints import newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
-from codecflow.tasks.evaluate import report
+from codecflow.tasks.evaluate import report, runs_index
 from codecflow.tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
 from codecflow.tasks.prefect.wrappers import evaluate_task
 
@@ -63,7 +63,7 @@ def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # no
     )
     if cfg.index:
         try:
-            index = report.write_runs_index(Path(cfg.index))
+            index = runs_index.write_runs_index(Path(cfg.index))
         except CodecflowError as err:  # someone's index.html there: the report stands alone
             logger.warning("runs index not written: %s", err)
             return record

@@ -1,7 +1,16 @@
 """codecflow models: pure torch modules (no Prefect, files, hub or config parsing).
 
-Shape symbols throughout: B batch, C channels, K levels (codebooks per frame), T samples,
-F frames, L sequence positions, V vocabulary. Loading (checkpoints, the Hub) is `tasks.loaders`.
+Shape symbols, one legend for every module (a line that changes a shape ends with `# [B, K, F]`):
+
+    B batch                        C audio channels             T samples
+    K levels (codebooks per frame, `num_levels`)               F frames (codec time steps)
+    N token positions (a sequence, or the new tokens of one call)   P prompt positions
+    S cached positions (keys and values attended to)          U layout steps (F, or F + K - 1)
+    V vocabulary                   Q codes per level (codebook size)
+    D width (embedding, latent)    H heads                      E head dim
+    R vectors quantised at once    M mel bands                  W STFT frames, G STFT bins
+
+Loading (checkpoints, the Hub) is `codecflow.tasks.loaders`.
 
 - `tokenizer`: the `AudioTokenizer` interface (waveform in, integer codes out, and back);
 - `mulaw`: the sample-level mu-law 256 tokenizer;

@@ -1,12 +1,13 @@
 """A GPT-2 style decoder-only transformer, after Karpathy's nanoGPT (model.py), with a KV cache.
 
-Shape symbols: B batch, T new tokens in one call, S cached length (keys/values attended to,
-including the new ones), H heads, D head dim, C embedding width (n_embd), V vocabulary.
+Shape symbols (the legend of `codecflow.models`): B batch, N token positions (the new tokens of
+one call), S cached positions (keys/values attended to, the new ones included), H heads, E head
+dim, D width (n_embd), V vocabulary.
 
 Architecture as GPT-2 (Radford et al., 2019) and nanoGPT: learned token and position embeddings,
 pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, a final LayerNorm and an lm_head tied
 to the token embedding. The KV cache is not in nanoGPT; it follows the usual preallocated layout
-(one `[B, 2, H, block_size, D]` buffer per layer, keys then values, written in place).
+(one `[B, 2, H, block_size, E]` buffer per layer, keys then values, written in place).
 
 Inference over a cache (`GPT.forward` with `cache`) runs the same layers on the same weights
 through plain functional calls (`_cached_block`) instead of the modules: a single-token step of a
@@ -59,31 +60,31 @@ class GPTConfig:
 class GPTOutput:
     """What `GPT.forward` returns."""
 
-    logits: Tensor  # float [B, T, V]
+    logits: Tensor  # float [B, N, V]
     loss: Tensor | None  # scalar mean cross-entropy when targets were given
 
 
 class LayerWeights(NamedTuple):
     """One block's parameter tensors (references, not copies), for `_cached_block`."""
 
-    ln_1_weight: Tensor  # [C]
-    ln_1_bias: Tensor | None  # [C]
+    ln_1_weight: Tensor  # [D]
+    ln_1_bias: Tensor | None  # [D]
     attn_weight: Tensor  # [3C, C]
     attn_bias: Tensor | None  # [3C]
-    attn_proj_weight: Tensor  # [C, C]
-    attn_proj_bias: Tensor | None  # [C]
-    ln_2_weight: Tensor  # [C]
-    ln_2_bias: Tensor | None  # [C]
+    attn_proj_weight: Tensor  # [D, D]
+    attn_proj_bias: Tensor | None  # [D]
+    ln_2_weight: Tensor  # [D]
+    ln_2_bias: Tensor | None  # [D]
     fc_weight: Tensor  # [4C, C]
     fc_bias: Tensor | None  # [4C]
-    mlp_proj_weight: Tensor  # [C, 4C]
-    mlp_proj_bias: Tensor | None  # [C]
+    mlp_proj_weight: Tensor  # [D, 4D]
+    mlp_proj_bias: Tensor | None  # [D]
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    Each layer has one buffer of shape `[B, 2, H, block_size, D]` (index 0 of dim 1 the keys,
+    Each layer has one buffer of shape `[B, 2, H, block_size, E]` (index 0 of dim 1 the keys,
     1 the values), allocated once; `length` is the number of positions filled (the same for every
     layer between calls). The cache is meant for inference (no autograd): `GPT.forward` writes
     into it in place, one copy per layer and call. `weights`, set by `GPT.new_cache`, are the
@@ -101,7 +102,7 @@ class KVCache:
         dtype: torch.dtype | None = None,
         weights: list[LayerWeights] | None = None,
     ) -> None:
-        shape = (batch_size, 2, n_head, capacity, head_dim)  # [B, 2, H, block_size, D]
+        shape = (batch_size, 2, n_head, capacity, head_dim)  # [B, 2, H, block_size, E]
         # Never cleared: only the first `length` positions are ever read.
         self.kv: list[Tensor] = [
             torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)
@@ -119,10 +120,10 @@ class KVCache:
         self.length = 0
 
     def write(self, layer: int, kv: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new keys and values `[B, 2, H, T, D]` of `layer` after the cached ones.
+        """Store the new keys and values `[B, 2, H, N, E]` of `layer` after the cached ones.
 
-        Returns views of all keys and of all values of the layer, each `[B, H, S, D]` with
-        S = length + T. `length` itself is advanced once per forward, by `advance`, after all
+        Returns views of all keys and of all values of the layer, each `[B, H, S, E]` with
+        S = length + N. `length` itself is advanced once per forward, by `advance`, after all
         layers wrote.
         """
         t = kv.shape[3]
@@ -130,9 +131,9 @@ class KVCache:
         assert end <= self.capacity, (
             f"KV cache overflow: {self.length} cached + {t} new = {end} > capacity {self.capacity}"
         )
-        buffer = self.kv[layer]  # [B, 2, H, block_size, D]
+        buffer = self.kv[layer]  # [B, 2, H, block_size, E]
         buffer[:, :, :, self.length : end] = kv
-        return buffer[:, 0, :, :end], buffer[:, 1, :, :end]  # 2 x [B, H, S, D]
+        return buffer[:, 0, :, :end], buffer[:, 1, :, :end]  # 2 x [B, H, S, E]
 
     def advance(self, n: int) -> None:
         """Mark `n` more positions as filled."""
@@ -143,8 +144,8 @@ class KVCache:
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, dropout_p: float = 0.0) -> Tensor:
-    """Causal attention of T new queries `[B, H, T, D]` over S = past + T keys and values
-    `[B, H, S, D]` (the first `past` of them cached); returns `[B, H, T, D]`."""
+    """Causal attention of N new queries `[B, H, N, E]` over S = past + N keys and values
+    `[B, H, S, E]` (the first `past` of them cached); returns `[B, H, N, E]`."""
     t = q.shape[2]
     if past == 0:
         # Square case: is_causal's mask is exactly "query i sees keys 0..i".
@@ -155,7 +156,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, dropout_p: float = 0.0) 
     # A chunk after a non-empty cache: is_causal would align the mask to the top-left (query i
     # sees keys 0..i), hiding most of the cache. New query i is at absolute position past + i and
     # may see keys 0..past + i, so build that mask explicitly.
-    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)  # [T, S]
+    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)  # [N, S]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
@@ -163,20 +164,20 @@ def _cached_block(
     x: Tensor, w: LayerWeights, cache: KVCache, layer: int, shape: tuple[int, int, int]
 ) -> Tensor:
     """`Block.forward` for inference over `cache`, by functional calls on the block's weights:
-    float `[B*T, C]` -> float `[B*T, C]`, with `shape` = (B, T, H); the cache's keys and values
-    of `layer` grow by T (its `length` is advanced by the caller)."""
+    float `[B*N, D]` -> float `[B*N, D]`, with `shape` = (B, N, H); the cache's keys and values
+    of `layer` grow by N (its `length` is advanced by the caller)."""
     b, t, h = shape
     c = x.shape[1]
-    y = F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, LAYER_NORM_EPS)  # [B*T, C]
-    qkv = F.linear(y, w.attn_weight, w.attn_bias).view(b, t, 3, h, c // h)  # [B, T, 3, H, D]
+    y = F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, LAYER_NORM_EPS)  # [B*N, D]
+    qkv = F.linear(y, w.attn_weight, w.attn_bias).view(b, t, 3, h, c // h)  # [B, N, 3, H, E]
     past = cache.length
-    k, v = cache.write(layer, qkv[:, :, 1:].permute(0, 2, 3, 1, 4))  # 2 x [B, H, S, D]
-    q = qkv[:, :, 0].transpose(1, 2)  # [B, H, T, D]
-    y = _attend(q, k, v, past).transpose(1, 2).reshape(b * t, c)  # [B*T, C]; a view if T = 1
-    x = x + F.linear(y, w.attn_proj_weight, w.attn_proj_bias)  # [B*T, C]
-    y = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, LAYER_NORM_EPS)  # [B*T, C]
-    y = F.gelu(F.linear(y, w.fc_weight, w.fc_bias))  # [B*T, 4C]
-    return x + F.linear(y, w.mlp_proj_weight, w.mlp_proj_bias)  # [B*T, C]
+    k, v = cache.write(layer, qkv[:, :, 1:].permute(0, 2, 3, 1, 4))  # 2 x [B, H, S, E]
+    q = qkv[:, :, 0].transpose(1, 2)  # [B, H, N, E]
+    y = _attend(q, k, v, past).transpose(1, 2).reshape(b * t, c)  # [B*N, D]; a view if T = 1
+    x = x + F.linear(y, w.attn_proj_weight, w.attn_proj_bias)  # [B*N, D]
+    y = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, LAYER_NORM_EPS)  # [B*N, D]
+    y = F.gelu(F.linear(y, w.fc_weight, w.fc_bias))  # [B*N, 4D]
+    return x + F.linear(y, w.mlp_proj_weight, w.mlp_proj_bias)  # [B*N, D]
 
 
 class CausalSelfAttention(nn.Module):
@@ -193,15 +194,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        """float `[B, T, C]` -> float `[B, T, C]`, causal over these T positions."""
+        """float `[B, N, D]` -> float `[B, N, D]`, causal over these N positions."""
         b, t, c = x.shape
         h, d = self.n_head, c // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x [B, T, C]
-        q = q.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
-        v = v.view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
-        y = _attend(q, k, v, 0, self.dropout if self.training else 0.0)  # [B, H, T, D]
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # [B, T, C]
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x [B, N, D]
+        q = q.view(b, t, h, d).transpose(1, 2)  # [B, H, N, E]
+        k = k.view(b, t, h, d).transpose(1, 2)  # [B, H, N, E]
+        v = v.view(b, t, h, d).transpose(1, 2)  # [B, H, N, E]
+        y = _attend(q, k, v, 0, self.dropout if self.training else 0.0)  # [B, H, N, E]
+        y = y.transpose(1, 2).contiguous().view(b, t, c)  # [B, N, D]
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -216,9 +217,9 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        """float `[B, T, C]` -> float `[B, T, C]`."""
-        x = self.gelu(self.c_fc(x))  # [B, T, 4C]
-        return self.dropout(self.c_proj(x))  # [B, T, C]
+        """float `[B, N, D]` -> float `[B, N, D]`."""
+        x = self.gelu(self.c_fc(x))  # [B, N, 4D]
+        return self.dropout(self.c_proj(x))  # [B, N, D]
 
 
 class Block(nn.Module):
@@ -232,7 +233,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
-        """float `[B, T, C]` -> float `[B, T, C]`."""
+        """float `[B, N, D]` -> float `[B, N, D]`."""
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
@@ -267,7 +268,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf, 2017), as GPT-2 and nanoGPT: one [V, C] matrix both embeds
+        # Weight tying (Press & Wolf, 2017), as GPT-2 and nanoGPT: one [V, D] matrix both embeds
         # tokens and scores them.
         self.wte.weight = self.lm_head.weight
 
@@ -329,17 +330,17 @@ class GPT(nn.Module):
         """Next-token logits for every position, and the loss when targets are given.
 
         Args:
-            idx: int64 `[B, T]` token ids in [0, V).
-            targets: int64 `[B, T]`, the next token at each position; -1 is ignored (nanoGPT).
+            idx: int64 `[B, N]` token ids in [0, V).
+            targets: int64 `[B, N]`, the next token at each position; -1 is ignored (nanoGPT).
             cache: a `KVCache` holding S0 earlier positions of these B sequences: `idx` is
-                appended at positions S0..S0 + T - 1, attends over the cache, and the cache
-                grows by T. S0 + T must not exceed block_size.
+                appended at positions S0..S0 + N - 1, attends over the cache, and the cache
+                grows by N. S0 + N must not exceed block_size.
 
         Returns:
-            `GPTOutput` with float `[B, T, V]` logits (the parameters' dtype) and, with targets,
+            `GPTOutput` with float `[B, N, V]` logits (the parameters' dtype) and, with targets,
             the scalar mean cross-entropy.
         """
-        assert idx.ndim == 2, f"idx must be [B, T], got shape {tuple(idx.shape)}"
+        assert idx.ndim == 2, f"idx must be [B, N], got shape {tuple(idx.shape)}"
         b, t = idx.shape
         assert t >= 1, f"idx must hold at least one token, got shape {tuple(idx.shape)}"
         past = 0
@@ -354,13 +355,13 @@ class GPT(nn.Module):
         )
         if cache is not None:
             assert not self.training, "the KV cache is for inference: call model.eval() first"
-            logits = self._cached_logits(idx, cache)  # [B, T, V]
+            logits = self._cached_logits(idx, cache)  # [B, N, V]
         else:
-            pos = torch.arange(t, dtype=torch.long, device=idx.device)  # [T]
-            x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
+            pos = torch.arange(t, dtype=torch.long, device=idx.device)  # [N]
+            x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, N, D]
             for block in self.h:
-                x = block(x)  # [B, T, C]
-            logits = self.lm_head(self.ln_f(x))  # [B, T, V]
+                x = block(x)  # [B, N, D]
+            logits = self.lm_head(self.ln_f(x))  # [B, N, V]
 
         loss = None
         if targets is not None:
@@ -368,8 +369,8 @@ class GPT(nn.Module):
                 f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}"
             )
             loss = F.cross_entropy(
-                logits.reshape(b * t, -1),  # [B*T, V]
-                targets.reshape(b * t),  # [B*T]
+                logits.reshape(b * t, -1),  # [B*N, V]
+                targets.reshape(b * t),  # [B*N]
                 ignore_index=-1,
             )
         return GPTOutput(logits=logits, loss=loss)
@@ -378,8 +379,8 @@ class GPT(nn.Module):
         return [cast(Block, block).weights() for block in self.h]
 
     def _cached_logits(self, idx: Tensor, cache: KVCache) -> Tensor:
-        """int64 `[B, T]` tokens after the `cache.length` cached ones -> float `[B, T, V]`
-        logits, by `_cached_block` (see the module docstring); the cache grows by T."""
+        """int64 `[B, N]` tokens after the `cache.length` cached ones -> float `[B, N, V]`
+        logits, by `_cached_block` (see the module docstring); the cache grows by N."""
         b, t = idx.shape
         past = cache.length
         weights = cache.weights
@@ -387,11 +388,11 @@ class GPT(nn.Module):
             weights = self._layer_weights()
         # Positions continue after the cached ones, so a step sees the same position embedding
         # as in a full forward over the whole sequence; a slice of the table, not a gather.
-        x = F.embedding(idx, self.wte.weight) + self.wpe.weight[past : past + t]  # [B, T, C]
-        x = x.view(b * t, -1)  # [B*T, C]
+        x = F.embedding(idx, self.wte.weight) + self.wpe.weight[past : past + t]  # [B, N, D]
+        x = x.view(b * t, -1)  # [B*N, D]
         shape = (b, t, self.config.n_head)
         for layer, w in enumerate(weights):
-            x = _cached_block(x, w, cache, layer, shape)  # [B*T, C]
+            x = _cached_block(x, w, cache, layer, shape)  # [B*N, D]
         cache.advance(t)
         x = F.layer_norm(x, x.shape[1:], self.ln_f.weight, self.ln_f.bias, LAYER_NORM_EPS)
-        return F.linear(x, self.lm_head.weight).view(b, t, -1)  # [B, T, V]
+        return F.linear(x, self.lm_head.weight).view(b, t, -1)  # [B, N, V]

@@ -1,7 +1,8 @@
 """Token layouts: RVQ codes `[B, K, F]` to the language model's 1-D token sequence and back.
 
-Shape symbols: B batch, K RVQ levels (codebooks), F frames (codec time steps), S sequence steps
-(F for flatten, F + K - 1 for delay), N sequence length (S * K), Q codebook size.
+Shape symbols (the legend of `codecflow.models`): B batch, K RVQ levels (codebooks), F frames
+(codec time steps), U sequence steps (F for flatten, F + K - 1 for delay), N token positions
+(U * K), Q codes per level (codebook size).
 
 A layout fixes where each level's code of each frame lands in the sequence, and the vocabulary the
 LM sees. Both layouts here interleave the levels within a step (step s holds K consecutive
@@ -154,10 +155,10 @@ class DelayLayout(TokenLayout):
         shifted = codes + self._level_offsets(k, codebook_size, codes.device)  # [B, K, F]
         grid = torch.full(
             (b, k, f + k - 1), self.pad_id(codebook_size, k), dtype=torch.long, device=codes.device
-        )  # [B, K, S]
+        )  # [B, K, U]
         for level in range(k):
             grid[:, level, level : level + f] = shifted[:, level]  # level k starts at step k
-        return grid.transpose(1, 2).reshape(b, -1)  # [B, S, K] -> [B, N]
+        return grid.transpose(1, 2).reshape(b, -1)  # [B, U, K] -> [B, N]
 
     def from_sequence(self, seq: Tensor, num_levels: int, codebook_size: int) -> Tensor:
         self._check_seq(seq, num_levels)
@@ -165,7 +166,7 @@ class DelayLayout(TokenLayout):
         steps = n // num_levels
         f = steps - num_levels + 1
         assert f >= 0, f"{steps} steps hold no frame of {num_levels} delayed levels"
-        grid = seq.reshape(b, steps, num_levels).transpose(1, 2)  # [B, K, S]
+        grid = seq.reshape(b, steps, num_levels).transpose(1, 2)  # [B, K, U]
         codes = torch.stack(
             [grid[:, level, level : level + f] for level in range(num_levels)], dim=1
         )  # [B, K, F]

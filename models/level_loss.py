@@ -1,7 +1,7 @@
 """Cross-entropy weighted by the RVQ level of each target token.
 
-Shape symbols: B batch, T positions (inputs and their next-token targets), V vocabulary,
-K RVQ levels (len(weights)).
+Shape symbols (the legend of `codecflow.models`): B batch, N token positions (inputs and their
+next-token targets), V vocabulary, K RVQ levels (len(weights)).
 
 Kyutai's post ("Neural audio codecs: how to get audio into LLMs", 2025) weighs the levels of its
 flattened codes in the LM loss (its nanoGPT config's `token_depth_weights`, e.g. 10 for the
@@ -49,42 +49,42 @@ def level_weighted_loss(
     """The cross-entropy of every target weighted by its RVQ level, normalized by the weights.
 
     Args:
-        logits: float `[B, T, V]`.
-        targets: int64 `[B, T]`, the next token at each position.
-        target_levels: int64 `[B, T]` or `[T]` (broadcast over B), the level of each TARGET
+        logits: float `[B, N, V]`.
+        targets: int64 `[B, N]`, the next token at each position.
+        target_levels: int64 `[B, N]` or `[N]` (broadcast over B), the level of each TARGET
             token in [0, K); -1 is ignored (padding, special tokens, no target).
         weights: K non-negative weights, one per level.
 
     Returns:
         `LevelLoss`; `total` is nan when no target has a level (or all weights are zero).
     """
-    assert logits.ndim == 3, f"logits must be [B, T, V], got shape {tuple(logits.shape)}"
+    assert logits.ndim == 3, f"logits must be [B, N, V], got shape {tuple(logits.shape)}"
     b, t, v = logits.shape
     assert targets.shape == (b, t), (
-        f"targets must be [B, T] = {(b, t)}, got shape {tuple(targets.shape)}"
+        f"targets must be [B, N] = {(b, t)}, got shape {tuple(targets.shape)}"
     )
     if target_levels.ndim == 1:
         target_levels = target_levels.expand(b, t)
     assert target_levels.shape == (b, t), (
-        f"target_levels must be [B, T] = {(b, t)} or [T], got shape {tuple(target_levels.shape)}"
+        f"target_levels must be [B, N] = {(b, t)} or [N], got shape {tuple(target_levels.shape)}"
     )
     num_levels = len(weights)
     assert num_levels >= 1 and all(w >= 0 for w in weights), f"bad weights {list(weights)}"
-    levels = target_levels.to(device=logits.device, dtype=torch.long)  # [B, T]
+    levels = target_levels.to(device=logits.device, dtype=torch.long)  # [B, N]
     assert int(levels.max()) < num_levels and int(levels.min()) >= -1, (
         f"target levels must be in [-1, {num_levels}), "
         f"got [{int(levels.min())}, {int(levels.max())}]"
     )
 
-    valid = levels >= 0  # [B, T]
+    valid = levels >= 0  # [B, N]
     ce = F.cross_entropy(
-        logits.reshape(b * t, v),  # [B*T, V]
-        torch.where(valid, targets, torch.zeros_like(targets)).reshape(b * t),  # [B*T]
+        logits.reshape(b * t, v),  # [B*N, V]
+        torch.where(valid, targets, torch.zeros_like(targets)).reshape(b * t),  # [B*N]
         reduction="none",
-    ).view(b, t)  # [B, T]
+    ).view(b, t)  # [B, N]
     ce = torch.where(valid, ce, torch.zeros_like(ce))
     w_table = torch.tensor(list(weights), dtype=ce.dtype, device=ce.device)  # [K]
-    w = torch.where(valid, w_table[levels.clamp(min=0)], torch.zeros_like(ce))  # [B, T]
+    w = torch.where(valid, w_table[levels.clamp(min=0)], torch.zeros_like(ce))  # [B, N]
     total = (w * ce).sum() / w.sum()
 
     per_level: list[float] = []
@@ -97,7 +97,7 @@ def level_weighted_loss(
 
 
 def post_tiled_weights(n_positions: int, weights: Sequence[float]) -> Tensor:
-    """float `[T]`: the post's loss weights, tiled over INPUT positions (position n gets
+    """float `[N]`: the post's loss weights, tiled over INPUT positions (position n gets
     w[n % K]).
 
     Multiplied into the loss at position n, whose target is token n + 1 (level (n + 1) % K in a
@@ -106,4 +106,4 @@ def post_tiled_weights(n_positions: int, weights: Sequence[float]) -> Tensor:
     k = len(weights)
     assert k >= 1, "weights must not be empty"
     reps = -(-n_positions // k)  # ceil
-    return torch.tensor(list(weights), dtype=torch.float32).repeat(reps)[:n_positions]  # [T]
+    return torch.tensor(list(weights), dtype=torch.float32).repeat(reps)[:n_positions]  # [N]

@@ -1,6 +1,7 @@
 """Reconstruction losses and quality measures for waveform codecs.
 
-Shape symbols: B batch, T samples, S STFT frames, Q frequency bins, M mel bands.
+Shape symbols (the legend of `codecflow.models`): B batch, T samples, W STFT frames, G frequency
+bins, M mel bands.
 
 The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) trains its RVQ
 codec with Jukebox's objective (Dhariwal et al., 2020; jukebox/vqvae/vqvae.py): a waveform MSE, a
@@ -57,7 +58,7 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
 
 
 def _stft_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
-    """float `[B, T]` -> float32 `[B, Q, S]` STFT magnitudes (Hann window, zero-padded centre)."""
+    """float `[B, T]` -> float32 `[B, G, W]` STFT magnitudes (Hann window, zero-padded centre)."""
     window = torch.hann_window(win_length, device=wav.device, dtype=torch.float32)
     spec = torch.stft(
         wav.float(),
@@ -68,8 +69,8 @@ def _stft_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -
         center=True,
         pad_mode="constant",  # works for any T, also shorter than n_fft / 2
         return_complex=True,
-    )  # [B, Q, S]
-    power = spec.real.square() + spec.imag.square()  # [B, Q, S]
+    )  # [B, G, W]
+    power = spec.real.square() + spec.imag.square()  # [B, G, W]
     # sqrt has an infinite slope at 0: floor the power so silent bins give finite gradients.
     return power.clamp_min(_LOG_FLOOR**2).sqrt()
 
@@ -95,8 +96,8 @@ def multi_scale_spectral_loss(
     xs, ys = x[:, 0], y[:, 0]  # [B, T]
     total = x.new_zeros((), dtype=torch.float32)
     for n_fft, hop, win in settings:
-        mag_x = _stft_magnitude(xs, n_fft, hop, win)  # [B, Q, S]
-        mag_y = _stft_magnitude(ys, n_fft, hop, win)  # [B, Q, S]
+        mag_x = _stft_magnitude(xs, n_fft, hop, win)  # [B, G, W]
+        mag_y = _stft_magnitude(ys, n_fft, hop, win)  # [B, G, W]
         linear = (mag_x - mag_y).abs().mean()
         log = (mag_x.log() - mag_y.log()).abs().mean()
         total = total + linear + log
@@ -168,8 +169,8 @@ def mel_l1(
     _check_pair(x, y)
     # The cached module is moved to the input's device (in place; a no-op when already there).
     mel = _mel_transform(sample_rate, n_fft, hop_length, n_mels).to(x.device)
-    mel_x = mel(x[:, 0].float()).clamp_min(_LOG_FLOOR).log10()  # [B, M, S]
-    mel_y = mel(y[:, 0].float()).clamp_min(_LOG_FLOOR).log10()  # [B, M, S]
+    mel_x = mel(x[:, 0].float()).clamp_min(_LOG_FLOOR).log10()  # [B, M, W]
+    mel_y = mel(y[:, 0].float()).clamp_min(_LOG_FLOOR).log10()  # [B, M, W]
     return (mel_x - mel_y).abs().mean()
 
 

@@ -1,11 +1,12 @@
 """Residual vector quantization (RVQ) with k-means-style EMA codebooks.
 
-Shape symbols: N vectors, D embedding dim, C codebook size (entries per level), L levels of the
-quantizer (`num_levels`), K' levels used in one call (the first K' of the L).
+Shape symbols (the legend of `codecflow.models`): R vectors quantised at once, D width (the
+embedding dim), Q codes per level (codebook size), K levels of the quantizer (`num_levels`), K'
+levels used in one call (the first K' of the K).
 
 The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) builds RVQ up from
-one k-means-like codebook: each of L levels quantizes what the levels before it left over (the
-residual), so C^K' combinations are reachable with K' * C stored vectors (SoundStream, Zeghidour
+one k-means-like codebook: each of K levels quantizes what the levels before it left over (the
+residual), so Q^K' combinations are reachable with K' * Q stored vectors (SoundStream, Zeghidour
 et al., 2021, section 3.2, algorithm 1). Following the post, which follows Jukebox (Dhariwal et
 al., 2020; jukebox/vqvae/bottleneck.py), codebooks are not learned by gradient descent but kept
 as exponential moving averages of the vectors assigned to each code, as in VQ-VAE's EMA variant
@@ -15,7 +16,7 @@ as exponential moving averages of the vectors assigned to each code, as in VQ-VA
     sum_c   <- decay * sum_c   + (1 - decay) * sum_{i: code_i = c} x_i
     entry_c  = sum_c / smoothed(count)_c,  decay = 1 - update_speed,
 
-with Laplace smoothing of the counts (smoothed(n)_c = (n_c + eps) / (sum n + C eps) * sum n) as in
+with Laplace smoothing of the counts (smoothed(n)_c = (n_c + eps) / (sum n + Q eps) * sum n) as in
 Sonnet's `VectorQuantizerEMA`, SoundStream and encodec (encodec/quantization/core_vq.py). A code
 whose EMA count falls below `dead_code_threshold` (Jukebox's `revival_threshold`, 1.0) is dead and
 is teleported to a random vector of the current batch (Jukebox `update_k`; encodec
@@ -26,7 +27,7 @@ Codebooks and their statistics are float32 buffers: AdamW never sees them, they 
 training mode, and they travel in `state_dict`. Under data parallelism the replicas agree through
 an injected `CodebookSync` (`quantizer.sync`; None, the default, is one process: this module never
 imports torch.distributed). Each call's batch counts and sums are summed over the replicas before
-the EMA step, so W replicas of batch N update the codebooks as one process of batch W * N would;
+the EMA step, so n replicas of batch R update the codebooks as one process of batch n * R would;
 which codes are dead, and the batch vectors they restart from, are decided by one replica and
 broadcast, as is the initialisation from data. Jukebox's bottleneck.py `update_k` does both
 (`dist.all_reduce` of `_k_sum` and `_k_elem`, `dist.broadcast(_k_rand, 0)`); audiocraft's
@@ -68,10 +69,10 @@ class CodebookSync(Protocol):
 class RVQMetrics:
     """Per-level codebook health of one call, one entry per level used (K' entries)."""
 
-    # Entropy of the batch's code histogram, in bits: log2(C) when every code is used equally,
+    # Entropy of the batch's code histogram, in bits: log2(Q) when every code is used equally,
     # 0 when one code takes everything (Jukebox logs the same quantity in nats).
     per_level_entropy_bits: list[float]
-    # Fraction of the C codes whose EMA count is below the dead-code threshold; in training mode
+    # Fraction of the Q codes whose EMA count is below the dead-code threshold; in training mode
     # these are the codes teleported by this call.
     dead_code_fraction: list[float]
 
@@ -80,33 +81,33 @@ class RVQMetrics:
 class RVQOutput:
     """What `ResidualVectorQuantizer.forward` returns."""
 
-    quantized: Tensor  # [N, D], the sum of the K' levels, straight-through to the input
-    codes: Tensor  # int64 [N, K']
+    quantized: Tensor  # [R, D], the sum of the K' levels, straight-through to the input
+    codes: Tensor  # int64 [R, K']
     commitment_loss: Tensor  # scalar, mean over the K' levels of MSE(residual, sg(entry))
     metrics: RVQMetrics
 
 
 class ResidualVectorQuantizer(nn.Module):
-    """An L-level residual vector quantizer of `[N, D]` embeddings with EMA codebooks.
+    """A K-level residual vector quantizer of `[R, D]` embeddings with EMA codebooks.
 
     Args:
         dim: D, the embedding dimension.
-        codebook_size: C, entries per level.
-        num_levels: L, the number of residual levels.
+        codebook_size: Q, entries per level.
+        num_levels: K, the number of residual levels.
         update_speed: 1 - decay of the moving averages, in (0, 1]; 0.01 is Jukebox's l_mu 0.99.
             1.0 makes each training call one k-means (Lloyd) step on the batch.
         dead_code_threshold: a code whose EMA count (vectors per batch, averaged) falls below
             this is teleported to a random batch vector; Jukebox's 1.0 by default. Keep it well
-            below N / C. A teleported code restarts with a count equal to the threshold, so it
+            below R / Q. A teleported code restarts with a count equal to the threshold, so it
             is teleported again at once unless it catches vectors.
         epsilon: the Laplace smoothing constant (1e-5, as Sonnet and encodec).
     """
 
     # Buffers, declared for type checkers (registered in __init__).
-    codebooks: Tensor  # float32 [L, C, D], the entries (sum / smoothed count, kept up to date)
-    cluster_usage: Tensor  # float32 [L, C], EMA of the number of vectors assigned per call
-    embedding_sum: Tensor  # float32 [L, C, D], EMA of the sum of the vectors assigned
-    initialized: Tensor  # bool [L], whether each level's codebook was set from data
+    codebooks: Tensor  # float32 [K, Q, D], the entries (sum / smoothed count, kept up to date)
+    cluster_usage: Tensor  # float32 [K, Q], EMA of the number of vectors assigned per call
+    embedding_sum: Tensor  # float32 [K, Q, D], EMA of the sum of the vectors assigned
+    initialized: Tensor  # bool [K], whether each level's codebook was set from data
 
     def __init__(
         self,
@@ -133,9 +134,9 @@ class ResidualVectorQuantizer(nn.Module):
         self.update_speed = update_speed
         self.dead_code_threshold = dead_code_threshold
         self.epsilon = epsilon
-        shape = (num_levels, codebook_size, dim)  # [L, C, D]
+        shape = (num_levels, codebook_size, dim)  # [K, Q, D]
         self.register_buffer("codebooks", torch.zeros(shape))
-        self.register_buffer("cluster_usage", torch.ones(num_levels, codebook_size))  # [L, C]
+        self.register_buffer("cluster_usage", torch.ones(num_levels, codebook_size))  # [K, Q]
         self.register_buffer("embedding_sum", torch.zeros(shape))
         self.register_buffer("initialized", torch.zeros(num_levels, dtype=torch.bool))
         #: The replicas' agreement under data parallelism; None: this process alone.
@@ -149,35 +150,35 @@ class ResidualVectorQuantizer(nn.Module):
     def _levels_used(self, num_levels: int | None) -> int:
         k = self.num_levels if num_levels is None else num_levels
         assert 1 <= k <= self.num_levels, (
-            f"num_levels (K') must be in [1, L = {self.num_levels}], got {num_levels}"
+            f"num_levels (K') must be in [1, K = {self.num_levels}], got {num_levels}"
         )
         return k
 
     def _check_input(self, x: Tensor) -> None:
         assert x.ndim == 2 and x.shape[1] == self.dim, (
-            f"x must be [N, D={self.dim}], got shape {tuple(x.shape)}"
+            f"x must be [R, D={self.dim}], got shape {tuple(x.shape)}"
         )
         assert x.shape[0] >= 1, f"x must hold at least one vector, got shape {tuple(x.shape)}"
         assert x.is_floating_point(), f"x must be floating point, got {x.dtype}"
 
     def _nearest(self, r: Tensor, level: int) -> Tensor:
-        """float32 `[N, D]` -> int64 `[N]`, the index of the nearest entry (squared L2)."""
-        book = self.codebooks[level]  # [C, D]
+        """float32 `[R, D]` -> int64 `[R]`, the index of the nearest entry (squared L2)."""
+        book = self.codebooks[level]  # [Q, D]
         # Autocast would run the matmul in 16 bits and pick wrong neighbours: keep float32.
         with torch.autocast(device_type=r.device.type, enabled=False):
             # |r - c|^2 = |r|^2 - 2 r.c + |c|^2; |r|^2 is the same for every c and is dropped.
-            dist = (book * book).sum(dim=1)[None, :] - 2.0 * (r.float() @ book.t())  # [N, C]
-        return dist.argmin(dim=1)  # [N]
+            dist = (book * book).sum(dim=1)[None, :] - 2.0 * (r.float() @ book.t())  # [R, Q]
+        return dist.argmin(dim=1)  # [R]
 
     @torch.no_grad()
     def _init_level(self, r: Tensor, level: int) -> None:
-        """Set level `level`'s entries to random vectors of `r` (float32 `[N, D]`)."""
+        """Set level `level`'s entries to random vectors of `r` (float32 `[R, D]`)."""
         n, c = r.shape[0], self.codebook_size
         if n >= c:
-            vectors = r[torch.randperm(n, device=r.device)[:c]]  # [C, D]
+            vectors = r[torch.randperm(n, device=r.device)[:c]]  # [Q, D]
         else:
             # Too few vectors: repeat them with a little noise so entries differ (Jukebox _tile).
-            vectors = r[torch.randint(0, n, (c,), device=r.device)]  # [C, D]
+            vectors = r[torch.randint(0, n, (c,), device=r.device)]  # [Q, D]
             vectors = vectors + torch.randn_like(vectors) * 0.01 * r.std().clamp_min(1e-6)
         total = float(n)
         if self.sync is not None:
@@ -186,7 +187,7 @@ class ResidualVectorQuantizer(nn.Module):
             count = torch.tensor([total], device=r.device)
             self.sync.sum_(count)
             total = float(count.item())
-        # Start each count at the uniform share N / C (Jukebox restore_k's expected usage), at
+        # Start each count at the uniform share R / Q (Jukebox restore_k's expected usage), at
         # least the threshold so that no code starts dead.
         usage = max(total / c, self.dead_code_threshold)
         self.codebooks[level] = vectors
@@ -196,37 +197,37 @@ class ResidualVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_level(self, r: Tensor, codes: Tensor, level: int) -> Tensor:
-        """One EMA step of level `level` on `r` (float32 `[N, D]`) assigned to `codes` (`[N]`).
+        """One EMA step of level `level` on `r` (float32 `[R, D]`) assigned to `codes` (`[R]`).
 
-        Returns the bool `[C]` mask of the codes found dead (and teleported).
+        Returns the bool `[Q]` mask of the codes found dead (and teleported).
         """
         c = self.codebook_size
-        counts = torch.bincount(codes, minlength=c).to(r.dtype)  # [C]
-        sums = torch.zeros_like(self.embedding_sum[level]).index_add_(0, codes, r)  # [C, D]
+        counts = torch.bincount(codes, minlength=c).to(r.dtype)  # [Q]
+        sums = torch.zeros_like(self.embedding_sum[level]).index_add_(0, codes, r)  # [Q, D]
         if self.sync is not None:
             # Every replica's statistics, in one all-reduce (Jukebox: all_reduce of both).
-            stats = torch.cat([counts[:, None], sums], dim=1)  # [C, 1 + D]
+            stats = torch.cat([counts[:, None], sums], dim=1)  # [Q, 1 + D]
             self.sync.sum_(stats)
-            counts, sums = stats[:, 0], stats[:, 1:]  # [C], [C, D]
-        usage = self.cluster_usage[level]  # [C], a view: updated in place
-        emb_sum = self.embedding_sum[level]  # [C, D], a view
+            counts, sums = stats[:, 0], stats[:, 1:]  # [Q], [Q, D]
+        usage = self.cluster_usage[level]  # [Q], a view: updated in place
+        emb_sum = self.embedding_sum[level]  # [Q, D], a view
         usage.mul_(self.decay).add_(counts, alpha=self.update_speed)
         emb_sum.mul_(self.decay).add_(sums, alpha=self.update_speed)
         # Laplace smoothing keeps the division finite for codes with (nearly) zero counts.
         total = usage.sum()
-        smoothed = (usage + self.epsilon) / (total + c * self.epsilon) * total  # [C]
-        book = emb_sum / smoothed[:, None]  # [C, D]
+        smoothed = (usage + self.epsilon) / (total + c * self.epsilon) * total  # [Q]
+        book = emb_sum / smoothed[:, None]  # [Q, D]
 
-        # Dead codes jump to random vectors of this batch; always drawing the C candidates
+        # Dead codes jump to random vectors of this batch; always drawing the Q candidates
         # (cheap) avoids a device sync on "are there any?".
-        dead = usage < self.dead_code_threshold  # [C]
-        candidates = r[torch.randint(0, r.shape[0], (c,), device=r.device)]  # [C, D]
+        dead = usage < self.dead_code_threshold  # [Q]
+        candidates = r[torch.randint(0, r.shape[0], (c,), device=r.device)]  # [Q, D]
         if self.sync is not None:
             # Decided by one replica, from its batch, and applied by all (audiocraft
             # expire_codes_ broadcasts the same way): no replica restarts a code on its own.
-            decision = torch.cat([dead[:, None].to(r.dtype), candidates], dim=1)  # [C, 1 + D]
+            decision = torch.cat([dead[:, None].to(r.dtype), candidates], dim=1)  # [Q, 1 + D]
             self.sync.broadcast_(decision)
-            dead, candidates = decision[:, 0] > 0.5, decision[:, 1:]  # [C], [C, D]
+            dead, candidates = decision[:, 0] > 0.5, decision[:, 1:]  # [Q], [Q, D]
         self.codebooks[level] = torch.where(dead[:, None], candidates, book)
         emb_sum.copy_(torch.where(dead[:, None], candidates * self.dead_code_threshold, emb_sum))
         usage.copy_(torch.where(dead, torch.full_like(usage, self.dead_code_threshold), usage))
@@ -240,12 +241,12 @@ class ResidualVectorQuantizer(nn.Module):
         teleports its dead codes. In eval mode nothing changes.
 
         Args:
-            x: float `[N, D]` embeddings.
-            num_levels: K', how many levels to use (the first K'); all L by default.
+            x: float `[R, D]` embeddings.
+            num_levels: K', how many levels to use (the first K'); all K by default.
 
         Returns:
-            `RVQOutput`: quantized `[N, D]` (x's dtype; its gradient is passed straight to `x`),
-            int64 codes `[N, K']`, the commitment loss averaged over levels, and metrics.
+            `RVQOutput`: quantized `[R, D]` (x's dtype; its gradient is passed straight to `x`),
+            int64 codes `[R, K']`, the commitment loss averaged over levels, and metrics.
         """
         self._check_input(x)
         k = self._levels_used(num_levels)
@@ -253,8 +254,8 @@ class ResidualVectorQuantizer(nn.Module):
         c = self.codebook_size
         initialized = self.initialized[:k].tolist() if self.training else [True] * k
 
-        residual = xf  # [N, D]
-        quantized = torch.zeros_like(xf)  # [N, D]
+        residual = xf  # [R, D]
+        quantized = torch.zeros_like(xf)  # [R, D]
         codes_list: list[Tensor] = []
         losses: list[Tensor] = []
         entropies: list[Tensor] = []
@@ -262,16 +263,16 @@ class ResidualVectorQuantizer(nn.Module):
         for level in range(k):
             if not initialized[level]:
                 self._init_level(residual.detach(), level)
-            codes = self._nearest(residual.detach(), level)  # [N]
-            q = self.codebooks[level][codes]  # [N, D], no gradient: codebooks are buffers
+            codes = self._nearest(residual.detach(), level)  # [R]
+            q = self.codebooks[level][codes]  # [R, D], no gradient: codebooks are buffers
             # Commitment loss (VQ-VAE's beta term): pull the residual towards its entry.
             losses.append(F.mse_loss(residual, q))
-            counts = torch.bincount(codes, minlength=c).float()  # [C]
+            counts = torch.bincount(codes, minlength=c).float()  # [Q]
             entropies.append(_entropy_bits(counts))
             if self.training:
-                dead = self._update_level(residual.detach(), codes, level)  # [C]
+                dead = self._update_level(residual.detach(), codes, level)  # [Q]
             else:
-                dead = self.cluster_usage[level] < self.dead_code_threshold  # [C]
+                dead = self.cluster_usage[level] < self.dead_code_threshold  # [Q]
             dead_fractions.append(dead.float().mean())
             codes_list.append(codes)
             quantized = quantized + q
@@ -282,47 +283,47 @@ class ResidualVectorQuantizer(nn.Module):
         # Straight-through estimator over the whole stack: the forward value is the sum of the
         # entries, the backward is the identity to x (moshi's ResidualVectorQuantization does
         # the same; applying it per level would scale x's gradient by K').
-        out = xf + (quantized - xf).detach()  # [N, D]
+        out = xf + (quantized - xf).detach()  # [R, D]
         stats = torch.stack([torch.stack(entropies), torch.stack(dead_fractions)]).tolist()
         return RVQOutput(
             quantized=out.to(x.dtype),
-            codes=torch.stack(codes_list, dim=1),  # [N, K']
+            codes=torch.stack(codes_list, dim=1),  # [R, K']
             commitment_loss=torch.stack(losses).mean(),
             metrics=RVQMetrics(per_level_entropy_bits=stats[0], dead_code_fraction=stats[1]),
         )
 
     @torch.no_grad()
     def encode(self, x: Tensor, num_levels: int | None = None) -> Tensor:
-        """float `[N, D]` -> int64 `[N, K']` codes of the first K' levels (no update).
+        """float `[R, D]` -> int64 `[R, K']` codes of the first K' levels (no update).
 
         Equal to `forward(x, num_levels).codes` in eval mode.
         """
         self._check_input(x)
         k = self._levels_used(num_levels)
-        residual = x.float()  # [N, D]
+        residual = x.float()  # [R, D]
         codes_list: list[Tensor] = []
         for level in range(k):
-            codes = self._nearest(residual, level)  # [N]
+            codes = self._nearest(residual, level)  # [R]
             residual = residual - self.codebooks[level][codes]
             codes_list.append(codes)
-        return torch.stack(codes_list, dim=1)  # [N, K']
+        return torch.stack(codes_list, dim=1)  # [R, K']
 
     def decode(self, codes: Tensor) -> Tensor:
-        """int64 `[N, K']` codes of the first K' levels -> float32 `[N, D]`, the sum of their
+        """int64 `[R, K']` codes of the first K' levels -> float32 `[R, D]`, the sum of their
         entries."""
         assert codes.ndim == 2 and 1 <= codes.shape[1] <= self.num_levels, (
-            f"codes must be [N, K'] with 1 <= K' <= {self.num_levels}, "
+            f"codes must be [R, K'] with 1 <= K' <= {self.num_levels}, "
             f"got shape {tuple(codes.shape)}"
         )
         assert codes.dtype == torch.int64, f"codes must be int64, got {codes.dtype}"
         k = codes.shape[1]
-        # Gather entry codes[n, l] of level l: [N, K', D], then sum the levels.
+        # Gather entry codes[n, l] of level l: [R, K', D], then sum the levels.
         levels = torch.arange(k, device=codes.device)  # [K']
-        return self.codebooks[levels[None, :], codes].sum(dim=1)  # [N, D]
+        return self.codebooks[levels[None, :], codes].sum(dim=1)  # [R, D]
 
 
 def _entropy_bits(counts: Tensor) -> Tensor:
-    """Entropy in bits of the distribution proportional to `counts` (`[C]`), a scalar."""
-    p = counts / counts.sum().clamp_min(1.0)  # [C]
+    """Entropy in bits of the distribution proportional to `counts` (`[Q]`), a scalar."""
+    p = counts / counts.sum().clamp_min(1.0)  # [Q]
     # entr(p) = -p ln p, exactly 0 at p = 0.
     return torch.special.entr(p).sum() / math.log(2.0)

@@ -38,8 +38,8 @@ from codecflow.tasks.core.storage import atomic_dir, fingerprint
 from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
 from codecflow.tasks.data.records import COMPARISON_KIND, CodecComparison, CodecComparisonRow
 from codecflow.tasks.evaluate.acoustics import _write_wav
+from codecflow.tasks.evaluate.html import comparison_html
 from codecflow.tasks.evaluate.quality import quality
-from codecflow.tasks.evaluate.report import comparison_html
 from codecflow.tasks.loaders import codec_preset, load_tokenizer
 
 __all__ = [

@@ -235,7 +235,7 @@ def test_bad_arguments_are_refused() -> None:
     rvq = ResidualVectorQuantizer(2, 4, 2)
     with pytest.raises(AssertionError, match="num_levels"):
         rvq(_points(8, seed=0), num_levels=3)
-    with pytest.raises(AssertionError, match=r"\[N, D=2\]"):
+    with pytest.raises(AssertionError, match=r"\[R, D=2\]"):
         rvq(torch.zeros(8, 3))
     with pytest.raises(AssertionError, match="int64"):
         rvq.decode(torch.zeros(8, 1, dtype=torch.int32))

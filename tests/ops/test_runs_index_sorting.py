@@ -10,7 +10,7 @@ from typing import Any
 
 from live_server import CHROMIUM, CHROMIUM_ARGS, chromium_executable
 
-from codecflow.tasks.evaluate.report import write_runs_index
+from codecflow.tasks.evaluate.runs_index import write_runs_index
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "records" / "summary.json"
 

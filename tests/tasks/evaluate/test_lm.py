@@ -19,7 +19,11 @@ from codecflow.tasks.data.checkpoints import newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.acoustics import acoustic_stats, load_prompt
 from codecflow.tasks.evaluate.lm import checkpoint_id, evaluate
-from codecflow.tasks.evaluate.report import RUNS_INDEX_COLUMNS, runs_index_rows, write_runs_index
+from codecflow.tasks.evaluate.runs_index import (
+    RUNS_INDEX_COLUMNS,
+    runs_index_rows,
+    write_runs_index,
+)
 from codecflow.tasks.prefect.wrappers import evaluate_task
 from codecflow.tasks.train.lm import train_lm
 

@@ -13,13 +13,11 @@ from typing import Any
 import pytest
 
 from codecflow.tasks.data.records import EvaluationSummary
-from codecflow.tasks.evaluate.report import (
+from codecflow.tasks.evaluate.report import evaluation_html, samples_table, summary_markdown
+from codecflow.tasks.evaluate.runs_index import (
     RUNS_INDEX_COLUMNS,
-    evaluation_html,
     find_reports,
     runs_index_rows,
-    samples_table,
-    summary_markdown,
     write_runs_index,
 )
 

@@ -1,0 +1,148 @@
+"""HTML the report pages share: the style sheet, escaping, number formatting, tables and audio
+players, and the codec comparison page (`compare-codecs`). Every value a page did not write
+itself goes through `esc` (html.escape with quotes)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from codecflow.tasks.data.records import CodecComparison
+
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "STYLE",
+    "audio",
+    "comparison_html",
+    "esc",
+    "fmt",
+    "skipped",
+    "table",
+]
+
+STYLE = """body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.flag{color:#b00;font-weight:bold}.skipped{color:#777}
+audio{vertical-align:middle}"""
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def esc(value: Any) -> str:
+    return html.escape(fmt(value))
+
+
+def audio(src: str) -> str:
+    return f'<audio controls preload="none" src="{html.escape(src)}"></audio>'
+
+
+def skipped(reason: str | None) -> str:
+    return f'<p class="skipped">skipped: {html.escape(reason)}</p>' if reason else ""
+
+
+#: The codec comparison's columns: (header, CodecComparisonRow field); `tasks.evaluate.compare`.
+COMPARISON_COLUMNS = (
+    ("tokenizer", "tokenizer"),
+    ("levels", "num_levels"),
+    ("codebook", "codebook_size"),
+    ("kbit/s", "bitrate_kbps"),
+    ("tokens/s", "tokens_per_second"),
+    ("SI-SDR (dB)", "si_sdr_db"),
+    ("PESQ-WB", "pesq_wb"),
+    ("STOI", "stoi"),
+    ("mel L1", "mel_l1"),
+    ("spectral loss", "spectral_loss"),
+    ("encode x real time", "encode_x_realtime"),
+    ("decode x real time", "decode_x_realtime"),
+)
+
+
+def comparison_html(table: CodecComparison, plot: str) -> str:
+    """The codec comparison page: one row per tokenizer, the plot, and the first segment through
+    each (files relative to the report folder)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in COMPARISON_COLUMNS) + "<th>audio</th>"
+    rows = []
+    for row in table.rows:
+        values = row.to_json()
+        cells = [
+            f'<td data-v="{html.escape(str(values[key]))}">{html.escape(plain(values[key]))}'
+            + (" (untrained)" if key == "tokenizer" and not row.trained else "")
+            + "</td>"
+            for _, key in COMPARISON_COLUMNS
+        ]
+        rows.append("<tr>" + "".join(cells) + f"<td>{audio(row.audio)}</td></tr>")
+    body = "\n".join(rows)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>codecflow codec comparison</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>Tokenizers compared on the same held-out segments</h1>
+<p>{len(table.segments)} validation segment(s) of {html.escape(table.manifest)},
+{table.audio_seconds:.3g} s of audio in all; each metric is the mean over the segments, scored
+at 16 kHz against the original (PESQ-WB: ITU-T P.862.2, 1.04-4.64; STOI: 0-1; x real time:
+audio seconds per compute second). The first segment as it is: {audio(table.original)}</p>
+<table class="sortable"><thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody></table>
+<img src="{html.escape(plot)}" alt="PESQ-WB and STOI against bitrate, one point per tokenizer">
+{SORT_JS}
+</body></html>
+"""
+
+
+def speech_parts(speech: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The voice and words sections of summary.json's `speech`; empty when it was turned off."""
+    if speech.get("skipped"):
+        return {}, {}
+    return speech.get("voice", {}), speech.get("words", {})
+
+
+def plain(value: Any) -> str:
+    """A number as people read it in a table: 78,810 rather than 7.881e+04."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return fmt(value)
+
+
+SORT_JS = """<script>
+document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+  th.style.cursor = "pointer";
+  th.title = "sort by " + th.textContent;
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0];
+    var up = th.dataset.dir !== "asc";
+    th.closest("tr").querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
+    th.dataset.dir = up ? "asc" : "desc";
+    var key = function (tr) {
+      var v = tr.cells[col].dataset.v;
+      return v === "" || v === undefined ? null : (isNaN(Number(v)) ? v : Number(v));
+    };
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === null || y === null) { return (x === null) - (y === null); }
+      var c = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : String(x) < String(y) ? -1 : 1;
+      return up ? c : -c;
+    });
+    rows.forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+</script>"""
