@@ -22,7 +22,8 @@ from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.data.checkpoints import newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate import report, runs_index
-from codecflow.tasks.evaluate.lm import ReportRecord, checkpoint_id, is_report_committed
+from codecflow.tasks.evaluate.checkpoint_facts import checkpoint_id
+from codecflow.tasks.evaluate.lm import ReportRecord, is_report_committed
 from codecflow.tasks.prefect.wrappers import evaluate_task
 
 __all__ = ["evaluate_flow"]

@@ -16,11 +16,12 @@ from codecflow.models.layouts import TokenLayout
 from codecflow.models.sampling import generate
 from codecflow.models.tokenizer import AudioTokenizer
 from codecflow.schemas.configs import EvaluateSettings
+from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.progress import StepProgress
 from codecflow.tasks.core.threads import decode_threads
 from codecflow.tasks.evaluate.quality import quality
 
-__all__ = ["continue_prompt", "roundtrip"]
+__all__ = ["continue_prompt", "cut_prompt", "roundtrip"]
 
 #: Generation progress: inside a Prefect run it reaches the run's log (`codecflow.*` loggers).
 _LOG = logging.getLogger("codecflow.evaluate")
@@ -99,3 +100,23 @@ def continue_prompt(
         "decode_threads": threads,
     }
     return [generated[i, 0].numpy() for i in range(settings.num_samples)], speed
+
+
+def cut_prompt(
+    whole: torch.Tensor, tokenizer: AudioTokenizer, settings: EvaluateSettings
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt `[1, 1, T]` (the first `prompt_seconds` of `whole`, in whole frames) and the
+    recording's next `seconds` `[1, 1, T_true]` (as far as the file goes; None when nothing
+    follows, or `prompt_seconds` is not set)."""
+    if settings.prompt_seconds is None:
+        return whole, None
+    spf = tokenizer.samples_per_frame
+    cut = max(1, int(settings.prompt_seconds * tokenizer.frame_rate)) * spf
+    if cut > whole.shape[-1]:
+        raise CodecflowError(
+            f"prompt {settings.prompt} is {whole.shape[-1] / tokenizer.sample_rate:.3g} s long: "
+            f"shorter than prompt_seconds ({settings.prompt_seconds:g})"
+        )
+    new_samples = max(1, round(settings.seconds * tokenizer.frame_rate)) * spf  # as generated
+    truth = whole[..., cut : cut + new_samples]
+    return whole[..., :cut], truth if truth.shape[-1] else None

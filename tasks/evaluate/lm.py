@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +41,22 @@ from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.runtime import resolve_device
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
-from codecflow.tasks.data.checkpoints import read_log
-from codecflow.tasks.data.lm_windows import validation_loss
 from codecflow.tasks.data.records import (
     SUMMARY_KIND,
     DatasetInfo,
     EvaluationSummary,
     PromptRoundtrip,
 )
-from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
-from codecflow.tasks.evaluate import continuation, curves, regenerate, report, reuse, speech_metrics
+from codecflow.tasks.data.token_dataset import read_dataset_info
+from codecflow.tasks.evaluate import (
+    checkpoint_facts,
+    continuation,
+    curves,
+    regenerate,
+    report,
+    reuse,
+    speech_metrics,
+)
 from codecflow.tasks.evaluate.acoustics import (
     _plot_spectrogram,
     _write_wav,
@@ -64,7 +69,6 @@ __all__ = [
     "REPORT_COMMITTED",
     "REPORT_KIND",
     "ReportRecord",
-    "checkpoint_id",
     "evaluate",
     "is_report_committed",
     "report_identity",
@@ -142,84 +146,6 @@ def _record_from_summary(out: Path, summary: EvaluationSummary) -> ReportRecord:
     )
 
 
-def checkpoint_id(checkpoint: Path) -> str:
-    """`step-<N>-<first 8 hex of the weights' sha256>`: names a checkpoint's report, so that a
-    scheduled evaluation recognises a checkpoint it has already evaluated."""
-    checkpoint = Path(checkpoint)
-    digest = fingerprint(checkpoint / "model.safetensors")[:8]
-    return f"step-{_checkpoint_step(checkpoint):06d}-{digest}"
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    if (checkpoint / "metrics.json").is_file():
-        return int(json.loads((checkpoint / "metrics.json").read_text())["steps"])
-    return int((checkpoint / "COMPLETE").read_text().strip())
-
-
-def _train_settings(checkpoint: Path) -> TrainLMSettings:
-    config = json.loads((checkpoint / "config.json").read_text())
-    if "settings" in config:
-        return TrainLMSettings.model_validate(config["settings"])
-    # Checkpoints written before config.json carried the settings: metrics.json's identity.
-    metrics = json.loads((checkpoint / "metrics.json").read_text())
-    return TrainLMSettings.model_validate(metrics["identity"]["settings"])
-
-
-def _training_summary(checkpoint: Path) -> dict[str, Any]:
-    """Steps and losses of the training that wrote `checkpoint` (final or mid-training)."""
-    if (checkpoint / "metrics.json").is_file():
-        metrics = json.loads((checkpoint / "metrics.json").read_text())
-        return {
-            "checkpoint_step": int(metrics["steps"]),
-            "train_loss_first": metrics["train_loss_first"],
-            "train_loss_last": metrics["train_loss_last"],
-            "n_parameters": metrics["n_parameters"],
-        }
-    step = _checkpoint_step(checkpoint)
-    log = read_log(checkpoint.parent.parent / "train_log.jsonl", upto=step)
-    return {
-        "checkpoint_step": step,
-        "train_loss_first": log[0]["loss"] if log else None,
-        "train_loss_last": log[-1]["loss"] if log else None,
-        "n_parameters": None,
-    }
-
-
-def _validation(
-    model: GPT,
-    dataset: str | Path,
-    settings: TrainLMSettings,
-    device: torch.device,
-    layout: TokenLayout,
-    spec: dict[str, Any],
-) -> dict[str, Any]:
-    """Per-level loss on the held-out split, with the training's windows and weights."""
-    num_levels, codebook_size = int(spec["num_levels"]), int(spec["codebook_size"])
-    weights = settings.level_weights or [1.0] * num_levels
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with TokenReader(dataset, "val") as reader:
-        total, per_level = validation_loss(
-            model,
-            reader,
-            settings,
-            device,
-            autocast,
-            layout,
-            codebook_size,
-            model.config.block_size,
-            weights,
-        )
-    tokens_per_second = float(spec["frame_rate"]) * num_levels
-    unweighted = float(np.mean(per_level))
-    return {
-        "val_loss": total,
-        "val_loss_per_level": per_level,
-        "val_perplexity_per_level": [math.exp(x) for x in per_level],
-        # nats per token -> bits per second of audio: comparable across tokenizers.
-        "val_bits_per_audio_second": unweighted / math.log(2) * tokens_per_second,
-    }
-
-
 def evaluate(
     checkpoint: Path, dataset: str | Path, out: Path, settings: EvaluateSettings
 ) -> ReportRecord:
@@ -285,7 +211,7 @@ def _computed(
     tokenizer = load_tokenizer(spec["name"])
     # The prompts are read before `out` is claimed: a bad path creates no folder.
     whole_prompt = load_prompt(Path(settings.prompt), tokenizer)  # [1, 1, T]
-    prompt_wav, truth_wav = _cut_prompt(whole_prompt, tokenizer, settings)
+    prompt_wav, truth_wav = continuation.cut_prompt(whole_prompt, tokenizer, settings)
     source_path = Path(settings.regenerate_source or settings.prompt)
     source_wav = load_prompt(source_path, tokenizer, "regeneration source")  # [1, 1, T]
     whole = int(settings.regenerate_seconds * tokenizer.frame_rate) * tokenizer.samples_per_frame
@@ -296,26 +222,6 @@ def _computed(
     )  # fmt: skip
     with outputs.owned_output(out, REPORT_KIND, "evaluate", REPORT_COMMITTED):
         return _evaluate_owned(inputs, checkpoint, dataset, out, settings)
-
-
-def _cut_prompt(
-    whole: torch.Tensor, tokenizer: AudioTokenizer, settings: EvaluateSettings
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The prompt `[1, 1, T]` (the first `prompt_seconds` of `whole`, in whole frames) and the
-    recording's next `seconds` `[1, 1, T_true]` (as far as the file goes; None when nothing
-    follows, or `prompt_seconds` is not set)."""
-    if settings.prompt_seconds is None:
-        return whole, None
-    spf = tokenizer.samples_per_frame
-    cut = max(1, int(settings.prompt_seconds * tokenizer.frame_rate)) * spf
-    if cut > whole.shape[-1]:
-        raise CodecflowError(
-            f"prompt {settings.prompt} is {whole.shape[-1] / tokenizer.sample_rate:.3g} s long: "
-            f"shorter than prompt_seconds ({settings.prompt_seconds:g})"
-        )
-    new_samples = max(1, round(settings.seconds * tokenizer.frame_rate)) * spf  # as generated
-    truth = whole[..., cut : cut + new_samples]
-    return whole[..., :cut], truth if truth.shape[-1] else None
 
 
 @dataclass(frozen=True)
@@ -359,7 +265,9 @@ def _measure(
 ) -> _Measured:
     """Validation loss, the prompt's round trip and continuations, regenerations, speech."""
     model, tokenizer, device = inputs.model, inputs.tokenizer, inputs.device
-    validation = _validation(model, dataset, train_settings, device, layout, inputs.spec)
+    validation = checkpoint_facts.held_out_loss(
+        model, dataset, train_settings, device, layout, inputs.spec
+    )
     with torch.inference_mode():
         prompt_codes = tokenizer.encode(inputs.prompt_wav)  # [1, K, F_p], for both uses below
     prompt_back, prompt_roundtrip = continuation.roundtrip(
@@ -383,7 +291,7 @@ def _measure(
         speech, truth_speech = _split_truth(speech, len(samples)) if truth else (speech, None)
         regen.add_speech_metrics(rate)
     back = prompt_back[0, 0].numpy()
-    log = curves.training_log(checkpoint, _checkpoint_step(checkpoint))
+    log = curves.training_log(checkpoint, checkpoint_facts.checkpoint_step(checkpoint))
     return _Measured(
         validation, back, prompt_roundtrip, samples, speed, regen, speech, log, truth_speech
     )
@@ -431,7 +339,7 @@ def _summary(
         layout=layout.name,
         level_weights=train_settings.level_weights,
         checkpoint=str(checkpoint),
-        **_training_summary(checkpoint),
+        **checkpoint_facts.training_summary(checkpoint),
         dataset=str(dataset),
         audio_hours=totals.audio_hours,
         n_segments=totals.segments,
@@ -507,7 +415,7 @@ def _evaluate_owned(
     """evaluate once `out` is ours and locked: measure, then write the report folder whole."""
     config = json.loads((checkpoint / "config.json").read_text())
     layout = make_layout(config.get("layout", "flatten"))
-    train_settings = _train_settings(checkpoint)
+    train_settings = checkpoint_facts.train_settings(checkpoint)
     measured = _measure(inputs, checkpoint, dataset, layout, train_settings, settings)
     summary = _summary(inputs, checkpoint, dataset, layout, train_settings, settings, measured)
     _write_report(out, inputs, measured, summary)

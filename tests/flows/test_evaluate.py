@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from codecflow.flows.evaluate import evaluate_flow
 from codecflow.schemas.configs import EvaluateConfig
 from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV
-from codecflow.tasks.evaluate.lm import checkpoint_id
+from codecflow.tasks.evaluate.checkpoint_facts import checkpoint_id
 
 
 def _artifacts() -> dict[str, str]:

@@ -18,7 +18,8 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.checkpoints import newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.acoustics import acoustic_stats, load_prompt
-from codecflow.tasks.evaluate.lm import checkpoint_id, evaluate
+from codecflow.tasks.evaluate.checkpoint_facts import checkpoint_id
+from codecflow.tasks.evaluate.lm import evaluate
 from codecflow.tasks.evaluate.runs_index import (
     RUNS_INDEX_COLUMNS,
     runs_index_rows,
