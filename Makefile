@@ -37,7 +37,7 @@ demo: bootstrap
 lint: bootstrap-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy codecflow/api.py codecflow/__init__.py codecflow/cli codecflow/models codecflow/schemas codecflow/tasks/data/torch_datasets.py codecflow/tasks/data/token_dataset.py codecflow/tasks/data/token_shards.py
+	$(BIN)/mypy codecflow
 	$(BIN)/lint-imports
 
 # The browser test (tests/ops/test_browser.py) drives Debian's chromium through Playwright, without

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -24,8 +24,11 @@ __all__ = [
     "unless_committed",
 ]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def unless_committed(task: Task[Any, Any], committed: bool) -> Task[Any, Any]:
+
+def unless_committed(task: Task[P, R], committed: bool) -> Task[P, R]:
     """`task`, refreshing its cache when its output is not committed on disk.
 
     The Prefect cache records what a task returned, not whether its files still exist: when the

@@ -66,7 +66,7 @@ def resolve_tokenizer(tokenizer: str, codec_checkpoint: Path | None) -> str:
     return str(dataclasses.replace(parsed, checkpoint=str(codec_checkpoint)))
 
 
-def train_lm_config(cfg: PipelineConfig, dataset: Path) -> TrainLMConfig:
+def train_lm_config(cfg: PipelineConfig, dataset: Path | str) -> TrainLMConfig:
     """The pipeline's train-lm stage: its `train_lm` section on `dataset`, into `<out>/lm`.
 
     Only the fields the section sets are passed on (a `preset` must not meet the default model
@@ -129,7 +129,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
     )
     record = PipelineRecord(
         manifest=Path(acquired.path),
-        dataset=dataset.path,
+        dataset=Path(dataset.path),  # the pipeline's out is a local folder
         checkpoint=checkpoint.path,
         report=report.path,
         codec=codec,

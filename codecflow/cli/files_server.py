@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
-    print(f"serving {root} read-only on http://{host}:{port}", flush=True)
+    port = server.server_address[1]
+    print(f"serving {root} read-only on http://{args.host}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -163,10 +163,11 @@ def _flock(
 def _describe_holder(holder: str | dict[str, Any]) -> str:
     """'train-lm, pid 123 on host since 2026-12-01 20:45:02 UTC' from a lock's JSON."""
     if isinstance(holder, str):
+        text = holder
         try:
-            holder = json.loads(holder)
+            holder = json.loads(text)
         except ValueError:
-            return holder or "unknown holder"
+            return text or "unknown holder"
     if not isinstance(holder, dict):
         return "unknown holder"
     since = holder.get("since")

@@ -170,8 +170,8 @@ def _eval_codec_owned(
         for index, (segment_id, clip) in enumerate(segments[: settings.n_wavs]):
             sf.write(str(tmp / f"{segment_id}_original.wav"), clip, CODEC_RATE, subtype="PCM_16")
             for k in levels:
-                rebuilt = np.clip(reconstructions[k][index], -1.0, 1.0)
-                sf.write(str(tmp / f"{segment_id}_levels{k}.wav"), rebuilt, CODEC_RATE, "PCM_16")
+                clipped = np.clip(reconstructions[k][index], -1.0, 1.0)
+                sf.write(str(tmp / f"{segment_id}_levels{k}.wav"), clipped, CODEC_RATE, "PCM_16")
         outputs.write_owner_marker(tmp, CODEC_REPORT_KIND)  # replaces the claimed folder
         (tmp / "identity.json").write_text(json.dumps(identity, indent=2) + "\n")
         (tmp / "index.html").write_text(_html(rows, segments[: settings.n_wavs], levels))  # last

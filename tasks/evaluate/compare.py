@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,9 @@ def _measure(
     for i, (_, clip) in enumerate(segments):
         wav = _to_rate(clip, CODEC_RATE, rate)
         wav = wav[: max(spf, wav.numel() // spf * spf)].view(1, 1, -1).to(device)  # whole frames
-        codes, seconds = _timed(lambda w=wav: tokenizer.encode(w), device)  # [1, K, F]
+        codes, seconds = _timed(partial(tokenizer.encode, wav), device)  # [1, K, F]
         encode_s += seconds
-        back, seconds = _timed(lambda c=codes: tokenizer.decode(c), device)  # [1, 1, F * spf]
+        back, seconds = _timed(partial(tokenizer.decode, codes), device)  # [1, 1, F * spf]
         decode_s += seconds
         back_np = back[0, 0, : wav.shape[-1]].float().cpu().numpy()
         first = back_np if i == 0 else first

@@ -29,7 +29,7 @@ _LOG = logging.getLogger("codecflow.evaluate")
 
 def roundtrip(
     tokenizer: AudioTokenizer, wav: torch.Tensor, codes: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, float | None]]:
     """The decoding of `codes` `[1, K, F]`, the tokenizer's encoding of `wav` `[1, 1, T]`, and
     how close it comes to `wav` (SI-SDR, mel L1, spectral loss, PESQ-WB, STOI)."""
     with torch.inference_mode():

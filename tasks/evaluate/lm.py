@@ -246,7 +246,7 @@ class _Measured:
 
     validation: dict[str, Any]  # val_loss, per level, perplexities, bits per audio second
     prompt_back: np.ndarray  # [T], the prompt through the tokenizer
-    prompt_roundtrip: dict[str, float]
+    prompt_roundtrip: dict[str, float | None]
     samples: list[np.ndarray]  # one [T_new] continuation per sample
     speed: dict[str, Any]
     regen: regenerate.Regenerations
