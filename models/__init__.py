@@ -26,38 +26,10 @@ Loading (checkpoints, the Hub) is `codecflow.tasks.loaders`.
 - `flops`: training FLOPs per token and model FLOPs utilization.
 """
 
-from codecflow.models.codec import (
-    CODEC_PRESETS,
-    CodecOutput,
-    ConvDecoder,
-    ConvEncoder,
-    RVQCodec,
-    build_rvq_codec,
-    codec_config_dict,
-)
-from codecflow.models.codec_tokenizer import CodecTokenizer
-from codecflow.models.gpt import GPT, GPTConfig, GPTOutput, KVCache
-from codecflow.models.layouts import (
-    LAYOUT_NAMES,
-    DelayLayout,
-    FlattenLayout,
-    TokenLayout,
-    make_layout,
-)
-from codecflow.models.level_loss import LevelLoss, level_weighted_loss, post_tiled_weights
-from codecflow.models.losses import CodecLoss, codec_loss, mel_l1, multi_scale_spectral_loss, si_sdr
-from codecflow.models.mimi import MimiTokenizer
-from codecflow.models.mulaw import (
-    MuLawTokenizer,
-    mulaw_decode,
-    mulaw_decode_post,
-    mulaw_encode,
-    mulaw_encode_post,
-)
-from codecflow.models.presets import GPT_PRESETS, gpt_config
-from codecflow.models.rvq import ResidualVectorQuantizer, RVQMetrics, RVQOutput
-from codecflow.models.sampling import GenerationResult, generate, sample_next
-from codecflow.models.tokenizer import AudioTokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "AudioTokenizer",
@@ -101,3 +73,60 @@ __all__ = [
     "level_weighted_loss",
     "post_tiled_weights",
 ]
+
+# Each name is imported from its module on first use (PEP 562): `codecflow.models.extras` or
+# `codecflow.models.layouts` alone must not load every model (torch), which a mu-law tokenize
+# run and the CLI never need.
+_MODULES = {
+    "AudioTokenizer": "tokenizer",
+    "CODEC_PRESETS": "codec",
+    "CodecLoss": "losses",
+    "CodecOutput": "codec",
+    "CodecTokenizer": "codec_tokenizer",
+    "ConvDecoder": "codec",
+    "ConvEncoder": "codec",
+    "DelayLayout": "layouts",
+    "FlattenLayout": "layouts",
+    "GPT": "gpt",
+    "GPTConfig": "gpt",
+    "GPTOutput": "gpt",
+    "GPT_PRESETS": "presets",
+    "GenerationResult": "sampling",
+    "KVCache": "gpt",
+    "LAYOUT_NAMES": "layouts",
+    "LevelLoss": "level_loss",
+    "MimiTokenizer": "mimi",
+    "MuLawTokenizer": "mulaw",
+    "RVQCodec": "codec",
+    "RVQMetrics": "rvq",
+    "RVQOutput": "rvq",
+    "ResidualVectorQuantizer": "rvq",
+    "TokenLayout": "layouts",
+    "build_rvq_codec": "codec",
+    "codec_config_dict": "codec",
+    "codec_loss": "losses",
+    "generate": "sampling",
+    "gpt_config": "presets",
+    "level_weighted_loss": "level_loss",
+    "make_layout": "layouts",
+    "mel_l1": "losses",
+    "mulaw_decode": "mulaw",
+    "mulaw_decode_post": "mulaw",
+    "mulaw_encode": "mulaw",
+    "mulaw_encode_post": "mulaw",
+    "multi_scale_spectral_loss": "losses",
+    "post_tiled_weights": "level_loss",
+    "sample_next": "sampling",
+    "si_sdr": "losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'codecflow.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"codecflow.models.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
