@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import yaml
 from helpers import REPO
 
+from codecflow.cli import processes
+
 __all__ = [
     "LiveServer",
     "free_port",
@@ -144,7 +146,7 @@ def live_server(folder: Path) -> Iterator[LiveServer]:
     finally:
         recorded = [server.read_pids(home).get(name) for name in ("server", "worker", "files")]
         server.stop(home)
-    left = [pid for pid in recorded if isinstance(pid, int) and server.group_alive(pid)]
+    left = [pid for pid in recorded if isinstance(pid, int) and processes.group_alive(pid)]
     assert not left, f"process groups still running after stop: {left}"
 
 
@@ -326,19 +328,19 @@ def kill_worker(live: LiveServer, timeout: float = 20.0) -> list[int]:
 
     server = server_module()
     worker = server.read_pids(live.home).get("worker")
-    assert isinstance(worker, int) and server.alive(worker), f"no running worker: {worker}"
-    groups = [worker, *server.descendant_groups([worker])]
+    assert isinstance(worker, int) and processes.alive(worker), f"no running worker: {worker}"
+    groups = [worker, *processes.descendant_groups([worker])]
     for group in groups:
         try:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    child = server.CHILDREN.pop(worker, None)
+    child = processes.CHILDREN.pop(worker, None)
     if child is not None:
         child.wait(timeout=timeout)
     poll(
         f"killed process groups {groups} to end",
-        lambda: True if not any(server.group_alive(g) for g in groups) else None,
+        lambda: True if not any(processes.group_alive(g) for g in groups) else None,
         timeout,
         every=0.2,
     )

@@ -359,13 +359,13 @@ def stop(home: Path) -> list[str]:
     pids = read_pids(home)
     # The worker first: it reports to the server. A pid that now names another process (after a
     # reboot) is left alone.
-    recorded = {
+    ours = {
         name: pid for name in _PROCESSES if (pid := recorded(pids, name, group=True)) is not None
     }
     # Found before the kill: once the worker is gone its flow runs have a new parent.
-    descendants = descendant_groups(list(recorded.values()))
+    descendants = descendant_groups(list(ours.values()))
     stopped = []
-    for name, pid in recorded.items():
+    for name, pid in ours.items():
         if kill_group(pid):
             stopped.append(f"{name} (pid {pid})")
     for pgid in descendants:  # a worker ends its flow runs itself; this is the fallback

@@ -5,6 +5,7 @@ every path that resolves outside its folder, and `stop` ends it."""
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import free_port, server_module
+
+from codecflow.cli import processes
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ def test_stop_ends_it(tmp_path: Path) -> None:
     pids = server.start_files(home, tmp_path / "runs", "127.0.0.1", free_port())
     assert server.read_pids(home)["files"] == pids["files"]
     assert server.stop(home) == [f"files (pid {pids['files']})"]
-    assert not server.group_alive(pids["files"])
+    assert not processes.group_alive(pids["files"])
     with pytest.raises(httpx.ConnectError):
         httpx.get(pids["files_url"], timeout=5)
 
@@ -102,3 +105,58 @@ def test_the_worker_and_the_flows_read_the_same_variables() -> None:
         links.FILES_URL_ENV,
         links.FILES_ROOT_ENV,
     )
+
+
+def test_no_link_trick_serves_a_file_outside_the_folder(files: tuple[str, Path]) -> None:
+    """Each way a link under the served folder could reach /etc/passwd-like files: 403 or 404,
+    never the file (issue 23: `runs/x/index.html -> /etc/shadow` was served for `GET /x/`)."""
+    url, root = files
+    secret = root.parent / "secret.txt"
+    fifo = root / "fifo"
+    os.mkfifo(fifo)  # opening it would block the handler's thread
+    tricks = {
+        "index-html": ("index.html", secret),
+        "index-htm": ("index.htm", secret),
+        "folder-link": ("inner", root.parent),
+        "file-link": ("leak.txt", secret),
+    }
+    for folder, (name, target) in tricks.items():
+        (root / folder).mkdir()
+        (root / folder / name).symlink_to(target)
+    (root / "fifo-index").mkdir()
+    (root / "fifo-index" / "index.html").symlink_to(fifo)
+    (root / "inside-link").mkdir()
+    (root / "inside-link" / "index.html").symlink_to(root / "demo" / "report" / "index.html")
+    asked = {
+        "/index-html/": 403,
+        "/index-html/index.html": 403,
+        "/index-htm/": 403,
+        "/folder-link/inner/secret.txt": 403,
+        "/folder-link/inner/": 403,
+        "/file-link/leak.txt": 403,
+        "/fifo": 403,
+        "/fifo-index/": 200,  # a FIFO is no file: the folder is listed instead
+        "/index-html/%2e%2e/%2e%2e/secret.txt": 404,
+        "/index-html/..%2f..%2fsecret.txt": 404,
+    }
+    for path, status in asked.items():
+        answer = httpx.get(f"{url}{path}", timeout=10)
+        assert answer.status_code == status, path
+        assert "not for the browser" not in answer.text, path
+    for path in ("/index-html/../../secret.txt", "/%2e%2e/%2e%2e/secret.txt"):
+        assert _raw_get(url, path) in (403, 404), path
+    # A link that stays inside is served; listings show only what resolves inside.
+    inner = httpx.get(f"{url}/inside-link/", timeout=10)
+    assert inner.status_code == 200 and inner.text == "<h1>codecflow evaluation</h1>"
+    listing = httpx.get(f"{url}/file-link/", timeout=10)
+    assert listing.status_code == 200 and "leak.txt" not in listing.text
+    top = httpx.get(f"{url}/", timeout=10).text
+    assert "demo/" in top and "folder-link/" in top and 'href="fifo"' in top
+    assert "inner" not in httpx.get(f"{url}/folder-link/", timeout=10).text
+
+
+def test_listings_escape_names(files: tuple[str, Path]) -> None:
+    url, root = files
+    (root / "<img src=x onerror=alert(1)>").mkdir()
+    listing = httpx.get(f"{url}/", timeout=10).text
+    assert "<img" not in listing and "&lt;img src=x onerror=alert(1)&gt;/" in listing

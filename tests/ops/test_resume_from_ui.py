@@ -37,6 +37,7 @@ from live_server import (
     ui_page,
 )
 
+from codecflow.cli import processes
 from codecflow.schemas.configs import TokenizeConfig, TokenizeSettings
 from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
@@ -184,12 +185,12 @@ def test_tokenize_resumes_after_the_worker_is_killed(
         flow_group = os.getpgid(flow_pid)
         killed = kill_worker(live_server)
     finally:
-        if not server.alive(server.read_pids(live_server.home).get("worker", -1)):
+        if not processes.alive(server.read_pids(live_server.home).get("worker", -1)):
             restart_worker(live_server)  # the other tests of the session need a worker
     # The worker and the flow run it was running are gone, nothing of them is left.
     assert flow_group in killed, (flow_group, killed)
-    assert not server.alive(flow_pid)
-    assert not any(server.group_alive(group) for group in killed)
+    assert not processes.alive(flow_pid)
+    assert not any(processes.group_alive(group) for group in killed)
     with live_server.client() as client:
         # Nobody is left to report it: the server still has the run as Running.
         assert client.read_flow_run(first.id).state.is_running()

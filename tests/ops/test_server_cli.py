@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from live_server import server_module
 
-from codecflow.cli import server_command
+from codecflow.cli import processes, server_command
 
 
 def test_start_refuses_a_taken_port_in_one_line(
@@ -42,7 +42,7 @@ def test_stop_ends_the_recorded_group_and_nothing_else(tmp_path: Path) -> None:
     try:
         pids = {
             "server": ours.pid,
-            "server_started": server.start_ticks(ours.pid),
+            "server_started": processes.start_ticks(ours.pid),
             # A pid that was reused by another process since (it started at another time).
             "worker": other.pid,
             "worker_started": 1,
