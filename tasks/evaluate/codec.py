@@ -24,10 +24,12 @@ from codecflow.models.codec import RVQCodec
 from codecflow.schemas.configs import EvalCodecSettings
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.markup import esc
 from codecflow.tasks.core.plots import figure
 from codecflow.tasks.core.runtime import resolve_device
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
 from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
+from codecflow.tasks.evaluate.html import audio, image
 from codecflow.tasks.evaluate.quality import quality
 from codecflow.tasks.loaders import load_codec
 
@@ -202,23 +204,21 @@ def _html(
             if isinstance(v, float)
             else "<td>–</td>"
             if v is None
-            else f"<td>{v}</td>"
+            else f"<td>{html.escape(str(v))}</td>"
             for v in r.values()
         )
         + "</tr>"
         for r in rows
     )
+    # The segment id comes from a tar member's name: escaped as text, percent-encoded in a URL.
     players = "".join(
-        f"<h3>{html.escape(sid)}</h3>"
-        f"<p>original <audio controls src='{sid}_original.wav'></audio></p>"
-        + "".join(
-            f"<p>{k} levels <audio controls src='{sid}_levels{k}.wav'></audio></p>" for k in levels
-        )
+        f"<h3>{esc(sid)}</h3><p>original {audio(f'{sid}_original.wav')}</p>"
+        + "".join(f"<p>{k} levels {audio(f'{sid}_levels{k}.wav')}</p>" for k in levels)
         for sid, _ in segments
     )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>codec evaluation"
         "</title></head><body><h1>Codec reconstruction by number of levels</h1>"
-        f"<table><tr>{header}</tr>{body}</table><img src='loss_vs_levels.png' alt='loss vs levels'>"
+        f"<table><tr>{header}</tr>{body}</table>{image('loss_vs_levels.png', 'loss vs levels')}"
         f"{players}</body></html>\n"
     )

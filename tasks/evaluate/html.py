@@ -1,6 +1,11 @@
-"""HTML the report pages share: the style sheet, escaping, number formatting, tables and audio
-players, and the codec comparison page (`compare-codecs`). Every value a page did not write
-itself goes through `esc` (html.escape with quotes)."""
+"""HTML the report pages share: the style sheet, escaping, links, number formatting, tables and
+audio players, and the codec comparison page (`compare-codecs`).
+
+The one rule for every page (the evaluation report, the eval-codec page, the comparison page,
+the runs index, and the dataset card in Markdown) is `codecflow.tasks.core.markup`'s: a value
+the page did not write itself is escaped in text and attributes, and links and media sources
+are relative paths (percent-encoded) or http(s) URLs only.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from codecflow.tasks.core.markup import esc, relative_url
 from codecflow.tasks.data.records import CodecComparison
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "SORT_JS",
     "STYLE",
     "audio",
+    "cell",
     "comparison_html",
-    "esc",
     "fmt",
+    "image",
+    "plain",
     "skipped",
+    "speech_parts",
     "table",
 ]
 
@@ -27,6 +37,11 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.flag{color:#b00;font-weight:bold}.skipped{color:#777}
 audio{vertical-align:middle}"""
+
+
+def cell(value: Any) -> str:
+    """A value as a page shows it: formatted (`fmt`), then escaped (`esc`)."""
+    return esc(fmt(value))
 
 
 def fmt(value: Any) -> str:
@@ -45,12 +60,20 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
-def esc(value: Any) -> str:
-    return html.escape(fmt(value))
-
-
 def audio(src: str) -> str:
-    return f'<audio controls preload="none" src="{html.escape(src)}"></audio>'
+    """A player of the page-relative file `src` (nothing when `src` is not relative)."""
+    url = relative_url(src)
+    if url is None:
+        return esc(src)
+    return f'<audio controls preload="none" src="{html.escape(url, quote=True)}"></audio>'
+
+
+def image(src: str, alt: str, extra: str = "") -> str:
+    """An image of the page-relative file `src` (its name as text when `src` is not relative)."""
+    url = relative_url(src)
+    if url is None:
+        return esc(src)
+    return f'<img src="{html.escape(url, quote=True)}" alt="{esc(alt)}"{extra}>'
 
 
 def skipped(reason: str | None) -> str:
@@ -102,7 +125,7 @@ audio seconds per compute second). The first segment as it is: {audio(table.orig
 <tbody>
 {body}
 </tbody></table>
-<img src="{html.escape(plot)}" alt="PESQ-WB and STOI against bitrate, one point per tokenizer">
+{image(plot, "PESQ-WB and STOI against bitrate, one point per tokenizer")}
 {SORT_JS}
 </body></html>
 """

@@ -16,8 +16,9 @@ from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.html import (
     STYLE,
     audio,
-    esc,
+    cell,
     fmt,
+    image,
     plain,
     skipped,
     speech_parts,
@@ -31,12 +32,12 @@ def evaluation_html(summary: EvaluationSummary) -> str:
     """The report page of one evaluation (files referenced relative to the report folder)."""
     levels = range(summary.num_levels)
     overview = _overview(summary)
-    overview_rows = [(html.escape(k), esc(v)) for k, v in overview]
+    overview_rows = [(html.escape(k), cell(v)) for k, v in overview]
     level_rows = [
         (
             str(k),
-            esc(summary.val_loss_per_level[k]),
-            esc(summary.val_perplexity_per_level[k]),
+            cell(summary.val_loss_per_level[k]),
+            cell(summary.val_perplexity_per_level[k]),
         )
         for k in levels
     ]
@@ -74,13 +75,13 @@ def evaluation_html(summary: EvaluationSummary) -> str:
 <h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
 {table(["", ""], overview_rows)}
 <h2>Prompt</h2>
-<p>{esc(summary.prompt)} ({summary.prompt_seconds:.3g} s): {audio("prompt.wav")}
+<p>{cell(summary.prompt)} ({summary.prompt_seconds:.3g} s): {audio("prompt.wav")}
 through the tokenizer: {audio("prompt_roundtrip.wav")}
 (SI-SDR {fmt(roundtrip.si_sdr_db)} dB, log-mel L1 {fmt(roundtrip.mel_l1)},
 PESQ-WB {fmt(roundtrip.pesq_wb)}, STOI {fmt(roundtrip.stoi)})</p>
 {_truth_line(truth)}
-<p>recognised words in the prompt: {esc(prompt_words)}; WER against the given text:
-{esc(words.get("prompt_wer"))}</p>
+<p>recognised words in the prompt: {cell(prompt_words)}; WER against the given text:
+{cell(words.get("prompt_wer"))}</p>
 <h2>Continuations</h2>
 {skipped(speech.get("skipped"))}{skipped(voice.get("skipped"))}{skipped(words.get("skipped"))}
 {
@@ -151,7 +152,7 @@ def _regeneration_parts(summary: EvaluationSummary) -> list[str]:
     """The regeneration section: the source, its round trip, and one table per `keep_levels`."""
     regen = summary.regeneration
     regen_parts = [
-        f"<p>source: {esc(regen.source)} ({regen.seconds:.3g} s) "
+        f"<p>source: {cell(regen.source)} ({regen.seconds:.3g} s) "
         f"{audio('regen/original.wav')} through the tokenizer: "
         f"{audio('regen/roundtrip.wav')}</p>"
     ]
@@ -164,8 +165,8 @@ def _regeneration_parts(summary: EvaluationSummary) -> list[str]:
             (
                 str(i),
                 audio(f),
-                esc(_at(run.get("voice_similarity_to_original"), i)),
-                esc(_at(run.get("word_error_rate_to_original"), i)),
+                cell(_at(run.get("voice_similarity_to_original"), i)),
+                cell(_at(run.get("word_error_rate_to_original"), i)),
                 _words(run.get("transcripts"), i),
             )
             for i, f in enumerate(run["files"])
@@ -200,14 +201,14 @@ def _sample_row(
     return (
         html.escape(name),
         audio(file),
-        esc(stats["rms_dbfs"]),
-        esc(stats["clipping_fraction"]),
-        esc(stats["silence_fraction"]),
-        esc(stats.get("band_flatness")),  # absent from reports before issue 15
-        esc(stats.get("crest_factor")),
+        cell(stats["rms_dbfs"]),
+        cell(stats["clipping_fraction"]),
+        cell(stats["silence_fraction"]),
+        cell(stats.get("band_flatness")),  # absent from reports before issue 15
+        cell(stats.get("crest_factor")),
         f'<span class="flag">{html.escape(flags)}</span>' if flags else "ok",
-        esc(_at(voice.get("prompt_vs_sample"), i)),
-        esc(_at(voice.get("sample_first_vs_second_half"), i)),
+        cell(_at(voice.get("prompt_vs_sample"), i)),
+        cell(_at(voice.get("sample_first_vs_second_half"), i)),
         _words(words.get("transcripts"), i),
     )
 
@@ -236,8 +237,8 @@ def _curves_html(curves: Mapping[str, str] | None) -> str:
         return skipped("no training log beside the checkpoint")
     alts = {"total": "train and validation loss", "per_level": "loss per level"}
     return "\n".join(
-        f'<p>{alts.get(kind, kind)}</p><img src="{html.escape(name)}" alt="{alts.get(kind, kind)}'
-        f' against training steps">'
+        f"<p>{cell(alts.get(kind, kind))}</p>"
+        + image(name, f"{alts.get(kind, kind)} against training steps")
         for kind, name in curves.items()
     )
 
@@ -249,7 +250,7 @@ def _at(values: Sequence[Any] | None, i: int) -> Any:
 def _words(values: Sequence[Any] | None, i: int) -> str:
     """A transcript cell: the words, "(no words)" for an empty transcript, "–" when unknown."""
     text = _at(values, i)
-    return "(no words)" if text == "" else esc(text)
+    return "(no words)" if text == "" else cell(text)
 
 
 def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.markup import link, relative_url, web_url
 from codecflow.tasks.core.storage import atomic_file
 from codecflow.tasks.data.records import SUMMARY_KIND, EvaluationSummary
 from codecflow.tasks.evaluate.html import SORT_JS, STYLE, fmt, plain, speech_parts
@@ -139,24 +140,25 @@ _RUNS_INDEX_TITLE = "<title>codecflow evaluations</title>"
 
 #: Click a column's header to sort by it (again: the other way). Plain JS, no library: a cell's
 #: `data-v` holds its raw value (numbers compare as numbers, the rest as text, blanks last).
-def _href(target: str, root: Path) -> str:
-    """A link to `target` from `root/index.html`: relative below `root`, a file:// URI for
-    another local folder, the URL itself for a remote dataset."""
-    if "://" in target:
-        return target
+def _href(target: str, root: Path) -> str | None:
+    """A link to `target` from `root/index.html`: relative below `root`, the URL itself for an
+    http(s) dataset; None (shown as text) for another local folder, `s3://`, `javascript:` and
+    every other scheme: a page links relative paths and http(s) only."""
+    if "://" in target or ":" in target.split("/")[0]:
+        return web_url(target)
     path = Path(target).resolve()
     try:
-        return path.relative_to(root.resolve()).as_posix()
+        return relative_url(path.relative_to(root.resolve()).as_posix())
     except ValueError:
-        return path.as_uri()
+        return None
 
 
 def _index_cell(column: str, value: Any, root: Path) -> str:
     raw = "" if value is None else value if isinstance(value, int | float) else fmt(value)
-    if column == "report":
-        text = f'<a href="{html.escape(value)}/index.html">{html.escape(value)}</a>'
+    if column == "report":  # a folder below root: its name percent-encoded in the link
+        text = link(relative_url(f"{value}/index.html"), value)
     elif column in ("checkpoint", "dataset"):
-        text = f'<a href="{html.escape(_href(value, root))}">{html.escape(Path(value).name)}</a>'
+        text = link(_href(value, root), Path(value).name)
     else:
         text = html.escape(plain(value))
     return f'<td data-v="{html.escape(str(raw))}">{text}</td>'

@@ -13,6 +13,7 @@ dataset's fingerprint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from codecflow.tasks.core import storage
+from codecflow.tasks.core.markup import md_code, md_text
 from codecflow.tasks.data.manifest import Acquisition, archive_of, read_acquisition
 from codecflow.tasks.data.records import DatasetInfo
 from codecflow.tasks.data.token_shards import CODES_LAYOUT, METADATA_PREFIX
@@ -123,24 +125,24 @@ def _provenance(
     lines = [
         "## Provenance",
         "",
-        f"- Source manifest: `{info.manifest}` (sha256 `{plan.manifest_sha256}`), the segment "
-        "manifest of codecflow's acquire stage: Libri-Light's layout and metadata, cut into "
-        "segments by voice activity (Libri-Light's `cut_by_vad.py` semantics), speakers split "
+        f"- Source manifest: {md_code(info.manifest)} (sha256 `{plan.manifest_sha256}`), the "
+        "segment manifest of codecflow's acquire stage: Libri-Light's layout and metadata, cut "
+        "into segments by voice activity (Libri-Light's `cut_by_vad.py` semantics), speakers split "
         "so that none is in two splits.",
     ]
     for name, marker in acquisition.archives.items():
         if isinstance(marker, dict):
             source = marker.get("source") or marker.get("archive")
             lines.append(
-                f"- Archive `{name}`: from `{source}`, md5 `{marker.get('md5')}`, "
-                f"{marker.get('n_files')} files extracted."
+                f"- Archive {md_code(name)}: from {md_code(source)}, md5 "
+                f"{md_code(marker.get('md5'))}, {md_text(marker.get('n_files'))} files extracted."
             )
         else:
-            lines.append(f"- Archive `{name}`: no extraction record (extracted by hand).")
+            lines.append(f"- Archive {md_code(name)}: no extraction record (extracted by hand).")
     if subsets:
         lines.append(
             "- Libri-Light subsets: "
-            + ", ".join(f"`{s}` ({n} segments)" for s, n in subsets.items())
+            + ", ".join(f"{md_code(s)} ({n} segments)" for s, n in subsets.items())
             + "."
         )
     summary = acquisition.summary
@@ -158,10 +160,14 @@ def _provenance(
     return lines
 
 
+def _table_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
 def _tokenizer(info: DatasetInfo) -> list[str]:
     spec = info.tokenizer
     rows = [
-        ("name", f"`{spec['name']}`"),
+        ("name", md_code(spec["name"])),
         ("levels (K)", spec["num_levels"]),
         ("codebook size", spec["codebook_size"]),
         ("sample rate", f"{spec['sample_rate']} Hz"),
@@ -171,14 +177,16 @@ def _tokenizer(info: DatasetInfo) -> list[str]:
     ]
     if "checkpoint_sha256" in spec:
         rows.append(("checkpoint sha256", f"`{spec['checkpoint_sha256']}`"))
+    load = "codecflow.load_tokenizer(" + json.dumps(spec["name"]) + ")"
     return [
         "## Tokenizer",
         "",
         "| | |",
         "|---|---|",
-        *(f"| {key} | {value} |" for key, value in rows),
+        # A pipe would end the cell, even inside a code span (GFM): escaped.
+        *(f"| {key} | {_table_cell(value)} |" for key, value in rows),
         "",
-        f'`codecflow.load_tokenizer("{spec["name"]}")` builds it (`encode_audio`, `decode`).',
+        f"{md_code(load)} builds it (`encode_audio`, `decode`).",
     ]
 
 
@@ -292,7 +300,7 @@ def dataset_card(plan: DatasetPlan, info: DatasetInfo, report: Mapping[str, Any]
         _loading(info),
     )
     title = (
-        f"# {info.tokenizer['name']} tokens of {info.totals.segments:,} speech segments "
+        f"# {md_text(info.tokenizer['name'])} tokens of {info.totals.segments:,} speech segments "
         f"({float(info.totals.audio_hours):.3f} h)"
     )
     intro = (

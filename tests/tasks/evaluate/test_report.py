@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_records import summary_dict as _summary_dict
 
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.report import evaluation_html, samples_table, summary_markdown
@@ -23,98 +24,6 @@ from codecflow.tasks.evaluate.runs_index import (
 
 HOSTILE = '<script>alert("x")</script>'
 ESCAPED = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
-
-
-def _summary_dict(**overrides: Any) -> dict[str, Any]:
-    """A summary.json as a dictionary (what a file holds; tests change it before parsing)."""
-    summary: dict[str, Any] = {
-        "kind": "codecflow-evaluation",
-        "tokenizer": "mu-law-256",
-        "num_levels": 2,
-        "codebook_size": 256,
-        "frame_rate": 16000.0,
-        "layout": "flat",
-        "level_weights": [1.0, 0.5],
-        "checkpoint": "/runs/lm/checkpoint",
-        "checkpoint_step": 40,
-        "dataset": "/runs/tokens",
-        "audio_hours": 0.25,
-        "n_segments": 180,
-        "n_tokens": 1_234_567,
-        "dataset_bytes": 2_469_134,
-        "train_loss_first": 5.5,
-        "train_loss_last": 3.25,
-        "n_parameters": 33_664,
-        "context_tokens": 64,
-        "context_seconds": 0.004,
-        "generated_seconds": 0.04,
-        "generated_tokens": 640,
-        "generation_seconds": 0.5,
-        "generation_tokens_per_s": 1280.0,
-        "compute_seconds_per_audio_second": 8.0,
-        "n_prefills": 3,
-        "val_loss_per_level": [2.0, 3.0],
-        "val_perplexity_per_level": [7.389, 20.09],
-        "val_loss": 2.5,
-        "val_bits_per_audio_second": 46_166.0,
-        "prompt": "/data/prompt.flac",
-        "prompt_seconds": 4.0,
-        "prompt_roundtrip": {"si_sdr_db": 35.5, "mel_l1": 0.01, "pesq_wb": 4.25, "stoi": 0.987},
-        "num_samples": 2,
-        "samples": [
-            {
-                "rms_dbfs": -20.123,
-                "clipping_fraction": 0.00012345,
-                "silence_fraction": 0.1234,
-                "voiced_flatness": 0.4567,
-                "band_flatness": 0.0456,
-                "crest_factor": 2.71,
-                "flags": [],
-            },
-            {
-                "rms_dbfs": -3.0,
-                "clipping_fraction": 0.25,
-                "silence_fraction": 0.0,
-                "voiced_flatness": 0.9,
-                "band_flatness": 0.9,
-                "crest_factor": 1.2,
-                "flags": ["screeching", "crackling"],
-            },
-        ],
-        "speech": {
-            "skipped": None,
-            "voice": {
-                "skipped": None,
-                "prompt_vs_sample": [0.8, None],
-                "sample_first_vs_second_half": [0.7, 0.6],
-            },
-            "words": {
-                "skipped": None,
-                "transcripts": ["hello world", ""],
-                "prompt_transcript": "when grass is",
-                "prompt_wer": 0.25,
-            },
-        },
-        "regeneration": {
-            "source": "/data/regen.flac",
-            "seconds": 2.0,
-            "runs": [
-                {
-                    "keep_levels": 1,
-                    "files": ["regen/keep1_0.wav", "regen/keep1_1.wav"],
-                    "voice_similarity_to_original": [0.5, 0.7],
-                    "word_error_rate_to_original": [0.1, None],
-                    "transcripts": ["hi", ""],
-                    "metrics_skipped": None,
-                },
-                {"keep_levels": 2, "skipped": "keeping 2 of 2 levels leaves nothing to generate"},
-            ],
-        },
-        "settings": {"seed": 0, "prompt": "/data/prompt.flac"},
-        "identity": {"weights": "ab12"},
-    }
-    summary.update(overrides)
-    return summary
 
 
 def _summary(**overrides: Any) -> EvaluationSummary:
@@ -151,7 +60,8 @@ def test_hostile_strings_are_escaped_everywhere_in_the_report() -> None:
     regen["runs"][1]["skipped"] = HOSTILE
     page = evaluation_html(EvaluationSummary.from_json(summary, "summary.json"))
     assert "<script" not in page and "</script" not in page
-    assert 'onerror="' not in page and 'src="a.wav&quot; onerror=&quot;alert(1)"' in page
+    # A file name is a path segment, percent-encoded: its quote cannot end the attribute.
+    assert 'onerror="' not in page and 'src="a.wav%22%20onerror%3D%22alert%281%29"' in page
     assert page.count(ESCAPED) >= 10
     # The settings block is JSON, escaped once more (its quotes were already JSON-escaped).
     assert "&lt;script&gt;alert(\\&quot;x\\&quot;)&lt;/script&gt;" in page
@@ -320,7 +230,7 @@ def test_runs_index_page_escapes_folder_names_and_values(tmp_path: Path) -> None
     assert index == tmp_path / "index.html"
     page = index.read_text()
     assert page.count("<script") == 1 and "<b>" not in page  # the one script: the sorting
-    assert 'href="&lt;b&gt;&quot;x/report/index.html"' in page
+    assert 'href="%3Cb%3E%22x/report/index.html"' in page
     assert ESCAPED in page and "1 evaluation report(s)" in page
     before = page
     write_runs_index(tmp_path)  # idempotent: the same page, no temporaries beside it
@@ -384,7 +294,8 @@ def test_the_runs_index_sorts_links_and_plots(tmp_path: Path) -> None:
     assert '<td data-v="78810.0">78,810</td>' in page and "e+04" not in page
     assert '<td data-v="900.5">900.5</td>' in page
     assert '<a href="tokens">tokens</a>' in page  # a dataset below the index: relative
-    assert '<a href="file:///runs/lm/checkpoint">checkpoint</a>' in page
-    assert '<a href="s3://bucket/ckpt">ckpt</a>' in page
+    # Pages link relative paths and http(s) only: another local folder or s3:// is text.
+    assert '<td data-v="/runs/lm/checkpoint">checkpoint</td>' in page
+    assert '<td data-v="s3://bucket/ckpt">ckpt</td>' in page and "file://" not in page
     png = tmp_path / "runs_bits_per_audio_second.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'src="' + png.name in page
