@@ -17,6 +17,11 @@ Measures, on the CPU and on the same dataset:
   tokens/s / 3 (backward ~ 2 forwards; optimizer time left out, so the LM side is overstated and
   the ratio understated).
 
+Also the cost of checking shards against their commit markers when a process first opens them
+(`tasks.data.shard_check`): the open time with the sha256 (first open), without it
+(`CODECFLOW_VERIFY_SHARDS=0`), and a second open (checked already), side by side, with the hash's
+throughput so the cost for a larger dataset can be read off.
+
 Prints both rates and their ratio per preset, and PASS when the reader is at least 10x faster than
 the demo LM consumes (the goal), FAIL otherwise (exit status 1).
 """
@@ -24,6 +29,7 @@ the demo LM consumes (the goal), FAIL otherwise (exit status 1).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +41,7 @@ import torch
 
 from codecflow.models.gpt import GPT, GPTConfig
 from codecflow.tasks.core.threads import apply_thread_policy
+from codecflow.tasks.data.shard_check import VERIFY_ENV, forget_checked
 from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 GOAL_RATIO = 10.0
@@ -123,6 +130,36 @@ def lm_forward_tokens_per_s(config: GPTConfig, batch: int, repeats: int) -> floa
     return repeats * batch * config.block_size / (time.perf_counter() - started)
 
 
+def _open_seconds(dataset: Path, split: str, verify: bool, forget: bool, repeats: int = 5) -> float:
+    """Best wall time of opening `split` (mapping every shard), with or without the sha256."""
+    os.environ[VERIFY_ENV] = "1" if verify else "0"
+    best = float("inf")
+    for _ in range(repeats):
+        if forget:
+            forget_checked()
+        started = time.perf_counter()
+        TokenReader(dataset, split).close()
+        best = min(best, time.perf_counter() - started)
+    os.environ.pop(VERIFY_ENV)
+    return best
+
+
+def verification_cost(dataset: Path, split: str) -> None:
+    """Open times with and without the shards' sha256, and the hash's throughput."""
+    info = read_dataset_info(dataset)
+    size = sum(s.bytes for s in info.shards if s.split == split)
+    without = _open_seconds(dataset, split, verify=False, forget=True)
+    first = _open_seconds(dataset, split, verify=True, forget=True)
+    again = _open_seconds(dataset, split, verify=True, forget=False)
+    rate = size / max(first - without, 1e-9) / 1e6
+    print(
+        f"open {split} ({size / 1e6:.2f} MB of shards): {without * 1e3:.1f} ms without the "
+        f"sha256, {first * 1e3:.1f} ms with it ({first / without:.1f}x), "
+        f"{again * 1e3:.1f} ms once checked; sha256 at {rate:,.0f} MB/s, so about "
+        f"{1e6 / rate / 60:.0f} min per TB, once per process"
+    )
+
+
 def _line(name: str, reader_rate: float, lm_rate: float) -> float:
     ratio = reader_rate / lm_rate
     print(
@@ -151,6 +188,7 @@ def main() -> int:
             dataset = _tiny_dataset(Path(tmp))
         spec = read_dataset_info(dataset).tokenizer
         vocab = int(spec["codebook_size"])
+        verification_cost(Path(dataset), args.split)
         started = time.perf_counter()
         with TokenReader(dataset, args.split) as reader:
             opened = time.perf_counter() - started

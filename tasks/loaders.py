@@ -22,6 +22,7 @@ point `HF_HOME` at it).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.checkpoints import (
     load_weights,
     read_checkpoint_json,
+    weight_shapes,
 )
 
 if TYPE_CHECKING:
@@ -246,16 +248,80 @@ def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[s
         raise CodecflowError(f"no complete LM checkpoint at {checkpoint}")
     config = read_checkpoint_json(checkpoint / "config.json")
     try:
-        model = GPT(GPTConfig(**config["gpt"]))
+        gpt_config = GPTConfig(**config["gpt"])
+        with torch.device("meta"):  # shapes only: a crafted config.json allocates nothing
+            expected = {k: tuple(v.shape) for k, v in GPT(gpt_config).state_dict().items()}
     except (KeyError, TypeError, ValueError, AssertionError) as err:
         raise CodecflowError(
             f"checkpoint {checkpoint}: config.json has no valid GPT ({err!r})"
         ) from None
+    # The weights' own header says their shapes: checked before anything is built or loaded.
+    _check_shapes(checkpoint, expected, weight_shapes(checkpoint / "model.safetensors"))
+    _check_memory(checkpoint, expected, device)
+    model = GPT(gpt_config)
     weights = load_weights(checkpoint / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - {"wte.weight"}:
         raise CodecflowError(f"checkpoint {checkpoint} does not match its config.json")
     return model.to(device).eval(), config["tokenizer"]
+
+
+#: The GPTConfig field each dimension of a weight follows, by weight name (the others: n_embd).
+_SHAPE_FIELDS = {"wte.weight": ("vocab_size", "n_embd"), "lm_head.weight": ("vocab_size", "n_embd"),
+                 "wpe.weight": ("block_size", "n_embd")}  # fmt: skip
+
+
+def _check_shapes(
+    checkpoint: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> None:
+    """CodecflowError naming the config.json field that the weights contradict."""
+    tied = {"wte.weight"}  # tied to lm_head.weight: stored once
+    missing = sorted(set(expected) - set(found) - tied)
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        field = "n_layer" if name.startswith("h.") else "the model's layout"
+        raise CodecflowError(
+            f"checkpoint {checkpoint}: config.json does not fit model.safetensors ({field}): "
+            f"{name} is {'missing from' if missing else 'not expected in'} the weights"
+        )
+    for name, shape in found.items():
+        if shape != expected[name]:
+            fields = _SHAPE_FIELDS.get(name, ("n_embd",) * len(shape))
+            pairs = list(zip(shape, expected[name], strict=False))
+            dim = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+            raise CodecflowError(
+                f"checkpoint {checkpoint}: config.json's {fields[min(dim, len(fields) - 1)]} "
+                f"does not fit model.safetensors: {name} is {list(shape)} in the weights, "
+                f"{list(expected[name])} by config.json"
+            )
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory a model could take on `device`: free GPU memory, or MemAvailable on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(
+    checkpoint: Path, expected: dict[str, tuple[int, ...]], device: torch.device
+) -> None:
+    """Refuse a model whose fp32 weights alone exceed the memory `device` has free."""
+    need = 4 * sum(math.prod(shape) for shape in expected.values())
+    free = _available_bytes(device)
+    if free is not None and need > free:
+        raise CodecflowError(
+            f"checkpoint {checkpoint} needs {need / 2**30:.1f} GiB for its weights, more than "
+            f"the {free / 2**30:.1f} GiB free on {device.type}"
+        )
 
 
 #: Both speech models work at 16 kHz: GE2E was trained on 16 kHz mels, pocketsphinx's en-us on

@@ -13,6 +13,7 @@ A train-lm run's final checkpoint is `<out>/checkpoint` (`metrics.json` written 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from codecflow.tasks.core.errors import CodecflowError
@@ -35,6 +36,9 @@ __all__ = [
     "read_checkpoint_json",
     "read_log",
     "save_resumable",
+    "save_torch",
+    "save_weights",
+    "weight_shapes",
 ]
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -63,10 +67,10 @@ def save_resumable(
     as the model's `config.json` that lets an evaluation load the checkpoint mid-training."""
     target = Path(out) / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_weights(weights, tmp / "model.safetensors")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        torch.save({"step": step, **state}, tmp / "training_state.pt")
+        save_torch({"step": step, **state}, tmp / "training_state.pt")
         (tmp / "COMPLETE").write_text(f"{step}\n")  # last: the folder is whole
     steps = sorted(
         (p for p in target.parent.iterdir() if _STEP_DIR.match(p.name)),
@@ -74,6 +78,32 @@ def save_resumable(
     )
     for old in steps[:-2]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' `save_file`, its I/O failures as an OSError naming `path` (safetensors
+    raises its own `SafetensorError: ... (os error 28)`, which no caller can tell apart)."""
+    try:
+        save_file(weights, str(path))
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from exc
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """`torch.save` into a file that Python opened: a full disk, a read-only folder or a quota
+    is then an OSError naming `path` (`error: no space left on device: <path>`), where torch
+    given the path raised `RuntimeError: [enforce fail at inline_container.cc:664] ...`."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def read_log(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -95,6 +125,22 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CodecflowError(f"checkpoint weights not found: {path}")
     try:
         return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CodecflowError(
+            f"unreadable checkpoint {path}: not a safetensors file ({reason})"
+        ) from None
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a `model.safetensors` file, read from its header only (no
+    tensor is loaded); a one-line error for a file that is no safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodecflowError(f"checkpoint weights not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CodecflowError(

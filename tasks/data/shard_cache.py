@@ -13,9 +13,10 @@ never copied.
 A shard is downloaded under a temporary name while its sha256 is computed, compared with the
 sha256 its commit marker recorded (as `dataset.json` lists it), and renamed into place only
 when they agree: a mismatch is a `ChecksumMismatchError` naming the shard's URL, and leaves
-nothing in the cache. The entry's name holds the expected sha256, so an entry that exists (of
-the expected size) is trusted without hashing it again, and a dataset re-tokenized at the same
-URL gets new entries. Processes on one machine (torchrun's ranks) share the cache: the first
+nothing in the cache. The entry's name holds the expected sha256, so a dataset re-tokenized at
+the same URL gets new entries. An entry found is checked again by the reader once per process
+(`tasks.data.shard_check`): one damaged in place is dropped and fetched again, once.
+Processes on one machine (torchrun's ranks) share the cache: the first
 takes the entry's lock (`tasks.core.outputs.exclusive_lock`, waiting) and downloads, the others
 wait for it and then find the entry. A download killed midway leaves only its temporary, which
 the next holder of the lock removes.
@@ -32,6 +33,7 @@ from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError
 from codecflow.tasks.core.faults import kill_point
 from codecflow.tasks.data.records import ShardEntry
+from codecflow.tasks.data.shard_check import mark_checked
 
 __all__ = [
     "CachedShard",
@@ -89,6 +91,7 @@ def fetch_shard(dataset: str, shard: ShardEntry) -> CachedShard:
             return CachedShard(path, downloaded=False)
         _remove_partial(path)
         _download(url, path, shard)
+    mark_checked(path, shard)  # hashed as it streamed: not again when the reader opens it
     return CachedShard(path, downloaded=True)
 
 

@@ -36,6 +36,7 @@ from codecflow.tasks.core import storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.records import DatasetInfo, ShardEntry
 from codecflow.tasks.data.shard_cache import fetch_shard
+from codecflow.tasks.data.shard_check import ShardDamagedError, check_shard
 from codecflow.tasks.data.token_shards import (
     DATASET_FORMAT_VERSION,
     batch_codes,
@@ -263,11 +264,12 @@ class TokenReader:
                 # Arrow arrays over the mapped file: a segment's strings are read when asked for.
                 self._metadata.append({name: batch.column(name) for name in SEGMENT_METADATA})
                 rows += n
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, OSError) as exc:  # OSError: pyarrow's "Expected to be able..."
+            reason = " ".join(str(exc).split())
             raise CodecflowError(
-                f"token shard {path} is not an Arrow IPC {kind} (format version "
-                f"{self._format_version}): {exc}"
-            ) from exc
+                f"token shard {path} is not a readable Arrow IPC {kind} (format version "
+                f"{self._format_version}): {reason}"
+            ) from None
         return rows
 
     def _check_shard_metadata(self, schema: pa.Schema, path: str) -> None:
@@ -280,14 +282,24 @@ class TokenReader:
             )
 
     def _local_copy(self, shard: ShardEntry, path: str) -> Path:
-        """The file to map: the shard itself, or the cached copy of a remote dataset's shard."""
-        if isinstance(self.dataset, str):
+        """The file to map: the shard itself, or the cached copy of a remote dataset's shard,
+        checked against its commit marker (`tasks.data.shard_check`)."""
+        if not isinstance(self.dataset, str):
+            if not Path(path).is_file():
+                raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
+            check_shard(Path(path), shard, path)
+            return Path(path)
+        cached = fetch_shard(self.dataset, shard)
+        self.downloaded += int(cached.downloaded)
+        try:
+            check_shard(cached.path, shard, f"{path} (cached as {cached.path})")
+        except ShardDamagedError:
+            # A damaged cache entry is dropped and fetched again, once; the copy in the bucket
+            # is checked as it streams (a damaged one there is an error naming it).
+            cached.path.unlink(missing_ok=True)
             cached = fetch_shard(self.dataset, shard)
             self.downloaded += int(cached.downloaded)
-            return cached.path
-        if not Path(path).is_file():
-            raise CodecflowError(f"token shard {path} listed in dataset.json is missing")
-        return Path(path)
+        return cached.path
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from safetensors.torch import save_file
 
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.plots import figure
@@ -37,6 +36,7 @@ from codecflow.tasks.data.checkpoints import (
     load_weights,
     read_log,
     save_resumable,
+    save_weights,
 )
 
 __all__ = [
@@ -272,7 +272,7 @@ def write_final(
     presence is what marks a run finished."""
     final = Path(out) / "checkpoint"
     with atomic_dir(final) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_weights(weights, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json_text(config))
         (tmp / "train_log.jsonl").write_text(log.text())
         plot(tmp / "loss.png")

@@ -260,3 +260,51 @@ def test_corrupt_weights_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
     with pytest.raises(CodecflowError, match="cannot load the Mimi weights") as info:
         load_mimi(2, repo="someone/broken", filename="mimi.safetensors")
     assert "\n" not in str(info.value)
+
+
+def _config_changed(checkpoint: Path, tmp_path: Path, **gpt: object) -> Path:
+    """A copy of `checkpoint` whose config.json states other GPT fields."""
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(checkpoint, tmp_path / "checkpoint"))
+    config = json.loads((copy / "config.json").read_text())
+    config["gpt"].update(gpt)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_a_config_that_does_not_fit_its_weights_names_the_field(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Checked against the weights' header before any model is built (issue 23: a changed
+    vocab_size was `RuntimeError ... size mismatch for lm_head.weight`)."""
+    vocab = _config_changed(tiny_checkpoint, tmp_path / "v", vocab_size=300)
+    with pytest.raises(CodecflowError, match=r"config\.json's vocab_size does not fit "
+                       r"model\.safetensors: lm_head\.weight is \[\d+, 32\] in the weights, "
+                       r"\[300, 32\] by config\.json$"):  # fmt: skip
+        loaders.load_checkpoint(vocab, torch.device("cpu"))
+    layers = _config_changed(tiny_checkpoint, tmp_path / "l", n_layer=3)
+    with pytest.raises(CodecflowError, match=r"\(n_layer\): h\.2\..* is missing from the weights"):
+        loaders.load_checkpoint(layers, torch.device("cpu"))
+
+
+def test_a_crafted_config_allocates_nothing_before_it_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A config.json stating a model of ~100 TB is refused from the header, in milliseconds,
+    without allocating it (a real build would exhaust memory)."""
+    huge = _config_changed(tiny_checkpoint, tmp_path, n_layer=4096, n_embd=65536, n_head=256)
+    with pytest.raises(CodecflowError, match=r"does not fit model\.safetensors"):
+        loaders.load_checkpoint(huge, torch.device("cpu"))
+
+
+def test_a_model_over_the_free_memory_is_refused(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loaders, "_available_bytes", lambda device: 1000)
+    with pytest.raises(CodecflowError, match=r"GiB for its weights, more than the 0\.0 GiB free"):
+        loaders.load_checkpoint(tiny_checkpoint, torch.device("cpu"))
+    monkeypatch.undo()
+    model, _ = loaders.load_checkpoint(tiny_checkpoint, torch.device("cpu"))
+    assert model.config.n_embd == 32

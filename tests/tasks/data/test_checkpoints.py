@@ -4,6 +4,7 @@ at the resumed step, and a damaged file is refused in one line naming it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.errors import CodecflowError, user_error
 from codecflow.tasks.data.checkpoints import (
     latest_checkpoint,
     load_training_state,
@@ -20,6 +21,8 @@ from codecflow.tasks.data.checkpoints import (
     read_checkpoint_json,
     read_log,
     save_resumable,
+    save_torch,
+    save_weights,
 )
 
 
@@ -194,3 +197,19 @@ def test_read_checkpoint_json_of_a_missing_file_or_a_folder(tmp_path: Path) -> N
         read_checkpoint_json(tmp_path / "config.json")
     (tmp_path / "ok.json").write_text('{"a": [1]}')
     assert read_checkpoint_json(tmp_path / "ok.json") == {"a": [1]}
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file() -> None:
+    """torch.save given a path raised `RuntimeError: [enforce fail at inline_container.cc:664]`
+    on a full disk, and safetensors its own SafetensorError: both are now ENOSPC naming the
+    file, which the CLI prints as `error: no space left on device: <path>` (/dev/full fails
+    every write with ENOSPC)."""
+    full = Path("/dev/full")
+    for save in (
+        lambda: save_torch({"step": 1, "x": torch.zeros(10_000)}, full),
+        lambda: save_weights({"x": torch.zeros(10_000)}, full),
+    ):
+        with pytest.raises(OSError) as err:
+            save()
+        assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(full))
+        assert str(user_error(err.value)) == f"no space left on device: {full}"
