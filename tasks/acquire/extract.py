@@ -5,7 +5,10 @@ binary stream (an HTTP body included: a 3 TB Libri-Light tar is never stored), a
 members to a local folder or under any fsspec URL (`s3://bucket/prefix/...`). Unsafe members are
 refused and listed with their reason (tarfile only reads and checks: the files are written here,
 never through a link); the md5 of the bytes read is computed on the way and checked at the end;
-nothing is left behind when the archive is corrupt, truncated or has the wrong md5. The marker
+nothing is left behind when the archive is corrupt, truncated or has the wrong md5, or expands
+past its bound (`ExtractLimits`: a compressed archive may not write more than a multiple of the
+bytes read from it, checked as every member is copied, so a decompression bomb stops within
+megabytes). The marker
 `.extracted.json`, written last, means the extraction completed and says of which archive (md5,
 source URL): another archive is never extracted over it nor served from it.
 """
@@ -22,7 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -46,7 +49,7 @@ from codecflow.tasks.acquire.sinks import LocalSink, RemoteSink, Sink
 from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
 from codecflow.tasks.core.storage import atomic_dir, atomic_write_json
 
-__all__ = ["extract_tar_safely"]
+__all__ = ["ArchiveExpansionError", "ExtractLimits", "extract_tar_safely", "libri_light_member"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,6 +62,77 @@ def _stream_name(stream: Any) -> str:
     return name if isinstance(name, str) and name else "<archive stream>"
 
 
+class ArchiveExpansionError(CodecflowError):
+    """An archive wrote more than its bound: nothing of it is kept."""
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What an extraction may write.
+
+    `max_expansion` x the archive bytes read so far + `slack_bytes` bounds the member bytes
+    written, checked at every chunk copied: an uncompressed tar writes as much as it reads (1x),
+    FLAC in a gzip about as much (FLAC does not compress), so 4x leaves room for any real
+    archive while a gzip bomb (300 KB holding 300 MiB of zeros) stops after `slack_bytes`.
+    `keep` (a member's name -> "" to extract it, else why not) lists the other members as
+    refused without writing them; None keeps every safe member.
+    """
+
+    max_expansion: float = 4.0
+    slack_bytes: int = 16 << 20
+    keep: Callable[[str], str] | None = None
+
+
+#: Libri-Light's members: the audio, its metadata and LibriSpeech's transcripts.
+_LIBRI_LIGHT_SUFFIXES = (".flac", ".json", ".txt")
+
+
+def libri_light_member(name: str) -> str:
+    """ "" for a member acquire reads (audio, its JSON metadata, a transcript), else why not."""
+    if name.lower().endswith(_LIBRI_LIGHT_SUFFIXES):
+        return ""
+    return "not audio or its metadata (not extracted)"
+
+
+class _Budget:
+    """Counts member bytes as the sinks read them; raises past the expansion bound."""
+
+    def __init__(self, reader: HashingReader, limits: ExtractLimits, what: str) -> None:
+        self.reader, self.limits, self.what, self.written = reader, limits, what, 0
+
+    def extractfile(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def opened(member: Any) -> Any:
+            source = original(member)
+            return None if source is None else _Counted(source, self)
+
+        return opened
+
+    def add(self, n: int) -> None:
+        self.written += n
+        bound = self.limits.max_expansion * self.reader.n_bytes + self.limits.slack_bytes
+        if self.written > bound:
+            raise ArchiveExpansionError(
+                f"archive {self.what} expands past {self.limits.max_expansion:g}x the "
+                f"{self.reader.n_bytes:,} bytes read from it (+ {self.limits.slack_bytes >> 20} "
+                f"MiB): {self.written:,} bytes written; refused, nothing kept"
+            )
+
+
+class _Counted:
+    """A member's file object whose reads count against the budget."""
+
+    def __init__(self, inner: Any, budget: _Budget) -> None:
+        self.inner, self.budget = inner, budget
+
+    def read(self, size: int = -1) -> bytes:
+        chunk: bytes = self.inner.read(size)
+        self.budget.add(len(chunk))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @dataclass
 class _Result:
     n_files: int
@@ -68,20 +142,26 @@ class _Result:
     size: int
 
 
-def _extract_members(raw: BinaryIO, what: str, sink: Sink) -> _Result:
+def _extract_members(raw: BinaryIO, what: str, sink: Sink, limits: ExtractLimits) -> _Result:
     """Stream every member of the archive `raw` into `sink`; counts, refusals and the md5.
 
-    Raises CorruptArchiveError when the archive cannot be read to its end-of-archive marker.
+    Raises CorruptArchiveError when the archive cannot be read to its end-of-archive marker,
+    ArchiveExpansionError when it writes past `limits`.
     """
     reader = HashingReader(raw)
+    budget = _Budget(reader, limits, what)
     refused: list[tuple[str, str]] = []
     n_files = n_bytes = 0
     try:
         with tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|*", bufsize=CHUNK) as tar:
             spy = LastReadSpy(tar.fileobj)
             tar.fileobj = spy
+            tar.extractfile = budget.extractfile(tar.extractfile)  # type: ignore[method-assign,assignment]
             for member in tar:
                 safe, reason = refusal(member, sink.filter_root)
+                if safe is not None and safe.isreg() and limits.keep is not None:
+                    reason = limits.keep(safe.name)
+                    safe = None if reason else safe
                 if safe is not None:
                     reason = sink.unsupported(safe) or sink.write(tar, safe)
                 if safe is None or reason:
@@ -160,6 +240,7 @@ def extract_tar_safely(
     expected_md5: str | None = None,
     description: str | None = None,
     source: str | None = None,
+    limits: ExtractLimits = ExtractLimits(),  # noqa: B008 - frozen, never mutated
 ) -> ExtractRecord:
     """Extract a (possibly compressed) tar into `dest`, refusing unsafe members.
 
@@ -185,7 +266,8 @@ def extract_tar_safely(
     ExtractionIdentityError and the folder is kept.
 
     `description` names the archive in errors (default: the path, or the stream's name);
-    `source` (the URL it came from) is recorded in the marker.
+    `source` (the URL it came from) is recorded in the marker. `limits` bounds what the archive
+    may write and which members are extracted at all (`ExtractLimits`).
 
     Raises CorruptArchiveError for a truncated or corrupt archive and ChecksumMismatchError when
     the md5 differs from `expected_md5`, leaving nothing extracted and no marker.
@@ -218,18 +300,23 @@ def extract_tar_safely(
         if where.local is not None:
             _sweep_temporaries(where.local)
             with atomic_dir(where.local) as tmp:
-                result = _extract_members(raw, what, LocalSink(tmp))
+                result = _extract_members(raw, what, LocalSink(tmp), limits)
                 _check_md5(what, expected, result.md5)
                 atomic_write_json(tmp / EXTRACTED_MARKER, _marker_json(what, source, result))
         else:
-            result = _extract_remote(raw, what, source, where, expected)
+            result = _extract_remote(raw, what, source, where, expected, limits)
     return ExtractRecord(
         where.root, result.n_files, result.n_bytes, tuple(result.refused), result.md5
     )
 
 
 def _extract_remote(
-    raw: BinaryIO, what: str, source: str | None, where: Dest, expected: str | None
+    raw: BinaryIO,
+    what: str,
+    source: str | None,
+    where: Dest,
+    expected: str | None,
+    limits: ExtractLimits,
 ) -> _Result:
     """Objects written straight under `where`, the marker last; all of them deleted on failure."""
     fs = where.fs
@@ -241,7 +328,7 @@ def _extract_remote(
     with tempfile.TemporaryDirectory(prefix="codecflow-extract-") as filter_root:
         sink = RemoteSink(fs, where.base, filter_root)
         try:
-            result = _extract_members(raw, what, sink)
+            result = _extract_members(raw, what, sink, limits)
             _check_md5(what, expected, result.md5)
             data = json.dumps(_marker_json(what, source, result), indent=2, sort_keys=True) + "\n"
             fs.pipe_file(where.marker_path, data.encode())

@@ -116,8 +116,12 @@ def extract_task(archive: download.FetchRecord, dest: str) -> extraction.Extract
     """Extract the downloaded tar safely (keyed on the tar's md5: an extraction of another
     archive at `dest` is refused, not reused)."""
     return extract.extract_tar_safely(
-        archive.path, dest, expected_md5=archive.md5 or None, source=archive.source
+        archive.path, dest, expected_md5=archive.md5 or None, source=archive.source, limits=_AUDIO
     )
+
+
+#: Acquire extracts only what it reads (audio, metadata, transcripts), within the expansion bound.
+_AUDIO = extract.ExtractLimits(keep=extract.libri_light_member)
 
 
 @task(
@@ -130,7 +134,7 @@ def stream_extract_task(source: str, dest: str, md5: str | None) -> extraction.E
     """Extract `source` as it streams, storing no tar (the md5 is checked at the end)."""
     with stream.open_source_stream(source) as source_stream:
         return extract.extract_tar_safely(
-            source_stream, dest, expected_md5=md5, description=source, source=source
+            source_stream, dest, expected_md5=md5, description=source, source=source, limits=_AUDIO
         )
 
 
