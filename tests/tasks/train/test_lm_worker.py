@@ -165,3 +165,30 @@ def test_an_invalid_run_yaml_is_one_line(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: rank 0: invalid TrainLMConfig in {run_file}: ")
     assert "preset 'post' sets the model shape; leave out ['n_layer']" in line
+
+
+def test_a_damaged_shard_on_two_ranks_is_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A shard changed in place (issue 23: the ranks read altered codes, or pyarrow's error
+    reached the launcher as `torchrun exited with status 1`): the first failing rank's one line,
+    and both ranks end (the call returns)."""
+    import re
+    import shutil
+
+    from codecflow.tasks.core.errors import CodecflowError
+    from codecflow.tasks.data.token_dataset import read_dataset_info
+
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "tokens"))
+    shard = data / next(s.file for s in read_dataset_info(data).shards if s.split == "train")
+    damaged = bytearray(shard.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    settings = TrainLMSettings(**TINY, steps=5, nproc_per_node=2)
+    with pytest.raises(CodecflowError) as err:
+        run_torchrun(data, tmp_path / "lm", settings)
+    assert re.fullmatch(
+        rf"train-lm rank [01] failed: token shard {re.escape(str(shard))} does not match its "
+        r"commit marker: sha256 [0-9a-f]{16}\.\.\., expected [0-9a-f]{16}\.\.\. \(changed since "
+        r"it was written\)",
+        str(err.value),
+    ), str(err.value)
+    assert not (tmp_path / "lm" / "checkpoint").exists()
