@@ -100,10 +100,21 @@ def save_torch(obj: Any, path: Path) -> None:
     try:
         with open(path, "wb") as f:
             torch.save(obj, f)
-    except OSError as exc:
-        if exc.filename is not None:
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer ends a failed write with its own RuntimeError, the OSError that
+        # caused it in the chain (a real full disk; /dev/full fails at the first write).
+        cause = _os_error_in(exc)
+        if cause is None or cause.filename is not None:
             raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError in `exc`'s chain (itself, its cause or context), or None."""
+    item: BaseException | None = exc
+    while item is not None and not isinstance(item, OSError):
+        item = item.__cause__ or item.__context__
+    return item
 
 
 def read_log(path: Path, upto: int) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ def readme_commands() -> list[list[str]]:
     block = text.split(MARKER, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
-        if line.startswith("uv run codecflow "):
-            commands.append(shlex.split(line)[3:])
+        if line.startswith(".venv/bin/codecflow "):
+            commands.append(shlex.split(line)[1:])
     return commands
 
 
