@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from codecflow.schemas.tables import token_shard_schema, token_shard_schema_v2
+from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
 from codecflow.tasks.data.token_shards import CODES_LAYOUT, shard_metadata
 
@@ -115,7 +116,7 @@ def write_dataset(
                 "frames": frames,
                 "tokens": frames * K,
                 "bytes": path.stat().st_size,
-                "sha256": "",
+                "sha256": sha256_file(path),
                 "audio_seconds": frames / FRAME_RATE,
             }
         )

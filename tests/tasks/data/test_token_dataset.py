@@ -16,6 +16,7 @@ import pytest
 from handmade_tokens import LAYOUT, K, flat_stream, write_dataset
 
 from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 
@@ -274,17 +275,24 @@ def test_a_shard_of_another_format_or_dataset_is_refused_naming_it(tmp_path: Pat
     write_dataset(v3, format_version=3)
     write_dataset(v2, format_version=2)
     info = json.loads((v3 / "dataset.json").read_text())
-    # A version 2 file where dataset.json says 3 (an IPC file is no IPC stream), and back.
+    # A version 2 file where dataset.json says 3 (an IPC file is no IPC stream), and back. The
+    # markers are made to agree with the swapped files: their format is what is refused.
     mixed = tmp_path / "mixed"
     shutil.copytree(v3, mixed)
     shutil.copy(v2 / "shards" / "val-00000.arrow", mixed / "shards" / "val-00000.arrow")
+    for shard in info["shards"]:
+        swapped = mixed / shard["file"]
+        shard.update(bytes=swapped.stat().st_size, sha256=sha256_file(swapped))
+    (mixed / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(
-        CodecflowError, match=r"val-00000.arrow is not an Arrow IPC stream \(format version 3\)"
+        CodecflowError,
+        match=r"val-00000.arrow is not a readable Arrow IPC stream \(format version 3\)",
     ):
         TokenReader(mixed, "val")
     (mixed / "dataset.json").write_text(json.dumps({**info, "format_version": 2}))
     with pytest.raises(
-        CodecflowError, match=r"train-00000.arrow is not an Arrow IPC file \(format version 2\)"
+        CodecflowError,
+        match=r"train-00000.arrow is not a readable Arrow IPC file \(format version 2\)",
     ):
         TokenReader(mixed, "train")
     # A dataset of a format this reader does not know yet.
