@@ -9,8 +9,14 @@ tests/schemas/test_post.py and tests/flows/test_presets.py, which load the YAML 
 
 nanoGPT's configurator overrides `train.py`'s defaults with the config file's globals, so a value a
 config does not set is `train.py`'s default: `bias=False`, `weight_decay=0.1`, `beta1=0.9`,
-`grad_clip=1.0`, `warmup_iters=2000` and `lr_decay_iters=600000` (not `max_iters`: the 1 M-step
-configs decay over 600 000 steps, then stay at `min_lr`).
+`grad_clip=1.0` and `warmup_iters=2000`. The decay span is not a default: from 7ae6e2e (11 Sep
+2025, before the mu-law and Mimi runs) `train.py` sets `lr_decay_iters = max_iters` right after
+reading the config ("make sure these are always equal"), so the 1 M-step configs decay over all
+1 000 000 steps. (An older `train.py`, 02520a1, kept its default 600 000: the 1 M-step runs would
+then have sat at `min_lr` for their last 400 000 steps.)
+
+The mu-law data: the post's `data/librilight/prepare.py` loads each file with `librosa.load` at
+its default 22 050 Hz and resamples to 16 000 Hz before `mu_compress` (`POST_MULAW_DATA`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "REFERENCE_REPO",
     "TRAIN_PY",
+    "TRAIN_PY_DECAY",
+    "PREPARE_PY",
+    "TOKENIZER_PY",
+    "PostMuLawData",
+    "POST_MULAW_DATA",
     "CONFIG_1E3H",
     "CONFIG_CODEC",
     "CONFIG_1E4H",
@@ -37,6 +48,10 @@ __all__ = [
 REFERENCE_REPO = "kyutai-labs/nanoGPTaudio"
 # Files and the commits they were read at (read with the search tool's read_file).
 TRAIN_PY = "train.py@02520a198083dea166a98e08baf6c5339dd098e2"
+# `lr_decay_iters = max_iters` after the configurator, from this commit on.
+TRAIN_PY_DECAY = "train.py@7ae6e2e03ccf6bf1232b12a2b82343953a388afc"
+PREPARE_PY = "data/librilight/prepare.py@77ef72b9afbb58be559ad7d5f9fdc0a1fd558407"
+TOKENIZER_PY = "tokenizer.py@0d6e2038c5331427f7c133c5c3ca4fd378ee79c2"
 # The mu-law config at the commit issue 12 names (5fe82f7): lr 1e-4. The index also holds
 # 3725a90, an earlier version with lr 6e-4; the post's mu-law run is the 1e-4 one.
 CONFIG_1E3H = "config/train_librilight_1e3h.py@5fe82f7"
@@ -162,14 +177,14 @@ POST_LM_RECIPES: dict[str, PostLMRecipe] = {
         grad_clip=1.0,  # train.py default
         warmup_steps=2000,  # train.py default warmup_iters
         steps=1_000_000,  # 1e3h max_iters
-        lr_decay_steps=600_000,  # train.py default lr_decay_iters (1e3h does not set it)
+        lr_decay_steps=1_000_000,  # train.py: lr_decay_iters = max_iters after the config
         sources=_lm_sources(
             CONFIG_1E3H,
             beta1=TRAIN_PY,
             weight_decay=TRAIN_PY,
             grad_clip=TRAIN_PY,
             warmup_steps=TRAIN_PY,
-            lr_decay_steps=TRAIN_PY,
+            lr_decay_steps=TRAIN_PY_DECAY,
         ),
     ),
     # The LM on the post's own codec: config/train_librilight.py.
@@ -207,14 +222,14 @@ POST_LM_RECIPES: dict[str, PostLMRecipe] = {
         grad_clip=1.0,  # train.py default
         warmup_steps=2000,  # train.py default warmup_iters
         steps=1_000_000,  # 1e4h max_iters
-        lr_decay_steps=600_000,  # train.py default lr_decay_iters (1e4h does not set it)
+        lr_decay_steps=1_000_000,  # train.py: lr_decay_iters = max_iters after the config
         sources=_lm_sources(
             CONFIG_1E4H,
             beta1=TRAIN_PY,
             weight_decay=TRAIN_PY,
             grad_clip=TRAIN_PY,
             warmup_steps=TRAIN_PY,
-            lr_decay_steps=TRAIN_PY,
+            lr_decay_steps=TRAIN_PY_DECAY,
         ),
     ),
 }
@@ -259,4 +274,23 @@ POST_CODEC = PostCodecRecipe(
     # decoder up-convs 6 x 4 128 + 129 (codebooks are buffers): codec.py Codec with the above.
     parameters=397_473,
     sources=_codec_sources(),
+)
+
+
+class PostMuLawData(_Record):
+    tokenizer: str = Field(description="codecflow's name of the post's mu-law quantiser.")
+    load_rate: int = Field(description="Hz librosa.load decodes every file at (its default).")
+    sample_rate: int = Field(description="Hz the audio is resampled to before mu_compress.")
+
+
+#: How the post's mu-law tokens were made. codecflow reads the 16 kHz FLAC directly and does not
+#: take the 22.05 kHz detour, which band-limits and re-interpolates the audio: on the
+#: repository's two prompts (data/prompts), 87.4 % and 96.4 % of the token ids equal those of
+#: the detour, 94.6 % and 99.6 % within one step (librosa 0.11, measured for issue 24). The
+#: quantiser itself is the post's: `mu-law-256-post` equals `mu_compress(quantize=True)` + 128.
+POST_MULAW_DATA = PostMuLawData(
+    tokenizer="mu-law-256-post",  # tokenizer.py MuLawTokenizer: mu_compress(x, mu=255) + 128
+    load_rate=22_050,  # prepare.py: librosa.load(path, mono=True), no sr given
+    sample_rate=16_000,  # prepare.py: librosa.resample(..., target_sr=SAMPLE_RATE = 16000)
+    sources={"tokenizer": TOKENIZER_PY, "load_rate": PREPARE_PY, "sample_rate": PREPARE_PY},
 )

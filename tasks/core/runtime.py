@@ -43,10 +43,15 @@ class Schedule(Protocol):
 
 
 def learning_rate_at(step: int, settings: Schedule) -> float:
-    """Linear warm-up then cosine decay to min_lr_ratio of the peak (nanoGPT's schedule)."""
+    """Linear warm-up then cosine decay to min_lr_ratio of the peak (nanoGPT's schedule).
+
+    The warm-up is the reference's `learning_rate * (it + 1) / (warmup_iters + 1)`
+    (nanoGPTaudio's train.py and train_codec.py `get_lr`, at 02520a1, 7ae6e2e and 23354fd):
+    step 0 takes 1 / (warmup + 1) of the peak, the last warm-up step warmup / (warmup + 1).
+    """
     peak = settings.learning_rate
     if step < settings.warmup_steps:
-        return peak * (step + 1) / settings.warmup_steps
+        return peak * (step + 1) / (settings.warmup_steps + 1)
     # nanoGPT's lr_decay_iters: the cosine may end before the last step (train-lm's
     # lr_decay_steps); configs without the field (train-codec) decay over all steps.
     decay_end = getattr(settings, "lr_decay_steps", None) or settings.steps

@@ -24,6 +24,7 @@ DATASET_JSON = REPO / "tests" / "fixtures" / "records" / "dataset_arrow_only.jso
 #: 16 kHz, its codec at 125 frames/s x 8 levels, Mimi at 12.5 frames/s x K levels.
 RATES: dict[str, tuple[float, int, int]] = {
     "mu-law-256": (16_000.0, 256, 1),
+    "mu-law-256-post": (16_000.0, 256, 1),
     "codec:trained@8": (125.0 * 8, 1024, 2),
     "mimi_8_rvq": (12.5 * 8, 2048, 2),
     "mimi_32_rvq": (12.5 * 32, 2048, 2),
@@ -184,6 +185,8 @@ def test_a_pipeline_whose_dataset_exists_plans_from_it(
     dataset.mkdir(parents=True)
     shutil.copy(DATASET_JSON, dataset / "dataset.json")
     path = str(REPO / "configs" / "post-mulaw-1000h.yaml")
-    plan = _plan(capsys, "--config", path, "--set", f"out={tmp_path / 'run'}")
+    # The fixture is a mu-law-256 dataset: the config is pointed at that tokenizer's folder.
+    overrides = ["--set", f"out={tmp_path / 'run'}", "--set", "tokenize.tokenizer=mu-law-256"]
+    plan = _plan(capsys, "--config", path, *overrides)
     assert plan["data"]["source"] == f"dataset {dataset}"
     assert plan["data"]["train_tokens"] == 378_240 and plan["data"]["tokenize_tasks"] is None

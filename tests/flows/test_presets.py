@@ -52,7 +52,7 @@ class Experiment:
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    "post-mulaw-1000h": Experiment("medium", 1000, "mu-law-256", 1, recipe="mulaw"),
+    "post-mulaw-1000h": Experiment("medium", 1000, "mu-law-256-post", 1, recipe="mulaw"),
     "post-codec-rvq8-10000h": Experiment(
         "large", 10000, "codec:trained@8", 8, codec_levels=8, recipe="codec"
     ),
