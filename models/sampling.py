@@ -227,6 +227,7 @@ def regenerate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_first_frame: bool = False,
 ) -> Tensor:
     """Keep the first `keep_levels` levels of `codes` and let the model generate the others.
 
@@ -243,6 +244,8 @@ def regenerate(
         layout, codebook_size: how the model's sequences were made.
         temperature, top_k, top_p, generator: see `sample_next`.
         progress: see `generate` (its N counts the positions after the first free one).
+        keep_first_frame: keep every level of frame 0 too, as the post's notebook does
+            (regenerate_with_semantic.ipynb starts from the source's whole first frame).
 
     Returns:
         int64 `[B, K, F]` codes: levels < k equal to the source's, the others sampled (clamped
@@ -255,7 +258,9 @@ def regenerate(
     n = sequence.shape[1]
     levels = layout.level_of_position(n, k, n_frames=f)  # [N]
     forced = levels < keep_levels  # [N], PAD positions (level -1) included
-    first_free = int(torch.nonzero(~forced)[0, 0])  # level keep_levels of frame 0
+    if keep_first_frame:
+        forced = forced | _frame_zero(layout, k, f, forced.device)  # [N]
+    first_free = int(torch.nonzero(~forced)[0, 0])  # level keep_levels of the first free frame
     result = generate(
         model,
         sequence[:, :first_free],  # [B, P]
@@ -272,3 +277,14 @@ def regenerate(
     full = torch.cat([sequence[:, :first_free], result.tokens.to(sequence.device)], 1)  # [B, N]
     out = layout.from_sequence(full, k, codebook_size)  # [B, K, F]
     return out.clamp(0, codebook_size - 1)
+
+
+def _frame_zero(
+    layout: TokenLayout, num_levels: int, n_frames: int, device: torch.device
+) -> Tensor:
+    """bool `[N]`: the sequence positions holding a code of frame 0, for any layout (codes of 1
+    at frame 0 and 0 elsewhere, laid out with a codebook of 2: a position's token is odd exactly
+    when it holds frame 0; level offsets and PAD ids are even)."""
+    marker = torch.zeros(1, num_levels, n_frames, dtype=torch.long, device=device)  # [1, K, F]
+    marker[:, :, 0] = 1
+    return layout.to_sequence(marker, 2)[0] % 2 == 1  # [N]

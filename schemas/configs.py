@@ -594,6 +594,17 @@ class EvaluateSettings(_Config):
     regenerate_seconds: float = Field(
         4.0, gt=0, le=120, description="The regenerated recording is cut to this many seconds."
     )
+    regenerate_temperature: float | None = Field(
+        None,
+        ge=0,
+        description="Sampling temperature of the regeneration; empty: `temperature`. The post's "
+        "notebook (regenerate_with_semantic.ipynb) samples at 0.8.",
+    )
+    regenerate_first_frame: Literal["sampled", "kept"] = Field(
+        "sampled",
+        description="'kept': the recording's whole first frame is kept (all its levels), as the "
+        "post's notebook starts from it; 'sampled': only the first k levels of every frame.",
+    )
     speech_metrics: bool = Field(
         True,
         description="Voice similarity (resemblyzer) and recognised words (pocketsphinx + jiwer); "

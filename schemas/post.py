@@ -29,6 +29,9 @@ __all__ = [
     "TRAIN_PY_DECAY",
     "PREPARE_PY",
     "TOKENIZER_PY",
+    "REGENERATE_NOTEBOOK",
+    "PostRegeneration",
+    "POST_REGENERATION",
     "PostMuLawData",
     "POST_MULAW_DATA",
     "CONFIG_1E3H",
@@ -52,6 +55,9 @@ TRAIN_PY = "train.py@02520a198083dea166a98e08baf6c5339dd098e2"
 TRAIN_PY_DECAY = "train.py@7ae6e2e03ccf6bf1232b12a2b82343953a388afc"
 PREPARE_PY = "data/librilight/prepare.py@77ef72b9afbb58be559ad7d5f9fdc0a1fd558407"
 TOKENIZER_PY = "tokenizer.py@0d6e2038c5331427f7c133c5c3ca4fd378ee79c2"
+REGENERATE_NOTEBOOK = (
+    "notebooks/regenerate_with_semantic.ipynb@1b59eaecf8205f0775bc75fcc2ae29c6e446ccfa"
+)
 # The mu-law config at the commit issue 12 names (5fe82f7): lr 1e-4. The index also holds
 # 3725a90, an earlier version with lr 6e-4; the post's mu-law run is the 1e-4 one.
 CONFIG_1E3H = "config/train_librilight_1e3h.py@5fe82f7"
@@ -293,4 +299,19 @@ POST_MULAW_DATA = PostMuLawData(
     load_rate=22_050,  # prepare.py: librosa.load(path, mono=True), no sr given
     sample_rate=16_000,  # prepare.py: librosa.resample(..., target_sr=SAMPLE_RATE = 16000)
     sources={"tokenizer": TOKENIZER_PY, "load_rate": PREPARE_PY, "sample_rate": PREPARE_PY},
+)
+
+
+class PostRegeneration(_Record):
+    temperature: float = Field(description="Sampling temperature of the regeneration.")
+    first_frame: str = Field(description="What of the source's first frame is kept.")
+
+
+#: The post's semantic regeneration (its notebook): the prompt is the source's first frame and
+#: the next frame's semantic token (`start_ids[: tokens_per_timestep * 1 + 1]`), then each step
+#: generates a frame's acoustic levels and appends the next source semantic token.
+POST_REGENERATION = PostRegeneration(
+    temperature=0.8,  # the notebook: temperature = 0.8
+    first_frame="kept",  # x = start_ids[: tokens_per_timestep * 1 + 1]: all of frame 0
+    sources={"temperature": REGENERATE_NOTEBOOK, "first_frame": REGENERATE_NOTEBOOK},
 )

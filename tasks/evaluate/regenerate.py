@@ -104,11 +104,12 @@ def regenerations(
                 keep,
                 layout,
                 codebook_size,
-                temperature=settings.temperature,
+                temperature=_temperature(settings),
                 top_k=settings.top_k,
                 top_p=settings.top_p,
                 generator=generator,
                 progress=meter,
+                keep_first_frame=settings.regenerate_first_frame == "kept",
             ).cpu()  # [B, K, F]
         with torch.inference_mode():
             wavs = tokenizer.decode(out)  # [B, 1, T]
@@ -116,3 +117,11 @@ def regenerations(
         files = [f"regen/keep{keep}_{i}.wav" for i in range(settings.num_samples)]
         runs.append({"keep_levels": keep, "skipped": None, "files": files})
     return Regenerations(source, source_wav[0, 0].numpy(), roundtrip, done, runs)
+
+
+def _temperature(settings: EvaluateSettings) -> float:
+    """The regeneration's temperature: its own when set (the post's notebook: 0.8), else the
+    continuations'."""
+    if settings.regenerate_temperature is not None:
+        return settings.regenerate_temperature
+    return settings.temperature

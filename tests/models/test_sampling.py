@@ -232,6 +232,29 @@ def test_regenerate_keeps_the_first_levels_and_samples_the_rest(
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
+def test_regenerate_can_keep_the_whole_first_frame_as_the_posts_notebook(layout_name: str) -> None:
+    """regenerate_with_semantic.ipynb starts from the source's first frame, every level: with
+    `keep_first_frame` frame 0 is copied whole, levels < k everywhere, the rest sampled."""
+    layout = make_layout(layout_name)
+    k, q, f = 3, 8, 12
+    config = GPTConfig(
+        vocab_size=layout.vocab_size(q, k), block_size=24, n_layer=1, n_head=2, n_embd=16
+    )
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    codes = torch.randint(0, q, (2, k, f), generator=torch.Generator().manual_seed(3))  # [B,K,F]
+    out = regenerate(
+        model, codes, 1, layout, q, generator=torch.Generator().manual_seed(0),
+        keep_first_frame=True,
+    )  # fmt: skip
+    assert torch.equal(out[:, :, 0], codes[:, :, 0])  # the whole first frame
+    assert torch.equal(out[:, :1], codes[:, :1])  # the kept level, every frame
+    assert not torch.equal(out[:, 1:, 1:], codes[:, 1:, 1:])  # the others sampled
+    plain = regenerate(model, codes, 1, layout, q, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(plain[:, 1:, 0], codes[:, 1:, 0])  # without it, frame 0 is sampled
+
+
 def test_regenerate_rejects_keeping_every_level() -> None:
     model = _model()
     codes = torch.zeros(1, 2, 4, dtype=torch.long)
