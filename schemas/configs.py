@@ -453,6 +453,13 @@ class TrainLMSettings(_Config):
         description="Loss weight per RVQ level, applied by the level of the target token (the "
         "post's token_depth_weights; Moshi weighs the semantic level 100x). Empty: all 1.",
     )
+    window_offsets: Literal["aligned", "any"] = Field(
+        "aligned",
+        description="Where training windows start: 'aligned' on a frame boundary (position p "
+        "holds level p % K); 'any' at any token of a frame, as nanoGPT's get_batch draws them "
+        "(the post's runs named in its notebook trained so: its alignment, af49dee, read a "
+        "meta key that prepare.py never wrote).",
+    )
     n_layer: int = Field(4, ge=1, le=96, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, le=128, description="Attention heads per block.")
     n_embd: int = Field(128, ge=8, description="Model width; a multiple of n_head.")

@@ -27,6 +27,7 @@ __all__ = [
     "lm_windows_at",
     "lm_windows_batch",
     "model_config",
+    "token_offsets",
     "validation_loss",
     "window_frames",
     "window_starts",
@@ -51,6 +52,12 @@ def window_starts(
     return [int(np.random.default_rng([seed, int(i)]).integers(0, high)) for i in indices]
 
 
+def token_offsets(indices: np.ndarray | Sequence[int], levels: int, seed: int) -> list[int]:
+    """A token offset in [0, K) for each window index, a pure function of (seed, index): where
+    a window starts inside its first frame when `window_offsets` is 'any'."""
+    return [int(np.random.default_rng([seed, int(i), 1]).integers(0, levels)) for i in indices]
+
+
 def lm_windows_batch(
     reader: TokenReader,
     indices: np.ndarray,
@@ -58,15 +65,18 @@ def lm_windows_batch(
     seed: int,
     layout: TokenLayout,
     codebook_size: int,
+    offsets: str = "aligned",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The windows `indices` in `layout`: inputs `[B, L]`, targets `[B, L]`, target levels `[L]`.
+    """The windows `indices` in `layout`: inputs `[B, L]`, targets `[B, L]`, target levels `[L]`
+    (`[B, L]` with `offsets="any"`).
 
     Window i starts at frame `window_starts([i], ...)`, drawn from (seed, i) alone (see
-    `lm_windows_at`).
+    `lm_windows_at`), and with `offsets="any"` at token `token_offsets([i], ...)` of it.
     """
     n_frames = window_frames(block_size, reader.num_levels)
     starts = window_starts(indices, reader.n_frames, n_frames, seed)
-    return lm_windows_at(reader, starts, block_size, layout, codebook_size)
+    shifts = token_offsets(indices, reader.num_levels, seed) if offsets == "any" else None
+    return lm_windows_at(reader, starts, block_size, layout, codebook_size, shifts)
 
 
 def lm_windows_at(
@@ -75,13 +85,16 @@ def lm_windows_at(
     block_size: int,
     layout: TokenLayout,
     codebook_size: int,
+    shifts: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The windows that start at the frames `starts`, in `layout`: inputs `[B, L]`, targets
-    `[B, L]` (int64), target levels `[L]`.
+    `[B, L]` (int64), target levels `[L]`, or `[B, L]` when `shifts` (a token offset per window,
+    in [0, K)) moves each window's start inside its first frame.
 
     `window_frames(block_size, K)` whole frames are read from the stream, laid out, and the
     window is cut after the layout's lead-in (the delay pattern's first K - 1 steps hold PADs),
-    so that training sees the same steady state as a long sequence does.
+    so that training sees the same steady state as a long sequence does. The frames read hold
+    K more tokens than an aligned window takes: room for any shift.
     """
     k = reader.num_levels
     n_frames = window_frames(block_size, k)
@@ -92,6 +105,11 @@ def lm_windows_at(
     start = 0
     while bool((levels[start : start + k] < 0).any()):
         start += k  # skip whole steps until every level is present
+    if shifts is not None:
+        rows = [sequence[b, start + s : start + s + block_size + 1] for b, s in enumerate(shifts)]
+        window = torch.stack(rows)  # [B, L+1]
+        per_row = [levels[start + s + 1 : start + s + block_size + 1] for s in shifts]
+        return window[:, :-1], window[:, 1:], torch.stack(per_row)  # [B, L] each
     window = sequence[:, start : start + block_size + 1]  # [B, L+1]
     target_levels = levels[start + 1 : start + block_size + 1]  # [L]
     return window[:, :-1], window[:, 1:], target_levels
@@ -132,8 +150,9 @@ def validation_loss(
     for b in range(settings.eval_batches):
         indices = b * settings.batch_size + np.arange(settings.batch_size)
         inputs, targets, levels = lm_windows_batch(
-            reader, indices, block_size, settings.seed + 1, layout, codebook_size
-        )
+            reader, indices, block_size, settings.seed + 1, layout, codebook_size,
+            settings.window_offsets,
+        )  # fmt: skip
         with autocast:
             logits = model(inputs.to(device)).logits  # [B, L, V]
         loss = level_weighted_loss(logits.float(), targets.to(device), levels.to(device), weights)

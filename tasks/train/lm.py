@@ -116,7 +116,14 @@ _LOG = logging.getLogger("codecflow.train-lm")
 
 def _identity(info: DatasetInfo, settings: TrainLMSettings) -> RunIdentity:
     settings_json = settings.model_dump(mode="json", exclude=_RUNTIME_ONLY)
-    return RunIdentity(LM_RUN_KIND, "checkpoint", "dataset", info.fingerprint, settings_json)
+    return RunIdentity(
+        LM_RUN_KIND, "checkpoint", "dataset", info.fingerprint, settings_json, added=_ADDED
+    )
+
+
+#: Settings added since runs were recorded, with the value those runs had: a checkpoint of 0.1
+#: (no `window_offsets`) resumes as the aligned run it was.
+_ADDED = {"window_offsets": "aligned"}
 
 
 def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] | None:
@@ -367,6 +374,7 @@ def _step(
             settings.seed,
             run.layout,
             run.codebook_size,
+            settings.window_offsets,
         )
         # DDP all-reduces on the last micro-batch only (no_sync before it).
         sync = ranks.world == 1 or micro == accum - 1

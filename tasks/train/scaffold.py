@@ -77,6 +77,8 @@ class RunIdentity:
     settings: Mapping[str, Any]
     #: Settings renamed since runs were recorded (old name -> new): read under the new name.
     renamed: Mapping[str, str] = field(default_factory=dict)
+    #: Settings added since runs were recorded (name -> the value those runs had).
+    added: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {self.data_key: self.data, "settings": dict(self.settings)}
@@ -93,6 +95,8 @@ class RunIdentity:
         for old, new in self.renamed.items():
             if old in settings and new not in settings:
                 settings[new] = settings.pop(old)
+        for name, value in self.added.items():
+            settings.setdefault(name, value)
         return {**recorded, "settings": settings}
 
     def differences(self, recorded: Mapping[str, Any]) -> list[str]:

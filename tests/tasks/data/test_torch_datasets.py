@@ -161,3 +161,33 @@ def test_datasets_pickle_small_and_read_the_same_items(
                 for x, y in pairs:
                     assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
             copy.close()
+
+
+def test_windows_at_any_offset_start_inside_a_frame(
+    k3: tuple[Path, dict[str, list[np.ndarray]]],
+) -> None:
+    """`window_offsets: any` (the post's runs: nanoGPT's get_batch starts at any token): each
+    window is the aligned window's stream shifted by a token offset drawn from (seed, index),
+    and its target levels follow the shift."""
+    root, segments = k3
+    block, seed, flatten = 8, 3, make_layout("flatten")
+    stream = torch.from_numpy(flat_stream(segments["train"]).astype(np.int64))  # [F_total * K]
+    with TokenReader(root, "train") as reader:
+        indices = np.arange(30)
+        aligned = lm_windows_batch(reader, indices, block, seed, flatten, CODEBOOK)
+        inputs, targets, levels = lm_windows_batch(
+            reader, indices, block, seed, flatten, CODEBOOK, "any"
+        )
+        again = lm_windows_batch(reader, indices, block, seed, flatten, CODEBOOK, "any")
+    assert aligned[2].shape == (block,) and levels.shape == (30, block)
+    assert torch.equal(inputs, again[0]) and torch.equal(levels, again[2])  # seeded
+    shifts = []
+    for b in range(30):
+        # Where the aligned window starts in the stream, and the shifted one just after.
+        first = next(s for s in range(0, len(stream) - block, K)
+                     if torch.equal(stream[s : s + block], aligned[0][b]))  # fmt: skip
+        shift = next(j for j in range(K) if torch.equal(stream[first + j : first + j + block], inputs[b]))  # fmt: skip
+        shifts.append(shift)
+        assert torch.equal(targets[b], stream[first + shift + 1 : first + shift + block + 1])
+        assert torch.equal(levels[b], (shift + 1 + torch.arange(block)) % K)
+    assert sorted(set(shifts)) == [0, 1, 2]  # every offset drawn

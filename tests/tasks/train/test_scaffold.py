@@ -243,3 +243,19 @@ def test_a_failed_final_write_leaves_no_checkpoint(tmp_path: Path) -> None:
     rows = [{"step": 1, "loss": 2.0, "mse": 1.0}]
     plot_log(rows, tmp_path / "c.png", {"loss": "loss", "mse": "mse"}, log_scale=True)
     assert (tmp_path / "c.png").is_file()
+
+
+def test_a_setting_added_since_reads_as_the_value_older_runs_had() -> None:
+    """A run recorded before `window_offsets` existed is the aligned run it was: it resumes
+    under `aligned`, and is another run under `any`."""
+    older = {"dataset": SHA_A, "settings": {"lr": 0.1, "steps": 4}}
+    now = RunIdentity(
+        "toy run", "toy", "dataset", SHA_A, {"lr": 0.1, "steps": 4, "window_offsets": "aligned"},
+        added={"window_offsets": "aligned"},
+    )  # fmt: skip
+    assert now.recorded_as_now(older) == now.to_json() and now.differences(older) == []
+    other = RunIdentity(
+        "toy run", "toy", "dataset", SHA_A, {"lr": 0.1, "steps": 4, "window_offsets": "any"},
+        added={"window_offsets": "aligned"},
+    )  # fmt: skip
+    assert other.differences(older) == ["window_offsets aligned in the checkpoint, any asked for"]
