@@ -292,9 +292,9 @@ def test_a_config_that_does_not_fit_its_weights_names_the_field(
 def test_a_crafted_config_allocates_nothing_before_it_is_refused(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """A config.json stating a model of ~100 TB is refused from the header, in milliseconds,
-    without allocating it (a real build would exhaust memory)."""
-    huge = _config_changed(tiny_checkpoint, tmp_path, n_layer=4096, n_embd=65536, n_head=256)
+    """A config.json stating a model of ~13 TB (64 layers x 65 536 wide) is refused from the
+    header, without allocating it (a real build would exhaust memory)."""
+    huge = _config_changed(tiny_checkpoint, tmp_path, n_layer=64, n_embd=65536, n_head=256)
     with pytest.raises(CodecflowError, match=r"does not fit model\.safetensors"):
         loaders.load_checkpoint(huge, torch.device("cpu"))
 
