@@ -281,7 +281,12 @@ def _sizes(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["server"]:  # its own parser (argparse's REMAINDER drops a first --help)
+        from codecflow.cli.server_command import main as server_main
+
+        return server_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         # The policy is read first, without torch (a bad CODECFLOW_THREADS is one line at once);
         # torch's threads are set before any torch work (tasks.core.threads).
@@ -294,10 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tokenizers":
         print(format_tokenizers(), flush=True)
         return 0
-    if args.command == "server":
-        from codecflow.cli.server_command import main as server_main
-
-        return server_main(args.server_args)
     if args.command == "threads":
         import torch
 

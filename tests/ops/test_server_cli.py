@@ -56,3 +56,19 @@ def test_stop_ends_the_recorded_group_and_nothing_else(tmp_path: Path) -> None:
         for child in (ours, other):
             child.kill()
             child.wait()
+
+
+def test_the_command_line_reaches_the_server_commands(tmp_path: Path) -> None:
+    """`codecflow server --help` and `codecflow server stop`, as a user types them."""
+    import sys
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "codecflow", "server", "--help"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert help_text.startswith("usage: codecflow server") and "{start,stop}" in help_text
+    stop = subprocess.run(
+        [sys.executable, "-m", "codecflow", "server", "stop", "--home", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert stop.stdout.startswith("nothing to stop")
