@@ -8,8 +8,10 @@ training windows start on frame boundaries, so position p of a window always hol
 Generation keeps that invariant: every window fed to the model (the initial prefill and each
 re-prefill after the cache fills) starts at a multiple of K in the whole prompt + generated
 stream. The blog post "Neural audio codecs: how to get audio into LLMs" (Kyutai, 2025) slides its
-reference sampler by single tokens, so its windows can start mid-frame, unlike training; we slide
-by whole frames.
+reference sampler by single tokens (nanoGPT's `idx[:, -block_size:]` at every step), so its
+windows can start mid-frame, unlike training, and every token past the context costs a forward
+of block_size tokens: that is `window="exact"`. The default `window="frames"` re-prefills half a
+context of whole frames when the cache fills, then decodes token by token from the cache.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ class GenerationResult:
     tokens: Tensor  # int64 [B, N], only the new tokens
     n_forward_calls: int  # model forward calls, prefills included
     n_prefills: int  # the initial prefill plus one per slide of the window
-    # Start of each prefill window, as a position in the prompt + generated stream; every one is a
-    # multiple of tokens_per_frame.
+    # Start of each prefill window, as a position in the prompt + generated stream; with
+    # window="frames" every one is a multiple of tokens_per_frame.
     prefill_starts: list[int] = field(default_factory=list)
+    # float [B, N]: log-probability of each new token under the distribution it was drawn (or
+    # forced) from, at temperature 1; None unless asked for (`return_logprobs`).
+    logprobs: Tensor | None = None
 
 
 def sample_next(
@@ -114,6 +119,8 @@ def generate(
     forced_tokens: Tensor | None = None,
     forced_mask: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    window: str = "frames",
+    return_logprobs: bool = False,
 ) -> GenerationResult:
     """Continue `prompt` by `max_new_tokens` tokens, one forward step per token.
 
@@ -136,6 +143,10 @@ def generate(
         forced_mask: bool `[N]`, which new positions take `forced_tokens`.
         progress: called with (tokens done, N) after each new token (per sample; plain ints,
             no device sync): the caller's progress line.
+        window: "frames" (the cache slides by re-prefilling half a context of whole frames) or
+            "exact" (the post's: past the context, every step reads the last block_size tokens,
+            a full forward each).
+        return_logprobs: also return each new token's log-probability (`logprobs`).
 
     Returns:
         `GenerationResult` with int64 `[B, N]` new tokens (an inference-mode tensor) and counts.
@@ -163,6 +174,7 @@ def generate(
         forced_at = forced_mask.tolist()  # one host sync, not one per token
     else:
         forced_at = [False] * max_new_tokens
+    assert window in ("frames", "exact"), f"window must be 'frames' or 'exact', got {window!r}"
     if max_new_tokens == 0:
         return GenerationResult(prompt.new_empty((b, 0)), 0, 0, [])  # [B, 0]
 
@@ -177,9 +189,13 @@ def generate(
         )  # [B, P + N]
         stream[:, :p] = prompt
 
-        start = _window_start(p, block_size, tokens_per_frame)
+        exact = window == "exact"
+        start = max(0, p - block_size) if exact else _window_start(p, block_size, tokens_per_frame)
         logits = model(stream[:, start:p], cache=cache).logits[:, -1]  # [B, V]
         n_forward, prefill_starts = 1, [start]
+        logprobs = (
+            stream.new_zeros((b, max_new_tokens), dtype=torch.float32) if return_logprobs else None
+        )
 
         for i in range(max_new_tokens):
             if forced_at[i]:
@@ -189,6 +205,9 @@ def generate(
                 token = sample_next(
                     logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
                 )  # [B]
+            if logprobs is not None:
+                log_p = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
+                logprobs[:, i] = log_p.gather(1, token[:, None])[:, 0]  # [B]
             end = p + i + 1  # stream length with this token
             stream[:, end - 1] = token
             if progress is not None:
@@ -198,7 +217,9 @@ def generate(
             if cache.length < block_size:
                 logits = model(token[:, None], cache=cache).logits[:, -1]  # [B, V]
             else:
-                start = _window_start(end, keep_max, tokens_per_frame)
+                start = (
+                    end - block_size if exact else _window_start(end, keep_max, tokens_per_frame)
+                )
                 cache.reset()
                 logits = model(stream[:, start:end], cache=cache).logits[:, -1]  # [B, V]
                 prefill_starts.append(start)
@@ -211,6 +232,7 @@ def generate(
         n_forward_calls=n_forward,
         n_prefills=len(prefill_starts),
         prefill_starts=prefill_starts,
+        logprobs=logprobs,
     )
 
 

@@ -585,6 +585,13 @@ class EvaluateSettings(_Config):
     )
     num_samples: int = Field(1, ge=1, le=64, description="Continuations sampled in one batch.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    sampling_window: Literal["frames", "exact"] = Field(
+        "frames",
+        description="Past the model's context: 'frames' re-prefills half a context of whole "
+        "frames when the KV cache fills (fast); 'exact' reads the last block_size tokens at "
+        "every step, the post's sampler (one full forward per token). bench/sliding_window.py "
+        "measures both.",
+    )
     top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
     seed: int = Field(0, description="Sampling seed.")

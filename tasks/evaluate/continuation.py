@@ -77,6 +77,7 @@ def continue_prompt(
             tokens_per_frame=layout.tokens_per_frame(num_levels),
             generator=generator,
             progress=meter,
+            window=settings.sampling_window,
         )
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -142,7 +142,8 @@ def _overview(summary: EvaluationSummary) -> list[tuple[str, Any]]:
             f"{summary.generated_tokens:,} tokens in "
             f"{summary.generation_seconds:.3g} s: {summary.generation_tokens_per_s:,.0f} "
             f"tokens/s, real-time factor {fmt(summary.rtf)} (compute s per audio s; "
-            f"below 1 is faster than real time), {summary.n_prefills} prefills",
+            f"below 1 is faster than real time), {summary.n_prefills} prefills, "
+            f"{_window(summary.settings)}",
         ),
     ]
     return overview
@@ -300,3 +301,11 @@ def samples_table(summary: EvaluationSummary) -> list[dict[str, Any]]:
         }
         for i, s in enumerate(summary.samples)
     ]
+
+
+def _window(settings: Mapping[str, Any]) -> str:
+    """Which sliding window ran past the context (reports before the option: frames)."""
+    window = settings.get("sampling_window", "frames")
+    if window == "exact":
+        return "exact window (the last block_size tokens at every step, the post's sampler)"
+    return "frames window (half a context re-prefilled when the cache fills)"

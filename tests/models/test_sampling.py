@@ -288,3 +288,25 @@ def test_sample_next_draws_what_torch_multinomial_draws(b: int) -> None:
         expected = torch.multinomial(torch.softmax(logits, -1), 1, generator=theirs)  # [B, 1]
         got = sample_next(logits, temperature=1.0, generator=ours)  # [B]
         assert torch.equal(got, expected.squeeze(-1)), f"draw {i}"
+
+
+def test_the_exact_window_is_nanogpts_crop_at_every_step() -> None:
+    """`window="exact"` (issue 24, row G): greedy decoding equals the post's loop, which feeds
+    `idx[:, -block_size:]` to the model at every step; the log-probabilities are those of the
+    tokens under that loop's logits."""
+    model, block = _model(block_size=8), 8
+    prompt = _prompt(2, 5)
+    result = generate(model, prompt, 20, temperature=0.0, window="exact", return_logprobs=True)
+    idx, expected = prompt.clone(), []
+    with torch.inference_mode():
+        for _ in range(20):
+            logits = model(idx[:, -block:]).logits[:, -1]  # [B, V]
+            token = logits.argmax(-1)  # [B]
+            expected.append(torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0])
+            idx = torch.cat([idx, token[:, None]], 1)
+    assert torch.equal(result.tokens, idx[:, 5:])
+    assert result.logprobs is not None
+    assert torch.allclose(result.logprobs, torch.stack(expected, 1), atol=1e-5)
+    assert result.prefill_starts[1:] == list(range(1, 17))  # a full window per fed token past 8
+    frames = generate(model, prompt, 20, temperature=0.0)
+    assert frames.n_prefills < result.n_prefills  # the default slides by half a context

@@ -299,3 +299,10 @@ def test_the_runs_index_sorts_links_and_plots(tmp_path: Path) -> None:
     assert '<td data-v="s3://bucket/ckpt">ckpt</td>' in page and "file://" not in page
     png = tmp_path / "runs_bits_per_audio_second.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'src="' + png.name in page
+
+
+def test_the_report_says_which_sliding_window_ran() -> None:
+    page = evaluation_html(_summary(settings={"sampling_window": "exact"}))
+    assert "exact window (the last block_size tokens at every step" in page
+    older = evaluation_html(_summary(settings={}))  # a report from before the option
+    assert "frames window (half a context re-prefilled" in older
