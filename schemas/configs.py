@@ -589,8 +589,8 @@ class EvaluateSettings(_Config):
         "frames",
         description="Past the model's context: 'frames' re-prefills half a context of whole "
         "frames when the KV cache fills (fast); 'exact' reads the last block_size tokens at "
-        "every step, the post's sampler (one full forward per token). bench/sliding_window.py "
-        "measures both.",
+        "every step, the post's sampler (one full forward per token): 3-9x slower for a held-out "
+        "NLL within 0.4 % of frames' (bench/sliding_window.py).",
     )
     top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")

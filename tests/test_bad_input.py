@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -247,7 +248,8 @@ def test_a_torchrun_ranks_reason_is_the_one_line(
         "steps=2",
     )
     line = _error_line(result)
-    assert line.startswith("error: train-lm rank 0 failed: the train split of ")
+    # Both ranks fail alike; which one's line arrives first depends on the machine's load.
+    assert re.match(r"error: train-lm rank [01] failed: the train split of ", line), line
     assert "fewer than one window of block_size=400000" in line
 
 

@@ -4,6 +4,7 @@ crops; a rank's bad input is one line."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -108,6 +109,28 @@ def _kill_9_all(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.05)
 
 
+def _wait_for_the_lock(lock: Path, timeout: float = 180.0) -> None:
+    """Until the kernel has released the killed run's flock (the last process holding its fd
+    has exited: on a loaded machine that can take a while after SIGKILL)."""
+    if not lock.exists():
+        return
+    deadline = time.monotonic() + timeout
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, (
+                    f"{lock} still locked {timeout:.0f} s after kill"
+                )
+                time.sleep(0.1)
+    finally:
+        os.close(fd)
+
+
 def test_kill_9_on_two_ranks_then_resume_on_one(tiny_manifest: Path, tmp_path: Path) -> None:
     """torchrun started by hand (its rank 0 takes the output's lock), every process of it killed
     at once after a checkpoint, then the run finished by one process: the step counter and the
@@ -130,6 +153,7 @@ def test_kill_9_on_two_ranks_then_resume_on_one(tiny_manifest: Path, tmp_path: P
         assert process.poll() is None, "training ended before it could be killed"
         time.sleep(0.1)
     _kill_9_all(process)
+    _wait_for_the_lock(Path(f"{out}.lock"))
     killed_at = int(latest_checkpoint(out).name.split("-")[1])  # type: ignore[union-attr]
     assert 8 <= killed_at < 30 and not (out / "checkpoint").exists()
 
