@@ -16,9 +16,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -131,27 +131,29 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     safetensors never unpickles, so a crafted file cannot run code; what it can be is not a
     safetensors file at all (a pickle, a truncated copy, a folder), which is the user's to fix.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CodecflowError(f"checkpoint weights not found: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CodecflowError(
-            f"unreadable checkpoint {path}: not a safetensors file ({reason})"
-        ) from None
+    return _read_safetensors(Path(path), load_file)
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of a `model.safetensors` file, read from its header only (no
     tensor is loaded); a one-line error for a file that is no safetensors."""
-    path = Path(path)
+
+    def shapes(name: str) -> dict[str, tuple[int, ...]]:
+        with safe_open(name, "pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+
+    return _read_safetensors(Path(path), shapes)
+
+
+T = TypeVar("T")
+
+
+def _read_safetensors(path: Path, read: Callable[[str], T]) -> T:
+    """`read(path)` of a `model.safetensors` file, its failures one line naming the file."""
     if not path.is_file():
         raise CodecflowError(f"checkpoint weights not found: {path}")
     try:
-        with safe_open(str(path), "pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+        return read(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CodecflowError(

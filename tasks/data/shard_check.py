@@ -36,15 +36,14 @@ class ShardDamagedError(CodecflowError):
     """A shard file is not the one its commit marker recorded (size or sha256)."""
 
 
-def _key(path: Path, shard: ShardEntry) -> tuple[str, str, int, int]:
-    stat = path.stat()
+def _key(path: Path, shard: ShardEntry, stat: os.stat_result) -> tuple[str, str, int, int]:
     return (str(path.absolute()), shard.sha256, stat.st_size, stat.st_mtime_ns)
 
 
 def mark_checked(path: Path, shard: ShardEntry) -> None:
     """Record that `path` was hashed as `shard` already (a download checked as it streamed)."""
     with _LOCK:
-        _CHECKED.add(_key(path, shard))
+        _CHECKED.add(_key(path, shard, path.stat()))
 
 
 def forget_checked() -> None:
@@ -57,15 +56,16 @@ def check_shard(path: Path, shard: ShardEntry, name: str) -> None:
     """Raise ShardDamagedError (one line naming `name`) unless `path` has the size and, once
     per process, the sha256 that `shard`'s commit marker recorded."""
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except FileNotFoundError:
         raise CodecflowError(f"token shard {name} listed in dataset.json is missing") from None
+    size = stat.st_size
     if size != shard.bytes:
         what = "empty" if size == 0 else "truncated or replaced"
         raise ShardDamagedError(
             f"token shard {name} is {size} bytes, its commit marker says {shard.bytes} ({what})"
         )
-    key = _key(path, shard)
+    key = _key(path, shard, stat)
     if key in _CHECKED or os.environ.get(VERIFY_ENV, "1").strip() == "0":
         return
     got = sha256_file(path)
