@@ -47,7 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecflow.models.rvq import ResidualVectorQuantizer, RVQMetrics
+from codecflow.models.rvq import (
+    CodebookRecipe,
+    CommitmentRecipe,
+    ResidualVectorQuantizer,
+    RVQMetrics,
+)
 from codecflow.schemas.post import POST_CODEC
 
 __all__ = [
@@ -434,15 +439,20 @@ def build_rvq_codec(
     res_depth: int = 2,
     codebook_size: int = 1024,
     update_speed: float = 0.01,
-    dead_code_threshold: float = 1.0,
+    dead_code_threshold: float | None = None,
     quantizer_dropout: bool = False,
     sample_rate: int = 16_000,
     arch: str = "jukebox",
+    codebooks: CodebookRecipe = "data",
+    commitment: CommitmentRecipe = "mean",
 ) -> RVQCodec:
     """Build an `RVQCodec` from plain numbers (a preset or a checkpoint's config.json).
 
     `arch` is "post" (the post's codec.py; `latent_dim` must equal `channels`) or "jukebox" (the
     default, so that a config.json written before `arch` existed rebuilds its codec).
+    `codebooks` and `commitment` are the quantizer's training recipes (models/rvq.py); their
+    defaults are what a config.json written before they existed trained with. The dead-code
+    threshold defaults to the recipe's: 0.1 for "post" (codec.py), 1.0 for "data" (Jukebox).
     `build_rvq_codec(**codec_config_dict(codec))` builds a codec of the same shape as `codec`.
     """
     assert arch in CODEC_ARCHS, f"arch must be one of {CODEC_ARCHS}, got {arch!r}"
@@ -466,11 +476,20 @@ def build_rvq_codec(
             codebook_size=codebook_size,
             num_levels=num_levels,
             update_speed=update_speed,
-            dead_code_threshold=dead_code_threshold,
+            dead_code_threshold=_threshold(codebooks, dead_code_threshold),
+            codebooks=codebooks,
+            commitment=commitment,
         ),
         sample_rate=sample_rate,
         quantizer_dropout=quantizer_dropout,
     )
+
+
+def _threshold(codebooks: CodebookRecipe, given: float | None) -> float:
+    if given is not None:
+        return given
+    # codec.py restart_unused_codes: `value < 0.1`; Jukebox's revival_threshold 1.0.
+    return POST_CODEC.restart_threshold if codebooks == "post" else 1.0
 
 
 def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
@@ -491,6 +510,8 @@ def codec_config_dict(codec: RVQCodec) -> dict[str, Any]:
         "codebook_size": rvq.codebook_size,
         "update_speed": rvq.update_speed,
         "dead_code_threshold": rvq.dead_code_threshold,
+        "codebooks": rvq.codebook_recipe,
+        "commitment": rvq.commitment_recipe,
         "quantizer_dropout": codec.quantizer_dropout,
         "sample_rate": codec.sample_rate,
     }
@@ -510,6 +531,8 @@ CODEC_PRESETS: dict[str, dict[str, Any]] = {
         "res_depth": POST_CODEC.res_blocks,  # 4
         "codebook_size": POST_CODEC.codebook_size,  # 1024
         "update_speed": POST_CODEC.update_speed,  # 0.01
+        "codebooks": "post",  # kaiming-uniform init, one-code restarts under 0.1 (codec.py)
+        "commitment": "post",  # summed over levels, level 0 to the encoder (codec.py)
     },
     **{
         f"rvq-{k}": {

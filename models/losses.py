@@ -9,17 +9,26 @@ multi-scale spectral loss over three STFT settings (`multispec_loss_n_fft` (2048
 `multispec_loss_hop_length` (240, 120, 50), `multispec_loss_window_size` (1200, 600, 240) in
 jukebox/hparams.py) with weight 1, and the commitment loss with weight 0.02 (Jukebox's `commit`).
 
-Jukebox's spectral term is the L2 norm of the magnitude difference divided by a "bandwidth"
-statistic measured on the dataset. To need no dataset statistics, `multi_scale_spectral_loss`
-instead averages, per STFT setting, the L1 distance of magnitudes and the L1 distance of log
-magnitudes (the usual multi-resolution STFT loss of Parallel WaveGAN, Yamamoto et al., 2020, and
-DAC, Kumar et al., 2023, with L1 in place of spectral convergence), then averages the settings.
+Two spectral losses, chosen by name (`SPECTRAL_LOSSES`):
+
+- "post", `post_spectral_loss`: the post's own (kyutai-labs/nanoGPTaudio codec.py @ cbd36aa,
+  `MultiscaleSpectrogramLoss`): per STFT setting, sqrt(mean((|S_x| - |S_y|)^2)) over LINEAR
+  magnitudes (torchaudio's `Spectrogram(power=1)`: periodic Hann window, centred frames,
+  reflect padding), then the mean over the three settings. Jukebox's term is the same L2
+  distance divided by a dataset "bandwidth" statistic; the post drops the division.
+- "l1-log", `multi_scale_spectral_loss`: per setting, the L1 distance of magnitudes plus the L1
+  distance of log magnitudes (the multi-resolution STFT loss of Parallel WaveGAN, Yamamoto et
+  al., 2020, and DAC, Kumar et al., 2023), averaged over the settings. codecflow trained with it
+  before issue 24; it weighs quiet and high bands far more than the post's (a signal against its
+  noisy copy: 2.45 against the post's 0.134; a 4 kHz low-pass: 1.14 against 0.046), which is
+  what bench/codec_recipe.py compares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +38,12 @@ from codecflow.models.extras import require
 
 __all__ = [
     "STFT_SETTINGS",
+    "SPECTRAL_LOSSES",
+    "SpectralLoss",
     "CodecLoss",
     "multi_scale_spectral_loss",
+    "post_spectral_loss",
+    "spectral_loss",
     "si_sdr",
     "mel_l1",
     "codec_loss",
@@ -42,6 +55,10 @@ STFT_SETTINGS: tuple[tuple[int, int, int], ...] = (
     (1024, 120, 600),
     (512, 50, 240),
 )
+
+#: The spectral losses `codec_loss` can train with (the module says both).
+SpectralLoss = Literal["post", "l1-log"]
+SPECTRAL_LOSSES: tuple[SpectralLoss, ...] = ("post", "l1-log")
 
 # Floor of the magnitudes before the log (1e-5, as encodec's and DAC's mel losses).
 _LOG_FLOOR = 1e-5
@@ -102,6 +119,65 @@ def multi_scale_spectral_loss(
         log = (mag_x.log() - mag_y.log()).abs().mean()
         total = total + linear + log
     return total / len(settings)
+
+
+def _post_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
+    """float `[B, T]` -> float32 `[B, G, W]`: torchaudio `Spectrogram(power=1)`'s magnitudes."""
+    window = torch.hann_window(win_length, device=wav.device, dtype=torch.float32)
+    # Reflect padding needs T > n_fft / 2 (torch raises otherwise); shorter inputs, which the
+    # post never sees (its crops are 2^16 samples), are zero-padded instead.
+    pad_mode = "reflect" if wav.shape[-1] > n_fft // 2 else "constant"
+    spec = torch.stft(
+        wav.float(),
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=True,
+        pad_mode=pad_mode,
+        return_complex=True,
+    )  # [B, G, W]
+    return spec.abs()  # power 1: |S|
+
+
+def post_spectral_loss(
+    x: Tensor,
+    y: Tensor,
+    settings: tuple[tuple[int, int, int], ...] = STFT_SETTINGS,
+) -> Tensor:
+    """The post's multi-scale spectral loss: per STFT setting, sqrt(mean((|S_x| - |S_y|)^2)) of
+    linear magnitudes, then the mean over the settings (codec.py `MultiscaleSpectrogramLoss`).
+
+    Args:
+        x: float `[B, 1, T]`, e.g. the target (the post passes the audio first; the loss is
+            symmetric).
+        y: float `[B, 1, T]`, e.g. the reconstruction.
+        settings: (n_fft, hop_length, win_length) triples; the post's three by default.
+
+    Returns:
+        A float32 scalar, 0 when x == y.
+    """
+    _check_pair(x, y)
+    assert len(settings) >= 1, "settings must name at least one STFT"
+    xs, ys = x[:, 0], y[:, 0]  # [B, T]
+    per_scale = []
+    for n_fft, hop, win in settings:
+        diff = _post_magnitude(xs, n_fft, hop, win) - _post_magnitude(ys, n_fft, hop, win)
+        mean_square = diff.square().mean()
+        # sqrt's slope is infinite at 0: x == y gives 0 with a zero gradient, not nan.
+        positive = mean_square > 0
+        root = torch.where(positive, mean_square, torch.ones_like(mean_square)).sqrt()
+        per_scale.append(torch.where(positive, root, torch.zeros_like(root)))
+    return torch.stack(per_scale).mean()
+
+
+def spectral_loss(x: Tensor, y: Tensor, name: SpectralLoss = "post") -> Tensor:
+    """The spectral loss called `name`: "post" (`post_spectral_loss`) or "l1-log"
+    (`multi_scale_spectral_loss`); float `[B, 1, T]` pairs -> a float32 scalar."""
+    assert name in SPECTRAL_LOSSES, f"spectral loss must be one of {SPECTRAL_LOSSES}, got {name!r}"
+    if name == "post":
+        return post_spectral_loss(x, y)
+    return multi_scale_spectral_loss(x, y)
 
 
 def si_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
@@ -190,11 +266,12 @@ def codec_loss(
     commitment: Tensor,
     spectral_weight: float = 1.0,
     commitment_weight: float = 0.02,
+    spectral: SpectralLoss = "post",
 ) -> CodecLoss:
     """The post's codec objective: MSE + multi-scale spectral + 0.02 x commitment (Jukebox's
-    weights: `multispectral` 1.0, `commit` 0.02).
+    weights: `multispectral` 1.0, `commit` 0.02; codec.py `Codec.forward`).
 
-    Jukebox divides its MSE and spectral terms by dataset statistics; these are unnormalised.
+    Jukebox divides its MSE and spectral terms by dataset statistics; the post, and these, not.
 
     Args:
         reconstruction: float `[B, 1, T]`, the decoder's output.
@@ -202,6 +279,7 @@ def codec_loss(
         commitment: scalar commitment loss of the quantizer.
         spectral_weight: weight of `multi_scale_spectral_loss`.
         commitment_weight: weight of the commitment loss.
+        spectral: which spectral loss, "post" (the default) or "l1-log".
 
     Returns:
         `CodecLoss` with the weighted total and the unweighted parts.
@@ -209,7 +287,7 @@ def codec_loss(
     _check_pair(reconstruction, target)
     assert commitment.ndim == 0, f"commitment must be a scalar, got {tuple(commitment.shape)}"
     mse = F.mse_loss(reconstruction.float(), target.float())
-    spectral = multi_scale_spectral_loss(reconstruction, target)
+    spectral_value = spectral_loss(target, reconstruction, spectral)
     commitment = commitment.float()
-    total = mse + spectral_weight * spectral + commitment_weight * commitment
-    return CodecLoss(total=total, mse=mse, spectral=spectral, commitment=commitment)
+    total = mse + spectral_weight * spectral_value + commitment_weight * commitment
+    return CodecLoss(total=total, mse=mse, spectral=spectral_value, commitment=commitment)

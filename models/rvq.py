@@ -34,23 +34,62 @@ broadcast, as is the initialisation from data. Jukebox's bottleneck.py `update_k
 core_vq.py broadcasts its buffers after `init_embed_` and `expire_codes_`.
 
 Gradients reach the input through the straight-through estimator (van den Oord et al., 2017,
-section 3.1) applied once to the sum of all levels, and through the commitment loss: per level,
-the MSE between the level's input (the residual) and its stop-gradient entry, averaged (not
-summed) over the levels used, as encodec and moshi do, so its scale and the post's weight of
-0.02 do not depend on K'.
+section 3.1) applied once to the sum of all levels, and through the commitment loss, the MSE
+between each level's input (the residual) and its stop-gradient entry.
+
+Two recipes, each chosen per quantizer (`codebooks`, `commitment`); the post's code is
+kyutai-labs/nanoGPTaudio codec.py (the `restart_unused_codes` version, after cbd36aa):
+
+- `codebooks="post"`: each level's EMA sum starts kaiming-uniform (`torch.nn.init.
+  kaiming_uniform_` of a [Q, D] tensor, bound sqrt(6 / D)) with counts of 1, entries are
+  sum / max(count, 1e-5) (no Laplace smoothing), and in training, BEFORE quantizing, each level
+  used restarts at most ONE code: its least-used, if that count is under `dead_code_threshold`
+  (the post's 0.1), becomes a random row of the raw latents (the encoder's output, the same `x`
+  for every level, not the residual) with a count of 1.0 (`VectorQuantizer.restart_unused_codes`,
+  called from `Codec.forward` on `flat_embeddings`).
+- `codebooks="data"` (Jukebox's and encodec's rules, this module's first recipe): entries start
+  as random vectors of the first batch, counts are Laplace-smoothed, and AFTER each EMA step every
+  code under `dead_code_threshold` (1.0) jumps to a random residual of the batch. Kept because
+  it trains faster at small scale (bench/codec_recipe.py; issue 24: 400 quantizer steps, 2 levels,
+  test MSE 0.0186 against the post's 0.0358, level-0 entropy 9.59 against 7.95 bits).
+- `commitment="post"`: the per-level losses are SUMMED, and only level 0's reaches the encoder:
+  the post applies the straight-through estimator per level, so level i > 0 sees
+  x - (x + const), whose gradient to x is 0. 8 levels weigh 8x one level.
+- `commitment="mean"`: averaged over the levels used, every level's residual reaching the
+  encoder, as encodec and moshi do, so its scale and the weight of 0.02 do not depend on K'.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CodebookSync", "RVQMetrics", "RVQOutput", "ResidualVectorQuantizer"]
+__all__ = [
+    "CODEBOOK_RECIPES",
+    "COMMITMENT_RECIPES",
+    "CodebookRecipe",
+    "CodebookSync",
+    "CommitmentRecipe",
+    "RVQMetrics",
+    "RVQOutput",
+    "ResidualVectorQuantizer",
+]
+
+#: How codebooks start and restart: the post's rules, or data init and dead-code teleports.
+CodebookRecipe = Literal["post", "data"]
+CODEBOOK_RECIPES: tuple[CodebookRecipe, ...] = ("post", "data")
+#: How the levels' commitment losses combine: the post's sum (level 0 to the encoder), or a mean.
+CommitmentRecipe = Literal["post", "mean"]
+COMMITMENT_RECIPES: tuple[CommitmentRecipe, ...] = ("post", "mean")
+# The count a restarted code gets in the post (codec.py restart_unused_codes: new_usage = 1.0).
+_POST_RESTART_USAGE = 1.0
+# The floor of the counts in the post's entries (codec.py VectorQuantizer.codebook: clamp 1e-5).
+_POST_USAGE_FLOOR = 1e-5
 
 
 class CodebookSync(Protocol):
@@ -73,8 +112,11 @@ class RVQMetrics:
     # 0 when one code takes everything (Jukebox logs the same quantity in nats).
     per_level_entropy_bits: list[float]
     # Fraction of the Q codes whose EMA count is below the dead-code threshold; in training mode
-    # these are the codes teleported by this call.
+    # with `codebooks="data"` these are the codes teleported by this call.
     dead_code_fraction: list[float]
+    # Codes restarted by this call (training mode): teleported dead codes ("data"), or 0 or 1
+    # ("post"); all 0 in eval mode.
+    restarted_codes: list[int]
 
 
 @dataclass
@@ -83,7 +125,7 @@ class RVQOutput:
 
     quantized: Tensor  # [R, D], the sum of the K' levels, straight-through to the input
     codes: Tensor  # int64 [R, K']
-    commitment_loss: Tensor  # scalar, mean over the K' levels of MSE(residual, sg(entry))
+    commitment_loss: Tensor  # scalar: MSE(residual, sg(entry)) summed ("post") or averaged
     metrics: RVQMetrics
 
 
@@ -97,10 +139,12 @@ class ResidualVectorQuantizer(nn.Module):
         update_speed: 1 - decay of the moving averages, in (0, 1]; 0.01 is Jukebox's l_mu 0.99.
             1.0 makes each training call one k-means (Lloyd) step on the batch.
         dead_code_threshold: a code whose EMA count (vectors per batch, averaged) falls below
-            this is teleported to a random batch vector; Jukebox's 1.0 by default. Keep it well
-            below R / Q. A teleported code restarts with a count equal to the threshold, so it
-            is teleported again at once unless it catches vectors.
-        epsilon: the Laplace smoothing constant (1e-5, as Sonnet and encodec).
+            this is restarted; Jukebox's 1.0 by default (the post's 0.1 with `codebooks="post"`).
+            Keep it well below R / Q. With "data" a teleported code restarts with a count equal
+            to the threshold, so it is teleported again at once unless it catches vectors.
+        epsilon: the Laplace smoothing constant (1e-5, as Sonnet and encodec; "data" only).
+        codebooks: "post" or "data", how codebooks start and restart (the module says both).
+        commitment: "post" (summed, level 0 to the encoder) or "mean" (the module says both).
     """
 
     # Buffers, declared for type checkers (registered in __init__).
@@ -117,8 +161,12 @@ class ResidualVectorQuantizer(nn.Module):
         update_speed: float = 0.01,
         dead_code_threshold: float = 1.0,
         epsilon: float = 1e-5,
+        codebooks: CodebookRecipe = "data",
+        commitment: CommitmentRecipe = "mean",
     ) -> None:
         super().__init__()
+        assert codebooks in CODEBOOK_RECIPES, f"codebooks must be one of {CODEBOOK_RECIPES}"
+        assert commitment in COMMITMENT_RECIPES, f"commitment must be one of {COMMITMENT_RECIPES}"
         assert min(dim, codebook_size, num_levels) >= 1, (
             f"sizes must be positive: dim {dim}, codebook_size {codebook_size}, "
             f"num_levels {num_levels}"
@@ -134,6 +182,8 @@ class ResidualVectorQuantizer(nn.Module):
         self.update_speed = update_speed
         self.dead_code_threshold = dead_code_threshold
         self.epsilon = epsilon
+        self.codebook_recipe: CodebookRecipe = codebooks
+        self.commitment_recipe: CommitmentRecipe = commitment
         shape = (num_levels, codebook_size, dim)  # [K, Q, D]
         self.register_buffer("codebooks", torch.zeros(shape))
         self.register_buffer("cluster_usage", torch.ones(num_levels, codebook_size))  # [K, Q]
@@ -141,6 +191,18 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros(num_levels, dtype=torch.bool))
         #: The replicas' agreement under data parallelism; None: this process alone.
         self.sync: CodebookSync | None = None
+        if codebooks == "post":
+            self._post_init()
+
+    @torch.no_grad()
+    def _post_init(self) -> None:
+        """The post's start: kaiming-uniform sums, counts of 1 (codec.py VectorQuantizer)."""
+        for level in range(self.num_levels):
+            # kaiming_uniform_ of [Q, D]: fan_in D, bound sqrt(6 / D), from the global generator
+            # (seeded by the trainer, so every rank starts from the same codebooks).
+            nn.init.kaiming_uniform_(self.embedding_sum[level])
+        self.codebooks.copy_(self.embedding_sum / self.cluster_usage[..., None])  # counts are 1
+        self.initialized.fill_(True)
 
     @property
     def decay(self) -> float:
@@ -213,6 +275,11 @@ class ResidualVectorQuantizer(nn.Module):
         emb_sum = self.embedding_sum[level]  # [Q, D], a view
         usage.mul_(self.decay).add_(counts, alpha=self.update_speed)
         emb_sum.mul_(self.decay).add_(sums, alpha=self.update_speed)
+        if self.codebook_recipe == "post":
+            # codec.py VectorQuantizer.codebook: sum / count.clamp(min=1e-5); restarts come
+            # before quantizing (`_restart_least_used`), not here.
+            self.codebooks[level] = emb_sum / usage.clamp_min(_POST_USAGE_FLOOR)[:, None]
+            return torch.zeros_like(usage, dtype=torch.bool)
         # Laplace smoothing keeps the division finite for codes with (nearly) zero counts.
         total = usage.sum()
         smoothed = (usage + self.epsilon) / (total + c * self.epsilon) * total  # [Q]
@@ -233,12 +300,40 @@ class ResidualVectorQuantizer(nn.Module):
         usage.copy_(torch.where(dead, torch.full_like(usage, self.dead_code_threshold), usage))
         return dead
 
+    @torch.no_grad()
+    def _restart_least_used(self, x: Tensor, level: int) -> Tensor:
+        """The post's restart of level `level`: its least-used code, if its count is under the
+        threshold, becomes a random row of `x` (float32 `[R, D]`, the raw latents) with a count
+        of 1.0 (codec.py `VectorQuantizer.restart_unused_codes`). Returns a bool scalar: did it.
+
+        Without a device sync (no `if` on a GPU value): the row is always drawn and the restart
+        applied through `torch.where`.
+        """
+        usage = self.cluster_usage[level]  # [Q], a view
+        value, index = usage.min(dim=0)
+        candidate = x[torch.randint(0, x.shape[0], (1,), device=x.device)][0]  # [D]
+        if self.sync is not None:
+            # The counts agree on every replica (their statistics are summed); the row is the
+            # deciding replica's, as for the "data" teleports.
+            self.sync.broadcast_(candidate)
+        restart = value < self.dead_code_threshold  # bool scalar
+        new_usage = torch.full_like(value, _POST_RESTART_USAGE)
+        usage[index] = torch.where(restart, new_usage, value)
+        row = torch.where(
+            restart, candidate * _POST_RESTART_USAGE, self.embedding_sum[level, index]
+        )
+        self.embedding_sum[level, index] = row
+        self.codebooks[level, index] = torch.where(restart, candidate, self.codebooks[level, index])
+        return restart
+
     def forward(self, x: Tensor, num_levels: int | None = None) -> RVQOutput:
         """Quantize `x` with the first K' levels; in training mode, also update them.
 
-        In training mode a level not initialised yet is first set from this batch, and after
-        quantizing (with the entries as they were) each used level takes one EMA step and
-        teleports its dead codes. In eval mode nothing changes.
+        In training mode, with `codebooks="data"`, a level not initialised yet is first set from
+        this batch, and after quantizing (with the entries as they were) each used level takes
+        one EMA step and teleports its dead codes; with "post", each used level first restarts
+        its least-used code if it is dead, then quantizes and takes one EMA step. In eval mode
+        nothing changes.
 
         Args:
             x: float `[R, D]` embeddings.
@@ -246,51 +341,72 @@ class ResidualVectorQuantizer(nn.Module):
 
         Returns:
             `RVQOutput`: quantized `[R, D]` (x's dtype; its gradient is passed straight to `x`),
-            int64 codes `[R, K']`, the commitment loss averaged over levels, and metrics.
+            int64 codes `[R, K']`, the commitment loss (summed or averaged over levels, as
+            `commitment` says), and metrics.
         """
         self._check_input(x)
         k = self._levels_used(num_levels)
         xf = x.float()  # codebooks are float32; quantize in float32 under autocast too
-        c = self.codebook_size
         initialized = self.initialized[:k].tolist() if self.training else [True] * k
+        restarts = [torch.zeros((), dtype=torch.bool, device=x.device)] * k
+        if self.training and self.codebook_recipe == "post":
+            # Before quantizing, from the raw latents (codec.py Codec.forward).
+            restarts = [self._restart_least_used(xf.detach(), level) for level in range(k)]
 
         residual = xf  # [R, D]
         quantized = torch.zeros_like(xf)  # [R, D]
         codes_list: list[Tensor] = []
         losses: list[Tensor] = []
-        entropies: list[Tensor] = []
-        dead_fractions: list[Tensor] = []
+        stats: list[Tensor] = []  # per level: entropy, dead fraction, codes restarted
         for level in range(k):
             if not initialized[level]:
                 self._init_level(residual.detach(), level)
             codes = self._nearest(residual.detach(), level)  # [R]
             q = self.codebooks[level][codes]  # [R, D], no gradient: codebooks are buffers
-            # Commitment loss (VQ-VAE's beta term): pull the residual towards its entry.
-            losses.append(F.mse_loss(residual, q))
-            counts = torch.bincount(codes, minlength=c).float()  # [Q]
-            entropies.append(_entropy_bits(counts))
-            if self.training:
-                dead = self._update_level(residual.detach(), codes, level)  # [Q]
-            else:
-                dead = self.cluster_usage[level] < self.dead_code_threshold  # [Q]
-            dead_fractions.append(dead.float().mean())
+            # Commitment loss (VQ-VAE's beta term): pull the residual towards its entry. In the
+            # post only level 0's input is the encoder's; deeper residuals reach it through none.
+            post_deeper = level > 0 and self.commitment_recipe == "post"
+            committed = residual.detach() if post_deeper else residual
+            losses.append(F.mse_loss(committed, q))
+            stats.append(self._level_stats(residual.detach(), codes, level, restarts[level]))
             codes_list.append(codes)
             quantized = quantized + q
             # The next level quantizes what is left; q is a constant, so the residual's
-            # gradient (commitment loss of deeper levels) still reaches x.
+            # gradient (commitment loss of deeper levels, "mean") still reaches x.
             residual = residual - q
 
         # Straight-through estimator over the whole stack: the forward value is the sum of the
         # entries, the backward is the identity to x (moshi's ResidualVectorQuantization does
-        # the same; applying it per level would scale x's gradient by K').
+        # the same; the post's per-level estimator gives the same identity, see the module).
         out = xf + (quantized - xf).detach()  # [R, D]
-        stats = torch.stack([torch.stack(entropies), torch.stack(dead_fractions)]).tolist()
+        table = torch.stack(stats).tolist()  # [K', 3]
+        commitment = torch.stack(losses)  # [K']
         return RVQOutput(
             quantized=out.to(x.dtype),
             codes=torch.stack(codes_list, dim=1),  # [R, K']
-            commitment_loss=torch.stack(losses).mean(),
-            metrics=RVQMetrics(per_level_entropy_bits=stats[0], dead_code_fraction=stats[1]),
+            commitment_loss=(
+                commitment.sum() if self.commitment_recipe == "post" else commitment.mean()
+            ),
+            metrics=RVQMetrics(
+                per_level_entropy_bits=[row[0] for row in table],
+                dead_code_fraction=[row[1] for row in table],
+                restarted_codes=[int(row[2]) for row in table],
+            ),
         )
+
+    def _level_stats(self, r: Tensor, codes: Tensor, level: int, restarted: Tensor) -> Tensor:
+        """float32 `[3]`: the batch's code entropy in bits, the dead fraction, the codes
+        restarted; in training mode, after this level's EMA step (and "data" teleports)."""
+        counts = torch.bincount(codes, minlength=self.codebook_size).float()  # [Q]
+        n_restarted = restarted.long()  # the post's restart, before quantizing
+        if self.training:
+            teleported = self._update_level(r, codes, level)  # [Q], all False with "post"
+            n_restarted = n_restarted + teleported.sum()
+        # "data" in training: what was just teleported (the counts now sit at the threshold).
+        data_training = self.training and self.codebook_recipe == "data"
+        dead = teleported if data_training else self.cluster_usage[level] < self.dead_code_threshold
+        dead_fraction = dead.float().mean()
+        return torch.stack([_entropy_bits(counts), dead_fraction, n_restarted.float()])
 
     @torch.no_grad()
     def encode(self, x: Tensor, num_levels: int | None = None) -> Tensor:

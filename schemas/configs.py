@@ -293,6 +293,31 @@ class TrainCodecSettings(_Config):
         description="Train on a random number of levels per batch (as Mimi does), so that one "
         "codec serves any number of levels up to `num_levels`.",
     )
+    spectral_loss: Literal["post", "l1-log"] = Field(
+        "post",
+        description="'post': the post's multi-scale spectral loss, sqrt(mean((|S_x| - "
+        "|S_y|)^2)) of linear magnitudes per scale, averaged over 3 scales (codec.py); "
+        "'l1-log': L1 of linear plus L1 of log magnitudes (models/losses.py says what it "
+        "changes, bench/codec_recipe.py measures both).",
+    )
+    commitment: Literal["post", "mean"] = Field(
+        "post",
+        description="'post': the levels' commitment losses summed, only level 0's reaching the "
+        "encoder (codec.py); 'mean': averaged, every level's reaching it (encodec, moshi).",
+    )
+    codebooks: Literal["post", "data"] = Field(
+        "post",
+        description="'post': kaiming-uniform codebooks, and before each step each level "
+        "restarts its least-used code from a raw latent if its usage is under 0.1 (codec.py); "
+        "'data': codebooks from the first batch, every code under usage 1 teleported after each "
+        "step (Jukebox, encodec). models/rvq.py says what each measured.",
+    )
+    input_audio: Literal["mu-law", "pcm"] = Field(
+        "mu-law",
+        description="'mu-law': train on the audio after the post's 8-bit mu-law round trip "
+        "(train_codec.py reads mu-law tokens and expands them: 34.5 dB SNR to the original); "
+        "'pcm': on the decoded audio as it is.",
+    )
     crop_seconds: float = Field(1.0, gt=0, description="Length of the random training crops.")
     batch_size: int = Field(8, ge=1, description="Crops per optimizer step.")
     steps: int = Field(2000, ge=1, description="Optimizer steps.")

@@ -2,7 +2,7 @@
 in, for the prompt's round trip, `eval-codec` and `compare-codecs`.
 
 - SI-SDR (dB; Le Roux et al. 2019) and log-mel L1 (`models.losses`), at the audio's own rate;
-- the multi-scale spectral loss the codec trains on (`models.losses`), at the audio's rate;
+- the post's multi-scale spectral loss (`models.losses.post_spectral_loss`), at the audio's rate;
 - PESQ wideband (ITU-T P.862.2, MOS-LQO 1.04-4.64) from the `pesq` package, which accepts only
   16 kHz for wideband: audio at another rate is resampled first;
 - STOI (Taal et al. 2011, 0-1) from `pystoi` (it resamples to its own 10 kHz inside).
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from codecflow.models.losses import mel_l1, multi_scale_spectral_loss, si_sdr
+from codecflow.models.losses import mel_l1, post_spectral_loss, si_sdr
 
 __all__ = ["PESQ_RATE", "pesq_wb", "quality", "stoi"]
 
@@ -65,7 +65,7 @@ def quality(reference: np.ndarray, degraded: np.ndarray, rate: int) -> dict[str,
     return {
         "si_sdr_db": float(si_sdr(deg_t, ref_t).mean()),
         "mel_l1": float(mel_l1(deg_t, ref_t, sample_rate=rate)),
-        "spectral_loss": float(multi_scale_spectral_loss(deg_t, ref_t)),
+        "spectral_loss": float(post_spectral_loss(ref_t, deg_t)),
         "pesq_wb": pesq_wb(ref, deg, rate),
         "stoi": stoi(ref, deg, rate),
     }

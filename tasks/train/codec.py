@@ -42,6 +42,7 @@ import torch
 
 from codecflow.models.codec import RVQCodec, build_rvq_codec, codec_config_dict
 from codecflow.models.losses import codec_loss
+from codecflow.models.mulaw import mulaw_decode_post, mulaw_encode_post
 from codecflow.schemas.configs import TrainCodecSettings
 from codecflow.tasks.core import storage
 from codecflow.tasks.core.errors import CodecflowError
@@ -95,6 +96,15 @@ CODEC_RUN_HELD_ENV = "CODECFLOW_CODEC_RUN_HELD"
 #: (on another number of ranks) and runs recorded before them still resume.
 _RUNTIME_ONLY = {"nproc_per_node", "loader_workers", "prefetch_batches"}
 
+#: Settings added since runs were recorded, with the value those runs trained with (issue 24
+#: made the post's recipe the default): a run recorded before them resumes as it was.
+_ADDED = {
+    "spectral_loss": "l1-log",
+    "commitment": "mean",
+    "codebooks": "data",
+    "input_audio": "pcm",
+}
+
 #: Progress lines: inside a Prefect run they reach the run's log (`codecflow.*` loggers).
 _LOG = logging.getLogger("codecflow.train-codec")
 
@@ -134,6 +144,8 @@ def codec_from_settings(settings: TrainCodecSettings) -> RVQCodec:
         codebook_size=settings.codebook_size,
         update_speed=settings.update_speed,
         quantizer_dropout=settings.quantizer_dropout,
+        codebooks=settings.codebooks,
+        commitment=settings.commitment,
     )
 
 
@@ -149,7 +161,8 @@ def is_codec_committed(out: Path) -> bool:
 def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> CodecCheckpointRecord:
     """Train the codec on the manifest's train split; resume from the newest checkpoint.
 
-    Loss = MSE + multi-scale spectral loss + 0.02 x commitment (the post). Under torchrun
+    Loss = MSE + multi-scale spectral loss + 0.02 x commitment (the post), on the audio after
+    the post's 8-bit mu-law round trip unless `input_audio` is "pcm". Under torchrun
     (WORLD_SIZE > 1) every rank calls this: DDP with NCCL on GPUs, gloo on the CPU; rank 0
     writes. A complete final checkpoint for the same manifest and settings is returned as is.
     """
@@ -172,6 +185,7 @@ def _train_codec_owned(
         settings.model_dump(mode="json", exclude=_RUNTIME_ONLY),
         # `num_levels` was `levels` until the one name for K: a run recorded before still resumes.
         renamed={"levels": "num_levels"},
+        added=_ADDED,
     )
     metrics = identity.committed(out)
     if metrics is not None:
@@ -298,8 +312,11 @@ def _loop(
         waited = time.perf_counter()
         batch = next(crops).to(run.device, non_blocking=True)  # [B, 1, T]
         waited = time.perf_counter() - waited
+        if settings.input_audio == "mu-law":
+            # train_codec.py get_batch: the stored 8-bit mu-law tokens, expanded (34.5 dB SNR).
+            batch = mulaw_decode_post(mulaw_encode_post(batch))  # [B, 1, T]
         levels = _levels_generator(settings.seed, step)
-        record = _step(run, batch, settings.grad_clip, lr, levels)
+        record = _step(run, batch, settings, lr, levels)
         step_crops = [consumed, consumed + world * batch_size]
         consumed += world * batch_size
         if not run.ranks.main:
@@ -314,16 +331,25 @@ def _loop(
 
 
 def _step(
-    run: _Run, batch: torch.Tensor, grad_clip: float, lr: float, levels: torch.Generator
+    run: _Run,
+    batch: torch.Tensor,
+    settings: TrainCodecSettings,
+    lr: float,
+    levels: torch.Generator,
 ) -> dict[str, Any]:
     """One optimizer step on `batch` [B, 1, T]; its log record but the step number."""
     started = time.perf_counter()
     with run.autocast:
         result = run.trained(batch, generator=levels)
-    loss = codec_loss(result.reconstruction.float(), batch, result.commitment_loss.float())
+    loss = codec_loss(
+        result.reconstruction.float(),
+        batch,
+        result.commitment_loss.float(),
+        spectral=settings.spectral_loss,
+    )
     run.optimizer.zero_grad(set_to_none=True)
     loss.total.backward()  # DDP averages the gradients over the ranks
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.codec.parameters(), grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.codec.parameters(), settings.grad_clip)
     run.optimizer.step()
     return {
         "loss": loss.total.item(),
@@ -332,6 +358,7 @@ def _step(
         "commitment": loss.commitment.item(),
         "levels_used": int(result.codes.shape[1]),
         "dead_code_fraction": float(np.mean(result.metrics.dead_code_fraction)),
+        "restarted_codes": int(sum(result.metrics.restarted_codes)),
         "lr": lr,
         "grad_norm": float(grad_norm),
         "seconds": time.perf_counter() - started,

@@ -1,4 +1,5 @@
-"""Codec losses: multi-scale spectral, SI-SDR, log-mel L1 and the combined objective.
+"""Codec losses: the post's spectral loss against its formula, the l1-log one, SI-SDR, log-mel L1
+and the combined objective.
 
 Shape symbols: B batch, T samples.
 """
@@ -7,17 +8,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
 from codecflow.models.losses import (
+    SPECTRAL_LOSSES,
     STFT_SETTINGS,
     CodecLoss,
     codec_loss,
     mel_l1,
     multi_scale_spectral_loss,
+    post_spectral_loss,
     si_sdr,
+    spectral_loss,
 )
 
 SR = 16_000
@@ -40,8 +45,61 @@ def test_stft_settings_are_the_posts() -> None:
     assert STFT_SETTINGS == ((2048, 240, 1200), (1024, 120, 600), (512, 50, 240))
 
 
+def _formula_magnitudes(wav: np.ndarray, n_fft: int, hop: int, win: int) -> np.ndarray:
+    """float64 `[W, G]`: |STFT| as torchaudio's Spectrogram(power=1) defines it, from numpy
+    alone: reflect-pad n_fft / 2 each side, a periodic Hann of `win` centred in n_fft, frames
+    every `hop` samples, one-sided |DFT|."""
+    padded = np.pad(wav, n_fft // 2, mode="reflect")
+    n = np.arange(win)
+    window = np.zeros(n_fft)
+    left = (n_fft - win) // 2
+    window[left : left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win)
+    frames = 1 + (len(padded) - n_fft) // hop
+    rows = [padded[i * hop : i * hop + n_fft] * window for i in range(frames)]
+    return np.abs(np.fft.rfft(np.stack(rows), axis=1))  # [W, G]
+
+
+def _formula_loss(x: np.ndarray, y: np.ndarray) -> float:
+    """The post's loss (codec.py MultiscaleSpectrogramLoss) on `[B, T]` float64 arrays."""
+    per_scale = []
+    for n_fft, hop, win in STFT_SETTINGS:
+        diffs = [
+            _formula_magnitudes(a, n_fft, hop, win) - _formula_magnitudes(b, n_fft, hop, win)
+            for a, b in zip(x, y, strict=True)
+        ]
+        per_scale.append(math.sqrt(float(np.mean(np.square(np.stack(diffs))))))
+    return float(np.mean(per_scale))
+
+
+def test_the_post_spectral_loss_equals_its_formula_on_a_fixed_input() -> None:
+    x = _tone()
+    y = 0.8 * x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    expected = _formula_loss(x[:, 0].double().numpy(), y[:, 0].double().numpy())
+    assert float(post_spectral_loss(x, y)) == pytest.approx(expected, rel=1e-5)
+    assert float(spectral_loss(x, y, "post")) == float(post_spectral_loss(x, y))
+    assert float(post_spectral_loss(y, x)) == pytest.approx(expected, rel=1e-5)  # symmetric
+    assert SPECTRAL_LOSSES == ("post", "l1-log")
+
+
+def test_the_post_spectral_loss_gradient_equals_its_formula_s() -> None:
+    """d loss / d y at a few samples against central differences of the numpy formula."""
+    x = _tone(b=1, t=3000)
+    y = 0.7 * x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    y.requires_grad_(True)
+    post_spectral_loss(x, y).backward()
+    assert y.grad is not None
+    xn, yn = x[:, 0].double().numpy(), y.detach()[:, 0].double().numpy()
+    for i in (5, 1500, 2990):  # near the reflected edges and in the middle
+        up, down = yn.copy(), yn.copy()
+        up[0, i] += 1e-4
+        down[0, i] -= 1e-4
+        numeric = (_formula_loss(xn, up) - _formula_loss(xn, down)) / 2e-4
+        assert float(y.grad[0, 0, i]) == pytest.approx(numeric, rel=2e-2, abs=1e-6)
+
+
 def test_zero_for_identical_signals() -> None:
     x = _tone()
+    assert float(post_spectral_loss(x, x.clone())) == 0.0
     assert float(multi_scale_spectral_loss(x, x.clone())) == 0.0
     assert float(mel_l1(x, x.clone(), SR)) == 0.0
     loss = codec_loss(x, x.clone(), torch.tensor(0.0))
@@ -90,9 +148,21 @@ def test_codec_loss_uses_the_posts_weights() -> None:
     commitment = torch.tensor(0.7)
     loss = codec_loss(y, x, commitment)
     assert torch.allclose(loss.mse, ((y - x) ** 2).mean())
-    assert torch.allclose(loss.spectral, multi_scale_spectral_loss(y, x))
+    assert torch.allclose(loss.spectral, post_spectral_loss(x, y))  # the post's by default
     assert torch.allclose(loss.total, loss.mse + loss.spectral + 0.02 * commitment)
     assert float(loss.commitment) == pytest.approx(0.7)
+    old = codec_loss(y, x, commitment, spectral="l1-log")
+    assert torch.allclose(old.spectral, multi_scale_spectral_loss(y, x))
+    # The l1-log loss weighs the noise's quiet, high bins far more than the post's.
+    assert float(old.spectral) > 3 * float(loss.spectral)
+
+
+def test_the_post_spectral_loss_zero_pads_what_reflection_cannot() -> None:
+    x = _tone(b=1, t=600)  # shorter than n_fft / 2 = 1024 of the first setting
+    assert (
+        math.isfinite(float(post_spectral_loss(x, 0.5 * x)))
+        and float(post_spectral_loss(x, 0.5 * x)) > 0
+    )
 
 
 def test_gradients_flow_to_the_reconstruction() -> None:
@@ -112,5 +182,9 @@ def test_gradients_flow_to_the_reconstruction() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(AssertionError, match="same shape"):
         multi_scale_spectral_loss(torch.zeros(1, 1, 100), torch.zeros(1, 1, 99))
+    with pytest.raises(AssertionError, match="same shape"):
+        post_spectral_loss(torch.zeros(1, 1, 100), torch.zeros(1, 1, 99))
+    with pytest.raises(AssertionError, match="must be one of"):
+        spectral_loss(torch.zeros(1, 1, 100), torch.zeros(1, 1, 100), "l2")  # type: ignore[arg-type]
     with pytest.raises(AssertionError, match=r"\[B, 1, T\]"):
         si_sdr(torch.zeros(1, 100), torch.zeros(1, 100))

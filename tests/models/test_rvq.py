@@ -279,3 +279,91 @@ def test_synced_replicas_update_as_one_process_of_their_joint_batch() -> None:
     assert "sync" not in synced.state_dict() and not any(
         "sync" in n for n, _ in synced.named_buffers()
     )
+
+
+# The post's recipe (nanoGPTaudio codec.py): the expected numbers come from the formulas.
+
+
+def _fixed_quantizer(commitment: str) -> tuple[ResidualVectorQuantizer, Tensor]:
+    """A 3-level quantizer with known codebooks and 6 fixed 2-D latents."""
+    rvq = ResidualVectorQuantizer(2, 3, 3, codebooks="post", commitment=commitment).eval()  # type: ignore[arg-type]
+    books = torch.tensor(
+        [
+            [[1.0, 0.0], [-1.0, 0.5], [0.0, 2.0]],
+            [[0.2, 0.1], [-0.3, 0.0], [0.0, -0.4]],
+            [[0.05, 0.0], [0.0, 0.05], [-0.1, -0.1]],
+        ]
+    )  # [K, Q, D]
+    with torch.no_grad():
+        rvq.codebooks.copy_(books)
+    x = torch.tensor([[1.3, 0.2], [-0.8, 0.3], [0.1, 1.5], [0.9, -0.5], [-1.2, 1.0], [0.0, 0.0]])
+    return rvq, x
+
+
+def _formula_commitment(rvq: ResidualVectorQuantizer, x: Tensor) -> tuple[list[float], Tensor]:
+    """Per-level MSE(residual, nearest entry) and level 0's d/dx, by hand."""
+    residual, per_level, grad0 = x.double(), [], None
+    for level in range(rvq.num_levels):
+        book = rvq.codebooks[level].double()  # [Q, D]
+        nearest = book[((residual[:, None] - book[None]) ** 2).sum(-1).argmin(1)]  # [R, D]
+        per_level.append(float(((residual - nearest) ** 2).mean()))
+        if level == 0:
+            grad0 = 2 * (residual - nearest) / residual.numel()
+        residual = residual - nearest
+    assert grad0 is not None
+    return per_level, grad0
+
+
+def test_the_post_commitment_is_summed_and_reaches_the_encoder_from_level_0_only() -> None:
+    rvq, x = _fixed_quantizer("post")
+    per_level, grad0 = _formula_commitment(rvq, x)
+    latents = x.clone().requires_grad_(True)
+    out = rvq(latents)
+    assert float(out.commitment_loss.detach()) == pytest.approx(sum(per_level), rel=1e-6)
+    out.commitment_loss.backward()
+    assert latents.grad is not None
+    assert torch.allclose(latents.grad.double(), grad0, atol=1e-7)
+
+
+def test_the_mean_commitment_averages_and_every_level_reaches_the_encoder() -> None:
+    rvq, x = _fixed_quantizer("mean")
+    per_level, grad0 = _formula_commitment(rvq, x)
+    latents = x.clone().requires_grad_(True)
+    out = rvq(latents)
+    assert float(out.commitment_loss.detach()) == pytest.approx(sum(per_level) / 3, rel=1e-6)
+    out.commitment_loss.backward()
+    assert latents.grad is not None
+    # Level i's residual is x minus constants: its MSE's gradient reaches x as well.
+    assert not torch.allclose(latents.grad.double(), grad0 / 3, atol=1e-7)
+
+
+def test_post_codebooks_start_kaiming_uniform_with_counts_of_one() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(32, 1024, 2, codebooks="post")
+    bound = math.sqrt(6 / 32)  # kaiming_uniform_ of [Q, D]: gain sqrt(2) x sqrt(3 / fan_in D)
+    assert bool(rvq.initialized.all()) and torch.equal(rvq.cluster_usage, torch.ones(2, 1024))
+    assert float(rvq.codebooks.abs().max()) <= bound
+    assert float(rvq.codebooks.abs().max()) > 0.95 * bound  # uniform over the whole range
+    assert torch.equal(rvq.codebooks, rvq.embedding_sum)
+    assert not torch.equal(rvq.codebooks[0], rvq.codebooks[1])
+
+
+def test_the_post_restarts_one_least_used_code_under_0_1_from_a_raw_latent() -> None:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 4, 2, update_speed=1e-9, codebooks="post").train()
+    assert rvq.dead_code_threshold == 1.0  # the constructor's; build_rvq_codec gives 0.1
+    rvq.dead_code_threshold = 0.1
+    with torch.no_grad():
+        rvq.cluster_usage.copy_(torch.tensor([[5.0, 0.05, 0.02, 3.0], [2.0, 0.2, 0.15, 4.0]]))
+        rvq.embedding_sum.copy_(rvq.codebooks * rvq.cluster_usage[..., None])  # same entries
+    before = rvq.codebooks.clone()
+    x = _points(64, seed=5) * 10  # far from every entry
+    out = rvq(x)
+    # Level 0: only code 2 (the least used, under 0.1) restarts, not code 1 (also under 0.1).
+    assert out.metrics.restarted_codes == [1, 0]
+    assert float(rvq.cluster_usage[0, 2]) == pytest.approx(1.0, abs=1e-6)
+    entry = rvq.codebooks[0, 2]
+    assert bool(((x - entry).abs().max(dim=1).values < 1e-5).any())  # a row of x, not a residual
+    assert torch.allclose(rvq.codebooks[0, [0, 1, 3]], before[0, [0, 1, 3]], atol=1e-6)
+    # Level 1: its least-used count, 0.15, is not under 0.1: nothing restarts.
+    assert torch.allclose(rvq.codebooks[1], before[1], atol=1e-6)
