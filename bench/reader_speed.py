@@ -50,13 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 
 
-def _tiny_dataset(root: Path) -> Path:
-    """The embedded corpus acquired and tokenized with mu-law (the plain functions, no Prefect)."""
-    from codecflow.schemas.configs import TokenizeSettings
+def _tiny_manifest(root: Path) -> Path:
+    """The embedded corpus acquired and cut into 5 s segments (the plain functions, no Prefect)."""
     from codecflow.tasks.acquire.download import fetch
     from codecflow.tasks.acquire.extract import extract_tar_safely
     from codecflow.tasks.acquire.manifest import build_segment_manifest
-    from codecflow.tasks.tokenize.finalize import tokenize_manifest
 
     md5 = TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]
     fetched = fetch(str(TINY_TAR), root / "download" / TINY_TAR.name, md5)
@@ -64,7 +62,16 @@ def _tiny_dataset(root: Path) -> Path:
     manifest = build_segment_manifest(
         str(root), ["librilight-tiny"], target_len_sec=5.0, val_fraction=0.2, seed=0
     )
-    return Path(tokenize_manifest(manifest.path, root / "tokens", TokenizeSettings()).path)
+    return Path(manifest.path)
+
+
+def _tiny_dataset(root: Path) -> Path:
+    """The embedded corpus acquired and tokenized with mu-law (the plain functions, no Prefect)."""
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
+
+    manifest = _tiny_manifest(root)
+    return Path(tokenize_manifest(manifest, root / "tokens", TokenizeSettings()).path)
 
 
 def _rate(fn: Callable[[], int], min_seconds: float, min_calls: int) -> float:

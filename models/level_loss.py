@@ -10,7 +10,11 @@ semantic level 100x the acoustic ones and normalizes by the sum of the weights, 
 
     total = sum_i w[level(target_i)] * CE_i / sum_i w[level(target_i)]
 
-over the targets whose level is not -1.
+over the targets whose level is not -1. The post does not normalise (`normalized=False`): its
+loss is the plain mean of w x CE over the targets, sum_i w_i CE_i / N, so with its weights
+[10, 0.1 x 7] on 8 levels present equally it is 1.3375x the normalised one (the mean weight),
+which matters under gradient clipping (issue 24, row J: the post's train.py with
+`token_depth_weights` is not in the stored index; the reading is that issue's).
 
 The post's bug: its code tiles the weights over the INPUT positions (position n gets
 w[n % K]) and applies them to the loss at that position, whose target is the NEXT token, of level
@@ -45,8 +49,10 @@ def level_weighted_loss(
     targets: Tensor,
     target_levels: Tensor,
     weights: Sequence[float],
+    normalized: bool = True,
 ) -> LevelLoss:
-    """The cross-entropy of every target weighted by its RVQ level, normalized by the weights.
+    """The cross-entropy of every target weighted by its RVQ level, normalized by the weights
+    (or, with `normalized=False`, averaged over the targets, as the post).
 
     Args:
         logits: float `[B, N, V]`.
@@ -54,9 +60,11 @@ def level_weighted_loss(
         target_levels: int64 `[B, N]` or `[N]` (broadcast over B), the level of each TARGET
             token in [0, K); -1 is ignored (padding, special tokens, no target).
         weights: K non-negative weights, one per level.
+        normalized: divide by the sum of the targets' weights (Moshi); False: by their number.
 
     Returns:
-        `LevelLoss`; `total` is nan when no target has a level (or all weights are zero).
+        `LevelLoss`; `total` is nan when no target has a level (or, normalized, all weights are
+        zero).
     """
     assert logits.ndim == 3, f"logits must be [B, N, V], got shape {tuple(logits.shape)}"
     b, t, v = logits.shape
@@ -85,7 +93,7 @@ def level_weighted_loss(
     ce = torch.where(valid, ce, torch.zeros_like(ce))
     w_table = torch.tensor(list(weights), dtype=ce.dtype, device=ce.device)  # [K]
     w = torch.where(valid, w_table[levels.clamp(min=0)], torch.zeros_like(ce))  # [B, N]
-    total = (w * ce).sum() / w.sum()
+    total = (w * ce).sum() / (w.sum() if normalized else valid.sum())
 
     per_level: list[float] = []
     with torch.no_grad():

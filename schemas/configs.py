@@ -478,6 +478,12 @@ class TrainLMSettings(_Config):
         description="Loss weight per RVQ level, applied by the level of the target token (the "
         "post's token_depth_weights; Moshi weighs the semantic level 100x). Empty: all 1.",
     )
+    level_weights_normalized: bool = Field(
+        True,
+        description="Divide the level-weighted loss by the sum of the targets' weights "
+        "(Moshi), so that it stays a mean cross-entropy; false: by the number of targets, the "
+        "plain mean of weight x CE, as the post (x 1.3375 for its [10, 0.1 x 7]).",
+    )
     window_offsets: Literal["aligned", "any"] = Field(
         "aligned",
         description="Where training windows start: 'aligned' on a frame boundary (position p "

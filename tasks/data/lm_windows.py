@@ -155,7 +155,13 @@ def validation_loss(
         )  # fmt: skip
         with autocast:
             logits = model(inputs.to(device)).logits  # [B, L, V]
-        loss = level_weighted_loss(logits.float(), targets.to(device), levels.to(device), weights)
+        loss = level_weighted_loss(
+            logits.float(),
+            targets.to(device),
+            levels.to(device),
+            weights,
+            normalized=settings.level_weights_normalized,
+        )
         totals.append(loss.total.item())
         per_level.append(loss.per_level)
     model.train()

@@ -122,8 +122,9 @@ def _identity(info: DatasetInfo, settings: TrainLMSettings) -> RunIdentity:
 
 
 #: Settings added since runs were recorded, with the value those runs had: a checkpoint of 0.1
-#: (no `window_offsets`) resumes as the aligned run it was.
-_ADDED = {"window_offsets": "aligned"}
+#: (no `window_offsets`) resumes as the aligned run it was, and one of before issue 24 as the
+#: normalised one.
+_ADDED = {"window_offsets": "aligned", "level_weights_normalized": True}
 
 
 def _resumable_identity(checkpoint: Path, info: DatasetInfo) -> dict[str, Any] | None:
@@ -381,7 +382,11 @@ def _step(
         with contextlib.nullcontext() if sync else trained.no_sync(), run.autocast:
             logits = trained(inputs.to(run.device)).logits  # [B, L, V]
         loss = level_weighted_loss(
-            logits.float(), targets.to(run.device), target_levels.to(run.device), run.level_weights
+            logits.float(),
+            targets.to(run.device),
+            target_levels.to(run.device),
+            run.level_weights,
+            normalized=settings.level_weights_normalized,
         )
         with contextlib.nullcontext() if sync else trained.no_sync():
             (loss.total / accum).backward()  # DDP averages the gradients over ranks

@@ -47,6 +47,7 @@ class Experiment:
     tokenizer: str
     num_levels: int  # levels of the token dataset
     level_weights: list[float] | None = None
+    level_weights_normalized: bool = True
     codec_levels: int | None = None  # train_codec.num_levels (None: no codec stage)
     recipe: str = "mimi"  # schemas/post.py POST_LM_RECIPES key: the reference config it follows
 
@@ -60,7 +61,13 @@ EXPERIMENTS: dict[str, Experiment] = {
     "post-mimi-32": Experiment("large", 10000, "mimi_32_rvq", 32),
     "post-mimi-31-nosemantic": Experiment("large", 10000, "mimi_31_rvq_nosemantic", 31),
     "post-mimi-8-semantic-weighted": Experiment(
-        "large", 10000, "mimi_8_rvq", 8, level_weights=[100.0] + [1.0] * 7
+        # config/train_librilight_1e4h.py token_depth_weights, not normalised (issue 24, J).
+        "large",
+        10000,
+        "mimi_8_rvq",
+        8,
+        [10.0] + [0.1] * 7,
+        level_weights_normalized=False,
     ),
 }
 NAMES = sorted(EXPERIMENTS)
@@ -80,6 +87,7 @@ def _variables(cfg: PipelineConfig) -> dict[str, Any]:
         "tokenizer": cfg.tokenize.tokenizer,
         "layout": cfg.train_lm.layout,
         "level_weights": cfg.train_lm.level_weights,
+        "level_weights_normalized": cfg.train_lm.level_weights_normalized,
         "codec": None if codec is None else (codec.num_levels, codec.codebook_size, codec.n_blocks),
     }
 
@@ -108,6 +116,7 @@ def test_full_size_preset_runs_the_posts_setup(name: str) -> None:
     assert (cfg.acquire.source, cfg.acquire.target_hours) == (want.source, want.target_hours)
     assert cfg.tokenize.tokenizer == want.tokenizer
     assert cfg.train_lm.layout == "flatten" and cfg.train_lm.level_weights == want.level_weights
+    assert cfg.train_lm.level_weights_normalized == want.level_weights_normalized
     # The post's LM (models/presets.py "post"), 1 M tokens per step as its config.
     lm = cfg.train_lm
     post = GPT_PRESETS["post"]

@@ -77,3 +77,25 @@ def test_posts_tiling_puts_level_0_weight_on_level_1_targets() -> None:
     out = level_weighted_loss(logits, targets, target_levels, weights)
     torch.testing.assert_close(out.total, (ours * ce).sum() / (ours.sum() * B))
     assert not torch.allclose(out.total, (post * ce).sum() / (post.sum() * B))
+
+
+def test_the_posts_unnormalised_loss_is_the_plain_mean_of_weight_times_ce() -> None:
+    """Issue 24, row J: the post's weights [10, 0.1 x 7] without the division by their sum."""
+    torch.manual_seed(1)
+    k, n = 8, 8 * 6  # every level present 6 times: the mean weight is 1.3375
+    logits = torch.randn(B, n, Q)  # [B, N, V]
+    targets = torch.randint(0, Q, (B, n))  # [B, N]
+    levels = torch.arange(n) % k  # [N]
+    weights = [10.0] + [0.1] * 7
+    ce = F.cross_entropy(logits.reshape(-1, Q), targets.reshape(-1), reduction="none").view(B, n)
+    w = torch.tensor(weights)[levels]  # [N]
+    post = level_weighted_loss(logits, targets, levels, weights, normalized=False)
+    ours = level_weighted_loss(logits, targets, levels, weights)
+    torch.testing.assert_close(post.total, (w * ce).mean())  # sum w CE / N
+    torch.testing.assert_close(ours.total, (w * ce).sum() / w.expand(B, n).sum())
+    assert float(post.total / ours.total) == pytest.approx(1.3375, rel=1e-6)
+    # Ignored targets (-1) count in neither sum.
+    masked = levels.clone()
+    masked[:8] = -1
+    post = level_weighted_loss(logits, targets, masked, weights, normalized=False)
+    torch.testing.assert_close(post.total, (w[8:] * ce[:, 8:]).mean())
