@@ -50,8 +50,11 @@ kyutai-labs/nanoGPTaudio codec.py (the `restart_unused_codes` version, after cbd
 - `codebooks="data"` (Jukebox's and encodec's rules, this module's first recipe): entries start
   as random vectors of the first batch, counts are Laplace-smoothed, and AFTER each EMA step every
   code under `dead_code_threshold` (1.0) jumps to a random residual of the batch. Kept because
-  it trains faster at small scale (bench/codec_recipe.py; issue 24: 400 quantizer steps, 2 levels,
-  test MSE 0.0186 against the post's 0.0358, level-0 entropy 9.59 against 7.95 bits).
+  it uses its codebooks far better in short runs: bench/codec_recipe.py (the post's codec
+  narrowed to 16 channels, 3 stages, 8 x 64 codes, 3 000 CPU steps, held-out speech), the whole
+  earlier recipe against the post's: codebook entropy 0.90 against 0.35 of log Q, no code unused
+  against 76 %, SI-SDR 14.2 against 5.9 dB and mel L1 0.22 against 0.41 at 8 levels, while the
+  post's recipe reaches the lower post spectral loss (0.20 against 0.37), the loss it trains on.
 - `commitment="post"`: the per-level losses are SUMMED, and only level 0's reaches the encoder:
   the post applies the straight-through estimator per level, so level i > 0 sees
   x - (x + const), whose gradient to x is 0. 8 levels weigh 8x one level.

@@ -297,8 +297,8 @@ class TrainCodecSettings(_Config):
         "post",
         description="'post': the post's multi-scale spectral loss, sqrt(mean((|S_x| - "
         "|S_y|)^2)) of linear magnitudes per scale, averaged over 3 scales (codec.py); "
-        "'l1-log': L1 of linear plus L1 of log magnitudes (models/losses.py says what it "
-        "changes, bench/codec_recipe.py measures both).",
+        "'l1-log': L1 of linear plus L1 of log magnitudes, codecflow's before (models/losses.py "
+        "gives what each measured in bench/codec_recipe.py).",
     )
     commitment: Literal["post", "mean"] = Field(
         "post",
@@ -310,7 +310,8 @@ class TrainCodecSettings(_Config):
         description="'post': kaiming-uniform codebooks, and before each step each level "
         "restarts its least-used code from a raw latent if its usage is under 0.1 (codec.py); "
         "'data': codebooks from the first batch, every code under usage 1 teleported after each "
-        "step (Jukebox, encodec). models/rvq.py says what each measured.",
+        "step (Jukebox, encodec): all codes used in short runs where the post's leave most "
+        "idle (models/rvq.py gives the measurement).",
     )
     input_audio: Literal["mu-law", "pcm"] = Field(
         "mu-law",

@@ -136,6 +136,10 @@ class PostCodecRecipe(_Record):
     grad_clip: float = Field(description="Gradient norm clip.")
     spectral_weight: float = Field(description="Weight of the multi-scale spectral loss.")
     commitment_weight: float = Field(description="Weight of the commitment loss.")
+    spectral_loss: str = Field(description="codecflow's name of its spectral loss.")
+    commitment: str = Field(description="codecflow's name of its commitment recipe.")
+    codebooks: str = Field(description="codecflow's name of its codebook init and restarts.")
+    input_audio: str = Field(description="codecflow's name of what the codec trains on.")
     parameters: int = Field(description="Trainable parameters with these defaults.")
 
 
@@ -248,6 +252,9 @@ def _codec_sources() -> dict[str, str]:
         "second_kernel",
         "update_speed",
         "restart_threshold",
+        "spectral_loss",
+        "commitment",
+        "codebooks",
         "parameters",
     }
     fields = set(PostCodecRecipe.model_fields) - {"sources"}
@@ -276,6 +283,14 @@ POST_CODEC = PostCodecRecipe(
     grad_clip=1.0,  # train_codec.py grad_clip
     spectral_weight=1.0,  # train_codec.py spectral_loss_weight
     commitment_weight=0.02,  # train_codec.py commitment_loss_weight
+    # codec.py MultiscaleSpectrogramLoss: sqrt(mean((|S_x| - |S_y|)^2)) per scale, mean of 3.
+    spectral_loss="post",
+    # codec.py ResidualVectorQuantizer: summed; per-level straight-through, so level 0 only.
+    commitment="post",
+    # codec.py VectorQuantizer: kaiming_uniform_ sums, restart_unused_codes(flat_embeddings).
+    codebooks="post",
+    # train_codec.py get_batch: mu_expand of the stored 8-bit mu-law tokens.
+    input_audio="mu-law",
     # 7 x 4 x 2 convs of 32 x 32 x 3 (+32) = 173 824 per side, encoder down-convs 160 + 6 x 4 128,
     # decoder up-convs 6 x 4 128 + 129 (codebooks are buffers): codec.py Codec with the above.
     parameters=397_473,

@@ -176,6 +176,8 @@ def _assert_codec_follows_the_table(codec: TrainCodecSettings) -> None:
         "grad_clip": codec.grad_clip,
     }
     assert got == pytest.approx({k: getattr(POST_CODEC, k) for k in got})
+    recipe = ("spectral_loss", "commitment", "codebooks", "input_audio")  # issue 24, rows B-E
+    assert {k: getattr(codec, k) for k in recipe} == {k: getattr(POST_CODEC, k) for k in recipe}
     assert codec.latent_dim == POST_CODEC.channels  # codec.py: the latents are the last stage
     assert not codec.quantizer_dropout  # train_codec.py quantizes with all levels every step
 
