@@ -6,13 +6,15 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 BIN := .venv/bin
 
-.PHONY: help uv bootstrap bootstrap-dev demo test test-fast lint format clean chromium server server-stop
+.PHONY: help uv bootstrap bootstrap-dev demo test test-fast lint format clean chromium server server-stop docs docs-serve
 
 help:
 	@echo "make demo       the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
 	@echo "make test       lint, type-check and the full test suite"
 	@echo "make test-fast  lint and the tests not marked slow (the inner loop)"
 	@echo "make lint       ruff, mypy and the import contract (lint-imports)"
+	@echo "make docs       the documentation site -> site/index.html (strict: broken links fail)"
+	@echo "make docs-serve the site on http://127.0.0.1:8000, rebuilt on every change"
 	@echo "make clean      remove runs/"
 	@echo "make server       a local Prefect server + worker with every deployment -> http://127.0.0.1:4200 (runs/ on :4201)"
 	@echo "make server-stop  stop what make server started (logs and database stay in runs/server)"
@@ -58,6 +60,15 @@ test-fast: lint
 format: bootstrap-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The documentation site (mkdocs.yml, docs/): MkDocs with Material; the CLI reference and the API
+# reference are generated from the configs and the docstrings (docs/hooks.py, mkdocstrings).
+# tests/test_docs.py builds it strictly in `make test`.
+docs: bootstrap-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: bootstrap-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 # A Prefect server (its own database under runs/server/prefect), the work pool codecflow-local, the
 # `gpu` concurrency limit, a worker and every deployment of prefect.yaml: see codecflow/cli/server.py.

@@ -136,7 +136,10 @@ def generate(
         prompt: int64 `[B, P]` token ids, P >= 1, on the model's device; position 0 is the start
             of a frame.
         max_new_tokens: N, the number of tokens to generate.
-        temperature, top_k, top_p, generator: see `sample_next`.
+        temperature: see `sample_next`.
+        top_k: see `sample_next`.
+        top_p: see `sample_next`.
+        generator: see `sample_next`.
         tokens_per_frame: K, tokens per audio frame (interleaved codebook levels; 1 for mu-law).
         forced_tokens: int64 `[B, N]`, tokens imposed at the new positions where `forced_mask`
             is true instead of sampled ones (teacher forcing: the fixed levels of `regenerate`).
@@ -264,7 +267,10 @@ def regenerate(
         codes: int64 `[B, K, F]` source codes in [0, codebook_size).
         keep_levels: k in [1, K): the levels kept from the source.
         layout, codebook_size: how the model's sequences were made.
-        temperature, top_k, top_p, generator: see `sample_next`.
+        temperature: see `sample_next`.
+        top_k: see `sample_next`.
+        top_p: see `sample_next`.
+        generator: see `sample_next`.
         progress: see `generate` (its N counts the positions after the first free one).
         keep_first_frame: keep every level of frame 0 too, as the post's notebook does
             (regenerate_with_semantic.ipynb starts from the source's whole first frame).

@@ -11,10 +11,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PACKAGE_ROOT", "packaged_path"]
+__all__ = ["BUILT_SITE", "DOCS_SOURCE_URL", "PACKAGE_ROOT", "docs_url", "packaged_path"]
 
 #: The installed `codecflow` package folder (its configs/ and data/ are the repository's).
 PACKAGE_ROOT = Path(__file__).absolute().parent.parent
+#: The documentation site `make docs` builds in a checkout (an installed wheel has none).
+BUILT_SITE = PACKAGE_ROOT.parent / "site"
+#: The documentation's pages where no site is built here: their sources, as GitHub renders them.
+DOCS_SOURCE_URL = "https://github.com/codecflow/codecflow/blob/main/docs"
+
+
+def docs_url(page: str, from_folder: str | os.PathLike[str] | None = None) -> str:
+    """The link to documentation page `page` ("guides/evaluation") for a file written in
+    `from_folder`: a relative path into the locally built site when there is one (so a report
+    opened from the disk opens the page beside it), else the page's source on GitHub."""
+    built = BUILT_SITE / f"{page}.html"
+    if from_folder is not None and "://" not in os.fspath(from_folder) and built.is_file():
+        return Path(os.path.relpath(built, Path(from_folder).absolute())).as_posix()
+    return f"{DOCS_SOURCE_URL}/{page}.md"
 
 
 def packaged_path(path: str) -> str:

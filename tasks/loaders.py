@@ -81,6 +81,13 @@ def load_tokenizer(name: str, device: str | torch.device = "cpu") -> AudioTokeni
     A malformed name raises `schemas.tokenizers.TokenizerNameError` (a ValueError, which
     `tasks.core.errors.user_error` makes a one-line CodecflowError); a codec checkpoint that is
     neither a folder nor a preset raises CodecflowError.
+
+    Example:
+        ```python
+        tokenizer = codecflow.load_tokenizer("mimi_8_rvq")  # or "mu-law-256", "codec:<dir>@8"
+        codes = tokenizer.encode_audio(wav, sample_rate)  # float [T] at any rate -> int64 [1, K, F]
+        audio = tokenizer.decode(codes)  # float32 [1, 1, F * samples_per_frame]
+        ```
     """
     parsed = parse_tokenizer_name(name)
     if parsed.kind == "mulaw":

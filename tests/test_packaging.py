@@ -3,7 +3,7 @@ folder that is a typical research repository of its own (`models/`, `tasks/`, `u
 
 - the wheel holds one top-level package, `codecflow`, with the stages, the shipped configs and
   the embedded corpus inside it;
-- the core install (no extra) runs the README's Python API example, imports no Prefect, moshi,
+- the core install (no extra) runs the Python API guide's example, imports no Prefect, moshi,
   torchaudio or huggingface_hub, and names the missing extra in one line;
 - `[all]` runs `codecflow --version`, `codecflow tokenize --help` and the whole demo pipeline
   (`codecflow demo`) from that folder;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from helpers import PROMPT, REPO
-from test_python_api import DEMO_DATASET, readme_example
+from test_python_api import DEMO_DATASET, guide_example
 
 import codecflow
 
@@ -133,7 +133,7 @@ def test_the_core_install_reads_datasets_without_the_extras(
     repo = _research_repo(tmp_path)
     (repo / "data" / "prompts").mkdir(parents=True)
     shutil.copy(PROMPT, repo / "data" / "prompts" / PROMPT.name)  # the user's own audio
-    example = readme_example().replace(DEMO_DATASET, str(tiny_dataset))
+    example = guide_example().replace(DEMO_DATASET, str(tiny_dataset))
     script = (
         example
         + "import sys\n"

@@ -1,5 +1,5 @@
-"""The Python API as a researcher uses it: the README's example itself (the block after
-`<!-- python-api-example -->`), and `DataLoader(num_workers=2)` over the segments and the
+"""The Python API as a researcher uses it: the Python API guide's example itself (the block after
+its `<!-- example: run (tests/test_python_api.py ...) -->` marker), and `DataLoader(num_workers=2)` over the segments and the
 windows of a local dataset (forked workers, Linux's default) and of one on moto's S3 server
 (workers started afresh: each unpickles the datasets and maps the shards itself, fetched again
 through the shard cache)."""
@@ -21,22 +21,23 @@ import codecflow
 from codecflow.tasks.core.storage import CACHE_ENV
 from codecflow.tasks.data.shard_cache import entry_path
 
-MARKER = "<!-- python-api-example: run by tests/test_python_api.py -->"
+MARKER = "<!-- example: run (tests/test_python_api.py, on the tiny dataset) -->"
+GUIDE = REPO / "docs" / "guides" / "python-api.md"
 DEMO_DATASET = "runs/demo/tokens/mu-law-256"
 
 
-def readme_example() -> str:
-    """The Python block of the README that follows the marker."""
-    text = (REPO / "README.md").read_text()
+def guide_example() -> str:
+    """The Python block of the guide that follows the marker."""
+    text = GUIDE.read_text()
     return text.split(MARKER, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def _run_example(dataset: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.chdir(REPO)  # the example reads the prompt by its path in the repository
-    source = readme_example()
+    source = guide_example()
     assert source.count(DEMO_DATASET) == 1
-    namespace: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(source.replace(DEMO_DATASET, dataset), "README.md", "exec"), namespace)
+    namespace: dict[str, Any] = {"__name__": "guide_example"}
+    exec(compile(source.replace(DEMO_DATASET, dataset), str(GUIDE), "exec"), namespace)
     return namespace
 
 
@@ -55,7 +56,7 @@ def _check_example(ns: dict[str, Any]) -> None:
     assert ns["codes"].dtype == torch.int64 and ns["codes"].shape == (1, 1, 4 * 16_000)
 
 
-def test_readme_example_runs_on_a_local_dataset(
+def test_guide_example_runs_on_a_local_dataset(
     tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _check_example(_run_example(str(tiny_dataset), monkeypatch))
@@ -130,7 +131,7 @@ def test_loader_workers_started_afresh_fetch_s3_shards_through_the_cache(
     assert not [p for p in entries[0].parent.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_readme_example_runs_on_an_s3_dataset(
+def test_guide_example_runs_on_an_s3_dataset(
     tiny_dataset: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"{s3_bucket}/tokens/mu-law-256"

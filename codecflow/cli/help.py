@@ -25,7 +25,7 @@ from codecflow.schemas.tokenizers import (
     MULAW_SAMPLE_RATE,
 )
 
-__all__ = ["FieldHelp", "field_help", "format_fields", "format_tokenizers"]
+__all__ = ["FieldHelp", "field_help", "fields_markdown", "format_fields", "format_tokenizers"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,20 @@ def format_tokenizers() -> str:
     lines = [f"{'name':<{width}}  {'tokens/s':<14}  what"]
     lines += [f"{name:<{width}}  {rate:<14}  {what}" for name, what, rate in rows]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def fields_markdown(model: type[BaseModel]) -> str:
+    """The fields of `model` as a markdown table: the documentation's CLI reference, from the
+    same source as `--help` (`field_help`)."""
+    rows = ["| setting | type | default | description |", "|---|---|---|---|"]
+    for item in field_help(model):
+        default = item.default if item.type == "section" else f"`{_cell(item.default)}`"
+        rows.append(
+            f"| `{item.path}` | {_cell(item.type)} | {default} | {_cell(item.description)} |"
+        )
+    return "\n".join(rows)

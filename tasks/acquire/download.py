@@ -222,7 +222,7 @@ def _keep_mismatched(
     os.replace(part, kept)  # replaces an older mismatch: only the latest attempt is of interest
     fsync_dir(dest.parent)
     error = ChecksumMismatchError(source, "md5", expected, actual)
-    # The message starts as ChecksumMismatchError's own (the CLI and the README quote it).
+    # The message starts as ChecksumMismatchError's own (the CLI and the reliability page quote it).
     error.args = (f"{error.args[0]}; the download is kept as {kept}",)
     return error
 

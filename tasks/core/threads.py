@@ -7,7 +7,7 @@ CPU work; two evaluations started together took 7.4x their time alone where a fa
 
 The policy, in order:
 
-1. `CODECFLOW_THREADS=N` (the override, documented in the README) wins;
+1. `CODECFLOW_THREADS=N` (the override, documented in docs/reference/cli.md) wins;
 2. else `OMP_NUM_THREADS=N` (or `MKL_NUM_THREADS`) when the environment sets it: torch's own
    convention, and how a launcher hands its children their share (`worker_thread_env`);
    torchrun sets it to 1 for its ranks when the launcher did not;

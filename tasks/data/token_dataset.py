@@ -119,7 +119,11 @@ SEGMENT_METADATA = ("segment_id", "speaker", "book_id", "split")
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of a split as `TokenReader[i]` returns it: its codes and its shard row."""
+    """One segment of a split as `TokenReader[i]` returns it: its codes and its shard row.
+
+    `codes` is `[K, F]` in the dataset's unsigned dtype (uint8, uint16 or uint32): a read-only
+    view of the mapped shard, valid while the reader is open (copy it to keep it).
+    """
 
     index: int  # its position in the split (shard order, then row order)
     segment_id: str

@@ -293,5 +293,13 @@ class TokenDataset:
 def open_dataset(path: str | Path) -> TokenDataset:
     """The committed token dataset at `path`: a folder, or a URL such as `s3://bucket/tokens/x`
     (credentials and endpoint from the `AWS_*` environment; shards fetched once per machine into
-    the shard cache). Raises CodecflowError when no complete dataset is there."""
+    the shard cache). Raises CodecflowError when no complete dataset is there.
+
+    Example:
+        ```python
+        ds = codecflow.open_dataset("runs/demo/tokens/mu-law-256")
+        codes = ds.segments("train")[0]["codes"]  # int64 [K, F]
+        inputs, targets = ds.windows("train", block_size=256)[0]  # int64 [N] each
+        ```
+    """
     return TokenDataset(path)

@@ -400,7 +400,7 @@ def _write_report(
         step, levels = summary.checkpoint_step, summary.num_levels
         curves.write_loss_curves(measured.train_log, step, measured.validation, tmp, levels)
         measured.regen.write(tmp, rate)
-        (tmp / "index.html").write_text(report.evaluation_html(summary))
+        (tmp / "index.html").write_text(report.evaluation_html(summary, out))
         outputs.write_owner_marker(tmp, REPORT_KIND)  # the new folder replaces the claimed one
         (tmp / "summary.json").write_text(summary.dumps())  # written last
 

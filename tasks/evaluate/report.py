@@ -10,8 +10,11 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from codecflow.schemas.resources import docs_url
+from codecflow.tasks.core.markup import link
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.html import (
     STYLE,
@@ -28,8 +31,9 @@ from codecflow.tasks.evaluate.html import (
 __all__ = ["evaluation_html", "samples_table", "summary_markdown"]
 
 
-def evaluation_html(summary: EvaluationSummary) -> str:
-    """The report page of one evaluation (files referenced relative to the report folder)."""
+def evaluation_html(summary: EvaluationSummary, folder: Path | None = None) -> str:
+    """The report page of one evaluation (files referenced relative to the report folder, which
+    `folder` names: the documentation's page is linked relative to it when the site is built)."""
     levels = range(summary.num_levels)
     overview = _overview(summary)
     overview_rows = [(html.escape(k), cell(v)) for k, v in overview]
@@ -73,6 +77,7 @@ def evaluation_html(summary: EvaluationSummary) -> str:
 <style>{STYLE}</style></head>
 <body>
 <h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
+<p>How to read it: {link(docs_url("guides/evaluation", folder), "Evaluation and reports")}</p>
 {table(["", ""], overview_rows)}
 <h2>Prompt</h2>
 <p>{cell(summary.prompt)} ({summary.prompt_seconds:.3g} s): {audio("prompt.wav")}

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from codecflow.schemas.resources import docs_url
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.markup import link, relative_url, web_url
 from codecflow.tasks.core.storage import atomic_file
@@ -198,6 +199,7 @@ def write_runs_index(root: Path) -> Path:
         with atomic_file(root / RUNS_BITS_PNG) as tmp:
             _plot_bits(rows, tmp)
         plot = f'<img src="{RUNS_BITS_PNG}" alt="validation bits per audio second, per run">'
+    guide = link(docs_url("guides/evaluation", root), "Evaluation and reports")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{_RUNS_INDEX_TITLE}
 <style>{STYLE}</style></head>
@@ -206,7 +208,7 @@ def write_runs_index(root: Path) -> Path:
 <p>{len(rows)} evaluation report(s). Loss is nats per token (weighted as trained); bits per second
 of audio compare tokenizers; a sample is flagged for crackling (broadband noise), clicking or
 screeching (clipping); RTF is compute seconds per second of audio generated. Click a column's
-header to sort by it.</p>
+header to sort by it. How to read it: {guide}.</p>
 <table class="sortable"><thead><tr>{head}</tr></thead>
 <tbody>
 {body}

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from codecflow.schemas.resources import docs_url
 from codecflow.tasks.core import storage
 from codecflow.tasks.core.markup import md_code, md_text
 from codecflow.tasks.data.manifest import Acquisition, archive_of, read_acquisition
@@ -238,11 +239,14 @@ def _sizes(
     return lines
 
 
-def _loading(info: DatasetInfo) -> list[str]:
+def _loading(info: DatasetInfo, folder: str) -> list[str]:
     first = next(s for s in info.shards)
     split = first.split
+    guide = docs_url("guides/datasets", folder)
     return [
         "## Loading",
+        "",
+        f"The formats and every way to read them: [Token datasets and formats]({guide}).",
         "",
         "From this folder. Plain pyarrow, without codecflow (the shards are IPC streams):",
         "",
@@ -297,7 +301,7 @@ def dataset_card(plan: DatasetPlan, info: DatasetInfo, report: Mapping[str, Any]
         _tokenizer(info),
         _layout(info),
         _sizes(info, report, per_split),
-        _loading(info),
+        _loading(info, str(plan.out)),
     )
     title = (
         f"# {md_text(info.tokenizer['name'])} tokens of {info.totals.segments:,} speech segments "

@@ -1,5 +1,5 @@
-"""A token dataset on S3, the user's path end to end: the README's S3 commands themselves (the
-block after `<!-- s3-example -->`), run with `codecflow` against moto's S3 server on 127.0.0.1.
+"""A token dataset on S3, the user's path end to end: the datasets guide's S3 commands themselves
+(the block after its marker), run with `codecflow` against moto's S3 server on 127.0.0.1.
 Acquire into the bucket, tokenize from the manifest there into the bucket, train-lm from it on
 two gloo ranks (torchrun: the ranks read S3 with the environment they inherit), evaluate from it.
 """
@@ -20,13 +20,13 @@ from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.data.shard_cache import dataset_cache_dir, entry_path
 from codecflow.tasks.data.token_dataset import read_dataset_info
 
-MARKER = "<!-- s3-example: run by tests/flows/test_s3_datasets.py -->"
+MARKER = "<!-- example: run (tests/flows/test_s3_datasets.py, on moto's S3 server) -->"
 BUCKET, RUNS = "s3://my-bucket", "runs/s3"
 
 
 def readme_commands() -> list[list[str]]:
-    """The `codecflow` commands of the README's S3 block, each as its argument list."""
-    text = (REPO / "README.md").read_text()
+    """The `codecflow` commands of the guide's S3 block, each as its argument list."""
+    text = (REPO / "docs" / "guides" / "datasets.md").read_text()
     block = text.split(MARKER, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = []
     for line in block.replace("\\\n", " ").splitlines():

@@ -1,7 +1,7 @@
 """Hugging Face `datasets` on a token dataset: `Dataset.from_file` maps each shard (an Arrow IPC
 stream) in place, with no copy and no cache file, and reads the codes TokenReader reads;
 `load_dataset(<folder>)` follows the dataset card's `configs` to the splits but copies the
-shards into its cache (measured here, as the README says); the card's `datasets` snippet runs."""
+shards into its cache (measured here, as the datasets guide says); the card's `datasets` snippet runs."""
 
 from __future__ import annotations
 
@@ -78,13 +78,13 @@ def test_load_dataset_follows_the_card_and_copies_into_its_cache(
 def test_the_readmes_arrow_and_datasets_examples_run(marker: str, tiny_dataset: Path) -> None:
     from helpers import REPO
 
-    text = (REPO / "README.md").read_text()
-    tag = f"<!-- {marker}: run by tests/tasks/data/test_hf_interop.py -->"
+    text = (REPO / "docs" / "guides" / "datasets.md").read_text()
+    tag = f"<!-- example: run (tests/tasks/data/test_hf_interop.py, {marker}) -->"
     source = text.split(tag, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     demo = "runs/demo/tokens/mu-law-256"
     assert source.count(demo) == 1
     scope: dict = {}
-    exec(compile(source.replace(demo, str(tiny_dataset)), "README.md", "exec"), scope)
+    exec(compile(source.replace(demo, str(tiny_dataset)), "datasets.md", "exec"), scope)
     with TokenReader(tiny_dataset, "train") as reader:
         if marker == "arrow-example":
             assert scope["k"] == reader.num_levels == len(scope["codes"])

@@ -69,6 +69,7 @@ def test_hostile_strings_are_escaped_everywhere_in_the_report() -> None:
 
 def test_the_report_shows_the_summarys_numbers_and_files() -> None:
     page = evaluation_html(_summary())
+    assert "Evaluation and reports</a>" in page and "guides/evaluation" in page  # the docs
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</body></html>")
     for text in (
         "<title>codecflow evaluation: mu-law-256</title>",
