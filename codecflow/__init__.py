@@ -12,6 +12,9 @@ codecflow` imports neither torch nor Prefect: the CLI (`codecflow.cli`), which e
 Prefect, moshi, torchaudio or huggingface_hub (the import contract in pyproject.toml), so a
 training script that uses it needs only the core install.
 
+`codecflow.ingest` and `codecflow.tokenize` (`codecflow.stages`) run the first two stages as
+plain calls, without a Prefect server; they need the `pipeline` extra.
+
 The stages live in `codecflow.flows`, `codecflow.tasks`, `codecflow.models` and
 `codecflow.schemas` (the repository's flows/, tasks/, models/ and schemas/).
 """
@@ -37,10 +40,15 @@ __all__ = [
     "WindowDataset",
     "__version__",
     "collate_segments",
+    "ingest",
     "load_tokenizer",
     "make_layout",
     "open_dataset",
+    "tokenize",
 ]
+
+#: Names defined in `codecflow.stages` (they need the pipeline extra); the others in `api`.
+_STAGES = {"ingest", "tokenize"}
 
 if TYPE_CHECKING:
     from codecflow.api import (
@@ -59,12 +67,14 @@ if TYPE_CHECKING:
         make_layout,
         open_dataset,
     )
+    from codecflow.stages import ingest, tokenize
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'codecflow' has no attribute {name!r}")
-    value = getattr(importlib.import_module("codecflow.api"), name)
+    module = "codecflow.stages" if name in _STAGES else "codecflow.api"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

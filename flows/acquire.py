@@ -1,4 +1,6 @@
-"""The acquire flow: Libri-Light archives -> extracted audio -> probed files -> segment manifest.
+"""The acquire flow: Libri-Light archives -> extracted audio -> probed files -> segment manifest;
+with `layout: audio`, any folder, bucket prefix or archive of speech (VAD computed, speakers and
+transcripts found: `tasks.acquire.ingest`).
 
     fetch (resumable, md5-verified) -> extract (tar `data`-filter rules)      per archive
     list books -> probe each book (mapped, cached on the book's listing)      fan-out
@@ -18,8 +20,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
 from codecflow.flows._common import publish_link, run_on_runner, unless_committed
-from codecflow.schemas.configs import AcquireConfig
+from codecflow.schemas.configs import AcquireConfig, AcquireSettings
 from codecflow.schemas.sources import SourceSpecError, resolve_sources
+from codecflow.tasks.acquire.ingest import (
+    audio_options,
+    extraction_folder,
+    is_archive,
+    resolved_layout,
+    table_rejects,
+)
 from codecflow.tasks.acquire.layout import (
     ROOT_COMMITTED,
     ROOT_KIND,
@@ -36,10 +45,13 @@ from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
+    list_audio_task,
     list_books_task,
     plan_segments_task,
+    probe_audio_task,
     probe_book_task,
     stream_extract_task,
+    write_audio_manifest_task,
     write_flacs_task,
     write_manifest_task,
 )
@@ -57,6 +69,8 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noq
 
 
 def _acquire(cfg: AcquireConfig) -> ManifestRecord:
+    if resolved_layout(cfg) == "audio":
+        return _acquire_audio(cfg)
     logger = get_run_logger()
     try:
         sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
@@ -104,10 +118,15 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
         write_manifest_task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
     )(cfg.root, manifest_dir, rows, plan)
 
-    summary = format_summary(plan.summary)
-    print(summary, flush=True)
+    _publish(record, plan.summary, manifest_dir)
+    return record
+
+
+def _publish(record: ManifestRecord, summary: dict[str, Any], manifest_dir: str) -> None:
+    text = format_summary(summary)
+    print(text, flush=True)
     create_markdown_artifact(
-        key="acquire-summary", markdown=f"```\n{summary}\n```", description=record.path
+        key="acquire-summary", markdown=f"```\n{text}\n```", description=record.path
     )
     publish_link(
         "segment-manifest",
@@ -115,6 +134,45 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
         "open the manifest folder",
         "segments.parquet, rejects.parquet, summary.json",
     )
+
+
+def _audio_root(cfg: AcquireConfig) -> str:
+    """The folder probed: the source itself, or an archive's extraction under the root."""
+    if not is_archive(cfg.source):
+        return cfg.source
+    try:
+        [source] = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
+    except SourceSpecError as err:
+        raise CodecflowError(str(err)) from None
+    dest = extraction_folder(cfg.root, source.url)
+    check_reuse(dest, source.url, source.md5)
+    extracted = is_extracted(dest)
+    download = download_dir(cfg.root, cfg.download_dir) / Path(source.url).name
+    fetched = unless_committed(fetch_task, download.is_file() or extracted)(
+        source.url, download, source.md5, dest
+    )
+    unless_committed(extract_task, extracted)(fetched, dest)
+    return dest
+
+
+def _acquire_audio(cfg: AcquireConfig) -> ManifestRecord:
+    """`layout: audio`: any folder, prefix or archive of speech, VAD computed where missing."""
+    audio_root = _audio_root(cfg)
+    listings = list_audio_task(audio_root)
+    get_run_logger().info("probing %d audio folders", len(listings))
+    settings = AcquireSettings(**cfg.model_dump(include=set(AcquireSettings.model_fields)))
+    probes = probe_audio_task.map(
+        unmapped(audio_root), listings, unmapped(settings), unmapped(cfg.root)
+    )
+    wait(probes)
+    found = [p.result() for p in probes]
+    options = audio_options(settings)
+    found.append(table_rejects(options.table, listings))
+    manifest_dir = storage.join(cfg.root, "manifest")
+    record: ManifestRecord = unless_committed(
+        write_audio_manifest_task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
+    )(audio_root, cfg.root, found, settings)
+    _publish(record, storage.read_json(record.summary_path), manifest_dir)
     return record
 
 

@@ -11,6 +11,7 @@ the stage's input and output paths (what the stage's own flow and CLI subcommand
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -96,8 +97,51 @@ class AcquireSettings(_Config):
         "data/librilight-tiny/librilight-tiny.tar",
         validate_default=True,  # the shipped corpus, from any folder (`packaged_path`)
         description="What to acquire: a Libri-Light archive name (small, medium, large, duplicate, "
-        "librispeech_finetuning), a split (unlab-600, unlab-6k, unlab-60k), or the URL or path "
-        "of any Libri-Light-format tar (local path, file://, http(s)://, s3://).",
+        "librispeech_finetuning), a split (unlab-600, unlab-6k, unlab-60k), the URL or path of "
+        "a tar (local path, file://, http(s)://, s3://), or a folder or bucket prefix of audio "
+        "(see layout).",
+    )
+    layout: Literal["auto", "librilight", "audio"] = Field(
+        "auto",
+        description="How the source is laid out: 'librilight' (FLAC with a JSON of voice "
+        "activity beside each file), 'audio' (any folder of audio files, WAV, FLAC, OGG, Opus "
+        "or MP3, at any rate: VAD is computed, speakers and transcripts found as set below), "
+        "'auto': 'audio' for a folder or a bucket prefix, 'librilight' for an archive.",
+    )
+    speaker_from: Literal["parent", "grandparent", "regex", "table", "file"] = Field(
+        "parent",
+        description="layout 'audio': a file's speaker is the name of its folder ('parent'), of "
+        "the folder above ('grandparent': LibriSpeech's <speaker>/<chapter>/<file>), the "
+        "`speaker` group of `speaker_regex` on its path, the `metadata` table's column, or "
+        "the file itself ('file': no speaker known, each file is its own).",
+    )
+    speaker_regex: str | None = Field(
+        None,
+        description="With speaker_from 'regex': a Python regex with a (?P<speaker>...) group, "
+        "searched in each file's path relative to the source.",
+    )
+    metadata: str | None = Field(
+        None,
+        description="layout 'audio': a CSV or JSONL table with a `path` column (relative to the "
+        "source), and `speaker` and/or `text` columns.",
+    )
+    vad: Literal["silero", "none"] = Field(
+        "silero",
+        description="layout 'audio': 'silero' computes voice activity with Silero VAD (its "
+        "weights ship in the silero-vad package: offline, on the CPU), cached per file on its "
+        "content; 'none' treats each file as speech and cuts it at target_len_sec on its "
+        "quietest frames.",
+    )
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Silero's speech probability threshold (its default 0.5)."
+    )
+    vad_min_speech_ms: int = Field(
+        250, ge=0, description="Silero: speech shorter than this is dropped (its default 250)."
+    )
+    vad_min_silence_ms: int = Field(
+        100,
+        ge=0,
+        description="Silero: a pause shorter than this does not split speech (its default 100).",
     )
     md5: str | None = Field(
         None,
@@ -155,9 +199,25 @@ class AcquireSettings(_Config):
 
     _shipped_source = field_validator("source")(lambda cls, value: packaged_path(value))
 
+    @model_validator(mode="after")
+    def _speaker_rule_is_complete(self) -> AcquireSettings:
+        if self.speaker_from == "regex":
+            if not self.speaker_regex:
+                raise ValueError("speaker_from 'regex' needs speaker_regex")
+            try:
+                pattern = re.compile(self.speaker_regex)
+            except re.error as err:
+                raise ValueError(f"speaker_regex is not a valid regex: {err}") from None
+            if "speaker" not in pattern.groupindex:
+                raise ValueError("speaker_regex needs a (?P<speaker>...) group")
+        if self.speaker_from == "table" and not self.metadata:
+            raise ValueError("speaker_from 'table' needs a metadata table")
+        return self
+
 
 class AcquireConfig(AcquireSettings):
-    """acquire: fetch, verify, extract and segment a Libri-Light-format tar under `root`."""
+    """acquire: Libri-Light archives, or any folder, bucket prefix or archive of speech
+    (`layout: audio`), into a segment manifest under `root`."""
 
     model_config = ConfigDict(json_schema_extra=_inputs_first("source", "md5", "root"))
 

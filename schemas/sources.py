@@ -18,13 +18,16 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 __all__ = [
+    "ARCHIVE_SUFFIXES",
     "LIBRILIGHT_ARCHIVES",
     "LIBRILIGHT_BASE_URL",
     "LIBRILIGHT_SPLITS",
     "LibriLightArchive",
     "ResolvedSource",
     "SourceSpecError",
+    "is_archive",
     "resolve_sources",
+    "source_layout",
 ]
 
 
@@ -177,3 +180,22 @@ def resolve_sources(
         )
         for archive in archives
     ]
+
+
+#: Sources that are archives (by suffix): fetched, verified and extracted before probing.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_archive(source: str) -> bool:
+    """True when `source` names a tar (by its suffix), local or remote."""
+    return source.lower().rstrip("/").endswith(ARCHIVE_SUFFIXES)
+
+
+def source_layout(source: str, layout: str) -> str:
+    """ "librilight" or "audio": `layout`, with "auto" resolved from the source (a Libri-Light
+    archive or split name, or an archive: librilight; a folder or a bucket prefix: audio)."""
+    if layout != "auto":
+        return layout
+    source = source.strip()
+    named = source in LIBRILIGHT_ARCHIVES or source in LIBRILIGHT_SPLITS
+    return "librilight" if named or is_archive(source) else "audio"

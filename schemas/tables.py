@@ -17,6 +17,8 @@ __all__ = [
     "token_shard_schema",
     "token_shard_schema_v2",
     "SPLITS",
+    "TEXTS_NAME",
+    "TEXTS_SCHEMA",
 ]
 
 #: The dataset splits. Speakers never appear in both (see tasks.acquire.segments.split_by_speaker).
@@ -53,6 +55,12 @@ SEGMENT_MANIFEST_SCHEMA = pa.schema(
         ("chunks", pa.list_(SEGMENT_CHUNK_TYPE)),
     ]
 )
+
+#: The transcripts of a manifest's segments, beside it (`<manifest folder>/texts.parquet`), when
+#: its source has any: one row per segment that has a text. A file cut into one segment gives it
+#: the file's transcript; a file cut into several gives none (its words have no timings).
+TEXTS_NAME = "texts.parquet"
+TEXTS_SCHEMA = pa.schema([("segment_id", pa.string()), ("text", pa.string())])
 
 #: Files that were seen but could not be used, with the reason (one row per file).
 REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 from pydantic import BaseModel
+from speech_fixture import mixed_folder
 
 import codecflow
 from codecflow.cli.help import _section
@@ -193,12 +194,15 @@ def test_the_checker_finds_what_does_not_exist() -> None:
 @pytest.fixture(scope="module")
 def after_demo(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder laid out as the checkout after `make demo`: data/, configs/ and the demo's
-    mu-law dataset (the tiny corpus's) at runs/demo/tokens/mu-law-256."""
+    mu-law dataset (the tiny corpus's) at runs/demo/tokens/mu-law-256; and a user's folder of
+    recordings."""
     folder = tmp_path_factory.mktemp("reader")
     for name in ("data", "configs"):
         (folder / name).symlink_to(REPO / name)
     (folder / "runs" / "demo" / "tokens").mkdir(parents=True)
     (folder / "runs" / "demo" / "tokens" / "mu-law-256").symlink_to(tiny_dataset)
+    # "Your own audio": a folder of mixed formats, rates and speakers (tests/speech_fixture.py).
+    (folder / "my_recordings").symlink_to(mixed_folder(tmp_path_factory.mktemp("speech")))
     return folder
 
 

@@ -127,7 +127,9 @@ def _pipeline(cfg: PipelineConfig) -> dict[str, Path]:
 
 
 COMMANDS: dict[str, _Command] = {
-    "acquire": _Command(AcquireConfig, _acquire, "fetch, extract and segment Libri-Light"),
+    "acquire": _Command(
+        AcquireConfig, _acquire, "Libri-Light, or any folder or archive of speech, into segments"
+    ),
     "train-codec": _Command(TrainCodecConfig, _train_codec, "train the post's RVQ codec"),
     "eval-codec": _Command(EvalCodecConfig, _eval_codec, "codec losses by number of levels"),
     "compare-codecs": _Command(

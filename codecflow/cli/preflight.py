@@ -27,11 +27,17 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from codecflow.cli.config import CliError
-from codecflow.schemas.sources import LIBRILIGHT_ARCHIVES, LIBRILIGHT_SPLITS, resolve_sources
+from codecflow.schemas.sources import (
+    LIBRILIGHT_ARCHIVES,
+    LIBRILIGHT_SPLITS,
+    is_archive,
+    resolve_sources,
+    source_layout,
+)
 
 __all__ = ["check_config", "check_s3"]
 
-_INPUT_FILES = {"manifest", "prompt", "regenerate_source"}
+_INPUT_FILES = {"manifest", "prompt", "regenerate_source", "metadata"}
 _INPUT_FOLDERS = {"dataset", "checkpoint", "train_run"}
 _OUTPUTS = {"out", "root", "download_dir", "index"}
 #: Seconds to wait for an S3 endpoint's TCP connection: a local or LAN server answers in ms.
@@ -117,9 +123,35 @@ def check_s3(where: str, url: str) -> None:
         ) from None
 
 
+def _check_folder_source(where: str, source: str, md5: str | None) -> None:
+    """`layout: audio` with a folder or prefix: it must be there (a folder), and no md5."""
+    if md5:
+        raise CliError(f"{where}: md5 checks an archive; {source} is a folder: leave md5 out")
+    path = _local(source)
+    if source.startswith("s3://"):
+        check_s3(where, source)
+    elif path is not None and not os.path.exists(path):
+        _source_not_found(path)
+    elif path is not None:
+        _check_input(where, source, folder=True)
+
+
+def _source_not_found(path: str) -> None:
+    # The tasks' own words ("source not found"), and the names when it may be a typo.
+    names = ", ".join([*LIBRILIGHT_ARCHIVES, *LIBRILIGHT_SPLITS])
+    hint = f" (nor an archive or split name: {names})" if "/" not in path else ""
+    raise CliError(f"source not found: {path}{hint}")
+
+
 def _check_source(where: str, section: BaseModel) -> None:
-    """acquire's source: each archive it names, when local, must be a file."""
+    """acquire's source: each archive it names, when local, must be a file; a folder of audio
+    (`layout: audio`) must be a folder."""
     source, md5, mirror = (getattr(section, n, None) for n in ("source", "md5", "mirror"))
+    layout = getattr(section, "layout", "librilight")
+    if isinstance(source, str) and source_layout(source, layout) == "audio":
+        if not is_archive(source):
+            _check_folder_source(where, source, md5)
+            return
     try:
         sources = resolve_sources(source, md5, mirror)  # type: ignore[arg-type]
     except ValueError as err:
@@ -129,10 +161,7 @@ def _check_source(where: str, section: BaseModel) -> None:
         if source.url.startswith("s3://"):
             check_s3(where, source.url)
         elif path is not None and not os.path.exists(path):
-            # The tasks' own words ("source not found"), and the names when it may be a typo.
-            names = ", ".join([*LIBRILIGHT_ARCHIVES, *LIBRILIGHT_SPLITS])
-            hint = f" (nor an archive or split name: {names})" if "/" not in path else ""
-            raise CliError(f"source not found: {path}{hint}")
+            _source_not_found(path)
         elif path is not None:
             _check_input(where, source.url, folder=False)
 

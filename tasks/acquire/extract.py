@@ -49,7 +49,7 @@ from codecflow.tasks.acquire.sinks import LocalSink, RemoteSink, Sink
 from codecflow.tasks.core.errors import ChecksumMismatchError, CodecflowError, CorruptArchiveError
 from codecflow.tasks.core.storage import atomic_dir, atomic_write_json
 
-__all__ = ["ArchiveExpansionError", "ExtractLimits", "extract_tar_safely", "libri_light_member"]
+__all__ = ["ArchiveExpansionError", "ExtractLimits", "extract_tar_safely", "acquired_member"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -83,13 +83,18 @@ class ExtractLimits:
     keep: Callable[[str], str] | None = None
 
 
-#: Libri-Light's members: the audio, its metadata and LibriSpeech's transcripts.
-_LIBRI_LIGHT_SUFFIXES = (".flac", ".json", ".txt")
+#: What acquire reads from an archive: audio in any format libsndfile decodes (Libri-Light's
+#: FLAC, and WAV, OGG/Vorbis, Opus, MP3, AIFF for `layout: audio`), metadata (Libri-Light's JSON,
+#: a CSV/TSV/JSONL table) and transcripts (LibriSpeech's .txt, .lab sidecars).
+ACQUIRED_SUFFIXES = (
+    ".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif",
+    ".json", ".jsonl", ".csv", ".tsv", ".txt", ".lab",
+)  # fmt: skip
 
 
-def libri_light_member(name: str) -> str:
-    """ "" for a member acquire reads (audio, its JSON metadata, a transcript), else why not."""
-    if name.lower().endswith(_LIBRI_LIGHT_SUFFIXES):
+def acquired_member(name: str) -> str:
+    """ "" for a member acquire reads (audio, its metadata, a transcript), else why not."""
+    if name.lower().endswith(ACQUIRED_SUFFIXES):
         return ""
     return "not audio or its metadata (not extracted)"
 

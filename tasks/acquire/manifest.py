@@ -25,6 +25,8 @@ from codecflow.schemas.tables import (
     REJECTS_SCHEMA,
     SEGMENT_MANIFEST_SCHEMA,
     SPLITS,
+    TEXTS_NAME,
+    TEXTS_SCHEMA,
 )
 from codecflow.tasks.acquire.probe import SUMMARY_REFUSED_SHOWN, list_books, probe_book
 from codecflow.tasks.acquire.segments import SegmentPlan, plan_segments
@@ -106,13 +108,22 @@ def _flac_has_frames(fs: fsspec.AbstractFileSystem, path: str, frames: int) -> b
 
 
 def write_manifest(
-    root: str, manifest_dir: str, rows: Sequence[Mapping[str, Any]], plan: SegmentPlan
+    root: str,
+    manifest_dir: str,
+    rows: Sequence[Mapping[str, Any]],
+    plan: SegmentPlan,
+    texts: Mapping[str, str] | None = None,
 ) -> ManifestRecord:
-    """Write rejects.parquet and summary.json, then segments.parquet last (the commit)."""
+    """Write rejects.parquet, summary.json and, when the source has transcripts, texts.parquet
+    (segment id -> text), then segments.parquet last (the commit). `root` is the audio root the
+    rows' paths are relative to."""
     if not rows:
+        where = join(root, "librilight") if texts is None else root
+        hint = "" if texts is not None else "; a folder of plain audio: --set layout=audio"
         raise CodecflowError(
-            f"no usable Libri-Light files under {join(root, 'librilight')}: "
+            f"no usable {'Libri-Light files' if texts is None else 'audio files'} under {where}: "
             f"{plan.summary['files_rejected']} rejected ({plan.summary['rejected_by_reason']})"
+            f"{hint}"
         )
     if is_remote(root) or is_remote(manifest_dir):
         audio_root = str(root)
@@ -127,6 +138,11 @@ def write_manifest(
         [{"path": r.path, "reason": r.reason} for r in plan.rejects], schema=REJECTS_SCHEMA
     )
     write_parquet(rejects_path, rejects)
+    if texts is not None:
+        table = pa.Table.from_pylist(
+            [{"segment_id": k, "text": v} for k, v in sorted(texts.items())], schema=TEXTS_SCHEMA
+        )
+        write_parquet(join(manifest_dir, TEXTS_NAME), table)
     summary = {**plan.summary, "manifest": manifest_path, "rejects": rejects_path}
     with open_atomic_write(summary_path) as f:
         f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
@@ -189,6 +205,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  {split:<14} {s['segments']:>10,} segments, {s['hours']:.3f} h,"
             f" {s['speakers']} speakers"
         )
+    if summary.get("layout") == "audio":
+        lines.append(
+            f"transcripts      {summary['segments_with_text']:>10,} segments with text;"
+            f" VAD {summary['vad']}, speakers by {summary['speaker_from']}"
+        )
+        if summary.get("speakers_note"):
+            lines.append(f"  note: {summary['speakers_note']}")
     return "\n".join(lines + _refused_lines(summary.get("refused_tar_members", [])))
 
 

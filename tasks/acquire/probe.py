@@ -26,6 +26,7 @@ __all__ = [
     "REFUSED_MEMBER",
     "Reject",
     "SUMMARY_REFUSED_SHOWN",
+    "file_stamp",
     "list_books",
     "probe_book",
     "refused_members_probe",
@@ -59,6 +60,7 @@ class ProbedFile:
     channels: int
     duration_s: float
     n_bytes: int
+    text: str | None = None  # its transcript, when the source has one (`layout: audio`)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class BookProbe:
     rejects: tuple[Reject, ...]
 
 
-def _stamp(info: Mapping[str, Any]) -> str:
+def file_stamp(info: Mapping[str, Any]) -> str:
     """A modification stamp from an fsspec info dict: mtime locally, ETag or LastModified on S3."""
     for key in ("mtime", "ETag", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
@@ -105,7 +107,7 @@ def list_books(root: str, archives: Sequence[str]) -> list[BookListing]:
             if name.startswith(".") or not name.endswith((".flac", ".json")):
                 continue
             book = posixpath.relpath(posixpath.dirname(path), base)
-            books.setdefault(book, []).append((name, int(info.get("size") or 0), _stamp(info)))
+            books.setdefault(book, []).append((name, int(info.get("size") or 0), file_stamp(info)))
     return [BookListing(book, tuple(sorted(entries))) for book, entries in sorted(books.items())]
 
 

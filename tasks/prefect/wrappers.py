@@ -24,6 +24,7 @@ import codecflow.tasks.data
 import codecflow.tasks.evaluate
 import codecflow.tasks.train
 from codecflow.schemas.configs import (
+    AcquireSettings,
     CompareCodecsSettings,
     EvalCodecSettings,
     EvaluateSettings,
@@ -32,7 +33,19 @@ from codecflow.schemas.configs import (
     TrainLMSettings,
 )
 from codecflow.tasks import loaders
-from codecflow.tasks.acquire import download, extract, members, probe, segments, sinks, stream
+from codecflow.tasks.acquire import (
+    audio_files,
+    audio_probe,
+    download,
+    extract,
+    ingest,
+    members,
+    probe,
+    segments,
+    sinks,
+    stream,
+    vad,
+)
 from codecflow.tasks.acquire import manifest as segment_manifest
 from codecflow.tasks.acquire import marker as extraction
 from codecflow.tasks.core import runtime, storage
@@ -57,13 +70,16 @@ __all__ = [
     "extract_task",
     "fetch_task",
     "finalize_dataset_task",
+    "list_audio_task",
     "list_books_task",
     "plan_segments_task",
     "plan_tokens_task",
+    "probe_audio_task",
     "probe_book_task",
     "stream_extract_task",
     "train_codec_task",
     "train_lm_task",
+    "write_audio_manifest_task",
     "write_flacs_task",
     "write_manifest_task",
     "write_shards_task",
@@ -121,7 +137,7 @@ def extract_task(archive: download.FetchRecord, dest: str) -> extraction.Extract
 
 
 #: Acquire extracts only what it reads (audio, metadata, transcripts), within the expansion bound.
-_AUDIO = extract.ExtractLimits(keep=extract.libri_light_member)
+_AUDIO = extract.ExtractLimits(keep=extract.acquired_member)
 
 
 @task(
@@ -149,6 +165,37 @@ def list_books_task(root: str, archives: list[str]) -> list[probe.BookListing]:
 def probe_book_task(root: str, listing: probe.BookListing) -> probe.BookProbe:
     """Probe one book's files; cached on its listing, so unchanged books are not re-read."""
     return probe.probe_book(root, listing)
+
+
+@task(name="list-audio", **_RETRIED)
+def list_audio_task(audio_root: str) -> list[probe.BookListing]:
+    """List the folders of an audio source with file sizes and stamps (not cached, as
+    `list_books_task`)."""
+    return audio_files.list_audio_folders(audio_root)
+
+
+@task(
+    name="probe-audio",
+    cache_key_fn=content_key("settings.metadata", code=(probe, audio_probe, audio_files, vad)),
+    **_RETRIED,
+    **_CACHED,
+)
+def probe_audio_task(
+    audio_root: str, listing: probe.BookListing, settings: AcquireSettings, root: str
+) -> probe.BookProbe:
+    """Decode, find speech (Silero, cached per file) and name the speakers of one folder."""
+    options = ingest.audio_options(settings)
+    return audio_probe.probe_audio_folder(
+        audio_root, listing, options.rule, options.table, options.vad, storage.join(root, "vad")
+    )
+
+
+@task(name="write-audio-manifest", cache_key_fn=content_key(code=(segments, ingest)), **_CACHED)
+def write_audio_manifest_task(
+    audio_root: str, root: str, probes: list[probe.BookProbe], settings: AcquireSettings
+) -> segment_manifest.ManifestRecord:
+    """Cut, split and write the manifest with its texts (the commit is segments.parquet)."""
+    return ingest.finish_audio_manifest(audio_root, root, probes, settings)
 
 
 @task(name="plan-segments", cache_key_fn=content_key(code=(segments,)), **_CACHED)

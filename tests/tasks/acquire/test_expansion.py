@@ -13,8 +13,8 @@ import pytest
 from codecflow.tasks.acquire.extract import (
     ArchiveExpansionError,
     ExtractLimits,
+    acquired_member,
     extract_tar_safely,
-    libri_light_member,
 )
 
 MiB = 1 << 20
@@ -87,14 +87,16 @@ def test_acquire_extracts_only_what_it_reads(tmp_path: Path) -> None:
         "small/1/book/1-1-0000.flac": 10,
         "small/1/book/1-1-0000.json": 5,
         "small/1/book/1-1-0000.txt": 3,
+        "mine/spk/a.wav": 4,
+        "mine/spk/a.lab": 2,
         "small/README.md": 7,
         "small/1/book/setup.exe": 9,
     }
     archive = _tar(tmp_path / "a.tar", members)
     dest = tmp_path / "out"
-    record = extract_tar_safely(archive, dest, limits=ExtractLimits(keep=libri_light_member))
+    record = extract_tar_safely(archive, dest, limits=ExtractLimits(keep=acquired_member))
     assert sorted(p.name for p in dest.rglob("*") if p.is_file() and p.name[0] != ".") == [
-        "1-1-0000.flac", "1-1-0000.json", "1-1-0000.txt",
+        "1-1-0000.flac", "1-1-0000.json", "1-1-0000.txt", "a.lab", "a.wav",
     ]  # fmt: skip
     reason = "not audio or its metadata (not extracted)"
     assert sorted(record.refused) == [
