@@ -168,3 +168,50 @@ def test_layout_auto_and_bad_settings(tmp_path: Path) -> None:
     sf.write(tmp_path / "silent" / "s.wav", np.zeros(16_000, dtype="float32"), 16_000)
     with pytest.raises(CodecflowError, match=r"no usable audio files under .*: 1 rejected"):
         codecflow.ingest(str(tmp_path / "silent"), str(tmp_path / "r2"))
+
+
+def _many_files(speech: Path) -> Path:
+    """36 files under 4 speakers, each with its own content (the mixed folder's clips at 12
+    gains: the VAD cache, keyed on content, reuses none): an ingest of a few seconds."""
+    folder = speech / "many"
+    if folder.is_dir():
+        return folder
+    source = mixed_folder(speech)
+    for i in range(12):
+        for name in ("alice/two.flac", "bob/three.ogg", "dave/five.wav"):
+            audio, rate = sf.read(source / name, dtype="float32")
+            target = folder / f"spk{i % 4}" / f"{i:02d}_{Path(name).name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(target, audio * (1.0 - 0.02 * i), rate)
+    return folder
+
+
+def test_a_killed_ingest_resumes_to_the_same_manifest(speech: Path, tmp_path: Path) -> None:
+    """SIGKILL while VAD runs, then the same call again: the manifest of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = _many_files(speech)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    code = (
+        "import codecflow, sys; "
+        "codecflow.ingest(sys.argv[1], sys.argv[2], target_len_sec=5.0, speaker_from='parent')"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder), str(killed)])
+    deadline = time.monotonic() + 120
+    while len(list((killed / "vad").rglob("*.json"))) < 2 and time.monotonic() < deadline:
+        assert child.poll() is None, "the ingest ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (killed / "manifest" / "segments.parquet").exists()
+    done_before = len(list((killed / "vad").rglob("*.json")))
+    assert 2 <= done_before < 36  # killed in the middle of the VAD
+    resumed = codecflow.ingest(str(folder), str(killed), target_len_sec=5.0)
+    reference = codecflow.ingest(str(folder), str(whole), target_len_sec=5.0)
+    assert pq.read_table(resumed).drop(["snr"]).equals(pq.read_table(reference).drop(["snr"]))
+    # No temporary of the killed run is left behind.
+    assert not [p for p in killed.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
