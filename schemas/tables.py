@@ -18,8 +18,12 @@ __all__ = [
     "token_shard_schema_v2",
     "SPLITS",
     "TEXTS_NAME",
+    "TEXT_METADATA_KEY",
     "TEXTS_SCHEMA",
 ]
+
+#: Schema metadata of a token shard whose segments carry their transcripts (`text` column).
+TEXT_METADATA_KEY = b"codecflow.text"
 
 #: The dataset splits. Speakers never appear in both (see tasks.acquire.segments.split_by_speaker).
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -67,7 +71,7 @@ REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
 
 def token_shard_schema(
-    codes_type: pa.DataType, metadata: dict[bytes, bytes] | None = None
+    codes_type: pa.DataType, metadata: dict[bytes, bytes] | None = None, with_text: bool = False
 ) -> pa.Schema:
     """One row per segment in an Arrow IPC token shard (format version 3). `codes` holds the
     segment's `[K, F]` code matrix as K lists of F codes, level-major (`codes[k][f]` is level k's
@@ -77,18 +81,21 @@ def token_shard_schema(
     buffer (the inner list's), so a reader views a segment's `[K, F]` without a copy.
 
     `metadata` is the schema's key-value metadata: the tokenizer's facts
-    (`tasks.data.token_shards.shard_metadata`)."""
-    return pa.schema(
-        [
-            ("segment_id", pa.string()),
-            ("speaker", pa.string()),
-            ("book_id", pa.string()),
-            ("split", pa.string()),
-            ("n_frames", pa.int64()),
-            ("codes", pa.list_(pa.list_(codes_type))),
-        ],
-        metadata=metadata,
-    )
+    (`tasks.data.token_shards.shard_metadata`). A dataset whose manifest has transcripts adds a
+    last column, `text` (the segment's words, or null), and says so in the metadata
+    (`codecflow.text`: "1"); one without has exactly the columns above."""
+    fields = [
+        ("segment_id", pa.string()),
+        ("speaker", pa.string()),
+        ("book_id", pa.string()),
+        ("split", pa.string()),
+        ("n_frames", pa.int64()),
+        ("codes", pa.list_(pa.list_(codes_type))),
+    ]
+    if with_text:
+        fields.append(("text", pa.string()))
+        metadata = {**(metadata or {}), TEXT_METADATA_KEY: b"1"}
+    return pa.schema(fields, metadata=metadata)
 
 
 def token_shard_schema_v2(codes_type: pa.DataType) -> pa.Schema:

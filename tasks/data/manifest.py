@@ -19,6 +19,8 @@ import soundfile as sf
 from codecflow.schemas.tables import (
     MANIFEST_AUDIO_ROOT_KEY,
     SEGMENT_MANIFEST_SCHEMA,
+    TEXTS_NAME,
+    TEXTS_SCHEMA,
 )
 from codecflow.tasks.core import storage
 from codecflow.tasks.core.errors import CodecflowError
@@ -39,6 +41,7 @@ __all__ = [
     "read_manifest_table",
     "read_segment_audio",
     "read_segment_pcm16",
+    "read_texts",
 ]
 
 #: Libri-Light's audio is 16 kHz mono FLAC; anything else is accepted and flagged.
@@ -121,6 +124,22 @@ def read_manifest_table(manifest: str) -> tuple[pa.Table, str]:
         # Relative to the manifest's folder, so that a run folder can be moved.
         audio_root = storage.join(posixpath.dirname(str(manifest)) or ".", audio_root)
     return table, audio_root
+
+
+def read_texts(manifest: str) -> tuple[dict[str, str], str] | None:
+    """The transcripts beside a manifest (`texts.parquet`, written by acquire's `layout: audio`)
+    as segment id -> text, with the file's sha256; None when there is none or it is empty."""
+    url = storage.join(posixpath.dirname(str(manifest)) or ".", TEXTS_NAME)
+    if not storage.exists(url):
+        return None
+    fs, path = storage.url_to_fs(url)
+    table = pq.read_table(path, filesystem=fs)
+    if not table.schema.remove_metadata().equals(TEXTS_SCHEMA):
+        raise CodecflowError(f"transcripts {url} do not have the texts schema")
+    if table.num_rows == 0:
+        return None
+    texts = dict(zip(table["segment_id"].to_pylist(), table["text"].to_pylist(), strict=True))
+    return texts, storage.sha256(url)
 
 
 def read_manifest(manifest: str) -> tuple[list[dict[str, Any]], str]:

@@ -131,6 +131,7 @@ class Segment:
     book_id: str
     split: str
     codes: np.ndarray  # [K, F] in the dataset's dtype: a read-only view of the mapped shard
+    text: str | None = None  # its transcript, when the dataset carries them
 
     @property
     def n_frames(self) -> int:
@@ -266,7 +267,8 @@ class TokenReader:
                 index.frames.append(codes.n_frames)
                 self._values.append(codes.values)  # a view of the mapped file
                 # Arrow arrays over the mapped file: a segment's strings are read when asked for.
-                self._metadata.append({name: batch.column(name) for name in SEGMENT_METADATA})
+                names = SEGMENT_METADATA + (("text",) if "text" in batch.schema.names else ())
+                self._metadata.append({name: batch.column(name) for name in names})
                 rows += n
         except (pa.ArrowInvalid, OSError) as exc:  # OSError: pyarrow's "Expected to be able..."
             reason = " ".join(str(exc).split())
@@ -393,8 +395,9 @@ class TokenReader:
         i = int(i) % self.n_segments
         columns = self._metadata[int(self._batch_of[i])]
         row = int(self._row_of[i])
-        text = {name: str(columns[name][row].as_py()) for name in SEGMENT_METADATA}
-        return Segment(index=i, codes=self.segment_codes(i), **text)
+        fields = {name: str(columns[name][row].as_py()) for name in SEGMENT_METADATA}
+        text = columns["text"][row].as_py() if "text" in columns else None
+        return Segment(index=i, codes=self.segment_codes(i), text=text, **fields)
 
     # -- the flat stream ----------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class SegmentDataset(_ReaderDataset, Dataset[dict[str, Any]]):
         item.update({name: getattr(segment, name) for name in SEGMENT_METADATA})
         item["n_frames"] = segment.n_frames
         item["seconds"] = segment.n_frames / self.frame_rate
+        item["text"] = segment.text  # None unless the dataset carries transcripts
         return item
 
     def __repr__(self) -> str:
@@ -109,7 +110,7 @@ def collate_segments(items: list[dict[str, Any]]) -> dict[str, Any]:
 
     Returns `codes` int64 `[B, K, F_max]` padded with `PAD_CODE`, `mask` bool `[B, F_max]`
     (True on real frames), `n_frames` and `index` int64 `[B]`, `seconds` float64 `[B]`, and the
-    string fields as lists of B.
+    string fields as lists of B (`text`: the transcripts, None where a segment has none).
     """
     if not items:
         raise ValueError("collate_segments needs at least one item")
@@ -123,6 +124,7 @@ def collate_segments(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.int64)
     batch["seconds"] = torch.tensor([item["seconds"] for item in items], dtype=torch.float64)
     batch.update({name: [item[name] for item in items] for name in SEGMENT_METADATA})
+    batch["text"] = [item.get("text") for item in items]  # str or None each
     return batch
 
 

@@ -120,6 +120,30 @@ def _counts(plan: DatasetPlan) -> tuple[dict[str, tuple[int, int]], dict[str, in
     return per_split, dict(sorted(subsets.items())), archives
 
 
+def _transcripts(plan: DatasetPlan) -> list[str]:
+    """The card's word count: segments, hours and words with a transcript, per split."""
+    if not plan.has_text:
+        return []
+    fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
+    table = pq.read_table(path, filesystem=fs, columns=["split", "duration_s", "text"])
+    lines = [
+        "## Transcripts",
+        "",
+        "Each shard row has a `text` column: the segment's transcript, or null. From the "
+        "source's sidecar files, LibriSpeech's `.trans.txt` or a metadata table "
+        "(`manifest/texts.parquet`).",
+        "",
+        "| split | segments with text | hours with text | words |",
+        "|---|---:|---:|---:|",
+    ]
+    for split in sorted(pc.unique(table["split"]).to_pylist()):
+        rows = table.filter(pc.and_(pc.equal(table["split"], split), pc.is_valid(table["text"])))
+        words = sum(len(str(t).split()) for t in rows["text"].to_pylist())
+        hours = float(pc.sum(rows["duration_s"]).as_py() or 0.0) / 3600
+        lines.append(f"| {md_text(split)} | {rows.num_rows:,} | {hours:.3f} | {words:,} |")
+    return [*lines, ""]
+
+
 def _provenance(
     plan: DatasetPlan, info: DatasetInfo, acquisition: Acquisition, subsets: Mapping[str, int]
 ) -> list[str]:
@@ -239,10 +263,13 @@ def _sizes(
     return lines
 
 
-def _loading(info: DatasetInfo, folder: str) -> list[str]:
+def _loading(info: DatasetInfo) -> list[str]:
     first = next(s for s in info.shards)
     split = first.split
-    guide = docs_url("guides/datasets", folder)
+    # Always the published page, never a path into a locally built site: the card travels with
+    # the dataset (to a bucket, to the Hub), and a dataset's bytes must not depend on whether
+    # the docs were built on the machine that wrote it (local and S3 datasets are identical).
+    guide = docs_url("guides/datasets")
     return [
         "## Loading",
         "",
@@ -301,7 +328,8 @@ def dataset_card(plan: DatasetPlan, info: DatasetInfo, report: Mapping[str, Any]
         _tokenizer(info),
         _layout(info),
         _sizes(info, report, per_split),
-        _loading(info, str(plan.out)),
+        *([_transcripts(plan)] if plan.has_text else []),
+        _loading(info),
     )
     title = (
         f"# {md_text(info.tokenizer['name'])} tokens of {info.totals.segments:,} speech segments "

@@ -80,7 +80,9 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> Datas
         dtype=dtype,
         formats=plan.formats,
         layout=CODES_LAYOUT,
-        arrow_schema=token_shard_schema(pa.from_numpy_dtype(np.dtype(dtype))).to_string(),
+        arrow_schema=token_shard_schema(
+            pa.from_numpy_dtype(np.dtype(dtype)), with_text=plan.has_text
+        ).to_string(),
         shards=shards,
         n_rejects=len(rejects),
         totals=DatasetTotals.model_validate(report["total"]),

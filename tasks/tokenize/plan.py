@@ -43,7 +43,7 @@ from codecflow.schemas.tables import (
 from codecflow.schemas.tokenizers import parse_tokenizer_name
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
-from codecflow.tasks.data.manifest import read_manifest_table
+from codecflow.tasks.data.manifest import read_manifest_table, read_texts
 from codecflow.tasks.data.records import DatasetInfo
 from codecflow.tasks.data.token_dataset import (
     DATASET_COMMITTED,
@@ -89,6 +89,7 @@ class DatasetPlan:
     groups: tuple[tuple[str, ...], ...]
     warn_reject_fraction: float = 0.05
     manifest_sha256: str = ""
+    has_text: bool = False  # the manifest has transcripts: the shards carry a `text` column
 
     @property
     def shard_metadata(self) -> dict[bytes, bytes]:
@@ -237,6 +238,13 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
             parse_tokenizer_name(settings.tokenizer).checkpoint,
         )
     manifest_sha256 = storage.sha256(manifest)
+    texts = read_texts(manifest)
+    if texts is not None:
+        # Transcripts travel with the codes; a changed transcript is another dataset.
+        by_id, texts_sha256 = texts
+        ids = table["segment_id"].to_pylist()
+        table = table.append_column("text", pa.array([by_id.get(i) for i in ids], pa.string()))
+        identity = {**identity, "texts_sha256": texts_sha256}
     fingerprint = _fingerprint(manifest_sha256, identity, settings)
     check_existing(out, fingerprint)
     if table.num_rows == 0:
@@ -276,6 +284,7 @@ def plan_dataset(manifest: str | Path, out: str | Path, settings: TokenizeSettin
         groups=tuple(group_shards([s.name for s in planned], settings.max_tasks)),
         warn_reject_fraction=settings.warn_reject_fraction,
         manifest_sha256=manifest_sha256,
+        has_text=texts is not None,
     )
 
 

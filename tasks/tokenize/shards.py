@@ -219,12 +219,14 @@ def _arrow_bytes(
     records: Sequence[tuple[Mapping[str, Any], np.ndarray]],
     dtype: np.dtype,
     metadata: dict[bytes, bytes],
+    with_text: bool = False,
 ) -> pa.Buffer:
     """One shard as an uncompressed Arrow IPC stream (format version 3,
     `tasks.data.token_shards`): `codes` K lists of F codes per row over one values buffer,
-    the tokenizer's facts in the schema `metadata`."""
+    the tokenizer's facts in the schema `metadata`; with `with_text`, each segment's transcript
+    (or null) in a last `text` column."""
     codes_type = pa.from_numpy_dtype(dtype)
-    schema = token_shard_schema(codes_type, metadata)
+    schema = token_shard_schema(codes_type, metadata, with_text=with_text)
     k = records[0][1].shape[0] if records else 1
     frames = np.array([c.shape[1] for _, c in records], dtype=np.int64)  # [rows]
     # Level lists: row i's K lists of F_i codes, one after another over the flat values.
@@ -241,6 +243,8 @@ def _arrow_bytes(
         pa.array(frames, pa.int64()),
         pa.ListArray.from_arrays(pa.array(row_offsets), levels),
     ]
+    if with_text:
+        columns.append(pa.array([r.get("text") for r, _ in records], pa.string()))
     table = pa.Table.from_arrays(columns, schema=schema)
     # Uncompressed: readers memory-map it and read the codes without a copy (a stream, which
     # `datasets.Dataset.from_file` maps as it is). Its size first (a mock stream copies
@@ -281,6 +285,8 @@ def _webdataset_bytes(
                 "n_frames": int(codes.shape[1]),
                 "num_levels": num_levels,
             }
+            if "text" in row:
+                meta["text"] = row["text"]
             for name, data in (
                 (f"{key}.codes.npy", npy.getvalue()),
                 (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
@@ -330,7 +336,7 @@ def _write_shard(
         Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)
     )
     base = storage.join(plan.out, "shards", shard.name)
-    arrow = _arrow_bytes(good, tokenizer.token_dtype, plan.shard_metadata)  # type: ignore[arg-type]
+    arrow = _arrow_bytes(good, tokenizer.token_dtype, plan.shard_metadata, plan.has_text)  # type: ignore[arg-type]
     files = {"arrow": _put_file(f"{base}.arrow", arrow)}
     if "webdataset" in plan.formats:
         tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]

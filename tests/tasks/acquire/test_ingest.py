@@ -89,6 +89,7 @@ def test_vad_is_cached_on_each_files_content(ingested: Path, speech: Path, tmp_p
     assert ours.equals(theirs)  # (snr is NaN: unknown for such audio, and NaN != NaN)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # silero-vad's importlib.resources
 def test_silero_intervals_equal_silero_s_own(speech: Path) -> None:
     """The reference: silero-vad's `get_speech_timestamps` on the same 16 kHz audio."""
     from silero_vad import get_speech_timestamps, load_silero_vad
@@ -215,3 +216,67 @@ def test_a_killed_ingest_resumes_to_the_same_manifest(speech: Path, tmp_path: Pa
     assert pq.read_table(resumed).drop(["snr"]).equals(pq.read_table(reference).drop(["snr"]))
     # No temporary of the killed run is left behind.
     assert not [p for p in killed.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
+
+
+def test_transcripts_travel_into_the_token_shards(ingested: Path, tmp_path: Path) -> None:
+    """Tokenized, the segments carry their text: in the shards (schema metadata says so), the
+    reader, the torch datasets and the card; the others are null."""
+    import pyarrow as pa
+
+    from codecflow.schemas.tables import TEXT_METADATA_KEY
+
+    dataset = codecflow.tokenize(
+        str(ingested / "manifest" / "segments.parquet"), str(tmp_path / "tokens"),
+        tokenizer="mu-law-256",
+    )  # fmt: skip
+    ds = codecflow.open_dataset(dataset)
+    found = {}
+    for split in ds.splits:
+        segments = ds.segments(split)
+        found.update({segments[i]["segment_id"]: segments[i]["text"] for i in range(len(segments))})
+        batch = codecflow.collate_segments([segments[i] for i in range(len(segments))])
+        assert len(batch["text"]) == len(segments)
+    assert {k: v for k, v in found.items() if v} == {
+        "alice_two_0000": "the second test sentence",
+        "bob_four_0000": "the fourth test sentence",
+    }
+    assert sum(v is None for v in found.values()) == len(found) - 2
+    shard = next((tmp_path / "tokens" / "shards").glob("*.arrow"))
+    with pa.memory_map(str(shard)) as source:
+        schema = pa.ipc.open_stream(source).schema
+    assert schema.names[-1] == "text" and schema.metadata[TEXT_METADATA_KEY] == b"1"
+    card = (tmp_path / "tokens" / "README.md").read_text()
+    assert "## Transcripts" in card and "| words |" in card
+    # A transcript changed is another dataset (its fingerprint covers the texts).
+    texts = ingested / "manifest" / "texts.parquet"
+    table = pq.read_table(texts)
+    changed = tmp_path / "changed"
+    (changed / "manifest").mkdir(parents=True)
+    segments = pq.read_table(ingested / "manifest" / "segments.parquet")
+    key = b"codecflow.audio_root"
+    audio_root = (ingested / "manifest" / segments.schema.metadata[key].decode()).resolve()
+    pq.write_table(
+        segments.replace_schema_metadata({key: str(audio_root).encode()}),
+        changed / "manifest" / "segments.parquet",
+    )
+    pq.write_table(
+        table.set_column(1, "text", pa.array(["other words"] * table.num_rows)),
+        changed / "manifest" / "texts.parquet",
+    )
+    other = codecflow.open_dataset(
+        codecflow.tokenize(
+            str(changed / "manifest" / "segments.parquet"), str(tmp_path / "t2"),
+            tokenizer="mu-law-256",
+        )
+    )  # fmt: skip
+    assert other.info.fingerprint != ds.info.fingerprint
+
+
+def test_a_dataset_without_transcripts_has_no_text_column(tiny_dataset: Path) -> None:
+    import pyarrow as pa
+
+    shard = next((tiny_dataset / "shards").glob("*.arrow"))
+    with pa.memory_map(str(shard)) as source:
+        assert "text" not in pa.ipc.open_stream(source).schema.names
+    item = codecflow.open_dataset(tiny_dataset).segments("train")[0]
+    assert item["text"] is None
