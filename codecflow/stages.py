@@ -20,6 +20,7 @@ from codecflow.tasks.acquire.download import fetch
 from codecflow.tasks.acquire.extract import ExtractLimits, acquired_member, extract_tar_safely
 from codecflow.tasks.acquire.ingest import (
     build_audio_manifest,
+    build_lhotse_manifest,
     extraction_folder,
     is_archive,
     resolved_layout,
@@ -67,7 +68,8 @@ def ingest(source: str, root: str, **settings: Any) -> str:
     """Any source of speech into a segment manifest under `root`; its path.
 
     `source` is a folder, a bucket prefix (`s3://...`) or an archive (`.tar`, `.tar.gz`; local or
-    http(s)) of audio in any format libsndfile decodes, or a Libri-Light archive name. The other
+    http(s)) of audio in any format libsndfile decodes, a lhotse CutSet or RecordingSet (JSONL;
+    `supervisions=` with a RecordingSet), or a Libri-Light archive name. The other
     settings are `codecflow acquire`'s (`speaker_from`, `metadata`, `vad`, `target_len_sec`,
     `val_fraction`, ...; `codecflow acquire --help` lists them). A manifest already committed
     under `root` is returned as it is.
@@ -83,6 +85,8 @@ def ingest(source: str, root: str, **settings: Any) -> str:
     with outputs.owned_output(root, ROOT_KIND, "ingest", ROOT_COMMITTED):
         if storage.exists(manifest):
             return manifest
+        if layout == "lhotse":
+            return build_lhotse_manifest(config, root).path
         if layout == "audio":
             audio_root = _extracted(config, root, layout)[0] if is_archive(source) else source
             return build_audio_manifest(audio_root, root, config).path

@@ -45,6 +45,7 @@ from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
+    import_lhotse_task,
     list_audio_task,
     list_books_task,
     plan_segments_task,
@@ -69,8 +70,11 @@ def acquire_flow(cfg: AcquireConfig = AcquireConfig()) -> ManifestRecord:  # noq
 
 
 def _acquire(cfg: AcquireConfig) -> ManifestRecord:
-    if resolved_layout(cfg) == "audio":
+    layout = resolved_layout(cfg)
+    if layout == "audio":
         return _acquire_audio(cfg)
+    if layout == "lhotse":
+        return _acquire_lhotse(cfg)
     logger = get_run_logger()
     try:
         sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
@@ -153,6 +157,17 @@ def _audio_root(cfg: AcquireConfig) -> str:
     )
     unless_committed(extract_task, extracted)(fetched, dest)
     return dest
+
+
+def _acquire_lhotse(cfg: AcquireConfig) -> ManifestRecord:
+    """`layout: lhotse`: a CutSet, or a RecordingSet and its SupervisionSet."""
+    settings = AcquireSettings(**cfg.model_dump(include=set(AcquireSettings.model_fields)))
+    manifest_dir = storage.join(cfg.root, "manifest")
+    record: ManifestRecord = unless_committed(
+        import_lhotse_task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
+    )(settings, cfg.root)
+    _publish(record, storage.read_json(record.summary_path), manifest_dir)
+    return record
 
 
 def _acquire_audio(cfg: AcquireConfig) -> ManifestRecord:

@@ -101,18 +101,26 @@ class AcquireSettings(_Config):
         "a tar (local path, file://, http(s)://, s3://), or a folder or bucket prefix of audio "
         "(see layout).",
     )
-    layout: Literal["auto", "librilight", "audio"] = Field(
+    layout: Literal["auto", "librilight", "audio", "lhotse"] = Field(
         "auto",
         description="How the source is laid out: 'librilight' (FLAC with a JSON of voice "
         "activity beside each file), 'audio' (any folder of audio files, WAV, FLAC, OGG, Opus "
         "or MP3, at any rate: VAD is computed, speakers and transcripts found as set below), "
-        "'auto': 'audio' for a folder or a bucket prefix, 'librilight' for an archive.",
+        "'lhotse' (source is a lhotse CutSet or RecordingSet JSONL, gzipped or not; its "
+        "supervisions are the speech and the text), 'auto': 'lhotse' for a .jsonl(.gz), "
+        "'audio' for a folder or a bucket prefix, 'librilight' for an archive.",
     )
-    speaker_from: Literal["parent", "grandparent", "regex", "table", "file"] = Field(
+    supervisions: str | None = Field(
+        None,
+        description="layout 'lhotse' with a RecordingSet: its SupervisionSet (JSONL, gzipped or "
+        "not).",
+    )
+    speaker_from: Literal["parent", "grandparent", "regex", "table", "sidecar", "file"] = Field(
         "parent",
         description="layout 'audio': a file's speaker is the name of its folder ('parent'), of "
         "the folder above ('grandparent': LibriSpeech's <speaker>/<chapter>/<file>), the "
-        "`speaker` group of `speaker_regex` on its path, the `metadata` table's column, or "
+        "`speaker` group of `speaker_regex` on its path, the `metadata` table's column, the "
+        "`speaker` key of its <stem>.json ('sidecar': WebDataset's per-sample record), or "
         "the file itself ('file': no speaker known, each file is its own).",
     )
     speaker_regex: str | None = Field(

@@ -192,10 +192,13 @@ def is_archive(source: str) -> bool:
 
 
 def source_layout(source: str, layout: str) -> str:
-    """ "librilight" or "audio": `layout`, with "auto" resolved from the source (a Libri-Light
-    archive or split name, or an archive: librilight; a folder or a bucket prefix: audio)."""
+    """ "librilight", "audio" or "lhotse": `layout`, with "auto" resolved from the source (a
+    lhotse JSONL manifest: lhotse; a Libri-Light archive or split name, or an archive:
+    librilight; a folder or a bucket prefix: audio)."""
     if layout != "auto":
         return layout
     source = source.strip()
+    if source.lower().endswith((".jsonl", ".jsonl.gz")):
+        return "lhotse"
     named = source in LIBRILIGHT_ARCHIVES or source in LIBRILIGHT_SPLITS
     return "librilight" if named or is_archive(source) else "audio"

@@ -37,7 +37,7 @@ from codecflow.schemas.sources import (
 
 __all__ = ["check_config", "check_s3"]
 
-_INPUT_FILES = {"manifest", "prompt", "regenerate_source", "metadata"}
+_INPUT_FILES = {"manifest", "prompt", "regenerate_source", "metadata", "supervisions"}
 _INPUT_FOLDERS = {"dataset", "checkpoint", "train_run"}
 _OUTPUTS = {"out", "root", "download_dir", "index"}
 #: Seconds to wait for an S3 endpoint's TCP connection: a local or LAN server answers in ms.
@@ -148,10 +148,13 @@ def _check_source(where: str, section: BaseModel) -> None:
     (`layout: audio`) must be a folder."""
     source, md5, mirror = (getattr(section, n, None) for n in ("source", "md5", "mirror"))
     layout = getattr(section, "layout", "librilight")
-    if isinstance(source, str) and source_layout(source, layout) == "audio":
-        if not is_archive(source):
-            _check_folder_source(where, source, md5)
-            return
+    resolved = source_layout(source, layout) if isinstance(source, str) else layout
+    if resolved == "lhotse":
+        _check_input(where, str(source), folder=False)  # the CutSet or RecordingSet file
+        return
+    if resolved == "audio" and isinstance(source, str) and not is_archive(source):
+        _check_folder_source(where, source, md5)
+        return
     try:
         sources = resolve_sources(source, md5, mirror)  # type: ignore[arg-type]
     except ValueError as err:

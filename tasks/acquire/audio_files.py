@@ -6,10 +6,11 @@ first, see `tasks.acquire.ingest`). Its audio is every file libsndfile may decod
 Libri-Light book). Beside the audio:
 
 - transcripts: a sidecar `<stem>.txt` or `<stem>.lab` (one file, one text), LibriSpeech's
-  `<speaker>-<chapter>.trans.txt` (one line per utterance: `<utterance id> <TEXT>`), or the
-  `text` column of a metadata table;
+  `<speaker>-<chapter>.trans.txt` (one line per utterance: `<utterance id> <TEXT>`), the
+  `text` column of a metadata table, or the `text` of a `<stem>.json`;
 - speakers: the file's folder, the folder above, a regex's `speaker` group on the path, the
-  metadata table's `speaker` column, or the file itself when none is known.
+  metadata table's `speaker` column, the `speaker` of its `<stem>.json` (WebDataset's
+  per-sample record), or the file itself when none is known.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ __all__ = [
 
 #: What libsndfile 1.2 decodes (soundfile): the formats `layout: audio` reads.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
-#: Transcript sidecars (LibriSpeech's .trans.txt included) listed beside the audio.
-TEXT_SUFFIXES = (".txt", ".lab")
+#: Transcript sidecars (LibriSpeech's .trans.txt included) and WebDataset-style `<key>.json`
+#: records (`speaker`, `text`) listed beside the audio.
+TEXT_SUFFIXES = (".txt", ".lab", ".json")
 _TRANS_SUFFIX = ".trans.txt"
 
 
@@ -103,10 +105,15 @@ class SpeakerRule:
     source: str  # "parent", "grandparent", "regex", "table", "file"
     regex: str | None = None
 
-    def speaker(self, rel: str, table: MetadataTable | None) -> str | None:
+    def speaker(
+        self, rel: str, table: MetadataTable | None, record: Mapping[str, object] | None = None
+    ) -> str | None:
         """The speaker of the file at `rel` (relative to the source), None when the rule finds
-        none (a reject)."""
+        none (a reject); `record` is its `<stem>.json`, if any."""
         parts = rel.split("/")
+        if self.source == "sidecar":
+            value = (record or {}).get("speaker")
+            return None if value in (None, "") else str(value)
         if self.source == "parent":
             return parts[-2] if len(parts) >= 2 else None
         if self.source == "grandparent":
@@ -157,10 +164,23 @@ def file_facts(
             continue
         stem = posixpath.splitext(name)[0]
         rel = posixpath.join(listing.book, name) if listing.book else name
+        record = _record(fs, folder, stem, names)
         text = (table.rows.get(rel) or (None, None))[1] if table else None
         text = text or trans.get(stem) or _sidecar(fs, folder, stem, names)
-        facts[name] = FileFacts(rule.speaker(rel, table), text)
+        text = text or (str(record["text"]) if record.get("text") else None)
+        facts[name] = FileFacts(rule.speaker(rel, table, record), text)
     return facts
+
+
+def _record(fs: object, folder: str, stem: str, names: Sequence[str]) -> dict[str, object]:
+    """`<stem>.json` as a dict (WebDataset's per-sample metadata), {} when absent or not one."""
+    if f"{stem}.json" not in names:
+        return {}
+    try:
+        value = json.loads(fs.cat(posixpath.join(folder, f"{stem}.json")))  # type: ignore[attr-defined]
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _sidecar(fs: object, folder: str, stem: str, names: Sequence[str]) -> str | None:

@@ -30,6 +30,7 @@ from codecflow.tasks.core.storage import url_to_fs
 
 __all__ = ["probe_audio_folder"]
 
+# A transcript without audio is a reject; a `.json` without audio is not (any record passes).
 _SIDECARS = (".txt", ".lab")
 
 

@@ -30,6 +30,7 @@ from codecflow.tasks.acquire.audio_files import (
     read_metadata_table,
 )
 from codecflow.tasks.acquire.audio_probe import probe_audio_folder
+from codecflow.tasks.acquire.lhotse_import import lhotse_probes, lhotse_texts, read_lhotse
 from codecflow.tasks.acquire.manifest import ManifestRecord, write_manifest
 from codecflow.tasks.acquire.probe import BookListing, BookProbe, Reject
 from codecflow.tasks.acquire.segments import SegmentPlan, plan_segments
@@ -42,6 +43,7 @@ __all__ = [
     "AudioOptions",
     "audio_options",
     "build_audio_manifest",
+    "build_lhotse_manifest",
     "extraction_folder",
     "finish_audio_manifest",
     "is_archive",
@@ -119,14 +121,18 @@ def segment_texts(plan: SegmentPlan, probes: Sequence[BookProbe]) -> dict[str, s
     }
 
 
-def _summarised(plan: SegmentPlan, settings: AcquireSettings, texts: Mapping[str, str]) -> Any:
+def _summarised(
+    plan: SegmentPlan, settings: AcquireSettings, texts: Mapping[str, str], layout: str = "audio"
+) -> Any:
     summary = dict(plan.summary)
-    summary["layout"] = "audio"
+    summary["layout"] = layout
     summary["speaker_from"] = settings.speaker_from
     if settings.speaker_from == "file":
         # Each file its own speaker: the split holds out whole files, not whole voices.
         summary["speakers_note"] = "no speaker known: each file is its own speaker"
-    summary["vad"] = settings.vad
+    summary["vad"] = settings.vad if layout == "audio" else "the source's supervisions"
+    if layout == "lhotse":
+        summary["speaker_from"] = "supervisions"
     summary["segments_with_text"] = len(texts)
     return SegmentPlan(plan.rows, plan.rejects, summary)
 
@@ -157,6 +163,22 @@ def build_audio_manifest(
     `layout: audio` acquisition of a source already on disk or in a bucket, in one call."""
     _, probes = probe_audio_source(audio_root, root, audio_options(settings))
     return finish_audio_manifest(audio_root, root, probes, settings, manifest_dir)
+
+
+def build_lhotse_manifest(
+    settings: AcquireSettings, root: str, manifest_dir: str | None = None
+) -> ManifestRecord:
+    """`layout: lhotse`: the recordings and supervisions of lhotse manifests into the segment
+    manifest, each segment with the texts of its supervisions."""
+    recordings = read_lhotse(settings.source, settings.supervisions)
+    audio_root, probes = lhotse_probes(recordings)
+    plan = plan_segments(
+        probes, settings.target_len_sec, settings.target_hours, settings.val_fraction, settings.seed
+    )
+    texts = lhotse_texts(plan, recordings, audio_root)
+    plan = _summarised(plan, settings, texts, "lhotse")
+    manifest_dir = manifest_dir or join(root, "manifest")
+    return write_manifest(audio_root, manifest_dir, plan.rows, plan, texts)
 
 
 def extraction_folder(root: str, source: str) -> str:

@@ -205,7 +205,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"  {split:<14} {s['segments']:>10,} segments, {s['hours']:.3f} h,"
             f" {s['speakers']} speakers"
         )
-    if summary.get("layout") == "audio":
+    if summary.get("layout") in ("audio", "lhotse"):
         lines.append(
             f"transcripts      {summary['segments_with_text']:>10,} segments with text;"
             f" VAD {summary['vad']}, speakers by {summary['speaker_from']}"

@@ -70,6 +70,7 @@ __all__ = [
     "extract_task",
     "fetch_task",
     "finalize_dataset_task",
+    "import_lhotse_task",
     "list_audio_task",
     "list_books_task",
     "plan_segments_task",
@@ -165,6 +166,16 @@ def list_books_task(root: str, archives: list[str]) -> list[probe.BookListing]:
 def probe_book_task(root: str, listing: probe.BookListing) -> probe.BookProbe:
     """Probe one book's files; cached on its listing, so unchanged books are not re-read."""
     return probe.probe_book(root, listing)
+
+
+@task(
+    name="import-lhotse",
+    cache_key_fn=content_key("settings.source", "settings.supervisions", code=(ingest,)),
+    **_CACHED,
+)
+def import_lhotse_task(settings: AcquireSettings, root: str) -> segment_manifest.ManifestRecord:
+    """lhotse manifests into the segment manifest (its supervisions are the speech and text)."""
+    return ingest.build_lhotse_manifest(settings, root)
 
 
 @task(name="list-audio", **_RETRIED)

@@ -280,3 +280,28 @@ def test_a_dataset_without_transcripts_has_no_text_column(tiny_dataset: Path) ->
         assert "text" not in pa.ipc.open_stream(source).schema.names
     item = codecflow.open_dataset(tiny_dataset).segments("train")[0]
     assert item["text"] is None
+
+
+def test_a_webdataset_tar_of_audio(speech: Path, tmp_path: Path) -> None:
+    """WebDataset's layout (`<key>.flac` + `<key>.json` with speaker and text, flat in a tar),
+    written by webdataset's own TarWriter, acquired as an archive."""
+    import webdataset as wds
+
+    folder = mixed_folder(speech)
+    archive = tmp_path / "shard-000000.tar"
+    with wds.TarWriter(str(archive)) as sink:
+        for i, (name, speaker) in enumerate((("alice/two.flac", "A"), ("dave/five.wav", "D"))):
+            suffix = Path(name).suffix[1:]
+            sink.write(
+                {"__key__": f"sample{i:03d}", suffix: (folder / name).read_bytes(),
+                 "json": {"speaker": speaker, "text": f"text {i}"}}
+            )  # fmt: skip
+    manifest = codecflow.ingest(
+        str(archive), str(tmp_path / "run"), layout="audio", speaker_from="sidecar",
+        target_len_sec=5.0,
+    )  # fmt: skip
+    rows = pq.read_table(manifest).to_pylist()
+    assert {r["speaker"] for r in rows} == {"A", "D"}
+    assert all(r["source_path"].startswith("sample") for r in rows)
+    texts = {r["text"] for r in _table(tmp_path / "run", "texts.parquet")}
+    assert "text 0" in texts  # sample000 (4 s) is one segment
