@@ -20,6 +20,7 @@ from codecflow.tasks.acquire.download import fetch
 from codecflow.tasks.acquire.extract import ExtractLimits, acquired_member, extract_tar_safely
 from codecflow.tasks.acquire.ingest import (
     build_audio_manifest,
+    build_hf_manifest,
     build_lhotse_manifest,
     extraction_folder,
     is_archive,
@@ -69,7 +70,8 @@ def ingest(source: str, root: str, **settings: Any) -> str:
 
     `source` is a folder, a bucket prefix (`s3://...`) or an archive (`.tar`, `.tar.gz`; local or
     http(s)) of audio in any format libsndfile decodes, a lhotse CutSet or RecordingSet (JSONL;
-    `supervisions=` with a RecordingSet), or a Libri-Light archive name. The other
+    `supervisions=` with a RecordingSet), a Hugging Face dataset saved by `save_to_disk` (with an
+    Audio column), or a Libri-Light archive name. The other
     settings are `codecflow acquire`'s (`speaker_from`, `metadata`, `vad`, `target_len_sec`,
     `val_fraction`, ...; `codecflow acquire --help` lists them). A manifest already committed
     under `root` is returned as it is.
@@ -87,6 +89,8 @@ def ingest(source: str, root: str, **settings: Any) -> str:
             return manifest
         if layout == "lhotse":
             return build_lhotse_manifest(config, root).path
+        if layout == "hf":
+            return build_hf_manifest(config, root).path
         if layout == "audio":
             audio_root = _extracted(config, root, layout)[0] if is_archive(source) else source
             return build_audio_manifest(audio_root, root, config).path

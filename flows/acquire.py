@@ -28,6 +28,7 @@ from codecflow.tasks.acquire.ingest import (
     is_archive,
     resolved_layout,
     table_rejects,
+    with_folder_metadata,
 )
 from codecflow.tasks.acquire.layout import (
     ROOT_COMMITTED,
@@ -45,6 +46,7 @@ from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.prefect.wrappers import (
     extract_task,
     fetch_task,
+    import_hf_task,
     import_lhotse_task,
     list_audio_task,
     list_books_task,
@@ -73,8 +75,8 @@ def _acquire(cfg: AcquireConfig) -> ManifestRecord:
     layout = resolved_layout(cfg)
     if layout == "audio":
         return _acquire_audio(cfg)
-    if layout == "lhotse":
-        return _acquire_lhotse(cfg)
+    if layout in ("lhotse", "hf"):
+        return _acquire_imported(cfg, layout)
     logger = get_run_logger()
     try:
         sources = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
@@ -159,12 +161,14 @@ def _audio_root(cfg: AcquireConfig) -> str:
     return dest
 
 
-def _acquire_lhotse(cfg: AcquireConfig) -> ManifestRecord:
-    """`layout: lhotse`: a CutSet, or a RecordingSet and its SupervisionSet."""
+def _acquire_imported(cfg: AcquireConfig, layout: str) -> ManifestRecord:
+    """`layout: lhotse` (a CutSet, or a RecordingSet and its SupervisionSet) or `hf` (a
+    Hugging Face dataset saved by save_to_disk), in one task each."""
     settings = AcquireSettings(**cfg.model_dump(include=set(AcquireSettings.model_fields)))
     manifest_dir = storage.join(cfg.root, "manifest")
+    task = import_lhotse_task if layout == "lhotse" else import_hf_task
     record: ManifestRecord = unless_committed(
-        import_lhotse_task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
+        task, storage.exists(storage.join(manifest_dir, "segments.parquet"))
     )(settings, cfg.root)
     _publish(record, storage.read_json(record.summary_path), manifest_dir)
     return record
@@ -176,6 +180,7 @@ def _acquire_audio(cfg: AcquireConfig) -> ManifestRecord:
     listings = list_audio_task(audio_root)
     get_run_logger().info("probing %d audio folders", len(listings))
     settings = AcquireSettings(**cfg.model_dump(include=set(AcquireSettings.model_fields)))
+    settings = with_folder_metadata(settings, audio_root)
     probes = probe_audio_task.map(
         unmapped(audio_root), listings, unmapped(settings), unmapped(cfg.root)
     )

@@ -101,14 +101,16 @@ class AcquireSettings(_Config):
         "a tar (local path, file://, http(s)://, s3://), or a folder or bucket prefix of audio "
         "(see layout).",
     )
-    layout: Literal["auto", "librilight", "audio", "lhotse"] = Field(
+    layout: Literal["auto", "librilight", "audio", "lhotse", "hf"] = Field(
         "auto",
         description="How the source is laid out: 'librilight' (FLAC with a JSON of voice "
         "activity beside each file), 'audio' (any folder of audio files, WAV, FLAC, OGG, Opus "
         "or MP3, at any rate: VAD is computed, speakers and transcripts found as set below), "
         "'lhotse' (source is a lhotse CutSet or RecordingSet JSONL, gzipped or not; its "
-        "supervisions are the speech and the text), 'auto': 'lhotse' for a .jsonl(.gz), "
-        "'audio' for a folder or a bucket prefix, 'librilight' for an archive.",
+        "supervisions are the speech and the text), 'hf' (a Hugging Face dataset saved by "
+        "save_to_disk, with an Audio column), 'auto': 'lhotse' for a .jsonl(.gz), 'hf' for a "
+        "folder holding dataset_info.json or dataset_dict.json, 'audio' for another folder or "
+        "a bucket prefix, 'librilight' for an archive.",
     )
     supervisions: str | None = Field(
         None,
@@ -218,8 +220,6 @@ class AcquireSettings(_Config):
                 raise ValueError(f"speaker_regex is not a valid regex: {err}") from None
             if "speaker" not in pattern.groupindex:
                 raise ValueError("speaker_regex needs a (?P<speaker>...) group")
-        if self.speaker_from == "table" and not self.metadata:
-            raise ValueError("speaker_from 'table' needs a metadata table")
         return self
 
 

@@ -192,9 +192,10 @@ def is_archive(source: str) -> bool:
 
 
 def source_layout(source: str, layout: str) -> str:
-    """ "librilight", "audio" or "lhotse": `layout`, with "auto" resolved from the source (a
-    lhotse JSONL manifest: lhotse; a Libri-Light archive or split name, or an archive:
-    librilight; a folder or a bucket prefix: audio)."""
+    """ "librilight", "audio" or "lhotse": `layout`, with "auto" resolved from the source's name
+    (a lhotse JSONL manifest: lhotse; a Libri-Light archive or split name, or an archive:
+    librilight; a folder or a bucket prefix: audio). A folder saved by Hugging Face's
+    save_to_disk is told by its files (`tasks.acquire.ingest.resolved_layout`: no I/O here)."""
     if layout != "auto":
         return layout
     source = source.strip()

@@ -37,6 +37,8 @@ from codecflow.schemas.sources import (
 
 __all__ = ["check_config", "check_s3"]
 
+#: A Hugging Face audiofolder's own table, read when `metadata` is not set.
+_FOLDER_TABLES = ("metadata.csv", "metadata.jsonl")
 _INPUT_FILES = {"manifest", "prompt", "regenerate_source", "metadata", "supervisions"}
 _INPUT_FOLDERS = {"dataset", "checkpoint", "train_run"}
 _OUTPUTS = {"out", "root", "download_dir", "index"}
@@ -123,11 +125,21 @@ def check_s3(where: str, url: str) -> None:
         ) from None
 
 
-def _check_folder_source(where: str, source: str, md5: str | None) -> None:
-    """`layout: audio` with a folder or prefix: it must be there (a folder), and no md5."""
+def _check_folder_source(where: str, section: BaseModel, source: str, md5: str | None) -> None:
+    """`layout: audio` with a folder or prefix: it must be there (a folder), and no md5; a
+    speaker table must be named or be the folder's own."""
     if md5:
         raise CliError(f"{where}: md5 checks an archive; {source} is a folder: leave md5 out")
     path = _local(source)
+    table = getattr(section, "speaker_from", None) == "table" and not getattr(
+        section, "metadata", None
+    )
+    if table and path is not None and os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, n)) for n in _FOLDER_TABLES):
+            raise CliError(
+                f"{where}: speaker_from 'table' needs a metadata table: set metadata, or put "
+                "metadata.csv or metadata.jsonl in the source folder"
+            )
     if source.startswith("s3://"):
         check_s3(where, source)
     elif path is not None and not os.path.exists(path):
@@ -153,7 +165,7 @@ def _check_source(where: str, section: BaseModel) -> None:
         _check_input(where, str(source), folder=False)  # the CutSet or RecordingSet file
         return
     if resolved == "audio" and isinstance(source, str) and not is_archive(source):
-        _check_folder_source(where, source, md5)
+        _check_folder_source(where, section, source, md5)
         return
     try:
         sources = resolve_sources(source, md5, mirror)  # type: ignore[arg-type]

@@ -28,10 +28,12 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.storage import url_to_fs
 
 __all__ = [
+    "AUDIOFOLDER_METADATA",
     "AUDIO_SUFFIXES",
     "FileFacts",
     "MetadataTable",
     "SpeakerRule",
+    "default_metadata",
     "file_facts",
     "list_audio_folders",
     "read_metadata_table",
@@ -86,6 +88,7 @@ def read_metadata_table(url: str) -> MetadataTable:
     else:
         delimiter = "\t" if url.lower().endswith(".tsv") else ","
         records = list(csv.DictReader(io.StringIO(raw), delimiter=delimiter))
+    records = [_aliased(r) if isinstance(r, dict) else r for r in records]
     if not records or not all(isinstance(r, dict) and r.get("path") for r in records):
         raise CodecflowError(f"metadata table {url} needs a `path` column on every row")
     rows = {}
@@ -96,6 +99,36 @@ def read_metadata_table(url: str) -> MetadataTable:
             None if text in (None, "") else str(text),
         )
     return MetadataTable(rows)
+
+
+#: Other names of the table's columns: Hugging Face's `audiofolder` (`file_name`), Common
+#: Voice (`sentence`, `client_id`) and common speech datasets (`transcription`, `speaker_id`).
+_ALIASES = {
+    "path": ("file_name",),
+    "text": ("transcription", "sentence", "normalized_text"),
+    "speaker": ("speaker_id", "client_id"),
+}
+
+
+def _aliased(record: dict[str, object]) -> dict[str, object]:
+    out = dict(record)
+    for name, others in _ALIASES.items():
+        if out.get(name) in (None, ""):
+            out[name] = next((out[o] for o in others if out.get(o) not in (None, "")), None)
+    return out
+
+
+#: The metadata file of a Hugging Face `audiofolder`, used when `metadata` is not set.
+AUDIOFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+def default_metadata(audio_root: str) -> str | None:
+    """`<audio_root>/metadata.csv` or `.jsonl` (an audiofolder's), when there; else None."""
+    fs, base = url_to_fs(audio_root)
+    for name in AUDIOFOLDER_METADATA:
+        if fs.exists(posixpath.join(base, name)):
+            return f"{audio_root.rstrip('/')}/{name}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Libri-Light's files, and everything after probing is one code path.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,10 +27,12 @@ from codecflow.schemas.sources import ARCHIVE_SUFFIXES, is_archive, source_layou
 from codecflow.tasks.acquire.audio_files import (
     MetadataTable,
     SpeakerRule,
+    default_metadata,
     list_audio_folders,
     read_metadata_table,
 )
 from codecflow.tasks.acquire.audio_probe import probe_audio_folder
+from codecflow.tasks.acquire.hf_import import materialize_hf
 from codecflow.tasks.acquire.lhotse_import import lhotse_probes, lhotse_texts, read_lhotse
 from codecflow.tasks.acquire.manifest import ManifestRecord, write_manifest
 from codecflow.tasks.acquire.probe import BookListing, BookProbe, Reject
@@ -42,7 +45,9 @@ __all__ = [
     "ARCHIVE_SUFFIXES",
     "AudioOptions",
     "audio_options",
+    "HF_SAVED",
     "build_audio_manifest",
+    "build_hf_manifest",
     "build_lhotse_manifest",
     "extraction_folder",
     "finish_audio_manifest",
@@ -51,12 +56,39 @@ __all__ = [
     "resolved_layout",
     "segment_texts",
     "table_rejects",
+    "with_folder_metadata",
 ]
 
 
+#: The one line for `speaker_from: table` with no table to read.
+NO_TABLE = (
+    "speaker_from 'table' needs a metadata table: set metadata, or put metadata.csv or "
+    "metadata.jsonl in the source folder"
+)
+
+#: What a Hugging Face `save_to_disk` folder holds (a Dataset's info, a DatasetDict's splits).
+HF_SAVED = ("dataset_info.json", "dataset_dict.json")
+
+
 def resolved_layout(settings: AcquireSettings) -> str:
-    """ "librilight" or "audio", the layout of an acquire config (`schemas.sources`)."""
-    return source_layout(settings.source, settings.layout)
+    """The layout of an acquire config: `schemas.sources.source_layout`, and "hf" for a local
+    folder that Hugging Face's save_to_disk wrote."""
+    layout = source_layout(settings.source, settings.layout)
+    source = settings.source
+    if settings.layout == "auto" and layout == "audio" and "://" not in source:
+        if any(os.path.isfile(os.path.join(source, marker)) for marker in HF_SAVED):
+            return "hf"
+    return layout
+
+
+def build_hf_manifest(
+    settings: AcquireSettings, root: str, manifest_dir: str | None = None
+) -> ManifestRecord:
+    """`layout: hf`: the dataset's audio written under the root, then any folder of audio."""
+    folder, table, has_speaker = materialize_hf(settings.source, root)
+    speaker_from = "table" if has_speaker else "file"
+    local = settings.model_copy(update={"metadata": table, "speaker_from": speaker_from})
+    return build_audio_manifest(folder, root, local, manifest_dir)
 
 
 class AudioOptions:
@@ -72,6 +104,8 @@ def audio_options(settings: AcquireSettings) -> AudioOptions:
     if settings.md5 and not is_archive(settings.source):
         raise CodecflowError(f"md5 checks an archive; {settings.source} is a folder: leave md5 out")
     table = read_metadata_table(settings.metadata) if settings.metadata else None
+    if settings.speaker_from == "table" and table is None:
+        raise CodecflowError(NO_TABLE)
     vad = VadSettings(
         mode=settings.vad,
         threshold=settings.vad_threshold,
@@ -156,11 +190,21 @@ def finish_audio_manifest(
     )
 
 
+def with_folder_metadata(settings: AcquireSettings, audio_root: str) -> AcquireSettings:
+    """`settings` with `metadata` set to the folder's own table (a Hugging Face audiofolder's
+    metadata.csv / .jsonl) when none is given and there is one."""
+    if settings.metadata is not None:
+        return settings
+    found = default_metadata(audio_root)
+    return settings if found is None else settings.model_copy(update={"metadata": found})
+
+
 def build_audio_manifest(
     audio_root: str, root: str, settings: AcquireSettings, manifest_dir: str | None = None
 ) -> ManifestRecord:
     """Probe every audio file under `audio_root`, then `finish_audio_manifest`: the whole
     `layout: audio` acquisition of a source already on disk or in a bucket, in one call."""
+    settings = with_folder_metadata(settings, audio_root)
     _, probes = probe_audio_source(audio_root, root, audio_options(settings))
     return finish_audio_manifest(audio_root, root, probes, settings, manifest_dir)
 

@@ -70,6 +70,7 @@ __all__ = [
     "extract_task",
     "fetch_task",
     "finalize_dataset_task",
+    "import_hf_task",
     "import_lhotse_task",
     "list_audio_task",
     "list_books_task",
@@ -176,6 +177,13 @@ def probe_book_task(root: str, listing: probe.BookListing) -> probe.BookProbe:
 def import_lhotse_task(settings: AcquireSettings, root: str) -> segment_manifest.ManifestRecord:
     """lhotse manifests into the segment manifest (its supervisions are the speech and text)."""
     return ingest.build_lhotse_manifest(settings, root)
+
+
+@task(name="import-hf", **_CACHED)
+def import_hf_task(settings: AcquireSettings, root: str) -> segment_manifest.ManifestRecord:
+    """A Hugging Face dataset saved by save_to_disk, its audio written under the root, into the
+    segment manifest (not cached: it writes the audio folder the manifest points at)."""
+    return ingest.build_hf_manifest(settings, root)
 
 
 @task(name="list-audio", **_RETRIED)

@@ -161,8 +161,8 @@ def test_layout_auto_and_bad_settings(tmp_path: Path) -> None:
     assert resolved_layout(AcquireSettings(source="https://x.org/a.tar.gz")) == "librilight"
     with pytest.raises(ValueError, match="speaker_regex needs a"):
         AcquireSettings(speaker_from="regex", speaker_regex="(\\w+)")
-    with pytest.raises(ValueError, match="needs a metadata table"):
-        AcquireSettings(speaker_from="table")
+    with pytest.raises(CodecflowError, match="needs a metadata table"):
+        codecflow.ingest(str(tmp_path), str(tmp_path / "r0"), speaker_from="table")
     with pytest.raises(CodecflowError, match="audio source not found"):
         codecflow.ingest(str(tmp_path / "nowhere"), str(tmp_path / "r"))
     (tmp_path / "silent").mkdir()
@@ -305,3 +305,46 @@ def test_a_webdataset_tar_of_audio(speech: Path, tmp_path: Path) -> None:
     assert all(r["source_path"].startswith("sample") for r in rows)
     texts = {r["text"] for r in _table(tmp_path / "run", "texts.parquet")}
     assert "text 0" in texts  # sample000 (4 s) is one segment
+
+
+def test_a_hugging_face_dataset_saved_by_datasets(speech: Path, tmp_path: Path) -> None:
+    """`save_to_disk` of a dataset with an Audio column (written by `datasets` itself): its
+    embedded audio, speakers and transcripts."""
+    import datasets
+
+    folder = mixed_folder(speech)
+    files = ["alice/two.flac", "dave/five.wav", "bob/three.ogg"]
+    ds = datasets.Dataset.from_dict(
+        {"audio": [str(folder / f) for f in files], "transcription": ["t two", "t five", None],
+         "speaker_id": ["A", "D", "B"]}
+    ).cast_column("audio", datasets.Audio())  # fmt: skip
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(saved))
+    assert resolved_layout(AcquireSettings(source=str(saved))) == "hf"
+    manifest = codecflow.ingest(str(saved), str(tmp_path / "run"), target_len_sec=5.0)
+    rows = pq.read_table(manifest).to_pylist()
+    assert {r["speaker"] for r in rows} == {"A", "D", "B"}
+    assert {r["sample_rate"] for r in rows} == {22_050, 16_000, 44_100}
+    texts = {r["text"] for r in _table(tmp_path / "run", "texts.parquet")}
+    assert texts == {"t two", "t five"} or texts == {"t two"}  # five.wav (4 s): one segment
+    assert "t two" in texts
+
+
+def test_a_hugging_face_audiofolder_and_its_metadata(speech: Path, tmp_path: Path) -> None:
+    """An `audiofolder` (audio + metadata.csv with `file_name`): read as any folder, its table
+    used without being named."""
+    import shutil
+
+    folder = tmp_path / "audiofolder"
+    folder.mkdir()
+    for name in ("alice/two.flac", "dave/five.wav"):
+        shutil.copy(mixed_folder(speech) / name, folder / Path(name).name)
+    (folder / "metadata.csv").write_text(
+        "file_name,transcription,speaker_id\ntwo.flac,hello two,S2\nfive.wav,hello five,S5\n"
+    )
+    manifest = codecflow.ingest(
+        str(folder), str(tmp_path / "run"), speaker_from="table", target_len_sec=5.0
+    )
+    rows = pq.read_table(manifest).to_pylist()
+    assert {r["speaker"] for r in rows} == {"S2", "S5"}
+    assert "hello two" in {r["text"] for r in _table(tmp_path / "run", "texts.parquet")}
