@@ -3,6 +3,7 @@
 domain; attributions in that folder's README) and the repository's prompt.
 
 - `mixed_folder`: WAV at 8 kHz, FLAC at 22.05 kHz, OGG/Vorbis at 44.1 kHz, stereo MP3 at 48 kHz,
+  Opus at 48 kHz,
   in one folder per speaker, with sidecar transcripts (.txt, .lab), a transcript without audio,
   a corrupt WAV and a zero-length FLAC;
 - `librispeech_tree`: `<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` with the chapter's
@@ -35,6 +36,7 @@ MIXED_EXPECTED = {
     "bob/three.ogg": ("bob", 44_100, 1),
     "bob/four.mp3": ("bob", 48_000, 2),
     "dave/five.wav": ("dave", 16_000, 1),
+    "erin/six.opus": ("erin", 48_000, 1),
 }
 
 
@@ -54,7 +56,7 @@ def mixed_folder(root: Path) -> Path:
     folder = root / "mixed"
     if folder.is_dir():
         return folder
-    for name in ("alice", "bob", "carol", "dave"):
+    for name in ("alice", "bob", "carol", "dave", "erin"):
         (folder / name).mkdir(parents=True)
     a, rate = _read(SPEECH / _CLIPS[0])
     sf.write(folder / "alice" / "one.wav", _at(a, rate, 8_000), 8_000)
@@ -71,6 +73,8 @@ def mixed_folder(root: Path) -> Path:
     (folder / "carol" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" * 8)
     (folder / "carol" / "empty.flac").write_bytes(b"")
     sf.write(folder / "dave" / "five.wav", p, rate_p)  # the prompt, 16 kHz
+    opus = _at(c[: 5 * rate_c], rate_c, 48_000)  # Opus codes at 48 kHz
+    sf.write(folder / "erin" / "six.opus", opus, 48_000, format="OGG", subtype="OPUS")
     return folder
 
 

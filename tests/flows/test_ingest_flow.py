@@ -45,6 +45,20 @@ def test_a_folder_through_the_flow_equals_the_plain_function(
     assert _rows(plain) == rows  # the flow fans folders out; the same manifest
 
 
+def test_vad_fanned_out_over_a_dask_cluster_gives_the_same_manifest(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    """Two real Dask worker processes probe (decode + Silero) the folders."""
+    folder = mixed_folder(tmp_path)
+    result = run_codecflow(
+        prefect_api_url, "acquire", "--set", f"source={folder}", "--set", "target_len_sec=5",
+        "--set", "workers=2", "--set", f"root={tmp_path / 'dask'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = codecflow.ingest(str(folder), str(tmp_path / "plain"), target_len_sec=5.0)
+    assert _rows(_outputs(result.stdout)["manifest"]) == _rows(plain)
+
+
 def test_a_tar_gz_over_http_with_its_md5(prefect_api_url: str, tmp_path: Path) -> None:
     tree = librispeech_tree(tmp_path)
     buffer = io.BytesIO()

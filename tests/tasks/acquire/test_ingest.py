@@ -134,7 +134,7 @@ def test_speakers_from_a_regex_a_table_or_each_file(speech: Path, tmp_path: Path
         str(folder), str(tmp_path / "re"), speaker_from="regex",
         speaker_regex=r"^(?P<speaker>[a-z])", target_len_sec=5.0,
     )  # fmt: skip
-    assert {r["speaker"] for r in pq.read_table(by_regex).to_pylist()} == {"a", "b", "d"}
+    assert {r["speaker"] for r in pq.read_table(by_regex).to_pylist()} == {"a", "b", "d", "e"}
     table = tmp_path / "meta.csv"
     table.write_text("path,speaker,text\nalice/two.flac,A1,from the table\ndave/five.wav,D1,\n")
     by_table = codecflow.ingest(
@@ -150,7 +150,7 @@ def test_speakers_from_a_regex_a_table_or_each_file(speech: Path, tmp_path: Path
     by_file = codecflow.ingest(
         str(folder), str(tmp_path / "file"), speaker_from="file", target_len_sec=5.0
     )
-    assert len({r["speaker"] for r in pq.read_table(by_file).to_pylist()}) == 5
+    assert len({r["speaker"] for r in pq.read_table(by_file).to_pylist()}) == 6
     summary = json.loads((tmp_path / "file" / "manifest" / "summary.json").read_text())
     assert summary["speakers_note"] == "no speaker known: each file is its own speaker"
 
@@ -348,3 +348,17 @@ def test_a_hugging_face_audiofolder_and_its_metadata(speech: Path, tmp_path: Pat
     rows = pq.read_table(manifest).to_pylist()
     assert {r["speaker"] for r in rows} == {"S2", "S5"}
     assert "hello two" in {r["text"] for r in _table(tmp_path / "run", "texts.parquet")}
+
+
+def test_a_second_file_with_the_same_speaker_and_name_is_a_reject(
+    speech: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "dups"
+    for chapter in ("x", "y"):
+        (folder / "spk" / chapter).mkdir(parents=True)
+        (folder / "spk" / chapter / "one.wav").write_bytes(
+            (mixed_folder(speech) / "dave" / "five.wav").read_bytes()
+        )
+    codecflow.ingest(str(folder), str(tmp_path / "run"), speaker_from="grandparent")
+    rejects = {r["path"]: r["reason"] for r in _table(tmp_path / "run", "rejects.parquet")}
+    assert rejects == {"spk/y/one.wav": "duplicate: same speaker and name as spk/x/one.wav"}
