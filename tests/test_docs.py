@@ -37,7 +37,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 MARKER = re.compile(r"<!-- example: (run|check) \(([^)]*)\) -->\n```(bash|python)\n(.*?)```", re.S)
 FENCE = re.compile(r"^```(bash|python)\n", re.M)
 #: Subcommands that are not flows (codecflow/cli/main.py).
-OTHER_COMMANDS = {"sizes", "plan", "tokenizers", "threads", "server", "demo"}
+OTHER_COMMANDS = {"sizes", "plan", "tokenizers", "threads", "server", "demo", "audit-tokenizer"}
 #: The marker of an example this file runs; any other `run` marker names the test that does.
 RUN_HERE_MARK = "tests/test_docs.py"
 

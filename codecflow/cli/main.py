@@ -188,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument("--hours", required=True, type=float, help="hours of audio")
     sizes.add_argument("--json", action="store_true", help="print one JSON object")
     _plan_parser(commands)
+    audit = commands.add_parser(
+        "audit-tokenizer",
+        help="how many codes change when a segment is encoded inside a batch of other lengths",
+    )
+    audit.add_argument("tokenizer", help="mu-law-256, mimi_8_rvq, codec:<checkpoint>@N, ...")
+    audit.add_argument(
+        "--audio", nargs="*", default=[], help="audio files (default: the shipped prompt, cut)"
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser(
         "tokenizers", help="the valid tokenizer names and patterns, with their token rates"
     )
@@ -282,6 +291,25 @@ def _sizes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """`codecflow audit-tokenizer`: the batch-invariance shares (`tasks.tokenize.audit`)."""
+    import json
+    from dataclasses import asdict
+
+    from codecflow.cli.audit import audit_tokenizer, format_audit
+
+    try:
+        result = audit_tokenizer(args.tokenizer, args.audio)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(asdict(result)) if args.json else format_audit(result), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["server"]:  # its own parser (argparse's REMAINDER drops a first --help)
@@ -293,7 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The policy is read first, without torch (a bad CODECFLOW_THREADS is one line at once);
         # torch's threads are set before any torch work (tasks.core.threads).
         thread_policy(usable_cpus(), getattr(args, "workers", None) or 1)
-        if args.command in ("threads", "sizes", "plan"):  # the flows apply it after the checks
+        if args.command in (
+            "threads",
+            "sizes",
+            "plan",
+            "audit-tokenizer",
+        ):  # the flows apply it after the checks
             policy = apply_thread_policy(getattr(args, "workers", None))
     except CodecflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -308,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "sizes":
         return _sizes(args)
+    if args.command == "audit-tokenizer":
+        return _audit(args)
     if args.command == "plan":
         return _plan(args)
     if args.command == "demo":
