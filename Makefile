@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 BIN := .venv/bin
 
-.PHONY: help uv bootstrap bootstrap-dev demo test test-fast lint format clean chromium server server-stop docs docs-serve
+.PHONY: help uv bootstrap bootstrap-dev demo test test-fast lint format clean chromium slurm server server-stop docs docs-serve
 
 help:
 	@echo "make demo       the whole pipeline on the embedded corpus -> runs/demo/report/index.html"
@@ -50,8 +50,16 @@ chromium:
 		$$sudo apt-get update -q && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# The Slurm test (tests/ops/test_slurm.py) starts its own munged, slurmctld and slurmd on 127.0.0.1
+# from Debian's slurm-wlm and munge: installed with apt-get when missing, as chromium.
+slurm:
+	@[ -e /usr/sbin/slurmctld ] && [ -e /usr/sbin/munged ] || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		$$sudo apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
+
 # UV is passed on: the packaging tests build the wheel and install it into fresh venvs with it.
-test: lint chromium
+test: lint chromium slurm
 	CODECFLOW_UV="$(UV)" $(BIN)/pytest
 
 test-fast: lint

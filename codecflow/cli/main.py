@@ -39,6 +39,7 @@ from codecflow.cli.config import CliError, load_config, read_config_file
 from codecflow.cli.help import format_fields, format_tokenizers
 from codecflow.cli.prefect_env import apply_prefect_defaults
 from codecflow.cli.preflight import check_config
+from codecflow.cli.slurm_command import TRAINERS, plan_slurm, slurm_arguments, submit_slurm
 from codecflow.schemas.configs import (
     AcquireConfig,
     CompareCodecsConfig,
@@ -165,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override one config value (repeatable)",
         )
+        if name in TRAINERS:
+            slurm_arguments(sub, nodes=True)
     commands.add_parser(
         "demo",
         help="the whole pipeline on the shipped corpus, from any folder (= pipeline --config demo)",
@@ -229,6 +232,7 @@ def _plan_parser(commands: Any) -> None:
     plan.add_argument("--peak-tflops", type=float,
                       help="dense bf16 peak per GPU (default an H100 SXM's 989)")  # fmt: skip
     plan.add_argument("--nodes", type=int, default=1, help="machines of nproc_per_node GPUs")
+    slurm_arguments(plan, nodes=False)
     plan.add_argument("--hours", type=float, help="audio hours instead of the config's")
     plan.add_argument("--tokenizer", help="train-lm without a dataset yet: its tokenizer")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -269,6 +273,8 @@ def _plan(args: argparse.Namespace) -> int:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
+    if args.launcher == "slurm":
+        return plan_slurm(config, args)
     print(json.dumps(plan.to_json()) if args.json else format_plan(plan), flush=True)
     return 0
 
@@ -362,6 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         final_lines.append((f"error: {_one_line(exc)}", sys.stderr))
         return 2
+    if getattr(args, "launcher", "local") == "slurm":
+        try:  # no Prefect: the job runs on the cluster, when Slurm starts it
+            final_lines.extend(
+                (line, sys.stdout) for line in submit_slurm(args.command, config, args)
+            )
+        except CodecflowError as exc:
+            final_lines.append((f"error: {_one_line(exc)}", sys.stderr))
+            return 2
+        return 0
     apply_thread_policy()
     apply_prefect_defaults()  # before Prefect is imported: it reads them when it loads
     from codecflow.cli.session import ephemeral_server, interrupts

@@ -37,7 +37,10 @@ from codecflow.tasks.train import lm as train_lm
 
 __all__ = [
     "check_settings",
+    "CODEC_JOB",
+    "LM_JOB",
     "rank_main",
+    "write_run_file",
     "read_run_config",
     "run_codec_torchrun",
     "run_torchrun",
@@ -56,7 +59,7 @@ class _Job:
     held_env: str  # tells the ranks that the launcher holds the output's lock
 
 
-_LM = _Job(
+LM_JOB = _LM = _Job(
     "train-lm",
     "codecflow.tasks.train.lm_worker",
     "dataset",
@@ -64,7 +67,7 @@ _LM = _Job(
     train_lm.LM_RUN_COMMITTED,
     train_lm.LM_RUN_HELD_ENV,
 )
-_CODEC = _Job(
+CODEC_JOB = _CODEC = _Job(
     "train-codec",
     "codecflow.tasks.train.codec_worker",
     "manifest",
@@ -118,7 +121,7 @@ def _launch_torchrun(
 ) -> None:
     import tempfile
 
-    run_file = _write_run_file(job, data, out, settings)
+    run_file = write_run_file(job, data, out, settings)
     with tempfile.TemporaryDirectory(prefix="codecflow-ranks-") as errors:
         expected = Path(errors) / "settings.json"
         expected.write_text(json.dumps(settings.model_dump(mode="json"), sort_keys=True))
@@ -136,7 +139,7 @@ def _launch_torchrun(
             _raise_rank_failure(job, Path(errors), status)
 
 
-def _write_run_file(job: _Job, data: str, out: Path, settings: BaseModel) -> Path:
+def write_run_file(job: _Job, data: str, out: Path, settings: BaseModel) -> Path:
     """`<out>/run.yaml`: the trainer's config of the fields the user set, as they gave them.
 
     A full dump would add the default model shape beside a `preset`, and would validate no
