@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -12,6 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from codecflow.schemas.tokenizers import dataset_folder_name
 from codecflow.tasks.core.links import FILES_ROOT_ENV, FILES_URL_ENV, file_url, where
+from codecflow.tasks.core.storage import cache_root
 from codecflow.tasks.core.threads import worker_thread_env
 
 __all__ = [
@@ -57,14 +59,40 @@ def publish_link(key: str, path: str | Path, text: str, description: str) -> Non
     )
 
 
-def task_runner_for(workers: int, dask_address: str | None) -> Any:
-    """Prefect's default runner (None), or a Dask runner for `dask_address` / `workers > 0`."""
-    if not dask_address and workers == 0:
+def _slurm_runner(slurm: Any) -> Any:
+    """A Dask runner whose workers are Slurm jobs (dask-jobqueue's SLURMCluster), `jobs` of
+    them, each one Dask worker of `cores` threads; the workers run this Python, and report to
+    the Prefect API this process uses (exported in their job script)."""
+    from prefect_dask import DaskTaskRunner
+
+    directives = [f"--gpus-per-node={slurm.gpus}"] if slurm.gpus else []
+    prologue = [f"export PREFECT_API_URL={os.environ['PREFECT_API_URL']}"]
+    return DaskTaskRunner(
+        cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs={
+            "queue": slurm.partition, "account": slurm.account, "cores": slurm.cores,
+            "processes": 1, "memory": slurm.memory, "walltime": slurm.walltime,
+            "python": sys.executable, "job_extra_directives": directives,
+            "job_script_prologue": prologue, "scheduler_options": {"dashboard_address": ":0"},
+            "worker_extra_args": ["--nthreads", str(slurm.cores)],
+            # The jobs' logs: not sbatch's default, slurm-<id>.out in the working folder.
+            "log_directory": str(cache_root() / "slurm-logs"),
+        },
+        adapt_kwargs={"minimum": slurm.jobs, "maximum": slurm.jobs},
+    )  # fmt: skip
+
+
+def task_runner_for(workers: int, dask_address: str | None, slurm: Any = None) -> Any:
+    """Prefect's default runner (None), or a Dask runner for `dask_address`, `slurm` (workers
+    as Slurm jobs) or `workers > 0` (a LocalCluster), in that order."""
+    if not dask_address and slurm is None and workers == 0:
         return None
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    if slurm is not None:
+        return _slurm_runner(slurm)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -99,7 +127,12 @@ def result_storage_for(root: str) -> str | None:
 
 
 def run_on_runner(
-    flow: Any, cfg: Any, workers: int, dask_address: str | None, storage_root: str = ""
+    flow: Any,
+    cfg: Any,
+    workers: int,
+    dask_address: str | None,
+    storage_root: str = "",
+    slurm: Any = None,
 ) -> Any:
     """Run `flow(cfg)` on the runner asked for, its results on S3 when `storage_root` is there.
 
@@ -111,12 +144,11 @@ def run_on_runner(
     results = result_storage_for(storage_root)
     if results is not None:
         flow = flow.with_options(result_storage=results)
-    runner = task_runner_for(workers, dask_address)
-    if runner is None:
+    if not dask_address and slurm is None and workers == 0:
         return flow(cfg)
     if not os.environ.get("PREFECT_API_URL"):
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
             os.environ["PREFECT_API_URL"] = str(client.api_url)
-    return flow.with_options(task_runner=runner)(cfg)
+    return flow.with_options(task_runner=task_runner_for(workers, dask_address, slurm))(cfg)

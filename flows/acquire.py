@@ -199,6 +199,11 @@ def _acquire_audio(cfg: AcquireConfig) -> ManifestRecord:
 def run_acquire(cfg: AcquireConfig) -> ManifestRecord:
     """Run the acquire flow on the runner its config asks for (default, or Dask)."""
     result: ManifestRecord = run_on_runner(
-        acquire_flow, cfg, cfg.workers, cfg.dask_address, storage_root=cfg.root
+        acquire_flow,
+        cfg,
+        cfg.workers,
+        cfg.dask_address,
+        storage_root=cfg.root,
+        slurm=cfg.slurm,
     )
     return result

@@ -75,6 +75,11 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
 def run_tokenize(cfg: TokenizeConfig) -> DatasetRecord:
     """Run the tokenize flow on the runner its config asks for (default, or Dask)."""
     result: DatasetRecord = run_on_runner(
-        tokenize_flow, cfg, cfg.workers, cfg.dask_address, storage_root=cfg.out
+        tokenize_flow,
+        cfg,
+        cfg.workers,
+        cfg.dask_address,
+        storage_root=cfg.out,
+        slurm=cfg.slurm,
     )
     return result

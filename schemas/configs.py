@@ -92,6 +92,16 @@ def _inputs_first(*names: str) -> Callable[[dict[str, Any]], None]:
     return reorder
 
 
+class SlurmSettings(_Config):
+    partition: str | None = Field(None, description="Slurm partition (the cluster's default).")
+    account: str | None = Field(None, description="Slurm account to charge.")
+    jobs: int = Field(2, ge=1, le=1024, description="Slurm jobs, one Dask worker each.")
+    cores: int = Field(1, ge=1, le=256, description="CPU cores per job (one thread per core).")
+    memory: str = Field("4GB", description="Memory per job, as Dask writes it: 4GB, 64GB.")
+    gpus: int = Field(0, ge=0, le=16, description="GPUs per job (--gpus-per-node).")
+    walltime: str = Field("01:00:00", description="Time limit per job, HH:MM:SS.")
+
+
 class AcquireSettings(_Config):
     source: str = Field(
         "data/librilight-tiny/librilight-tiny.tar",
@@ -206,6 +216,11 @@ class AcquireSettings(_Config):
         None,
         description="Address of an existing Dask scheduler (tcp://host:8786); wins over workers.",
     )
+    slurm: SlurmSettings | None = Field(
+        None,
+        description="Fan probing out over Dask workers started as Slurm jobs (dask-jobqueue's "
+        "SLURMCluster); dask_address wins over it, it wins over workers.",
+    )
 
     _shipped_source = field_validator("source")(lambda cls, value: packaged_path(value))
 
@@ -289,6 +304,11 @@ class TokenizeSettings(_Config):
     )
     dask_address: str | None = Field(
         None, description="Address of an existing Dask scheduler (tcp://host:8786)."
+    )
+    slurm: SlurmSettings | None = Field(
+        None,
+        description="Fan the shard groups out over Dask workers started as Slurm jobs "
+        "(dask-jobqueue's SLURMCluster); dask_address wins over it, it wins over workers.",
     )
 
     @field_validator("tokenizer")

@@ -69,6 +69,18 @@ def _content_digest(url: str) -> bytes:
     return fingerprint(Path(url)).encode()
 
 
+def _task_source(fn: Any) -> bytes:
+    """The source of a task's function. On a Dask worker the task arrives pickled by value, its
+    code named `<dynamic-code>`, and `inspect` finds no source (every cache key failed there,
+    "result will not be persisted"): the function is then looked up by name in its module,
+    which the worker imports from the same package."""
+    try:
+        return inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        defined = getattr(importlib.import_module(fn.__module__), fn.__name__)
+        return inspect.getsource(getattr(defined, "fn", defined)).encode()
+
+
 def _source(module: ModuleType) -> bytes:
     """A module's source, or every module's of a package (`tasks.train`: the trainers and the
     scaffolding they share), in name order."""
@@ -95,7 +107,7 @@ def content_key(
         digest = hashlib.sha256()
         task = context.task
         digest.update(task.name.encode())
-        digest.update(inspect.getsource(task.fn).encode())
+        digest.update(_task_source(task.fn))
         digest.update(code_digest.encode())
         digest.update(stable_json(parameters).encode())
         for spec in path_params:

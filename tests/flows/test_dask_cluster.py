@@ -77,6 +77,9 @@ def test_acquire_and_tokenize_on_a_cluster_write_the_bytes_of_a_local_run(
         for i in range(2)
     )
     assert "probe-book" in logs and "write-shards" in logs, logs[-2000:]
+    # Each task's cache key is computed on the worker too (its results persisted): a task
+    # pickled by value has no source file there, and every key used to fail.
+    assert "Error encountered when computing cache key" not in logs
 
 
 def test_a_worker_killed_mid_run_is_survived(

@@ -89,3 +89,41 @@ def test_without_sbatch_the_launcher_is_one_line(tiny_dataset: Path, tmp_path: P
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: sbatch not found")
+
+
+def _files(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".codecflow-" not in p.name
+    }
+
+
+def test_tokenize_fans_out_over_slurm_jobs(
+    tiny_manifest: Path, prefect_api_url: str, tmp_path: Path
+) -> None:
+    """`slurm:` settings: two Dask workers started as Slurm jobs write the shards, the bytes of
+    a run without Dask."""
+    common = ("--set", f"manifest={tiny_manifest}", "--set", "shard_hours=0.0011",
+              "--set", "max_tasks=3", "--set", "formats=[arrow]")  # fmt: skip
+    with slurm_cluster(tmp_path / "slurm") as env:
+        env = {
+            **env,
+            "PREFECT_API_URL": prefect_api_url,
+            "DASK_TEMPORARY_DIRECTORY": str(tmp_path / "dask"),
+        }
+        local = _codecflow(env, "tokenize", *common, "--set", f"out={tmp_path / 'local'}")
+        assert local.returncode == 0, local.stderr[-3000:]
+        fanned = _codecflow(
+            env, "tokenize", *common, "--set", f"out={tmp_path / 'slurm-out'}",
+            "--set", "slurm.jobs=2", "--set", "slurm.memory=2GB", "--set", "slurm.walltime=00:10:00",
+        )  # fmt: skip
+        assert fanned.returncode == 0, fanned.stderr[-3000:]
+    files = _files(tmp_path / "local")
+    assert sum(name.endswith(".arrow") for name in files) >= 3
+    assert _files(tmp_path / "slurm-out") == files
+    # Slurm ran the two worker jobs, and their logs are not left in the working folder.
+    allocated = (tmp_path / "slurm" / "slurmctld.log").read_text().count("Allocate JobId=")
+    assert allocated >= 2 and not list(REPO.glob("slurm-*.out"))
