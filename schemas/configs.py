@@ -77,6 +77,17 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _choice_titles(*titles: str) -> Callable[[dict[str, Any]], None]:
+    """A field's `json_schema_extra` naming the branches of its `anyOf`: the UI's tabs for
+    `X | None` would read the class name and "None"."""
+
+    def name(schema: dict[str, Any]) -> None:
+        for branch, title in zip(schema.get("anyOf", []), titles, strict=False):
+            branch["title"] = title
+
+    return name
+
+
 def _inputs_first(*names: str) -> Callable[[dict[str, Any]], None]:
     """A model's `json_schema_extra` that lists `names` (a stage's inputs and outputs) first.
 
@@ -218,6 +229,8 @@ class AcquireSettings(_Config):
     )
     slurm: SlurmSettings | None = Field(
         None,
+        title="slurm",
+        json_schema_extra=_choice_titles("Dask workers as Slurm jobs", "no Slurm"),
         description="Fan probing out over Dask workers started as Slurm jobs (dask-jobqueue's "
         "SLURMCluster); dask_address wins over it, it wins over workers.",
     )
@@ -307,6 +320,8 @@ class TokenizeSettings(_Config):
     )
     slurm: SlurmSettings | None = Field(
         None,
+        title="slurm",
+        json_schema_extra=_choice_titles("Dask workers as Slurm jobs", "no Slurm"),
         description="Fan the shard groups out over Dask workers started as Slurm jobs "
         "(dask-jobqueue's SLURMCluster); dask_address wins over it, it wins over workers.",
     )
@@ -779,17 +794,6 @@ class EvaluateConfig(EvaluateSettings):
 
     _local_checkpoint = _local_only("checkpoint", "train_run", why=_CHECKPOINT_IN)
     _local_out = _local_only("out", "index", why=_REPORT_OUT)
-
-
-def _choice_titles(*titles: str) -> Callable[[dict[str, Any]], None]:
-    """A field's `json_schema_extra` naming the branches of its `anyOf`: the UI's tabs for
-    `X | None` would read the class name and "None"."""
-
-    def name(schema: dict[str, Any]) -> None:
-        for branch, title in zip(schema.get("anyOf", []), titles, strict=False):
-            branch["title"] = title
-
-    return name
 
 
 #: The checkpoint name of `codec:trained[@<levels>]`: the codec a pipeline's train_codec trains.
