@@ -46,7 +46,7 @@ def _extracted(settings: AcquireSettings, root: str, layout: str) -> list[str]:
     folders = []
     for source in resolve_sources(settings.source, settings.md5, settings.mirror):
         if layout == "audio":
-            dest = extraction_folder(root, source.url)
+            dest = extraction_folder(root, source)
         else:
             dest = storage.join(root, "librilight", archive_folder(source))
         check_reuse(dest, source.url, source.md5)

@@ -150,7 +150,7 @@ def _audio_root(cfg: AcquireConfig) -> str:
         [source] = resolve_sources(cfg.source, cfg.md5, cfg.mirror)
     except SourceSpecError as err:
         raise CodecflowError(str(err)) from None
-    dest = extraction_folder(cfg.root, source.url)
+    dest = extraction_folder(cfg.root, source)
     check_reuse(dest, source.url, source.md5)
     extracted = is_extracted(dest)
     download = download_dir(cfg.root, cfg.download_dir) / Path(source.url).name

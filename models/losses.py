@@ -77,19 +77,26 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
     )
 
 
-def _stft_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
-    """float `[B, T]` -> float32 `[B, G, W]` STFT magnitudes (Hann window, zero-padded centre)."""
+def _stft(wav: Tensor, n_fft: int, hop_length: int, win_length: int, pad_mode: str) -> Tensor:
+    """float `[B, T]` -> complex64 `[B, G, W]`: centred frames, a periodic Hann window of
+    `win_length` (torch pads it to `n_fft`, as torchaudio's `Spectrogram` does)."""
     window = torch.hann_window(win_length, device=wav.device, dtype=torch.float32)
-    spec = torch.stft(
+    return torch.stft(
         wav.float(),
         n_fft=n_fft,
         hop_length=hop_length,
         win_length=win_length,
         window=window,
         center=True,
-        pad_mode="constant",  # works for any T, also shorter than n_fft / 2
+        pad_mode=pad_mode,
         return_complex=True,
     )  # [B, G, W]
+
+
+def _stft_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
+    """float `[B, T]` -> float32 `[B, G, W]` STFT magnitudes (Hann window, zero-padded centre)."""
+    # Zero padding works for any T, also shorter than n_fft / 2.
+    spec = _stft(wav, n_fft, hop_length, win_length, "constant")  # [B, G, W]
     power = spec.real.square() + spec.imag.square()  # [B, G, W]
     # sqrt has an infinite slope at 0: floor the power so silent bins give finite gradients.
     return power.clamp_min(_LOG_FLOOR**2).sqrt()
@@ -126,21 +133,10 @@ def multi_scale_spectral_loss(
 
 def _post_magnitude(wav: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
     """float `[B, T]` -> float32 `[B, G, W]`: torchaudio `Spectrogram(power=1)`'s magnitudes."""
-    window = torch.hann_window(win_length, device=wav.device, dtype=torch.float32)
     # Reflect padding needs T > n_fft / 2 (torch raises otherwise); shorter inputs, which the
     # post never sees (its crops are 2^16 samples), are zero-padded instead.
     pad_mode = "reflect" if wav.shape[-1] > n_fft // 2 else "constant"
-    spec = torch.stft(
-        wav.float(),
-        n_fft=n_fft,
-        hop_length=hop_length,
-        win_length=win_length,
-        window=window,
-        center=True,
-        pad_mode=pad_mode,
-        return_complex=True,
-    )  # [B, G, W]
-    return spec.abs()  # power 1: |S|
+    return _stft(wav, n_fft, hop_length, win_length, pad_mode).abs()  # power 1: |S|
 
 
 def post_spectral_loss(

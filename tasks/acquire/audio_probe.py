@@ -28,7 +28,7 @@ from codecflow.tasks.acquire.probe import BookListing, BookProbe, ProbedFile, Re
 from codecflow.tasks.acquire.vad import VadSettings, cached_voice_activity, voice_activity
 from codecflow.tasks.core.storage import url_to_fs
 
-__all__ = ["probe_audio_folder"]
+__all__ = ["libsndfile_reason", "probe_audio_folder"]
 
 # A transcript without audio is a reject; a `.json` without audio is not (any record passes).
 _SIDECARS = (".txt", ".lab")
@@ -39,6 +39,12 @@ def _decode(raw: bytes) -> tuple[np.ndarray, int]:
     cannot decode the bytes."""
     audio, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     return audio, int(rate)
+
+
+def libsndfile_reason(err: BaseException) -> str:
+    """libsndfile's own words for a file it cannot open, without what soundfile prefixes
+    ("Error opening <_io.BytesIO object at 0x...>: ", an address that differs every run)."""
+    return str(err).splitlines()[0].split(">: ", 1)[-1]
 
 
 def _orphan_transcripts(listing: BookListing) -> list[Reject]:
@@ -68,10 +74,7 @@ def _probe_file(
     try:
         audio, rate = _decode(raw)
     except (RuntimeError, sf.LibsndfileError) as err:
-        # "Error opening <_io.BytesIO object at 0x...>: Error in WAV file. ...": libsndfile's
-        # own words, without the buffer's address (the same on every run).
-        detail = str(err).splitlines()[0].split(">: ", 1)[-1]
-        return Reject(rel, f"unreadable audio: {detail[:120]}")
+        return Reject(rel, f"unreadable audio: {libsndfile_reason(err)[:120]}")
     if audio.shape[0] == 0:
         return Reject(rel, "empty audio: no frames")
     fact = facts[posixpath.basename(rel)]

@@ -19,11 +19,15 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from codecflow.schemas.configs import AcquireSettings
-from codecflow.schemas.sources import ARCHIVE_SUFFIXES, is_archive, source_layout
+from codecflow.schemas.sources import (
+    ARCHIVE_SUFFIXES,
+    ResolvedSource,
+    is_archive,
+    source_layout,
+)
 from codecflow.tasks.acquire.audio_files import (
     MetadataTable,
     SpeakerRule,
@@ -33,6 +37,7 @@ from codecflow.tasks.acquire.audio_files import (
 )
 from codecflow.tasks.acquire.audio_probe import probe_audio_folder
 from codecflow.tasks.acquire.hf_import import materialize_hf
+from codecflow.tasks.acquire.layout import archive_folder
 from codecflow.tasks.acquire.lhotse_import import lhotse_probes, lhotse_texts, read_lhotse
 from codecflow.tasks.acquire.manifest import ManifestRecord, write_manifest
 from codecflow.tasks.acquire.probe import BookListing, BookProbe, Reject
@@ -225,6 +230,7 @@ def build_lhotse_manifest(
     return write_manifest(audio_root, manifest_dir, plan.rows, plan, texts)
 
 
-def extraction_folder(root: str, source: str) -> str:
-    """Where an archive of `layout: audio` is extracted: `<root>/audio/<name without suffix>`."""
-    return join(root, "audio", Path(source.rstrip("/")).name.split(".")[0] or "archive")
+def extraction_folder(root: str, source: ResolvedSource) -> str:
+    """Where an archive of `layout: audio` is extracted: `<root>/audio/<archive_folder>` (the
+    name Libri-Light's extraction under `<root>/librilight/` takes too)."""
+    return join(root, "audio", archive_folder(source))

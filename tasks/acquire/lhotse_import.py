@@ -21,6 +21,7 @@ from typing import Any
 
 import soundfile as sf
 
+from codecflow.tasks.acquire.audio_probe import libsndfile_reason
 from codecflow.tasks.acquire.probe import BookProbe, ProbedFile, Reject
 from codecflow.tasks.acquire.segments import SegmentPlan
 from codecflow.tasks.core.errors import CodecflowError
@@ -111,7 +112,7 @@ def _probed(rec: LhotseRecording, rel: str) -> ProbedFile | Reject:
     try:
         info = sf.info(rec.path)
     except (RuntimeError, sf.LibsndfileError) as err:
-        return Reject(rel, f"unreadable audio: {str(err).splitlines()[0].split('>: ', 1)[-1]}")
+        return Reject(rel, f"unreadable audio: {libsndfile_reason(err)}")
     speakers = Counter(s[2] for s in rec.spans if s[2])
     speaker = speakers.most_common(1)[0][0] if speakers else rec.id
     return ProbedFile(

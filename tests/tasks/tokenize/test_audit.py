@@ -54,17 +54,9 @@ def test_the_post_codec_looks_ahead_so_tokenize_encodes_it_alone() -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_mimi_as_tokenized_is_batch_invariant() -> None:
     """The real Mimi architecture (random weights, codebooks randomised so codes are not all 0)."""
-    from moshi.models.loaders import get_mimi
-    from moshi.quantization.core_vq import EuclideanCodebook
+    from random_mimi import random_codebook_mimi
 
-    torch.manual_seed(0)
-    mimi = get_mimi(None, device="cpu", num_codebooks=4)
-    for codebook in (m for m in mimi.modules() if isinstance(m, EuclideanCodebook)):
-        codebook.embedding_sum.copy_(torch.randn(codebook.embedding_sum.shape) * 0.01)
-        codebook.cluster_usage.fill_(1.0)
-        codebook._initialized.fill_(1.0)
-        codebook.register_buffer("_embedding", None, persistent=False)
-    tokenizer = MimiTokenizer(mimi, 4)
+    tokenizer = MimiTokenizer(random_codebook_mimi(4), 4)
     result = batch_invariance("mimi_4_rvq", tokenizer, _prompt_cuts(tokenizer.sample_rate))
     print(f"mimi: naive {result.naive_share:.4f}, as tokenized {result.as_tokenized_share}")
     assert result.causal and result.as_tokenized_share == 0.0

@@ -391,8 +391,7 @@ def _speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:
 
 def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Path) -> None:
     """Padding never changes a segment's codes: batches of different lengths vs one by one."""
-    from moshi.models.loaders import get_mimi
-    from moshi.quantization.core_vq import EuclideanCodebook
+    from random_mimi import random_codebook_mimi
 
     from codecflow.models.codec import build_rvq_codec
     from codecflow.models.codec_tokenizer import CodecTokenizer
@@ -400,14 +399,7 @@ def test_batched_codes_equal_codes_encoded_alone_for_each_tokenizer(tmp_path: Pa
     from codecflow.models.mulaw import MuLawTokenizer
     from codecflow.tasks.tokenize.shards import encode_segments
 
-    torch.manual_seed(0)
-    mimi = get_mimi(None, device="cpu", num_codebooks=4)
-    for codebook in (m for m in mimi.modules() if isinstance(m, EuclideanCodebook)):
-        # Untrained codebooks are degenerate (every code 0): random ones make the test bite.
-        codebook.embedding_sum.copy_(torch.randn(codebook.embedding_sum.shape) * 0.01)
-        codebook.cluster_usage.fill_(1.0)
-        codebook._initialized.fill_(1.0)
-        codebook.register_buffer("_embedding", None, persistent=False)
+    mimi = random_codebook_mimi(4)  # seeds torch with 0, as before the codec below is built
     tokenizers = {
         "mu-law-256": MuLawTokenizer(16_000),
         "mimi_4_rvq": MimiTokenizer(mimi, 4),
