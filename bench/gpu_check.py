@@ -28,7 +28,11 @@ recorded with its reason and never loses the others:
   same (one re-prefill of the kept half window and 1 023 single-token steps).
 - `mimi_encode`: Mimi's encode (moshi's real architecture, random weights, `get_mimi(None)`, 8
   levels as `mimi_8_rvq`) in x real time at batch 1, 16 and 64, 10 s of audio per item, median of
-  3 after a warm-up; each batch size is recorded or skipped on its own.
+  3 after a warm-up; each batch size is recorded or skipped on its own. Then `batching`: the same
+  batch sizes over a length-varied set of segments (log-uniform lengths, in random order)
+  encoded through the shard writer's `encode_segments` in the manifest's order, in sorted
+  pools of 64 and sorted whole (what `tokenize` does), with the padded frames of each
+  (bench/tokenizers_rtf.py `--batching` on the CPU).
 - `codec_train`: training steps/s of the post's RVQ codec (`train_codec` of
   configs/post-codec-rvq8-10000h.yaml: 397 473 parameters, 128 crops of 4.096 s) through
   `tasks.train.codec`'s own step (bf16 autocast on CUDA), on synthetic audio already on the
@@ -120,6 +124,7 @@ class Mode:
     mimi_batches: tuple[int, ...]
     mimi_seconds: float  # audio per item
     mimi_repeats: int
+    mimi_set: tuple[int, float, float]  # the length-varied set: segments, shortest, longest (s)
     codec_steps: int
     codec_seconds: float
     budgets: dict[str, float]  # each section's hard wall-clock limit, its process included
@@ -138,14 +143,15 @@ GPU = Mode(
     mimi_batches=(1, 16, 64),
     mimi_seconds=10.0,
     mimi_repeats=3,
+    mimi_set=(256, 0.5, 10.0),
     codec_steps=50,
     codec_seconds=20.0,
     # 465 s in all, under the 8 minutes with this process's own start-up.
     budgets={
         "lm_train_eager": 60.0,
-        "lm_train_compiled": 150.0,
-        "generate": 150.0,
-        "mimi_encode": 45.0,
+        "lm_train_compiled": 135.0,
+        "generate": 140.0,
+        "mimi_encode": 70.0,
         "codec_train": 60.0,
     },
     total_seconds=470.0,
@@ -163,6 +169,7 @@ TINY = Mode(
     mimi_batches=(1, 2, 4),
     mimi_seconds=0.32,  # 4 Mimi frames
     mimi_repeats=2,
+    mimi_set=(12, 0.08, 0.4),
     codec_steps=3,
     codec_seconds=1.0,
     budgets={name: 60.0 for name in SECTIONS},
@@ -435,6 +442,7 @@ def mimi_encode(ctx: Context) -> dict[str, Any]:
         except Exception as exc:  # one batch size (64 running out of memory, say) only
             rows.append({"batch": batch, "status": "skipped", "reason": _reason(exc)})
         _free(ctx.device)
+    batching = _mimi_batching(ctx, tokenizer)
     param = next(model.parameters())
     return {
         "levels": MIMI_LEVELS,
@@ -444,8 +452,28 @@ def mimi_encode(ctx: Context) -> dict[str, Any]:
         "audio_seconds_per_item": seconds,
         "repeats": ctx.mode.mimi_repeats,
         "batches": rows,
+        "batching": batching,
         "peak_memory_gib": _peak_memory_gib(ctx),
     }
+
+
+def _mimi_batching(ctx: Context, tokenizer: MimiTokenizer) -> dict[str, Any]:
+    """The length-varied set at each batch size, by order (bench/tokenizers_rtf.py's rows)."""
+    from tokenizers_rtf import batching_rows, length_varied_seconds  # bench/, beside this file
+
+    count, low, high = ctx.mode.mimi_set
+    seconds = length_varied_seconds(count, low, high)
+    if ctx.left() <= 0:
+        return {"status": "skipped", "reason": "section budget spent"}
+    try:
+        timer = lambda fn: _timed(fn, ctx.device)  # noqa: E731
+        batches = list(ctx.args.mimi_batches or ctx.mode.mimi_batches)
+        rows = batching_rows(tokenizer, seconds, batches, 1, timer)
+    except Exception as exc:  # out of memory at batch 64, say: the uniform rows still stand
+        return {"status": "skipped", "reason": _reason(exc)}
+    finally:
+        _free(ctx.device)
+    return {"status": "ok", "segments": count, "audio_seconds": sum(seconds), "rows": rows}
 
 
 def _mimi_batch(
@@ -691,6 +719,13 @@ def _section_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 rows.append((label, "SKIPPED", b["reason"]))
                 continue
             detail = f"{r['audio_seconds_per_item']:g} s per item, median of {r['repeats']}"
+            rows.append((label, f"{b['x_realtime']:,.1f}x real time", detail))
+        batching = r["batching"]
+        if batching["status"] != "ok":
+            return [*rows, ("Mimi encode, length-varied", "SKIPPED", batching["reason"])]
+        for b in batching["rows"]:
+            label = f"Mimi encode, varied, batch {b['batch']} {b['order']}"
+            detail = f"{b['padded_share']:.1%} padded frames, {b['batches']} batches"
             rows.append((label, f"{b['x_realtime']:,.1f}x real time", detail))
         return rows
     detail = (

@@ -109,13 +109,28 @@ def s3_bucket(s3_endpoint: str) -> str:
     return f"s3://{name}"
 
 
-#: The folders and files whose tests start servers, run whole flows or build the wheel: marked
-#: `slow`, which `make test-fast` leaves out (`make test` runs everything).
-_SLOW = ("tests/ops/", "tests/flows/", "tests/bench/", "tests/test_signals.py",
-         "tests/test_packaging.py", "tests/test_readme.py", "tests/test_cli.py")  # fmt: skip
+#: The tiers, by folder or file (`make test` runs them all; `make test-fast` leaves out every
+#: tier, which is what `slow` marks):
+#: - `ops`: real servers and workers (Prefect, the files server, Chromium);
+#: - `e2e`: whole flows, the CLI as a subprocess, the README's commands, the wheel, the benches;
+#: - `cluster`: separate Dask scheduler and worker processes, a real Slurm;
+#: - `ddp`: several torchrun ranks (gloo on the CPU).
+_TIERS: dict[str, tuple[str, ...]] = {
+    "ops": ("tests/ops/",),
+    "e2e": ("tests/flows/", "tests/bench/", "tests/test_signals.py", "tests/test_packaging.py",
+            "tests/test_readme.py", "tests/test_cli.py"),
+    "cluster": ("tests/flows/test_dask_cluster.py", "tests/ops/test_slurm.py"),
+    "ddp": ("tests/flows/test_post_torchrun.py", "tests/tasks/train/test_codec_ddp.py",
+            "tests/tasks/train/test_lm_worker.py"),
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent.parent
     for item in items:
-        if Path(item.path).relative_to(Path(__file__).parent.parent).as_posix().startswith(_SLOW):
+        path = Path(item.path).relative_to(root).as_posix()
+        tiers = [name for name, prefixes in _TIERS.items() if path.startswith(prefixes)]
+        for name in tiers:
+            item.add_marker(getattr(pytest.mark, name))
+        if tiers:
             item.add_marker(pytest.mark.slow)

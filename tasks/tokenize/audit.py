@@ -7,8 +7,9 @@ compares its codes encoded alone (batch 1, no padding) with:
 
 - `naive`: its codes inside one batch of all the segments, zero-padded to the longest, in the
   given order (what a plain batched encoder does);
-- `as_tokenized`: its codes from `encode_segments`, the path `tokenize` writes (causal
-  tokenizers batched by similar length, the others one at a time).
+- `as_tokenized`: its codes from `encode_segments` batched as `tokenize` batches on a GPU
+  (causal tokenizers in batches of similar length, up to `GPU_BATCH_SECONDS` of padded audio;
+  the others one at a time; on the CPU `tokenize` encodes every segment alone).
 
 The share of codes that differ is reported for both; `as_tokenized` must be 0 for every
 tokenizer: that is what makes a dataset's codes independent of how its segments were batched.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from codecflow.tasks.tokenize.shards import encode_segments
+from codecflow.tasks.tokenize.shards import GPU_BATCH_SECONDS, encode_segments
 
 __all__ = ["BatchInvariance", "batch_invariance"]
 
@@ -65,7 +66,7 @@ def batch_invariance(name: str, tokenizer: Any, audios: Sequence[np.ndarray]) ->
     assert len(audios) >= 2, "batch invariance needs at least two segments"
     alone = [_alone(a, tokenizer) for a in audios]  # [K, F_i] each
     naive = _naive(audios, tokenizer)
-    tokenized = encode_segments(audios, tokenizer)
+    tokenized = encode_segments(audios, tokenizer, batch_seconds=GPU_BATCH_SECONDS)
     total = sum(c.size for c in alone)
 
     def differing(others: Sequence[np.ndarray]) -> int:

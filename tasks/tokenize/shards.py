@@ -32,8 +32,11 @@ from codecflow.tasks.tokenize.mulaw_table import encode_pcm16, is_mulaw, pcm16_t
 from codecflow.tasks.tokenize.plan import DatasetPlan, PlannedShard
 
 __all__ = [
+    "GPU_BATCH_SECONDS",
     "EncodeStats",
+    "batch_plan",
     "encode_segments",
+    "padded_frames",
     "write_shard_group",
 ]
 
@@ -144,32 +147,69 @@ def _prefetched(
             yield row, audio
 
 
+def batch_plan(
+    frames: Sequence[int], max_batch: int, max_frames: float, order: Sequence[int] | None = None
+) -> list[list[int]]:
+    """The segments' indices in encoder batches: taken in `order` (shortest first when None),
+    each batch grows while it holds at most `max_batch` segments and its padded size (segments
+    times the longest, in frames) stays within `max_frames`. A segment alone always fits."""
+    if order is None:
+        order = sorted(range(len(frames)), key=lambda i: frames[i])
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        grown = max(width, frames[i])
+        if (
+            batches
+            and len(batches[-1]) < max_batch
+            and grown * (len(batches[-1]) + 1) <= max_frames
+        ):
+            batches[-1].append(i)
+            width = grown
+        else:
+            batches.append([i])
+            width = frames[i]
+    return batches
+
+
+def padded_frames(frames: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
+    """The frames the encoder computes for padding alone under `batches`."""
+    return sum(len(b) * max(frames[i] for i in b) - sum(frames[i] for i in b) for b in batches)
+
+
+#: Padded audio per encoder batch on a GPU. On the CPU segments are encoded one at a time:
+#: Mimi on 2 cores encodes 21.4x real time alone and at most 15.8x in batches of 16 sorted by
+#: length (19.4x per frame of audio, padding left out): big batches spill the caches
+#: (`bench/tokenizers_rtf.py --batching`).
+GPU_BATCH_SECONDS = 60.0
+
+
 def encode_segments(
-    audios: Sequence[np.ndarray], tokenizer: Any, batch_seconds: float = 60.0, max_batch: int = 32
+    audios: Sequence[np.ndarray],
+    tokenizer: Any,
+    batch_seconds: float | None = None,
+    max_batch: int = 32,
+    order: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Codes `[K, F_i]` of each mono float32 segment, F_i = ceil(T_i / samples_per_frame).
 
-    Causal tokenizers encode batches of segments of similar length, zero-padded to the longest:
-    a frame's codes depend only on audio up to its end, so each segment keeps exactly the codes
-    it gets alone (tested). Non-causal ones (the post's codec looks ahead) encode one at a time.
+    Causal tokenizers encode batches of segments of similar length (`batch_plan`, shortest
+    first unless `order` is given) of at most `batch_seconds` of padded audio (None:
+    `GPU_BATCH_SECONDS` on a GPU, one segment at a time on the CPU), zero-padded to the
+    longest: a frame's codes depend only on audio up to its end, so each segment keeps exactly
+    the codes it gets alone (tested, and measured by `codecflow audit-tokenizer`). Non-causal
+    ones (the post's codec looks ahead) encode one at a time.
     """
     import torch
 
     device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    if batch_seconds is None:
+        batch_seconds = GPU_BATCH_SECONDS if device.type == "cuda" else 0.0
     spf = tokenizer.samples_per_frame
     frames = [max(1, -(-len(a) // spf)) for a in audios]
     out: list[np.ndarray | None] = [None] * len(audios)
-    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
-    limit = batch_seconds * tokenizer.sample_rate if tokenizer.causal else 0
-    batches: list[list[int]] = []
-    for i in order:
-        batch = batches[-1] if batches else None
-        longest = frames[i] * spf  # sorted: the newcomer is the longest so far
-        if batch is not None and len(batch) < max_batch and longest * (len(batch) + 1) <= limit:
-            batch.append(i)
-        else:
-            batches.append([i])
-    for batch in batches:
+    limit = batch_seconds * tokenizer.sample_rate / spf if tokenizer.causal else 0
+    for batch in batch_plan(frames, max_batch, limit, order):
         width = max(frames[i] for i in batch) * spf
         wav = torch.zeros(len(batch), 1, width)  # [B, 1, T]
         for row, i in enumerate(batch):
@@ -329,8 +369,19 @@ def _write_shard(
     tokenizer: _Tokenizer,
     stats: EncodeStats,
 ) -> None:
-    """Encode one shard's rows, write its files whole, then its commit marker."""
-    encoded = list(_encode_rows(rows, plan.audio_root, tokenizer, stats))
+    """Encode one shard's rows, write its files whole, then its commit marker.
+
+    A neural tokenizer reads and encodes the shard's rows shortest first, so that each pool of
+    segments batched together has similar lengths and little padding (`bench/tokenizers_rtf.py
+    --batching` measures it); the shard keeps the plan's order, so its bytes do not change.
+    The mu-law table does not batch: its rows are read in the plan's order."""
+    reading = list(rows)
+    if tokenizer.table is None:
+        reading.sort(key=lambda r: (float(r["duration_s"]), r["segment_id"]))
+    coded = {
+        r["segment_id"]: c for r, c in _encode_rows(reading, plan.audio_root, tokenizer, stats)
+    }
+    encoded = [(r, coded[r["segment_id"]]) for r in rows]
     good = [(r, c) for r, c in encoded if not isinstance(c, str)]
     rejects = tuple(
         Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)

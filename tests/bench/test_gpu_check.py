@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_check.py"
 SECTIONS = {"lm_train_eager", "lm_train_compiled", "generate", "mimi_encode", "codec_train"}
 PEAK_TFLOPS = 0.5  # given on the command line: the CPU has no entry in the peak table
+ORDERS = ("manifest", "pools-64", "sorted")  # bench/tokenizers_rtf.py's
 MEASURE_TOKENS = 400  # of the tiny mode's 1 600: the generation must be extrapolated
 
 
@@ -110,6 +111,30 @@ def test_mimi_encode_at_each_batch(tiny_run: tuple[str, dict[str, Any]]) -> None
         assert _positive(row["seconds"]) and _positive(row["x_realtime"])
         expected = row["batch"] * mimi["audio_seconds_per_item"] / row["seconds"]
         assert row["x_realtime"] == pytest.approx(expected)
+
+
+def test_mimi_batching_by_order(tiny_run: tuple[str, dict[str, Any]]) -> None:
+    """The length-varied set by batch size and order: sorting pads least (recomputed here from
+    the set's lengths), and x real time is the set's audio over the seconds."""
+    from codecflow.tasks.tokenize.shards import batch_plan, padded_frames
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from tokenizers_rtf import length_varied_seconds
+
+    batching = tiny_run[1]["sections"]["mimi_encode"]["batching"]
+    assert batching["status"] == "ok" and batching["segments"] == 12
+    seconds = length_varied_seconds(12, 0.08, 0.4)
+    assert batching["audio_seconds"] == pytest.approx(sum(seconds))
+    frames = [max(1, -(-round(s * 24_000) // 1_920)) for s in seconds]  # Mimi: 1 920 per frame
+    rows = {(r["batch"], r["order"]): r for r in batching["rows"]}
+    assert set(rows) == {(1, "any")} | {(b, o) for b in (2, 4) for o in ORDERS}
+    for (batch, order), row in rows.items():
+        assert row["x_realtime"] == pytest.approx(sum(seconds) / row["seconds"])
+        if order == "sorted":
+            assert row["padded_frames"] == padded_frames(frames, batch_plan(frames, batch, 1e9))
+    assert rows[(1, "any")]["padded_frames"] == 0
+    for batch in (2, 4):
+        assert rows[(batch, "sorted")]["padded_frames"] < rows[(batch, "manifest")]["padded_frames"]
 
 
 def test_codec_training_steps_per_s(tiny_run: tuple[str, dict[str, Any]]) -> None:
