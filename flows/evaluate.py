@@ -1,7 +1,8 @@
 """The evaluate flow: prompt the LM with speech, sample continuations, regenerate a recording
 from its first levels, measure, and publish the report (files and Prefect artifacts).
 
-With `train_run` set it evaluates the newest checkpoint of a training run, under a folder named
+With `train_run` set it evaluates the final checkpoint of a training run (its newest
+mid-training one with `while_training`; nothing while it trains without), under a folder named
 after that checkpoint, and skips a checkpoint already evaluated: what the scheduled and the
 triggered deployments in prefect.yaml run.
 """
@@ -19,7 +20,7 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.links import markdown_link
 from codecflow.tasks.core.storage import location
 from codecflow.tasks.core.threads import apply_thread_policy
-from codecflow.tasks.data.checkpoints import newest_checkpoint
+from codecflow.tasks.data.checkpoints import final_checkpoint, newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate import report, runs_index
 from codecflow.tasks.evaluate.checkpoint_facts import checkpoint_id
@@ -30,12 +31,23 @@ __all__ = ["evaluate_flow"]
 
 
 @flow(name="evaluate")
-def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord:  # noqa: B008
-    """Continue the prompt with a KV cache, regenerate from fixed levels, write the report."""
+def evaluate_flow(cfg: EvaluateConfig = EvaluateConfig()) -> ReportRecord | None:  # noqa: B008
+    """Continue the prompt with a KV cache, regenerate from fixed levels, write the report.
+
+    None when `train_run` still trains and `while_training` is off: nothing was evaluated."""
     apply_thread_policy()  # torch's intra-op threads for this process (issue 17)
     logger = get_run_logger()
     if cfg.train_run:
-        checkpoint = newest_checkpoint(Path(cfg.train_run))
+        run = Path(cfg.train_run)
+        final = final_checkpoint(run)
+        if final is None and not cfg.while_training:
+            logger.info(
+                "train-lm run %s has no final checkpoint yet (still training): nothing to "
+                "evaluate; while_training: true evaluates its newest checkpoint now",
+                run,
+            )
+            return None
+        checkpoint = final or newest_checkpoint(run)
         out = Path(cfg.out) / checkpoint_id(checkpoint)
         if is_report_committed(out):
             logger.info("checkpoint %s is already evaluated in %s: skipped", checkpoint, out)

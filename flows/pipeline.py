@@ -127,6 +127,7 @@ def pipeline_flow(cfg: PipelineConfig = PipelineConfig()) -> PipelineRecord:  # 
             index=str(out.resolve().parent),
         )
     )
+    assert report is not None, "a checkpoint (not a train_run) is always evaluated"
     record = PipelineRecord(
         manifest=Path(acquired.path),
         dataset=Path(dataset.path),  # the pipeline's out is a local folder

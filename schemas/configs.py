@@ -769,15 +769,24 @@ class EvaluateConfig(EvaluateSettings):
     """evaluate: continue a spoken prompt with an LM checkpoint, measure, write the report."""
 
     model_config = ConfigDict(
-        json_schema_extra=_inputs_first("checkpoint", "train_run", "dataset", "out", "index")
+        json_schema_extra=_inputs_first(
+            "checkpoint", "train_run", "while_training", "dataset", "out", "index"
+        )
     )
 
     checkpoint: str = Field("runs/demo/lm/checkpoint", description="LM checkpoint folder.")
     train_run: str | None = Field(
         None,
-        description="A train-lm run folder (such as runs/demo/lm): evaluate its newest "
-        "checkpoint, final or mid-training, instead of `checkpoint`; the report goes to "
-        "<out>/step-<N>-<hash>, and a checkpoint already evaluated is skipped. For schedules.",
+        description="A train-lm run folder (such as runs/demo/lm): evaluate its final "
+        "checkpoint instead of `checkpoint` (nothing while it still trains, unless "
+        "`while_training`); the report goes to out/step-N-hash, and a checkpoint already "
+        "evaluated is skipped. For schedules.",
+    )
+    while_training: bool = Field(
+        False,
+        description="With `train_run`: evaluate the run's newest mid-training checkpoint while "
+        "it still trains. Off: wait for its final checkpoint (a scheduled run then does nothing "
+        "until training has ended).",
     )
     dataset: str = Field(
         "runs/demo/tokens/mu-law-256",

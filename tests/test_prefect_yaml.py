@@ -45,7 +45,9 @@ def test_evaluation_schedule_and_trigger_parameters_validate() -> None:
     by_name = {d["name"]: d for d in spec["deployments"]}
     scheduled = by_name["evaluate-scheduled"]
     assert scheduled["schedules"][0]["cron"] == "*/30 * * * *"
-    assert EvaluateConfig.model_validate(scheduled["parameters"]["cfg"]).train_run == "runs/demo/lm"
+    assert scheduled["schedules"][0]["active"] is False  # shipped paused: a user switches it on
+    cfg = EvaluateConfig.model_validate(scheduled["parameters"]["cfg"])
+    assert cfg.train_run == "runs/demo/lm" and cfg.while_training is False  # the final one
     (trigger,) = by_name["evaluate-on-train-lm"]["triggers"]
     assert trigger["expect"] == ["prefect.flow-run.Completed"]
     # The train-lm flow and its deployment: a train-lm sub-flow of a pipeline (no deployment)

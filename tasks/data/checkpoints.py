@@ -28,6 +28,7 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.storage import atomic_dir
 
 __all__ = [
+    "final_checkpoint",
     "is_checkpoint_committed",
     "latest_checkpoint",
     "load_training_state",
@@ -203,6 +204,15 @@ def read_checkpoint_json(path: Path) -> dict[str, Any]:
 def is_checkpoint_committed(out: Path) -> bool:
     """True when `out/checkpoint` holds a complete checkpoint."""
     return (Path(out) / "checkpoint" / "metrics.json").is_file()
+
+
+def final_checkpoint(run: Path) -> Path | None:
+    """The final checkpoint of a train-lm run folder, or None while the run still trains (or
+    has not started). What a scheduled evaluation waits for by default."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CodecflowError(f"train-lm run {run} is not a folder")
+    return run / "checkpoint" if is_checkpoint_committed(run) else None
 
 
 def newest_checkpoint(run: Path) -> Path:

@@ -4,6 +4,7 @@ a worker and every deployment; the schedule, the trigger and a failing run, thro
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,32 @@ def test_start_again_says_it_runs_and_starts_nothing(
     assert server.read_pids(live_server.home) == before
 
 
-def test_schedule_creates_runs(live_server: LiveServer) -> None:
+def test_the_schedule_ships_paused_and_runs_once_resumed(live_server: LiveServer) -> None:
+    """`make server` deploys the half-hourly evaluation paused: no run is scheduled. The
+    command the docs give switches it on; then runs are scheduled on the half hours."""
+    import subprocess
+    import sys
+
+    deployment = "evaluate/evaluate-scheduled"
+    with live_server.client() as client:
+        (schedule,) = client.read_deployment_by_name(deployment).schedules
+    assert schedule.active is False
+    assert _flow_runs(live_server, deployment, StateType.SCHEDULED) == []
     now = datetime.now(UTC)
+    prefect = [str(Path(sys.executable).parent / "prefect"), "deployment", "schedule"]
+    env = {**os.environ, "PREFECT_API_URL": live_server.api_url, "COLUMNS": "400"}
+    listed = subprocess.run(
+        [*prefect, "ls", deployment], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert str(schedule.id) in listed.stdout, listed.stdout + listed.stderr
+    resumed = subprocess.run(
+        [*prefect, "resume", deployment, str(schedule.id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     def scheduled_in_the_future() -> list[Any] | None:
         runs = _flow_runs(live_server, "evaluate/evaluate-scheduled", StateType.SCHEDULED)
