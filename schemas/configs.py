@@ -73,8 +73,66 @@ _CHECKPOINT_OUT = "checkpoints are written with local locks and renames (the inp
 _REPORT_OUT = "reports are written as local folders (the inputs may be on S3)"
 
 
+def _optional_in_place(properties: dict[str, Any]) -> None:
+    """Each `X | None = None` field's `anyOf: [X, null]` as X alone, without a default.
+
+    The Prefect UI renders an `anyOf` (or a list of types) as tabs, the null one reading
+    'Property is type "None"'. As X alone it renders the plain control of X, empty: an empty
+    control is left out of the run's parameters, so the config's default (None) applies. The
+    server still takes an explicit null (from a script or a trigger) for a number, a string or
+    a list: its validation (prefect.utilities.schema_tools.validation `_fix_null_typing`) adds
+    the null branch back to a property that is not required and has no default. A drop-down
+    (`enum`) stays a drop-down only without null among its choices: there, a script leaves the
+    field out rather than sending null. Branches titled on purpose (`_choice_titles`: "no
+    codec stage") stay."""
+    for name, field in properties.items():
+        branches = field.get("anyOf")
+        if not branches or len(branches) != 2 or {"type": "null"} not in branches:
+            continue
+        (other,) = [b for b in branches if b != {"type": "null"}]
+        if "title" in other or "type" not in other or field.get("default", 0) is not None:
+            continue
+        merged = {k: v for k, v in field.items() if k not in ("anyOf", "default")}
+        merged.update(other)
+        properties[name] = merged
+
+
+#: The title of each config's JSON schema (the UI would show the class name): a flow's config
+#: its stage as the CLI and prefect.yaml name it, a pipeline section's its key in the pipeline.
+STAGE_TITLES: dict[str, str] = {
+    "SlurmSettings": "slurm",
+    "AcquireSettings": "acquire",
+    "AcquireConfig": "acquire",
+    "TokenizeSettings": "tokenize",
+    "TokenizeConfig": "tokenize",
+    "TrainCodecSettings": "train_codec",
+    "TrainCodecConfig": "train-codec",
+    "EvalCodecSettings": "eval_codec",
+    "EvalCodecConfig": "eval-codec",
+    "CompareCodecsSettings": "compare_codecs",
+    "CompareCodecsConfig": "compare-codecs",
+    "TrainLMSettings": "train_lm",
+    "TrainLMConfig": "train-lm",
+    "EvaluateSettings": "evaluate",
+    "EvaluateConfig": "evaluate",
+    "PipelineConfig": "pipeline",
+}
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every config's schema is titled by its stage (the UI would show the class name).
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in STAGE_TITLES:
+            cls.model_config = {**cls.model_config, "title": STAGE_TITLES[cls.__name__]}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        json_schema = handler(core_schema)
+        _optional_in_place(handler.resolve_ref_schema(json_schema).get("properties", {}))
+        return json_schema
 
 
 def _choice_titles(*titles: str) -> Callable[[dict[str, Any]], None]:
@@ -141,14 +199,14 @@ class AcquireSettings(_Config):
     speaker_from: Literal["parent", "grandparent", "regex", "table", "sidecar", "file"] = Field(
         "parent",
         description="layout 'audio': a file's speaker is the name of its folder ('parent'), of "
-        "the folder above ('grandparent': LibriSpeech's <speaker>/<chapter>/<file>), the "
+        "the folder above ('grandparent': LibriSpeech's SPEAKER/CHAPTER/FILE), the "
         "`speaker` group of `speaker_regex` on its path, the `metadata` table's column, the "
-        "`speaker` key of its <stem>.json ('sidecar': WebDataset's per-sample record), or "
+        "`speaker` key of its STEM.json ('sidecar': WebDataset's per-sample record), or "
         "the file itself ('file': no speaker known, each file is its own).",
     )
     speaker_regex: str | None = Field(
         None,
-        description="With speaker_from 'regex': a Python regex with a (?P<speaker>...) group, "
+        description="With speaker_from 'regex': a Python regex with a named group called speaker, "
         "searched in each file's path relative to the source.",
     )
     metadata: str | None = Field(
@@ -264,8 +322,8 @@ class AcquireConfig(AcquireSettings):
     )
     download_dir: str | None = Field(
         None,
-        description="Local folder for downloaded tars; empty means <root>/download for a local "
-        "root, <cache>/download for a remote one ($CODECFLOW_CACHE, else ~/.cache/codecflow).",
+        description="Local folder for downloaded tars; empty means ROOT/download for a local "
+        "root, CACHE/download for a remote one ($CODECFLOW_CACHE, else ~/.cache/codecflow).",
     )
 
     _local_download = _local_only("download_dir", why="a download resumes from a local .part file")
@@ -281,9 +339,9 @@ class TokenizeSettings(_Config):
         json_schema_extra=tokenizer_json_schema,
         description="Audio tokenizer: 'mu-law-256' (one token per 16 kHz sample, torchaudio's "
         "rounding), 'mu-law-256-post' (the post's librosa quantiser: its exact tokens), "
-        "'codec:<checkpoint>[@<levels>]' (a codec trained by train-codec, or an untrained "
-        "preset such as rvq-8, whose codes carry no information), or 'mimi_<K>_rvq' / "
-        "'mimi_<K>_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
+        "'codec:CHECKPOINT[@LEVELS]' (a codec trained by train-codec, or an untrained "
+        "preset such as rvq-8, whose codes carry no information), or 'mimi_K_rvq' / "
+        "'mimi_K_rvq_nosemantic' (Kyutai's Mimi at 12.5 Hz: levels 0..K-1, K <= 32, or "
         "levels 1..K without the semantic level 0, K <= 31).",
     )
     shard_hours: float = Field(
@@ -295,7 +353,7 @@ class TokenizeSettings(_Config):
         ["arrow"],
         min_length=1,
         description="Shard formats: 'arrow' (memory-mapped training format, always written) and "
-        "'webdataset' (.tar of <key>.codes.npy + <key>.json, for streaming readers).",
+        "'webdataset' (.tar of KEY.codes.npy + KEY.json, for streaming readers).",
     )
     max_tasks: int = Field(
         1000,
@@ -525,8 +583,8 @@ class CompareCodecsSettings(_Config):
         default_factory=_compared_tokenizers,
         min_length=1,
         description="Tokenizers compared on the same segments, one row each: 'mu-law-256', "
-        "'codec:<checkpoint>@<levels>' (list one per number of levels: @1, @2, ... @N), "
-        "'mimi_<K>_rvq' (Mimi's weights from the Hub cache), as `tokenize` names them.",
+        "'codec:CHECKPOINT@LEVELS' (list one per number of levels: @1, @2, ... @N), "
+        "'mimi_K_rvq' (Mimi's weights from the Hub cache), as `tokenize` names them.",
     )
     max_segments: int = Field(
         8, ge=1, description="Validation segments compared (the first ones by id)."
@@ -797,7 +855,7 @@ class EvaluateConfig(EvaluateSettings):
     index: str | None = Field(
         None,
         description="Folder whose evaluation reports are compared side by side in "
-        "<index>/index.html, rewritten after each evaluation (the pipeline uses the folder above "
+        "INDEX/index.html, rewritten after each evaluation (the pipeline uses the folder above "
         "its run folder); empty: no index.",
     )
 
@@ -813,8 +871,8 @@ class PipelineConfig(_Config):
     """The whole DAG: acquire -> [train-codec] -> tokenize -> train-lm -> evaluate under `out`.
 
     With a `train_codec` section the pipeline trains the post's codec on the acquired manifest
-    (under `<out>/codec`) and the tokenizer names it `codec:trained[@<levels>]`; the flow puts the
-    checkpoint's path in its place (`codec:<out>/codec/checkpoint[@<levels>]`), so the config holds
+    (under `OUT/codec`) and the tokenizer names it `codec:trained[@LEVELS]`; the flow puts the
+    checkpoint's path in its place (`codec:OUT/codec/checkpoint[@LEVELS]`), so the config holds
     no derived path.
     """
 
@@ -824,31 +882,31 @@ class PipelineConfig(_Config):
     acquire: AcquireSettings = Field(
         default_factory=AcquireSettings,
         title="acquire",
-        description="Stage 1: fetch, verify, extract and segment the corpus under <out>/acquire.",
+        description="Stage 1: fetch, verify, extract and segment the corpus under OUT/acquire.",
     )
     train_codec: TrainCodecSettings | None = Field(
         None,
         title="train_codec",
         json_schema_extra=_choice_titles("train a codec", "no codec stage"),
         description="Optional stage 2: train the post's RVQ codec on the acquired manifest "
-        "(under <out>/codec) before tokenizing; the tokenizer must then be 'codec:trained' or "
-        "'codec:trained@<levels>' (the codec this pipeline trains). Empty: no codec stage.",
+        "(under OUT/codec) before tokenizing; the tokenizer must then be 'codec:trained' or "
+        "'codec:trained@LEVELS' (the codec this pipeline trains). Empty: no codec stage.",
     )
     tokenize: TokenizeSettings = Field(
         default_factory=TokenizeSettings,
         title="tokenize",
-        description="Stage 3: the segments into token shards under <out>/tokens/<tokenizer>.",
+        description="Stage 3: the segments into token shards under OUT/tokens/TOKENIZER.",
     )
     train_lm: TrainLMSettings = Field(
         default_factory=TrainLMSettings,
         title="train_lm",
-        description="Stage 4: the LM on the tokens; its checkpoint in <out>/lm/checkpoint.",
+        description="Stage 4: the LM on the tokens; its checkpoint in OUT/lm/checkpoint.",
     )
     evaluate: EvaluateSettings = Field(
         default_factory=EvaluateSettings,
         title="evaluate",
         description="Stage 5: continuations of the prompt, metrics and the report in "
-        "<out>/report, and the runs index beside <out>.",
+        "OUT/report, and the runs index beside OUT.",
     )
 
     _local_out = _local_only(
@@ -874,7 +932,7 @@ class PipelineConfig(_Config):
                 raise ValueError(
                     f"tokenize.tokenizer {tokenizer!r} names the codec this pipeline trains, but "
                     "there is no train_codec section: add one, or name a checkpoint "
-                    "(codec:<checkpoint>[@<levels>])"
+                    "(codec:CHECKPOINT[@LEVELS])"
                 )
             levels = parse_tokenizer_name(tokenizer).num_levels
             if levels is not None and levels > self.train_codec.num_levels:
@@ -885,12 +943,12 @@ class PipelineConfig(_Config):
             if "@" in self.out:
                 raise ValueError(
                     f"out {self.out!r} must not contain '@' with train_codec: the tokenizer "
-                    "codec:<out>/codec/checkpoint@<levels> uses '@' for the levels"
+                    "codec:OUT/codec/checkpoint@LEVELS uses '@' for the levels"
                 )
         elif self.train_codec is not None:
             raise ValueError(
                 f"train_codec is set, but tokenize.tokenizer {tokenizer!r} does not use the "
-                "codec it trains: set it to 'codec:trained' or 'codec:trained@<levels>', or "
+                "codec it trains: set it to 'codec:trained' or 'codec:trained@LEVELS', or "
                 "remove train_codec"
             )
         return self

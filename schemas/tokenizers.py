@@ -60,9 +60,9 @@ MULAW_NAMES: tuple[str, ...] = ("mu-law-256", "mulaw", "mu-law-256-post")
 #: The accepted forms, as every refusal lists them.
 ACCEPTED_FORMS = (
     "accepted: mu-law-256 (alias mulaw), mu-law-256-post, "
-    "codec:<checkpoint>[@<levels>] with levels >= 1 (a train-codec checkpoint folder or a codec "
-    f"preset), mimi_<K>_rvq with K in 1..{MIMI_MAX_LEVELS}, "
-    f"mimi_<K>_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
+    "codec:CHECKPOINT[@LEVELS] with LEVELS >= 1 (a train-codec checkpoint folder or a codec "
+    f"preset), mimi_K_rvq with K in 1..{MIMI_MAX_LEVELS}, "
+    f"mimi_K_rvq_nosemantic with K in 1..{MIMI_MAX_LEVELS - 1}"
 )
 
 #: The names a form offers as choices: those that need no checkpoint of one's own (mu-law, and
@@ -168,7 +168,7 @@ def tokenizer_json_schema(schema: dict[str, Any]) -> None:
     schema.pop("type", None)
     schema["anyOf"] = [
         {"type": "string", "enum": list(KNOWN_NAMES), "title": "known name"},
-        {"type": "string", "pattern": NAME_PATTERN, "title": "codec:<checkpoint>[@N] or other"},
+        {"type": "string", "pattern": NAME_PATTERN, "title": "codec:CHECKPOINT[@LEVELS] or other"},
     ]
 
 

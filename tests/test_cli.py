@@ -164,7 +164,7 @@ def test_a_bad_tokenizer_name_is_one_error_line_in_sizes_and_tokenize(name: str)
         assert result.stdout == ""
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and repr(name) in line
-        assert "mimi_<K>_rvq with K in 1..32" in line
+        assert "mimi_K_rvq with K in 1..32" in line
     assert sizes.stderr.strip().startswith(f"error: invalid tokenizer name {name!r}: ")
     assert tokenize.stderr.strip().startswith("error: invalid TokenizeConfig: tokenizer: ")
 
@@ -204,7 +204,7 @@ def test_tokenizers_lists_names_that_validate(capsys: pytest.CaptureFixture[str]
     rows = capsys.readouterr().out.splitlines()[1:]
     patterns = [row.split()[0] for row in rows]
     assert patterns[:2] == ["mu-law-256", "mu-law-256-post"]
-    examples = {"<checkpoint>": "runs/x/codec/checkpoint", "<preset>": "rvq-8", "<K>": "8"}
+    examples = {"CHECKPOINT": "runs/x/codec/checkpoint", "PRESET": "rvq-8", "_K_": "_8_"}
     for pattern in patterns:
         for placeholder, value in examples.items():
             pattern = pattern.replace(placeholder, value)

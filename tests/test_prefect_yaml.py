@@ -89,3 +89,14 @@ def test_scheduled_and_triggered_evaluations_ask_the_pipelines_question() -> Non
     ):
         settings = {k: v for k, v in cfg.items() if k in EvaluateSettings.model_fields}
         assert EvaluateSettings.model_validate(settings).model_dump() == wanted
+
+
+def test_every_deployment_is_tagged_with_its_stage_and_device() -> None:
+    """Tags the UI filters on: the flow's name (the stage), and gpu for every flow that runs on
+    CUDA when the machine has one (all but acquire)."""
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        flow = deployment["entrypoint"].split(":")[0].removeprefix("flows/").removesuffix(".py")
+        stage, device = deployment["tags"]
+        assert stage == flow.replace("_", "-"), deployment["name"]
+        assert device == ("cpu" if stage == "acquire" else "gpu"), deployment["name"]

@@ -119,23 +119,23 @@ def format_tokenizers() -> str:
         ("mu-law-256", "mu-law 256 at 16 kHz, one token per sample (alias mulaw)", "16 000"),
         ("mu-law-256-post", "the same with the post's librosa quantiser", "16 000"),
         (
-            "codec:<checkpoint>[@N]",
+            "codec:CHECKPOINT[@N]",
             "the post's RVQ codec trained by train-codec, its first N levels (all without @N)",
             f"{post_rate:g} x N (post)",
         ),
         (
-            "codec:<preset>[@N]",
+            "codec:PRESET[@N]",
             f"a codec preset, untrained (sizes and rates only): {presets}",
             f"{post_rate:g} x N (post)",
         ),
         (
-            "mimi_<K>_rvq",
+            "mimi_K_rvq",
             f"Kyutai's Mimi, its first K levels, K in 1..{MIMI_MAX_LEVELS} "
             f"({MIMI_CODEBOOK_SIZE} codes per level)",
             f"{MIMI_FRAME_RATE:g} x K",
         ),
         (
-            "mimi_<K>_rvq_nosemantic",
+            "mimi_K_rvq_nosemantic",
             f"Mimi levels 1..K, the semantic level dropped, K in 1..{MIMI_MAX_LEVELS - 1}",
             f"{MIMI_FRAME_RATE:g} x K",
         ),

@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         "audit-tokenizer",
         help="how many codes change when a segment is encoded inside a batch of other lengths",
     )
-    audit.add_argument("tokenizer", help="mu-law-256, mimi_8_rvq, codec:<checkpoint>@N, ...")
+    audit.add_argument("tokenizer", help="mu-law-256, mimi_8_rvq, codec:CHECKPOINT@N, ...")
     audit.add_argument(
         "--audio", nargs="*", default=[], help="audio files (default: the shipped prompt, cut)"
     )

@@ -26,7 +26,14 @@ INPUTS_FIRST = {
     "flows/eval_codec.py:eval_codec_flow": ["checkpoint", "manifest", "out"],
     "flows/tokenize.py:tokenize_flow": ["manifest", "out", "tokenizer"],
     "flows/train_lm.py:train_lm_flow": ["dataset", "out"],
-    "flows/evaluate.py:evaluate_flow": ["checkpoint", "train_run", "dataset", "out", "index"],
+    "flows/evaluate.py:evaluate_flow": [
+        "checkpoint",
+        "train_run",
+        "while_training",
+        "dataset",
+        "out",
+        "index",
+    ],
     "flows/pipeline.py:pipeline_flow": [
         "out",
         "acquire",
@@ -72,9 +79,12 @@ def test_a_stage_lists_its_inputs_and_outputs_first(entrypoint: str) -> None:
 
 def test_the_pipeline_sections_are_titled_by_their_key() -> None:
     _, pipeline = _config(_schema("flows/pipeline.py:pipeline_flow"))
+    definitions = _schema("flows/pipeline.py:pipeline_flow")["definitions"]
     for key in ("acquire", "train_codec", "tokenize", "train_lm", "evaluate"):
         section = pipeline["properties"][key]
-        assert section["title"] == key
+        ref = section.get("$ref") or section["anyOf"][0]["$ref"]
+        # Pydantic leaves out a field's title equal to its model's: the model's is the label.
+        assert section.get("title", definitions[ref.rsplit("/", 1)[-1]]["title"]) == key
         assert section["description"].startswith(("Stage", "Optional stage")), key
     # The tabs of the optional codec stage, instead of "TrainCodecSettings" and "None".
     branches = pipeline["properties"]["train_codec"]["anyOf"]
@@ -98,10 +108,13 @@ def test_every_field_shows_its_default(entrypoint: str) -> None:
     for name, definition in schema["definitions"].items():
         model: type[BaseModel] = getattr(configs, name)
         for field, form in _fields(definition).items():
+            default = model.model_fields[field].get_default(call_default_factory=True)
+            if default is None and "anyOf" not in form:
+                # An optional field: its plain control, empty (left out of the run: None).
+                assert "default" not in form and form.get("type") != "null", f"{name}.{field}"
+                continue
             assert "default" in form, f"{name}.{field}"
-            assert form["default"] == model.model_fields[field].get_default(
-                call_default_factory=True
-            ), f"{name}.{field}"
+            assert form["default"] == default, f"{name}.{field}"
     tokenize = schema["definitions"].get("TokenizeSettings") or _config(schema)[1]
     if "formats" in tokenize["properties"]:
         assert tokenize["properties"]["formats"]["default"] == ["arrow"]
@@ -204,3 +217,45 @@ def test_the_deployments_parameters_pass_the_servers_validation() -> None:
     for deployment in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]:
         schema = _schema(deployment["entrypoint"])
         validate(deployment["parameters"], schema, raise_on_error=True)
+
+
+@pytest.mark.parametrize("entrypoint", sorted(INPUTS_FIRST))
+def test_forms_read_as_text(entrypoint: str) -> None:
+    """What the UI shows of a form: no angle-bracket placeholder (the UI drops it as an HTML
+    tag: "under <out>/tokens/" read "under /tokens/"), every config titled by its stage (not
+    its class), no optional field as a choice of its type and "None" (only choices titled on
+    purpose, such as "no codec stage")."""
+    import re
+
+    schema = _schema(entrypoint)
+    stage = entrypoint.split("/")[1].split(".")[0].replace("_", "-")
+    assert _config(schema)[1]["title"] == stage
+    for name, definition in schema["definitions"].items():
+        assert not name.endswith(("Settings", "Config")) or definition["title"] in set(
+            configs.STAGE_TITLES.values()
+        ), name
+        for field, form in {"": definition, **_fields(definition)}.items():
+            for key in ("title", "description"):
+                text = form.get(key, "")
+                assert not re.search(r"<[A-Za-z/]", text), f"{name}.{field} {key}: {text}"
+            branches = form.get("anyOf", [])
+            if {"type": "null"} in branches:
+                assert all("title" in b for b in branches), f"{name}.{field}: untitled None"
+            assert not isinstance(form.get("type"), list), f"{name}.{field}: a type list"
+
+
+def test_an_optional_field_still_takes_null_from_a_script() -> None:
+    """The server validates a run's parameters against the form's schema: an explicit null
+    (a script's `model_dump()`, a trigger) still passes for an optional number or list; a
+    preset (a drop-down) is one of its choices or left out; anything else is refused before
+    the flow starts."""
+    schema = _schema("flows/train_lm.py:train_lm_flow")
+    full = configs.TrainLMConfig().model_dump(mode="json", exclude={"preset"})
+    assert full["lr_decay_steps"] is None and full["level_weights"] is None
+    assert validate({"cfg": full}, schema, raise_on_error=True) == []
+    assert _config(schema)[1]["properties"]["preset"]["enum"] == ["tiny", "demo", "post"]
+    validate({"cfg": {"preset": "post"}}, schema, raise_on_error=True)
+    with pytest.raises(ValidationError, match="preset"):
+        validate({"cfg": {"preset": "large"}}, schema, raise_on_error=True)
+    with pytest.raises(ValidationError, match="lr_decay_steps"):
+        validate({"cfg": {"lr_decay_steps": "soon"}}, schema, raise_on_error=True)

@@ -89,7 +89,7 @@ def _check_the_form(page: Any) -> None:
     expect(tokenizer.get_by_role("tab", name="known name")).to_have_attribute(
         "aria-selected", "true"
     )
-    expect(tokenizer.get_by_role("tab", name="codec:<checkpoint>[@N] or other")).to_be_visible()
+    expect(tokenizer.get_by_role("tab", name="codec:CHECKPOINT[@LEVELS] or other")).to_be_visible()
     expect(tokenizer.get_by_role("button", name="Select known name")).to_have_text("mu-law-256")
     tokenizer.get_by_role("button", name="Select known name").click()  # the choices
     options = page.get_by_role("option")

@@ -102,7 +102,7 @@ def test_every_refusal_is_one_line_naming_the_name_and_the_forms(name: str) -> N
     assert "\n" not in message
     assert repr(name) in message and REFUSED[name] in message
     assert message.endswith(ACCEPTED_FORMS)
-    for form in ("mu-law-256", "codec:<checkpoint>[@<levels>]", "mimi_<K>_rvq_nosemantic"):
+    for form in ("mu-law-256", "codec:CHECKPOINT[@LEVELS]", "mimi_K_rvq_nosemantic"):
         assert form in message
 
 
@@ -123,7 +123,7 @@ def test_the_config_field_keeps_its_form() -> None:
     form's pattern accepts exactly what the grammar does, the validator still decides)."""
     field = TokenizeSettings.model_json_schema()["properties"]["tokenizer"]
     assert field["default"] == "mu-law-256" and "type" not in field
-    assert "codec:<checkpoint>[@<levels>]" in field["description"]
+    assert "codec:CHECKPOINT[@LEVELS]" in field["description"]
     known, typed = field["anyOf"]
     assert known == {"type": "string", "enum": list(KNOWN_NAMES), "title": "known name"}
     assert typed["type"] == "string" and typed["pattern"] == NAME_PATTERN
