@@ -66,8 +66,13 @@ def tokenize_flow(cfg: TokenizeConfig = TokenizeConfig()) -> DatasetRecord:  # n
         description=f"Size of the token dataset {out} ({settings.tokenizer})"
         + (f"; {format_rejects(record)}" if record.n_rejects else ""),
     )
+    # The folder's URL: the file server answers it with the dataset's index.html, the card as
+    # HTML with the shards listed below it (tasks/tokenize/card_page.py).
     publish_link(
-        "token-dataset", out, "open the token dataset", "Arrow shards, dataset.json, size report"
+        "token-dataset",
+        out,
+        "open the token dataset",
+        "the dataset card, with the shards, dataset.json and size report listed below it",
     )
     return record
 

@@ -1,6 +1,7 @@
 """A hand-made K=3 uint16 token dataset in tokenization's layout (several shards, one of them
-written as two record batches, and a one-frame segment), in the format of today (version 3: IPC
-streams, nested `[K][F]` codes, schema metadata) or of version 2 (IPC files, flat codes), and
+written as two record batches, and a one-frame segment), in the format of today (version 4: IPC
+streams, nested `[K][F]` codes, schema metadata; its Arrow shards are version 3's but for the
+version their metadata names), of version 3, or of version 2 (IPC files, flat codes), and
 the post's stream computed independently of `TokenReader`: for the reader's tests and the torch
 datasets' (importable: pytest's pythonpath)."""
 
@@ -16,7 +17,12 @@ import pyarrow.ipc as ipc
 from codecflow.schemas.tables import token_shard_schema, token_shard_schema_v2
 from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry
-from codecflow.tasks.data.token_shards import CODES_LAYOUT, shard_metadata
+from codecflow.tasks.data.token_shards import (
+    CODES_LAYOUT,
+    DATASET_FORMAT_VERSION,
+    METADATA_PREFIX,
+    shard_metadata,
+)
 
 __all__ = ["FRAME_RATE", "K", "LAYOUT", "TOKENIZER", "flat_stream", "write_dataset"]
 
@@ -66,7 +72,7 @@ def _info(schema: pa.Schema, shards: list[dict], format_version: int) -> Dataset
         dtype="uint16",
         formats=("arrow",),
         layout=CODES_LAYOUT
-        if format_version == 3
+        if format_version >= 3
         else "codes: [K, F] flattened level-major per row",
         arrow_schema=schema.remove_metadata().to_string(),
         shards=tuple(ShardEntry(**s) for s in shards),
@@ -75,15 +81,17 @@ def _info(schema: pa.Schema, shards: list[dict], format_version: int) -> Dataset
 
 
 def write_dataset(
-    root: Path, seed: int = 0, format_version: int = 3
+    root: Path, seed: int = 0, format_version: int = DATASET_FORMAT_VERSION
 ) -> dict[str, list[np.ndarray]]:
     """A K=3 uint16 dataset in tokenization's layout; returns each split's segments' [K, F]."""
-    assert format_version in (2, 3)
+    assert format_version in (2, 3, 4)
     rng = np.random.default_rng(seed)
     if format_version == 2:
         schema, new_writer = token_shard_schema_v2(pa.uint16()), ipc.new_file
     else:
-        schema = token_shard_schema(pa.uint16(), shard_metadata(TOKENIZER, "test"))
+        metadata = shard_metadata(TOKENIZER, "test")
+        metadata[f"{METADATA_PREFIX}format_version".encode()] = str(format_version).encode()
+        schema = token_shard_schema(pa.uint16(), metadata)
         new_writer = ipc.new_stream
     (root / "shards").mkdir(parents=True)
     segments: dict[str, list[np.ndarray]] = {"train": [], "val": []}

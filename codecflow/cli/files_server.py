@@ -14,7 +14,8 @@ asked for (`..`, an encoded `%2e%2e`, a symlink pointing out: 403), and the `ind
 `index.htm` the directory handler would serve in its place (a link to /etc/shadow named
 index.html: 403). A FIFO or a device is never opened (403). Folders are listed with only the
 entries that resolve inside the root, so a dataset's shards or a checkpoint's files can be
-browsed. It binds to
+browsed; a token dataset's folder has its own index.html, its card as a page with the shards
+listed (tasks/tokenize/card_page.py), which is served in place of the listing. It binds to
 127.0.0.1 by default: the runs folder is for this machine's user, not for the network.
 """
 

@@ -40,6 +40,9 @@ __all__ = [
     "ShardFile",
     "SUMMARY_KIND",
     "ShardMarker",
+    "WEBDATASET_KIND",
+    "WebDatasetIndex",
+    "WebDatasetShard",
 ]
 
 #: A JSON number that keeps its type: `float` alone would turn a marker's `0` into `0.0`.
@@ -194,6 +197,45 @@ class DatasetInfo(_Record):
     @property
     def num_levels(self) -> int:
         return int(self.tokenizer["num_levels"])
+
+
+# -- shards/webdataset.json: the WebDataset twins' facts -----------------------------------------
+
+#: `kind` of a token dataset's `shards/webdataset.json`.
+WEBDATASET_KIND = "codecflow-webdataset"
+
+
+class WebDatasetShard(_Record):
+    """One tar of the WebDataset twins. `url` and `nsamples` are the names wids' shard lists
+    use (webdataset's indexed reader), so a split's list can be handed to it as it is."""
+
+    url: str  # the tar, relative to the index file: its name (`train-00000.tar`)
+    nsamples: int
+    bytes: int
+    sha256: str
+
+
+class WebDatasetIndex(_Record):
+    """`<dataset>/shards/webdataset.json`, beside the tars, written by finalize before
+    `dataset.json`: what the codes are (the tokenizer's facts, as in each sample's JSON and the
+    Arrow shards' metadata) and each split's tars, for readers without codecflow."""
+
+    what: ClassVar[str] = "WebDataset index (shards/webdataset.json)"
+
+    kind: str  # WEBDATASET_KIND
+    format_version: int
+    dataset_fingerprint: str
+    tokenizer: str
+    num_levels: int
+    codebook_size: int
+    sample_rate: int
+    frame_rate: Number
+    dtype: str
+    codes_shape: tuple[str, ...]  # the JSON keys that size `codes.npy`'s axes: [K, F]
+    codes_layout: str
+    sample: dict[str, str]  # a sample's members (`codes.npy`, `json`): what each holds
+    tokenizer_spec: dict[str, Any]
+    splits: dict[str, tuple[WebDatasetShard, ...]]
 
 
 # -- summary.json -------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ every format version a reader may meet.
 
 Format versions (`dataset.json` -> `format_version`):
 
-- **3** (written now): an Arrow IPC *stream* (the format `datasets.Dataset.from_file` and
+- **4** (written now): the Arrow shards of version 3 (their metadata says 4), and WebDataset
+  twins that carry the tokenizer's facts: in each sample's JSON (`webdataset_facts`) and in
+  `shards/webdataset.json` beside the tars (`WEBDATASET_INDEX`, `records.WebDatasetIndex`), so
+  that plain `webdataset` knows what the codes are.
+- **3**: an Arrow IPC *stream* (the format `datasets.Dataset.from_file` and
   `pa.ipc.open_stream` read; Hugging Face's own cache files are streams named `.arrow` too),
   `codes` a `list<list<uint8|uint16>>` of K lists of F codes per row (`schemas.tables.
   token_shard_schema`), and the tokenizer's facts in the schema metadata under `codecflow.*`
@@ -32,19 +36,25 @@ import pyarrow.ipc as ipc
 __all__ = [
     "BatchCodes",
     "CODES_LAYOUT",
+    "CODES_SHAPE",
     "DATASET_FORMAT_VERSION",
     "LAST_FLAT_VERSION",
     "METADATA_PREFIX",
+    "WEBDATASET_INDEX",
     "batch_codes",
     "is_stream_format",
     "read_shard_batches",
     "read_shard_metadata",
     "shard_metadata",
+    "tokenizer_facts",
+    "webdataset_facts",
 ]
 
-#: Bumped whenever the bytes of a shard would change for the same inputs. 3: IPC stream, nested
-#: `[K][F]` codes, schema metadata (issue 15); 2: IPC file, flat codes.
-DATASET_FORMAT_VERSION = 3
+#: Bumped whenever the bytes of a shard would change for the same inputs. 4: the WebDataset
+#: twins' sample JSON holds the tokenizer's facts (issue 28); 3: IPC stream, nested `[K][F]`
+#: codes, schema metadata (issue 15); 2: IPC file, flat codes. The version is an input of the
+#: fingerprint, so a run resumed into a folder of an older version never mixes the two.
+DATASET_FORMAT_VERSION = 4
 
 #: The last version written as an IPC file with flat `codes` (read by `read_shard_batches`).
 LAST_FLAT_VERSION = 2
@@ -55,25 +65,53 @@ CODES_LAYOUT = (
     "codes[k][f] is level k's code at frame f"
 )
 
+#: A WebDataset sample's `codes.npy` shape, as the keys of its JSON that size each axis:
+#: `[num_levels, n_frames]`, i.e. `[K, F]`, level-major like the Arrow rows.
+CODES_SHAPE = ("num_levels", "n_frames")
+
+#: The dataset-level JSON of the WebDataset twins, relative to the dataset folder: beside the
+#: tars, so that a copy of `shards/` alone still says what its tars hold.
+WEBDATASET_INDEX = "shards/webdataset.json"
+
 #: The prefix of codecflow's keys in a shard's schema metadata.
 METADATA_PREFIX = "codecflow."
 
 
-def shard_metadata(spec: Mapping[str, Any], fingerprint: str | None) -> dict[bytes, bytes]:
-    """The schema metadata of a shard of a dataset of the tokenizer `spec`
-    (`tasks.loaders.tokenizer_spec`), as UTF-8 bytes (Arrow metadata is bytes to bytes):
-    `codecflow.` + format_version, tokenizer (its name), num_levels (K), codebook_size,
-    sample_rate, frame_rate, dtype, codes_layout, dataset_fingerprint (when known) and
-    tokenizer_spec (the whole spec as sorted JSON: a codec's checkpoint sha256, ...).
-    Numbers are their JSON text (`16000.0`, `8`), names as they are."""
-    facts: dict[str, Any] = {
-        "format_version": DATASET_FORMAT_VERSION,
+def tokenizer_facts(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reader needs to know of the codes of the tokenizer `spec`
+    (`tasks.loaders.tokenizer_spec`): tokenizer (its name, for `load_tokenizer`), num_levels
+    (K), codebook_size, sample_rate, frame_rate (frames per second) and dtype, as JSON values."""
+    return {
         "tokenizer": str(spec["name"]),
         "num_levels": int(spec["num_levels"]),
         "codebook_size": int(spec["codebook_size"]),
         "sample_rate": int(spec["sample_rate"]),
         "frame_rate": spec["frame_rate"],
         "dtype": str(spec["token_dtype"]),
+    }
+
+
+def webdataset_facts(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts each WebDataset sample's JSON holds besides its own fields: `tokenizer_facts`,
+    the format version and `codes_shape` (`CODES_SHAPE`), so that one sample read alone says
+    what its `codes.npy` is."""
+    return {
+        **tokenizer_facts(spec),
+        "format_version": DATASET_FORMAT_VERSION,
+        "codes_shape": list(CODES_SHAPE),
+    }
+
+
+def shard_metadata(spec: Mapping[str, Any], fingerprint: str | None) -> dict[bytes, bytes]:
+    """The schema metadata of a shard of a dataset of the tokenizer `spec`
+    (`tasks.loaders.tokenizer_spec`), as UTF-8 bytes (Arrow metadata is bytes to bytes):
+    `codecflow.` + format_version, the `tokenizer_facts` (tokenizer, num_levels, codebook_size,
+    sample_rate, frame_rate, dtype), codes_layout, dataset_fingerprint (when known) and
+    tokenizer_spec (the whole spec as sorted JSON: a codec's checkpoint sha256, ...).
+    Numbers are their JSON text (`16000.0`, `8`), names as they are."""
+    facts: dict[str, Any] = {
+        "format_version": DATASET_FORMAT_VERSION,
+        **tokenizer_facts(spec),
         "codes_layout": CODES_LAYOUT,
     }
     if fingerprint is not None:

@@ -3,11 +3,13 @@ dataset cards (https://huggingface.co/docs/hub/datasets-cards): YAML front matte
 and `huggingface_hub.DatasetCard` read (license, task categories, tags, size category, and
 `configs` with one `data_files` pattern per split, which `datasets.load_dataset(<folder>)`
 follows), then Markdown: provenance (source manifest, acquisition), tokenizer, codes layout,
-sizes and splits, and how to load it (pyarrow, `codecflow.open_dataset`, `datasets`).
+sizes and splits, and how to load it (pyarrow, `codecflow.open_dataset`, `datasets`, and plain
+`webdataset` when the dataset has WebDataset twins).
 
 Written by `finalize_dataset` before `dataset.json` (the commit), atomically, from what the
 dataset's plan and commit markers say: the same inputs give the same bytes (no date, no output
-path, so the Dask and default runners write identical cards). The card is not part of the
+path, so the Dask and default runners write identical cards). Its page, `index.html` (the card
+as HTML with the shards listed: `card_page`), is written right after it. Neither is part of the
 dataset's fingerprint.
 """
 
@@ -26,7 +28,8 @@ from codecflow.tasks.core import storage
 from codecflow.tasks.core.markup import md_code, md_text
 from codecflow.tasks.data.manifest import Acquisition, archive_of, read_acquisition
 from codecflow.tasks.data.records import DatasetInfo
-from codecflow.tasks.data.token_shards import CODES_LAYOUT, METADATA_PREFIX
+from codecflow.tasks.data.token_shards import CODES_LAYOUT, METADATA_PREFIX, WEBDATASET_INDEX
+from codecflow.tasks.tokenize.card_page import write_card_page
 from codecflow.tasks.tokenize.plan import DatasetPlan
 
 __all__ = [
@@ -229,7 +232,10 @@ def _layout(info: DatasetInfo) -> list[str]:
         "`dataset_fingerprint`, `tokenizer_spec`). `dataset.json` lists every shard with its "
         "rows, bytes and sha256; `size_report.json` has the size accounting"
         + (
-            ", and `.tar` WebDataset twins hold the same rows."
+            ". `shards/<split>-NNNNN.tar`: WebDataset twins of the same rows, `<key>.codes.npy` "
+            "(the `[K, F]` codes) and `<key>.json` (the segment's fields and the same facts, "
+            "with `codes_shape`: the keys that size the axes, `[num_levels, n_frames]`); "
+            f"`{WEBDATASET_INDEX}` holds the facts once and each split's tars."
             if "webdataset" in info.formats
             else "."
         ),
@@ -314,6 +320,28 @@ def _loading(info: DatasetInfo) -> list[str]:
         "# an absolute path: datasets names the dataset after the folder",
         f'copied = datasets.load_dataset(os.path.abspath("."), split="{split}")',
         "```",
+        *(_webdataset_loading(split) if "webdataset" in info.formats else []),
+    ]
+
+
+def _webdataset_loading(split: str) -> list[str]:
+    return [
+        "",
+        f"Plain `webdataset`, without codecflow: `{WEBDATASET_INDEX}` lists each split's tars "
+        "beside it and says what the codes are:",
+        "",
+        "```python",
+        "import json",
+        "",
+        "import webdataset as wds",
+        "",
+        f'with open("{WEBDATASET_INDEX}") as f:',
+        "    index = json.load(f)",
+        f'urls = ["shards/" + tar["url"] for tar in index["splits"]["{split}"]]',
+        "sample = next(iter(wds.WebDataset(urls, shardshuffle=False).decode()))",
+        "meta = sample[\"json\"]  # the segment's fields and the tokenizer's facts",
+        'codes = sample["codes.npy"]  # [K, F]: meta["num_levels"], meta["n_frames"]',
+        "```",
     ]
 
 
@@ -344,8 +372,12 @@ def dataset_card(plan: DatasetPlan, info: DatasetInfo, report: Mapping[str, Any]
 
 
 def write_dataset_card(plan: DatasetPlan, info: DatasetInfo, report: Mapping[str, Any]) -> str:
-    """Write the card into the dataset folder atomically (one PUT on an object store); its URL."""
+    """Write the card into the dataset folder, then its page (`card_page.PAGE_NAME`, the card
+    as HTML with the shards listed), each atomically (one PUT on an object store); the card's
+    URL."""
     url = storage.join(plan.out, CARD_NAME)
+    card = dataset_card(plan, info, report)
     with storage.open_atomic_write(url) as f:
-        f.write(dataset_card(plan, info, report).encode())
+        f.write(card.encode())
+    write_card_page(plan.out, card, info)
     return url

@@ -1,5 +1,5 @@
-"""Finishing a token dataset: rejects, the size report, the dataset card, then `dataset.json`
-(the commit); and
+"""Finishing a token dataset: rejects, the size report, the WebDataset twins' index
+(`shards/webdataset.json`), the dataset card and its page, then `dataset.json` (the commit); and
 `tokenize_manifest`, the whole stage without Prefect.
 """
 
@@ -23,14 +23,27 @@ from codecflow.schemas.tables import (
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.faults import kill_point
-from codecflow.tasks.data.records import DatasetInfo, DatasetTotals, ShardEntry, ShardMarker
+from codecflow.tasks.data.records import (
+    WEBDATASET_KIND,
+    DatasetInfo,
+    DatasetTotals,
+    ShardEntry,
+    ShardMarker,
+    WebDatasetIndex,
+    WebDatasetShard,
+)
 from codecflow.tasks.data.token_dataset import (
     DATASET_FORMAT_VERSION,
     DatasetRecord,
     record_from_info,
     shard_marker_url,
 )
-from codecflow.tasks.data.token_shards import CODES_LAYOUT
+from codecflow.tasks.data.token_shards import (
+    CODES_LAYOUT,
+    CODES_SHAPE,
+    WEBDATASET_INDEX,
+    tokenizer_facts,
+)
 from codecflow.tasks.tokenize.card import write_dataset_card
 from codecflow.tasks.tokenize.plan import DatasetPlan, check_existing, plan_dataset
 from codecflow.tasks.tokenize.shards import write_shard_group
@@ -40,6 +53,7 @@ __all__ = [
     "finalize_dataset",
     "format_rejects",
     "tokenize_manifest",
+    "webdataset_index",
 ]
 
 
@@ -56,9 +70,39 @@ def _source_bytes(plan: DatasetPlan) -> int | None:
         return None
 
 
+def webdataset_index(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> WebDatasetIndex:
+    """`shards/webdataset.json` of the dataset of `plan` whose shards committed `markers`: the
+    tokenizer's facts (as each sample's JSON has them) and each split's tars, named relative to
+    the index (it lies beside them), in shard order."""
+    splits: dict[str, list[WebDatasetShard]] = {}
+    for marker in markers:
+        tar = marker.files["webdataset"]
+        shard = WebDatasetShard(
+            url=f"{marker.name}.tar", nsamples=marker.rows, bytes=tar.bytes, sha256=tar.sha256
+        )
+        splits.setdefault(marker.split, []).append(shard)
+    return WebDatasetIndex(
+        kind=WEBDATASET_KIND,
+        format_version=DATASET_FORMAT_VERSION,
+        dataset_fingerprint=plan.fingerprint,
+        **tokenizer_facts(plan.spec),
+        codes_shape=CODES_SHAPE,
+        codes_layout=CODES_LAYOUT,
+        sample={
+            "codes.npy": "the segment's codes: a numpy array [K, F] (codes_shape) of dtype, "
+            "codes[k, f] is level k's code at frame f",
+            "json": "segment_id, speaker, book_id, split, n_frames (F), text when the source "
+            "has a transcript, and tokenizer, num_levels (K), codebook_size, sample_rate, "
+            "frame_rate, dtype, format_version and codes_shape as here",
+        },
+        tokenizer_spec=dict(plan.spec),
+        splits={split: tuple(shards) for split, shards in splits.items()},
+    )
+
+
 def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> DatasetRecord:
-    """Write rejects.parquet, size_report.json and the card (README.md), then dataset.json (the
-    commit)."""
+    """Write rejects.parquet, size_report.json, the WebDataset index (with WebDataset twins),
+    the card (README.md) and its page (index.html), then dataset.json (the commit)."""
     existing = check_existing(plan.out, plan.fingerprint)
     if existing is not None:
         return record_from_info(plan.out, existing)
@@ -87,6 +131,9 @@ def finalize_dataset(plan: DatasetPlan, markers: Sequence[ShardMarker]) -> Datas
         n_rejects=len(rejects),
         totals=DatasetTotals.model_validate(report["total"]),
     )
+    if "webdataset" in plan.formats:
+        index = webdataset_index(plan, markers)
+        storage.write_json(storage.join(plan.out, WEBDATASET_INDEX), index.to_json())
     write_dataset_card(plan, info, report)
     kill_point("before-dataset-commit")  # crash tests: the card written, dataset.json not yet
     storage.write_json(storage.join(plan.out, "dataset.json"), info.to_json())  # last: the commit

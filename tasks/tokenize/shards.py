@@ -28,6 +28,7 @@ from codecflow.tasks.core.threads import thread_policy, usable_cpus
 from codecflow.tasks.data.manifest import read_segment_audio, read_segment_pcm16
 from codecflow.tasks.data.records import Reject, ShardFile, ShardMarker
 from codecflow.tasks.data.token_dataset import shard_marker_url
+from codecflow.tasks.data.token_shards import webdataset_facts
 from codecflow.tasks.tokenize.mulaw_table import encode_pcm16, is_mulaw, pcm16_table
 from codecflow.tasks.tokenize.plan import DatasetPlan, PlannedShard
 
@@ -305,11 +306,12 @@ def _webdataset_key(segment_id: str) -> str:
 
 
 def _webdataset_bytes(
-    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], num_levels: int
+    records: Sequence[tuple[Mapping[str, Any], np.ndarray]], facts: Mapping[str, Any]
 ) -> bytes:
-    """A tar that plain `webdataset` reads: `<key>.codes.npy` ([K, F]) and `<key>.json` per row.
+    """A tar that plain `webdataset` reads: `<key>.codes.npy` ([K, F]) and `<key>.json` per row,
+    the JSON with the row's fields and the tokenizer's `facts` (`token_shards.webdataset_facts`).
 
-    Deterministic bytes: fixed order, mtime 0, root owner, mode 0644.
+    Deterministic bytes: fixed order, mtime 0, root owner, mode 0644, sorted JSON keys.
     """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -318,12 +320,12 @@ def _webdataset_bytes(
             npy = io.BytesIO()
             np.save(npy, codes, allow_pickle=False)
             meta = {
+                **facts,
                 "segment_id": row["segment_id"],
                 "speaker": row["speaker"],
                 "book_id": row["book_id"],
                 "split": row["split"],
                 "n_frames": int(codes.shape[1]),
-                "num_levels": num_levels,
             }
             if "text" in row:
                 meta["text"] = row["text"]
@@ -390,7 +392,7 @@ def _write_shard(
     arrow = _arrow_bytes(good, tokenizer.token_dtype, plan.shard_metadata, plan.has_text)  # type: ignore[arg-type]
     files = {"arrow": _put_file(f"{base}.arrow", arrow)}
     if "webdataset" in plan.formats:
-        tar = _webdataset_bytes(good, tokenizer.num_levels)  # type: ignore[arg-type]
+        tar = _webdataset_bytes(good, webdataset_facts(plan.spec))  # type: ignore[arg-type]
         files["webdataset"] = _put_file(f"{base}.tar", tar)
     kill_point("before-commit")  # crash tests: shard written, marker not yet
     frames = sum(int(c.shape[1]) for _, c in good)  # type: ignore[union-attr]

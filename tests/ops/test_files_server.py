@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -160,3 +162,71 @@ def test_listings_escape_names(files: tuple[str, Path]) -> None:
     (root / "<img src=x onerror=alert(1)>").mkdir()
     listing = httpx.get(f"{url}/", timeout=10).text
     assert "<img" not in listing and "&lt;img src=x onerror=alert(1)&gt;/" in listing
+
+
+class _Links(HTMLParser):
+    """The hrefs of a page, and the text of each table row (cells joined by |)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.rows: list[str] = []
+        self._cells: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v is not None]
+        elif tag == "tr":
+            self._cells = []
+        elif tag in ("td", "th") and self._cells is not None:
+            self._cells.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tr" and self._cells is not None:
+            self.rows.append("|".join(self._cells))
+            self._cells = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cells:
+            self._cells[-1] += data
+
+
+def test_the_token_dataset_link_opens_its_card_with_the_shards_listed(
+    files: tuple[str, Path], tiny_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow's "open the token dataset" link (the folder's URL) answers the card as HTML,
+    not a listing nor raw Markdown; below it every shard with its size, each link relative to
+    the folder and fetching the shard's bytes."""
+    from codecflow.schemas.configs import TokenizeSettings
+    from codecflow.tasks.core import links
+    from codecflow.tasks.data.token_dataset import read_dataset_info
+    from codecflow.tasks.tokenize.finalize import tokenize_manifest
+
+    url, root = files
+    out = root / "demo" / "tokens"
+    tokenize_manifest(tiny_manifest, out, TokenizeSettings(formats=["arrow", "webdataset"]))
+    monkeypatch.setenv(links.FILES_URL_ENV, url)
+    monkeypatch.setenv(links.FILES_ROOT_ENV, str(root))
+    page_url = links.file_url(out)
+    assert page_url == f"{url}/demo/tokens/"
+    page = httpx.get(page_url, timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html"
+    text = page.text
+    assert "<h1>mu-law-256 tokens of 10 speech segments" in text  # the card's title, rendered
+    assert "<h2>Tokenizer</h2>" in text and "## Tokenizer" not in text
+    assert "<td>levels (K)</td>" in text and "Directory listing" not in text
+    parsed = _Links()
+    parsed.feed(text)
+    for href in parsed.hrefs:  # relative, or the docs' https pages
+        assert urllib.parse.urlsplit(href).scheme in ("", "https") and not href.startswith("/")
+    info = read_dataset_info(out)
+    for shard in info.shards:
+        row = next(r for r in parsed.rows if r.startswith(f"{shard.name}|"))
+        assert f"{shard.bytes:,} B" in row and f"{shard.webdataset_bytes:,} B" in row
+        for path in (shard.file, shard.webdataset_file):
+            assert path in parsed.hrefs
+            fetched = httpx.get(urllib.parse.urljoin(page_url, path), timeout=10)
+            assert fetched.status_code == 200 and fetched.content == (out / path).read_bytes()
+    for name in ("README.md", "dataset.json", "shards/webdataset.json", "shards/"):
+        answer = httpx.get(urllib.parse.urljoin(page_url, name), timeout=10)
+        assert name in parsed.hrefs and answer.status_code == 200, name

@@ -33,7 +33,9 @@ def _sorted_json(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
-@pytest.mark.parametrize("name", ["dataset.json", "dataset_arrow_only.json", "dataset_v3.json"])
+@pytest.mark.parametrize(
+    "name", ["dataset.json", "dataset_arrow_only.json", "dataset_v3.json", "dataset_v4.json"]
+)
 def test_dataset_info_written_before_round_trips_to_identical_bytes(name: str) -> None:
     text = (FIXTURES / name).read_text()
     info = DatasetInfo.read(FIXTURES / name)
@@ -82,23 +84,26 @@ def test_evaluation_summary_written_before_round_trips_to_identical_bytes() -> N
 def test_a_tokenize_run_writes_the_bytes_the_code_before_wrote(
     tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same corpus and settings as the fixtures: the version 3 fixtures' markers and
+    """The same corpus and settings as the fixtures: the version 4 fixtures' markers and
     dataset.json (but for the manifest's path), so fingerprints and shard hashes do not move;
-    and the version 2 fixture's fingerprint when planned as version 2: the format version is
-    all that moved it."""
+    and the version 3 and 2 fixtures' fingerprints when planned as those versions: the format
+    version is all that moved them."""
     out = tmp_path / "wds"
     settings = TokenizeSettings(formats=["arrow", "webdataset"])
     tokenize_manifest(tiny_manifest, out, settings)
     marker = (out / "shards" / "train-00000.commit.json").read_text()
-    assert marker == (FIXTURES / "shard_v3.commit.json").read_text()
-    before = storage.read_json(FIXTURES / "dataset_v3.json")
+    assert marker == (FIXTURES / "shard_v4.commit.json").read_text()
+    before = storage.read_json(FIXTURES / "dataset_v4.json")
     now = storage.read_json(out / "dataset.json")
     assert now["fingerprint"] == before["fingerprint"]
     before["manifest"] = now["manifest"]
     assert (out / "dataset.json").read_text() == _sorted_json(before)
-    monkeypatch.setattr(codecflow.tasks.tokenize.plan, "DATASET_FORMAT_VERSION", 2)
-    v2 = codecflow.tasks.tokenize.plan.plan_dataset(tiny_manifest, tmp_path / "v2", settings)
-    assert v2.fingerprint == storage.read_json(FIXTURES / "dataset.json")["fingerprint"]
+    for version, fixture in ((3, "dataset_v3.json"), (2, "dataset.json")):
+        monkeypatch.setattr(codecflow.tasks.tokenize.plan, "DATASET_FORMAT_VERSION", version)
+        planned = codecflow.tasks.tokenize.plan.plan_dataset(
+            tiny_manifest, tmp_path / f"v{version}", settings
+        )
+        assert planned.fingerprint == storage.read_json(FIXTURES / fixture)["fingerprint"]
 
 
 def test_a_file_that_is_no_record_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.token_dataset import TokenReader, read_dataset_info
 
 
-@pytest.fixture(scope="module", params=[3, 2], ids=["v3", "v2"])
+@pytest.fixture(scope="module", params=[4, 3, 2], ids=["v4", "v3", "v2"])
 def k3(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, list[np.ndarray]]]:
@@ -296,8 +296,8 @@ def test_a_shard_of_another_format_or_dataset_is_refused_naming_it(tmp_path: Pat
     ):
         TokenReader(mixed, "train")
     # A dataset of a format this reader does not know yet.
-    (mixed / "dataset.json").write_text(json.dumps({**info, "format_version": 4}))
-    with pytest.raises(CodecflowError, match="format version 4, newer than this codecflow reads"):
+    (mixed / "dataset.json").write_text(json.dumps({**info, "format_version": 5}))
+    with pytest.raises(CodecflowError, match="format version 5, newer than this codecflow reads"):
         TokenReader(mixed, "train")
     # A shard copied from another dataset: its metadata names that dataset's fingerprint.
     (v3 / "dataset.json").write_text(json.dumps({**info, "fingerprint": "another"}))
@@ -311,7 +311,7 @@ def test_a_shard_of_another_format_or_dataset_is_refused_naming_it(tmp_path: Pat
 def test_plain_pyarrow_reads_the_codes_shape_and_the_tokenizer(tmp_path: Path) -> None:
     """Without codecflow's code: the stream's rows are K lists of F ints, and the schema
     metadata says what they are."""
-    segments = write_dataset(tmp_path, format_version=3)
+    segments = write_dataset(tmp_path)
     table = pa.ipc.open_stream(str(tmp_path / "shards" / "train-00000.arrow")).read_all()
     for i, codes in enumerate(segments["train"][:3]):
         row = table.column("codes")[i].as_py()
@@ -319,5 +319,5 @@ def test_plain_pyarrow_reads_the_codes_shape_and_the_tokenizer(tmp_path: Path) -
         assert row == codes.tolist()  # codes[k][f]
     meta = table.schema.metadata
     assert meta[b"codecflow.num_levels"] == b"3" and meta[b"codecflow.dtype"] == b"uint16"
-    assert meta[b"codecflow.format_version"] == b"3"
+    assert meta[b"codecflow.format_version"] == b"4"
     assert json.loads(meta[b"codecflow.tokenizer_spec"])["codebook_size"] == 1024

@@ -20,6 +20,7 @@ from codecflow.schemas.tables import MANIFEST_AUDIO_ROOT_KEY, TOKEN_SHARD_SCHEMA
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.manifest import read_segment_audio
+from codecflow.tasks.data.records import WebDatasetIndex
 from codecflow.tasks.data.token_dataset import read_dataset_info
 from codecflow.tasks.prefect.wrappers import (
     finalize_dataset_task,
@@ -300,21 +301,89 @@ def test_a_segment_that_fails_to_decode_is_rejected_and_the_rest_proceeds(
     assert rejects[0]["reason"].startswith("unreadable audio: ")
 
 
-def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -> None:
+def _plain_webdataset_split(dataset: Path, split: str) -> tuple[dict, list[dict]]:
+    """A split read as someone without codecflow would: json for the index beside the tars,
+    webdataset for the samples (raw bytes, no decoder), numpy for the `.npy`, and the codes
+    shaped by the facts alone. (The index, every sample.)"""
+    import io
+
     import webdataset as wds
 
+    index = json.loads((dataset / "shards" / "webdataset.json").read_text())
+    urls = [str(dataset / "shards" / tar["url"]) for tar in index["splits"][split]]
+    samples = []
+    for raw in wds.WebDataset(urls, shardshuffle=False):
+        meta = json.loads(raw["json"])
+        flat = np.load(io.BytesIO(raw["codes.npy"]), allow_pickle=False).reshape(-1)
+        # [K, F]: the axes sized by the keys codes_shape names, in the dtype the facts name.
+        shape = [meta[axis] for axis in index["codes_shape"]]
+        samples.append({**meta, "codes": flat.astype(index["dtype"], copy=False).reshape(shape)})
+    return index, samples
+
+
+def test_webdataset_shards_read_with_plain_webdataset(reference_dataset: Path) -> None:
+    """Every sample of every tar, read without codecflow, holds its Arrow row's codes as [K, F]
+    from the facts alone; the facts are the Arrow metadata's and dataset.json's; the index
+    lists every tar with its sample count, size and sha256."""
     info = read_dataset_info(reference_dataset)
-    shard = info.shards[0]
-    with pa.memory_map(str(reference_dataset / shard.file)) as source:
-        arrow_rows = ipc.open_stream(source).read_all().to_pylist()
-    samples = list(
-        wds.WebDataset(str(reference_dataset / shard.webdataset_file), shardshuffle=False).decode()
-    )
-    assert [s["json"]["segment_id"] for s in samples] == [r["segment_id"] for r in arrow_rows]
-    for sample, row in zip(samples, arrow_rows, strict=True):
-        codes = sample["codes.npy"]
-        assert codes.shape == (1, row["n_frames"]) and codes.dtype == np.uint8
-        assert codes.tolist() == row["codes"]  # [K][F] both
+    facts = ("tokenizer", "num_levels", "codebook_size", "sample_rate", "frame_rate", "dtype")
+    for split in ("train", "val"):
+        index, samples = _plain_webdataset_split(reference_dataset, split)
+        shards = [s for s in info.shards if s.split == split]
+        arrow_rows = []
+        for shard in shards:
+            with pa.memory_map(str(reference_dataset / shard.file)) as source:
+                table = ipc.open_stream(source).read_all()
+            arrow_rows += table.to_pylist()
+            metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+        assert [s["segment_id"] for s in samples] == [r["segment_id"] for r in arrow_rows]
+        assert [(t["url"], t["nsamples"], t["bytes"]) for t in index["splits"][split]] == [
+            (Path(s.webdataset_file).name, s.rows, s.webdataset_bytes) for s in shards
+        ]
+        for tar in index["splits"][split]:
+            assert sha256_file(reference_dataset / "shards" / tar["url"]) == tar["sha256"]
+        for sample, row in zip(samples, arrow_rows, strict=True):
+            assert (
+                sample["codes"].shape == (1, row["n_frames"]) and sample["codes"].dtype == np.uint8
+            )
+            assert sample["codes"].tolist() == row["codes"]  # [K][F] both
+            assert int(sample["codes"].max()) < sample["codebook_size"]
+            assert {k: sample[k] for k in facts} == {k: index[k] for k in facts}
+    names = ("tokenizer", "dtype")  # as they are in the Arrow metadata, numbers as JSON text
+    assert {k: index[k] for k in facts} == {
+        k: metadata[f"codecflow.{k}"] if k in names else json.loads(metadata[f"codecflow.{k}"])
+        for k in facts
+    }
+    assert index["tokenizer_spec"] == info.tokenizer and index["dtype"] == info.dtype
+    assert index["dataset_fingerprint"] == info.fingerprint
+    assert index["format_version"] == info.format_version == samples[0]["format_version"]
+    assert index["codes_shape"] == samples[0]["codes_shape"] == ["num_levels", "n_frames"]
+    assert index["kind"] == "codecflow-webdataset"
+    typed = WebDatasetIndex.read(reference_dataset / "shards" / "webdataset.json")
+    assert json.loads(json.dumps(typed.to_json())) == index  # the record codecflow writes
+
+
+def test_the_cards_webdataset_snippet_runs_in_the_dataset_folder(
+    reference_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card's plain-webdataset snippet runs as written, and is formats.md's example."""
+    import re
+
+    from helpers import REPO
+
+    text = (reference_dataset / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 4 and "import webdataset" in blocks[3]
+    doc = (REPO / "docs" / "reference" / "formats.md").read_text()
+    tag = "<!-- example: run (tests/tasks/tokenize/test_tokenization.py, webdataset-example) -->"
+    assert doc.split(tag, 1)[1].split("```python\n", 1)[1].split("```", 1)[0] == blocks[3]
+    monkeypatch.chdir(reference_dataset)
+    scope: dict = {}
+    exec(blocks[3], scope)
+    assert scope["codes"].shape == (scope["meta"]["num_levels"], scope["meta"]["n_frames"])
+    first = _plain_webdataset_split(reference_dataset, "train")[1][0]
+    assert scope["meta"]["segment_id"] == first["segment_id"]
+    assert scope["codes"].tolist() == first["codes"].tolist()
 
 
 def test_arrow_shards_open_with_plain_pyarrow(reference_dataset: Path) -> None:
@@ -335,7 +404,7 @@ def test_arrow_shards_open_with_plain_pyarrow(reference_dataset: Path) -> None:
         assert (meta["codecflow.tokenizer"], meta["codecflow.num_levels"]) == ("mu-law-256", "1")
         assert (meta["codecflow.codebook_size"], meta["codecflow.dtype"]) == ("256", "uint8")
         assert (meta["codecflow.sample_rate"], meta["codecflow.frame_rate"]) == ("16000", "16000.0")
-        assert meta["codecflow.format_version"] == str(info["format_version"]) == "3"
+        assert meta["codecflow.format_version"] == str(info["format_version"]) == "4"
         with pytest.raises(pa.ArrowInvalid):
             pa.ipc.open_file(str(path))  # a stream, not an IPC file (format version 2)
 
