@@ -46,6 +46,20 @@ __all__ = [
 
 Device = Literal["auto", "cpu", "cuda"]
 
+#: Experiment trackers a run also logs to (tasks/core/tracking.py).
+TrackerName = Literal["tensorboard", "wandb"]
+
+
+def _log_to(what: str) -> Any:
+    """The `log_to` field of a stage: the trackers that receive `what`, none by default."""
+    return Field(
+        [],  # a default, not a factory: the UI shows it (see `regenerate_levels`)
+        description=f"Experiment trackers that also receive {what}: 'tensorboard' writes event "
+        "files under the run's folder (OUT/tensorboard), 'wandb' a Weights & Biases run under "
+        "OUT/wandb, offline unless you have logged in (wandb login, or WANDB_API_KEY). Both "
+        "need the tracking extra. Empty: none.",
+    )
+
 
 def _local_path(value: str | None, why: str) -> str | None:
     """`value` as a local path (`file://` dropped), or a ValueError for any other URL: the field
@@ -508,6 +522,9 @@ class TrainCodecSettings(_Config):
     )
     seed: int = Field(0, description="Seed of initialisation and crop sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present (bf16 autocast).")
+    log_to: list[TrackerName] = _log_to(
+        "the per-step losses, learning rate, gradient norm and crops/s of train_log.jsonl"
+    )
 
     @model_validator(mode="after")
     def _post_latents_are_the_width(self) -> TrainCodecSettings:
@@ -699,6 +716,9 @@ class TrainLMSettings(_Config):
     )
     seed: int = Field(0, description="Seed of initialisation and window sampling.")
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
+    log_to: list[TrackerName] = _log_to(
+        "the per-step loss (and per level), learning rate, tokens/s, MFU and validation loss"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -818,6 +838,9 @@ class EvaluateSettings(_Config):
         "both run offline from models inside their wheels.",
     )
     device: Device = Field("auto", description="'auto' takes CUDA when present.")
+    log_to: list[TrackerName] = _log_to(
+        "the report's metrics and audio, at the checkpoint's training step"
+    )
 
     _local_audio = _local_only("prompt", "regenerate_source", why="audio is read from a local file")
     _shipped_prompt = field_validator("prompt")(lambda cls, value: packaged_path(value))

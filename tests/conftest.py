@@ -87,6 +87,24 @@ def tiny_checkpoint(
     return train_lm(tiny_dataset, out, tiny_lm_settings).path  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def tracking_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated HOME and W&B environment for a test that tracks (`log_to`): no API key, no
+    ~/.netrc, W&B offline and silent, its cache and settings under `tmp_path`; nothing goes to
+    the network or to the user's home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name, folder in (("DIR", "dir"), ("CACHE_DIR", "cache"), ("CONFIG_DIR", "config")):
+        monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / "wandb-home" / folder))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-home" / "data"))
+    return home
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for the session; AWS_ENDPOINT_URL points at it."""

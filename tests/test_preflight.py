@@ -111,6 +111,21 @@ def test_inputs_outputs_and_unused_fields(tmp_path: Path, monkeypatch: pytest.Mo
         check_config(PipelineConfig(evaluate={"prompt": "nope.wav"}))  # type: ignore[arg-type]
 
 
+def test_a_tracker_without_its_package_is_named_by_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tokens").mkdir()
+    config = TrainLMConfig(dataset="tokens", log_to=["tensorboard", "wandb"])
+    check_config(config)  # both installed here (the tracking extra)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(CliError, match=r"^log_to: wandb needs the wandb package \(pip install"):
+        check_config(config)
+    pipeline = PipelineConfig(evaluate={"log_to": ["wandb"]})  # type: ignore[arg-type]
+    with pytest.raises(CliError, match=r"^evaluate.log_to: wandb needs the wandb package"):
+        check_config(pipeline)
+
+
 def test_shipped_configs_and_data_work_from_any_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

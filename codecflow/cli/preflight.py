@@ -9,7 +9,8 @@ validated config alone, in well under a second (no Prefect, torch or s3fs import
   exists (not a folder); `dataset`, `checkpoint` and `train_run`: a local folder;
 - outputs (`out`, `root`, `download_dir`, `index`): not an existing file;
 - every `s3://` value: credentials botocore would find (the environment, `AWS_PROFILE`, the
-  shared files), and an explicit endpoint (`AWS_ENDPOINT_URL[_S3]`) that accepts a connection.
+  shared files), and an explicit endpoint (`AWS_ENDPOINT_URL[_S3]`) that accepts a connection;
+- `log_to`: the package of each tracker it names (tensorboard, wandb) is installed.
 
 What a check cannot see (an object missing from a bucket, a server that refuses the
 credentials) is still reported by the task that meets it, as before.
@@ -34,6 +35,8 @@ from codecflow.schemas.sources import (
     resolve_sources,
     source_layout,
 )
+from codecflow.tasks.core.errors import CodecflowError
+from codecflow.tasks.core.tracking import check_log_to
 
 __all__ = ["check_config", "check_s3"]
 
@@ -184,6 +187,11 @@ def _check_source(where: str, section: BaseModel) -> None:
 def check_config(config: BaseModel) -> None:
     """Raise CliError (one line) for the first input or output of `config` that cannot work."""
     for section, name, where, value in _fields(config):
+        if name == "log_to" and value:
+            try:
+                check_log_to(value)
+            except CodecflowError as err:  # "log_to: ..." named by its section
+                raise CliError(f"{where.removesuffix('log_to')}{err}") from None
         if not isinstance(value, str) or not value:
             continue
         if name == "checkpoint" and getattr(section, "train_run", None):

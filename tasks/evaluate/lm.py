@@ -41,6 +41,7 @@ from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.runtime import resolve_device
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
+from codecflow.tasks.core.tracking import check_log_to
 from codecflow.tasks.data.records import (
     SUMMARY_KIND,
     DatasetInfo,
@@ -56,6 +57,7 @@ from codecflow.tasks.evaluate import (
     report,
     reuse,
     speech_metrics,
+    trackers,
 )
 from codecflow.tasks.evaluate.acoustics import (
     _plot_spectrogram,
@@ -116,7 +118,8 @@ def report_identity(
         "config": fingerprint(checkpoint / "config.json"),
         "dataset": storage.sha256(storage.join(dataset, "dataset.json")),
         **{k: fingerprint(Path(v)) if v and Path(v).is_file() else v for k, v in sources.items()},
-        "settings": settings.model_dump(mode="json"),
+        # The trackers receive the report; they do not change what it says.
+        "settings": settings.model_dump(mode="json", exclude={"log_to"}),
     }
 
 
@@ -156,8 +159,12 @@ def evaluate(
     is returned as is: its commit marker, not the Prefect cache, says it is done. Evaluations of
     one identity run one at a time on this machine (`tasks.evaluate.reuse`): the second waits for
     the first, then copies its committed report into its own `out` instead of computing it again.
+
+    A report computed or copied here goes to the trackers of `log_to` too; one already
+    committed in `out` was logged when it was written.
     """
     checkpoint, dataset, out = Path(checkpoint), storage.location(dataset), Path(out)
+    check_log_to(settings.log_to)
     identity = report_identity(checkpoint, dataset, settings)
     done = _committed_report(out, identity)
     if done is not None:
@@ -169,6 +176,7 @@ def evaluate(
         if record is None:
             record = _computed(checkpoint, dataset, out, settings, identity)
         reuse.register(key, identity, out)
+    trackers.log_report(out, settings)
     return record
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.records import CommittedReport, CommittedReports, EvaluationSummary
+from codecflow.tasks.evaluate.trackers import TRACKER_FOLDERS
 
 __all__ = [
     "copy_report",
@@ -135,11 +136,12 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 def copy_report(source: Path, tmp: Path) -> None:
     """Every file of the report in `source` into the (empty) folder `tmp`, but summary.json,
-    which the caller writes last."""
+    which the caller writes last, and the trackers' folders (the copy is logged anew)."""
+    left_out = ["summary.json", *TRACKER_FOLDERS]
     shutil.copytree(
         source,
         tmp,
-        ignore=lambda folder, _: ["summary.json"] if Path(folder) == source else [],
+        ignore=lambda folder, _: left_out if Path(folder) == source else [],
         copy_function=_link_or_copy,
         dirs_exist_ok=True,
     )

@@ -48,6 +48,7 @@ from codecflow.tasks.core import storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.progress import StepProgress
 from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.core.tracking import Tracker, check_log_to
 from codecflow.tasks.data.checkpoints import is_checkpoint_committed
 from codecflow.tasks.data.crops import CropIndex, batches, crop_loader, read_crop_index
 from codecflow.tasks.data.manifest import CODEC_RATE
@@ -92,9 +93,9 @@ CODEC_RUN_COMMITTED = ("checkpoint/metrics.json", "checkpoints/step-*/COMPLETE")
 CODEC_RUN_HELD_ENV = "CODECFLOW_CODEC_RUN_HELD"
 
 #: Settings added after runs were recorded that do not change what is learnt (how many ranks
-#: and loader workers): left out of the run's identity, so that a run resumes with other values
-#: (on another number of ranks) and runs recorded before them still resume.
-_RUNTIME_ONLY = {"nproc_per_node", "loader_workers", "prefetch_batches"}
+#: and loader workers, the trackers): left out of the run's identity, so that a run resumes
+#: with other values (on another number of ranks) and runs recorded before them still resume.
+_RUNTIME_ONLY = {"nproc_per_node", "loader_workers", "prefetch_batches", "log_to"}
 
 #: Settings added since runs were recorded, with the value those runs trained with (issue 24
 #: made the post's recipe the default): a run recorded before them resumes as it was.
@@ -169,6 +170,7 @@ def train_codec(manifest: str, out: Path, settings: TrainCodecSettings) -> Codec
     out = Path(out)
     if not storage.exists(manifest):
         raise CodecflowError(f"segment manifest not found: {manifest}")
+    check_log_to(settings.log_to)
     with holding(out, CODEC_RUN_KIND, "train-codec", CODEC_RUN_COMMITTED, CODEC_RUN_HELD_ENV):
         return _train_codec_owned(manifest, out, settings)
 
@@ -244,16 +246,23 @@ def _train(
     index = read_crop_index(manifest, "train")
     run = _build(settings)
     resumed = resume(out, run.codec, run.optimizer, write_log=run.ranks.main)
-    started = time.perf_counter()
-    _loop(out, settings, run, index, resumed)
-    elapsed = time.perf_counter() - started
-    if run.ranks.world > 1:
-        write_rank_fingerprint(out / "ranks", run.ranks, run.codec)
-    if not run.ranks.main:
-        barrier(run.ranks)
-        return CodecCheckpointRecord(out / "checkpoint", "", settings.steps, 0, 0, 0.0, 0.0, 0)
+    # Rank 0 logs for all ranks, as it writes.
+    log_to = settings.log_to if run.ranks.main else []
+    tracked = {**settings.model_dump(mode="json"), "manifest": manifest, "out": str(out)}
+    name = f"train-codec {out.name}"
+    with Tracker(out, name, tracked, log_to, resumed_step=resumed.step) as tracker:
+        started = time.perf_counter()
+        _loop(out, settings, run, index, resumed, tracker)
+        elapsed = time.perf_counter() - started
+        if run.ranks.world > 1:
+            write_rank_fingerprint(out / "ranks", run.ranks, run.codec)
+        if not run.ranks.main:
+            barrier(run.ranks)
+            return CodecCheckpointRecord(out / "checkpoint", "", settings.steps, 0, 0, 0.0, 0.0, 0)
+        crops = (settings.steps - resumed.step) * run.ranks.world * settings.batch_size
+        crops_per_s = crops / max(elapsed, 1e-9)  # all ranks together
+        tracker.scalars(settings.steps, {"run/crops_per_s": crops_per_s})
     log = resumed.log
-    crops = (settings.steps - resumed.step) * run.ranks.world * settings.batch_size
     metrics = {
         "identity": identity.to_json(),
         "steps": settings.steps,
@@ -263,7 +272,7 @@ def _train(
         "train_loss_last": float(np.mean([r["loss"] for r in log.rows[-10:]])),
         "resumed_from": resumed.step,
         "ranks": run.ranks.world,
-        "crops_per_s": crops / max(elapsed, 1e-9),  # all ranks together
+        "crops_per_s": crops_per_s,
     }
     config = {"codec": codec_config_dict(run.codec), "sample_rate": CODEC_RATE}
     final = write_final(out, _weights(run.codec), config, metrics, log, lambda p: _plot(log, p))
@@ -284,7 +293,12 @@ def _levels_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _loop(
-    out: Path, settings: TrainCodecSettings, run: _Run, index: CropIndex, resumed: Resumed
+    out: Path,
+    settings: TrainCodecSettings,
+    run: _Run,
+    index: CropIndex,
+    resumed: Resumed,
+    tracker: Tracker,
 ) -> None:
     """The steps from the resumed one to the last; rank 0 logs and checkpoints."""
     world, batch_size = run.ranks.world, settings.batch_size
@@ -324,6 +338,8 @@ def _loop(
         extra = {"data_seconds": waited, "crops": step_crops, "ranks": world}
         resumed.log.append({"step": step + 1, **record, **extra})  # "step" first, as before
         meter.update(step + 1, loss=record["loss"])
+        crops_per_s = world * batch_size / max(record["seconds"] + waited, 1e-9)
+        tracker.scalars(step + 1, {**record, "data_seconds": waited, "crops_per_s": crops_per_s})
         if checkpoint_due(step + 1, settings):
             state = {"crops_consumed": consumed}
             save_checkpoint(out, step + 1, _weights(run.codec), run.optimizer, state)

@@ -29,6 +29,7 @@ from codecflow.tasks.core import storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.progress import StepProgress
 from codecflow.tasks.core.runtime import resolve_device
+from codecflow.tasks.core.tracking import Tracker, check_log_to
 from codecflow.tasks.data.checkpoints import latest_checkpoint
 from codecflow.tasks.data.lm_windows import (
     check_windows,
@@ -100,7 +101,7 @@ def build_optimizer(model: GPT, settings: TrainLMSettings) -> torch.optim.AdamW:
 #: another number of ranks is supported: the sampler position is global). Every other setting,
 #: `steps` included (it shapes the cosine schedule), and the dataset define the run: a resume
 #: with another value is refused, since its result would match no uninterrupted run.
-_RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device", "compile"}
+_RUNTIME_ONLY = {"checkpoint_every", "nproc_per_node", "device", "compile", "log_to"}
 
 #: The kind of folder a train-lm run owns, and what shows one written before ownership markers.
 LM_RUN_KIND = "LM run"
@@ -165,6 +166,7 @@ def train_lm(dataset: str | Path, out: Path, settings: TrainLMSettings) -> Check
             f"n_embd={settings.n_embd} is not a multiple of n_head={settings.n_head}"
         )
     check_windows(dataset, settings)
+    check_log_to(settings.log_to)
     with holding(out, LM_RUN_KIND, "train-lm", LM_RUN_COMMITTED, LM_RUN_HELD_ENV):
         return _train_owned(dataset, out, settings, info)
 
@@ -267,15 +269,17 @@ def _train(
     run = _build(settings, info.tokenizer)
     resumed = resume(out, run.model, run.optimizer, tied={"wte.weight"}, write_log=run.ranks.main)
     trained = _wrapped(run, settings)
-    started = time.perf_counter()
-    _loop(out, settings, identity, run, trained, train_reader, resumed, val_reader)
-    elapsed = time.perf_counter() - started
-    if run.ranks.world > 1:
-        write_rank_fingerprint(out / "ranks", run.ranks, run.model)
-    if not run.ranks.main:
-        barrier(run.ranks)
-        return _record_placeholder(out, settings)
-    metrics = _metrics(settings, identity, run, resumed, elapsed, val_reader)
+    with _tracker(out, settings, run, resumed) as tracker:
+        started = time.perf_counter()
+        _loop(out, settings, identity, run, trained, train_reader, resumed, val_reader, tracker)
+        elapsed = time.perf_counter() - started
+        if run.ranks.world > 1:
+            write_rank_fingerprint(out / "ranks", run.ranks, run.model)
+        if not run.ranks.main:
+            barrier(run.ranks)
+            return _record_placeholder(out, settings)
+        metrics = _metrics(settings, identity, run, resumed, elapsed, val_reader)
+        tracker.scalars(settings.steps, _final_scalars(metrics))
     log = resumed.log
     val_loss = float(metrics["val_loss"])
 
@@ -291,6 +295,36 @@ def _train(
 _YLABEL = "cross-entropy (nats/token)"
 
 
+def _tracker(out: Path, settings: TrainLMSettings, run: _Run, resumed: Resumed) -> Tracker:
+    """The run's trackers (`log_to`), on rank 0 only: it logs for all ranks, as it writes."""
+    config = {**run.config_json, "out": str(out), "ranks": run.ranks.world}
+    log_to = settings.log_to if run.ranks.main else []
+    return Tracker(out, f"train-lm {out.name}", config, log_to, resumed_step=resumed.step)
+
+
+def _step_scalars(
+    record: Mapping[str, Any], tokens_per_s: float, mfu: float | None
+) -> dict[str, Any]:
+    """What a tracker receives of a step: its log line's numbers, and the step's throughput
+    (tokens/s of all ranks over its forward, backward and update; MFU where known)."""
+    kept = ("loss", "loss_per_level", "lr", "grad_norm", "val_loss", "val_loss_per_level")
+    return {
+        **{key: record[key] for key in kept if key in record},
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu,
+    }
+
+
+def _final_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The end of the run: the validation loss at the last step, the whole run's throughput."""
+    return {
+        "val_loss": metrics["val_loss"],
+        "val_loss_per_level": metrics["val_loss_per_level"],
+        "run/tokens_per_s": metrics["tokens_per_s"],
+        "run/mfu": metrics["mfu"],
+    }
+
+
 def _loop(
     out: Path,
     settings: TrainLMSettings,
@@ -300,6 +334,7 @@ def _loop(
     reader: TokenReader,
     resumed: Resumed,
     val_reader: TokenReader,
+    tracker: Tracker,
 ) -> None:
     """The steps from the resumed one to the last; rank 0 logs and checkpoints, and at each
     checkpoint logs the validation loss too (the evaluation report's validation curve)."""
@@ -315,9 +350,12 @@ def _loop(
     meter = StepProgress(
         _LOG, "train-lm", settings.steps, "tokens", tokens_per_step, start=resumed.step
     )
+    peak = _peak_flops(run)
     run.model.train()
     for step, lr in schedule(run.optimizer, resumed.step, settings):
+        started = time.perf_counter()
         total, per_level, grad_norm = _step(settings, run, trained, reader, consumed)
+        seconds = time.perf_counter() - started
         record = {
             "step": step + 1,
             "loss": total,
@@ -333,11 +371,22 @@ def _loop(
                 record.update(_validate(settings, run, val_reader))
             resumed.log.append(record)
             meter.update(step + 1, loss=total)
+            tokens_per_s = tokens_per_step / max(seconds, 1e-9)
+            mfu = model_flops_utilization(tokens_per_s, run.config, peak) if peak else None
+            tracker.scalars(step + 1, _step_scalars(record, tokens_per_s, mfu))
             if checkpoint_due(step + 1, settings):
                 state = {"windows_consumed": consumed}
                 weights = _weights(run.model)
                 save_checkpoint(out, step + 1, weights, run.optimizer, state, files)
         barrier(run.ranks)
+
+
+def _peak_flops(run: _Run) -> float | None:
+    """The peak FLOP/s of all ranks together (MFU's denominator): known on CUDA devices only."""
+    if run.device.type != "cuda":
+        return None
+    peak = peak_flops_for(torch.cuda.get_device_name(run.device))
+    return peak * run.ranks.world if peak else None
 
 
 def _validate(settings: TrainLMSettings, run: _Run, val_reader: TokenReader) -> dict[str, Any]:
@@ -409,9 +458,9 @@ def _metrics(
     ranks, device, config, log = run.ranks, run.device, run.config, resumed.log.rows
     windows = (settings.steps - resumed.step) * ranks.world * settings.batch_size
     tokens_per_s = windows * settings.grad_accum_steps * config.block_size / elapsed
-    peak = peak_flops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    peak = _peak_flops(run)
     # Model FLOPs utilisation (PaLM appendix B), over all ranks: known on CUDA devices only.
-    mfu = model_flops_utilization(tokens_per_s, config, peak * ranks.world) if peak else None
+    mfu = model_flops_utilization(tokens_per_s, config, peak) if peak else None
     val_loss, val_per_level = validation_loss(
         run.model,
         val_reader,

@@ -31,6 +31,7 @@ from codecflow.schemas.configs import TrainCodecSettings, TrainLMSettings
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError, user_error
 from codecflow.tasks.core.threads import apply_thread_policy, worker_thread_env
+from codecflow.tasks.core.tracking import check_log_to
 from codecflow.tasks.data.token_dataset import read_dataset_info
 from codecflow.tasks.train import codec as train_codec
 from codecflow.tasks.train import lm as train_lm
@@ -92,6 +93,7 @@ def run_torchrun(
     """
     out = Path(out)
     read_dataset_info(dataset)  # a missing dataset is refused before out is claimed
+    check_log_to(settings.log_to)  # here, not as every rank's failure
     _run(_LM, str(dataset), out, settings, settings.nproc_per_node)
     return train_lm.train_lm(dataset, out, settings)  # committed: reads the checkpoint back
 
@@ -103,6 +105,7 @@ def run_codec_torchrun(
     out = Path(out)
     if not storage.exists(manifest):  # refused before out is claimed
         raise CodecflowError(f"segment manifest not found: {manifest}")
+    check_log_to(settings.log_to)
     _run(_CODEC, manifest, out, settings, settings.nproc_per_node)
     return train_codec.train_codec(manifest, out, settings)  # committed: reads it back
 

@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 from helpers import REPO
 from safetensors.torch import load_file
+from tracking_files import tensorboard_scalars
 
 from codecflow.models.codec import PostEncoder
 from codecflow.models.layouts import LAYOUT_NAMES
@@ -402,3 +403,19 @@ def test_codec_training_logs_progress_at_a_cadence(
     assert first is not None and last is not None
     assert (first.group(1), last.group(1), last.group(5)) == ("1", "6", "0:00")
     assert float(last.group(4).replace(",", "")) > 0
+
+
+def test_log_to_tensorboard_receives_the_logs_scalars(
+    tiny_manifest: Path, tmp_path: Path, tracking_home: Path
+) -> None:
+    out = tmp_path / "codec"
+    settings = _settings(steps=6, checkpoint_every=3, loader_workers=0, log_to=["tensorboard"])
+    record = train_codec(str(tiny_manifest), out, settings)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    metrics = json.loads((record.path / "metrics.json").read_text())
+    board = tensorboard_scalars(out / "tensorboard")
+    for key in ("loss", "mse", "spectral", "commitment", "lr", "grad_norm", "levels_used"):
+        assert board[key] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in log}, key
+    assert sorted(board["crops_per_s"]) == list(range(1, 7))
+    assert board["run/crops_per_s"] == {6: pytest.approx(metrics["crops_per_s"], rel=1e-6)}
+    assert not (out / "wandb").exists()  # only what log_to names

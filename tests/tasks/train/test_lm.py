@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tracking_files import tensorboard_scalars, wandb_history, wandb_records, wandb_run
 
 from codecflow.schemas.configs import TrainLMSettings
 from codecflow.tasks.core.errors import CodecflowError
@@ -247,3 +249,72 @@ def test_training_logs_progress_at_a_cadence(
     with caplog.at_level(logging.INFO, logger="codecflow.train-lm"):
         train_lm(tiny_dataset, tmp_path / "every", settings)
     assert [int(m.group(1)) for m in _progress_lines(caplog)] == list(range(1, 13))
+
+
+def test_log_to_sends_the_logs_scalars_to_tensorboard_and_wandb(
+    tiny_dataset: Path, tiny_lm_settings: TrainLMSettings, tmp_path: Path, tracking_home: Path
+) -> None:
+    settings = tiny_lm_settings.model_copy(update={"steps": 12, "checkpoint_every": 5})
+    tracked = settings.model_copy(update={"log_to": ["tensorboard", "wandb"]})
+    out = tmp_path / "lm"
+    record = train_lm(tiny_dataset, out, tracked)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    metrics = json.loads((record.path / "metrics.json").read_text())
+    assert [row["step"] for row in log] == list(range(1, 13))
+
+    # TensorBoard keeps float32: the log's float64 values to 7 digits.
+    board = tensorboard_scalars(out / "tensorboard")
+    for key in ("loss", "lr", "grad_norm", "loss_per_level/0"):
+        assert board[key] == {row["step"]: pytest.approx(_at(row, key), rel=1e-6) for row in log}, (
+            key
+        )
+    validated = {row["step"]: row["val_loss"] for row in log if "val_loss" in row}
+    assert sorted(validated) == [5, 10]  # at the checkpoints, and the final one at step 12
+    assert board["val_loss"] == pytest.approx({**validated, 12: metrics["val_loss"]}, rel=1e-6)
+    assert sorted(board["tokens_per_s"]) == list(range(1, 13))
+    assert all(value > 0 for value in board["tokens_per_s"].values())
+    assert board["run/tokens_per_s"] == {12: pytest.approx(metrics["tokens_per_s"], rel=1e-6)}
+    assert "mfu" not in board and metrics["mfu"] is None  # no peak FLOP/s known on a CPU
+
+    # W&B: the offline run under OUT/wandb, the values as the log has them (JSON, float64).
+    run_file = wandb_run(out)
+    history = wandb_history(run_file)
+    for row in log:
+        step = history[row["step"]]
+        assert (step["loss"], step["lr"], step["grad_norm"]) == (
+            row["loss"], row["lr"], row["grad_norm"]
+        )  # fmt: skip
+        assert step["loss_per_level/0"] == row["loss_per_level"][0]
+        assert step.get("val_loss") == row.get(
+            "val_loss", metrics["val_loss"] if row["step"] == 12 else None
+        )
+    run = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["settings"]["steps"] == 12 and config["settings"]["log_to"] == [
+        "tensorboard",
+        "wandb",
+    ]
+    assert run.display_name == "train-lm lm"
+
+    # The trackers are not part of what the run is: the same run without them is this one.
+    assert train_lm(tiny_dataset, out, settings) == record
+
+
+def _at(row: dict[str, object], key: str) -> object:
+    """A log line's value under a tracker's name ("loss_per_level/0": the list's first)."""
+    name, _, index = key.partition("/")
+    value = row[name]
+    return value[int(index)] if index else value  # type: ignore[index]
+
+
+def test_a_tracker_without_its_package_fails_before_the_run(
+    tiny_dataset: Path,
+    tiny_lm_settings: TrainLMSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    settings = tiny_lm_settings.model_copy(update={"log_to": ["wandb"]})
+    with pytest.raises(CodecflowError, match=r"^log_to: wandb needs the wandb package"):
+        train_lm(tiny_dataset, tmp_path / "lm", settings)
+    assert not (tmp_path / "lm").exists()  # refused before out is claimed

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO
+from tracking_files import tensorboard_scalars, wandb_history, wandb_run
 
 from codecflow.schemas.configs import TrainLMSettings
 from codecflow.tasks.core.threads import usable_cpus
@@ -192,3 +193,21 @@ def test_a_damaged_shard_on_two_ranks_is_one_line(tiny_dataset: Path, tmp_path: 
         str(err.value),
     ), str(err.value)
     assert not (tmp_path / "lm" / "checkpoint").exists()
+
+
+def test_only_rank_0_logs_to_the_trackers(
+    tiny_dataset: Path, tmp_path: Path, tracking_home: Path
+) -> None:
+    out = tmp_path / "lm"
+    log_to = ["tensorboard", "wandb"]
+    settings = TrainLMSettings(**TINY, steps=6, checkpoint_every=3, nproc_per_node=2, log_to=log_to)
+    run_torchrun(tiny_dataset, out, settings)
+    # One writer of each: rank 1 opened none (its own would be a second file, a second run).
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    board = tensorboard_scalars(events.parent)
+    history = wandb_history(wandb_run(out))  # exactly one offline run
+    log = _log(out)
+    assert board["loss"] == {r["step"]: pytest.approx(r["loss"], rel=1e-6) for r in log}
+    assert {step: row["loss"] for step, row in history.items()} == {
+        r["step"]: r["loss"] for r in log
+    }
