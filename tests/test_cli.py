@@ -211,3 +211,19 @@ def test_tokenizers_lists_names_that_validate(capsys: pytest.CaptureFixture[str]
         parse_tokenizer_name(pattern.replace("[@N]", "@2"))  # a malformed one raises
         parse_tokenizer_name(pattern.replace("[@N]", ""))
     assert all(preset in "\n".join(rows) for preset in CODEC_PRESETS)
+
+
+def test_output_lines_show_one_kind_of_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`report:` and `index:` alike: below the current folder relative, elsewhere absolute,
+    whichever way the flow returned them; URLs as they are."""
+    from codecflow.cli.main import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path("runs/demo/report") == "runs/demo/report"
+    assert shown_path(tmp_path / "runs" / "index.html") == "runs/index.html"
+    assert shown_path(tmp_path / "runs" / ".." / "runs" / "x") == "runs/x"
+    assert shown_path("../elsewhere") == str(tmp_path.parent / "elsewhere")
+    assert shown_path("/var/data") == "/var/data"
+    assert shown_path("s3://bucket/tokens") == "s3://bucket/tokens"

@@ -59,11 +59,28 @@ def tensorboard_events(path: Path) -> list[Any]:
     return list(EventFileLoader(str(path)).Load())
 
 
-def wandb_run(folder: Path) -> Path:
-    """The one offline W&B run file under `folder` (`wandb/offline-run-*/run-*.wandb`)."""
+def wandb_run(folder: Path, timeout: float = 60.0) -> Path:
+    """The one offline W&B run file under `folder` (`wandb/offline-run-*/run-*.wandb`), once
+    complete: `run.finish()` returns before wandb's service has written the file (measured: 4
+    of 12 runs had only the 7-byte header right after it), so wait for its `exit` record."""
+    import time
+
     found = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(found) == 1, f"expected one offline W&B run under {folder}, found {found}"
+    deadline = time.monotonic() + timeout
+    while not _has_exit(found[0]):
+        assert time.monotonic() < deadline, f"{found[0]} has no exit record after {timeout} s"
+        time.sleep(0.2)
     return found[0]
+
+
+def _has_exit(path: Path) -> bool:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path))
+    except (AssertionError, DecodeError):  # still being written: a header or a record short
+        return False
 
 
 def wandb_records(path: Path) -> Iterator[Any]:

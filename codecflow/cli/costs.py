@@ -11,10 +11,11 @@ the disk of the tokens (`project_sizes`) and the Prefect task runs of the tokeni
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from codecflow.cli.download_costs import DownloadPlan, download_rows, plan_download
 from codecflow.models.budget import LMBudget, lm_budget
 from codecflow.models.flops import PEAK_BF16_FLOPS
 from codecflow.models.layouts import make_layout
@@ -96,6 +97,7 @@ class RunPlan:
     nodes: int
     mfu: float
     peak_flops: float  # per GPU, FLOP/s
+    download: DownloadPlan | None = None  # a pipeline's acquisition; None for train-lm
 
     @property
     def gpus(self) -> int:
@@ -132,10 +134,18 @@ class RunPlan:
         data["tokenizer"]["tokens_per_second"] = self.data.tokenizer.tokens_per_second
         fields = ("kind", "config", "preset", "layout", "steps", "nodes", "mfu", "peak_flops")
         derived = ("gpus", "steps_per_epoch", "epochs", "tokens_per_s", "wall_seconds")
+        download = None
+        if self.download is not None:
+            download = {
+                **asdict(self.download),
+                "archive_bytes": self.download.archive_bytes,
+                "peak_bytes": self.download.peak_bytes,
+            }
         return {
             **{name: getattr(self, name) for name in fields + derived},
             "budget": budget,
             "data": data,
+            "download": download,
         }
 
 
@@ -276,7 +286,8 @@ def plan_pipeline(
     """The plan of a pipeline config (read from `source`); `hours` replaces the hours it would
     acquire."""
     data = _pipeline_data(cfg, hours)
-    return _plan("pipeline", cfg.train_lm, data, nodes, mfu, peak_tflops, source)
+    plan = _plan("pipeline", cfg.train_lm, data, nodes, mfu, peak_tflops, source)
+    return replace(plan, download=plan_download(cfg.acquire))
 
 
 def plan_train_lm(
@@ -374,4 +385,5 @@ def _data_rows(plan: RunPlan) -> list[str]:
 
 def format_plan(plan: RunPlan) -> str:
     """The table `codecflow plan` prints."""
-    return "\n".join(_model_rows(plan) + _data_rows(plan))
+    download = download_rows(plan.download) if plan.download is not None else []
+    return "\n".join(_model_rows(plan) + download + _data_rows(plan))

@@ -395,8 +395,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             final_lines.append((f"error: {_one_line(error)}", sys.stderr))
             return 2
-    final_lines.extend((f"{name}: {path}", sys.stdout) for name, path in outputs.items())
+    final_lines.extend(
+        (f"{name}: {shown_path(path)}", sys.stdout) for name, path in outputs.items()
+    )
     return 0
+
+
+def shown_path(path: Path | str) -> str:
+    """One kind of path on every output line: relative to the current folder when it lies below
+    it (as a user types `out`), else absolute; a URL (`s3://...`) as it is."""
+    import os
+
+    text = str(path)
+    if "://" in text:
+        return text
+    absolute = Path(os.path.abspath(text))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
 
 
 def _one_line(error: BaseException) -> str:

@@ -29,7 +29,15 @@ from codecflow.tasks.core.plots import figure
 from codecflow.tasks.core.runtime import resolve_device
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
 from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
-from codecflow.tasks.evaluate.html import audio, image
+from codecflow.tasks.evaluate.html import (
+    MISSING_REASONS,
+    STYLE,
+    audio,
+    image,
+    measured,
+    stamp,
+    wide,
+)
 from codecflow.tasks.evaluate.quality import quality
 from codecflow.tasks.loaders import load_codec
 
@@ -202,10 +210,10 @@ def _html(
         + "".join(
             f"<td>{v:.4g}</td>"
             if isinstance(v, float)
-            else "<td>–</td>"
+            else f"<td>{measured(None, MISSING_REASONS.get(k))}</td>"
             if v is None
             else f"<td>{html.escape(str(v))}</td>"
-            for v in r.values()
+            for k, v in r.items()
         )
         + "</tr>"
         for r in rows
@@ -218,7 +226,8 @@ def _html(
     )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>codec evaluation"
-        "</title></head><body><h1>Codec reconstruction by number of levels</h1>"
-        f"<table><tr>{header}</tr>{body}</table>{image('loss_vs_levels.png', 'loss vs levels')}"
-        f"{players}</body></html>\n"
+        f"</title><style>{STYLE}</style></head><body>"
+        "<h1>Codec reconstruction by number of levels</h1>"
+        f"{wide(f'<table><tr>{header}</tr>{body}</table>')}"
+        f"{image('loss_vs_levels.png', 'loss vs levels')}{players}{stamp()}</body></html>\n"
     )

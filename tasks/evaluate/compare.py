@@ -15,6 +15,7 @@ A report committed in `out` for the same manifest, settings and codec weights is
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -34,6 +35,7 @@ from codecflow.schemas.tokenizers import parse_tokenizer_name
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.progress import StepProgress
 from codecflow.tasks.core.runtime import resolve_device
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
 from codecflow.tasks.data.manifest import CODEC_RATE, load_split_audio
@@ -51,6 +53,8 @@ __all__ = [
     "comparison_identity",
     "is_comparison_committed",
 ]
+
+_LOG = logging.getLogger("codecflow.compare-codecs")
 
 #: The kind of folder a comparison owns, and the file only a comparison writes.
 COMPARISON_KIND_OF_FOLDER = "codec comparison"
@@ -125,10 +129,22 @@ def compare_codecs(manifest: str, out: Path, settings: CompareCodecsSettings) ->
         out, COMPARISON_KIND_OF_FOLDER, "compare-codecs", COMPARISON_COMMITTED
     ):
         rows, first = [], []
+        audio_s = sum(clip.size for _, clip in segments) / CODEC_RATE
+        _LOG.info(
+            "compare-codecs: %d tokenizers, each on %d segments (%.1f s of audio)",
+            len(tokenizers),
+            len(segments),
+            audio_s,
+        )
+        # The same cadence as training's lines (tasks/core/progress.py: the first, every 30 s,
+        # the last), a step being one segment through encode, decode and the metrics.
+        meter = StepProgress(
+            _LOG, "compare-codecs", len(tokenizers) * len(segments), "segments", step_name="segment"
+        )
         for index, (name, tokenizer) in enumerate(
             zip(settings.tokenizers, tokenizers, strict=True)
         ):
-            row, audio = _measure(index, name, tokenizer, segments, device)
+            row, audio = _measure(index, name, tokenizer, segments, device, meter)
             rows.append(row)
             first.append((audio, tokenizer.sample_rate))
         table = CodecComparison(
@@ -164,6 +180,7 @@ def _measure(
     tokenizer: AudioTokenizer,
     segments: Sequence[tuple[str, np.ndarray]],
     device: torch.device,
+    meter: StepProgress,
 ) -> tuple[CodecComparisonRow, np.ndarray]:
     """One tokenizer's row, and the first segment through it (at the tokenizer's rate)."""
     rate, spf = tokenizer.sample_rate, tokenizer.samples_per_frame
@@ -187,6 +204,7 @@ def _measure(
         ).items():
             if value is not None and math.isfinite(value):
                 scores[metric].append(value)
+        meter.update(index * len(segments) + i + 1)
     audio_s = sum(clip.size for _, clip in segments) / CODEC_RATE
     means = {m: float(np.mean(v)) if v else None for m, v in scores.items()}
     parsed = parse_tokenizer_name(name)
@@ -234,25 +252,34 @@ def _write(
 
 
 def _plot(rows: Sequence[CodecComparisonRow], path: Path) -> None:
-    """PESQ-WB (left axis) and STOI (right axis) against bitrate, labelled by tokenizer."""
-    with figure(path, size=(8, 4.5)) as ax:
-        rates = [r.bitrate_kbps for r in rows]
-        pesq = [r.pesq_wb if r.pesq_wb is not None else math.nan for r in rows]
-        stoi = [r.stoi if r.stoi is not None else math.nan for r in rows]
-        ax.plot(rates, pesq, "o", color="tab:blue", label="PESQ-WB")
-        for rate, value, row in zip(rates, pesq, rows, strict=True):
-            ax.annotate(
-                row.tokenizer.split("/")[-1],
-                (rate, 1.0 if math.isnan(value) else value),
-                fontsize="x-small",
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+    """PESQ-WB (filled circles, left axis) and STOI (open squares, right axis) against bitrate,
+    one colour per tokenizer named in the legend: names written beside the points overlapped
+    where two tokenizers share a bitrate (mu-law-256 and mu-law-256-post), and the STOI points
+    had none."""
+    from matplotlib.lines import Line2D
+
+    with figure(path, size=(9, 4.5)) as ax:
+        right = ax.twinx()
+        handles = []
+        for i, row in enumerate(rows):
+            color = f"C{i % 10}"
+            if row.pesq_wb is not None:
+                ax.plot([row.bitrate_kbps], [row.pesq_wb], "o", color=color, markersize=7)
+            if row.stoi is not None:
+                right.plot([row.bitrate_kbps], [row.stoi], "s", color=color, fillstyle="none",
+                           markersize=8, markeredgewidth=1.5)  # fmt: skip
+            name = row.tokenizer.split("/")[-1] + ("" if row.trained else " (untrained)")
+            handles.append(Line2D([], [], color=color, marker="o", linestyle="", label=name))
+        handles += [
+            Line2D([], [], color="0.3", marker="o", linestyle="", label="PESQ-WB (left)"),
+            Line2D([], [], color="0.3", marker="s", fillstyle="none", linestyle="",
+                   label="STOI (right)"),
+        ]  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("bitrate (kbit/s)")
-        ax.set_ylabel("PESQ-WB (MOS-LQO)", color="tab:blue")
+        ax.set_ylabel("PESQ-WB (MOS-LQO), filled circles")
         ax.set_ylim(1.0, 4.7)
-        right = ax.twinx()
-        right.plot(rates, stoi, "s", color="tab:orange", label="STOI")
-        right.set_ylabel("STOI", color="tab:orange")
+        right.set_ylabel("STOI, open squares")
         right.set_ylim(0.0, 1.05)
+        ax.legend(handles=handles, fontsize="small", loc="upper left",
+                  bbox_to_anchor=(1.12, 1.0), borderaxespad=0)  # fmt: skip

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.plots import figure, plot_smoothed
 from codecflow.tasks.data.checkpoints import read_log
 
 __all__ = ["LOSS_PNG", "LOSS_PER_LEVEL_PNG", "curve_names", "training_log", "write_loss_curves"]
@@ -69,7 +69,7 @@ def write_loss_curves(
     steps = [int(r["step"]) for r in log]
     points = _val_points(log, step, validation)
     with figure(folder / LOSS_PNG, size=(7, 3.5)) as ax:
-        ax.plot(steps, [r["loss"] for r in log], label="train", linewidth=0.8)
+        plot_smoothed(ax, steps, [r["loss"] for r in log], label="train (smoothed)")
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="validation")
         ax.set_xlabel("step")
         ax.set_ylabel(_YLABEL)
@@ -89,9 +89,9 @@ def _plot_per_level(
     with figure(path, size=(7, 4)) as ax:
         for k in range(num_levels):
             train = [r["loss_per_level"][k] for r in log]
-            (line,) = ax.plot(steps, train, linewidth=0.8, label=f"level {k}")
+            line = plot_smoothed(ax, steps, train, label=f"level {k}")
             val = [p[2][k] for p in points]
             ax.plot([p[0] for p in points], val, "o--", color=line.get_color())
-        ax.set_xlabel("step (lines: train; points and dashes: validation)")
+        ax.set_xlabel("step (lines: train, smoothed over the faint raw; dashes: validation)")
         ax.set_ylabel(_YLABEL)
         ax.legend(ncol=2, fontsize="small")

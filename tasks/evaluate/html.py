@@ -19,6 +19,7 @@ from codecflow.tasks.data.records import CodecComparison
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "MISSING_REASONS",
     "SORT_JS",
     "STYLE",
     "audio",
@@ -26,17 +27,25 @@ __all__ = [
     "comparison_html",
     "fmt",
     "image",
+    "measured",
     "plain",
     "skipped",
     "speech_parts",
+    "stamp",
     "table",
+    "wide",
 ]
 
+#: Every page fits a 1 280 px window (tests/ops/test_pages_browser.py): wide tables scroll
+#: inside their own box, pictures shrink to the page.
 STYLE = """body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
+.wide{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.flag{color:#b00;font-weight:bold}.skipped{color:#777}
-audio{vertical-align:middle}"""
+.missing{color:#777;font-size:small}.stamp{color:#777;font-size:small}
+img{max-width:100%;height:auto}audio{vertical-align:middle;max-width:100%}
+pre{overflow-x:auto}"""
 
 
 def cell(value: Any) -> str:
@@ -54,10 +63,42 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+    """A table of already escaped cells, in a box that scrolls when it is wider than the page;
+    `header` None: no header row (a table of labelled rows)."""
+    head = f"<tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr>\n" if header else ""
     body = "\n".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>\n{body}</table>"
+    return wide(f"<table>{head}{body}</table>")
+
+
+def measured(value: Any, reason: str | None) -> str:
+    """A metric's cell: its value, or "–" with why it is missing (`reason`, else "not
+    measured"), so that no blank goes unexplained."""
+    if value is not None:
+        return cell(value)
+    return f'– <span class="missing">({esc(reason or "not measured")})</span>'
+
+
+#: Why a quality metric can be None (tasks/evaluate/quality.py), by its key.
+MISSING_REASONS = {
+    "pesq_wb": "PESQ refused the pair: no speech, or too short",
+    "stoi": "too short for STOI, or no speech frame",
+}
+
+
+def stamp() -> str:
+    """The line every page ends with: codecflow's version, the git commit of its checkout when
+    there is one, and when the page was written (UTC)."""
+    from codecflow.tasks.core.provenance import provenance
+
+    made = provenance()
+    commit = f", commit {esc(made.commit)}" if made.commit else ""
+    return f'<p class="stamp">codecflow {esc(made.version)}{commit}, written {esc(made.date)}</p>'
+
+
+def wide(html_table: str) -> str:
+    """`html_table` in a box that scrolls sideways when it is wider than the page."""
+    return f'<div class="wide">{html_table}</div>'
 
 
 def audio(src: str) -> str:
@@ -105,7 +146,12 @@ def comparison_html(table: CodecComparison, plot: str) -> str:
     for row in table.rows:
         values = row.to_json()
         cells = [
-            f'<td data-v="{html.escape(str(values[key]))}">{html.escape(plain(values[key]))}'
+            f'<td data-v="{html.escape(str(values[key]))}">'
+            + (
+                html.escape(plain(values[key]))
+                if values[key] is not None
+                else measured(None, MISSING_REASONS.get(key))
+            )
             + (" (untrained)" if key == "tokenizer" and not row.trained else "")
             + "</td>"
             for _, key in COMPARISON_COLUMNS
@@ -121,11 +167,9 @@ def comparison_html(table: CodecComparison, plot: str) -> str:
 {table.audio_seconds:.3g} s of audio in all; each metric is the mean over the segments, scored
 at 16 kHz against the original (PESQ-WB: ITU-T P.862.2, 1.04-4.64; STOI: 0-1; x real time:
 audio seconds per compute second). The first segment as it is: {audio(table.original)}</p>
-<table class="sortable"><thead><tr>{head}</tr></thead>
-<tbody>
-{body}
-</tbody></table>
+{wide(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')}
 {image(plot, "PESQ-WB and STOI against bitrate, one point per tokenizer")}
+{stamp()}
 {SORT_JS}
 </body></html>
 """

@@ -17,14 +17,17 @@ from codecflow.schemas.resources import docs_url
 from codecflow.tasks.core.markup import link
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.html import (
+    MISSING_REASONS,
     STYLE,
     audio,
     cell,
     fmt,
     image,
+    measured,
     plain,
     skipped,
     speech_parts,
+    stamp,
     table,
 )
 
@@ -71,6 +74,8 @@ def evaluation_html(summary: EvaluationSummary, folder: Path | None = None) -> s
     regen_parts = _regeneration_parts(summary)
     prompt_words = words.get("prompt_transcript")
     settings_json = html.escape(json.dumps(summary.settings, indent=2))
+    pesq = measured(roundtrip.pesq_wb, _PESQ_MISSING)
+    heard = measured(prompt_words, _why_no_words(speech, words))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>codecflow evaluation: {html.escape(summary.tokenizer)}</title>
@@ -78,15 +83,15 @@ def evaluation_html(summary: EvaluationSummary, folder: Path | None = None) -> s
 <body>
 <h1>codecflow evaluation: {html.escape(summary.tokenizer)} LM</h1>
 <p>How to read it: {link(docs_url("guides/evaluation", folder), "Evaluation and reports")}</p>
-{table(["", ""], overview_rows)}
+{table(None, overview_rows)}
 <h2>Prompt</h2>
 <p>{cell(summary.prompt)} ({summary.prompt_seconds:.3g} s): {audio("prompt.wav")}
 through the tokenizer: {audio("prompt_roundtrip.wav")}
-(SI-SDR {fmt(roundtrip.si_sdr_db)} dB, log-mel L1 {fmt(roundtrip.mel_l1)},
-PESQ-WB {fmt(roundtrip.pesq_wb)}, STOI {fmt(roundtrip.stoi)})</p>
+(SI-SDR {measured(roundtrip.si_sdr_db, None)} dB, log-mel L1 {measured(roundtrip.mel_l1, None)},
+PESQ-WB {pesq}, STOI {measured(roundtrip.stoi, _STOI_MISSING)})</p>
 {_truth_line(truth)}
-<p>recognised words in the prompt: {cell(prompt_words)}; WER against the given text:
-{cell(words.get("prompt_wer"))}</p>
+<p>recognised words in the prompt: {heard}; WER against the given text:
+{measured(words.get("prompt_wer"), _why_no_wer(summary, speech, words))}</p>
 <h2>Continuations</h2>
 {skipped(speech.get("skipped"))}{skipped(voice.get("skipped"))}{skipped(words.get("skipped"))}
 {
@@ -117,6 +122,7 @@ PESQ-WB {fmt(roundtrip.pesq_wb)}, STOI {fmt(roundtrip.stoi)})</p>
 {"".join(regen_parts)}
 <h2>Settings</h2>
 <pre>{settings_json}</pre>
+{stamp()}
 </body></html>
 """
 
@@ -127,7 +133,7 @@ def _overview(summary: EvaluationSummary) -> list[tuple[str, Any]]:
         ("tokenizer", summary.tokenizer),
         ("levels x codebook", f"{summary.num_levels} x {summary.codebook_size}"),
         ("layout", summary.layout),
-        ("level weights", summary.level_weights),
+        ("level weights", summary.level_weights or "all 1 (none given)"),
         ("checkpoint", f"{summary.checkpoint} (step {summary.checkpoint_step})"),
         (
             "dataset",
@@ -167,13 +173,23 @@ def _regeneration_parts(summary: EvaluationSummary) -> list[str]:
         if run.get("skipped"):
             regen_parts.append(f"<h3>keep {k} level(s)</h3>" + skipped(run["skipped"]))
             continue
+
+        def why(kind: str, i: int, run: Mapping[str, Any] = run) -> str | None:
+            return _at(run.get(f"{kind}_skipped"), i) or run.get("metrics_skipped")
+
         rows = [
             (
                 str(i),
                 audio(f),
-                cell(_at(run.get("voice_similarity_to_original"), i)),
-                cell(_at(run.get("word_error_rate_to_original"), i)),
-                _words(run.get("transcripts"), i),
+                measured(
+                    _at(run.get("voice_similarity_to_original"), i),
+                    why("voice_similarity_to_original", i),
+                ),
+                measured(
+                    _at(run.get("word_error_rate_to_original"), i),
+                    why("word_error_rate_to_original", i),
+                ),
+                _words(run.get("transcripts"), i, why("transcripts", i)),
             )
             for i, f in enumerate(run["files"])
         ]
@@ -201,21 +217,30 @@ def _sample_row(
     voice: Mapping[str, Any],
     words: Mapping[str, Any],
     i: int,
+    skipped_all: str | None = None,
 ) -> tuple[str, ...]:
     """A row of the continuations table: the audio, its acoustic numbers, flags and speech."""
     flags = " ".join(stats["flags"])
+    older = "not in reports before issue 15"
+
+    def why(kind: str, section: Mapping[str, Any]) -> str | None:
+        return _at(section.get(f"{kind}_skipped"), i) or section.get("skipped") or skipped_all
+
     return (
         html.escape(name),
         audio(file),
         cell(stats["rms_dbfs"]),
         cell(stats["clipping_fraction"]),
         cell(stats["silence_fraction"]),
-        cell(stats.get("band_flatness")),  # absent from reports before issue 15
-        cell(stats.get("crest_factor")),
+        measured(stats.get("band_flatness"), older),
+        measured(stats.get("crest_factor"), older),
         f'<span class="flag">{html.escape(flags)}</span>' if flags else "ok",
-        cell(_at(voice.get("prompt_vs_sample"), i)),
-        cell(_at(voice.get("sample_first_vs_second_half"), i)),
-        _words(words.get("transcripts"), i),
+        measured(_at(voice.get("prompt_vs_sample"), i), why("prompt_vs_sample", voice)),
+        measured(
+            _at(voice.get("sample_first_vs_second_half"), i),
+            why("sample_first_vs_second_half", voice),
+        ),
+        _words(words.get("transcripts"), i, why("transcripts", words)),
     )
 
 
@@ -253,10 +278,26 @@ def _at(values: Sequence[Any] | None, i: int) -> Any:
     return values[i] if values is not None and i < len(values) else None
 
 
-def _words(values: Sequence[Any] | None, i: int) -> str:
-    """A transcript cell: the words, "(no words)" for an empty transcript, "–" when unknown."""
+def _words(values: Sequence[Any] | None, i: int, reason: str | None = None) -> str:
+    """A transcript cell: the words, "(no words)" for an empty transcript, "–" with `reason`
+    when unknown."""
     text = _at(values, i)
-    return "(no words)" if text == "" else cell(text)
+    return "(no words)" if text == "" else measured(text, reason)
+
+
+_PESQ_MISSING, _STOI_MISSING = MISSING_REASONS["pesq_wb"], MISSING_REASONS["stoi"]
+
+
+def _why_no_words(speech: Mapping[str, Any], words: Mapping[str, Any]) -> str | None:
+    return speech.get("skipped") or words.get("skipped")
+
+
+def _why_no_wer(
+    summary: EvaluationSummary, speech: Mapping[str, Any], words: Mapping[str, Any]
+) -> str | None:
+    if speech.get("skipped") or words.get("skipped"):
+        return _why_no_words(speech, words)
+    return None if summary.settings.get("prompt_text") else "no prompt_text given"
 
 
 def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:

@@ -20,12 +20,22 @@ from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.markup import link, relative_url, web_url
 from codecflow.tasks.core.storage import atomic_file
 from codecflow.tasks.data.records import SUMMARY_KIND, EvaluationSummary
-from codecflow.tasks.evaluate.html import SORT_JS, STYLE, fmt, plain, speech_parts
+from codecflow.tasks.evaluate.html import (
+    SORT_JS,
+    STYLE,
+    fmt,
+    measured,
+    plain,
+    speech_parts,
+    stamp,
+    wide,
+)
 
 __all__ = [
     "RUNS_BITS_PNG",
     "RUNS_INDEX_COLUMNS",
     "find_reports",
+    "log_axis",
     "runs_index_rows",
     "write_runs_index",
 ]
@@ -97,6 +107,10 @@ def _mean(values: Sequence[Any]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def _first(reasons: Sequence[str | None] | None) -> str | None:
+    return next((r for r in reasons or [] if r), None)
+
+
 def _report_date(folder: Path) -> str:
     """When the report was committed: its summary.json's modification time, UTC to the minute."""
     stamp = (folder / "summary.json").stat().st_mtime
@@ -111,6 +125,20 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
         voice, _ = speech_parts(s.speech)
         keep1 = [r for r in s.regeneration.runs if r["keep_levels"] == 1]
         regen_sims = [x for r in keep1 for x in (r.get("voice_similarity_to_original") or [])]
+        off = s.speech.get("skipped")
+        regen_why = [
+            r.get("skipped") or r.get("metrics_skipped") or _first(
+                r.get("voice_similarity_to_original_skipped"))
+            for r in keep1
+        ]  # fmt: skip
+        why = {
+            "voice sim. to prompt": off
+            or voice.get("skipped")
+            or _first(voice.get("prompt_vs_sample_skipped")),
+            "regen voice sim. (keep 1)": off
+            or _first(regen_why)
+            or ("no regeneration keeping 1 level" if not keep1 else None),
+        }
         rows.append(
             {
                 "report": folder.relative_to(root).as_posix(),
@@ -118,7 +146,7 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
                 "tokenizer": s.tokenizer,
                 "levels": s.num_levels,
                 "layout": s.layout,
-                "level weights": s.level_weights,
+                "level weights": s.level_weights or "all 1",
                 "step": s.checkpoint_step,
                 "context": f"{s.context_seconds * 1000:.4g} ms",
                 "val loss": s.val_loss,
@@ -131,6 +159,7 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
                 "RTF": s.rtf,
                 "checkpoint": s.checkpoint,
                 "dataset": s.dataset,
+                "why": why,  # why a metric is missing: shown beside its dash
             }
         )
     return rows
@@ -154,9 +183,11 @@ def _href(target: str, root: Path) -> str | None:
         return None
 
 
-def _index_cell(column: str, value: Any, root: Path) -> str:
+def _index_cell(column: str, value: Any, root: Path, why: Mapping[str, str | None]) -> str:
     raw = "" if value is None else value if isinstance(value, int | float) else fmt(value)
-    if column == "report":  # a folder below root: its name percent-encoded in the link
+    if value is None:
+        text = measured(None, why.get(column))
+    elif column == "report":  # a folder below root: its name percent-encoded in the link
         text = link(relative_url(f"{value}/index.html"), value)
     elif column in ("checkpoint", "dataset"):
         text = link(_href(value, root), Path(value).name)
@@ -169,13 +200,23 @@ def _plot_bits(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Validation bits per second of audio, one bar per run (lower is better)."""
     from codecflow.tasks.core.plots import figure
 
-    with figure(path, size=(max(5.0, 0.6 * len(rows) + 2), 3.5)) as ax:
+    values = [r["bits / audio s"] for r in rows]
+    # At most 12.8 inches at 100 dpi: the 1 280 px a page must fit (the page scales it down too).
+    with figure(path, size=(min(12.8, max(5.0, 0.6 * len(rows) + 2)), 4.0)) as ax:
         names = [r["report"] for r in rows]
-        bars = ax.bar(range(len(rows)), [r["bits / audio s"] for r in rows], color="tab:blue")
+        bars = ax.bar(range(len(rows)), values, color="tab:blue")
         ax.bar_label(bars, fmt="{:,.0f}", fontsize="x-small")
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel("validation bits / audio second")
-        ax.set_yscale("log")
+        ax.set_ylabel("val. bits per audio second")
+        if log_axis(values):
+            ax.set_yscale("log")
+
+
+def log_axis(values: Sequence[float]) -> bool:
+    """A log axis only when the values span more than one order of magnitude (mu-law at
+    ~100 000 bits/s beside Mimi at ~1 000); one bar, or bars alike, read better on a linear one."""
+    positive = [v for v in values if v > 0]
+    return len(positive) > 1 and max(positive) / min(positive) > 10
 
 
 def write_runs_index(root: Path) -> Path:
@@ -191,7 +232,9 @@ def write_runs_index(root: Path) -> Path:
     rows = runs_index_rows(root)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in RUNS_INDEX_COLUMNS)
     body = "\n".join(
-        "<tr>" + "".join(_index_cell(c, row[c], root) for c in RUNS_INDEX_COLUMNS) + "</tr>"
+        "<tr>"
+        + "".join(_index_cell(c, row[c], root, row["why"]) for c in RUNS_INDEX_COLUMNS)
+        + "</tr>"
         for row in rows
     )
     plot = ""
@@ -209,11 +252,9 @@ def write_runs_index(root: Path) -> Path:
 of audio compare tokenizers; a sample is flagged for crackling (broadband noise), clicking or
 screeching (clipping); RTF is compute seconds per second of audio generated. Click a column's
 header to sort by it. How to read it: {guide}.</p>
-<table class="sortable"><thead><tr>{head}</tr></thead>
-<tbody>
-{body}
-</tbody></table>
+{wide(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')}
 {plot}
+{stamp()}
 {SORT_JS}
 </body></html>
 """

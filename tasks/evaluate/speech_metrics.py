@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -346,17 +346,32 @@ def regeneration_metrics(
     heard = transcribe([original, *regenerations], sample_rate)
     reference, transcripts = heard["transcripts"][0], heard["transcripts"][1:]
     rates: list[float | None] = []
-    for hypothesis in transcripts:
+    why_not: list[str | None] = []
+    for i, hypothesis in enumerate(transcripts):
         try:
             ok = reference is not None and hypothesis is not None
             rates.append(word_error_rate(reference, hypothesis) if ok else None)
-        except (ValueError, ImportError):  # no words in the original, or no jiwer
+            why_not.append(None if ok else _no_wer(heard, i))
+        except (ValueError, ImportError) as err:  # no words in the original, or no jiwer
             rates.append(None)
+            why_not.append(str(err) or "no words in the original")
     skipped = [r for r in (voice["skipped"], heard["skipped"]) if r]
     return {
         "voice_similarity_to_original": voice["prompt_vs_sample"],
+        "voice_similarity_to_original_skipped": [
+            None if why is None else why.replace("prompt:", "original:")
+            for why in voice["prompt_vs_sample_skipped"]
+        ],
         "original_transcript": reference,
         "transcripts": transcripts,
+        "transcripts_skipped": heard["transcripts_skipped"][1:],
         "word_error_rate_to_original": rates,
+        "word_error_rate_to_original_skipped": why_not,
         "metrics_skipped": "; ".join(skipped) or None,
     }
+
+
+def _no_wer(heard: Mapping[str, Any], i: int) -> str:
+    """Why regeneration `i` has no word error rate: a transcript is missing, and why."""
+    original, own = heard["transcripts_skipped"][0], heard["transcripts_skipped"][i + 1]
+    return f"original not transcribed: {original}" if original else f"not transcribed: {own}"

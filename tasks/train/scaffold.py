@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from codecflow.tasks.core.errors import CodecflowError
-from codecflow.tasks.core.plots import figure
+from codecflow.tasks.core.plots import figure, plot_smoothed
 from codecflow.tasks.core.runtime import Schedule, learning_rate_at
 from codecflow.tasks.core.storage import atomic_dir, fingerprint
 from codecflow.tasks.data.checkpoints import (
@@ -298,7 +298,7 @@ def plot_log(
     with figure(path) as ax:
         steps = [r["step"] for r in rows]
         for key, label in curves.items():
-            ax.plot(steps, [r[key] for r in rows], label=label)
+            plot_smoothed(ax, steps, [r[key] for r in rows], label=f"{label} (smoothed)")
         if reference is not None:
             ax.axhline(reference[0], color="tab:orange", linestyle="--", label=reference[1])
         if log_scale:

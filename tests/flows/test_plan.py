@@ -87,6 +87,14 @@ def test_every_post_config_is_planned(path: Path, capsys: pytest.CaptureFixture[
     per_task = math.ceil(shards / 1000)
     assert data["tokenize_tasks"]["shards"] == shards
     assert data["tokenize_task_runs"] == math.ceil(shards / per_task) + 2
+    # The download: the Libri-Light archives the source names, at their published sizes
+    # (Libri-Light's README: small 35 GB, medium 321 GB, large 3.05 TB), kept and extracted.
+    published = {"small": 35e9, "medium": 321e9, "large": 3_050e9}
+    archive = published[acquire["source"]]
+    download = plan["download"]
+    assert download["archives"] == [[f"{acquire['source']}.tar", archive]]
+    assert download["keep_archive"] is acquire.get("keep_archive", True)
+    assert download["peak_bytes"] == archive * (2 if download["keep_archive"] else 1)
 
 
 def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,8 +111,25 @@ def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> Non
         "37.1 days at 40% MFU of 989 TFLOP/s x 1 GPU",
         "53.64 GiB (1 B per token",
         "1,002 Prefect task runs",
+        "download         medium.tar 321.0 GB",
+        "disk for audio   642.0 GB: 321.0 GB of tar + about 321.0 GB extracted",
     ):
         assert figure in table, figure
+    assert main(["plan", "--config", str(path), "--set", "acquire.keep_archive=false"]) == 0
+    assert "disk for audio   about 321.0 GB extracted (no tar kept)" in capsys.readouterr().out
+
+
+def test_a_local_archive_and_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's own tar has its size on disk; a folder of audio downloads nothing."""
+    tar = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
+    demo = REPO / "configs" / "demo.yaml"
+    plan = _plan(capsys, "--config", str(demo), "--set", f"acquire.source={tar}")
+    size = tar.stat().st_size
+    assert plan["download"]["archives"] == [[tar.name, size]]
+    assert plan["download"]["peak_bytes"] == 2 * size
+    plan = _plan(capsys, "--config", str(demo), "--set", f"acquire.source={tmp_path}")
+    assert plan["download"]["archives"] == [] and plan["download"]["peak_bytes"] == 0
+    assert plan["download"]["in_place"] == "audio source, read where it is"
 
 
 def test_overrides_ranks_and_throughput(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,9 @@ corpus's held-out segments; one table of finite numbers, one plot, one player pe
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
 from codecflow.schemas.configs import CompareCodecsSettings
+from codecflow.tasks.core.progress import PROGRESS_ENV
 from codecflow.tasks.data.records import CodecComparison
 from codecflow.tasks.evaluate.compare import compare_codecs
 from codecflow.tasks.loaders import MIMI_FILE, MIMI_REPO
@@ -54,10 +57,20 @@ def _settings() -> CompareCodecsSettings:
 
 
 def test_three_tokenizers_on_the_same_segments(
-    tiny_manifest: Path, tmp_path: Path, offline_mimi: None
+    tiny_manifest: Path,
+    tmp_path: Path,
+    offline_mimi: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "compare"
-    record = compare_codecs(str(tiny_manifest), out, _settings())
+    monkeypatch.setenv(PROGRESS_ENV, "0")  # a line per segment: the cadence is training's
+    with caplog.at_level(logging.INFO, logger="codecflow.compare-codecs"):
+        record = compare_codecs(str(tiny_manifest), out, _settings())
+    lines = [r.getMessage() for r in caplog.records if r.name == "codecflow.compare-codecs"]
+    assert lines[0] == "compare-codecs: 3 tokenizers, each on 2 segments (2.0 s of audio)"
+    done = [int(re.match(r"compare-codecs segment (\d+)/6 ", x)[1]) for x in lines[1:]]  # type: ignore[index]
+    assert done == [1, 2, 3, 4, 5, 6] and "ETA" in lines[-1]
     assert record.tokenizers == tuple(NAMES) and record.table == out / "comparison.json"
     table = CodecComparison.read(out / "comparison.json")
     assert len(table.segments) == 2 and table.audio_seconds == pytest.approx(2.0)

@@ -99,8 +99,11 @@ def test_the_report_shows_the_summarys_numbers_and_files() -> None:
     ):
         assert text in page, text
     assert 'src="spectrogram_2.png"' not in page
-    # A similarity not computed is a dash, not "None".
-    assert "None" not in page and "<td>–</td>" in page
+    # A similarity not computed is a dash with its reason, not "None" nor a bare dash.
+    assert "None" not in page and "<td>–</td>" not in page
+    assert '<td>– <span class="missing">(not measured)</span></td>' in page
+    assert "<thead" in page or "<tr><th></th>" not in page  # no empty header row
+    assert '<p class="stamp">codecflow ' in page
 
 
 def test_speech_metrics_turned_off_leave_dashes() -> None:
@@ -257,7 +260,12 @@ def test_a_summary_written_before_issue_15_reads_its_inverted_rtf_the_usual_way(
     assert old.compute_seconds_per_audio_second is None
     assert old.rtf == pytest.approx(1 / 0.013578041098787278)  # 73.6: far slower than real time
     assert "real-time factor 73.65 (compute s per audio s" in evaluation_html(old)
-    assert old.prompt_roundtrip.pesq_wb is None and "PESQ-WB –, STOI –" in evaluation_html(old)
+    page = evaluation_html(old)
+    assert old.prompt_roundtrip.pesq_wb is None
+    assert (
+        'PESQ-WB – <span class="missing">(PESQ refused the pair: no speech, or too short)' in page
+    )
+    assert 'STOI – <span class="missing">(too short for STOI, or no speech frame)' in page
     new = _summary().to_json()
     assert "real_time_factor" not in new and new["compute_seconds_per_audio_second"] == 8.0
 
@@ -307,3 +315,12 @@ def test_the_report_says_which_sliding_window_ran() -> None:
     assert "exact window (the last block_size tokens at every step" in page
     older = evaluation_html(_summary(settings={}))  # a report from before the option
     assert "frames window (half a context re-prefilled" in older
+
+
+def test_the_runs_plot_is_logarithmic_only_across_orders_of_magnitude() -> None:
+    from codecflow.tasks.evaluate.runs_index import log_axis
+
+    assert not log_axis([46_166.0])  # one bar
+    assert not log_axis([1_200.0, 9_000.0])  # alike: one order of magnitude
+    assert log_axis([1_100.0, 128_000.0])  # Mimi beside mu-law
+    assert not log_axis([])
