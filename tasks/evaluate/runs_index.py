@@ -119,6 +119,11 @@ def _report_date(folder: Path) -> str:
 
 def runs_index_rows(root: Path) -> list[dict[str, Any]]:
     """One row per evaluation report below `root`, with the columns of `RUNS_INDEX_COLUMNS`."""
+    return [row for row, _ in _runs(root)]
+
+
+def _runs(root: Path) -> list[tuple[dict[str, Any], dict[str, str | None]]]:
+    """Each report's row, and why each of its missing metrics is missing (by column)."""
     rows = []
     for folder in find_reports(root):
         s = EvaluationSummary.read(folder / "summary.json")
@@ -140,27 +145,29 @@ def runs_index_rows(root: Path) -> list[dict[str, Any]]:
             or ("no regeneration keeping 1 level" if not keep1 else None),
         }
         rows.append(
-            {
-                "report": folder.relative_to(root).as_posix(),
-                "date": _report_date(folder),
-                "tokenizer": s.tokenizer,
-                "levels": s.num_levels,
-                "layout": s.layout,
-                "level weights": s.level_weights or "all 1",
-                "step": s.checkpoint_step,
-                "context": f"{s.context_seconds * 1000:.4g} ms",
-                "val loss": s.val_loss,
-                "level 0 loss": s.val_loss_per_level[0],
-                "bits / audio s": s.val_bits_per_audio_second,
-                "flagged samples": f"{s.n_flagged_samples} of {len(s.samples)}",
-                "voice sim. to prompt": _mean(voice.get("prompt_vs_sample") or []),
-                "regen voice sim. (keep 1)": _mean(regen_sims),
-                "tokens/s": s.generation_tokens_per_s,
-                "RTF": s.rtf,
-                "checkpoint": s.checkpoint,
-                "dataset": s.dataset,
-                "why": why,  # why a metric is missing: shown beside its dash
-            }
+            (
+                {
+                    "report": folder.relative_to(root).as_posix(),
+                    "date": _report_date(folder),
+                    "tokenizer": s.tokenizer,
+                    "levels": s.num_levels,
+                    "layout": s.layout,
+                    "level weights": s.level_weights or "all 1",
+                    "step": s.checkpoint_step,
+                    "context": f"{s.context_seconds * 1000:.4g} ms",
+                    "val loss": s.val_loss,
+                    "level 0 loss": s.val_loss_per_level[0],
+                    "bits / audio s": s.val_bits_per_audio_second,
+                    "flagged samples": f"{s.n_flagged_samples} of {len(s.samples)}",
+                    "voice sim. to prompt": _mean(voice.get("prompt_vs_sample") or []),
+                    "regen voice sim. (keep 1)": _mean(regen_sims),
+                    "tokens/s": s.generation_tokens_per_s,
+                    "RTF": s.rtf,
+                    "checkpoint": s.checkpoint,
+                    "dataset": s.dataset,
+                },
+                why,
+            )
         )
     return rows
 
@@ -229,13 +236,12 @@ def write_runs_index(root: Path) -> Path:
     # page it wrote itself, never someone's index.html.
     if target.is_file() and _RUNS_INDEX_TITLE not in target.read_text(errors="replace"):
         raise CodecflowError(f"{target} is not a codecflow runs index: left as it is")
-    rows = runs_index_rows(root)
+    runs = _runs(root)
+    rows = [row for row, _ in runs]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in RUNS_INDEX_COLUMNS)
     body = "\n".join(
-        "<tr>"
-        + "".join(_index_cell(c, row[c], root, row["why"]) for c in RUNS_INDEX_COLUMNS)
-        + "</tr>"
-        for row in rows
+        "<tr>" + "".join(_index_cell(c, row[c], root, why) for c in RUNS_INDEX_COLUMNS) + "</tr>"
+        for row, why in runs
     )
     plot = ""
     if rows:
