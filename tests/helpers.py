@@ -27,6 +27,22 @@ TINY_TAR = REPO / "data" / "librilight-tiny" / "librilight-tiny.tar"
 PROMPT = REPO / "data" / "prompts" / "prompt_librilight_uk_4s.wav"
 
 
+def tiny_evaluate_settings(**overrides: object) -> Any:
+    """Evaluation settings that take seconds on a CPU: 0.02 s continuations of the shipped
+    prompt, two samples, the speech metrics off (the GE2E model's first use takes ~15 s)."""
+    from codecflow.schemas.configs import EvaluateSettings
+
+    values: dict[str, object] = {
+        "prompt": str(PROMPT),
+        "seconds": 0.02,
+        "num_samples": 2,
+        "regenerate_seconds": 0.02,
+        "speech_metrics": False,
+        "device": "cpu",
+    }
+    return EvaluateSettings(**{**values, **overrides})
+
+
 def tiny_tar_md5() -> str:
     """The published md5 of the embedded corpus tar."""
     return TINY_TAR.with_suffix(".tar.md5").read_text().split()[0]

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import PROMPT, REPO
+from helpers import PROMPT, REPO, tiny_evaluate_settings
 
 from codecflow.models.mulaw import MuLawTokenizer
-from codecflow.schemas.configs import HELDOUT_PROMPT, EvaluateSettings, TrainLMSettings
+from codecflow.schemas.configs import HELDOUT_PROMPT, TrainLMSettings
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.data.checkpoints import newest_checkpoint
 from codecflow.tasks.data.records import EvaluationSummary
@@ -28,17 +28,7 @@ from codecflow.tasks.evaluate.runs_index import (
 from codecflow.tasks.prefect.wrappers import evaluate_task
 from codecflow.tasks.train.lm import train_lm
 
-
-def _settings(**overrides: object) -> EvaluateSettings:
-    values: dict[str, object] = {
-        "prompt": str(PROMPT),
-        "seconds": 0.02,
-        "num_samples": 2,
-        "regenerate_seconds": 0.02,
-        "speech_metrics": False,  # its own test below: the GE2E model's first use takes ~15 s
-        "device": "cpu",
-    }
-    return EvaluateSettings(**{**values, **overrides})  # type: ignore[arg-type]
+_settings = tiny_evaluate_settings
 
 
 def test_report_has_audio_spectrograms_metrics_and_summary(

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PROMPT
+from helpers import tiny_evaluate_settings
 
-from codecflow.schemas.configs import EvaluateSettings
 from codecflow.tasks.core import outputs
 from codecflow.tasks.evaluate import reuse
 from codecflow.tasks.evaluate.lm import evaluate, report_identity
@@ -23,16 +22,7 @@ from codecflow.tasks.evaluate.lm import evaluate, report_identity
 _LOGGER = "codecflow.evaluate"
 
 
-def _settings(**overrides: object) -> EvaluateSettings:
-    values: dict[str, object] = {
-        "prompt": str(PROMPT),
-        "seconds": 0.02,
-        "num_samples": 2,
-        "regenerate_seconds": 0.02,
-        "speech_metrics": False,
-        "device": "cpu",
-    }
-    return EvaluateSettings(**{**values, **overrides})  # type: ignore[arg-type]
+_settings = tiny_evaluate_settings
 
 
 def _computations(caplog: pytest.LogCaptureFixture) -> int:

@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import PROMPT
+from helpers import tiny_evaluate_settings
 from tracking_files import tensorboard_audio, tensorboard_scalars, wandb_history, wandb_run
 
-from codecflow.schemas.configs import EvaluateSettings
 from codecflow.tasks.data.records import EvaluationSummary
 from codecflow.tasks.evaluate.lm import evaluate
 
-
-def _settings(**overrides: object) -> EvaluateSettings:
-    values: dict[str, object] = {
-        "prompt": str(PROMPT),
-        "seconds": 0.02,
-        "num_samples": 2,
-        "regenerate_seconds": 0.02,
-        "speech_metrics": False,
-        "device": "cpu",
-    }
-    return EvaluateSettings(**{**values, **overrides})  # type: ignore[arg-type]
+_settings = tiny_evaluate_settings
 
 
 def test_the_reports_metrics_and_audio_reach_the_trackers(
