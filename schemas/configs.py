@@ -12,11 +12,11 @@ the stage's input and output paths (what the stage's own flow and CLI subcommand
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
+from codecflow.schemas.forms import ConfigModel, choice_titles, inputs_first
 from codecflow.schemas.resources import packaged_path
 from codecflow.schemas.tokenizers import (
     TokenizerNameError,
@@ -87,95 +87,7 @@ _CHECKPOINT_OUT = "checkpoints are written with local locks and renames (the inp
 _REPORT_OUT = "reports are written as local folders (the inputs may be on S3)"
 
 
-def _optional_in_place(properties: dict[str, Any]) -> None:
-    """Each `X | None = None` field's `anyOf: [X, null]` as X alone, without a default.
-
-    The Prefect UI renders an `anyOf` (or a list of types) as tabs, the null one reading
-    'Property is type "None"'. As X alone it renders the plain control of X, empty: an empty
-    control is left out of the run's parameters, so the config's default (None) applies. The
-    server still takes an explicit null (from a script or a trigger) for a number, a string or
-    a list: its validation (prefect.utilities.schema_tools.validation `_fix_null_typing`) adds
-    the null branch back to a property that is not required and has no default. A drop-down
-    (`enum`) stays a drop-down only without null among its choices: there, a script leaves the
-    field out rather than sending null. Branches titled on purpose (`_choice_titles`: "no
-    codec stage") stay."""
-    for name, field in properties.items():
-        branches = field.get("anyOf")
-        if not branches or len(branches) != 2 or {"type": "null"} not in branches:
-            continue
-        (other,) = [b for b in branches if b != {"type": "null"}]
-        if "title" in other or "type" not in other or field.get("default", 0) is not None:
-            continue
-        merged = {k: v for k, v in field.items() if k not in ("anyOf", "default")}
-        merged.update(other)
-        properties[name] = merged
-
-
-#: The title of each config's JSON schema (the UI would show the class name): a flow's config
-#: its stage as the CLI and prefect.yaml name it, a pipeline section's its key in the pipeline.
-STAGE_TITLES: dict[str, str] = {
-    "SlurmSettings": "slurm",
-    "AcquireSettings": "acquire",
-    "AcquireConfig": "acquire",
-    "TokenizeSettings": "tokenize",
-    "TokenizeConfig": "tokenize",
-    "TrainCodecSettings": "train_codec",
-    "TrainCodecConfig": "train-codec",
-    "EvalCodecSettings": "eval_codec",
-    "EvalCodecConfig": "eval-codec",
-    "CompareCodecsSettings": "compare_codecs",
-    "CompareCodecsConfig": "compare-codecs",
-    "TrainLMSettings": "train_lm",
-    "TrainLMConfig": "train-lm",
-    "EvaluateSettings": "evaluate",
-    "EvaluateConfig": "evaluate",
-    "PipelineConfig": "pipeline",
-}
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Every config's schema is titled by its stage (the UI would show the class name).
-        super().__init_subclass__(**kwargs)
-        if cls.__name__ in STAGE_TITLES:
-            cls.model_config = {**cls.model_config, "title": STAGE_TITLES[cls.__name__]}
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
-        json_schema = handler(core_schema)
-        _optional_in_place(handler.resolve_ref_schema(json_schema).get("properties", {}))
-        return json_schema
-
-
-def _choice_titles(*titles: str) -> Callable[[dict[str, Any]], None]:
-    """A field's `json_schema_extra` naming the branches of its `anyOf`: the UI's tabs for
-    `X | None` would read the class name and "None"."""
-
-    def name(schema: dict[str, Any]) -> None:
-        for branch, title in zip(schema.get("anyOf", []), titles, strict=False):
-            branch["title"] = title
-
-    return name
-
-
-def _inputs_first(*names: str) -> Callable[[dict[str, Any]], None]:
-    """A model's `json_schema_extra` that lists `names` (a stage's inputs and outputs) first.
-
-    Pydantic orders a subclass's fields after its base's, so a stage's own paths would come last
-    in the Prefect UI's form, which follows the schema's order. Only the schema is reordered: the
-    fields themselves, and so YAML configs, `--set` and `--help`, are unchanged."""
-
-    def reorder(schema: dict[str, Any]) -> None:
-        properties = schema.get("properties", {})
-        first = {name: properties[name] for name in names if name in properties}
-        schema["properties"] = {**first, **properties}
-
-    return reorder
-
-
-class SlurmSettings(_Config):
+class SlurmSettings(ConfigModel):
     partition: str | None = Field(None, description="Slurm partition (the cluster's default).")
     account: str | None = Field(None, description="Slurm account to charge.")
     jobs: int = Field(2, ge=1, le=1024, description="Slurm jobs, one Dask worker each.")
@@ -185,7 +97,7 @@ class SlurmSettings(_Config):
     walltime: str = Field("01:00:00", description="Time limit per job, HH:MM:SS.")
 
 
-class AcquireSettings(_Config):
+class AcquireSettings(ConfigModel):
     source: str = Field(
         "data/librilight-tiny/librilight-tiny.tar",
         validate_default=True,  # the shipped corpus, from any folder (`packaged_path`)
@@ -302,7 +214,7 @@ class AcquireSettings(_Config):
     slurm: SlurmSettings | None = Field(
         None,
         title="slurm",
-        json_schema_extra=_choice_titles("Dask workers as Slurm jobs", "no Slurm"),
+        json_schema_extra=choice_titles("Dask workers as Slurm jobs", "no Slurm"),
         description="Fan probing out over Dask workers started as Slurm jobs (dask-jobqueue's "
         "SLURMCluster); dask_address wins over it, it wins over workers.",
     )
@@ -327,7 +239,7 @@ class AcquireConfig(AcquireSettings):
     """acquire: Libri-Light archives, or any folder, bucket prefix or archive of speech
     (`layout: audio`), into a segment manifest under `root`."""
 
-    model_config = ConfigDict(json_schema_extra=_inputs_first("source", "md5", "root"))
+    model_config = ConfigDict(json_schema_extra=inputs_first("source", "md5", "root"))
 
     root: str = Field(
         "runs/demo/acquire",
@@ -346,7 +258,7 @@ class AcquireConfig(AcquireSettings):
 ShardFormat = Literal["arrow", "webdataset"]
 
 
-class TokenizeSettings(_Config):
+class TokenizeSettings(ConfigModel):
     tokenizer: str = Field(
         "mu-law-256",
         # A drop-down of the known names, or any valid name typed (schemas/tokenizers.py).
@@ -393,7 +305,7 @@ class TokenizeSettings(_Config):
     slurm: SlurmSettings | None = Field(
         None,
         title="slurm",
-        json_schema_extra=_choice_titles("Dask workers as Slurm jobs", "no Slurm"),
+        json_schema_extra=choice_titles("Dask workers as Slurm jobs", "no Slurm"),
         description="Fan the shard groups out over Dask workers started as Slurm jobs "
         "(dask-jobqueue's SLURMCluster); dask_address wins over it, it wins over workers.",
     )
@@ -415,7 +327,7 @@ class TokenizeSettings(_Config):
 class TokenizeConfig(TokenizeSettings):
     """tokenize: a segment manifest -> Arrow token shards, a size report and dataset.json."""
 
-    model_config = ConfigDict(json_schema_extra=_inputs_first("manifest", "out", "tokenizer"))
+    model_config = ConfigDict(json_schema_extra=inputs_first("manifest", "out", "tokenizer"))
 
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
@@ -428,7 +340,7 @@ class TokenizeConfig(TokenizeSettings):
     )
 
 
-class TrainCodecSettings(_Config):
+class TrainCodecSettings(ConfigModel):
     # `levels` is the name this field had: still accepted in YAML and --set overrides.
     model_config = ConfigDict(populate_by_name=True)
 
@@ -539,7 +451,7 @@ class TrainCodecSettings(_Config):
 class TrainCodecConfig(TrainCodecSettings):
     """train-codec: the post's RVQ codec on the train split of a segment manifest."""
 
-    model_config = ConfigDict(json_schema_extra=_inputs_first("manifest", "out"))
+    model_config = ConfigDict(json_schema_extra=inputs_first("manifest", "out"))
 
     manifest: str = Field(
         "runs/demo/acquire/manifest/segments.parquet",
@@ -557,7 +469,7 @@ class TrainCodecConfig(TrainCodecSettings):
         return TrainCodecSettings(**self.model_dump(include=fields, exclude_unset=True))
 
 
-class EvalCodecSettings(_Config):
+class EvalCodecSettings(ConfigModel):
     levels: list[int] | None = Field(
         None,
         description="Numbers of levels to evaluate; empty means 1, 2, 4, 8, 16 up to the "
@@ -576,7 +488,7 @@ class EvalCodecSettings(_Config):
 class EvalCodecConfig(EvalCodecSettings):
     """eval-codec: a codec's reconstruction losses by number of levels, on the val split."""
 
-    model_config = ConfigDict(json_schema_extra=_inputs_first("checkpoint", "manifest", "out"))
+    model_config = ConfigDict(json_schema_extra=inputs_first("checkpoint", "manifest", "out"))
 
     checkpoint: str = Field(
         "runs/demo/codec/checkpoint", description="Codec checkpoint folder (local)."
@@ -595,7 +507,7 @@ def _compared_tokenizers() -> list[str]:
     return ["mu-law-256", "mimi_8_rvq", "mimi_32_rvq"]
 
 
-class CompareCodecsSettings(_Config):
+class CompareCodecsSettings(ConfigModel):
     tokenizers: list[str] = Field(
         default_factory=_compared_tokenizers,
         min_length=1,
@@ -639,7 +551,7 @@ class CompareCodecsConfig(CompareCodecsSettings):
 MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
 
-class TrainLMSettings(_Config):
+class TrainLMSettings(ConfigModel):
     preset: Literal["tiny", "demo", "post"] | None = Field(
         None,
         description="Model shape: 'post' is the post's LM (12 layers, 16 heads, 1 024 wide, "
@@ -747,7 +659,7 @@ class TrainLMSettings(_Config):
 class TrainLMConfig(TrainLMSettings):
     """train-lm: the nanoGPT-style LM on a token dataset, with resumable checkpoints."""
 
-    model_config = ConfigDict(json_schema_extra=_inputs_first("dataset", "out"))
+    model_config = ConfigDict(json_schema_extra=inputs_first("dataset", "out"))
 
     dataset: str = Field(
         "runs/demo/tokens/mu-law-256",
@@ -771,7 +683,7 @@ class TrainLMConfig(TrainLMSettings):
 HELDOUT_PROMPT = "data/prompts/heldout_3436-172162-0000_6s.flac"
 
 
-class EvaluateSettings(_Config):
+class EvaluateSettings(ConfigModel):
     prompt: str = Field(
         "data/prompts/prompt_librilight_uk_4s.wav",
         validate_default=True,  # the shipped prompt, from any folder (`packaged_path`)
@@ -850,7 +762,7 @@ class EvaluateConfig(EvaluateSettings):
     """evaluate: continue a spoken prompt with an LM checkpoint, measure, write the report."""
 
     model_config = ConfigDict(
-        json_schema_extra=_inputs_first(
+        json_schema_extra=inputs_first(
             "checkpoint", "train_run", "while_training", "dataset", "out", "index"
         )
     )
@@ -890,7 +802,7 @@ class EvaluateConfig(EvaluateSettings):
 TRAINED_CODEC = "trained"
 
 
-class PipelineConfig(_Config):
+class PipelineConfig(ConfigModel):
     """The whole DAG: acquire -> [train-codec] -> tokenize -> train-lm -> evaluate under `out`.
 
     With a `train_codec` section the pipeline trains the post's codec on the acquired manifest
@@ -910,7 +822,7 @@ class PipelineConfig(_Config):
     train_codec: TrainCodecSettings | None = Field(
         None,
         title="train_codec",
-        json_schema_extra=_choice_titles("train a codec", "no codec stage"),
+        json_schema_extra=choice_titles("train a codec", "no codec stage"),
         description="Optional stage 2: train the post's RVQ codec on the acquired manifest "
         "(under OUT/codec) before tokenizing; the tokenizer must then be 'codec:trained' or "
         "'codec:trained@LEVELS' (the codec this pipeline trains). Empty: no codec stage.",

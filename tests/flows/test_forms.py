@@ -17,6 +17,7 @@ from prefect.utilities.schema_tools.validation import ValidationError, validate
 from pydantic import BaseModel
 
 from codecflow.schemas import configs
+from codecflow.schemas.forms import STAGE_TITLES
 from codecflow.schemas.tokenizers import KNOWN_NAMES, TokenizerNameError, parse_tokenizer_name
 
 #: Flow entrypoint -> the fields its form lists first.
@@ -232,7 +233,7 @@ def test_forms_read_as_text(entrypoint: str) -> None:
     assert _config(schema)[1]["title"] == stage
     for name, definition in schema["definitions"].items():
         assert not name.endswith(("Settings", "Config")) or definition["title"] in set(
-            configs.STAGE_TITLES.values()
+            STAGE_TITLES.values()
         ), name
         for field, form in {"": definition, **_fields(definition)}.items():
             for key in ("title", "description"):
