@@ -97,6 +97,17 @@ class SlurmSettings(ConfigModel):
     walltime: str = Field("01:00:00", description="Time limit per job, HH:MM:SS.")
 
 
+def _slurm(what: str) -> Any:
+    """The `slurm` field of a stage that fans `what` out over Dask workers."""
+    return Field(
+        None,
+        title="slurm",
+        json_schema_extra=choice_titles("Dask workers as Slurm jobs", "no Slurm"),
+        description=f"Fan {what} out over Dask workers started as Slurm jobs (dask-jobqueue's "
+        "SLURMCluster); dask_address wins over it, it wins over workers.",
+    )
+
+
 class AcquireSettings(ConfigModel):
     source: str = Field(
         "data/librilight-tiny/librilight-tiny.tar",
@@ -211,13 +222,7 @@ class AcquireSettings(ConfigModel):
         None,
         description="Address of an existing Dask scheduler (tcp://host:8786); wins over workers.",
     )
-    slurm: SlurmSettings | None = Field(
-        None,
-        title="slurm",
-        json_schema_extra=choice_titles("Dask workers as Slurm jobs", "no Slurm"),
-        description="Fan probing out over Dask workers started as Slurm jobs (dask-jobqueue's "
-        "SLURMCluster); dask_address wins over it, it wins over workers.",
-    )
+    slurm: SlurmSettings | None = _slurm("probing")
 
     _shipped_source = field_validator("source")(lambda cls, value: packaged_path(value))
 
@@ -302,13 +307,7 @@ class TokenizeSettings(ConfigModel):
     dask_address: str | None = Field(
         None, description="Address of an existing Dask scheduler (tcp://host:8786)."
     )
-    slurm: SlurmSettings | None = Field(
-        None,
-        title="slurm",
-        json_schema_extra=choice_titles("Dask workers as Slurm jobs", "no Slurm"),
-        description="Fan the shard groups out over Dask workers started as Slurm jobs "
-        "(dask-jobqueue's SLURMCluster); dask_address wins over it, it wins over workers.",
-    )
+    slurm: SlurmSettings | None = _slurm("the shard groups")
 
     @field_validator("tokenizer")
     @classmethod

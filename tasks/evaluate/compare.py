@@ -151,7 +151,7 @@ def compare_codecs(manifest: str, out: Path, settings: CompareCodecsSettings) ->
             kind=COMPARISON_KIND,
             manifest=str(manifest),
             segments=[segment_id for segment_id, _ in segments],
-            audio_seconds=sum(clip.size for _, clip in segments) / CODEC_RATE,
+            audio_seconds=audio_s,
             original="audio/original.wav",
             rows=rows,
             identity=identity,

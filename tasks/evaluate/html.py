@@ -30,6 +30,7 @@ __all__ = [
     "measured",
     "plain",
     "skipped",
+    "sortable_table",
     "speech_parts",
     "stamp",
     "table",
@@ -94,6 +95,14 @@ def stamp() -> str:
     made = provenance()
     commit = f", commit {esc(made.commit)}" if made.commit else ""
     return f'<p class="stamp">codecflow {esc(made.version)}{commit}, written {esc(made.date)}</p>'
+
+
+def sortable_table(head: str, body: str) -> str:
+    """A table whose header cells `head` sort its rows `body` on a click (`SORT_JS`), in a box
+    that scrolls when it is wider than the page."""
+    return wide(
+        f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
 
 
 def wide(html_table: str) -> str:
@@ -167,7 +176,7 @@ def comparison_html(table: CodecComparison, plot: str) -> str:
 {table.audio_seconds:.3g} s of audio in all; each metric is the mean over the segments, scored
 at 16 kHz against the original (PESQ-WB: ITU-T P.862.2, 1.04-4.64; STOI: 0-1; x real time:
 audio seconds per compute second). The first segment as it is: {audio(table.original)}</p>
-{wide(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')}
+{sortable_table(head, body)}
 {image(plot, "PESQ-WB and STOI against bitrate, one point per tokenizer")}
 {stamp()}
 {SORT_JS}

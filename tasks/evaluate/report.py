@@ -295,9 +295,8 @@ def _why_no_words(speech: Mapping[str, Any], words: Mapping[str, Any]) -> str | 
 def _why_no_wer(
     summary: EvaluationSummary, speech: Mapping[str, Any], words: Mapping[str, Any]
 ) -> str | None:
-    if speech.get("skipped") or words.get("skipped"):
-        return _why_no_words(speech, words)
-    return None if summary.settings.get("prompt_text") else "no prompt_text given"
+    off = _why_no_words(speech, words)
+    return off or (None if summary.settings.get("prompt_text") else "no prompt_text given")
 
 
 def summary_markdown(summary: EvaluationSummary, report_link: str) -> str:

@@ -26,9 +26,9 @@ from codecflow.tasks.evaluate.html import (
     fmt,
     measured,
     plain,
+    sortable_table,
     speech_parts,
     stamp,
-    wide,
 )
 
 __all__ = [
@@ -111,6 +111,28 @@ def _first(reasons: Sequence[str | None] | None) -> str | None:
     return next((r for r in reasons or [] if r), None)
 
 
+def _blank_reasons(
+    s: EvaluationSummary, voice: Mapping[str, Any], keep1: Sequence[Mapping[str, Any]]
+) -> dict[str, str | None]:
+    """Why a report's voice-similarity columns may be blank, by column (the first reason its
+    summary gives)."""
+    off = s.speech.get("skipped")
+    regen = [
+        r.get("skipped")
+        or r.get("metrics_skipped")
+        or _first(r.get("voice_similarity_to_original_skipped"))
+        for r in keep1
+    ]
+    return {
+        "voice sim. to prompt": off
+        or voice.get("skipped")
+        or _first(voice.get("prompt_vs_sample_skipped")),
+        "regen voice sim. (keep 1)": off
+        or _first(regen)
+        or ("no regeneration keeping 1 level" if not keep1 else None),
+    }
+
+
 def _report_date(folder: Path) -> str:
     """When the report was committed: its summary.json's modification time, UTC to the minute."""
     stamp = (folder / "summary.json").stat().st_mtime
@@ -130,20 +152,6 @@ def _runs(root: Path) -> list[tuple[dict[str, Any], dict[str, str | None]]]:
         voice, _ = speech_parts(s.speech)
         keep1 = [r for r in s.regeneration.runs if r["keep_levels"] == 1]
         regen_sims = [x for r in keep1 for x in (r.get("voice_similarity_to_original") or [])]
-        off = s.speech.get("skipped")
-        regen_why = [
-            r.get("skipped") or r.get("metrics_skipped") or _first(
-                r.get("voice_similarity_to_original_skipped"))
-            for r in keep1
-        ]  # fmt: skip
-        why = {
-            "voice sim. to prompt": off
-            or voice.get("skipped")
-            or _first(voice.get("prompt_vs_sample_skipped")),
-            "regen voice sim. (keep 1)": off
-            or _first(regen_why)
-            or ("no regeneration keeping 1 level" if not keep1 else None),
-        }
         rows.append(
             (
                 {
@@ -166,7 +174,7 @@ def _runs(root: Path) -> list[tuple[dict[str, Any], dict[str, str | None]]]:
                     "checkpoint": s.checkpoint,
                     "dataset": s.dataset,
                 },
-                why,
+                _blank_reasons(s, voice, keep1),
             )
         )
     return rows
@@ -258,7 +266,7 @@ def write_runs_index(root: Path) -> Path:
 of audio compare tokenizers; a sample is flagged for crackling (broadband noise), clicking or
 screeching (clipping); RTF is compute seconds per second of audio generated. Click a column's
 header to sort by it. How to read it: {guide}.</p>
-{wide(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')}
+{sortable_table(head, body)}
 {plot}
 {stamp()}
 {SORT_JS}
