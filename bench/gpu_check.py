@@ -25,7 +25,16 @@ recorded with its reason and never loses the others:
   longest run that fits is measured and its time scaled linearly to 160 000 tokens:
   `extrapolated_from_tokens` then holds the tokens measured (null when all were generated). The
   scaling is sound for runs of several windows: after the first fill, every 1 024 tokens cost the
-  same (one re-prefill of the kept half window and 1 023 single-token steps).
+  same (one re-prefill of the kept half window and 1 023 single-token steps). Three variants on
+  the same model, prompt and seed, each with an equal share of the time left (`variants`):
+  `eager` (`GPT.forward` over the cache, a few hundred kernel launches per token), `cuda_graph`
+  (the static-shape step of `models.decode_step` captured once per call and replayed per token;
+  on a CUDA device only: elsewhere "not run", "needs CUDA") and `compile` (that step through
+  `torch.compile(fullgraph=True)`, mode "reduce-overhead" with Inductor on CUDA). Each records
+  tokens/s, the seconds for 160 000 tokens, its speed-up over eager, the compile or capture time
+  of its first call (`setup_seconds`, outside the timed runs), and the largest difference of the
+  log-probabilities it gives eager's tokens, fed to it over one slide of the window
+  (`max_logprob_diff_vs_eager`: float rounding, or a bug). The goal: at most 2 minutes.
 - `mimi_encode`: Mimi's encode (moshi's real architecture, random weights, `get_mimi(None)`, 8
   levels as `mimi_8_rvq`) in x real time at batch 1, 16 and 64, 10 s of audio per item, median of
   3 after a warm-up; each batch size is recorded or skipped on its own. Then `batching`: the same
@@ -70,12 +79,13 @@ from typing import Any
 import torch
 import yaml
 
+from codecflow.models.decode_step import DecodeMode
 from codecflow.models.flops import flops_per_token, model_flops_utilization
 from codecflow.models.gpt import GPT
 from codecflow.models.level_loss import level_weighted_loss
 from codecflow.models.losses import codec_loss
 from codecflow.models.mimi import MimiTokenizer
-from codecflow.models.sampling import generate
+from codecflow.models.sampling import GenerationResult, generate
 from codecflow.schemas.configs import TrainCodecSettings, TrainLMSettings
 from codecflow.tasks.core import storage
 from codecflow.tasks.data.lm_windows import model_config
@@ -86,6 +96,16 @@ from codecflow.tasks.train.lm import build_optimizer
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "codecflow.gpu_check/1"
 SECTIONS = ("lm_train_eager", "lm_train_compiled", "generate", "mimi_encode", "codec_train")
+# How `generate` runs each single-token step (models.sampling.generate's `decode`), as the table
+# names them; each one's share of the section's time (torch.compile's Inductor build is part of
+# its share: tens of seconds for the post's LM).
+DECODES: dict[DecodeMode, str] = {
+    "eager": "eager",
+    "cuda_graph": "CUDA graph",
+    "compile": "torch.compile",
+}
+DECODE_SHARES: dict[DecodeMode, float] = {"eager": 1.0, "cuda_graph": 1.0, "compile": 2.0}
+UNFINISHED = "unfinished when the section ended (killed past its budget, or a crash)"
 MULAW_VOCAB = 256  # mu-law-256: one level, 256 codes (configs/post-mulaw-1000h.yaml)
 TOKENS_PER_AUDIO_SECOND = 16_000  # mu-law at 16 kHz: one token per sample
 GENERATE_AUDIO_SECONDS = 10.0
@@ -373,36 +393,24 @@ def _lm_train_at(
 
 def generate_audio(ctx: Context) -> dict[str, Any]:
     """Seconds to generate 10 s of mu-law (160 000 tokens) with the KV cache, or an
-    extrapolation from the longest run that fits the section's budget."""
+    extrapolation from the longest run that fits, for each way of running the single-token step
+    (`DECODES`) on the same model, prompt and seed, each with its share of the time left
+    (`DECODE_SHARES`). What is measured is recorded before each variant starts, so that a kill
+    past the budget (a compile slower than foreseen) keeps it."""
     settings = _lm_settings(ctx)
     config = model_config(settings, MULAW_VOCAB)
     dtype = torch.bfloat16 if ctx.cuda else torch.float32  # sample.py runs bf16 on a GPU
     torch.manual_seed(settings.seed)
     model = GPT(config).to(device=ctx.device, dtype=dtype).eval()
     target = ctx.args.gen_tokens or ctx.mode.gen_tokens
-    cap = ctx.args.gen_measure_tokens or target
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, config.vocab_size, (1, ctx.mode.gen_prompt), generator=gen)
     prompt = prompt.to(ctx.device)  # [1, P]
-
-    def run(n: int) -> float:
-        sampler = torch.Generator(ctx.device).manual_seed(0)
-        return _timed(
-            lambda: generate(model, prompt, n, temperature=1.0, generator=sampler), ctx.device
-        )
-
-    run(8)  # warm-up: the prefill and single-token kernels
-    probe_tokens = min(target, cap, 2 * config.block_size)  # slides the window at least once
-    probe_seconds = run(probe_tokens)
-    fits = int(probe_tokens / probe_seconds * max(0.0, ctx.left()) * 0.8)
-    n = min(target, cap, fits)
-    if n > probe_tokens:
-        measured = run(n)
-    else:  # no time for a longer run: the probe is the measurement
-        n, measured = probe_tokens, probe_seconds
-    full = measured if n == target else measured * target / n
-    audio = target / TOKENS_PER_AUDIO_SECOND
-    return {
+    # Past one slide of the window: the re-prefill writes the buffers the static step reads.
+    check_tokens = min(target, ctx.args.gen_measure_tokens or target, config.block_size + 64)
+    reference = _generate(ctx, model, prompt, check_tokens, "eager", return_logprobs=True)[1]
+    variants: list[dict[str, Any]] = []
+    report = {
         "config": _rel(ctx.mode.lm_config),
         "preset": settings.preset,
         "parameters": model.num_parameters(),
@@ -411,7 +419,96 @@ def generate_audio(ctx: Context) -> dict[str, Any]:
         "sampling": "temperature 1.0, KV cache (models.sampling.generate)",
         "prompt_tokens": ctx.mode.gen_prompt,
         "target_tokens": target,
-        "audio_seconds": audio,
+        "audio_seconds": target / TOKENS_PER_AUDIO_SECOND,
+        "check_tokens": check_tokens,
+        "variants": variants,
+        "post_full_recompute_seconds_h100": POST_GENERATE_SECONDS_H100,
+    }
+    runnable = [d for d in DECODES if _not_run(ctx, d) is None]
+    for decode in DECODES:
+        if (not_run := _not_run(ctx, decode)) is not None:
+            variants.append(not_run)
+            continue
+        _record_partial(ctx, report)
+        shares = [DECODE_SHARES[d] for d in runnable[runnable.index(decode) :]]
+        deadline = time.time() + ctx.left() * shares[0] / sum(shares)
+        try:
+            row = _generate_variant(ctx, model, prompt, decode, deadline)
+            row["max_logprob_diff_vs_eager"] = _logprob_diff(ctx, model, prompt, decode, reference)
+            eager = variants[0] if variants else row
+            if eager["status"] == "ok":
+                row["speedup_vs_eager"] = eager["seconds_for_target"] / row["seconds_for_target"]
+        except Exception as exc:  # a failed capture or compile: the other variants still count
+            traceback.print_exc()
+            row = {"status": "skipped", "reason": _reason(exc)}
+        variants.append({"decode": decode, **row})
+        _free(ctx.device)
+    return {**report, "peak_memory_gib": _peak_memory_gib(ctx)}
+
+
+def _not_run(ctx: Context, decode: DecodeMode) -> dict[str, Any] | None:
+    """The row of a variant this device cannot run (CUDA graphs off CUDA), else None."""
+    if decode == "cuda_graph" and not ctx.cuda:
+        return {"decode": decode, "status": "not run", "reason": "needs CUDA"}
+    return None
+
+
+def _record_partial(ctx: Context, report: dict[str, Any]) -> None:
+    """Write the variants measured so far as the section's result, the others as unfinished:
+    what the parent reads if this process is killed or crashes before the section's own result."""
+    if ctx.args.section_out is None:  # not a child process (a test calling the section)
+        return
+    later = [
+        _not_run(ctx, d) or {"decode": d, "status": "skipped", "reason": UNFINISHED}
+        for d in list(DECODES)[len(report["variants"]) :]
+    ]
+    variants = [*report["variants"], *later]
+    storage.write_json(ctx.args.section_out, {"status": "ok", **report, "variants": variants})
+
+
+def _generate(
+    ctx: Context, model: GPT, prompt: torch.Tensor, n: int, decode: DecodeMode, **kwargs: Any
+) -> tuple[float, GenerationResult]:
+    """(seconds, result) of one `generate` call, seeded the same for every variant."""
+    sampler = torch.Generator(ctx.device).manual_seed(0)
+    backend = ctx.mode.compile_backend
+    results: list[GenerationResult] = []
+
+    def call() -> None:
+        kwargs.update(decode=decode, compile_backend=backend, generator=sampler)
+        results.append(generate(model, prompt, n, temperature=1.0, **kwargs))
+
+    return _timed(call, ctx.device), results[0]
+
+
+def _generate_variant(
+    ctx: Context, model: GPT, prompt: torch.Tensor, decode: DecodeMode, deadline: float
+) -> dict[str, Any]:
+    """One decode variant: a warm-up (which compiles or captures), a probe of two windows for
+    the rate, then the longest run that fits before `deadline`, scaled to the target."""
+    target = ctx.args.gen_tokens or ctx.mode.gen_tokens
+    cap = ctx.args.gen_measure_tokens or target
+    _, first = _generate(ctx, model, prompt, 8, decode)
+    probe_tokens = min(target, cap, 2 * model.config.block_size)  # slides the window at least once
+    probe_seconds, result = _generate(ctx, model, prompt, probe_tokens, decode)
+    fits = int(probe_tokens / probe_seconds * max(0.0, deadline - time.time()) * 0.8)
+    n = min(target, cap, fits)
+    if n > probe_tokens:
+        measured, result = _generate(ctx, model, prompt, n, decode)
+    else:  # no time for a longer run: the probe is the measurement
+        n, measured = probe_tokens, probe_seconds
+    full = measured if n == target else measured * target / n
+    audio = target / TOKENS_PER_AUDIO_SECOND
+    compiled = decode == "compile"
+    return {
+        "status": "ok",
+        "compile_backend": ctx.mode.compile_backend if compiled else None,
+        "compile_mode": ("reduce-overhead" if ctx.cuda else "default") if compiled else None,
+        # The first call's compile or capture (and its first step); not in the times below.
+        "setup_seconds": first.decode_setup_seconds,
+        # Each call captures again (or re-records the compiled graphs on new cache buffers):
+        # that is in the times below.
+        "setup_seconds_per_call": result.decode_setup_seconds,
         "probe_tokens": probe_tokens,
         "probe_seconds": probe_seconds,
         "measured_tokens": n,
@@ -420,9 +517,23 @@ def generate_audio(ctx: Context) -> dict[str, Any]:
         "seconds_for_target": full,
         "tokens_per_s": n / measured,
         "x_realtime": audio / full,
-        "post_full_recompute_seconds_h100": POST_GENERATE_SECONDS_H100,
-        "peak_memory_gib": _peak_memory_gib(ctx),
     }
+
+
+def _logprob_diff(
+    ctx: Context, model: GPT, prompt: torch.Tensor, decode: DecodeMode, reference: GenerationResult
+) -> float | None:
+    """The largest difference of the log-probabilities of eager's tokens, fed (forced) to this
+    variant: whether it computes what eager does (float rounding apart); None for eager."""
+    if decode == "eager":
+        return None
+    assert reference.logprobs is not None
+    n = reference.tokens.shape[1]
+    forced = torch.ones(n, dtype=torch.bool, device=ctx.device)  # [N]
+    kwargs = {"forced_tokens": reference.tokens, "forced_mask": forced, "return_logprobs": True}
+    _, result = _generate(ctx, model, prompt, n, decode, **kwargs)
+    assert result.logprobs is not None
+    return float((result.logprobs - reference.logprobs).abs().max())
 
 
 def mimi_encode(ctx: Context) -> dict[str, Any]:
@@ -640,6 +751,8 @@ def _child(name: str, limit: float, args: argparse.Namespace) -> dict[str, Any]:
             proc.wait()
             wall = time.perf_counter() - started
             reason = f"killed past its time budget of {limit:.0f} s"
+            if out.exists():  # what a section recording as it goes (generate) measured
+                return {**json.loads(out.read_text()), "wall_s": wall, "killed": reason}
             return {"status": "skipped", "reason": reason, "wall_s": wall}
         if out.exists():
             return dict(json.loads(out.read_text()))
@@ -689,28 +802,44 @@ def _lm_row(label: str, r: dict[str, Any]) -> tuple[str, str, str]:
     return label, f"{r['tokens_per_s']:,.0f} tokens/s  {mfu}", detail
 
 
-def _generate_row(r: dict[str, Any]) -> tuple[str, str, str]:
-    label = f"generate {r['audio_seconds']:g} s mu-law (KV)"
-    value = f"{r['seconds_for_target']:,.1f} s for {r['target_tokens']:,} tokens"
-    if r["extrapolated_from_tokens"] is None:
-        how = f"measured: all {r['target_tokens']:,} tokens"
-    else:
-        how = (
-            f"EXTRAPOLATED from {r['extrapolated_from_tokens']:,} tokens measured in "
-            f"{r['measured_seconds']:.1f} s"
+def _generate_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for v in r["variants"]:
+        label = f"generate {r['audio_seconds']:g} s mu-law (KV), {DECODES[v['decode']]}"
+        if v["status"] != "ok":
+            rows.append((label, "NOT RUN" if v["status"] == "not run" else "SKIPPED", v["reason"]))
+            continue
+        value = f"{v['seconds_for_target']:,.1f} s for {r['target_tokens']:,} tokens"
+        if v["extrapolated_from_tokens"] is None:
+            how = f"measured: all {r['target_tokens']:,} tokens"
+        else:
+            how = (
+                f"EXTRAPOLATED from {v['extrapolated_from_tokens']:,} tokens measured in "
+                f"{v['measured_seconds']:.1f} s"
+            )
+        speedup = v.get("speedup_vs_eager")
+        versus = f", {speedup:.2f}x eager" if speedup is not None and v["decode"] != "eager" else ""
+        if v["decode"] == "compile":
+            versus += f", compile {v['compile_backend']} {v['setup_seconds']:.1f} s once"
+        elif v["decode"] == "cuda_graph":
+            versus += f", capture {v['setup_seconds']:.2f} s"
+        if v["decode"] == "eager":
+            post = r["post_full_recompute_seconds_h100"] / 60
+            how += f" (the post: {post:.0f} min on an H100, no cache)"
+        else:
+            how += f", max |logprob - eager's| {v['max_logprob_diff_vs_eager']:.1e}"
+        detail = (
+            f"{v['tokens_per_s']:,.0f} tokens/s, {v['x_realtime']:.3f}x real time{versus}, {how}"
         )
-    detail = (
-        f"{r['tokens_per_s']:,.0f} tokens/s, {r['x_realtime']:.3f}x real time, {how} "
-        f"(the post: {r['post_full_recompute_seconds_h100'] / 60:.0f} min on an H100, no cache)"
-    )
-    return label, value, detail
+        rows.append((label, value, detail))
+    return rows
 
 
 def _section_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if name.startswith("lm_train"):
         return [_lm_row("LM train, " + ("torch.compile" if r["compile"] else "eager"), r)]
     if name == "generate":
-        return [_generate_row(r)]
+        return _generate_rows(r)
     if name == "mimi_encode":
         rows = []
         for b in r["batches"]:
@@ -825,11 +954,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def all_ok(report: dict[str, Any]) -> bool:
-    """Whether every section (and every Mimi batch size) was measured."""
+    """Whether every section (every Mimi batch size, every decode variant a CUDA device is not
+    missing for) was measured."""
     for result in report["sections"].values():
         if result["status"] != "ok":
             return False
         if any(row["status"] != "ok" for row in result.get("batches", [])):
+            return False
+        if any(row["status"] == "skipped" for row in result.get("variants", [])):
             return False
     return True
 

@@ -23,6 +23,7 @@ Loading (checkpoints, the Hub) is `codecflow.tasks.loaders`.
 - `layouts`: codes `[B, K, F]` to the LM's 1-D sequence and back (flatten, delay);
 - `level_loss`: cross-entropy weighted by the RVQ level of each target;
 - `sampling`: generation with a KV cache and a frame-aligned sliding window;
+- `decode_step`: a static-shape single-token step over the cache, for CUDA graphs and compile;
 - `flops`: training FLOPs per token and model FLOPs utilization.
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "GenerationResult",
     "sample_next",
     "generate",
+    "StaticDecodeStep",
     "ResidualVectorQuantizer",
     "RVQMetrics",
     "RVQOutput",
@@ -100,6 +102,7 @@ _MODULES = {
     "RVQCodec": "codec",
     "RVQMetrics": "rvq",
     "RVQOutput": "rvq",
+    "StaticDecodeStep": "decode_step",
     "ResidualVectorQuantizer": "rvq",
     "TokenLayout": "layouts",
     "build_rvq_codec": "codec",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from codecflow.models.decode_step import DECODE_MODES, DecodeMode, StaticDecoder
 from codecflow.models.gpt import GPT
 from codecflow.models.layouts import TokenLayout
 
@@ -41,6 +42,9 @@ class GenerationResult:
     # float [B, N]: log-probability of each new token under the distribution it was drawn (or
     # forced) from, at temperature 1; None unless asked for (`return_logprobs`).
     logprobs: Tensor | None = None
+    # Seconds the first static single-token step took, its compile or CUDA graph capture
+    # included (device synchronized); None with decode="eager" or when no step ran.
+    decode_setup_seconds: float | None = None
 
 
 def sample_next(
@@ -121,6 +125,8 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     window: str = "frames",
     return_logprobs: bool = False,
+    decode: DecodeMode = "eager",
+    compile_backend: str = "inductor",
 ) -> GenerationResult:
     """Continue `prompt` by `max_new_tokens` tokens, one forward step per token.
 
@@ -150,6 +156,16 @@ def generate(
             "exact" (the post's: past the context, every step reads the last block_size tokens,
             a full forward each).
         return_logprobs: also return each new token's log-probability (`logprobs`).
+        decode: how each single-token step runs. "eager": `GPT.forward` over the cache.
+            "cuda_graph" (a CUDA device only, else a ValueError): the static-shape step of
+            `models.decode_step`, captured once per call as a `torch.cuda.CUDAGraph` and
+            replayed for every token. "compile": the same step through
+            `torch.compile(fullgraph=True, dynamic=False)` (mode "reduce-overhead" with
+            Inductor on CUDA). Both read and write the same cache: prefills and re-prefills on
+            a slide stay eager, and sampling runs outside the graph. Same logits as "eager" up
+            to float rounding (greedy decoding gives the same tokens).
+        compile_backend: torch.compile's backend for decode="compile" (tests and the tiny
+            benchmark pass "eager" or "aot_eager" to skip Inductor's C++ build on the CPU).
 
     Returns:
         `GenerationResult` with int64 `[B, N]` new tokens (an inference-mode tensor) and counts.
@@ -178,6 +194,11 @@ def generate(
     else:
         forced_at = [False] * max_new_tokens
     assert window in ("frames", "exact"), f"window must be 'frames' or 'exact', got {window!r}"
+    assert decode in DECODE_MODES, f"decode must be one of {DECODE_MODES}, got {decode!r}"
+    if decode == "cuda_graph" and prompt.device.type != "cuda":
+        raise ValueError(
+            f"decode='cuda_graph' needs a CUDA device, the prompt is on {prompt.device}"
+        )
     if max_new_tokens == 0:
         return GenerationResult(prompt.new_empty((b, 0)), 0, 0, [])  # [B, 0]
 
@@ -196,6 +217,11 @@ def generate(
         start = max(0, p - block_size) if exact else _window_start(p, block_size, tokens_per_frame)
         logits = model(stream[:, start:p], cache=cache).logits[:, -1]  # [B, V]
         n_forward, prefill_starts = 1, [start]
+        decoder = (
+            None
+            if decode == "eager"
+            else StaticDecoder(model, cache, decode, compile_backend=compile_backend)
+        )
         logprobs = (
             stream.new_zeros((b, max_new_tokens), dtype=torch.float32) if return_logprobs else None
         )
@@ -217,7 +243,9 @@ def generate(
                 progress(i + 1, max_new_tokens)
             if i == max_new_tokens - 1:
                 break  # no need to feed the last token
-            if cache.length < block_size:
+            if cache.length < block_size and decoder is not None:
+                logits = decoder(token)  # [B, V]
+            elif cache.length < block_size:
                 logits = model(token[:, None], cache=cache).logits[:, -1]  # [B, V]
             else:
                 start = (
@@ -236,6 +264,7 @@ def generate(
         n_prefills=len(prefill_starts),
         prefill_starts=prefill_starts,
         logprobs=logprobs,
+        decode_setup_seconds=None if decoder is None else decoder.setup_seconds,
     )
 
 

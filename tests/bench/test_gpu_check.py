@@ -8,11 +8,13 @@ a wrong or empty number fails here.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -86,20 +88,64 @@ def test_lm_training_tokens_per_s_and_mfu(tiny_run: tuple[str, dict[str, Any]], 
     assert lm["precision"] == "float32" and lm["peak_memory_gib"] is None
 
 
-def test_generation_extrapolated_from_the_tokens_measured(
-    tiny_run: tuple[str, dict[str, Any]],
-) -> None:
-    gen = tiny_run[1]["sections"]["generate"]
+def _check_variant(gen: dict[str, Any], v: dict[str, Any]) -> None:
+    """A decode variant has all its numbers, consistent with each other, or a reason."""
+    if v["status"] != "ok":
+        assert v["status"] in ("not run", "skipped") and v["reason"], v
+        return
     assert gen["target_tokens"] == 1_600 and gen["audio_seconds"] == pytest.approx(0.1)
     # At most the cap; fewer (the probe) only on a machine too loaded for a longer run.
-    measured = gen["measured_tokens"]
-    assert isinstance(measured, int) and gen["probe_tokens"] <= measured <= MEASURE_TOKENS
-    assert gen["extrapolated_from_tokens"] == measured
-    assert all(_positive(gen[k]) for k in ("measured_seconds", "seconds_for_target", "x_realtime"))
-    scaled = gen["measured_seconds"] * gen["target_tokens"] / measured
-    assert gen["seconds_for_target"] == pytest.approx(scaled)
-    assert gen["tokens_per_s"] == pytest.approx(measured / gen["measured_seconds"])
-    assert gen["x_realtime"] == pytest.approx(gen["audio_seconds"] / gen["seconds_for_target"])
+    measured = v["measured_tokens"]
+    assert isinstance(measured, int) and v["probe_tokens"] <= measured <= MEASURE_TOKENS
+    assert v["extrapolated_from_tokens"] == measured
+    for key in ("measured_seconds", "seconds_for_target", "x_realtime", "speedup_vs_eager"):
+        assert _positive(v[key]), (v["decode"], key, v.get(key))
+    scaled = v["measured_seconds"] * gen["target_tokens"] / measured
+    assert v["seconds_for_target"] == pytest.approx(scaled)
+    assert v["tokens_per_s"] == pytest.approx(measured / v["measured_seconds"])
+    assert v["x_realtime"] == pytest.approx(gen["audio_seconds"] / v["seconds_for_target"])
+    eager = gen["variants"][0]
+    expected = eager["seconds_for_target"] / v["seconds_for_target"]
+    assert v["speedup_vs_eager"] == pytest.approx(expected)
+
+
+def test_generation_by_decode_variant(tiny_run: tuple[str, dict[str, Any]]) -> None:
+    """Eager and torch.compile measured (extrapolated from the tokens measured), CUDA graphs
+    not run on the CPU, with the reason and without a number."""
+    gen = tiny_run[1]["sections"]["generate"]
+    variants = gen["variants"]
+    assert [v["decode"] for v in variants] == ["eager", "cuda_graph", "compile"]
+    for v in variants:
+        _check_variant(gen, v)
+    eager, graph, compiled = variants
+    assert eager["status"] == compiled["status"] == "ok"
+    assert graph == {"decode": "cuda_graph", "status": "not run", "reason": "needs CUDA"}
+    assert eager["speedup_vs_eager"] == 1.0
+    assert eager["setup_seconds"] is None and eager["compile_backend"] is None
+    assert eager["max_logprob_diff_vs_eager"] is None
+    assert compiled["compile_backend"] == "aot_eager" and compiled["compile_mode"] == "default"
+    assert _positive(compiled["setup_seconds"]) and _positive(compiled["setup_seconds_per_call"])
+    # The static step computes what eager does: the same log-probabilities over a slide.
+    assert gen["check_tokens"] == 128 + 64
+    assert 0.0 <= compiled["max_logprob_diff_vs_eager"] < 1e-4
+
+
+def test_a_variant_without_numbers_needs_a_reason(gpu_check: ModuleType) -> None:
+    gen: dict[str, Any] = {"target_tokens": 1_600, "audio_seconds": 0.1, "variants": []}
+    numbers = {"probe_tokens": 256, "measured_tokens": 400, "extrapolated_from_tokens": 400}
+    with pytest.raises(AssertionError):  # "ok" without its seconds
+        _check_variant(
+            gen, {"decode": "compile", "status": "ok", **numbers, "measured_seconds": None}
+        )
+    with pytest.raises(AssertionError):
+        _check_variant(gen, {"decode": "compile", "status": "not run", "reason": ""})
+    # A variant that failed fails the run (exit status 1); one without CUDA on the CPU does not.
+    report: dict[str, Any] = {
+        "sections": {"generate": {"status": "ok", "variants": [{"status": "not run"}]}}
+    }
+    assert gpu_check.all_ok(report)
+    report["sections"]["generate"]["variants"].append({"status": "skipped", "reason": "boom"})
+    assert not gpu_check.all_ok(report)
 
 
 def test_mimi_encode_at_each_batch(tiny_run: tuple[str, dict[str, Any]]) -> None:
@@ -153,7 +199,9 @@ def test_the_table_has_a_row_per_measurement(tiny_run: tuple[str, dict[str, Any]
     for label in (
         "LM train, eager",
         "LM train, torch.compile",
-        "generate 0.1 s mu-law (KV)",
+        "generate 0.1 s mu-law (KV), eager",
+        "generate 0.1 s mu-law (KV), CUDA graph",
+        "generate 0.1 s mu-law (KV), torch.compile",
         "Mimi encode, batch 1",
         "Mimi encode, batch 2",
         "Mimi encode, batch 4",
@@ -161,7 +209,19 @@ def test_the_table_has_a_row_per_measurement(tiny_run: tuple[str, dict[str, Any]
     ):
         assert sum(line.startswith(label + " ") for line in lines) == 1, label
     assert "SKIPPED" not in stdout
-    assert f"EXTRAPOLATED from {report['sections']['generate']['measured_tokens']:,}" in stdout
+    gen = report["sections"]["generate"]
+    eager, _, compiled = gen["variants"]
+    rows = {
+        decode: next(line for line in lines if line.startswith(f"generate 0.1 s mu-law (KV), {label} "))
+        for decode, label in (("eager", "eager"), ("cuda_graph", "CUDA graph"), ("compile", "torch.compile"))
+    }  # fmt: skip
+    assert "NOT RUN" in rows["cuda_graph"] and "needs CUDA" in rows["cuda_graph"]
+    for variant in (eager, compiled):
+        row = rows[variant["decode"]]
+        assert f"EXTRAPOLATED from {variant['measured_tokens']:,}" in row
+        assert f"{variant['tokens_per_s']:,.0f} tokens/s" in row
+    assert f"{compiled['speedup_vs_eager']:.2f}x eager" in rows["compile"]
+    assert f"compile aot_eager {compiled['setup_seconds']:.1f} s once" in rows["compile"]
     tokens = report["sections"]["lm_train_eager"]["tokens_per_s"]
     assert f"{tokens:,.0f} tokens/s" in stdout
 
@@ -188,6 +248,64 @@ def gpu_check() -> Iterator[ModuleType]:
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
+
+
+def test_generate_rows_of_a_cuda_report(
+    gpu_check: ModuleType, tiny_run: tuple[str, dict[str, Any]]
+) -> None:
+    """What a GPU run prints for CUDA graphs (not run here), and for a run of all the tokens."""
+    gen = copy.deepcopy(tiny_run[1]["sections"]["generate"])
+    eager, _, compiled = gen["variants"]
+    graph = {**compiled, "decode": "cuda_graph", "compile_backend": None, "setup_seconds": 0.04}
+    gen["variants"][1] = graph
+    eager["extrapolated_from_tokens"] = None
+    rows = gpu_check._generate_rows(gen)
+    assert [row[0] for row in rows] == [
+        f"generate 0.1 s mu-law (KV), {label}" for label in ("eager", "CUDA graph", "torch.compile")
+    ]
+    assert "measured: all 1,600 tokens (the post: 30 min on an H100, no cache)" in rows[0][2]
+    assert f"{graph['speedup_vs_eager']:.2f}x eager, capture 0.04 s" in rows[1][2]
+    assert "EXTRAPOLATED" in rows[1][2] and "max |logprob - eager's|" in rows[1][2]
+
+
+def test_generate_records_each_variant_before_the_next(
+    gpu_check: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: what the parent reads if the section is killed (or crashes) during a variant
+    keeps the variants before it; a variant that fails is recorded with its reason."""
+    out = tmp_path / "section.json"
+    argv = ["--tiny", "--gen-measure-tokens", "300", "--section-out", str(out)]
+    args = gpu_check._parser().parse_args(argv)
+    ctx = gpu_check.Context(gpu_check.TINY, torch.device("cpu"), time.time() + 60, args)
+    seen: dict[str, dict[str, Any]] = {}
+    measure = gpu_check._generate_variant
+
+    def spy(ctx: Any, model: Any, prompt: Any, decode: str, deadline: float) -> dict[str, Any]:
+        seen[decode] = json.loads(out.read_text())
+        if decode == "compile":
+            raise RuntimeError("the compile failed")
+        return measure(ctx, model, prompt, decode, deadline)
+
+    monkeypatch.setattr(gpu_check, "_generate_variant", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the section's child process (2 threads crawl on a busy CPU)
+    try:
+        result = gpu_check.generate_audio(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    statuses = {d: [v["status"] for v in seen[d]["variants"]] for d in seen}
+    assert statuses == {
+        "eager": ["skipped", "not run", "skipped"],
+        "compile": ["ok", "not run", "skipped"],
+    }
+    assert seen["compile"]["variants"][2]["reason"] == gpu_check.UNFINISHED
+    assert seen["compile"]["variants"][0] == result["variants"][0]
+    assert result["variants"][2] == {
+        "decode": "compile",
+        "status": "skipped",
+        "reason": "RuntimeError: the compile failed",
+    }
+    assert not gpu_check.all_ok({"sections": {"generate": {"status": "ok", **result}}})
 
 
 @pytest.mark.parametrize(

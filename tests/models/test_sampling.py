@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -310,3 +311,65 @@ def test_the_exact_window_is_nanogpts_crop_at_every_step() -> None:
     assert result.prefill_starts[1:] == list(range(1, 17))  # a full window per fed token past 8
     frames = generate(model, prompt, 20, temperature=0.0)
     assert frames.n_prefills < result.n_prefills  # the default slides by half a context
+
+
+@pytest.mark.slow  # Inductor's C++ build of the step: 12-16 s on a 2-core CPU
+def test_compiled_decode_gives_eagers_greedy_tokens() -> None:
+    """decode="compile" with the default Inductor backend, over several slides of the window."""
+    torch._dynamo.reset()
+    model = _model(block_size=16)
+    prompt = _prompt(2, 5)
+    eager = generate(model, prompt, 60, temperature=0.0, tokens_per_frame=2)
+    compiled = generate(model, prompt, 60, temperature=0.0, tokens_per_frame=2, decode="compile")
+    torch._dynamo.reset()
+    assert torch.equal(compiled.tokens, eager.tokens)
+    assert compiled.prefill_starts == eager.prefill_starts and compiled.n_prefills > 3
+    assert compiled.n_forward_calls == eager.n_forward_calls
+    assert eager.decode_setup_seconds is None
+    assert compiled.decode_setup_seconds is not None and compiled.decode_setup_seconds > 0
+
+
+@pytest.mark.parametrize("window", ["frames", "exact"])
+def test_static_decode_steps_are_not_forward_calls_and_match_eager(
+    window: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled static step (torch.compile's "eager" backend: Dynamo's graph, fullgraph,
+    without Inductor's build) replaces the single-token forwards; prefills stay eager. Forced
+    tokens and log-probabilities go through it as through eager's steps."""
+    torch._dynamo.reset()
+    model = _model(block_size=16)
+    prompt = _prompt(3, 7)
+    forced = _prompt(3, 40, seed=5)  # [B, N]
+    mask = torch.arange(40) % 3 == 0  # [N]
+    kwargs: dict[str, Any] = {"temperature": 0.0, "tokens_per_frame": 2, "window": window}
+    kwargs |= {"forced_tokens": forced, "forced_mask": mask, "return_logprobs": True}
+    eager = generate(model, prompt, 40, **kwargs)
+    calls = _spy(model, monkeypatch)
+    static = generate(model, prompt, 40, decode="compile", compile_backend="eager", **kwargs)
+    torch._dynamo.reset()
+    assert torch.equal(static.tokens, eager.tokens)
+    assert static.logprobs is not None and eager.logprobs is not None
+    torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
+    assert len(calls) == static.n_prefills < static.n_forward_calls
+    assert all(c.past == 0 for c in calls)  # only prefills call forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decode_gives_eagers_greedy_tokens() -> None:
+    model = _model(block_size=16).cuda()
+    prompt = _prompt(2, 5).cuda()
+    eager = generate(model, prompt, 60, temperature=0.0, tokens_per_frame=2)
+    graph = generate(model, prompt, 60, temperature=0.0, tokens_per_frame=2, decode="cuda_graph")
+    assert torch.equal(graph.tokens, eager.tokens) and graph.n_prefills > 3
+    assert graph.decode_setup_seconds is not None and graph.decode_setup_seconds > 0
+
+
+def test_decode_is_checked() -> None:
+    model = _model()
+    prompt = _prompt(1, 2)
+    with pytest.raises(
+        ValueError, match="decode='cuda_graph' needs a CUDA device, the prompt is on cpu"
+    ):
+        generate(model, prompt, 4, decode="cuda_graph")
+    with pytest.raises(AssertionError, match="decode must be one of"):
+        generate(model, prompt, 4, decode="graph")  # type: ignore[arg-type]
