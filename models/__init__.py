@@ -20,6 +20,7 @@ Loading (checkpoints, the Hub) is `codecflow.tasks.loaders`.
 - `mimi`: Kyutai's Mimi (moshi) as a tokenizer, with or without its semantic level;
 - `losses`: multi-scale spectral, mel L1 and SI-SDR, the codec's training loss;
 - `gpt`: the nanoGPT-style decoder with a KV cache; `presets`: its named sizes (the post's);
+- `gpt_decode`: its single-token step over the cache, compiled by TorchScript (the CPU's path);
 - `layouts`: codes `[B, K, F]` to the LM's 1-D sequence and back (flatten, delay);
 - `level_loss`: cross-entropy weighted by the RVQ level of each target;
 - `sampling`: generation with a KV cache and a frame-aligned sliding window;

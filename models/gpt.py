@@ -14,20 +14,22 @@ through plain functional calls (`_cached_block`) instead of the modules: a singl
 small model is a few hundred tiny kernels, so `nn.Module.__call__`, the identity dropouts, the
 position `arange` and ~150 `nn.Module.__getattr__` look-ups of the weights per step were a
 measurable share of it (profiled with torch.profiler and cProfile, bench/generate.py). The cache
-holds references to the weight tensors, taken once when `GPT.new_cache` makes it.
+holds references to the weight tensors, taken once when `GPT.new_cache` makes it. A single new
+token goes through `models.gpt_decode` instead: the same layers in fewer ops, compiled by
+TorchScript, with oneDNN off on the CPU (see there).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from codecflow.models.gpt_decode import native_cpu_kernels, scripted_decode
 
 __all__ = ["LAYER_NORM_EPS", "GPTConfig", "GPTOutput", "KVCache", "LayerWeights", "GPT"]
 
@@ -116,6 +118,9 @@ class KVCache:
             f"{n_layer} layers but weights for {len(weights or [])}"
         )
         self.weights = weights
+        # The model's parameters as `models.gpt_decode.decode_token` takes them, listed once by
+        # `GPT.new_cache` (None: listed at each step).
+        self.decode_weights: tuple[list[Tensor], list[Tensor | None]] | None = None
 
     def reset(self) -> None:
         """Forget every cached position (the buffers are reused, not cleared)."""
@@ -180,50 +185,6 @@ def _cached_block(
     y = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, LAYER_NORM_EPS)  # [B*N, D]
     y = F.gelu(F.linear(y, w.fc_weight, w.fc_bias))  # [B*N, 4D]
     return x + F.linear(y, w.mlp_proj_weight, w.mlp_proj_bias)  # [B*N, D]
-
-
-def _decode_block(x: Tensor, w: LayerWeights, buffer: Tensor, past: int, n_head: int) -> Tensor:
-    """`_cached_block` for a single new token per sequence, with fewer ops: float `[B, D]` ->
-    float `[B, D]`; its key and value go to position `past` of the layer's cache `buffer`
-    `[B, 2, H, block_size, E]`.
-
-    A step of a small model is bound by reading the weights and the cache plus a fixed cost per
-    op (bench/generate.py: ~0.3 ms of a ~1 ms step of its 4.8 M-parameter model on the 2-core
-    development VM), so this spends no op on what `_cached_block` needs for N > 1: the new key
-    and value are one slice of `qkv` copied in place, and the output of attention is already
-    `[B, D]` in memory.
-    """
-    b, c = x.shape
-    y = torch.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, LAYER_NORM_EPS)  # [B, D]
-    qkv = F.linear(y, w.attn_weight, w.attn_bias).view(
-        b, 3, n_head, 1, c // n_head
-    )  # [B, 3, H, 1, E]
-    end = past + 1
-    assert end <= buffer.shape[3], f"KV cache overflow: {past} cached + 1 new > {buffer.shape[3]}"
-    buffer[:, :, :, past:end] = qkv[:, 1:]  # [B, 2, H, 1, E]
-    # One query sees every cached key and itself: no mask (as `_attend` for N = 1).
-    y = F.scaled_dot_product_attention(qkv[:, 0], buffer[:, 0, :, :end], buffer[:, 1, :, :end])
-    x = x + F.linear(y.reshape(b, c), w.attn_proj_weight, w.attn_proj_bias)  # [B, D]
-    y = torch.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, LAYER_NORM_EPS)  # [B, D]
-    y = F.gelu(F.linear(y, w.fc_weight, w.fc_bias))  # [B, 4D]
-    return x + F.linear(y, w.mlp_proj_weight, w.mlp_proj_bias)  # [B, D]
-
-
-@contextmanager
-def _native_cpu_kernels(x: Tensor) -> Iterator[None]:
-    """oneDNN off for a float32 step on the CPU: PyTorch sends a contiguous float32 GELU to
-    oneDNN there, which costs ~5 us a call for the 4D values of one token against ~1.4 us for
-    PyTorch's own kernel, and with two threads on a busy 2-core machine it measured 389 us
-    (both measured on the development VM, torch 2.9.1; the values differ by at most 1.4e-6).
-    float32 matmuls use MKL either way; bfloat16 ones need oneDNN, so other dtypes keep it."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
 
 
 class CausalSelfAttention(nn.Module):
@@ -356,7 +317,8 @@ class GPT(nn.Module):
         model as it is now (`load_state_dict` and `.to` update those tensors in place)."""
         param = self.lm_head.weight
         c = self.config
-        return KVCache(
+        weights = self._layer_weights()
+        cache = KVCache(
             n_layer=c.n_layer,
             batch_size=batch_size,
             n_head=c.n_head,
@@ -364,8 +326,10 @@ class GPT(nn.Module):
             head_dim=c.n_embd // c.n_head,
             device=param.device if device is None else device,
             dtype=param.dtype if dtype is None else dtype,
-            weights=self._layer_weights(),
+            weights=weights,
         )
+        cache.decode_weights = self._decode_weights(weights)
+        return cache
 
     def forward(
         self,
@@ -426,25 +390,55 @@ class GPT(nn.Module):
 
     def _cached_logits(self, idx: Tensor, cache: KVCache) -> Tensor:
         """int64 `[B, N]` tokens after the `cache.length` cached ones -> float `[B, N, V]`
-        logits, by `_cached_block`, or `_decode_block` for one token (see the module docstring);
-        the cache grows by N."""
+        logits, by `_cached_block`, or for one token by `models.gpt_decode` (see the module
+        docstring); the cache grows by N."""
         b, t = idx.shape
         past = cache.length
         weights = cache.weights
         if weights is None:  # a cache made by hand, not by new_cache
             weights = self._layer_weights()
+        if t == 1:
+            assert past < cache.capacity, (
+                f"KV cache overflow: {past} cached + 1 new > capacity {cache.capacity}"
+            )
+            ws, bs = cache.decode_weights or self._decode_weights(weights)
+            decode = scripted_decode()
+            with native_cpu_kernels(self.wte.weight):
+                logits = decode(
+                    idx[:, 0],
+                    self.wte.weight,
+                    self.wpe.weight,
+                    ws,
+                    bs,
+                    cache.kv,
+                    past,
+                    self.config.n_head,
+                    LAYER_NORM_EPS,
+                )  # [B, V]
+            cache.advance(1)
+            return logits.view(b, 1, -1)  # [B, 1, V]
         # Positions continue after the cached ones, so a step sees the same position embedding
         # as in a full forward over the whole sequence; a slice of the table, not a gather.
         x = F.embedding(idx, self.wte.weight) + self.wpe.weight[past : past + t]  # [B, N, D]
         x = x.view(b * t, -1)  # [B*N, D]
-        if t == 1:
-            with _native_cpu_kernels(x):
-                for w, buffer in zip(weights, cache.kv, strict=True):
-                    x = _decode_block(x, w, buffer, past, self.config.n_head)  # [B, D]
-        else:
-            shape = (b, t, self.config.n_head)
-            for layer, w in enumerate(weights):
-                x = _cached_block(x, w, cache, layer, shape)  # [B*N, D]
+        shape = (b, t, self.config.n_head)
+        for layer, w in enumerate(weights):
+            x = _cached_block(x, w, cache, layer, shape)  # [B*N, D]
         cache.advance(t)
         x = torch.layer_norm(x, x.shape[1:], self.ln_f.weight, self.ln_f.bias, LAYER_NORM_EPS)
         return F.linear(x, self.lm_head.weight).view(b, t, -1)  # [B, N, V]
+
+    def _decode_weights(
+        self, weights: list[LayerWeights]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """The blocks' and the final LayerNorm's parameters as `models.gpt_decode.decode_token`
+        takes them: 6 weights and 6 biases per layer (`DECODE_WEIGHTS_PER_LAYER`, the Linear
+        weights as transposed views), then ln_f's."""
+        flat_weights: list[Tensor] = []
+        flat_biases: list[Tensor | None] = []
+        for w in weights:
+            flat_weights += [w.ln_1_weight, w.attn_weight.t(), w.attn_proj_weight.t()]
+            flat_weights += [w.ln_2_weight, w.fc_weight.t(), w.mlp_proj_weight.t()]
+            flat_biases += [w.ln_1_bias, w.attn_bias, w.attn_proj_bias]
+            flat_biases += [w.ln_2_bias, w.fc_bias, w.mlp_proj_bias]
+        return flat_weights + [self.ln_f.weight], flat_biases + [self.ln_f.bias]
