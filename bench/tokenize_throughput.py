@@ -28,6 +28,15 @@ does, the floors write nothing.
   1 h, commit markers with sha256, fsync, plan, rejects, size report, `dataset.json`).
 - floors: `decode int16` (soundfile alone), `decode + table` (with our mu-law lookup table),
   `decode + numpy mu-law` (float32 read, the companding formula in numpy).
+- `codecflow tokenize` (unless `--no-cli`): the command a user runs, from fresh processes
+  (`python -m codecflow`, the same CPU and `CODECFLOW_THREADS`), against a Prefect server that
+  this script starts as `make server` does, on the other CPUs (a server's own work, task states
+  and logs, is not the tokenizer's; without a server, Prefect's temporary one adds its start,
+  about 6 s here, to every command). Each round runs it on one second of the first file (the
+  start-up: imports, the flow's tasks, the size report) and on the whole manifest, each into a
+  new folder; the difference is the work. Printed against the `decode + table` floor and the
+  post's path, start-up in and out (the post's start-up: `import librosa, torch` and its first
+  call).
 
 Every side gets one untimed warm-up call first (librosa's first call alone takes seconds);
 `--repeats` rounds then alternate the order; the best (least disturbed) time counts. **Start-up**
@@ -48,6 +57,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -276,7 +286,12 @@ def _mulaw_sides(
 
     def floor(kind: str) -> Callable[[Path], None]:
         decode = _floor(kind)
-        return lambda _out: [decode(p) for p in every] and None
+
+        def run(_out: Path) -> None:
+            for path in every:
+                decode(path)
+
+        return run
 
     sides: dict[str, Callable[[Path], dict[str, int] | None]] = {}
     if librosa_too:
@@ -356,6 +371,76 @@ audio = librosa.resample(audio, orig_sr=sr, target_sr=16000)
 torch.tensor(librosa.mu_compress(audio.clip(-1, 1), mu=255) + 128).to(torch.uint8)
 print(imported - started, time.perf_counter() - imported)
 """
+
+
+def _cli_run(manifest: Path, out: Path, env: Mapping[str, str]) -> float:
+    """Wall seconds of `codecflow tokenize` on `manifest` into `out`, a fresh process (`python -m
+    codecflow`, the console script's code), as a user runs it: the flow's tasks against the
+    Prefect server of `env`, shards, markers, card, size report."""
+    command = [sys.executable, "-m", "codecflow", "tokenize"]
+    command += ["--set", f"manifest={manifest}", "--set", f"out={out}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=dict(env), capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"codecflow tokenize failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds
+
+
+@contextlib.contextmanager
+def _running_server(home: Path) -> Iterator[str]:
+    """A Prefect server as `make server` starts it (`codecflow.cli.server.start_server`), on the
+    CPUs other than this process's when there are any: the server's work (task states, logs)
+    does not take the measured core. Yields its API URL."""
+    from codecflow.cli import server
+
+    pinned = os.sched_getaffinity(0)
+    others = set(range(os.cpu_count() or 1)) - pinned or pinned
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.sched_setaffinity(0, others)  # inherited by the server's processes
+    try:
+        api_url = str(server.start_server(home, port=port)["api_url"])
+    finally:
+        os.sched_setaffinity(0, pinned)
+    try:
+        yield api_url
+    finally:
+        server.stop(home)
+
+
+def _one_second(manifest: Path, dest: Path) -> Path:
+    """The manifest's first segment cut to its first second: a run with (almost) no work."""
+    table = pq.read_table(manifest)
+    row = table.slice(0, 1).to_pylist()[0]
+    row.update(end_s=1.0, duration_s=1.0, chunks=[{"start_s": 0.0, "end_s": 1.0}])
+    one = pa.Table.from_pylist([row], schema=SEGMENT_MANIFEST_SCHEMA)
+    pq.write_table(one.replace_schema_metadata(table.schema.metadata), dest)
+    return dest
+
+
+def _cli_side(manifest: Path, tmp: Path, repeats: int) -> dict[str, Any]:
+    """`codecflow tokenize` from fresh processes against a running Prefect server: per round a
+    run of one second of audio (the start-up: imports, the flow and its tasks, the size report;
+    each run into a new folder), then the whole manifest; the difference is the work."""
+    one = _one_second(manifest, tmp / "one-second.parquet")
+    with _running_server(tmp / "server") as api_url:
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(tmp / "cli-home")}
+        _cli_run(one, tmp / "cli-warm", env)  # untimed: the server's first flow run
+        runs, startups = [], []
+        for i in range(repeats):
+            startups.append(_cli_run(one, tmp / "cli-one" / str(i), env))
+            runs.append(_cli_run(manifest, tmp / "cli" / str(i), env))
+    works = [run - startup for run, startup in zip(runs, startups, strict=True)]
+    return {
+        "best_s": min(runs),
+        "median_s": statistics.median(runs),
+        "startup_s": min(startups),
+        "work_s": min(works),
+        "runs_s": runs,
+        "startups_s": startups,
+    }
 
 
 def _startup(code: str, args: Sequence[str], repeats: int) -> tuple[float, float]:
@@ -445,6 +530,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="-1: all")
     parser.add_argument("--threads", type=int, default=1, help="CODECFLOW_THREADS")
     parser.add_argument("--no-librosa", action="store_true", help="skip the post's real path")
+    parser.add_argument(
+        "--no-cli", action="store_true", help="skip `codecflow tokenize` in fresh processes"
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     return parser.parse_args()
 
@@ -497,8 +585,49 @@ def _print_summary(report: Mapping[str, Any]) -> None:
         f"{100 * ratios['ours_vs_floor: decode int16']:.0f} % of the speed of decoding alone "
         f"({floor['x_realtime']:,.0f}x)"
     )
+    if "cli" in report:
+        _print_cli(report["cli"])
     before, after = report["machine"]["load_before"], report["machine"]["load_after"]
     print(f"load average (1 min) {before[0]:.2f} at the start, {after[0]:.2f} at the end")
+
+
+def _cli_report(cli: dict[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    """The CLI's runs against the floor (decode + table, in this process: no start-up of its
+    own) and the post's path, start-up in and out. The post's start-up in: its best in-process
+    time plus `import librosa, torch` and librosa's first call, from fresh processes."""
+    mulaw = report["mulaw"]
+    floor = mulaw["floor: decode + table"]["best_s"]
+    ratios = {
+        "vs_floor_startup_in": floor / cli["best_s"],
+        "vs_floor_startup_out": floor / cli["work_s"],
+    }
+    post = report["startup"].get("post (librosa)")
+    if post is not None and "post (librosa)" in mulaw:
+        post_s = mulaw["post (librosa)"]["best_s"]
+        post_fresh = post_s + post["import_s"] + post["first_call_s"]
+        ratios["vs_post_startup_in"] = post_fresh / cli["best_s"]
+        ratios["vs_post_startup_out"] = post_s / cli["work_s"]
+    return {**cli, "ratios": ratios}
+
+
+def _print_cli(cli: Mapping[str, Any]) -> None:
+    ratios = cli["ratios"]
+    print(
+        f"\ncodecflow tokenize from a fresh process (best of {len(cli['runs_s'])}): "
+        f"{cli['best_s']:.2f} s in all; start-up {cli['startup_s']:.2f} s (the same command on "
+        f"one second of audio); the work {cli['work_s']:.2f} s (against a running Prefect server, "
+        "on other CPUs)"
+    )
+    line = (
+        f"against the floor (decode + table): {100 * ratios['vs_floor_startup_out']:.0f} % of its "
+        f"speed with start-up out (goal >= 85 %), {100 * ratios['vs_floor_startup_in']:.0f} % in"
+    )
+    if "vs_post_startup_out" in ratios:
+        line += (
+            f"; against the post's librosa path: {ratios['vs_post_startup_out']:.2f}x start-up "
+            f"out, {ratios['vs_post_startup_in']:.2f}x in (its own start-up added)"
+        )
+    print(line)
 
 
 def main() -> None:
@@ -532,6 +661,8 @@ def main() -> None:
         if args.codec_minutes:
             report["codec"] = _codec_run(audio, args.codec_minutes, args.repeats, tmp / "codec")
         report["startup"] = _startups(tmp, manifest, args.startup_repeats, librosa_too)
+        if not args.no_cli:
+            report["cli"] = _cli_report(_cli_side(manifest, tmp, args.repeats), report)
         report["machine"]["load_after"] = os.getloadavg()
     _print_summary(report)
     if args.json:

@@ -45,6 +45,7 @@ __all__ = [
     "location",
     "open_atomic_write",
     "read_json",
+    "read_parquet",
     "sha256",
     "sha256_file",
     "url_to_fs",
@@ -277,6 +278,48 @@ def sha256(url: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_parquet(
+    url: str | Path,
+    columns: list[str] | None = None,
+    prune: tuple[str, list[str]] | None = None,
+) -> Any:
+    """A Parquet file at `url` as a pyarrow Table (`columns` only, when given). With `prune` =
+    (column, values), only the row groups whose min/max statistics of that string column may
+    hold one of `values` (a plan sorted by shard keeps a group's rows in few row groups): the
+    caller keeps the rows it wants.
+
+    Through `pq.ParquetFile`, not `pq.read_table` or `pyarrow.dataset`, and no compute kernel
+    (`pc.is_in`, `Table.filter`, `Table.take`): those import pandas, 0.15 to 0.24 s of every
+    fresh process that reads a manifest (measured on the 2-core VM).
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f, pre_buffer=False)
+        if prune is None:
+            return parquet.read(columns=columns, use_threads=False)
+        groups = _row_groups_with(parquet, *prune)
+        return parquet.read_row_groups(groups, columns=columns, use_threads=False)
+
+
+def _row_groups_with(parquet: Any, column: str, values: list[str]) -> list[int]:
+    """The row groups of `parquet` whose min/max statistics of `column` may hold one of
+    `values` (all of them where a group has no statistics)."""
+    meta = parquet.metadata
+    # The Parquet leaf column (nested columns have several leaves: not the Arrow field index).
+    leaf = next(j for j in range(meta.num_columns) if meta.schema.column(j).path == column)
+    wanted = sorted(values)
+    groups = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(leaf).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(i)
+        elif any(stats.min <= v <= stats.max for v in wanted):
+            groups.append(i)
+    return groups
 
 
 def write_parquet(url: str | Path, table: Any) -> None:

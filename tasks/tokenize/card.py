@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from codecflow.schemas.resources import docs_url
@@ -105,9 +104,8 @@ def _front_matter(info: DatasetInfo, acquisition: Acquisition) -> dict[str, Any]
 
 def _counts(plan: DatasetPlan) -> tuple[dict[str, tuple[int, int]], dict[str, int], list[str]]:
     """From plan.parquet: (speakers, books) per split, segments per subset, the archives."""
-    fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
     columns = ["split", "speaker", "book_id", "subset", "source_path"]
-    table = pq.read_table(path, filesystem=fs, columns=columns)
+    table = storage.read_parquet(storage.join(plan.out, "plan.parquet"), columns)
     per_split = {}
     for split in pc.unique(table["split"]).to_pylist():
         rows = table.filter(pc.equal(table["split"], split))
@@ -127,8 +125,8 @@ def _transcripts(plan: DatasetPlan) -> list[str]:
     """The card's word count: segments, hours and words with a transcript, per split."""
     if not plan.has_text:
         return []
-    fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
-    table = pq.read_table(path, filesystem=fs, columns=["split", "duration_s", "text"])
+    columns = ["split", "duration_s", "text"]
+    table = storage.read_parquet(storage.join(plan.out, "plan.parquet"), columns)
     lines = [
         "## Transcripts",
         "",

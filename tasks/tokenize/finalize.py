@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from codecflow.schemas.configs import TokenizeSettings
 from codecflow.schemas.tables import (
@@ -59,10 +58,8 @@ __all__ = [
 
 def _source_bytes(plan: DatasetPlan) -> int | None:
     """Bytes of the distinct source files the dataset was cut from (for the compression ratio)."""
-    fs, base = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
-    sources = set(
-        pq.read_table(base, filesystem=fs, columns=["source_path"])["source_path"].to_pylist()
-    )
+    plan_url = storage.join(plan.out, "plan.parquet")
+    sources = set(storage.read_parquet(plan_url, ["source_path"])["source_path"].to_pylist())
     root_fs, root = storage.url_to_fs(plan.audio_root)
     try:
         return sum(int(root_fs.size(posixpath.join(root, s))) for s in sources)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from codecflow.schemas.tables import (
     token_shard_schema,
@@ -422,10 +421,11 @@ def write_shard_group(
     by_name = {s.name: s for s in plan.shards}
     todo = [by_name[n] for n in names if _committed_marker(plan.out, by_name[n]) is None]
     if todo:
-        fs, path = storage.url_to_fs(storage.join(plan.out, "plan.parquet"))
-        rows = pq.read_table(
-            path, filesystem=fs, filters=[("shard", "in", [s.name for s in todo])]
-        ).to_pylist()
+        plan_url = storage.join(plan.out, "plan.parquet")
+        wanted = [s.name for s in todo]
+        candidates = storage.read_parquet(plan_url, prune=("shard", wanted)).to_pylist()
+        keep = set(wanted)
+        rows = [r for r in candidates if r["shard"] in keep]
         tokenizer = _Tokenizer(plan.spec)  # the model is built when a segment needs it
         stats = EncodeStats()
         meter = _Progress(sum(s.audio_seconds for s in todo), names[0], progress)
