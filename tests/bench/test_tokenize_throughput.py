@@ -70,3 +70,24 @@ def test_ratios_and_start_up_are_measured(one_minute: tuple[str, dict[str, Any]]
     assert _positive(post["import_s"]) and _positive(post["first_call_s"])
     assert "start-up (fresh processes, best): ours import" in stdout
     assert "the post's librosa path (goal >= 5x)" in stdout
+
+
+def test_the_cli_is_timed_from_fresh_processes(one_minute: tuple[str, dict[str, Any]]) -> None:
+    """`codecflow tokenize` against a running server: its wall (start-up in) and its fixed cost
+    on one second of audio; the ratios come from those times and the in-process sides."""
+    stdout, report = one_minute
+    cli, mulaw = report["cli"], report["mulaw"]
+    assert len(cli["runs_s"]) == len(cli["one_second_runs_s"]) == 1
+    assert _positive(cli["best_s"]) and _positive(cli["one_second_s"])
+    assert cli["best_s"] == min(cli["runs_s"]) and cli["one_second_s"] == min(
+        cli["one_second_runs_s"]
+    )
+    floor = mulaw["floor: decode + table"]["best_s"]
+    ratios = cli["ratios"]
+    assert ratios["vs_floor_startup_in"] == pytest.approx(floor / cli["best_s"])
+    assert ratios["vs_floor_startup_out"] == pytest.approx(floor / mulaw["ours"]["best_s"])
+    post = report["startup"]["post (librosa)"]
+    fresh = mulaw["post (librosa)"]["best_s"] + post["import_s"] + post["first_call_s"]
+    assert ratios["vs_post_startup_in"] == pytest.approx(fresh / cli["best_s"])
+    assert "codecflow tokenize from a fresh process" in stdout
+    assert "speed with start-up out (ours, goal >= 85 %)" in stdout

@@ -167,3 +167,20 @@ def test_the_cli_applies_the_policy() -> None:
     assert bad.stderr.strip() == (
         "error: CODECFLOW_THREADS must be a positive whole number of threads, not 'lots'"
     )
+
+
+def test_the_policy_reaches_torch_imported_later_without_importing_it() -> None:
+    """A command that never needs torch (mu-law tokenization) does not import it for the
+    policy: the policy waits in the variables torch reads when it is imported."""
+    code = (
+        "import os, sys\n"
+        "os.environ['CODECFLOW_THREADS'] = '1'\n"
+        "from codecflow.tasks.core.threads import apply_thread_policy\n"
+        "policy = apply_thread_policy()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch\n"
+        "assert torch.get_num_threads() == policy.threads == 1, torch.get_num_threads()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
