@@ -255,13 +255,13 @@ def _encode_rows(
                 yield row, (item if isinstance(item, str) else by_id[row["segment_id"]])
 
 
-def _arrow_bytes(
+def _arrow_table(
     records: Sequence[tuple[Mapping[str, Any], np.ndarray]],
     dtype: np.dtype,
     metadata: dict[bytes, bytes],
     with_text: bool = False,
-) -> pa.Buffer:
-    """One shard as an uncompressed Arrow IPC stream (format version 3,
+) -> pa.Table:
+    """One shard as a table for an Arrow IPC stream (format version 3,
     `tasks.data.token_shards`): `codes` K lists of F codes per row over one values buffer,
     the tokenizer's facts in the schema `metadata`; with `with_text`, each segment's transcript
     (or null) in a last `text` column."""
@@ -285,18 +285,44 @@ def _arrow_bytes(
     ]
     if with_text:
         columns.append(pa.array([r.get("text") for r, _ in records], pa.string()))
-    table = pa.Table.from_arrays(columns, schema=schema)
-    # Uncompressed: readers memory-map it and read the codes without a copy (a stream, which
-    # `datasets.Dataset.from_file` maps as it is). Its size first (a mock stream copies
-    # nothing), then one buffer of that size: a growing stream copies the codes at each
-    # doubling (0.1-0.2 s of a 1 h mu-law shard, 57 MB, measured).
-    mock = pa.MockOutputStream()
-    with ipc.new_stream(mock, schema) as writer:
-        writer.write_table(table)
-    buffer = pa.allocate_buffer(mock.size())
-    with ipc.new_stream(pa.FixedSizeBufferWriter(buffer), schema) as writer:
-        writer.write_table(table)
-    return buffer  # no copy: written and hashed from this buffer (`_put_file`)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _HashingSink:
+    """A writable file for Arrow's IPC writer: each piece goes to `file` and into a sha256 as it
+    comes, from Arrow's own memory (no copy); the crash tests' mid-write point after the first
+    piece (the schema: a shard cut short)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.digest, self.size, self.closed = file, hashlib.sha256(), 0, False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.file.write(view)
+        self.digest.update(view)
+        if self.size == 0:
+            kill_point("mid-write")  # crash tests: a shard half-written or half-uploaded
+        self.size += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _put_arrow(url: str, table: pa.Table) -> ShardFile:
+    """Write one shard's Arrow IPC stream (uncompressed: readers memory-map it and read the codes
+    without a copy, and `datasets.Dataset.from_file` maps a stream as it is) straight into its
+    file, hashed as it is written: no buffer of the whole shard (57 MB for a 1 h mu-law shard,
+    which cost a copy and its page faults) and no second read. Temporary name + rename locally,
+    one PUT on an object store."""
+    with storage.open_atomic_write(url) as f:
+        sink = _HashingSink(f)
+        with ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+            writer.write_table(table)
+    return ShardFile(bytes=sink.size, sha256=sink.digest.hexdigest())
 
 
 def _webdataset_key(segment_id: str) -> str:
@@ -388,8 +414,8 @@ def _write_shard(
         Reject(path=r["segment_id"], reason=c) for r, c in encoded if isinstance(c, str)
     )
     base = storage.join(plan.out, "shards", shard.name)
-    arrow = _arrow_bytes(good, tokenizer.token_dtype, plan.shard_metadata, plan.has_text)  # type: ignore[arg-type]
-    files = {"arrow": _put_file(f"{base}.arrow", arrow)}
+    table = _arrow_table(good, tokenizer.token_dtype, plan.shard_metadata, plan.has_text)  # type: ignore[arg-type]
+    files = {"arrow": _put_arrow(f"{base}.arrow", table)}
     if "webdataset" in plan.formats:
         tar = _webdataset_bytes(good, webdataset_facts(plan.spec))  # type: ignore[arg-type]
         files["webdataset"] = _put_file(f"{base}.tar", tar)
