@@ -43,7 +43,7 @@ from codecflow.tasks.acquire.probe import BookProbe, refused_members_probe
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.errors import CodecflowError
 from codecflow.tasks.core.threads import apply_thread_policy
-from codecflow.tasks.prefect.wrappers import (
+from codecflow.tasks.prefect.data_tasks import (
     extract_task,
     fetch_task,
     import_hf_task,

@@ -18,7 +18,7 @@ from codecflow.schemas.tables import SPLITS
 from codecflow.tasks.core import outputs, storage
 from codecflow.tasks.core.threads import apply_thread_policy
 from codecflow.tasks.data.token_dataset import DatasetRecord, is_dataset_committed
-from codecflow.tasks.prefect.wrappers import (
+from codecflow.tasks.prefect.data_tasks import (
     finalize_dataset_task,
     plan_tokens_task,
     write_shards_task,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import pkgutil
@@ -81,9 +82,15 @@ def _task_source(fn: Any) -> bytes:
         return inspect.getsource(getattr(defined, "fn", defined)).encode()
 
 
-def _source(module: ModuleType) -> bytes:
+def _source(module: ModuleType | str) -> bytes:
     """A module's source, or every module's of a package (`tasks.train`: the trainers and the
-    scaffolding they share), in name order."""
+    scaffolding they share), in name order. A module given by name is read without being
+    imported (`tasks.loaders` imports torch: a tokenize flow keys on it without paying that)."""
+    if isinstance(module, str):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, f"no module named {module}"
+        assert spec.submodule_search_locations is None, f"give the package {module} as a module"
+        return Path(spec.origin).read_bytes()
     if not hasattr(module, "__path__"):
         return inspect.getsource(module).encode()
     names = sorted(m.name for m in pkgutil.walk_packages(module.__path__, module.__name__ + "."))
@@ -91,10 +98,11 @@ def _source(module: ModuleType) -> bytes:
 
 
 def content_key(
-    *path_params: str, code: tuple[ModuleType, ...] = ()
+    *path_params: str, code: tuple[ModuleType | str, ...] = ()
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect `cache_key_fn` over the task's source, the source of the modules in `code` (the
-    plain functions it wraps, or whole packages: editing them invalidates the cache), all
+    plain functions it wraps, or whole packages, or a module's name: editing them invalidates the
+    cache), all
     parameters, and the content of the files named by `path_params`.
 
     A path spec is a parameter name, optionally followed by attribute names and a sub-path:

@@ -56,3 +56,32 @@ def test_a_package_in_code_keys_on_every_module_of_it() -> None:
     source = _source(codecflow.tasks.train)
     for module in (codec, lm, scaffold):
         assert inspect.getsource(module).encode() in source
+
+
+def test_a_module_named_keys_as_its_source_without_being_imported() -> None:
+    """`code` takes a module's name: the same key as the module itself, and nothing imported
+    (the tokenizer loaders import torch; a tokenize flow keys on them without it)."""
+    from codecflow.tasks import loaders
+
+    task = SimpleNamespace(task=evaluate_task)
+    by_module = content_key(code=(loaders,))(task, {})
+    by_name = content_key(code=("codecflow.tasks.loaders",))(task, {})
+    assert by_name == by_module
+    assert by_name != content_key(code=("codecflow.tasks.core.storage",))(task, {})
+
+
+def test_the_data_flows_start_without_torch() -> None:
+    """acquire and tokenize import no torch (0.9 s of every such command): their tasks are in
+    `tasks.prefect.data_tasks`, and the thread policy waits for torch's own import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import codecflow.flows.acquire, codecflow.flows.tokenize\n"
+        "from codecflow.tasks.core.threads import apply_thread_policy\n"
+        "apply_thread_policy()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
