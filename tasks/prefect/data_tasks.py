@@ -1,6 +1,6 @@
 """Prefect tasks of the data stages (`tasks.acquire`, `tasks.tokenize`): thin wrappers over their
-plain functions, adding caching and retries (see `tasks.prefect.wrappers`, which re-exports them
-beside the training and evaluation tasks).
+plain functions, adding caching and retries (`tasks.prefect.wrappers` holds the training and
+evaluation tasks, and says how tasks are cached).
 
 Apart from the other stages' tasks because nothing here needs torch: a flow of these tasks
 (acquire, tokenize) starts without importing it, 0.9 s of every such command on the 2-core VM

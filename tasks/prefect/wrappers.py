@@ -1,7 +1,7 @@
 """Prefect tasks: thin wrappers over the plain functions of the stages (`tasks.acquire`,
 `tasks.tokenize`, `tasks.train`, `tasks.evaluate`), adding caching and retries. The data stages'
-tasks live in `tasks.prefect.data_tasks` (torch-free, so that their flows start without it) and
-are re-exported here.
+tasks are in `tasks.prefect.data_tasks` (torch-free, so that their flows start without it); this
+module holds the training and evaluation tasks.
 
 Each task is cached on its parameters, the source of the code it runs, and the content hashes of
 the files it reads (`tasks.prefect.caching.content_key`), with results persisted under PREFECT_HOME
@@ -35,25 +35,7 @@ from codecflow.tasks.evaluate import codec as eval_codec
 from codecflow.tasks.evaluate import compare as compare_codecs
 from codecflow.tasks.evaluate import lm as evaluate_lm
 from codecflow.tasks.prefect.caching import content_key
-from codecflow.tasks.prefect.data_tasks import (
-    CACHED,
-    extract_task,
-    fetch_task,
-    finalize_dataset_task,
-    import_hf_task,
-    import_lhotse_task,
-    list_audio_task,
-    list_books_task,
-    plan_segments_task,
-    plan_tokens_task,
-    probe_audio_task,
-    probe_book_task,
-    stream_extract_task,
-    write_audio_manifest_task,
-    write_flacs_task,
-    write_manifest_task,
-    write_shards_task,
-)
+from codecflow.tasks.prefect.data_tasks import CACHED
 from codecflow.tasks.train import codec as train_codec
 from codecflow.tasks.train import lm as train_lm
 from codecflow.tasks.train.torchrun import run_codec_torchrun, run_torchrun
@@ -62,24 +44,8 @@ __all__ = [
     "compare_codecs_task",
     "eval_codec_task",
     "evaluate_task",
-    "extract_task",
-    "fetch_task",
-    "finalize_dataset_task",
-    "import_hf_task",
-    "import_lhotse_task",
-    "list_audio_task",
-    "list_books_task",
-    "plan_segments_task",
-    "plan_tokens_task",
-    "probe_audio_task",
-    "probe_book_task",
-    "stream_extract_task",
     "train_codec_task",
     "train_lm_task",
-    "write_audio_manifest_task",
-    "write_flacs_task",
-    "write_manifest_task",
-    "write_shards_task",
 ]
 
 

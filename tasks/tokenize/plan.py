@@ -1,7 +1,7 @@
 """Tokenize a segment manifest into sharded token datasets that resume byte-identically.
 
-Plain functions, no Prefect: `tasks.wrappers` makes them tasks. Layout of a token dataset (a
-local folder or an `s3://` prefix):
+Plain functions, no Prefect: `tasks.prefect.data_tasks` makes them tasks. Layout of a token
+dataset (a local folder or an `s3://` prefix):
 
     <out>/plan.parquet                      the manifest rows with their shard, sorted
     <out>/shards/train-00000.arrow          Arrow IPC stream, a row per segment (token_shard_schema)

@@ -265,7 +265,7 @@ def test_fetch_and_extract_tasks_never_pass_off_another_archives_extraction(
 ) -> None:
     from codecflow.tasks.acquire.download import FetchRecord
     from codecflow.tasks.acquire.extract import extract_tar_safely
-    from codecflow.tasks.prefect.wrappers import extract_task, fetch_task
+    from codecflow.tasks.prefect.data_tasks import extract_task, fetch_task
 
     tar = tmp_path / "small.tar"
     tar.write_bytes(generated_tar)

@@ -22,7 +22,7 @@ from codecflow.tasks.core.storage import sha256_file
 from codecflow.tasks.data.manifest import read_segment_audio
 from codecflow.tasks.data.records import WebDatasetIndex
 from codecflow.tasks.data.token_dataset import read_dataset_info
-from codecflow.tasks.prefect.wrappers import (
+from codecflow.tasks.prefect.data_tasks import (
     finalize_dataset_task,
     plan_tokens_task,
     write_shards_task,
