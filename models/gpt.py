@@ -118,8 +118,8 @@ class KVCache:
             f"{n_layer} layers but weights for {len(weights or [])}"
         )
         self.weights = weights
-        # The model's parameters as `models.gpt_decode.decode_token` takes them, listed once by
-        # `GPT.new_cache` (None: listed at each step).
+        # The model's parameters as `models.gpt_decode.decode_token` takes them, listed by the
+        # model at the first single-token step (and again if its tensors were replaced).
         self.decode_weights: tuple[list[Tensor], list[Tensor | None]] | None = None
 
     def reset(self) -> None:
@@ -317,8 +317,7 @@ class GPT(nn.Module):
         model as it is now (`load_state_dict` and `.to` update those tensors in place)."""
         param = self.lm_head.weight
         c = self.config
-        weights = self._layer_weights()
-        cache = KVCache(
+        return KVCache(
             n_layer=c.n_layer,
             batch_size=batch_size,
             n_head=c.n_head,
@@ -326,10 +325,8 @@ class GPT(nn.Module):
             head_dim=c.n_embd // c.n_head,
             device=param.device if device is None else device,
             dtype=param.dtype if dtype is None else dtype,
-            weights=weights,
+            weights=self._layer_weights(),
         )
-        cache.decode_weights = self._decode_weights(weights)
-        return cache
 
     def forward(
         self,
@@ -401,7 +398,12 @@ class GPT(nn.Module):
             assert past < cache.capacity, (
                 f"KV cache overflow: {past} cached + 1 new > capacity {cache.capacity}"
             )
-            ws, bs = cache.decode_weights or self._decode_weights(weights)
+            flat = cache.decode_weights
+            if flat is None or flat[0][1].data_ptr() != weights[0].attn_weight.data_ptr():
+                # The first step, or the model's tensors were replaced since (`.to` swaps a
+                # parameter's data, and the transposed views listed here would keep the old).
+                flat = cache.decode_weights = self._decode_weights(weights)
+            ws, bs = flat
             decode = scripted_decode()
             with native_cpu_kernels(self.wte.weight):
                 logits = decode(

@@ -37,7 +37,8 @@ def test_decode_token_equals_the_full_forward(bias: bool, scripted: bool) -> Non
     full = model(seq).logits  # [B, T, V]
     cache, reference = model.new_cache(3), model.new_cache(3)
     model(seq, cache=reference)
-    model(seq[:, :5], cache=cache)
+    model(seq[:, :4], cache=cache)
+    model(seq[:, 4:5], cache=cache)  # the first single-token step lists the weights
     assert cache.decode_weights is not None
     weights, biases = cache.decode_weights
     assert (biases[1] is None) == (not bias)
@@ -64,6 +65,25 @@ def test_a_hand_made_cache_decodes_the_same() -> None:
         model(seq[:, :8], cache=c)
     one, two = (model(seq[:, 8:], cache=c).logits for c in (cache, by_hand))
     torch.testing.assert_close(one, two, atol=0, rtol=0)
+
+
+@torch.inference_mode()
+def test_weights_replaced_after_the_first_step_are_the_ones_used() -> None:
+    """`.to` swaps each parameter's data: the transposed views listed at the first step would
+    keep the old weights; the next step lists them again."""
+    model = _model()
+    seq = torch.randint(0, V, (2, 8))
+    cache = model.new_cache(2)
+    model(seq[:, :6], cache=cache)
+    model(seq[:, 6:7], cache=cache)  # lists the weights
+    for p in model.parameters():
+        p.data = p.data * 2  # new tensors, as `.to` makes them
+    assert cache.decode_weights is not None
+    reference = model.new_cache(2)
+    model(seq[:, :7], cache=reference)
+    cache.kv = [kv.clone() for kv in reference.kv]  # the keys and values of the new weights
+    step = model(seq[:, 7:8], cache=cache).logits
+    torch.testing.assert_close(step, model(seq).logits[:, 7:8], atol=1e-5, rtol=0)
 
 
 def test_a_full_cache_refuses_one_more_token() -> None:
