@@ -311,13 +311,12 @@ def _row_groups_with(parquet: Any, column: str, values: list[str]) -> list[int]:
     meta = parquet.metadata
     # The Parquet leaf column (nested columns have several leaves: not the Arrow field index).
     leaf = next(j for j in range(meta.num_columns) if meta.schema.column(j).path == column)
-    wanted = sorted(values)
     groups = []
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(leaf).statistics
         if stats is None or not stats.has_min_max:
             groups.append(i)
-        elif any(stats.min <= v <= stats.max for v in wanted):
+        elif any(stats.min <= v <= stats.max for v in values):
             groups.append(i)
     return groups
 

@@ -289,9 +289,9 @@ def _arrow_table(
 
 
 class _HashingSink:
-    """A writable file for Arrow's IPC writer: each piece goes to `file` and into a sha256 as it
-    comes, from Arrow's own memory (no copy); the crash tests' mid-write point after the first
-    piece (the schema: a shard cut short)."""
+    """A writable file (Arrow's IPC writer takes it): each piece goes to `file` and into a sha256
+    as it comes, from the caller's memory (no copy); the crash tests' mid-write point after the
+    first piece (a shard cut short)."""
 
     def __init__(self, file: Any) -> None:
         self.file, self.digest, self.size, self.closed = file, hashlib.sha256(), 0, False
@@ -365,19 +365,15 @@ def _webdataset_bytes(
 
 
 def _put_file(url: str, data: bytes | pa.Buffer) -> ShardFile:
-    """Write one file of a shard: temporary name + rename locally, one PUT on an object store;
-    hashed while it is written, from the same memory (no copy, no second read); what its
-    marker records of it."""
+    """Write one file of a shard from memory (the WebDataset tar) as `_put_arrow` writes the
+    stream: in two halves through `_HashingSink`, so that the crash tests stop it between."""
     view = memoryview(data)  # slices of a memoryview copy nothing
     half = len(view) // 2
-    digest = hashlib.sha256()
     with storage.open_atomic_write(url) as f:
-        f.write(view[:half])
-        digest.update(view[:half])
-        kill_point("mid-write")  # crash tests: a shard half-written or half-uploaded
-        f.write(view[half:])
-        digest.update(view[half:])
-    return ShardFile(bytes=len(view), sha256=digest.hexdigest())
+        sink = _HashingSink(f)
+        sink.write(view[:half])
+        sink.write(view[half:])
+    return ShardFile(bytes=sink.size, sha256=sink.digest.hexdigest())
 
 
 def _committed_marker(out: str, shard: PlannedShard) -> ShardMarker | None:
