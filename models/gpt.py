@@ -29,7 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecflow.models.gpt_decode import native_cpu_kernels, scripted_decode
+from codecflow.models.gpt_decode import (
+    DECODE_WEIGHTS_PER_LAYER,
+    native_cpu_kernels,
+    scripted_decode,
+)
 
 __all__ = ["LAYER_NORM_EPS", "GPTConfig", "GPTOutput", "KVCache", "LayerWeights", "GPT"]
 
@@ -439,8 +443,8 @@ class GPT(nn.Module):
         flat_weights: list[Tensor] = []
         flat_biases: list[Tensor | None] = []
         for w in weights:
-            flat_weights += [w.ln_1_weight, w.attn_weight.t(), w.attn_proj_weight.t()]
-            flat_weights += [w.ln_2_weight, w.fc_weight.t(), w.mlp_proj_weight.t()]
-            flat_biases += [w.ln_1_bias, w.attn_bias, w.attn_proj_bias]
-            flat_biases += [w.ln_2_bias, w.fc_bias, w.mlp_proj_bias]
+            for name in DECODE_WEIGHTS_PER_LAYER:
+                weight = getattr(w, f"{name}_weight")
+                flat_weights.append(weight.t() if weight.ndim == 2 else weight)  # Linear: [in, out]
+                flat_biases.append(getattr(w, f"{name}_bias"))
         return flat_weights + [self.ln_f.weight], flat_biases + [self.ln_f.bias]

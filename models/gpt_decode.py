@@ -27,7 +27,8 @@ from torch import Tensor
 
 __all__ = ["DECODE_WEIGHTS_PER_LAYER", "decode_token", "native_cpu_kernels", "scripted_decode"]
 
-#: `decode_token` takes each layer's parameters as 6 weights and 6 biases, in this order.
+#: `decode_token` takes each layer's parameters as 6 weights and 6 biases, in this order (the
+#: `LayerWeights` fields NAME_weight and NAME_bias; `GPT._decode_weights` lists them so).
 DECODE_WEIGHTS_PER_LAYER = ("ln_1", "attn", "attn_proj", "ln_2", "fc", "mlp_proj")
 
 
